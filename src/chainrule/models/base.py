@@ -1,0 +1,360 @@
+"""The model contract every chainrule model implements, and everything written once on top of it.
+
+A model is one distribution p(x) = prod_i p(x_o(i) | x_o(<i)) over a fixed event shape. It
+implements two small pieces:
+
+- ``embed(x)``: ``(B, *shape) -> (B, D, E)``, features of each variable *on its own* (a lookup, a
+  scaling, a one-hot: never mixing variables). D = prod(shape), variables in row-major order.
+- ``forward_embedded(e)``: ``(B, D, E) -> (B, D, P)``, the teacher-forced pass: ``params[:, j]``
+  are the P parameters of the conditional of variable j given the variables before it in the
+  order. This is where the masks, causal convolutions or attention live.
+
+and optionally an incremental ``step`` with a cache for fast sampling. From these the base class
+gives ``log_prob`` (exact, nats), ``sample`` (ancestral), the per-variable conditionals, ensembles
+over several orderings or connectivities (probabilities averaged), and save/load. Because
+``embed`` is per-variable, the autoregressive property can be checked by the gradient of
+``forward_embedded`` (see :mod:`chainrule.checks`).
+"""
+
+from __future__ import annotations
+
+import functools
+import inspect
+import math
+from pathlib import Path
+from typing import Any, ClassVar
+
+import torch
+from torch import nn
+
+from chainrule.distributions import Distribution, OutputHead, output_head
+from chainrule.errors import InputError
+from chainrule.orderings import OrderSpec, make_ordering
+
+
+class AutoregressiveModel(nn.Module):
+    """Base class of every chainrule model. Subclasses set ``name`` and implement the two passes.
+
+    Args:
+        shape: event shape of one example, e.g. ``(784,)``, ``(1, 28, 28)`` or ``(T,)``.
+        num_values: K when every variable takes values in {0, ..., K-1} (K=2: binary); None for
+            real-valued data (only for models with ``supports_real``).
+        num_mixture_components: for real-valued data, Gaussians per conditional (1: a Gaussian).
+    """
+
+    name: ClassVar[str] = ""
+    supports_real: ClassVar[bool] = False
+    supports_discrete: ClassVar[bool] = True
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        # Record the arguments of the outermost __init__ call, so a checkpoint's JSON config can
+        # rebuild the model without each model writing (and forgetting to update) a to_config().
+        super().__init_subclass__(**kwargs)
+        if "__init__" not in cls.__dict__:
+            return
+        init = cls.__dict__["__init__"]
+        sig = inspect.signature(init)
+
+        @functools.wraps(init)
+        def recording_init(self: AutoregressiveModel, *args: Any, **kw: Any) -> None:
+            if "_init_args" not in self.__dict__:
+                bound = sig.bind(self, *args, **kw)
+                bound.apply_defaults()
+                args_dict = dict(bound.arguments)
+                args_dict.pop("self")
+                self.__dict__["_init_args"] = args_dict
+            init(self, *args, **kw)
+
+        cls.__init__ = recording_init  # type: ignore[method-assign]
+
+    def __init__(self, shape: tuple[int, ...] | list[int] | int, num_values: int | None,
+                 num_mixture_components: int = 1) -> None:
+        super().__init__()
+        if isinstance(shape, int):
+            shape = (shape,)
+        try:
+            shape = tuple(int(s) for s in shape)
+        except (TypeError, ValueError):
+            raise InputError(f"shape must be a tuple of positive integers, got {shape!r}") from None
+        if not shape or any(s < 1 for s in shape):
+            raise InputError(f"shape must be a non-empty tuple of positive integers, got {shape!r}")
+        if num_values is None and not self.supports_real:
+            raise InputError(f"model {self.name!r} models discrete data only: pass num_values=K (K >= 2)")
+        if num_values is not None and not self.supports_discrete:
+            raise InputError(f"model {self.name!r} models real-valued data only: pass num_values=None")
+        self.shape: tuple[int, ...] = shape
+        self.num_values: int | None = num_values
+        self.dim: int = math.prod(shape)
+        self.head: OutputHead = output_head(num_values, num_mixture_components)
+
+    # ------------------------------------------------------------------ the contract
+    input_encoding: str = "value"
+
+    def _set_input_encoding(self, encoding: str) -> int:
+        """Choose how :meth:`embed` encodes a variable and return the feature size E.
+
+        ``"value"``: the value itself (E=1; discrete values scaled to [0, 1]); ``"onehot"``: a
+        one-hot vector (E=K, discrete only); ``"auto"``: one-hot when 2 < K <= 64, else value.
+        """
+        if encoding == "auto":
+            encoding = "onehot" if self.num_values is not None and 2 < self.num_values <= 64 else "value"
+        if encoding not in ("value", "onehot"):
+            raise InputError(f"input_encoding must be 'auto', 'value' or 'onehot', got {encoding!r}")
+        if encoding == "onehot" and self.num_values is None:
+            raise InputError("input_encoding='onehot' needs discrete data (num_values=K)")
+        self.input_encoding = encoding
+        return self.num_values if encoding == "onehot" else 1  # type: ignore[return-value]
+
+    def encode_values(self, v: torch.Tensor) -> torch.Tensor:
+        """Encode values ``(...)`` into features ``(..., E)`` by ``input_encoding``."""
+        if self.num_values is None:
+            return v.float().unsqueeze(-1)
+        if self.input_encoding == "onehot":
+            return torch.nn.functional.one_hot(v.long(), self.num_values).float()
+        return (v.float() / (self.num_values - 1)).unsqueeze(-1)
+
+    def embed(self, x: torch.Tensor) -> torch.Tensor:
+        """Per-variable input features: ``(B, *shape)`` -> ``(B, D, E)``, each variable on its own.
+
+        Default: :meth:`encode_values` (no position information; models add it where they need it).
+        """
+        return self.encode_values(x.reshape(x.shape[0], self.dim))
+
+    def forward_embedded(self, e: torch.Tensor) -> torch.Tensor:
+        """Teacher-forced pass: ``(B, D, E)`` -> parameters of every conditional ``(B, D, P)``."""
+        raise NotImplementedError
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """Parameters of every conditional, ``(B, D, P)``, for a valid batch ``x`` ``(B, *shape)``."""
+        return self.forward_embedded(self.embed(x))
+
+    # ------------------------------------------------------------------ orderings and ensembles
+    def _init_order(self, order: OrderSpec) -> None:
+        """Subclasses that take an ordering call this: stores it as the buffer ``order`` (D,)."""
+        self.register_buffer("order", make_ordering(order, self.shape), persistent=True)
+
+    @property
+    def num_components(self) -> int:
+        """Number of orderings/connectivities averaged in :meth:`log_prob` (1 for most models)."""
+        return 1
+
+    def set_component(self, k: int) -> None:
+        """Make component ``k`` (an ordering/connectivity of an ensemble) the current one."""
+        if k != 0:
+            raise InputError(f"{self.name} has a single component; got component {k}")
+
+    def current_order(self) -> torch.Tensor:
+        """The ordering of the current component, ``(D,)``: ``order[i]`` is generated at step i."""
+        order = getattr(self, "order", None)
+        return order if order is not None else torch.arange(self.dim, device=self.device)
+
+    def next_training_component(self) -> None:
+        """Called by the trainer before each step; ensembles move to the next ordering/mask."""
+
+    # ------------------------------------------------------------------ generic on top
+    @property
+    def device(self) -> torch.device:
+        for t in self.parameters():
+            return t.device
+        for t in self.buffers():
+            return t.device
+        return torch.device("cpu")
+
+    def validate(self, x: torch.Tensor | Any) -> tuple[torch.Tensor, torch.Size]:
+        """Check a batch ``(*batch, *shape)`` and return it as ``(B, *shape)`` plus the batch shape.
+
+        Discrete data must be integer-valued in {0, ..., K-1} (float tensors holding integers are
+        accepted); real data must be finite. Raises :class:`InputError` naming what is wrong.
+        """
+        if not isinstance(x, torch.Tensor):
+            try:
+                x = torch.as_tensor(x)
+            except (TypeError, ValueError, RuntimeError) as exc:
+                raise InputError(f"expected a tensor or array of shape (batch, *{self.shape}), got {type(x).__name__}: {exc}") from None
+        n = len(self.shape)
+        if x.dim() < n or tuple(x.shape[x.dim() - n:]) != self.shape:
+            raise InputError(
+                f"{self.name}: expected data of shape (batch, {', '.join(map(str, self.shape))}) "
+                f"(event shape {self.shape}), got {tuple(x.shape)}"
+            )
+        batch = x.shape[: x.dim() - n]
+        x = x.reshape(-1, *self.shape)
+        if x.dtype == torch.bool:
+            x = x.long()
+        if self.num_values is None:
+            if not x.is_floating_point():
+                x = x.float()
+            if not torch.isfinite(x).all():
+                raise InputError(f"{self.name}: data contains NaN or infinite values")
+            return x.to(self.device), batch
+        if x.is_floating_point():
+            if not torch.isfinite(x).all():
+                raise InputError(f"{self.name}: data contains NaN or infinite values; expected integers 0..{self.num_values - 1}")
+            if not torch.equal(x, x.round()):
+                raise InputError(
+                    f"{self.name}: expected integer values in 0..{self.num_values - 1} (num_values={self.num_values}), "
+                    "got non-integer floats; real-valued data needs a model with num_values=None"
+                )
+        elif x.is_complex():
+            raise InputError(f"{self.name}: complex data is not supported")
+        x = x.long()
+        if x.numel() and (x.min() < 0 or x.max() >= self.num_values):
+            raise InputError(
+                f"{self.name}: values must lie in 0..{self.num_values - 1} (num_values={self.num_values}), "
+                f"got values from {int(x.min())} to {int(x.max())}"
+            )
+        return x.to(self.device), batch
+
+    def conditionals(self, x: torch.Tensor) -> Distribution:
+        """The distribution of every variable given its predecessors, for the current component.
+
+        Its batch shape is ``(B, D)`` (flat variable index, row-major).
+        """
+        x, _ = self.validate(x)
+        return self.head(self(x))
+
+    def _component_log_prob(self, x: torch.Tensor) -> torch.Tensor:
+        """Per-variable log-likelihoods ``(B, D)`` of a validated batch, current component."""
+        return self.head(self(x)).log_prob(x.reshape(x.shape[0], self.dim))
+
+    def log_prob_per_variable(self, x: torch.Tensor) -> torch.Tensor:
+        """log p(x_j | x_<j) for every variable j, ``(*batch, D)``, nats, current component."""
+        x, batch = self.validate(x)
+        return self._component_log_prob(x).reshape(*batch, self.dim)
+
+    def log_prob(self, x: torch.Tensor) -> torch.Tensor:
+        """Exact log-likelihood in nats, ``(*batch, *shape)`` -> ``(*batch,)``.
+
+        For an ensemble of K orderings/connectivities the *probabilities* are averaged,
+        log (1/K) sum_k p_k(x), which is itself a normalized distribution.
+        """
+        x, batch = self.validate(x)
+        return self._log_prob_valid(x).reshape(batch)
+
+    def _log_prob_valid(self, x: torch.Tensor) -> torch.Tensor:
+        k = self.num_components
+        if k == 1:
+            return self._component_log_prob(x).sum(-1)
+        per = []
+        for c in range(k):
+            self.set_component(c)
+            per.append(self._component_log_prob(x).sum(-1))
+        self.set_component(0)
+        return torch.logsumexp(torch.stack(per, 0), 0) - math.log(k)
+
+    def training_log_prob(self, x: torch.Tensor) -> torch.Tensor:
+        """log-likelihood ``(B,)`` of a validated batch under the current component (for training:
+        an ensemble is trained one ordering/mask per step, as in MADE and EoNADE)."""
+        return self._component_log_prob(x).sum(-1)
+
+    # ------------------------------------------------------------------ incremental sampling
+    def init_state(self, n: int) -> Any:
+        """Empty sampling cache for ``n`` sequences. Default: the partial sample itself."""
+        return torch.zeros(n, self.dim, dtype=torch.long if self.num_values else torch.float, device=self.device)
+
+    def step(self, state: Any, i: int, x_prev: torch.Tensor | None) -> tuple[torch.Tensor, Any]:
+        """Parameters ``(n, P)`` of the conditional of variable ``order[i]``, given the value
+        ``x_prev`` ``(n,)`` of variable ``order[i-1]`` (None at i=0); returns them and the new state.
+
+        The default recomputes the full teacher-forced pass (O(D) work per step). Models override
+        it with a cache; :func:`chainrule.checks.check_step_matches_forward` tests they agree.
+        """
+        order = self.current_order()
+        if x_prev is not None:
+            state = state.clone()
+            state[:, order[i - 1]] = x_prev
+        params = self(state.reshape(-1, *self.shape))
+        return params[:, order[i]], state
+
+    @torch.inference_mode()
+    def sample(self, n: int, generator: torch.Generator | None = None,
+               prefix: torch.Tensor | None = None) -> torch.Tensor:
+        """Draw ``n`` samples by ancestral sampling, ``(n, *shape)``.
+
+        Args:
+            n: number of samples.
+            generator: a ``torch.Generator`` for reproducible draws.
+            prefix: optional values of the first k variables *in the model's order*, ``(k,)`` (the
+                same for every sample) or ``(n, k)``; sampling continues after them.
+        """
+        if not isinstance(n, int) or n < 1:
+            raise InputError(f"n must be a positive integer, got {n!r}")
+        k = self.num_components
+        if k == 1:
+            return self._sample_component(n, generator, prefix)
+        # A mixture: pick each sample's component uniformly, then sample from that component.
+        which = torch.randint(k, (n,), generator=generator)
+        out = torch.empty(n, *self.shape, dtype=torch.long if self.num_values else torch.float, device=self.device)
+        for c in range(k):
+            idx = (which == c).nonzero().squeeze(-1)
+            if idx.numel():
+                self.set_component(c)
+                pre = prefix if prefix is None or prefix.dim() == 1 else prefix[idx]
+                out[idx.to(out.device)] = self._sample_component(idx.numel(), generator, pre)
+        self.set_component(0)
+        return out
+
+    def _check_prefix(self, n: int, prefix: torch.Tensor) -> torch.Tensor:
+        prefix = torch.as_tensor(prefix, device=self.device)
+        if prefix.dim() == 1:
+            prefix = prefix.unsqueeze(0).expand(n, -1)
+        if prefix.dim() != 2 or prefix.shape[0] != n:
+            raise InputError(f"prefix must have shape (k,) or (n, k) = ({n}, k), got {tuple(prefix.shape)}")
+        if prefix.shape[1] > self.dim:
+            raise InputError(f"prefix has {prefix.shape[1]} values but an example has only {self.dim} variables")
+        # validate the values as data: pad to a full example with zeros
+        full = torch.zeros(n, self.dim, dtype=prefix.dtype, device=self.device)
+        full[:, : prefix.shape[1]] = prefix
+        self.validate(full.reshape(n, *self.shape))
+        return prefix.long() if self.num_values else prefix.float()
+
+    def _sample_component(self, n: int, generator: torch.Generator | None,
+                          prefix: torch.Tensor | None) -> torch.Tensor:
+        order = self.current_order()
+        k = 0
+        if prefix is not None:
+            prefix = self._check_prefix(n, prefix)
+            k = prefix.shape[1]
+        x = torch.zeros(n, self.dim, dtype=torch.long if self.num_values else torch.float, device=self.device)
+        state = self.init_state(n)
+        prev = None
+        for i in range(self.dim):
+            params, state = self.step(state, i, prev)
+            if i < k:
+                prev = prefix[:, i]
+            else:
+                prev = self.head(params).sample(generator).to(x.dtype)
+            x[:, order[i]] = prev
+        return x.reshape(n, *self.shape)
+
+    # ------------------------------------------------------------------ persistence
+    @property
+    def config(self) -> dict[str, Any]:
+        """JSON-able description that :func:`chainrule.create_model` rebuilds this model from."""
+        args = dict(self.__dict__.get("_init_args", {}))
+        shape = args.pop("shape", self.shape)
+        num_values = args.pop("num_values", self.num_values)
+        return {"model": self.name, "shape": list(shape) if not isinstance(shape, int) else [shape],
+                "num_values": num_values, "hyperparameters": _jsonable(args)}
+
+    def save(self, directory: str | Path, extra: dict[str, Any] | None = None) -> Path:
+        """Write ``model.safetensors`` and ``config.json`` into ``directory`` (see :mod:`chainrule.checkpoint`)."""
+        from chainrule.checkpoint import save_model
+
+        return save_model(self, directory, extra=extra)
+
+    def num_parameters(self) -> int:
+        return sum(p.numel() for p in self.parameters())
+
+    def extra_repr(self) -> str:
+        return f"shape={self.shape}, num_values={self.num_values}"
+
+
+def _jsonable(v: Any) -> Any:
+    if isinstance(v, torch.Tensor):
+        return v.tolist()
+    if isinstance(v, dict):
+        return {str(k): _jsonable(x) for k, x in v.items()}
+    if isinstance(v, (list, tuple)):
+        return [_jsonable(x) for x in v]
+    return v
