@@ -1,0 +1,69 @@
+"""Fixed-binarization MNIST (Larochelle's 50k/10k/10k): train a model, report test NLL in nats.
+
+Targets (../shared/ANCHORS.md): FVSBN <= 97.45 nats (Larochelle & Murray 2011), MADE with one hidden
+layer of 500 units and a single mask <= 88.40 (Germain et al. 2015).
+
+    python benchmarks/binarized_mnist.py fvsbn --threads 1 --max-seconds 3300
+    python benchmarks/binarized_mnist.py made -p hidden_sizes=[500] --threads 1 --max-seconds 3300
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from common import data_dir, write_result  # noqa: E402
+
+import chainrule  # noqa: E402
+from chainrule.cli import _parse_hparams  # noqa: E402
+from chainrule.data import load_dataset  # noqa: E402
+from chainrule.evaluation import evaluate  # noqa: E402
+from chainrule.training import TrainConfig, Trainer  # noqa: E402
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("model")
+    ap.add_argument("-p", "--param", action="append", default=[])
+    ap.add_argument("--name", help="result name (default binarized_mnist_MODEL)")
+    ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--epochs", type=int, default=500)
+    ap.add_argument("--batch-size", type=int, default=100)
+    ap.add_argument("--lr", type=float, default=1e-3)
+    ap.add_argument("--optimizer", default="adam")
+    ap.add_argument("--weight-decay", type=float, default=0.0)
+    ap.add_argument("--schedule", default="plateau")
+    ap.add_argument("--patience", type=int, default=30)
+    ap.add_argument("--max-seconds", type=float, default=3300)
+    ap.add_argument("--seed", type=int, default=0)
+    args = ap.parse_args()
+    torch.set_num_threads(args.threads)
+    name = args.name or f"binarized_mnist_{args.model}"
+    ds = load_dataset("binarized-mnist", data_dir())
+    model = chainrule.create_model(args.model, ds.shape, ds.num_values, **_parse_hparams(args.param))
+    config = TrainConfig(epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, optimizer=args.optimizer,
+                         weight_decay=args.weight_decay, schedule=args.schedule, patience=args.patience,
+                         max_seconds=args.max_seconds, seed=args.seed)
+    out = Path("runs") / name
+    result = Trainer(model, config, out_dir=out, progress=False).fit(ds.train, ds.val)
+    t0 = time.perf_counter()
+    test = evaluate(model, ds.test)
+    imgs_per_s = result.epochs_run * len(ds.train) / result.train_seconds
+    write_result(name, {
+        "model": args.model, "hyperparameters": model.config["hyperparameters"], "parameters": model.num_parameters(),
+        "train_config": vars(args), "epochs_run": result.epochs_run, "best_epoch": result.best_epoch,
+        "stopped_early": result.stopped_early, "train_seconds": round(result.train_seconds, 1),
+        "train_images_per_second_incl_validation": round(imgs_per_s, 1),
+        "best_val_nll_nats": result.best_val_nll_nats, "test_nll_nats": test.nll_nats,
+        "test_bits_per_dim": test.bits_per_dim, "eval_seconds": round(time.perf_counter() - t0, 2),
+        "val_curve_nats": [round(r["val_nll_nats"], 3) for r in result.history],
+    })
+
+
+if __name__ == "__main__":
+    main()

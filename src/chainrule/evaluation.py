@@ -1,0 +1,66 @@
+"""Evaluation: exact negative log-likelihood with the unit in every name.
+
+- ``nll_nats``: mean over examples of -log p(x), in nats per example;
+- ``bits_per_dim``: the same divided by D ln 2 (D = variables per example);
+- ``perplexity``: exp(nats per variable), the per-token perplexity for sequences (each example
+  a window of D tokens, every token counted once).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass
+
+import torch
+from tqdm.auto import tqdm
+
+from chainrule.errors import InputError
+from chainrule.models.base import AutoregressiveModel
+
+
+@dataclass(frozen=True)
+class EvalResult:
+    """Result of :func:`evaluate`. Every field name carries its unit."""
+
+    nll_nats: float  # per example
+    bits_per_dim: float
+    perplexity: float  # per variable (token)
+    num_examples: int
+    dim: int
+
+    def as_dict(self) -> dict[str, float | int]:
+        return asdict(self)
+
+    def __str__(self) -> str:
+        return (f"NLL {self.nll_nats:.4f} nats/example | {self.bits_per_dim:.4f} bits/dim | "
+                f"perplexity {self.perplexity:.4f} per variable | {self.num_examples} examples x {self.dim} variables")
+
+
+def per_example_nll(model: AutoregressiveModel, data: torch.Tensor, batch_size: int = 1024,
+                    progress: bool = False, desc: str = "eval") -> torch.Tensor:
+    """-log p(x) in nats for every example of ``data`` ``(N, *shape)`` -> ``(N,)`` float64."""
+    if len(data) == 0:
+        raise InputError("cannot evaluate on an empty dataset (0 examples)")
+    was_training = model.training
+    model.eval()
+    out = []
+    try:
+        with torch.inference_mode():
+            for start in tqdm(range(0, len(data), batch_size), desc=desc, disable=not progress, leave=False):
+                out.append(-model.log_prob(data[start:start + batch_size]).double().cpu())
+    finally:
+        model.train(was_training)
+    return torch.cat(out)
+
+
+def summarize(nll: torch.Tensor, dim: int) -> EvalResult:
+    """Turn per-example NLLs (nats) into an :class:`EvalResult`."""
+    mean = float(nll.mean())
+    return EvalResult(nll_nats=mean, bits_per_dim=mean / (dim * math.log(2)),
+                      perplexity=math.exp(mean / dim), num_examples=len(nll), dim=dim)
+
+
+def evaluate(model: AutoregressiveModel, data: torch.Tensor, batch_size: int = 1024,
+             progress: bool = False) -> EvalResult:
+    """Exact NLL of ``model`` on ``data`` ``(N, *shape)``: nats/example, bits/dim, perplexity."""
+    return summarize(per_example_nll(model, data, batch_size, progress), model.dim)

@@ -1,0 +1,218 @@
+"""A model-agnostic maximum-likelihood trainer (teacher forcing).
+
+The loss of a batch is the mean over examples of -log p(x) / D: nats per variable, so learning
+rates transfer between data sizes. The trainer knows nothing of the architecture: it calls
+``model.training_log_prob`` (one component of an ensemble per step) and evaluates the exact
+``log_prob`` on validation data every epoch, keeps the best model (safetensors + JSON), stops
+early when validation NLL stops improving, and writes a CSV log.
+"""
+
+from __future__ import annotations
+
+import csv
+import logging
+import math
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from tqdm.auto import tqdm
+
+from chainrule.errors import InputError
+from chainrule.evaluation import evaluate
+from chainrule.models.base import AutoregressiveModel
+
+log = logging.getLogger(__name__)
+
+OPTIMIZERS = {"adam": torch.optim.Adam, "adamw": torch.optim.AdamW, "adamax": torch.optim.Adamax}
+SCHEDULES = ("constant", "cosine", "plateau")
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """Training settings (all stored in the checkpoint's config.json).
+
+    ``patience``: epochs without validation improvement before stopping (None: never stop early).
+    ``max_seconds``: wall-clock budget for training; stops after the epoch that crosses it.
+    ``grad_clip``: max global gradient norm (None: no clipping).
+    ``schedule``: "constant", "cosine" (to 0 over ``epochs``, after ``warmup_steps``) or
+    "plateau" (halve the rate after ``patience // 2`` epochs without improvement).
+    """
+
+    epochs: int = 100
+    batch_size: int = 64
+    lr: float = 1e-3
+    optimizer: str = "adam"
+    weight_decay: float = 0.0
+    schedule: str = "constant"
+    warmup_steps: int = 0
+    grad_clip: float | None = None
+    patience: int | None = 20
+    max_seconds: float | None = None
+    eval_batch_size: int = 1024
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        if self.optimizer not in OPTIMIZERS:
+            raise InputError(f"optimizer must be one of {', '.join(OPTIMIZERS)}, got {self.optimizer!r}")
+        if self.schedule not in SCHEDULES:
+            raise InputError(f"schedule must be one of {', '.join(SCHEDULES)}, got {self.schedule!r}")
+        if self.epochs < 1 or self.batch_size < 1 or self.lr <= 0:
+            raise InputError(f"epochs and batch_size must be >= 1 and lr > 0, got {self.epochs}, {self.batch_size}, {self.lr}")
+
+
+@dataclass
+class TrainResult:
+    """What :meth:`Trainer.fit` returns: the per-epoch history and the best validation NLL."""
+
+    history: list[dict[str, float]] = field(default_factory=list)
+    best_val_nll_nats: float = math.inf
+    best_epoch: int = -1
+    epochs_run: int = 0
+    train_seconds: float = 0.0
+    stopped_early: bool = False
+
+
+class Trainer:
+    """Fit any :class:`AutoregressiveModel` by maximum likelihood.
+
+    Args:
+        model: the model (trained in place; at the end it holds the best validation weights).
+        config: a :class:`TrainConfig`.
+        out_dir: where ``best/`` (the best model), ``log.csv`` go; None keeps everything in memory.
+        extra: JSON values stored in the checkpoint's config (dataset name, command line, ...).
+        progress: show a progress bar.
+    """
+
+    def __init__(self, model: AutoregressiveModel, config: TrainConfig | None = None,
+                 out_dir: str | Path | None = None, extra: dict[str, Any] | None = None,
+                 progress: bool = True) -> None:
+        self.model = model
+        self.config = config or TrainConfig()
+        self.out_dir = Path(out_dir) if out_dir is not None else None
+        self.extra = extra or {}
+        self.progress = progress
+        params = [p for p in model.parameters() if p.requires_grad]
+        self.optimizer = OPTIMIZERS[self.config.optimizer](params, lr=self.config.lr, weight_decay=self.config.weight_decay)
+
+    def _lr_factor(self, step: int, total_steps: int) -> float:
+        c = self.config
+        if c.warmup_steps and step < c.warmup_steps:
+            return (step + 1) / c.warmup_steps
+        if c.schedule == "cosine":
+            t = (step - c.warmup_steps) / max(1, total_steps - c.warmup_steps)
+            return 0.5 * (1 + math.cos(math.pi * min(1.0, t)))
+        return 1.0
+
+    def fit(self, train: torch.Tensor, val: torch.Tensor | None = None,
+            train_transform: Callable[[torch.Tensor, torch.Generator | None], torch.Tensor] | None = None) -> TrainResult:
+        """Train on ``train`` ``(N, *shape)``, validating on ``val`` after every epoch.
+
+        ``train_transform(batch, generator)`` is applied to every training batch (e.g. dynamic
+        binarization). Without ``val`` there is no early stopping and the last model is kept.
+        """
+        c, model = self.config, self.model
+        if len(train) == 0:
+            raise InputError("the training set is empty (0 examples)")
+        if val is not None and len(val) == 0:
+            raise InputError("the validation set is empty (0 examples); pass val=None to train without one")
+        g = torch.Generator().manual_seed(c.seed)
+        torch.manual_seed(c.seed)
+        # Validate the whole training set once up front: a bad value is reported before hours of work.
+        model.validate(train if train_transform is None else train_transform(train[:1024], g))
+        steps_per_epoch = math.ceil(len(train) / c.batch_size)
+        total_steps = steps_per_epoch * c.epochs
+        result = TrainResult()
+        best_state: dict[str, torch.Tensor] | None = None
+        bad_epochs, step, lr_scale = 0, 0, 1.0
+        start = time.perf_counter()
+        log_file = self._open_log()
+        bar = tqdm(range(c.epochs), desc="train", unit="epoch", disable=not self.progress)
+        try:
+            for epoch in bar:
+                model.train()
+                perm = torch.randperm(len(train), generator=g)
+                total, count = 0.0, 0
+                for b in range(steps_per_epoch):
+                    batch = train[perm[b * c.batch_size:(b + 1) * c.batch_size]]
+                    if train_transform is not None:
+                        batch = train_transform(batch, g)
+                    x, _ = model.validate(batch)
+                    model.next_training_component()
+                    nll = -model.training_log_prob(x)  # (B,) nats
+                    loss = nll.mean() / model.dim
+                    if not torch.isfinite(loss):
+                        raise FloatingPointError(f"training loss became {loss.item()} at epoch {epoch}, step {b}; "
+                                                 "try a lower learning rate or grad_clip")
+                    self.optimizer.zero_grad(set_to_none=True)
+                    loss.backward()
+                    if c.grad_clip is not None:
+                        torch.nn.utils.clip_grad_norm_(model.parameters(), c.grad_clip)
+                    for group in self.optimizer.param_groups:
+                        group["lr"] = c.lr * lr_scale * self._lr_factor(step, total_steps)
+                    self.optimizer.step()
+                    step += 1
+                    total += float(nll.detach().sum())
+                    count += len(x)
+                row = {"epoch": epoch, "train_nll_nats": total / count,
+                       "lr": self.optimizer.param_groups[0]["lr"], "seconds": time.perf_counter() - start}
+                if val is not None:
+                    res = evaluate(model, val, c.eval_batch_size)
+                    row["val_nll_nats"] = res.nll_nats
+                    row["val_bits_per_dim"] = res.bits_per_dim
+                    if res.nll_nats < result.best_val_nll_nats:
+                        result.best_val_nll_nats, result.best_epoch, bad_epochs = res.nll_nats, epoch, 0
+                        best_state = {k: v.detach().clone() for k, v in model.state_dict().items()}
+                        self._save_best(result)
+                    else:
+                        bad_epochs += 1
+                        if c.schedule == "plateau" and c.patience and bad_epochs % max(1, c.patience // 2) == 0:
+                            lr_scale *= 0.5
+                result.history.append(row)
+                result.epochs_run = epoch + 1
+                self._write_log(log_file, row)
+                bar.set_postfix({k: f"{v:.4g}" for k, v in row.items() if k.endswith("nats")})
+                log.info("epoch %d: %s", epoch, ", ".join(f"{k}={v:.5g}" for k, v in row.items() if k != "epoch"))
+                if val is not None and c.patience is not None and bad_epochs >= c.patience:
+                    result.stopped_early = True
+                    break
+                if c.max_seconds is not None and time.perf_counter() - start >= c.max_seconds:
+                    break
+        finally:
+            bar.close()
+            if log_file is not None:
+                log_file.close()
+        result.train_seconds = time.perf_counter() - start
+        if best_state is not None:
+            model.load_state_dict(best_state)
+        else:
+            self._save_best(result)
+        model.eval()
+        return result
+
+    # ------------------------------------------------------------------ files
+    def _open_log(self) -> Any:
+        if self.out_dir is None:
+            return None
+        self.out_dir.mkdir(parents=True, exist_ok=True)
+        return open(self.out_dir / "log.csv", "w", newline="")
+
+    def _write_log(self, f: Any, row: dict[str, float]) -> None:
+        if f is None:
+            return
+        fields = ["epoch", "train_nll_nats", "val_nll_nats", "val_bits_per_dim", "lr", "seconds"]
+        writer = csv.DictWriter(f, fieldnames=fields)
+        if f.tell() == 0:
+            writer.writeheader()
+        writer.writerow(row)
+        f.flush()
+
+    def _save_best(self, result: TrainResult) -> None:
+        if self.out_dir is None:
+            return
+        extra = {**self.extra, "train_config": asdict(self.config), "best_epoch": result.best_epoch,
+                 "best_val_nll_nats": None if math.isinf(result.best_val_nll_nats) else result.best_val_nll_nats}
+        self.model.save(self.out_dir / "best", extra=extra)
