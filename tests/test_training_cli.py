@@ -1,0 +1,157 @@
+"""Trainer, evaluation, checkpoints and the command line, end to end on tiny data."""
+
+from __future__ import annotations
+
+import csv
+import json
+import math
+
+import numpy as np
+import pytest
+import torch
+
+import chainrule
+from chainrule.checkpoint import read_config
+from chainrule.cli import main
+from chainrule.errors import CheckpointError, InputError
+from chainrule.evaluation import evaluate
+from chainrule.training import TrainConfig, Trainer
+
+
+def _toy_data(n=600, d=8, seed=0):
+    """Correlated binary data: x_j copies x_{j-1} with probability 0.9 — learnable structure."""
+    g = torch.Generator().manual_seed(seed)
+    x = torch.zeros(n, d, dtype=torch.long)
+    x[:, 0] = torch.randint(2, (n,), generator=g)
+    for j in range(1, d):
+        flip = torch.rand(n, generator=g) < 0.1
+        x[:, j] = torch.where(flip, 1 - x[:, j - 1], x[:, j - 1])
+    return x
+
+
+def test_training_learns_and_beats_uniform(tmp_path):
+    x = _toy_data(2000)
+    model = chainrule.create_model("made", (8,), 2, hidden_sizes=[32])
+    before = evaluate(model, x[1800:]).nll_nats
+    res = Trainer(model, TrainConfig(epochs=30, batch_size=50, lr=1e-2, patience=5), out_dir=tmp_path,
+                  progress=False).fit(x[:1500], x[1500:1800])
+    after = evaluate(model, x[1800:])
+    # the true entropy: ln 2 + 7 * H(0.1) = 0.693 + 7 * 0.325 = 2.97 nats
+    assert after.nll_nats < 3.3 < before
+    assert after.bits_per_dim == pytest.approx(after.nll_nats / (8 * math.log(2)))
+    assert res.best_epoch >= 0 and res.epochs_run >= 1
+    rows = list(csv.DictReader(open(tmp_path / "log.csv")))
+    assert len(rows) == res.epochs_run and "val_nll_nats" in rows[0]
+    # the best checkpoint holds the model the trainer ended with
+    best = chainrule.load(tmp_path / "best")
+    assert torch.allclose(best.log_prob(x[1800:]), model.log_prob(x[1800:]))
+    assert read_config(tmp_path / "best")["extra"]["best_val_nll_nats"] == pytest.approx(res.best_val_nll_nats)
+
+
+def test_early_stopping_stops():
+    x = _toy_data(200)
+    model = chainrule.create_model("fvsbn", (8,), 2)
+    # lr so large that validation cannot keep improving: must stop after `patience` bad epochs
+    res = Trainer(model, TrainConfig(epochs=200, batch_size=200, lr=5.0, patience=3), progress=False).fit(x[:100], x[100:])
+    assert res.stopped_early and res.epochs_run < 200
+    assert res.epochs_run - 1 - res.best_epoch == 3
+
+
+def test_ensemble_training_visits_components():
+    x = _toy_data(300)
+    model = chainrule.create_model("made", (8,), 2, hidden_sizes=[16], num_masks=3, order_agnostic=True)
+    seen = set()
+    original = model.set_component
+
+    def spy(k):
+        seen.add(k)
+        original(k)
+
+    model.set_component = spy
+    Trainer(model, TrainConfig(epochs=2, batch_size=20, patience=None), progress=False).fit(x[:200])
+    assert seen == {0, 1, 2}
+
+
+def test_trainer_errors():
+    model = chainrule.create_model("fvsbn", (8,), 2)
+    with pytest.raises(InputError, match="empty"):
+        Trainer(model, progress=False).fit(torch.zeros(0, 8, dtype=torch.long))
+    with pytest.raises(InputError, match="0..1"):
+        Trainer(model, progress=False).fit(torch.full((10, 8), 2))
+    with pytest.raises(InputError, match="optimizer"):
+        TrainConfig(optimizer="sgdx")
+    with pytest.raises(InputError, match="empty"):
+        evaluate(model, torch.zeros(0, 8, dtype=torch.long))
+
+
+def test_checkpoint_errors(tmp_path):
+    with pytest.raises(CheckpointError, match="not a directory"):
+        chainrule.load(tmp_path / "nothing")
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(CheckpointError, match="not a chainrule checkpoint"):
+        chainrule.load(tmp_path / "empty")
+    model = chainrule.create_model("fvsbn", (4,), 2)
+    model.save(tmp_path / "ck")
+    (tmp_path / "ck" / "model.safetensors").write_bytes(b"garbage")
+    with pytest.raises(CheckpointError, match="safetensors"):
+        chainrule.load(tmp_path / "ck")
+    model.save(tmp_path / "ck2")
+    (tmp_path / "ck2" / "config.json").write_text("{not json")
+    with pytest.raises(CheckpointError, match="JSON"):
+        chainrule.load(tmp_path / "ck2")
+    model.save(tmp_path / "ck3")
+    cfg = json.loads((tmp_path / "ck3" / "config.json").read_text())
+    cfg["shape"] = [5]
+    (tmp_path / "ck3" / "config.json").write_text(json.dumps(cfg))
+    with pytest.raises(CheckpointError, match="does not match"):
+        chainrule.load(tmp_path / "ck3")
+
+
+def test_cli_train_eval_sample_on_user_file(tmp_path, capsys):
+    data = _toy_data(400).numpy().astype(np.int64)
+    np.save(tmp_path / "toy.npy", data)
+    run = tmp_path / "run"
+    assert main(["train", "fvsbn", "--dataset", str(tmp_path / "toy.npy"), "--epochs", "3", "--out", str(run),
+                 "--no-progress", "--order", "reversed"]) == 0
+    out = capsys.readouterr().out
+    assert "test: NLL" in out and "nats/example" in out and "bits/dim" in out and "perplexity" in out
+    for f in ("best/config.json", "best/model.safetensors", "log.csv", "curve.png", "results.json", "samples.npy"):
+        assert (run / f).is_file(), f
+    assert json.loads((run / "results.json").read_text())["test"]["nll_nats"] > 0
+    assert main(["eval", str(run), "--split", "val", "--json", "--no-progress"]) == 0
+    assert '"split": "val"' in capsys.readouterr().out
+    assert main(["sample", str(run), "-n", "5", "--out", str(tmp_path / "s.npy")]) == 0
+    s = np.load(tmp_path / "s.npy")
+    assert s.shape == (5, 8) and set(np.unique(s)) <= {0, 1}
+
+
+def test_cli_quickstart_short(tmp_path, capsys):
+    run = tmp_path / "qs"
+    assert main(["quickstart", "--out", str(run), "--epochs", "2", "--no-progress"]) == 0
+    out = capsys.readouterr().out
+    assert "Test NLL" in out and "bits/dim" in out
+    from PIL import Image
+
+    img = Image.open(run / "samples.png")
+    assert img.size[0] > 64 and (run / "curve.png").stat().st_size > 1000
+    assert chainrule.load(run / "best").name == "causalconv"
+
+
+def test_cli_errors_are_clear(tmp_path, capsys):
+    assert main(["train", "nosuchmodel", "--dataset", "digits"]) == 2
+    assert "unknown model" in capsys.readouterr().err
+    assert main(["eval", str(tmp_path)]) == 2
+    assert "not a chainrule checkpoint" in capsys.readouterr().err
+    assert main(["train", "made", "--dataset", "digits", "-p", "hidden=3"]) == 2
+    assert "no hyperparameter" in capsys.readouterr().err
+    assert main(["train", "made", "--dataset", "nosuchdata"]) == 2
+    assert "digits" in capsys.readouterr().err  # lists the known datasets
+
+
+def test_cli_lists(capsys):
+    assert main(["models"]) == 0
+    out = capsys.readouterr().out
+    for name in chainrule.list_models():
+        assert name in out
+    assert main(["datasets"]) == 0
+    assert "binarized-mnist" in capsys.readouterr().out
