@@ -27,15 +27,19 @@ from chainrule.errors import InputError
 from chainrule.models.registry import get_model_class
 
 MODELS = chainrule.list_models()
+DISCRETE = [n for n in MODELS if get_model_class(n).supports_discrete]
+REAL = [n for n in MODELS if get_model_class(n).supports_real]
 
 # Hyperparameters that keep each model tiny; a model with small defaults needs no entry.
 TINY: dict[str, dict] = {
     "causalconv": {"channels": 8, "kernel_size": 3, "num_layers": 3},
     "made": {"hidden_sizes": [16, 16]},
+    "nade": {"hidden_size": 8},
+    "rnade": {"hidden_size": 8, "num_mixture_components": 2},
 }
 
-# (event shape, num_values): binary vector, categorical vector, binary image.
-SPACES = [((6,), 2), ((3,), 4), ((1, 2, 3), 2)]
+# (event shape, num_values): binary vector, categorical vector, binary image, real vector / image.
+SPACES = [((6,), 2), ((3,), 4), ((1, 2, 3), 2), ((6,), None), ((1, 2, 3), None)]
 ORDERS = ["raster", "reversed", "random:3", "snake", [2, 0, 1, 5, 3, 4]]
 
 
@@ -66,8 +70,20 @@ def kwargs_for(order) -> dict:
     return {} if order is None else {"order": order}
 
 
-CASES = [(n, s, k, o) for n in MODELS for s, k in SPACES for o in orders_for(n, s)
-         if (k is not None or get_model_class(n).supports_real)]
+def supports(name: str, num_values: int | None) -> bool:
+    cls = get_model_class(name)
+    return cls.supports_real if num_values is None else cls.supports_discrete
+
+
+def some_data(model: chainrule.AutoregressiveModel, n: int, seed: int = 0) -> torch.Tensor:
+    g = torch.Generator().manual_seed(seed)
+    if model.num_values is None:
+        return torch.randn(n, *model.shape, generator=g)
+    return torch.randint(model.num_values, (n, *model.shape), generator=g)
+
+
+CASES = [(n, s, k, o) for n in MODELS for s, k in SPACES for o in orders_for(n, s) if supports(n, k)]
+DISCRETE_CASES = [c for c in CASES if c[2] is not None]
 
 
 @pytest.mark.parametrize("name,shape,num_values,order", CASES, ids=lambda v: str(v).replace(" ", ""))
@@ -76,7 +92,7 @@ def test_autoregressive_by_gradients(name, shape, num_values, order):
     assert check_autoregressive(model) == model.dim * model.num_components
 
 
-@pytest.mark.parametrize("name,shape,num_values,order", CASES, ids=lambda v: str(v).replace(" ", ""))
+@pytest.mark.parametrize("name,shape,num_values,order", DISCRETE_CASES, ids=lambda v: str(v).replace(" ", ""))
 def test_normalization(name, shape, num_values, order):
     model = make(name, shape, num_values, **kwargs_for(order))
     assert abs(normalization_total(model) - 1.0) < 1e-5
@@ -87,7 +103,7 @@ def test_cached_step_equals_full_pass(name, shape, num_values, order):
     check_step_matches_forward(make(name, shape, num_values, **kwargs_for(order)))
 
 
-@pytest.mark.parametrize("name", MODELS)
+@pytest.mark.parametrize("name", DISCRETE)
 @pytest.mark.parametrize("shape,num_values", [((4,), 2), ((2,), 5)])
 def test_samples_follow_log_prob(name, shape, num_values):
     """Chi-square goodness of fit of 20,000 samples against exp(log_prob) on a tiny space."""
@@ -104,7 +120,7 @@ def test_samples_follow_log_prob(name, shape, num_values):
     assert pvalue > 1e-3, f"samples do not follow exp(log_prob) (chi-square p={pvalue:.2g})"
 
 
-@pytest.mark.parametrize("name", MODELS)
+@pytest.mark.parametrize("name", DISCRETE)
 def test_sample_shapes_and_prefix(name):
     model = make(name, (1, 2, 3), 3)
     x = model.sample(5, generator=torch.Generator().manual_seed(0))
@@ -115,10 +131,11 @@ def test_sample_shapes_and_prefix(name):
     assert torch.equal(y.reshape(4, -1)[:, order[:3]], prefix.expand(4, 3))
 
 
-@pytest.mark.parametrize("name", MODELS)
-def test_save_load_roundtrip(name, tmp_path):
-    model = make(name, (1, 2, 3), 3, order="random:5") if accepts_order(name) else make(name, (1, 2, 3), 3)
-    x = torch.randint(3, (7, 1, 2, 3))
+@pytest.mark.parametrize("name,num_values", [(n, 3) for n in DISCRETE] + [(n, None) for n in REAL])
+def test_save_load_roundtrip(name, num_values, tmp_path):
+    kw = {"order": "random:5"} if accepts_order(name) else {}
+    model = make(name, (1, 2, 3), num_values, **kw)
+    x = some_data(model, 7)
     model.save(tmp_path / "ck")
     loaded = chainrule.load(tmp_path / "ck")
     assert type(loaded) is type(model) and loaded.config == model.config
@@ -129,7 +146,7 @@ def test_save_load_roundtrip(name, tmp_path):
     assert (tmp_path / "ck" / "model.safetensors").read_bytes()[8:9] == b"{"
 
 
-@pytest.mark.parametrize("name", MODELS)
+@pytest.mark.parametrize("name", DISCRETE)
 def test_batched_equals_one_at_a_time_and_batch_dims(name):
     model = make(name, (5,), 3)
     x = torch.randint(3, (6, 5))
@@ -141,7 +158,7 @@ def test_batched_equals_one_at_a_time_and_batch_dims(name):
     assert torch.allclose(model.log_prob(x.float()), batched)  # integral floats are accepted
 
 
-@pytest.mark.parametrize("name", MODELS)
+@pytest.mark.parametrize("name", DISCRETE)
 def test_bad_input_is_a_clear_error(name):
     model = make(name, (1, 2, 3), 3)
     with pytest.raises(InputError, match=r"shape"):
@@ -175,7 +192,21 @@ def test_create_model_errors():
 
 
 # ---------------------------------------------------------------- real-valued heads
-REAL = [n for n in MODELS if get_model_class(n).supports_real]
+@pytest.mark.parametrize("name", REAL)
+def test_real_valued_samples_and_bad_input(name):
+    model = make(name, (3,), None)
+    x = model.sample(4000, generator=torch.Generator().manual_seed(0))
+    assert x.shape == (4000, 3) and x.dtype == torch.float32 and torch.isfinite(x).all()
+    # samples score higher under the model than points from far outside its mass
+    assert model.log_prob(x).mean() > model.log_prob(x + 50.0).mean()
+    with pytest.raises(InputError, match="NaN"):
+        model.log_prob(torch.tensor([[0.0, float("inf"), 1.0]]))
+    with pytest.raises(InputError, match="shape"):
+        model.log_prob(torch.zeros(2, 4))
+    if not get_model_class(name).supports_discrete:
+        with pytest.raises(InputError, match="real-valued"):
+            chainrule.create_model(name, (3,), 2)
+
 
 
 @pytest.mark.parametrize("name", REAL)

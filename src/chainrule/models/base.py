@@ -266,7 +266,6 @@ class AutoregressiveModel(nn.Module):
         params = self(state.reshape(-1, *self.shape))
         return params[:, order[i]], state
 
-    @torch.inference_mode()
     def sample(self, n: int, generator: torch.Generator | None = None,
                prefix: torch.Tensor | None = None) -> torch.Tensor:
         """Draw ``n`` samples by ancestral sampling, ``(n, *shape)``.
@@ -279,6 +278,12 @@ class AutoregressiveModel(nn.Module):
         """
         if not isinstance(n, int) or n < 1:
             raise InputError(f"n must be a positive integer, got {n!r}")
+        with torch.inference_mode():
+            x = self._sample(n, generator, prefix)
+        # A normal tensor, not an inference tensor: callers may feed samples to log_prob with autograd.
+        return x.clone()
+
+    def _sample(self, n: int, generator: torch.Generator | None, prefix: torch.Tensor | None) -> torch.Tensor:
         k = self.num_components
         if k == 1:
             return self._sample_component(n, generator, prefix)
