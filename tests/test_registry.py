@@ -228,19 +228,40 @@ def test_real_valued_normalizes_on_a_grid(name, components):
 
 
 # ---------------------------------------------------------------- ensembles
-def test_made_ensemble_averages_probabilities():
-    model = make("made", (5,), 2, num_masks=4, order_agnostic=True)
-    x = all_configurations(model)
+def ensemble_kwargs(name: str) -> dict | None:
+    import inspect
+
+    params = inspect.signature(get_model_class(name).__init__).parameters
+    if "num_orders" in params:
+        return {"num_orders": 4}
+    if "num_masks" in params:
+        return {"num_masks": 4, "order_agnostic": True}
+    return None
+
+
+ENSEMBLES = [n for n in MODELS if ensemble_kwargs(n) is not None]
+
+
+@pytest.mark.parametrize("name", ENSEMBLES)
+def test_ensembles_average_probabilities(name, tmp_path):
+    num_values = 2 if get_model_class(name).supports_discrete else None
+    model = make(name, (5,), num_values, **ensemble_kwargs(name))
+    assert model.num_components == 4
+    x = all_configurations(model) if num_values else some_data(model, 50)
     per = []
     for c in range(4):
         model.set_component(c)
         per.append(model.log_prob_per_variable(x).sum(-1))
     model.set_component(0)
     expected = torch.logsumexp(torch.stack(per), 0) - math.log(4)
-    assert torch.allclose(model.log_prob(x), expected, atol=1e-6)
-    assert abs(normalization_total(model) - 1) < 1e-5
+    assert torch.allclose(model.log_prob(x), expected, atol=1e-5)
     assert len({tuple(model.orders[c].tolist()) for c in range(4)}) > 1  # orderings differ
     assert check_autoregressive(model) == 4 * 5
+    check_step_matches_forward(model)
+    if num_values:
+        assert abs(normalization_total(model) - 1) < 1e-5
+    model.save(tmp_path / "ck")
+    assert torch.equal(chainrule.load(tmp_path / "ck").log_prob(x), model.log_prob(x))
 
 
 # ---------------------------------------------------------------- the checks can fail

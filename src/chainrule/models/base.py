@@ -129,27 +129,59 @@ class AutoregressiveModel(nn.Module):
         return self.forward_embedded(self.embed(x))
 
     # ------------------------------------------------------------------ orderings and ensembles
-    def _init_order(self, order: OrderSpec) -> None:
-        """Subclasses that take an ordering call this: stores it as the buffer ``order`` (D,)."""
-        self.register_buffer("order", make_ordering(order, self.shape), persistent=True)
+    def _init_order(self, order: OrderSpec, num_components: int = 1, random_orders: bool = True,
+                    seed: int = 0) -> None:
+        """Subclasses that take an ordering call this once.
+
+        Stores the persistent buffer ``orders`` ``(C, D)``: component 0 uses ``order``; components
+        1..C-1 use seeded random orderings when ``random_orders`` (order-agnostic ensembles), else
+        ``order`` again (ensembles over connectivity only, as MADE's masks).
+        """
+        if not isinstance(num_components, int) or num_components < 1:
+            raise InputError(f"the number of orderings/masks must be a positive integer, got {num_components!r}")
+        first = make_ordering(order, self.shape)
+        orders = [first] + [
+            make_ordering(f"random:{seed * 100003 + c}", self.shape) if random_orders else first
+            for c in range(1, num_components)
+        ]
+        self.register_buffer("orders", torch.stack(orders), persistent=True)
+        self._component = 0
+        self._train_rng = torch.Generator().manual_seed(seed)
+
+    @property
+    def order(self) -> torch.Tensor:
+        """The ordering of the current component, ``(D,)``: ``order[i]`` is generated at step i."""
+        orders = self._buffers.get("orders")
+        if orders is None:
+            return torch.arange(self.dim, device=self.device)
+        return orders[self._component]
 
     @property
     def num_components(self) -> int:
         """Number of orderings/connectivities averaged in :meth:`log_prob` (1 for most models)."""
-        return 1
+        orders = self._buffers.get("orders")
+        return 1 if orders is None else orders.shape[0]
 
     def set_component(self, k: int) -> None:
         """Make component ``k`` (an ordering/connectivity of an ensemble) the current one."""
-        if k != 0:
-            raise InputError(f"{self.name} has a single component; got component {k}")
+        if not 0 <= k < self.num_components:
+            raise InputError(f"component must be in 0..{self.num_components - 1}, got {k}")
+        if self.num_components > 1:
+            self._component = k
+            self._component_changed()
+
+    def _component_changed(self) -> None:
+        """Hook: rebuild whatever depends on the current ordering (e.g. masks)."""
 
     def current_order(self) -> torch.Tensor:
-        """The ordering of the current component, ``(D,)``: ``order[i]`` is generated at step i."""
-        order = getattr(self, "order", None)
-        return order if order is not None else torch.arange(self.dim, device=self.device)
+        """Same as :attr:`order`."""
+        return self.order
 
     def next_training_component(self) -> None:
-        """Called by the trainer before each step; ensembles move to the next ordering/mask."""
+        """Called by the trainer before each step: an ensemble moves to a random component, so
+        training covers every ordering/connectivity (MADE; EoNADE's order-agnostic training)."""
+        if self.num_components > 1:
+            self.set_component(int(torch.randint(self.num_components, (1,), generator=self._train_rng)))
 
     # ------------------------------------------------------------------ generic on top
     @property

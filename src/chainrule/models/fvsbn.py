@@ -26,6 +26,9 @@ class FVSBN(AutoregressiveModel):
     Args:
         shape, num_values: see :class:`~chainrule.models.base.AutoregressiveModel`.
         order: the ordering (see :mod:`chainrule.orderings`).
+        num_orders: an ensemble over this many orderings (component 0: ``order``, the others
+            seeded random ones), trained one ordering per step and averaged in probability.
+        seed: seed of the ensemble's random orderings.
         input_encoding: "auto", "value" or "onehot".
     """
 
@@ -33,19 +36,23 @@ class FVSBN(AutoregressiveModel):
     supports_real = True
 
     def __init__(self, shape: tuple[int, ...], num_values: int | None = 2, order: OrderSpec = "raster",
-                 input_encoding: str = "auto", num_mixture_components: int = 1) -> None:
+                 num_orders: int = 1, seed: int = 0, input_encoding: str = "auto",
+                 num_mixture_components: int = 1) -> None:
         super().__init__(shape, num_values, num_mixture_components)
-        self._init_order(order)
+        self._init_order(order, num_orders, seed=seed)
         self.embed_size = self._set_input_encoding(input_encoding)
         d, e, p = self.dim, self.embed_size, self.head.num_params
         self.linear = MaskedLinear(d * e, d * p)
         nn_init = torch.nn.init
         nn_init.zeros_(self.linear.weight)  # start at the independent model given by the biases
         nn_init.zeros_(self.linear.bias)
+        self._component_changed()
+
+    def _component_changed(self) -> None:
         rank = inverse(self.order)
         # output variable j may read input variable k iff k comes strictly before j in the order
         allowed = rank.unsqueeze(1) > rank.unsqueeze(0)  # (D_out, D_in)
-        self.linear.set_mask(allowed.repeat_interleave(p, 0).repeat_interleave(e, 1))
+        self.linear.set_mask(allowed.repeat_interleave(self.head.num_params, 0).repeat_interleave(self.embed_size, 1))
 
     def forward_embedded(self, e: torch.Tensor) -> torch.Tensor:
         b = e.shape[0]

@@ -26,7 +26,7 @@ from chainrule.errors import InputError
 from chainrule.layers import MaskedLinear
 from chainrule.models.base import AutoregressiveModel
 from chainrule.models.registry import register
-from chainrule.orderings import OrderSpec, inverse, make_ordering
+from chainrule.orderings import OrderSpec, inverse
 
 
 @register
@@ -61,55 +61,47 @@ class MADE(AutoregressiveModel):
         acts = {"relu": nn.ReLU, "tanh": nn.Tanh, "sigmoid": nn.Sigmoid}
         if activation not in acts:
             raise InputError(f"activation must be one of {', '.join(acts)}, got {activation!r}")
-        self._init_order(order)
+        self._init_order(order, num_masks, random_orders=order_agnostic, seed=seed)
         self.embed_size = e = self._set_input_encoding(input_encoding)
         p = self.head.num_params
-        self.seed = seed
-        self._num_masks = num_masks
-        # The orderings of all components, (C, D); component 0 uses `order`.
-        orders = [self.order]
-        for c in range(1, num_masks):
-            orders.append(make_ordering(f"random:{seed * 100003 + c}", self.shape) if order_agnostic else self.order)
-        self.register_buffer("orders", torch.stack(orders), persistent=False)
         sizes = [self.dim * e] + hidden_sizes
         self.hidden = nn.ModuleList(MaskedLinear(sizes[i], sizes[i + 1]) for i in range(len(hidden_sizes)))
         self.out = MaskedLinear(hidden_sizes[-1], self.dim * p)
         self.direct = MaskedLinear(self.dim * e, self.dim * p, bias=False) if direct_connections else None
         self.act = acts[activation]()
-        self._component = 0
-        self._train_rng = torch.Generator().manual_seed(seed)
-        self.set_component(0)
+        # Hidden degrees of every component, (C, sum(hidden_sizes)): drawn once and stored in the
+        # checkpoint, so a loaded model has exactly the same connectivity.
+        g = torch.Generator().manual_seed(seed)
+        degrees = []
+        for _ in range(num_masks):
+            low, per_layer = 1, []
+            for h in hidden_sizes:
+                low = min(low, self.dim - 1)
+                deg = torch.randint(low, self.dim, (h,), generator=g) if self.dim > 1 else torch.zeros(h, dtype=torch.long)
+                per_layer.append(deg)
+                low = int(deg.min())
+            degrees.append(torch.cat(per_layer))
+        self.register_buffer("degrees", torch.stack(degrees), persistent=True)
+        self._component_changed()
 
-    @property
-    def num_components(self) -> int:
-        return self._num_masks
+    def _component_changed(self) -> None:
+        """Install the masks of the current component from its ordering and hidden degrees.
 
-    def current_order(self) -> torch.Tensor:
-        return self.orders[self._component]
-
-    def set_component(self, k: int) -> None:
-        """Install the masks of component ``k`` (its ordering and hidden degrees)."""
-        if not 0 <= k < self._num_masks:
-            raise InputError(f"component must be in 0..{self._num_masks - 1}, got {k}")
-        self._component = k
+        A hidden unit of degree m sees inputs of degree <= m; output j (degree rank(j)+1) sees
+        hidden units of degree < rank(j)+1, so x_j's conditional only reads variables before it.
+        """
         e, p = self.embed_size, self.head.num_params
-        rank = inverse(self.orders[k].cpu())
-        g = torch.Generator().manual_seed(self.seed * 7919 + k)
+        rank = inverse(self.order)
         deg_in = (rank + 1).repeat_interleave(e)  # every feature of variable j has degree rank(j)+1
-        prev = deg_in
+        prev, offset = deg_in, 0
         for layer in self.hidden:
-            low = min(int(prev.min()), self.dim - 1)
-            deg = torch.randint(low, self.dim, (layer.out_features,), generator=g) if self.dim > 1 else torch.zeros(layer.out_features, dtype=torch.long)
+            deg = self.degrees[self._component, offset:offset + layer.out_features]
             layer.set_mask(deg.unsqueeze(1) >= prev.unsqueeze(0))
-            prev = deg
+            prev, offset = deg, offset + layer.out_features
         deg_out = (rank + 1).repeat_interleave(p)
         self.out.set_mask(deg_out.unsqueeze(1) > prev.unsqueeze(0))
         if self.direct is not None:
             self.direct.set_mask(deg_out.unsqueeze(1) > deg_in.unsqueeze(0))
-
-    def next_training_component(self) -> None:
-        if self._num_masks > 1:
-            self.set_component(int(torch.randint(self._num_masks, (1,), generator=self._train_rng)))
 
     def forward_embedded(self, e: torch.Tensor) -> torch.Tensor:
         b = e.shape[0]

@@ -34,6 +34,10 @@ class NADE(AutoregressiveModel):
     Args:
         hidden_size: H, hidden units.
         order: the ordering (see :mod:`chainrule.orderings`).
+        num_orders: EoNADE (Uria et al. 2014): an ensemble over this many orderings (component 0:
+            ``order``, the others seeded random ones), trained order-agnostically one ordering per
+            step, evaluated by averaging the orderings' probabilities.
+        seed: seed of the ensemble's random orderings.
         activation: "sigmoid" (the paper's) or "relu".
         input_encoding: "auto", "value" or "onehot".
         num_mixture_components: Gaussians per conditional for real-valued data.
@@ -43,14 +47,14 @@ class NADE(AutoregressiveModel):
     supports_real = True
 
     def __init__(self, shape: tuple[int, ...], num_values: int | None = 2, hidden_size: int = 500,
-                 order: OrderSpec = "raster", activation: str = "sigmoid", input_encoding: str = "auto",
-                 num_mixture_components: int = 1) -> None:
+                 order: OrderSpec = "raster", num_orders: int = 1, seed: int = 0, activation: str = "sigmoid",
+                 input_encoding: str = "auto", num_mixture_components: int = 1) -> None:
         super().__init__(shape, num_values, num_mixture_components)
         acts = {"sigmoid": torch.sigmoid, "relu": torch.relu}
         if activation not in acts:
             raise InputError(f"activation must be one of {', '.join(acts)}, got {activation!r}")
         self.act = acts[activation]
-        self._init_order(order)
+        self._init_order(order, num_orders, seed=seed)
         e, p, d = self._set_input_encoding(input_encoding), self.head.num_params, self.dim
         self.embed_size = e
         bound = 1.0 / math.sqrt(d * e)
@@ -95,6 +99,7 @@ class RNADE(NADE):
     supports_discrete = False
 
     def __init__(self, shape: tuple[int, ...], num_values: int | None = None, hidden_size: int = 100,
-                 order: OrderSpec = "raster", activation: str = "relu", num_mixture_components: int = 10) -> None:
-        super().__init__(shape, num_values, hidden_size=hidden_size, order=order, activation=activation,
-                         input_encoding="value", num_mixture_components=num_mixture_components)
+                 order: OrderSpec = "raster", num_orders: int = 1, seed: int = 0, activation: str = "relu",
+                 num_mixture_components: int = 10) -> None:
+        super().__init__(shape, num_values, hidden_size=hidden_size, order=order, num_orders=num_orders, seed=seed,
+                         activation=activation, input_encoding="value", num_mixture_components=num_mixture_components)
