@@ -35,6 +35,7 @@ TINY: dict[str, dict] = {
     "causalconv": {"channels": 8, "kernel_size": 3, "num_layers": 3},
     "made": {"hidden_sizes": [16, 16]},
     "nade": {"hidden_size": 8},
+    "mlp": {"memory": 2, "hidden_sizes": [8]},
     "rnade": {"hidden_size": 8, "num_mixture_components": 2},
 }
 

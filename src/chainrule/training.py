@@ -123,6 +123,8 @@ class Trainer:
         torch.manual_seed(c.seed)
         # Validate the whole training set once up front: a bad value is reported before hours of work.
         model.validate(train if train_transform is None else train_transform(train[:1024], g))
+        if getattr(model, "closed_form", False):
+            return self._fit_closed_form(train, val, train_transform, g)
         steps_per_epoch = math.ceil(len(train) / c.batch_size)
         total_steps = steps_per_epoch * c.epochs
         result = TrainResult()
@@ -191,6 +193,29 @@ class Trainer:
         else:
             self._save_best(result)
         model.eval()
+        return result
+
+    def _fit_closed_form(self, train: torch.Tensor, val: torch.Tensor | None, train_transform: Any,
+                         g: torch.Generator) -> TrainResult:
+        """Models with a closed-form maximum-likelihood estimate (``closed_form = True``, a
+        ``fit_counts(data)`` method: the histogram) are fitted in one pass, then validated."""
+        start = time.perf_counter()
+        data = train if train_transform is None else train_transform(train, g)
+        self.model.fit_counts(data)
+        row: dict[str, float] = {"epoch": 0, "train_nll_nats": evaluate(self.model, data).nll_nats, "lr": 0.0}
+        result = TrainResult(epochs_run=1, best_epoch=0)
+        if val is not None:
+            res = evaluate(self.model, val, self.config.eval_batch_size)
+            row.update(val_nll_nats=res.nll_nats, val_bits_per_dim=res.bits_per_dim)
+            result.best_val_nll_nats = res.nll_nats
+        result.train_seconds = row["seconds"] = time.perf_counter() - start
+        result.history.append(row)
+        log_file = self._open_log()
+        if log_file is not None:
+            self._write_log(log_file, row)
+            log_file.close()
+        self._save_best(result)
+        self.model.eval()
         return result
 
     # ------------------------------------------------------------------ files

@@ -1,0 +1,103 @@
+"""Model-specific checks of the classic density estimators (beyond the shared registry suite)."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+import chainrule
+from chainrule.checks import all_configurations
+from chainrule.errors import InputError
+from chainrule.training import TrainConfig, Trainer
+
+
+def test_histogram_counts_with_add_alpha():
+    data = torch.tensor([[0, 1], [0, 1], [1, 1], [0, 0], [0, 1]])
+    model = chainrule.create_model("histogram", (2,), 2, alpha=0.5)
+    model.fit_counts(data)
+    space = all_configurations(model)  # 00, 01, 10, 11
+    counts = torch.tensor([1.0, 3.0, 0.0, 1.0])
+    expected = (counts + 0.5) / (5 + 0.5 * 4)
+    assert torch.allclose(model.log_prob(space).exp(), expected, atol=1e-6)
+    # the same joint under another ordering
+    other = chainrule.create_model("histogram", (2,), 2, alpha=0.5, order="reversed")
+    other.fit_counts(data)
+    assert torch.allclose(other.log_prob(space), model.log_prob(space), atol=1e-6)
+
+
+def test_histogram_mle_and_trainer_uses_counting(tmp_path):
+    data = torch.randint(3, (200, 3))
+    model = chainrule.create_model("histogram", (3,), 3, alpha=0.0)
+    res = Trainer(model, TrainConfig(epochs=50), out_dir=tmp_path, progress=False).fit(data, data[:50])
+    assert res.epochs_run == 1
+    idx = data[:, 0] * 9 + data[:, 1] * 3 + data[:, 2]
+    freq = torch.bincount(idx, minlength=27).double() / 200
+    assert torch.allclose(model.log_prob(all_configurations(model)).exp().double(), freq, atol=1e-6)
+    assert chainrule.load(tmp_path / "best").log_prob(data).allclose(model.log_prob(data))
+
+
+def test_histogram_refuses_large_spaces():
+    with pytest.raises(InputError, match="configurations"):
+        chainrule.create_model("histogram", (1, 28, 28), 2)
+    with pytest.raises(InputError, match="alpha"):
+        chainrule.create_model("histogram", (3,), 2, alpha=-1)
+
+
+def test_nade_matches_its_formula():
+    """h_i = sigmoid(c + W[:, <i] x_<i), p(x_i=1) = sigmoid(b_i + V_i h_i), computed naively."""
+    torch.manual_seed(0)
+    model = chainrule.create_model("nade", (5,), 2, hidden_size=7, order=[3, 1, 4, 0, 2])
+    x = torch.randint(2, (4, 5))
+    ours = model.log_prob(x)
+    order = model.order
+    naive = torch.zeros(4)
+    for i in range(5):
+        j = int(order[i])
+        a = model.c.clone()
+        for jj in order[:i].tolist():
+            a = a + x[:, jj:jj + 1].float() * model.W[jj, :, 0]
+        logit = (torch.sigmoid(a) @ model.V[j, 0]) + model.b[j, 0]
+        naive = naive + torch.where(x[:, j] == 1, torch.nn.functional.logsigmoid(logit), torch.nn.functional.logsigmoid(-logit))
+    assert torch.allclose(ours, naive, atol=1e-5)
+
+
+def test_mlp_has_finite_memory():
+    """The conditional at step i depends on steps i-k..i-1 only (not on anything earlier)."""
+    torch.manual_seed(0)
+    model = chainrule.create_model("mlp", (7,), 3, memory=2, hidden_sizes=[8], order="reversed")
+    x = torch.randint(3, (3, 7))
+    e = model.embed(x).detach().requires_grad_(True)
+    params = model.forward_embedded(e)
+    order = model.order
+    for i in range(7):
+        (g,) = torch.autograd.grad(params[:, order[i]].sum(), e, retain_graph=True)
+        seen = {int(order[s]) for s in range(7) if g[:, order[s]].abs().sum() > 0}
+        assert seen == {int(order[s]) for s in range(max(0, i - 2), i)}
+
+
+def test_real_models_reject_discrete_and_discrete_reject_real():
+    with pytest.raises(InputError, match="real-valued"):
+        chainrule.create_model("rnade", (3,), 4)
+    with pytest.raises(InputError, match="discrete"):
+        chainrule.create_model("histogram", (3,), None)
+    model = chainrule.create_model("nade", (3,), 4, hidden_size=4)
+    with pytest.raises(InputError, match="integer"):
+        model.log_prob(torch.tensor([[0.3, 1.2, 2.0]]))
+
+
+def test_ensemble_improves_on_average_member():
+    """Jensen: the log of the averaged probability is >= the average log-probability."""
+    torch.manual_seed(0)
+    model = chainrule.create_model("nade", (6,), 2, hidden_size=5, num_orders=3)
+    x = torch.randint(2, (10, 6))
+    members = []
+    for c in range(3):
+        model.set_component(c)
+        members.append(model.log_prob_per_variable(x).sum(-1))
+    model.set_component(0)
+    assert torch.all(model.log_prob(x) >= torch.stack(members).mean(0) - 1e-6)
+    with torch.no_grad():
+        mixture = torch.logsumexp(torch.stack(members), 0) - math.log(3)
+        assert torch.allclose(mixture, model.log_prob(x), atol=1e-5)
