@@ -101,3 +101,48 @@ def test_ensemble_improves_on_average_member():
     with torch.no_grad():
         mixture = torch.logsumexp(torch.stack(members), 0) - math.log(3)
         assert torch.allclose(mixture, model.log_prob(x), atol=1e-5)
+
+
+def test_inspection_maps_sum_to_the_log_likelihood(tmp_path):
+    from chainrule.inspection import inspect_example, plot_inspection
+
+    torch.manual_seed(0)
+    model = chainrule.create_model("nade", (1, 3, 4), 2, hidden_size=6, order="snake")
+    x = torch.randint(2, (1, 3, 4))
+    ins = inspect_example(model, x)
+    assert ins.nll.shape == (1, 3, 4)
+    assert ins.total_nll_nats == pytest.approx(-float(model.log_prob(x)), abs=1e-4)
+    # p(x_j = 1 | x_<j) and p(observed) agree on the observed bit
+    expected = torch.where(x == 1, ins.prob_one, 1 - ins.prob_one)
+    assert torch.allclose(expected, ins.prob_observed, atol=1e-6)
+    assert ins.step.reshape(-1)[model.order].tolist() == list(range(12))
+    path = plot_inspection(ins, tmp_path / "ins.png", 2)
+    assert path.stat().st_size > 1000
+
+
+def test_dequantized_digits_and_discrete_bound():
+    from chainrule.data import load_dataset
+
+    ds = load_dataset("digits", dequantize=True, seed=3)
+    assert ds.num_values is None and ds.dequantized_from == 17
+    assert ds.val.dtype == torch.float32 and 0 <= float(ds.val.min()) and float(ds.val.max()) < 1
+    raw = load_dataset("digits")
+    assert torch.equal((ds.val * 17).floor().long(), raw.val)  # the noise never crosses a bin
+    a = ds.train_transform(ds.train[:5], torch.Generator().manual_seed(0))
+    b = ds.train_transform(ds.train[:5], torch.Generator().manual_seed(1))
+    assert not torch.equal(a, b) and torch.equal((a * 17).floor().long(), raw.train[:5])
+    assert ds.discrete_nll_offset_nats() == pytest.approx(64 * math.log(17))
+
+
+def test_cli_inspect_and_dequantize(tmp_path, capsys):
+    from chainrule.cli import main
+
+    run = tmp_path / "r"
+    assert main(["train", "rnade", "--dataset", "digits", "--dequantize", "--epochs", "1", "--out", str(run),
+                 "--no-progress", "-p", "hidden_size=8", "-p", "num_mixture_components=2"]) == 0
+    out = capsys.readouterr().out
+    assert "as discrete data (17 values" in out
+    assert main(["inspect", str(run), "--index", "2"]) == 0
+    assert (run / "inspect-test-2.png").is_file()
+    assert main(["inspect", str(run), "--index", "100000"]) == 2
+    assert "outside" in capsys.readouterr().err

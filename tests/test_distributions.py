@@ -89,3 +89,10 @@ def test_half_precision_parameters_are_upcast():
     a = torch.tensor([[30.0]], dtype=torch.float16)
     lp = Bernoulli(a).log_prob(torch.tensor([0]))
     assert lp.dtype == torch.float32 and torch.isfinite(lp).all()
+
+
+def test_means():
+    assert torch.allclose(Categorical(torch.log(torch.tensor([[0.2, 0.3, 0.5]]))).mean(), torch.tensor([1.3]))
+    assert torch.allclose(Bernoulli(torch.tensor([[0.0]])).mean(), torch.tensor([0.5]))
+    q = torch.tensor([[0.0, math.log(3.0), -2.0, 2.0, 0.0, 0.0]])  # weights 1/4, 3/4
+    assert torch.allclose(MixtureOfGaussians(q).mean(), torch.tensor([1.0]))

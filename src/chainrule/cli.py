@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import math
 import sys
 import time
 from pathlib import Path
@@ -61,14 +62,19 @@ def _dataset_of(ckpt: Path, args: argparse.Namespace) -> Dataset:
         raise InputError(f"{ckpt} does not record a dataset; pass --dataset")
     return load_dataset(name, args.data_dir or extra.get("data_dir"), download=args.download,
                         binarize=args.binarize if getattr(args, "binarize", None) else extra.get("binarize"),
-                        seed=extra.get("data_seed", 0))
+                        dequantize=args.dequantize or bool(extra.get("dequantize")), seed=extra.get("data_seed", 0))
 
 
-def _print_eval(split: str, res: EvalResult, sequence: bool) -> None:
+def _print_eval(split: str, res: EvalResult, ds: Dataset) -> None:
     line = f"{split}: NLL {res.nll_nats:.4f} nats/example | {res.bits_per_dim:.4f} bits/dim"
-    if sequence:
-        line += f" | perplexity {res.perplexity:.4f} per token"
+    if not ds.is_image:
+        line += f" | perplexity {res.perplexity:.4f} per variable"
     print(line + f" | {res.num_examples} examples")
+    if ds.dequantized_from:
+        offset = ds.discrete_nll_offset_nats()
+        disc = res.nll_nats + offset
+        print(f"{split}: as discrete data ({ds.dequantized_from} values; -log p(y) + D log K, an upper bound): "
+              f"NLL {disc:.4f} nats/example | {disc / (res.dim * math.log(2)):.4f} bits/dim")
 
 
 def _write_samples(model: AutoregressiveModel, n: int, out: Path, seed: int, is_image: bool) -> Path:
@@ -117,7 +123,7 @@ def _train(model_name: str, ds: Dataset, out: Path, hparams: dict[str, Any], con
           + (f" (early stop; best epoch {result.best_epoch + 1})" if result.stopped_early else ""))
     t0 = time.perf_counter()
     test = evaluate(model, ds.test, config.eval_batch_size)
-    _print_eval("test", test, sequence=not ds.is_image)
+    _print_eval("test", test, ds)
     plot_training_curve(out / "log.csv", out / "curve.png", title=f"{model_name} on {ds.name}")
     samples = _write_samples(model, num_samples, out / "samples.png", config.seed, ds.is_image)
     summary = {"model": model_name, "dataset": ds.name, "parameters": model.num_parameters(),
@@ -143,10 +149,11 @@ def cmd_train(args: argparse.Namespace) -> int:
     hparams = _parse_hparams(args.param)
     if args.order:
         hparams["order"] = args.order
-    ds = load_dataset(args.dataset, args.data_dir, download=args.download, binarize=args.binarize, seed=args.data_seed)
+    ds = load_dataset(args.dataset, args.data_dir, download=args.download, binarize=args.binarize,
+                      dequantize=args.dequantize, seed=args.data_seed)
     out = Path(args.out or f"runs/{args.model}-{ds.name}")
     torch.manual_seed(args.seed)
-    extra = {"dataset": args.dataset, "binarize": args.binarize, "data_seed": args.data_seed,
+    extra = {"dataset": args.dataset, "binarize": args.binarize, "dequantize": args.dequantize, "data_seed": args.data_seed,
              "data_dir": str(args.data_dir) if args.data_dir else None, "command": sys.argv}
     _train(args.model, ds, out, hparams, _train_config(args), extra, not args.no_progress, args.num_samples)
     return 0
@@ -161,7 +168,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
     if ds.train_transform is not None and args.split == "train":
         data = ds.train_transform(data, torch.Generator().manual_seed(0))
     res = evaluate(model, data, args.batch_size, progress=not args.no_progress)
-    _print_eval(args.split, res, sequence=not ds.is_image)
+    _print_eval(args.split, res, ds)
     if args.json:
         print(json.dumps({"split": args.split, **res.as_dict()}))
     return 0
@@ -175,6 +182,30 @@ def cmd_sample(args: argparse.Namespace) -> int:
     out = Path(args.out or (Path(args.run) / ("samples.png" if is_image else "samples.npy")))
     path = _write_samples(model, args.n, out, args.seed, is_image)
     print(f"wrote {args.n} samples to {path}")
+    return 0
+
+
+def cmd_inspect(args: argparse.Namespace) -> int:
+    """Per-variable conditionals of one example as a figure (the NADE paper's conditional maps)."""
+    from chainrule.inspection import inspect_example, plot_inspection
+
+    _set_threads(args.threads)
+    ckpt = _checkpoint_dir(args.run)
+    model = chainrule.load(ckpt)
+    ds = _dataset_of(ckpt, args)
+    data = {"train": ds.train, "val": ds.val, "test": ds.test}[args.split]
+    if not 0 <= args.index < len(data):
+        raise InputError(f"--index {args.index} is outside the {args.split} split (0..{len(data) - 1})")
+    x = data[args.index]
+    if ds.train_transform is not None and args.split == "train":
+        x = ds.train_transform(x.unsqueeze(0), torch.Generator().manual_seed(0))[0]
+    ins = inspect_example(model, x)
+    out = Path(args.out or Path(args.run) / f"inspect-{args.split}-{args.index}.png")
+    plot_inspection(ins, out, model.num_values, title=f"{model.name}: {args.split} example {args.index}")
+    worst = ins.nll.reshape(-1).topk(min(5, model.dim))
+    print(f"{args.split} example {args.index}: NLL {ins.total_nll_nats:.3f} nats; most surprising variables "
+          + ", ".join(f"{int(i)} ({float(v):.2f} nats)" for v, i in zip(worst.values, worst.indices)))
+    print(f"wrote {out}")
     return 0
 
 
@@ -207,6 +238,8 @@ def build_parser() -> argparse.ArgumentParser:
         sp.add_argument("--data-dir", help="folder with the dataset files (default: $CHAINRULE_DATA)")
         sp.add_argument("--download", action="store_true", help="download missing files from the official mirror (checksummed)")
         sp.add_argument("--binarize", choices=[c for c in BINARIZE_CHOICES if c], help="binarize grey images")
+        sp.add_argument("--dequantize", action="store_true",
+                        help="uniform dequantization (x + u) / K, for real-valued models (rnade, Gaussian heads)")
 
     def common(sp: argparse.ArgumentParser) -> None:
         sp.add_argument("--threads", type=int, help="torch CPU threads")
@@ -257,6 +290,16 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--seed", type=int, default=0)
     common(s)
     s.set_defaults(func=cmd_sample)
+
+    i = sub.add_parser("inspect", help="figure of one example's per-variable conditionals and NLL")
+    i.add_argument("run", help="run directory or checkpoint directory")
+    i.add_argument("--split", choices=["train", "val", "test"], default="test")
+    i.add_argument("--index", type=int, default=0, help="which example of the split")
+    i.add_argument("--dataset", help="take the example from another dataset than the one trained on")
+    data_args(i)
+    i.add_argument("--out", help="output PNG (default RUN/inspect-SPLIT-INDEX.png)")
+    common(i)
+    i.set_defaults(func=cmd_inspect)
 
     q = sub.add_parser("quickstart", help="train the causal-conv ARM on the bundled 8x8 digits (a few minutes)")
     q.add_argument("--out", default="runs/quickstart", help="run directory")

@@ -27,6 +27,7 @@ import gzip
 import hashlib
 import importlib.util
 import logging
+import math
 import os
 import struct
 import tempfile
@@ -53,6 +54,7 @@ __all__ = [
     "dynamic_binarize",
     "list_datasets",
     "load_dataset",
+    "uniform_dequantize",
 ]
 
 #: Published sha256 of every file a registered loader reads, keyed by ``"<subfolder>/<file>"``.
@@ -107,6 +109,10 @@ class Dataset:
         train_transform: ``f(batch, generator) -> batch`` that the trainer applies to every
             training mini-batch ``(B, *shape)``, or None.
         description: one line saying what the data is.
+        dequantized_from: K when the data are discrete values 0..K-1 made continuous by uniform
+            dequantization, y = (x + u) / K with u ~ U[0, 1)^D (Theis et al. 2016); then
+            -log p(y) + D log K bounds the NLL of the discrete data from above, comparable with the
+            discrete models' (see :meth:`discrete_nll_offset_nats`). None otherwise.
     """
 
     name: str
@@ -118,6 +124,13 @@ class Dataset:
     is_image: bool
     train_transform: Callable[[torch.Tensor, torch.Generator | None], torch.Tensor] | None = None
     description: str = ""
+    dequantized_from: int | None = None
+
+    def discrete_nll_offset_nats(self) -> float:
+        """D log K for dequantized data (add it to a density's NLL in nats), else 0."""
+        if self.dequantized_from is None:
+            return 0.0
+        return math.prod(self.shape) * math.log(self.dequantized_from)
 
     def __post_init__(self) -> None:
         for split in ("train", "val", "test"):
@@ -596,12 +609,39 @@ def _binarize(ds: Dataset, mode: str | None, seed: int) -> Dataset:
     )
 
 
+def uniform_dequantize(x: torch.Tensor, num_values: int, generator: torch.Generator | None = None) -> torch.Tensor:
+    """``(x + u) / K`` with fresh ``u ~ U[0, 1)`` per value: discrete ``(B, *shape)`` -> float32 in [0, 1)."""
+    u = torch.rand(x.shape, generator=generator, device=x.device if generator is None else generator.device)
+    return (x.to(torch.float32) + u.to(x.device)) / num_values
+
+
+def _dequantize(ds: Dataset, seed: int) -> Dataset:
+    if ds.num_values is None:
+        raise DataError(f"dequantize applies to discrete data; dataset {ds.name!r} is already real-valued")
+    if ds.train_transform is not None:
+        raise DataError("dequantize cannot be combined with dynamic binarization")
+    k = ds.num_values
+    generator = torch.Generator().manual_seed(seed)
+    # val/test noise drawn once (reproducible comparisons); train noise fresh for every batch
+    return replace(
+        ds,
+        train=ds.train.to(torch.float32),
+        val=uniform_dequantize(ds.val, k, generator),
+        test=uniform_dequantize(ds.test, k, generator),
+        num_values=None,
+        train_transform=lambda batch, g: uniform_dequantize(batch, k, g),
+        description=f"{ds.description}; uniformly dequantized to [0, 1): (x + u) / {k}",
+        dequantized_from=k,
+    )
+
+
 def load_dataset(
     name: str | os.PathLike[str],
     data_dir: str | Path | None = None,
     *,
     download: bool = False,
     binarize: str | None = None,
+    dequantize: bool = False,
     seed: int = 0,
 ) -> Dataset:
     """Load a registered dataset, or the user's own data.
@@ -621,7 +661,10 @@ def load_dataset(
         binarize: for 8-bit data: None (256 values), ``"threshold"`` (x >= 128) or
             ``"dynamic"`` (Bernoulli(x/255): val/test drawn once from ``seed``, train re-drawn
             per mini-batch by ``Dataset.train_transform``).
-        seed: seed of the one-off dynamic binarization of val and test.
+        dequantize: make discrete data continuous, ``(x + u) / K`` in [0, 1) (for real-valued
+            models such as ``rnade``): val/test noise drawn once from ``seed``, train noise drawn
+            per mini-batch. ``Dataset.discrete_nll_offset_nats()`` converts NLLs back.
+        seed: seed of the one-off dynamic binarization / dequantization of val and test.
 
     Returns:
         the :class:`Dataset`, tensors ``(N, *shape)``.
@@ -651,6 +694,8 @@ def load_dataset(
             )
         ds = _load_user_path(path)
     ds = _binarize(ds, binarize, seed)
+    if dequantize:
+        ds = _dequantize(ds, seed)
     logger.info(
         "dataset %s: %d train, %d val, %d test, shape %s, num_values %s",
         ds.name, len(ds.train), len(ds.val), len(ds.test), ds.shape, ds.num_values,

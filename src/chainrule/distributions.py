@@ -52,6 +52,10 @@ class Distribution:
         """The most probable value (argmax; for the Gaussian mixture, the mean of the heaviest component)."""
         raise NotImplementedError
 
+    def mean(self) -> torch.Tensor:
+        """The expected value, ``(*batch,)``."""
+        raise NotImplementedError
+
 
 class DiscreteDistribution(Distribution):
     """A distribution over {0, ..., K-1}: adds the probability and cumulative tables."""
@@ -76,6 +80,10 @@ class DiscreteDistribution(Distribution):
 
     def mode(self) -> torch.Tensor:
         return self.logits().argmax(-1)
+
+    def mean(self) -> torch.Tensor:
+        p = self.probs()
+        return p @ torch.arange(p.shape[-1], dtype=p.dtype, device=p.device)
 
     def cdf(self) -> torch.Tensor:
         """Cumulative probabilities, ``(*batch, K + 1)``: ``cdf[..., k] = P(x < k)``, from 0 to 1."""
@@ -156,6 +164,9 @@ class Gaussian(Distribution):
     def mode(self) -> torch.Tensor:
         return self.params[..., 0]
 
+    def mean(self) -> torch.Tensor:
+        return self.params[..., 0]
+
 
 class MixtureOfGaussians(Distribution):
     """Real variable, mixture of M Gaussians (RNADE, Uria et al. 2013).
@@ -192,6 +203,10 @@ class MixtureOfGaussians(Distribution):
     def mode(self) -> torch.Tensor:
         logw, mean, _ = self._split()
         return mean.gather(-1, logw.argmax(-1, keepdim=True)).squeeze(-1)
+
+    def mean(self) -> torch.Tensor:
+        logw, mean, _ = self._split()
+        return (logw.exp() * mean).sum(-1)
 
 
 @dataclass(frozen=True)
