@@ -256,6 +256,7 @@ def test_ensembles_average_probabilities(name, tmp_path):
     model.set_component(0)
     expected = torch.logsumexp(torch.stack(per), 0) - math.log(4)
     assert torch.allclose(model.log_prob(x), expected, atol=1e-5)
+    assert torch.allclose(model.log_prob(x, component=2), per[2], atol=1e-6)
     assert len({tuple(model.orders[c].tolist()) for c in range(4)}) > 1  # orderings differ
     assert check_autoregressive(model) == 4 * 5
     check_step_matches_forward(model)

@@ -37,8 +37,10 @@ class EvalResult:
 
 
 def per_example_nll(model: AutoregressiveModel, data: torch.Tensor, batch_size: int = 1024,
-                    progress: bool = False, desc: str = "eval") -> torch.Tensor:
-    """-log p(x) in nats for every example of ``data`` ``(N, *shape)`` -> ``(N,)`` float64."""
+                    progress: bool = False, desc: str = "eval", component: int | None = None) -> torch.Tensor:
+    """-log p(x) in nats for every example of ``data`` ``(N, *shape)`` -> ``(N,)`` float64.
+
+    ``component``: for an ensemble, one ordering/connectivity alone (default: the ensemble)."""
     if len(data) == 0:
         raise InputError("cannot evaluate on an empty dataset (0 examples)")
     was_training = model.training
@@ -47,7 +49,7 @@ def per_example_nll(model: AutoregressiveModel, data: torch.Tensor, batch_size: 
     try:
         with torch.inference_mode():
             for start in tqdm(range(0, len(data), batch_size), desc=desc, disable=not progress, leave=False):
-                out.append(-model.log_prob(data[start:start + batch_size]).double().cpu())
+                out.append(-model.log_prob(data[start:start + batch_size], component).double().cpu())
     finally:
         model.train(was_training)
     return torch.cat(out)
@@ -61,6 +63,8 @@ def summarize(nll: torch.Tensor, dim: int) -> EvalResult:
 
 
 def evaluate(model: AutoregressiveModel, data: torch.Tensor, batch_size: int = 1024,
-             progress: bool = False) -> EvalResult:
-    """Exact NLL of ``model`` on ``data`` ``(N, *shape)``: nats/example, bits/dim, perplexity."""
-    return summarize(per_example_nll(model, data, batch_size, progress), model.dim)
+             progress: bool = False, component: int | None = None) -> EvalResult:
+    """Exact NLL of ``model`` on ``data`` ``(N, *shape)``: nats/example, bits/dim, perplexity.
+
+    For an ensemble, ``component=k`` evaluates ordering/connectivity k alone."""
+    return summarize(per_example_nll(model, data, batch_size, progress, component=component), model.dim)

@@ -72,8 +72,15 @@ class TrainResult:
     best_val_nll_nats: float = math.inf
     best_epoch: int = -1
     epochs_run: int = 0
-    train_seconds: float = 0.0
+    train_seconds: float = 0.0  # wall time of fit(), validation included
+    step_seconds: float = 0.0  # time inside training steps only (for throughput)
+    examples_seen: int = 0
     stopped_early: bool = False
+
+    @property
+    def examples_per_second(self) -> float:
+        """Training throughput: examples per second of training steps (validation excluded)."""
+        return self.examples_seen / self.step_seconds if self.step_seconds else 0.0
 
 
 class Trainer:
@@ -136,6 +143,7 @@ class Trainer:
         try:
             for epoch in bar:
                 model.train()
+                epoch_start = time.perf_counter()
                 perm = torch.randperm(len(train), generator=g)
                 total, count = 0.0, 0
                 for b in range(steps_per_epoch):
@@ -159,6 +167,8 @@ class Trainer:
                     step += 1
                     total += float(nll.detach().sum())
                     count += len(x)
+                result.step_seconds += time.perf_counter() - epoch_start
+                result.examples_seen += count
                 row = {"epoch": epoch, "train_nll_nats": total / count,
                        "lr": self.optimizer.param_groups[0]["lr"], "seconds": time.perf_counter() - start}
                 if val is not None:

@@ -254,14 +254,22 @@ class AutoregressiveModel(nn.Module):
         x, batch = self.validate(x)
         return self._component_log_prob(x).reshape(*batch, self.dim)
 
-    def log_prob(self, x: torch.Tensor) -> torch.Tensor:
+    def log_prob(self, x: torch.Tensor, component: int | None = None) -> torch.Tensor:
         """Exact log-likelihood in nats, ``(*batch, *shape)`` -> ``(*batch,)``.
 
         For an ensemble of K orderings/connectivities the *probabilities* are averaged,
-        log (1/K) sum_k p_k(x), which is itself a normalized distribution.
+        log (1/K) sum_k p_k(x), which is itself a normalized distribution. ``component=k`` gives
+        the likelihood under ordering/connectivity k alone (also normalized).
         """
         x, batch = self.validate(x)
-        return self._log_prob_valid(x).reshape(batch)
+        if component is None:
+            return self._log_prob_valid(x).reshape(batch)
+        current = self._component if self.num_components > 1 else 0
+        self.set_component(component)
+        try:
+            return self._component_log_prob(x).sum(-1).reshape(batch)
+        finally:
+            self.set_component(current)
 
     def _log_prob_valid(self, x: torch.Tensor) -> torch.Tensor:
         k = self.num_components
