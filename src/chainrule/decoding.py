@@ -39,7 +39,10 @@ class Temperature:
         if self.t == 0:
             keep = F.one_hot(logits.argmax(-1), logits.shape[-1]).bool()
             return logits.masked_fill(~keep, -math.inf)
-        return logits / self.t
+        # Shift so the maximum is 0 and divide in float64: a tiny t then sends the others to
+        # -inf instead of producing inf - inf = NaN (or 0 / 0 when t underflows float32).
+        shifted = logits - logits.amax(-1, keepdim=True)
+        return (shifted.double() / self.t).to(logits.dtype)
 
 
 class TopK:
@@ -110,6 +113,7 @@ class Hypothesis:
     tokens: list[int]
     log_prob: float
     score: float
+    prefix_log_prob: float = 0.0  # log-probability of the given prefix (not part of log_prob)
 
 
 def _index_state(state: Any, idx: torch.Tensor) -> Any:
@@ -139,7 +143,8 @@ def beam_search(step: StepFn, init_state: Any, beam_width: int, max_length: int,
         eos_id: a token that ends a hypothesis (it is kept, and counts in its length).
         length_penalty: alpha in ``score = log_prob / length ** alpha``; 0 ranks by raw
             log-probability, 1 by the per-token average.
-        prefix: tokens fed before generation (their probability is not counted).
+        prefix: tokens fed before generation (their log-probability is reported separately, as
+            ``Hypothesis.prefix_log_prob``, and not part of ``log_prob`` or ``score``).
 
     Returns:
         the finished hypotheses, best score first (at most ``beam_width``).
@@ -148,11 +153,12 @@ def beam_search(step: StepFn, init_state: Any, beam_width: int, max_length: int,
         raise InputError(f"beam width must be an integer >= 1, got {beam_width!r}")
     if max_length < 1:
         raise InputError(f"max_length must be >= 1, got {max_length}")
-    state, last = init_state, None
-    pos = 0
-    for tok in prefix:
-        _, state = step(state, last, pos)
-        last, pos = torch.tensor([tok]), pos + 1
+    state, last, prefix_lp = init_state, None, 0.0
+    for pos, tok in enumerate(prefix):
+        logp, state = step(state, last, pos)
+        prefix_lp += float(logp[0, tok])
+        last = torch.tensor([tok])
+    pos = len(prefix)
     seqs: list[list[int]] = [[]]
     scores = torch.zeros(1, dtype=torch.float64)
     finished: list[Hypothesis] = []
@@ -172,7 +178,7 @@ def beam_search(step: StepFn, init_state: Any, beam_width: int, max_length: int,
                 continue
             seq = seqs[b] + [tok]
             if eos_id is not None and tok == eos_id:
-                finished.append(Hypothesis(seq, s, score(s, len(seq))))
+                finished.append(Hypothesis(seq, s, score(s, len(seq)), prefix_lp))
             else:
                 new_seqs.append(seq)
                 keep.append(b)
@@ -183,6 +189,6 @@ def beam_search(step: StepFn, init_state: Any, beam_width: int, max_length: int,
         state = _index_state(state, idx)
         seqs, scores, last = new_seqs, torch.tensor(new_scores, dtype=torch.float64), torch.tensor([s[-1] for s in new_seqs])
     else:
-        finished.extend(Hypothesis(s, float(lp), score(float(lp), len(s))) for s, lp in zip(seqs, scores))
+        finished.extend(Hypothesis(s, float(lp), score(float(lp), len(s)), prefix_lp) for s, lp in zip(seqs, scores))
     finished.sort(key=lambda h: h.score, reverse=True)
     return finished[:beam_width]

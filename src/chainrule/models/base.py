@@ -27,6 +27,7 @@ from typing import Any, ClassVar
 import torch
 from torch import nn
 
+from chainrule.decoding import beam_search, choose, processors
 from chainrule.distributions import Distribution, OutputHead, output_head
 from chainrule.errors import InputError
 from chainrule.orderings import OrderSpec, make_ordering
@@ -306,8 +307,8 @@ class AutoregressiveModel(nn.Module):
         params = self(state.reshape(-1, *self.shape))
         return params[:, order[i]], state
 
-    def sample(self, n: int, generator: torch.Generator | None = None,
-               prefix: torch.Tensor | None = None) -> torch.Tensor:
+    def sample(self, n: int, generator: torch.Generator | None = None, prefix: torch.Tensor | None = None,
+               temperature: float = 1.0, top_k: int | None = None, top_p: float | None = None) -> torch.Tensor:
         """Draw ``n`` samples by ancestral sampling, ``(n, *shape)``.
 
         Args:
@@ -315,18 +316,25 @@ class AutoregressiveModel(nn.Module):
             generator: a ``torch.Generator`` for reproducible draws.
             prefix: optional values of the first k variables *in the model's order*, ``(k,)`` (the
                 same for every sample) or ``(n, k)``; sampling continues after them.
+            temperature, top_k, top_p: decoding filters for discrete data (see
+                :mod:`chainrule.decoding`; temperature 0 = greedy). The defaults sample the model's
+                own distribution exactly.
         """
         if not isinstance(n, int) or n < 1:
             raise InputError(f"n must be a positive integer, got {n!r}")
+        chain = processors(temperature, top_k, top_p)
+        if chain and self.num_values is None:
+            raise InputError("temperature/top-k/top-p apply to discrete data; this model is real-valued")
         with torch.inference_mode():
-            x = self._sample(n, generator, prefix)
+            x = self._sample(n, generator, prefix, chain)
         # A normal tensor, not an inference tensor: callers may feed samples to log_prob with autograd.
         return x.clone()
 
-    def _sample(self, n: int, generator: torch.Generator | None, prefix: torch.Tensor | None) -> torch.Tensor:
+    def _sample(self, n: int, generator: torch.Generator | None, prefix: torch.Tensor | None,
+                chain: list | None = None) -> torch.Tensor:
         k = self.num_components
         if k == 1:
-            return self._sample_component(n, generator, prefix)
+            return self._sample_component(n, generator, prefix, chain)
         # A mixture: pick each sample's component uniformly, then sample from that component.
         which = torch.randint(k, (n,), generator=generator)
         out = torch.empty(n, *self.shape, dtype=torch.long if self.num_values else torch.float, device=self.device)
@@ -335,7 +343,7 @@ class AutoregressiveModel(nn.Module):
             if idx.numel():
                 self.set_component(c)
                 pre = prefix if prefix is None or prefix.dim() == 1 else prefix[idx]
-                out[idx.to(out.device)] = self._sample_component(idx.numel(), generator, pre)
+                out[idx.to(out.device)] = self._sample_component(idx.numel(), generator, pre, chain)
         self.set_component(0)
         return out
 
@@ -353,8 +361,8 @@ class AutoregressiveModel(nn.Module):
         self.validate(full.reshape(n, *self.shape))
         return prefix.long() if self.num_values else prefix.float()
 
-    def _sample_component(self, n: int, generator: torch.Generator | None,
-                          prefix: torch.Tensor | None) -> torch.Tensor:
+    def _sample_component(self, n: int, generator: torch.Generator | None, prefix: torch.Tensor | None,
+                          chain: list | None = None) -> torch.Tensor:
         order = self.current_order()
         k = 0
         if prefix is not None:
@@ -367,10 +375,46 @@ class AutoregressiveModel(nn.Module):
             params, state = self.step(state, i, prev)
             if i < k:
                 prev = prefix[:, i]
+            elif chain:
+                prev = choose(self.head(params).logits(), chain, generator)
             else:
                 prev = self.head(params).sample(generator).to(x.dtype)
             x[:, order[i]] = prev
         return x.reshape(n, *self.shape)
+
+    @torch.no_grad()
+    def beam_search(self, beam_width: int, prefix: torch.Tensor | None = None,
+                    length_penalty: float = 0.0) -> list[tuple[torch.Tensor, float, float]]:
+        """The most probable whole examples found by beam search (discrete models).
+
+        Returns up to ``beam_width`` triples ``(x (*shape), log_prob_nats, score)``, best first;
+        ``score = log_prob / D ** length_penalty`` (every example has D variables, so the ranking
+        equals the raw log-probability's). ``prefix`` fixes the first variables in the order; its
+        probability is included in ``log_prob`` so that it equals ``self.log_prob(x)``.
+        """
+        if self.num_values is None:
+            raise InputError("beam search needs a discrete model")
+        if self.num_components > 1:
+            raise InputError("beam search over an ensemble is not supported: pick a component with set_component")
+        tokens: list[int] = []
+        if prefix is not None:
+            tokens = self._check_prefix(1, prefix)[0].tolist()
+        if len(tokens) >= self.dim:
+            raise InputError(f"the prefix fixes all {self.dim} variables: nothing is left to search")
+
+        def step(state: Any, last: torch.Tensor | None, i: int) -> tuple[torch.Tensor, Any]:
+            params, state = self.step(state, i, None if last is None else last.to(self.device))
+            return self.head(params).logits(), state
+
+        order = self.current_order()
+        results = []
+        for h in beam_search(step, self.init_state(1), beam_width, self.dim - len(tokens),
+                             length_penalty=length_penalty, prefix=tokens):
+            flat = torch.empty(self.dim, dtype=torch.long, device=self.device)
+            flat[order] = torch.tensor(tokens + h.tokens, dtype=torch.long, device=self.device)
+            lp = h.log_prob + h.prefix_log_prob
+            results.append((flat.reshape(self.shape).clone(), lp, lp / self.dim ** length_penalty))
+        return results
 
     # ------------------------------------------------------------------ persistence
     @property
