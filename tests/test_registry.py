@@ -36,6 +36,11 @@ TINY: dict[str, dict] = {
     "made": {"hidden_sizes": [16, 16]},
     "nade": {"hidden_size": 8},
     "mlp": {"memory": 2, "hidden_sizes": [8]},
+    "rnn": {"hidden_size": 8, "num_layers": 2, "embedding_size": 4},
+    "lstm": {"hidden_size": 8, "num_layers": 2, "embedding_size": 4},
+    "gru": {"hidden_size": 8, "num_layers": 2, "embedding_size": 4},
+    "wavenet": {"dilations": [1, 2, 1], "residual_channels": 4, "skip_channels": 6, "embedding_size": 4},
+    "transformer": {"num_layers": 2, "num_heads": 2, "embed_dim": 8},
     "rnade": {"hidden_size": 8, "num_mixture_components": 2},
 }
 

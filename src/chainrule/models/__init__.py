@@ -4,6 +4,6 @@ from chainrule.models.base import AutoregressiveModel
 from chainrule.models.registry import create_model, get_model_class, list_models, register
 
 # Importing an architecture registers it.
-from chainrule.models import causalconv, fvsbn, histogram, made, mlp, nade  # noqa: E402,F401  isort: skip
+from chainrule.models import causalconv, fvsbn, histogram, made, mlp, nade, rnn, transformer, wavenet  # noqa: E402,F401  isort: skip
 
 __all__ = ["AutoregressiveModel", "create_model", "get_model_class", "list_models", "register"]

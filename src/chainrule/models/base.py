@@ -299,6 +299,7 @@ class AutoregressiveModel(nn.Module):
 
         The default recomputes the full teacher-forced pass (O(D) work per step). Models override
         it with a cache; :func:`chainrule.checks.check_step_matches_forward` tests they agree.
+        A step may update ``state`` in place: pass each state to ``step`` once.
         """
         order = self.current_order()
         if x_prev is not None:

@@ -1,0 +1,92 @@
+"""Recurrent autoregressive models: RNN, LSTM, GRU (char-RNN, Karpathy 2015; Graves 2013).
+
+    h_t = cell(h_{t-1}, embed(x_{t-1}))        (x_{-1} = a learned start vector)
+    p(x_t | x_<t) = head(W h_t)
+
+The whole sequence is read in one teacher-forced call of ``torch.nn.RNN/LSTM/GRU`` over the
+inputs shifted right by one; the sampling cache is the hidden state, so each new token costs one
+cell step instead of re-reading the prefix. Sequences are taken in the raster order of ``shape``.
+"""
+
+from __future__ import annotations
+
+from typing import Any, ClassVar
+
+import torch
+from torch import nn
+
+from chainrule.errors import InputError
+from chainrule.models.base import AutoregressiveModel
+from chainrule.models.registry import register
+
+
+class _Recurrent(AutoregressiveModel):
+    """Embedding -> recurrent stack -> linear head. Subclasses set ``cell``."""
+
+    cell: ClassVar[type[nn.RNNBase]]
+    supports_real = True
+
+    def __init__(self, shape: tuple[int, ...], num_values: int | None = 256, hidden_size: int = 256,
+                 num_layers: int = 2, embedding_size: int = 64, dropout: float = 0.0,
+                 num_mixture_components: int = 1) -> None:
+        super().__init__(shape, num_values, num_mixture_components)
+        if hidden_size < 1 or num_layers < 1 or embedding_size < 1:
+            raise InputError("hidden_size, num_layers and embedding_size must be >= 1")
+        if not 0 <= dropout < 1:
+            raise InputError(f"dropout must be in [0, 1), got {dropout}")
+        self.embedding = (nn.Embedding(num_values, embedding_size) if num_values is not None
+                          else nn.Linear(1, embedding_size))
+        self.start = nn.Parameter(torch.zeros(embedding_size))  # stands in for x_{-1}
+        self.rnn = self.cell(embedding_size, hidden_size, num_layers, batch_first=True,
+                             dropout=dropout if num_layers > 1 else 0.0)
+        self.drop = nn.Dropout(dropout)
+        self.proj = nn.Linear(hidden_size, self.head.num_params)
+
+    def encode_values(self, v: torch.Tensor) -> torch.Tensor:
+        if self.num_values is None:
+            return self.embedding(v.float().unsqueeze(-1))
+        return self.embedding(v.long())
+
+    def forward_embedded(self, e: torch.Tensor) -> torch.Tensor:
+        inp = torch.cat([self.start.expand(e.shape[0], 1, -1), e[:, :-1]], 1)  # (B, T, E), shifted right
+        out, _ = self.rnn(self.drop(inp))
+        return self.proj(self.drop(out))  # (B, T, P)
+
+    # The cache is the hidden state, kept batch-first, (n, layers, H) (a pair for the LSTM), so
+    # that beam search can reorder it along dim 0 like every other model's cache.
+    def init_state(self, n: int) -> Any:
+        h = torch.zeros(n, self.rnn.num_layers, self.rnn.hidden_size, device=self.device)
+        return (h, h.clone()) if isinstance(self.rnn, nn.LSTM) else h
+
+    def step(self, state: Any, i: int, x_prev: torch.Tensor | None) -> tuple[torch.Tensor, Any]:
+        lstm = isinstance(state, tuple)
+        n = (state[0] if lstm else state).shape[0]
+        inp = self.start.expand(n, 1, -1) if x_prev is None else self.encode_values(x_prev).unsqueeze(1)
+        hidden = tuple(s.transpose(0, 1).contiguous() for s in state) if lstm else state.transpose(0, 1).contiguous()
+        out, hidden = self.rnn(inp, hidden)
+        state = tuple(s.transpose(0, 1) for s in hidden) if lstm else hidden.transpose(0, 1)
+        return self.proj(out[:, 0]), state
+
+
+@register
+class RNN(_Recurrent):
+    """Elman RNN (tanh) stack. Args: hidden_size, num_layers, embedding_size, dropout."""
+
+    name = "rnn"
+    cell = nn.RNN
+
+
+@register
+class LSTM(_Recurrent):
+    """LSTM stack (Hochreiter & Schmidhuber 1997). Args: hidden_size, num_layers, embedding_size, dropout."""
+
+    name = "lstm"
+    cell = nn.LSTM
+
+
+@register
+class GRU(_Recurrent):
+    """GRU stack (Cho et al. 2014). Args: hidden_size, num_layers, embedding_size, dropout."""
+
+    name = "gru"
+    cell = nn.GRU
