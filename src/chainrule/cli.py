@@ -62,7 +62,8 @@ def _dataset_of(ckpt: Path, args: argparse.Namespace) -> Dataset:
         raise InputError(f"{ckpt} does not record a dataset; pass --dataset")
     return load_dataset(name, args.data_dir or extra.get("data_dir"), download=args.download,
                         binarize=args.binarize if getattr(args, "binarize", None) else extra.get("binarize"),
-                        dequantize=args.dequantize or bool(extra.get("dequantize")), seed=extra.get("data_seed", 0))
+                        dequantize=args.dequantize or bool(extra.get("dequantize")), seed=extra.get("data_seed", 0),
+                        block_size=extra.get("block_size", 256), level=extra.get("level", "char"))
 
 
 def _print_eval(split: str, res: EvalResult, ds: Dataset) -> None:
@@ -77,10 +78,15 @@ def _print_eval(split: str, res: EvalResult, ds: Dataset) -> None:
               f"NLL {disc:.4f} nats/example | {disc / (res.dim * math.log(2)):.4f} bits/dim")
 
 
-def _write_samples(model: AutoregressiveModel, n: int, out: Path, seed: int, is_image: bool) -> Path:
+def _write_samples(model: AutoregressiveModel, n: int, out: Path, seed: int, is_image: bool,
+                   tokenizer: Any = None) -> Path:
     g = torch.Generator().manual_seed(seed)
     x = model.sample(n, generator=g)
     out.parent.mkdir(parents=True, exist_ok=True)
+    if tokenizer is not None:  # text: decoded samples, separated by a rule
+        out = out.with_suffix(".txt")
+        out.write_text("\n\n----------\n\n".join(tokenizer.decode(row.tolist()) for row in x))
+        return out
     if is_image and out.suffix.lower() == ".png":
         return save_image_grid(x, out, model.num_values)
     if out.suffix.lower() == ".png":
@@ -125,7 +131,7 @@ def _train(model_name: str, ds: Dataset, out: Path, hparams: dict[str, Any], con
     test = evaluate(model, ds.test, config.eval_batch_size)
     _print_eval("test", test, ds)
     plot_training_curve(out / "log.csv", out / "curve.png", title=f"{model_name} on {ds.name}")
-    samples = _write_samples(model, num_samples, out / "samples.png", config.seed, ds.is_image)
+    samples = _write_samples(model, num_samples, out / "samples.png", config.seed, ds.is_image, ds.tokenizer)
     summary = {"model": model_name, "dataset": ds.name, "parameters": model.num_parameters(),
                "epochs_run": result.epochs_run, "best_epoch": result.best_epoch,
                "train_seconds": result.train_seconds, "best_val_nll_nats": result.best_val_nll_nats,
@@ -140,7 +146,8 @@ def _train_config(args: argparse.Namespace) -> TrainConfig:
     return TrainConfig(epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, optimizer=args.optimizer,
                        weight_decay=args.weight_decay, schedule=args.schedule, warmup_steps=args.warmup_steps,
                        grad_clip=args.grad_clip, patience=None if args.patience <= 0 else args.patience,
-                       max_seconds=args.max_seconds, seed=args.seed)
+                       max_seconds=args.max_seconds, seed=args.seed, steps_per_epoch=args.steps_per_epoch,
+                       max_steps=args.max_steps, betas=(args.beta1, args.beta2), min_lr=args.min_lr)
 
 
 def cmd_train(args: argparse.Namespace) -> int:
@@ -150,11 +157,14 @@ def cmd_train(args: argparse.Namespace) -> int:
     if args.order:
         hparams["order"] = args.order
     ds = load_dataset(args.dataset, args.data_dir, download=args.download, binarize=args.binarize,
-                      dequantize=args.dequantize, seed=args.data_seed)
+                      dequantize=args.dequantize, seed=args.data_seed, block_size=args.block_size, level=args.level)
     out = Path(args.out or f"runs/{args.model}-{ds.name}")
     torch.manual_seed(args.seed)
     extra = {"dataset": args.dataset, "binarize": args.binarize, "dequantize": args.dequantize, "data_seed": args.data_seed,
-             "data_dir": str(args.data_dir) if args.data_dir else None, "command": sys.argv}
+             "data_dir": str(args.data_dir) if args.data_dir else None, "command": sys.argv,
+             "block_size": args.block_size, "level": args.level}
+    if ds.tokenizer is not None:
+        extra["tokenizer"] = ds.tokenizer.to_dict()
     _train(args.model, ds, out, hparams, _train_config(args), extra, not args.no_progress, args.num_samples)
     return 0
 
@@ -174,14 +184,64 @@ def cmd_eval(args: argparse.Namespace) -> int:
     return 0
 
 
+def _tokenizer_of(ckpt: Path) -> Any:
+    spec = read_config(ckpt).get("extra", {}).get("tokenizer")
+    if spec is None:
+        return None
+    from chainrule.text.tokenizers import tokenizer_from_dict
+
+    return tokenizer_from_dict(spec)
+
+
 def cmd_sample(args: argparse.Namespace) -> int:
     _set_threads(args.threads)
     ckpt = _checkpoint_dir(args.run)
     model = chainrule.load(ckpt)
+    tok = _tokenizer_of(ckpt)
     is_image = len(model.shape) == 3 and model.shape[0] in (1, 3)
+    g = torch.Generator().manual_seed(args.seed)
+    x = model.sample(args.n, generator=g, temperature=args.temperature, top_k=args.top_k, top_p=args.top_p)
+    if tok is not None and not args.out:
+        for row in x:
+            print(tok.decode(row.tolist()))
+            print("----------")
+        return 0
     out = Path(args.out or (Path(args.run) / ("samples.png" if is_image else "samples.npy")))
-    path = _write_samples(model, args.n, out, args.seed, is_image)
-    print(f"wrote {args.n} samples to {path}")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    if tok is not None:
+        out.write_text("\n\n----------\n\n".join(tok.decode(row.tolist()) for row in x))
+    elif is_image and out.suffix.lower() == ".png":
+        save_image_grid(x, out, model.num_values)
+    else:
+        out = out.with_suffix(".npy")
+        np.save(out, x.cpu().numpy())
+    print(f"wrote {args.n} samples to {out}")
+    return 0
+
+
+def cmd_generate(args: argparse.Namespace) -> int:
+    """Continue a text prompt with a sequence model trained on text."""
+    from chainrule.generation import generate, generate_beam
+
+    _set_threads(args.threads)
+    ckpt = _checkpoint_dir(args.run)
+    model = chainrule.load(ckpt)
+    tok = _tokenizer_of(ckpt)
+    if tok is None:
+        raise InputError(f"{ckpt} was not trained on text (no tokenizer in its config); use `chainrule sample`")
+    prompt = tok.encode(args.prompt)
+    if args.beam:
+        hyps = generate_beam(model, prompt, args.max_new_tokens, args.beam, length_penalty=args.length_penalty)
+        for h in hyps:
+            print(f"[log p = {h.log_prob:.3f} nats, score {h.score:.4f}] {args.prompt}{tok.decode(h.tokens)}")
+        return 0
+    g = torch.Generator().manual_seed(args.seed)
+    out = generate(model, prompt, args.max_new_tokens, num_samples=args.n, temperature=args.temperature,
+                   top_k=args.top_k, top_p=args.top_p, generator=g, sliding=args.sliding_window)
+    for row in out:
+        print(tok.decode(row.tolist()))
+        if args.n > 1:
+            print("----------")
     return 0
 
 
@@ -238,8 +298,15 @@ def build_parser() -> argparse.ArgumentParser:
         sp.add_argument("--data-dir", help="folder with the dataset files (default: $CHAINRULE_DATA)")
         sp.add_argument("--download", action="store_true", help="download missing files from the official mirror (checksummed)")
         sp.add_argument("--binarize", choices=[c for c in BINARIZE_CHOICES if c], help="binarize grey images")
+        sp.add_argument("--block-size", type=int, default=256, help="text: window length in tokens (the context)")
+        sp.add_argument("--level", choices=["char", "byte"], default="char", help="text: character or byte tokens")
         sp.add_argument("--dequantize", action="store_true",
                         help="uniform dequantization (x + u) / K, for real-valued models (rnade, Gaussian heads)")
+
+    def decoding_args(sp: argparse.ArgumentParser) -> None:
+        sp.add_argument("--temperature", type=float, default=1.0, help="0 = greedy")
+        sp.add_argument("--top-k", type=int, default=None)
+        sp.add_argument("--top-p", type=float, default=None)
 
     def common(sp: argparse.ArgumentParser) -> None:
         sp.add_argument("--threads", type=int, help="torch CPU threads")
@@ -268,6 +335,12 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--grad-clip", type=float, default=None)
     t.add_argument("--patience", type=int, default=20, help="early-stopping patience in epochs (0: off)")
     t.add_argument("--max-seconds", type=float, default=None, help="wall-clock budget for training")
+    t.add_argument("--steps-per-epoch", type=int, default=None,
+                   help="batches of random examples per epoch (validation after each); default: one pass")
+    t.add_argument("--max-steps", type=int, default=None, help="stop after this many optimizer steps")
+    t.add_argument("--beta1", type=float, default=0.9)
+    t.add_argument("--beta2", type=float, default=0.999)
+    t.add_argument("--min-lr", type=float, default=0.0, help="floor of the cosine schedule")
     t.add_argument("--seed", type=int, default=0)
     t.add_argument("--num-samples", type=int, default=64, help="samples drawn after training")
     common(t)
@@ -288,8 +361,23 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("-n", type=int, default=64, help="number of samples")
     s.add_argument("--out", help="output file (.png or .npy); default RUN/samples.png or .npy")
     s.add_argument("--seed", type=int, default=0)
+    decoding_args(s)
     common(s)
     s.set_defaults(func=cmd_sample)
+
+    gen = sub.add_parser("generate", help="continue a text prompt (sequence models trained on text)")
+    gen.add_argument("run", help="run directory or checkpoint directory")
+    gen.add_argument("--prompt", default="", help="text to continue (its characters must be in the vocabulary)")
+    gen.add_argument("--max-new-tokens", type=int, default=200)
+    gen.add_argument("-n", type=int, default=1, help="number of continuations")
+    gen.add_argument("--seed", type=int, default=0)
+    decoding_args(gen)
+    gen.add_argument("--beam", type=int, default=0, help="beam search with this width instead of sampling")
+    gen.add_argument("--length-penalty", type=float, default=0.0, help="beam score = log p / length**penalty")
+    gen.add_argument("--sliding-window", action="store_true",
+                     help="allow prompt + new tokens beyond the model's context window (older tokens drop out of view)")
+    common(gen)
+    gen.set_defaults(func=cmd_generate)
 
     i = sub.add_parser("inspect", help="figure of one example's per-variable conditionals and NLL")
     i.add_argument("run", help="run directory or checkpoint directory")

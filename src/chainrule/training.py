@@ -38,8 +38,13 @@ class TrainConfig:
     ``patience``: epochs without validation improvement before stopping (None: never stop early).
     ``max_seconds``: wall-clock budget for training; stops after the epoch that crosses it.
     ``grad_clip``: max global gradient norm (None: no clipping).
-    ``schedule``: "constant", "cosine" (to 0 over ``epochs``, after ``warmup_steps``) or
+    ``schedule``: "constant", "cosine" (to ``min_lr`` over all steps, after ``warmup_steps``) or
     "plateau" (halve the rate after ``patience // 2`` epochs without improvement).
+    ``steps_per_epoch``: None = one pass over the training set per epoch (shuffled); a number =
+    that many batches of random examples drawn with replacement (for huge sets such as every
+    window of a text), validating after each such "epoch".
+    ``max_steps``: stop after this many optimizer steps in total (None: no limit).
+    ``weight_decay`` applies to weight matrices and embeddings (tensors of 2+ dims) only.
     """
 
     epochs: int = 100
@@ -54,6 +59,10 @@ class TrainConfig:
     max_seconds: float | None = None
     eval_batch_size: int = 1024
     seed: int = 0
+    steps_per_epoch: int | None = None
+    max_steps: int | None = None
+    betas: tuple[float, float] = (0.9, 0.999)
+    min_lr: float = 0.0
 
     def __post_init__(self) -> None:
         if self.optimizer not in OPTIMIZERS:
@@ -103,7 +112,10 @@ class Trainer:
         self.extra = extra or {}
         self.progress = progress
         params = [p for p in model.parameters() if p.requires_grad]
-        self.optimizer = OPTIMIZERS[self.config.optimizer](params, lr=self.config.lr, weight_decay=self.config.weight_decay)
+        groups = [{"params": [p for p in params if p.dim() >= 2], "weight_decay": self.config.weight_decay},
+                  {"params": [p for p in params if p.dim() < 2], "weight_decay": 0.0}]
+        self.optimizer = OPTIMIZERS[self.config.optimizer]([g for g in groups if g["params"]], lr=self.config.lr,
+                                                           betas=tuple(self.config.betas))
 
     def _lr_factor(self, step: int, total_steps: int) -> float:
         c = self.config
@@ -111,7 +123,8 @@ class Trainer:
             return (step + 1) / c.warmup_steps
         if c.schedule == "cosine":
             t = (step - c.warmup_steps) / max(1, total_steps - c.warmup_steps)
-            return 0.5 * (1 + math.cos(math.pi * min(1.0, t)))
+            floor = c.min_lr / c.lr
+            return floor + (1 - floor) * 0.5 * (1 + math.cos(math.pi * min(1.0, t)))
         return 1.0
 
     def fit(self, train: torch.Tensor, val: torch.Tensor | None = None,
@@ -128,12 +141,19 @@ class Trainer:
             raise InputError("the validation set is empty (0 examples); pass val=None to train without one")
         g = torch.Generator().manual_seed(c.seed)
         torch.manual_seed(c.seed)
-        # Validate the whole training set once up front: a bad value is reported before hours of work.
-        model.validate(train if train_transform is None else train_transform(train[:1024], g))
+        # Validate the whole training set once up front: a bad value is reported before hours of
+        # work (a lazily indexed set, such as the windows of a text, is checked on a sample).
+        if isinstance(train, torch.Tensor) and train_transform is None:
+            model.validate(train)
+        else:
+            sample = train[torch.arange(min(len(train), 1024))]
+            model.validate(sample if train_transform is None else train_transform(sample, g))
         if getattr(model, "closed_form", False):
             return self._fit_closed_form(train, val, train_transform, g)
-        steps_per_epoch = math.ceil(len(train) / c.batch_size)
+        steps_per_epoch = c.steps_per_epoch or math.ceil(len(train) / c.batch_size)
         total_steps = steps_per_epoch * c.epochs
+        if c.max_steps is not None:
+            total_steps = min(total_steps, c.max_steps)
         result = TrainResult()
         best_state: dict[str, torch.Tensor] | None = None
         bad_epochs, step, lr_scale = 0, 0, 1.0
@@ -144,10 +164,15 @@ class Trainer:
             for epoch in bar:
                 model.train()
                 epoch_start = time.perf_counter()
-                perm = torch.randperm(len(train), generator=g)
+                perm = torch.randperm(len(train), generator=g) if c.steps_per_epoch is None else None
                 total, count = 0.0, 0
                 for b in range(steps_per_epoch):
-                    batch = train[perm[b * c.batch_size:(b + 1) * c.batch_size]]
+                    if step >= total_steps:
+                        break
+                    if perm is None:
+                        batch = train[torch.randint(len(train), (c.batch_size,), generator=g)]
+                    else:
+                        batch = train[perm[b * c.batch_size:(b + 1) * c.batch_size]]
                     if train_transform is not None:
                         batch = train_transform(batch, g)
                     x, _ = model.validate(batch)
@@ -175,6 +200,7 @@ class Trainer:
                     res = evaluate(model, val, c.eval_batch_size)
                     row["val_nll_nats"] = res.nll_nats
                     row["val_bits_per_dim"] = res.bits_per_dim
+                    row["val_nats_per_dim"] = res.nll_nats / res.dim
                     if res.nll_nats < result.best_val_nll_nats:
                         result.best_val_nll_nats, result.best_epoch, bad_epochs = res.nll_nats, epoch, 0
                         best_state = {k: v.detach().clone() for k, v in model.state_dict().items()}
@@ -192,6 +218,8 @@ class Trainer:
                     result.stopped_early = True
                     break
                 if c.max_seconds is not None and time.perf_counter() - start >= c.max_seconds:
+                    break
+                if step >= total_steps:
                     break
         finally:
             bar.close()
@@ -216,7 +244,7 @@ class Trainer:
         result = TrainResult(epochs_run=1, best_epoch=0)
         if val is not None:
             res = evaluate(self.model, val, self.config.eval_batch_size)
-            row.update(val_nll_nats=res.nll_nats, val_bits_per_dim=res.bits_per_dim)
+            row.update(val_nll_nats=res.nll_nats, val_bits_per_dim=res.bits_per_dim, val_nats_per_dim=res.nll_nats / res.dim)
             result.best_val_nll_nats = res.nll_nats
         result.train_seconds = row["seconds"] = time.perf_counter() - start
         result.history.append(row)
@@ -238,7 +266,7 @@ class Trainer:
     def _write_log(self, f: Any, row: dict[str, float]) -> None:
         if f is None:
             return
-        fields = ["epoch", "train_nll_nats", "val_nll_nats", "val_bits_per_dim", "lr", "seconds"]
+        fields = ["epoch", "train_nll_nats", "val_nll_nats", "val_bits_per_dim", "val_nats_per_dim", "lr", "seconds"]
         writer = csv.DictWriter(f, fieldnames=fields)
         if f.tell() == 0:
             writer.writeheader()
