@@ -21,7 +21,7 @@ import torch
 
 import chainrule
 from chainrule.checkpoint import CONFIG_FILE, read_config
-from chainrule.data import BINARIZE_CHOICES, Dataset, dataset_info, load_dataset
+from chainrule.data import BINARIZE_CHOICES, Dataset, dataset_info, load_dataset, mu_law_decode, write_wav
 from chainrule.errors import ChainruleError, InputError
 from chainrule.evaluation import EvalResult, evaluate
 from chainrule.models.base import AutoregressiveModel
@@ -78,19 +78,20 @@ def _print_eval(split: str, res: EvalResult, ds: Dataset) -> None:
               f"NLL {disc:.4f} nats/example | {disc / (res.dim * math.log(2)):.4f} bits/dim")
 
 
-def _write_samples(model: AutoregressiveModel, n: int, out: Path, seed: int, is_image: bool,
-                   tokenizer: Any = None) -> Path:
-    g = torch.Generator().manual_seed(seed)
-    x = model.sample(n, generator=g)
+def _save_samples(x: torch.Tensor, out: Path, num_values: int | None, is_image: bool,
+                  tokenizer: Any = None, sample_rate: int | None = None) -> Path:
+    """Write samples where a person would look at them: text file, WAV, PNG grid, else .npy."""
     out.parent.mkdir(parents=True, exist_ok=True)
     if tokenizer is not None:  # text: decoded samples, separated by a rule
         out = out.with_suffix(".txt")
         out.write_text("\n\n----------\n\n".join(tokenizer.decode(row.tolist()) for row in x))
         return out
+    if sample_rate is not None:  # audio: one after another, 0.25 s of silence between
+        gap = torch.zeros(sample_rate // 4)
+        return write_wav(out.with_suffix(".wav"), torch.cat([torch.cat([mu_law_decode(r), gap]) for r in x]), sample_rate)
     if is_image and out.suffix.lower() == ".png":
-        return save_image_grid(x, out, model.num_values)
-    if out.suffix.lower() == ".png":
-        out = out.with_suffix(".npy")
+        return save_image_grid(x, out, num_values)
+    out = out.with_suffix(".npy")
     np.save(out, x.cpu().numpy())
     return out
 
@@ -131,7 +132,8 @@ def _train(model_name: str, ds: Dataset, out: Path, hparams: dict[str, Any], con
     test = evaluate(model, ds.test, config.eval_batch_size)
     _print_eval("test", test, ds)
     plot_training_curve(out / "log.csv", out / "curve.png", title=f"{model_name} on {ds.name}")
-    samples = _write_samples(model, num_samples, out / "samples.png", config.seed, ds.is_image, ds.tokenizer)
+    x = model.sample(num_samples, generator=torch.Generator().manual_seed(config.seed))
+    samples = _save_samples(x, out / "samples.png", model.num_values, ds.is_image, ds.tokenizer, ds.sample_rate)
     summary = {"model": model_name, "dataset": ds.name, "parameters": model.num_parameters(),
                "epochs_run": result.epochs_run, "best_epoch": result.best_epoch,
                "train_seconds": result.train_seconds, "best_val_nll_nats": result.best_val_nll_nats,
@@ -165,6 +167,8 @@ def cmd_train(args: argparse.Namespace) -> int:
              "block_size": args.block_size, "level": args.level}
     if ds.tokenizer is not None:
         extra["tokenizer"] = ds.tokenizer.to_dict()
+    if ds.sample_rate is not None:
+        extra["sample_rate"] = ds.sample_rate
     _train(args.model, ds, out, hparams, _train_config(args), extra, not args.no_progress, args.num_samples)
     return 0
 
@@ -207,14 +211,8 @@ def cmd_sample(args: argparse.Namespace) -> int:
             print("----------")
         return 0
     out = Path(args.out or (Path(args.run) / ("samples.png" if is_image else "samples.npy")))
-    out.parent.mkdir(parents=True, exist_ok=True)
-    if tok is not None:
-        out.write_text("\n\n----------\n\n".join(tok.decode(row.tolist()) for row in x))
-    elif is_image and out.suffix.lower() == ".png":
-        save_image_grid(x, out, model.num_values)
-    else:
-        out = out.with_suffix(".npy")
-        np.save(out, x.cpu().numpy())
+    rate = read_config(ckpt).get("extra", {}).get("sample_rate")
+    out = _save_samples(x, out, model.num_values, is_image, tok, rate)
     print(f"wrote {args.n} samples to {out}")
     return 0
 
