@@ -1,0 +1,1355 @@
+"""Count-based n-gram language models with the classic smoothers, vectorized with NumPy.
+
+An order-``n`` model factorizes a sentence ``w_1 .. w_L`` as
+``p(w_1 .. w_L </s>) = prod_t p(w_t | w_{t-n+1} .. w_{t-1})`` over the sentence padded with
+``n - 1`` ``<s>`` on the left and one ``</s>`` on the right:
+``<s> .. <s> w_1 .. w_L </s>``. Every word and the final ``</s>`` is *predicted* (``L + 1`` events
+per sentence); ``<s>`` only ever appears in contexts and is never predicted.
+
+Vocabulary (closed): the tokens seen at least ``min_count`` times in training (or a given list),
+plus ``<unk>`` (id 0), ``<s>`` (id 1) and ``</s>`` (id 2). Out-of-vocabulary tokens map to ``<unk>``
+both in training and in evaluation, so ``<unk>`` is an ordinary predicted token.
+
+**Which set sums to 1.** For every smoother except ``"mle"``, ``p(. | h) > 0`` on every token of
+the *predicted set* ``P = vocabulary \\ {<s>}`` (``|P| = V - 1``), for every context ``h``, seen or
+not, and ``sum_{w in P} p(w | h) = 1``; ``p(<s> | h) = 0``. The NLTK-compatible variants
+(``nltk_compatible=True``, ``"kneser-ney-nltk"``) reproduce NLTK's definitions instead, which give
+``<s>`` probability mass and are not always normalized (see :class:`NgramLM`).
+
+Counting
+--------
+Tokens are mapped to int ids (one dictionary look-up per distinct token, then a gather; single
+characters via their code points); the padded id stream is viewed as n-gram rows with
+``numpy.lib.stride_tricks.sliding_window_view``; every k-gram (k = 1..n) is encoded as one int64
+key and counted with ``np.unique(..., return_inverse=True, return_counts=True)`` (a dense
+``np.bincount`` when the key range is small, e.g. unigrams or characters); sorted keys + counts are
+kept per order and looked up with ``np.searchsorted`` for many queries at once. There is no
+Python-level loop over tokens or n-grams, only over the orders. A plain base-``V`` key
+``sum_i w_i V^(k-i)`` overflows int64 for ``V^5`` once ``V > 6208`` (Tiny Shakespeare has ~9k word
+types at min_count 2), so the key is mixed-radix:
+``key(w_1..w_k) = w_1 * M_{k-1} + rank_{k-1}(w_2..w_k)``, base ``V`` in the first token and the
+rank of the suffix among the ``M_{k-1}`` distinct (k-1)-grams for the rest (``key = w`` for
+unigrams). It is exact, ordered, and bounded by ``V * #tokens``; the same chain gives the ranks of
+all suffixes of a batch of queries in ``n`` vectorized look-ups.
+
+Smoothers
+---------
+References: S. F. Chen and J. Goodman, "An empirical study of smoothing techniques for language
+modeling", Computer Speech and Language 13:359-394, 1999 (C&G; Section 2 describes the classic
+smoothers, Section 3 modified Kneser-Ney); Jelinek & Mercer 1980; Katz 1987; Witten & Bell 1991;
+Kneser & Ney 1995. Notation: ``c(h w)`` counts, ``c(h .) = sum_w c(h w)``, ``N_r(h .)`` = number of
+words with ``c(h w) = r``, ``N_{1+}(h .)`` = number with ``c(h w) > 0``, ``h'`` = ``h`` without its
+first (oldest) token, ``n_r`` = number of n-grams of one order seen exactly r times, ``|P| = V - 1``.
+
+- ``"mle"``: ``p(w|h) = c(h w) / c(h .)`` (0 for an unseen context).
+- ``"laplace"``/``"lidstone"`` (add-one / add-k): ``p(w|h) = (c(h w) + k) / (c(h .) + k |P|)``.
+- ``"jelinek-mercer"``: ``p(w|h) = sum_j lambda_j p_ML^(j)(w|h)`` over orders ``j = n..1`` and the
+  uniform ``1/|P|`` (``lambdas`` highest order first, summing to 1). Written recursively
+  ``p_k = mu_k p_ML^(k) + (1 - mu_k) p_{k-1}``, ``mu_k = lambda_k / sum_{j<=k} lambda_j``; an unseen
+  context drops its order and renormalizes the remaining weights.
+- ``"witten-bell"`` (interpolated):
+  ``p(w|h) = (c(h w) + N_{1+}(h .) p(w|h')) / (c(h .) + N_{1+}(h .))``; below unigrams: uniform.
+- ``"katz"``: ``p(w|h) = d_r r / c(h .)`` if ``r = c(h w) > 0``, else ``alpha(h) p(w|h')``, with
+  Good-Turing ratios for ``r <= k`` (k = 5)
+  ``d_r = (r*/r - (k+1) n_{k+1}/n_1) / (1 - (k+1) n_{k+1}/n_1)``, ``r* = (r+1) n_{r+1}/n_r``,
+  ``d_r = 1`` for ``r > k``, and the normalizing backoff weight
+  ``alpha(h) = (1 - sum_{w: c(hw)>0} p(w|h)) / (1 - sum_{w: c(hw)>0} p(w|h'))``.
+- ``"kneser-ney"``: interpolated modified Kneser-Ney:
+  ``p(w|h) = max(c(h w) - D(c(h w)), 0) / c(h .) + gamma(h) p(w|h')``,
+  ``gamma(h) = (D_1 N_1(h .) + D_2 N_2(h .) + D_3+ N_3+(h .)) / c(h .)``,
+  ``Y = n_1/(n_1 + 2 n_2)``, ``D_1 = 1 - 2Y n_2/n_1``, ``D_2 = 2 - 3Y n_3/n_2``,
+  ``D_3+ = 3 - 4Y n_4/n_3`` per order; lower orders use continuation counts
+  ``N_{1+}(. h w)`` in place of ``c(h w)``; the unigram level interpolates with uniform ``1/|P|``.
+- ``"kneser-ney-nltk"``: NLTK's ``KneserNeyInterpolated`` (one fixed discount, default 0.1).
+
+Any context never seen in training contributes nothing: ``p(w|h) = p(w|h')`` (for "mle" 0, for
+Laplace/Lidstone uniform).
+
+ARPA files (``to_arpa``/``from_arpa``) hold log10 probabilities and backoff weights with the usual
+semantics ``p(w|h) = p*(h w)`` if listed, else ``bow(h) p(w|h')``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import math
+import os
+from collections.abc import Iterable, Sequence
+from dataclasses import asdict, dataclass
+from itertools import chain, repeat
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from numpy.lib.stride_tricks import sliding_window_view
+
+from chainrule.errors import DataError, InputError
+
+logger = logging.getLogger(__name__)
+
+UNK, BOS, EOS = "<unk>", "<s>", "</s>"
+UNK_ID, BOS_ID, EOS_ID = 0, 1, 2
+SPECIALS = (UNK, BOS, EOS)
+
+SMOOTHERS = ("mle", "laplace", "lidstone", "jelinek-mercer", "witten-bell", "katz", "kneser-ney", "kneser-ney-nltk")
+#: options each smoother accepts
+_OPTIONS: dict[str, tuple[str, ...]] = {
+    "mle": ("nltk_compatible",),
+    "laplace": ("nltk_compatible",),
+    "lidstone": ("k", "nltk_compatible"),
+    "jelinek-mercer": ("lambdas",),
+    "witten-bell": ("nltk_compatible",),
+    "katz": ("max_discounted_count",),
+    "kneser-ney": ("discount",),
+    "kneser-ney-nltk": ("discount",),
+}
+#: smoothers whose distributions can be written as an ARPA backoff model
+ARPA_SMOOTHERS = ("jelinek-mercer", "witten-bell", "katz", "kneser-ney", "kneser-ney-nltk", "arpa")
+
+_FORMAT = "chainrule-ngram-1"
+_CONFIG = "ngram.json"
+_ARRAYS = "ngram.npz"
+_LOG10 = math.log(10.0)
+_ARPA_ZERO = -99.0  # log10 of "probability 0" in ARPA files (SRILM's convention)
+
+
+# ---------------------------------------------------------------------- results
+@dataclass(frozen=True)
+class PerplexityResult:
+    """Token-weighted perplexity of a set of sentences.
+
+    ``cross_entropy_nats_per_token = -(1/num_tokens) sum log p``, ``perplexity = exp(...)``;
+    ``num_tokens`` counts the words plus one ``</s>`` per sentence (``<s>`` is not counted);
+    ``num_oov`` the words mapped to ``<unk>``; ``vocab_size`` includes ``<unk>``, ``<s>``, ``</s>``.
+    """
+
+    perplexity: float
+    cross_entropy_nats_per_token: float
+    num_tokens: int
+    num_oov: int
+    vocab_size: int
+    num_sentences: int
+
+    def as_dict(self) -> dict[str, float | int]:
+        return asdict(self)
+
+    def __str__(self) -> str:
+        return (f"perplexity {self.perplexity:.4f} | cross-entropy {self.cross_entropy_nats_per_token:.4f} nats/token | "
+                f"{self.num_tokens} tokens ({self.num_oov} OOV) | {self.num_sentences} sentences | vocab {self.vocab_size}")
+
+
+@dataclass
+class _Level:
+    """Parameters of one order k: ``a`` per k-gram (table rank), ``g`` per context ((k-1)-gram rank;
+    one entry for k = 1), ``has`` which k-grams are explicit (backoff levels), and the mode:
+    ``interp``: ``p_k = a + g p_{k-1}``; ``backoff``: ``p_k = a if has else g p_{k-1}``."""
+
+    a: np.ndarray
+    g: np.ndarray
+    mode: str = "interp"
+    has: np.ndarray | None = None
+
+
+# ---------------------------------------------------------------------- helpers
+def _lookup(keys: np.ndarray, query: np.ndarray) -> np.ndarray:
+    """Index of each query in the sorted ``keys``, -1 where absent (vectorized)."""
+    if keys.size == 0:
+        return np.full(query.shape, -1, dtype=np.int64)
+    pos = np.minimum(np.searchsorted(keys, query), keys.size - 1)
+    return np.where(keys[pos] == query, pos, -1)
+
+
+def _count_keys(key: np.ndarray, bound: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """``np.unique(key, return_inverse=True, return_counts=True)`` for int keys in ``[0, bound)``;
+    a dense ``bincount`` when the key range is small (unigrams, characters), a sort otherwise."""
+    if bound <= 4 * key.size + 1_000_000:
+        dense = np.bincount(key, minlength=bound)
+        keys = np.flatnonzero(dense)
+        where = np.zeros(bound, dtype=np.int64)
+        where[keys] = np.arange(keys.size)
+        return keys.astype(np.int64), where[key], dense[keys].astype(np.int64)
+    keys, inv, occ = np.unique(key, return_inverse=True, return_counts=True)
+    return keys.astype(np.int64), inv.reshape(-1), occ.astype(np.int64)
+
+
+def _safe_div(x: np.ndarray, y: np.ndarray) -> np.ndarray:
+    x = np.asarray(x, dtype=np.float64)
+    y = np.asarray(y, dtype=np.float64)
+    out = np.zeros(np.broadcast(x, y).shape)
+    np.divide(x, y, out=out, where=y > 0)
+    return out
+
+
+def _log(p: np.ndarray) -> np.ndarray:
+    with np.errstate(divide="ignore"):
+        return np.log(p)
+
+
+def _validate_sentences(sentences: Iterable[Sequence[str]], what: str) -> list[Sequence[str]]:
+    if isinstance(sentences, (str, bytes)):
+        raise InputError(f"{what} must be an iterable of sentences (sequences of token strings), got one string; "
+                         "split it into sentences of tokens first")
+    try:
+        sents = list(sentences)
+    except TypeError as exc:
+        raise InputError(f"{what} must be an iterable of sentences (sequences of token strings), got {type(sentences).__name__}") from exc
+    if set(map(type, sents)) <= {list, tuple}:  # the common case, checked without a Python-level loop
+        return sents
+    out: list[Sequence[str]] = []
+    for i, s in enumerate(sents):
+        if isinstance(s, str):
+            raise InputError(f"sentence {i} of {what} is a string {s[:30]!r}; expected a sequence of token strings "
+                             "(e.g. line.split())")
+        if not isinstance(s, (list, tuple)):
+            try:
+                s = list(s)
+            except TypeError as exc:
+                raise InputError(f"sentence {i} of {what} is a {type(s).__name__}, expected a sequence of token strings") from exc
+        out.append(s)
+    return out
+
+
+def _flatten(sents: list[Sequence[str]], what: str) -> tuple[list[str], np.ndarray, set[str]]:
+    """Sentences -> (flat token list, lengths, set of distinct tokens); every token must be a str."""
+    lengths = np.fromiter(map(len, sents), dtype=np.int64, count=len(sents))
+    flat = list(chain.from_iterable(sents))
+    try:
+        uniq = set(flat)
+    except TypeError as exc:
+        raise InputError(f"tokens in {what} must be strings ({exc})") from exc
+    types = set(map(type, uniq))
+    if not types <= {str}:
+        bad = sorted(t.__name__ for t in types - {str})
+        raise InputError(f"tokens in {what} must be strings, found {', '.join(bad)}")
+    return flat, lengths, uniq
+
+
+def _type_ids(flat: list[str], uniq: set[str], sort: bool = False) -> tuple[list[str], np.ndarray]:
+    """The distinct tokens and, for every token, its index among them.
+
+    Single characters go through their code points (one ``str.join`` + ``np.frombuffer``); other
+    tokens through one ``dict`` look-up each, mapped in C (no Python-level loop)."""
+    if uniq and all(len(t) == 1 for t in uniq):
+        codes = np.frombuffer("".join(flat).encode("utf-32-le"), dtype=np.uint32).astype(np.int64)
+        type_codes = np.array(sorted(map(ord, uniq)), dtype=np.int64)
+        lut = np.zeros(int(type_codes[-1]) + 1, dtype=np.int64)
+        lut[type_codes] = np.arange(type_codes.size)
+        return [chr(c) for c in type_codes.tolist()], lut[codes]
+    types = sorted(uniq) if sort else list(uniq)
+    index = {w: i for i, w in enumerate(types)}
+    return types, np.fromiter(map(index.__getitem__, flat), dtype=np.int64, count=len(flat))
+
+
+def _pad_stream(ids: np.ndarray, lengths: np.ndarray, order: int) -> tuple[np.ndarray, np.ndarray]:
+    """Concatenate sentences as ``<s>^(n-1) w_1..w_L </s>``; return (stream, offset in sentence)."""
+    sizes = lengths + order  # (n-1) pads + L + 1
+    total = int(sizes.sum())
+    starts = np.concatenate([[0], np.cumsum(sizes)[:-1]]).astype(np.int64)
+    stream = np.full(total, BOS_ID, dtype=np.int64)
+    word_start = np.concatenate([[0], np.cumsum(lengths)[:-1]]).astype(np.int64)
+    pos = np.repeat(starts + order - 1 - word_start, lengths) + np.arange(int(lengths.sum()), dtype=np.int64)
+    stream[pos] = ids
+    stream[starts + sizes - 1] = EOS_ID
+    offset = np.arange(total, dtype=np.int64) - np.repeat(starts, sizes)
+    return stream, offset
+
+
+def _as_float_list(value: Any, name: str) -> list[float]:
+    try:
+        out = [float(v) for v in value]
+    except (TypeError, ValueError) as exc:
+        raise InputError(f"{name} must be a list of numbers, got {value!r}") from exc
+    return out
+
+
+# ---------------------------------------------------------------------- the model
+class NgramLM:
+    """An order-``n`` n-gram language model over sentences of token strings.
+
+    Args:
+        order: n >= 1 (1 = unigram model).
+        smoothing: one of :data:`SMOOTHERS` (see the module docstring for every formula):
+            ``"mle"``, ``"laplace"``, ``"lidstone"``, ``"jelinek-mercer"``, ``"witten-bell"``,
+            ``"katz"``, ``"kneser-ney"`` (interpolated modified KN) or ``"kneser-ney-nltk"``.
+        **options:
+            ``k`` (lidstone; > 0, default 0.5);
+            ``lambdas`` (jelinek-mercer; n + 1 weights >= 0 for orders n..1 and uniform, highest
+            first, summing to 1, the uniform one > 0; default all equal);
+            ``discount`` (kneser-ney: a single fixed discount in (0, 1) at every order instead of
+            the three estimated ones; kneser-ney-nltk: NLTK's discount in [0, 1], default 0.1);
+            ``max_discounted_count`` (katz: Good-Turing discounts counts <= this, default 5);
+            ``nltk_compatible`` (mle, laplace, lidstone, witten-bell: reproduce nltk.lm exactly).
+
+    NLTK compatibility (checked against nltk 3.x ``nltk/lm/{models,smoothing,api}.py``; NLTK fed the
+    same padded sentences, i.e. ``everygrams`` of ``<s>^(n-1) w_1..w_L </s>``, and the same vocabulary):
+
+    - NLTK counts *every* k-gram of the padded sentence, including those that end inside the
+      ``<s>`` padding (unigram ``<s>``, bigram ``<s> <s>`` ...). Our counts keep only k-grams that
+      end on a predicted token, so that ``<s>`` is never predicted. Top-order counts coincide.
+    - ``MLE``: identical for full-order queries.
+    - ``Laplace``/``Lidstone``: NLTK divides by ``c(h .) + k * len(vocab)`` and its vocabulary
+      contains ``<s>`` (for n > 1), ``</s>`` and ``<UNK>``: ``V_nltk = V`` (our V counts the
+      same three symbols), so NLTK's distribution sums to 1 over the vocabulary *including*
+      ``<s>``. Ours uses ``|P| = V - 1`` so it sums to 1 over the tokens that can occur.
+      ``nltk_compatible=True`` uses ``V_nltk``.
+    - ``WittenBellInterpolated``: same recursion, but NLTK's lowest order is the unigram MLE (a word
+      never seen in training, e.g. ``<unk>`` with min_count 1, gets probability 0) and its lower-order
+      counts include the padding k-grams. Ours ends in the uniform distribution.
+      ``nltk_compatible=True`` reproduces NLTK.
+    - ``KneserNeyInterpolated`` = ``"kneser-ney-nltk"``: one discount D for all orders; the top order
+      ``max(c(h w) - D, 0)/c(h .)``; lower orders ``max(N1+(. h w) - D, 0)/N1+(. h .)``; gamma(h) =
+      ``D * #{w: c(h w) > 0} / (same denominator)`` with the *raw* follower count; an unseen context
+      (no raw counts) defers to the next lower order; the unigram level is
+      ``N1+(. w)/N1+(. .)`` with no uniform floor — all with NLTK's padding-inclusive counts. Where
+      NLTK would divide by zero (a context seen only before padding) we defer to the lower order.
+      This definition is not normalized in general and may give 0 to words without continuation.
+
+    The NLTK-compatible variants are therefore excluded from the "sums to 1, positive" guarantee.
+    """
+
+    def __init__(self, order: int, smoothing: str = "kneser-ney", **options: Any) -> None:
+        if not isinstance(order, (int, np.integer)) or isinstance(order, bool) or order < 1:
+            raise InputError(f"order must be an integer n >= 1 (1 = unigram), got {order!r}")
+        if not isinstance(smoothing, str) or smoothing not in SMOOTHERS + ("arpa",):
+            raise InputError(f"unknown smoothing {smoothing!r}; choose one of: {', '.join(SMOOTHERS)}")
+        self.order = int(order)
+        self.smoothing = smoothing
+        self.options = self._check_options(smoothing, dict(options))
+        self.metadata: dict[str, Any] = {}
+        self.vocab: list[str] = []
+        self._keys: list[np.ndarray] = []
+        self._counts: dict[str, list[np.ndarray]] = {}
+        self._levels: list[_Level] = []
+        self._base = np.zeros(0)
+        self._recursive = True
+        self._fitted = False
+
+    # ------------------------------------------------------------------ options
+    def _check_options(self, smoothing: str, options: dict[str, Any]) -> dict[str, Any]:
+        allowed = _OPTIONS.get(smoothing, ())
+        unknown = sorted(set(options) - set(allowed))
+        if unknown:
+            hint = f"it accepts: {', '.join(allowed)}" if allowed else "it takes no options"
+            if smoothing == "laplace" and "k" in unknown:
+                hint = "laplace is add-one; use smoothing='lidstone' with k=... for add-k"
+            raise InputError(f"unknown option(s) {', '.join(unknown)} for smoothing {smoothing!r}; {hint}")
+        out: dict[str, Any] = {}
+        n = self.order
+        if "nltk_compatible" in allowed:
+            out["nltk_compatible"] = bool(options.get("nltk_compatible", False))
+        if smoothing == "lidstone":
+            k = options.get("k", 0.5)
+            if isinstance(k, bool) or not isinstance(k, (int, float, np.floating, np.integer)) or not math.isfinite(k) or k <= 0:
+                raise InputError(f"lidstone needs k > 0 (the pseudo-count added to every count), got {k!r}")
+            out["k"] = float(k)
+        if smoothing == "jelinek-mercer":
+            lam = options.get("lambdas")
+            if lam is None:
+                lam = [1.0 / (n + 1)] * (n + 1)
+            if isinstance(lam, (str, bytes)):
+                raise InputError(f"lambdas must be a list of {n + 1} numbers, got {lam!r}")
+            lam = _as_float_list(lam, "lambdas")
+            if len(lam) != n + 1:
+                raise InputError(f"jelinek-mercer of order {n} needs {n + 1} lambdas (orders {n}..1, then uniform; "
+                                 f"highest first), got {len(lam)}")
+            if any(not math.isfinite(x) or x < 0 for x in lam) or abs(sum(lam) - 1.0) > 1e-6:
+                raise InputError(f"lambdas must be >= 0 and sum to 1, got {lam} (sum {sum(lam):.6g})")
+            if lam[-1] <= 0:
+                raise InputError(f"the last lambda (weight of the uniform distribution) must be > 0 so that every token "
+                                 f"has positive probability, got {lam}")
+            out["lambdas"] = lam
+        if smoothing == "katz":
+            m = options.get("max_discounted_count", 5)
+            if isinstance(m, bool) or not isinstance(m, (int, np.integer)) or m < 1:
+                raise InputError(f"max_discounted_count must be an integer >= 1, got {m!r}")
+            out["max_discounted_count"] = int(m)
+        if smoothing == "kneser-ney" and options.get("discount") is not None:
+            d = options["discount"]
+            if isinstance(d, bool) or not isinstance(d, (int, float, np.floating)) or not 0 < d < 1:
+                raise InputError(f"kneser-ney discount must be a number in (0, 1), got {d!r}")
+            out["discount"] = float(d)
+        if smoothing == "kneser-ney-nltk":
+            d = options.get("discount", 0.1)
+            if isinstance(d, bool) or not isinstance(d, (int, float, np.floating)) or not 0 <= d <= 1:
+                raise InputError(f"kneser-ney-nltk discount must be in [0, 1] (as in NLTK), got {d!r}")
+            if n < 2:
+                raise InputError("kneser-ney-nltk needs order >= 2 (NLTK's unigram KN score divides by the bigram count)")
+            out["discount"] = float(d)
+        return out
+
+    @property
+    def nltk_compatible(self) -> bool:
+        return self.smoothing == "kneser-ney-nltk" or bool(self.options.get("nltk_compatible", False))
+
+    @property
+    def vocab_size(self) -> int:
+        """Number of vocabulary entries, including ``<unk>``, ``<s>`` and ``</s>``."""
+        return len(self.vocab)
+
+    @property
+    def is_fitted(self) -> bool:
+        return self._fitted
+
+    def __repr__(self) -> str:
+        opts = "".join(f", {k}={v!r}" for k, v in self.options.items())
+        state = f"vocab {len(self.vocab)}" if self._fitted else "not fitted"
+        return f"NgramLM(order={self.order}, smoothing={self.smoothing!r}{opts}) [{state}]"
+
+    def _require_fitted(self) -> None:
+        if not self._fitted:
+            raise InputError("this NgramLM is not fitted; call fit(sentences) first (or NgramLM.load / NgramLM.from_arpa)")
+
+    # ------------------------------------------------------------------ vocabulary
+    def _set_vocab(self, vocab: list[str]) -> None:
+        self.vocab = vocab
+        self._index = {w: i for i, w in enumerate(vocab)}
+
+    def _map(self, flat: list[str], uniq: set[str]) -> np.ndarray:
+        """Token strings -> int64 ids, OOV -> ``<unk>``: one look-up per distinct token, then a gather."""
+        types, tid = _type_ids(flat, uniq)
+        return np.fromiter(map(self._index.get, types, repeat(UNK_ID)), dtype=np.int64, count=len(types))[tid]
+
+    def token_id(self, token: str) -> int:
+        """Id of ``token`` (``<unk>``'s id 0 if out of vocabulary)."""
+        self._require_fitted()
+        if not isinstance(token, str):
+            raise InputError(f"tokens must be strings, got {type(token).__name__}")
+        return self._index.get(token, UNK_ID)
+
+    def encode(self, tokens: Sequence[str]) -> np.ndarray:
+        """Token strings -> int64 ids (OOV -> ``<unk>``)."""
+        self._require_fitted()
+        flat, _, uniq = _flatten(_validate_sentences([tokens], "tokens"), "tokens")
+        return self._map(flat, uniq)
+
+    # ------------------------------------------------------------------ fitting
+    def fit(self, sentences: Iterable[Sequence[str]], min_count: int = 1, vocabulary: Iterable[str] | None = None) -> NgramLM:
+        """Count all k-grams (k = 1..n) of the training sentences and compute the smoother's parameters.
+
+        Each sentence is padded with ``n - 1`` ``<s>`` on the left and one ``</s>`` on the right.
+        The vocabulary is ``vocabulary`` if given, else the tokens seen ``>= min_count`` times, plus
+        ``<unk>``, ``<s>``, ``</s>``; other tokens count as ``<unk>``. ``<s>``/``</s>`` may not
+        appear inside a sentence. Returns ``self``.
+        """
+        if self.smoothing == "arpa":
+            raise InputError("a model read from an ARPA file cannot be refitted; create NgramLM(order, smoothing) instead")
+        if isinstance(min_count, bool) or not isinstance(min_count, (int, np.integer)) or min_count < 1:
+            raise InputError(f"min_count must be an integer >= 1, got {min_count!r}")
+        sents = _validate_sentences(sentences, "the training corpus")
+        if not sents:
+            raise DataError("the training corpus is empty (0 sentences); fit needs at least one sentence")
+        flat, lengths, uniq = _flatten(sents, "the training corpus")
+        if BOS in uniq or EOS in uniq:
+            raise InputError(f"training sentences contain the reserved padding symbols {BOS!r}/{EOS!r}; remove them "
+                             "(padding is added automatically)")
+        if vocabulary is not None:
+            if isinstance(vocabulary, (str, bytes)):
+                raise InputError("vocabulary must be an iterable of token strings, got one string")
+            voc = list(vocabulary)
+            if not all(isinstance(w, str) for w in voc):
+                raise InputError("vocabulary must contain only strings")
+            words = sorted(set(voc) - set(SPECIALS))
+        types, tid = _type_ids(flat, uniq, sort=True)
+        if vocabulary is None:
+            counts = np.bincount(tid, minlength=len(types))
+            words = [types[i] for i in np.flatnonzero(counts >= min_count).tolist() if types[i] not in SPECIALS]
+        self._set_vocab(list(SPECIALS) + words)
+        ids = np.fromiter(map(self._index.get, types, repeat(UNK_ID)), dtype=np.int64, count=len(types))[tid]
+        self._count(ids, lengths)
+        self.metadata.update({"train_sentences": int(lengths.size), "train_tokens": int(lengths.sum() + lengths.size),
+                              "min_count": int(min_count)})
+        self._build()
+        self._fitted = True
+        logger.info("fitted %s on %d sentences (%d tokens), vocabulary %d", self, lengths.size,
+                    int(lengths.sum()), len(self.vocab))
+        return self
+
+    def _count(self, ids: np.ndarray, lengths: np.ndarray) -> None:
+        """Fill the per-order tables: sorted keys, event counts (k-grams ending on a predicted token),
+        occurrence counts (every k-gram inside a padded sentence, NLTK's counts) and prefix ranks."""
+        n, V = self.order, len(self.vocab)
+        stream, offset = _pad_stream(ids, lengths, n)
+        ext = np.concatenate([np.full(n - 1, BOS_ID, dtype=np.int64), stream])
+        windows = sliding_window_view(ext, n)  # windows[t] = the n tokens ending at stream position t
+        event = offset >= n - 1
+        keys_all, ev_all, occ_all, prefix_all = [], [], [], []
+        rank_prev = np.zeros(0, dtype=np.int64)
+        for k in range(1, n + 1):
+            # positions where a k-gram inside the padded sentence ends (all of them for k = 1)
+            pos = np.flatnonzero(offset >= k - 1) if k > 1 else np.arange(stream.size)
+            column = windows[:, n - k]  # strided view: the token k-1 places back
+            if k == 1:
+                key, bound = stream, V
+            else:
+                mult = keys_all[-1].size
+                if mult * V >= 2 ** 62:
+                    raise DataError(f"too many distinct {k - 1}-grams ({mult}) x vocabulary ({V}) for int64 keys")
+                key, bound = column[pos] * mult + rank_prev[pos], V * mult
+            keys, inv, occ = _count_keys(key, bound)
+            if k == 1:
+                rank = inv
+            else:
+                rank = np.full(stream.size, -1, dtype=np.int64)
+                rank[pos] = inv
+            ev = np.bincount(inv[event[pos]], minlength=keys.size).astype(np.int64)
+            prefix = np.zeros(keys.size, dtype=np.int64)
+            if k > 1:  # the (k-1)-gram ending one position earlier (the same for every occurrence)
+                prefix[inv] = rank_prev[pos - 1]
+            keys_all.append(keys)
+            ev_all.append(ev)
+            occ_all.append(occ)
+            prefix_all.append(prefix)
+            rank_prev = rank
+        self._keys = keys_all
+        self._counts = {"ev": ev_all, "occ": occ_all, "prefix": prefix_all}
+
+    # ------------------------------------------------------------------ table look-ups
+    def _mult(self, k: int) -> int:
+        """M_{k-1}: the radix of the suffix rank in order-k keys (1 for unigrams)."""
+        return 1 if k == 1 else self._keys[k - 2].size
+
+    def _chain(self, rows: np.ndarray) -> list[np.ndarray]:
+        """Ranks of the last j tokens of every row in the order-j table, for j = 1..m (-1 = absent)."""
+        m = rows.shape[1]
+        out: list[np.ndarray] = []
+        if m == 0:
+            return out
+        r = _lookup(self._keys[0], rows[:, -1])
+        out.append(r)
+        for j in range(2, m + 1):
+            ok = r >= 0
+            q = rows[:, m - j] * self._mult(j) + np.where(ok, r, 0)
+            r = np.where(ok, _lookup(self._keys[j - 1], q), -1)
+            out.append(r)
+        return out
+
+    def _rows(self, k: int) -> np.ndarray:
+        """The order-k table decoded back to id rows ``(M_k, k)``."""
+        rows = self._keys[0][:, None]
+        for j in range(2, k + 1):
+            mult, keys = self._mult(j), self._keys[j - 1]
+            rows = np.column_stack([keys // mult, rows[keys % mult]])
+        return rows
+
+    # ------------------------------------------------------------------ smoothers
+    def _build(self, quiet: bool = False) -> None:
+        """Compute the per-order parameters ``a``, ``g`` (and ``has``) and the base distribution."""
+        n, V = self.order, len(self.vocab)
+        uniform = np.full(V, 1.0 / (V - 1))
+        uniform[BOS_ID] = 0.0
+        nltk = self.nltk_compatible
+        c_all = self._counts["occ"] if nltk else self._counts["ev"]
+        prefix = self._counts["prefix"]
+        levels: list[_Level] = []
+        self._levels = levels
+        self._recursive = True
+        sm = self.smoothing
+
+        def ctx_sum(k: int, values: np.ndarray) -> np.ndarray:
+            return np.bincount(prefix[k - 1], weights=values, minlength=self._mult(k)).astype(np.float64)
+
+        if sm == "mle":
+            self._recursive, self._base = False, np.zeros(V)
+            for k in range(1, n + 1):
+                c = c_all[k - 1]
+                tot = ctx_sum(k, c)
+                levels.append(_Level(_safe_div(c, tot[prefix[k - 1]]), np.where(tot > 0, 0.0, 1.0)))
+        elif sm in ("laplace", "lidstone"):
+            kk = 1.0 if sm == "laplace" else self.options["k"]
+            self._recursive = False
+            if nltk:
+                v_eff = V if n > 1 else V - 1
+                self._base = np.full(V, 1.0 / v_eff)
+                if n == 1:
+                    self._base[BOS_ID] = 0.0
+            else:
+                v_eff, self._base = V - 1, uniform
+            for k in range(1, n + 1):
+                c = c_all[k - 1]
+                den = ctx_sum(k, c) + kk * v_eff
+                levels.append(_Level(c / den[prefix[k - 1]], kk * v_eff / den))
+        elif sm == "jelinek-mercer":
+            lam = self.options["lambdas"]  # [lambda_n, ..., lambda_1, lambda_0]
+            self._base = uniform
+            for k in range(1, n + 1):
+                lam_k = lam[n - k]
+                below = sum(lam[n - k:])
+                mu = lam_k / below if below > 0 else 0.0
+                c = c_all[k - 1]
+                tot = ctx_sum(k, c)
+                levels.append(_Level(mu * _safe_div(c, tot[prefix[k - 1]]), np.where(tot > 0, 1.0 - mu, 1.0)))
+        elif sm == "witten-bell":
+            self._base = np.zeros(V) if nltk else uniform
+            for k in range(1, n + 1):
+                c = c_all[k - 1]
+                tot = ctx_sum(k, c)
+                nplus = ctx_sum(k, (c > 0).astype(np.float64))
+                if nltk and k == 1:  # NLTK's base: the unigram MLE, no uniform floor
+                    levels.append(_Level(_safe_div(c, tot[0]), np.zeros(1)))
+                    continue
+                den = tot + nplus
+                levels.append(_Level(_safe_div(c, den[prefix[k - 1]]), np.where(tot > 0, _safe_div(nplus, den), 1.0)))
+        elif sm == "kneser-ney":
+            self._base = uniform
+            ev = self._counts["ev"]
+            for k in range(1, n + 1):
+                if k == n:
+                    c = ev[k - 1]
+                else:  # continuation counts N1+(. h w): distinct left extensions seen in training
+                    nxt = self._keys[k]
+                    c = np.bincount(nxt % self._keys[k - 1].size, weights=(ev[k] > 0),
+                                    minlength=self._keys[k - 1].size).astype(np.int64)
+                d1, d2, d3 = self._kn_discounts(c, k, quiet)
+                disc = np.array([0.0, d1, d2, d3])[np.minimum(c, 3)]
+                tot = ctx_sum(k, c)
+                num_g = ctx_sum(k, disc * (c > 0))
+                a = _safe_div(np.maximum(c - disc, 0.0), tot[prefix[k - 1]])
+                levels.append(_Level(a, np.where(tot > 0, _safe_div(num_g, tot), 1.0)))
+        elif sm == "kneser-ney-nltk":
+            d = self.options["discount"]
+            self._base = np.zeros(V)
+            occ = self._counts["occ"]
+            for k in range(1, n + 1):
+                if k < n:
+                    cont = np.bincount(self._keys[k] % self._keys[k - 1].size,
+                                       minlength=self._keys[k - 1].size).astype(np.float64)
+                if k == 1:
+                    levels.append(_Level(cont / cont.sum(), np.zeros(1)))
+                    continue
+                raw = occ[k - 1]
+                raw_tot = ctx_sum(k, raw)
+                nplus = ctx_sum(k, (raw > 0).astype(np.float64))
+                if k == n:
+                    c, tot = raw.astype(np.float64), raw_tot
+                else:
+                    c, tot = cont, ctx_sum(k, cont)
+                seen = (raw_tot > 0) & (tot > 0)
+                a = np.where(seen[prefix[k - 1]], _safe_div(np.maximum(c - d, 0.0), tot[prefix[k - 1]]), 0.0)
+                levels.append(_Level(a, np.where(seen, _safe_div(d * nplus, tot), 1.0)))
+        elif sm == "katz":
+            self._build_katz(uniform, quiet)
+        else:  # pragma: no cover - arpa models set their levels when read
+            raise InputError(f"cannot build smoothing {sm!r}")
+
+    def _kn_discounts(self, c: np.ndarray, k: int, quiet: bool) -> tuple[float, float, float]:
+        """Modified-KN discounts D1, D2, D3+ of one order from its count-of-counts (C&G 1999, Section 3)."""
+        if "discount" in self.options:
+            d = self.options["discount"]
+            return d, d, d
+        nr = np.bincount(np.minimum(c[c > 0], 5), minlength=6)
+        n1, n2, n3, n4 = (int(x) for x in nr[1:5])
+        if min(n1, n2, n3, n4) > 0:
+            y = n1 / (n1 + 2 * n2)
+            d1, d2, d3 = 1 - 2 * y * n2 / n1, 2 - 3 * y * n3 / n2, 3 - 4 * y * n4 / n3
+            if 0 < d1 < 1 and 0 < d2 < 2 and 0 < d3 < 3:
+                return d1, d2, d3
+        d = n1 / (n1 + 2 * n2) if n1 > 0 and n2 > 0 else 0.5
+        if not quiet:
+            logger.warning("kneser-ney: the count-of-counts of order %d (n1=%d, n2=%d, n3=%d, n4=%d) give invalid modified-KN "
+                           "discounts (too little data); using a single discount D=%.4f", k, n1, n2, n3, n4, d)
+        return d, d, d
+
+    def _build_katz(self, uniform: np.ndarray, quiet: bool) -> None:
+        """Katz backoff with Good-Turing discounts (C&G 1999, Section 2), normalized backoff weights.
+
+        The unigram level spreads the discounted mass uniformly over ``P``. Where Good-Turing is
+        invalid (some n_r = 0, or a ratio d_r outside (0, 1]) absolute discounting
+        ``(r - D)/c(h .)``, ``D = n1/(n1 + 2 n2)`` (0.5 if n1 or n2 is 0) is used for that order; a
+        context whose counts are all above the discounted range (no mass left for unseen words) is
+        discounted with the same D; a context followed by every token of P is renormalized.
+        """
+        n, V = self.order, len(self.vocab)
+        kmax = self.options["max_discounted_count"]
+        ev, prefix = self._counts["ev"], self._counts["prefix"]
+        self._base = uniform
+        num_p = V - 1
+        for k in range(1, n + 1):
+            c = ev[k - 1]
+            mult = self._mult(k)
+            nr = np.bincount(c[c > 0], minlength=kmax + 2)
+            n1, n2 = int(nr[1]), int(nr[2])
+            d_abs = n1 / (n1 + 2 * n2) if n1 > 0 and n2 > 0 else 0.5
+            ratios = None
+            if all(nr[r] > 0 for r in range(1, kmax + 2)):
+                common = (kmax + 1) * nr[kmax + 1] / n1
+                if common < 1:
+                    r = np.arange(1, kmax + 1)
+                    dr = ((r + 1) * nr[r + 1] / (r * nr[r]) - common) / (1 - common)
+                    if np.all((dr > 0) & (dr <= 1)):
+                        ratios = np.concatenate([[0.0], dr])
+            if ratios is None:
+                if not quiet:
+                    logger.warning("katz: Good-Turing estimates of order %d are invalid on this data (count-of-counts %s); "
+                                   "using absolute discounting with D=%.4f", k, nr[1:kmax + 2].tolist(), d_abs)
+                disc_c = np.maximum(c - d_abs, 0.0)
+            else:
+                disc_c = np.where(c <= kmax, ratios[np.minimum(c, kmax)] * c, c).astype(np.float64)
+            tot = np.bincount(prefix[k - 1], weights=c, minlength=mult).astype(np.float64)
+            nplus = np.bincount(prefix[k - 1], weights=(c > 0), minlength=mult)
+            q = _safe_div(disc_c, tot[prefix[k - 1]])
+            left = 1.0 - np.bincount(prefix[k - 1], weights=q, minlength=mult)
+            # contexts with nothing left for the unseen words (all counts > kmax): absolute discounting
+            nomass = (tot > 0) & (left <= 1e-12) & (nplus < num_p)
+            if nomass.any():
+                sel = nomass[prefix[k - 1]]
+                q = np.where(sel, _safe_div(np.maximum(c - d_abs, 0.0), tot[prefix[k - 1]]), q)
+                left = 1.0 - np.bincount(prefix[k - 1], weights=q, minlength=mult)
+            if k == 1:
+                self._levels.append(_Level(q, np.array([max(float(left[0]), 0.0)])))
+                continue
+            # alpha(h) = left(h) / (1 - sum over seen followers of p_{k-1}(w | h'))
+            seen = c > 0
+            rows = self._rows(k)
+            lower = np.zeros(c.size)
+            if seen.any():
+                lower[seen] = self._probs(rows[seen][:, 1:])
+            den = 1.0 - np.bincount(prefix[k - 1], weights=lower, minlength=mult)
+            full = (tot > 0) & ((nplus >= num_p) | (den <= 1e-12))
+            if full.any():  # every token follows h: renormalize, nothing to back off to
+                s = np.bincount(prefix[k - 1], weights=q, minlength=mult)
+                q = np.where(full[prefix[k - 1]], _safe_div(q, s[prefix[k - 1]]), q)
+            alpha = np.where(tot > 0, _safe_div(np.maximum(left, 0.0), np.maximum(den, 1e-300)), 1.0)
+            alpha[full] = 0.0
+            self._levels.append(_Level(q, alpha, mode="backoff", has=seen))
+
+    # ------------------------------------------------------------------ scoring
+    def _probs(self, rows: np.ndarray) -> np.ndarray:
+        """Probabilities of the last column given the others, rows ``(N, m)`` of ids, m <= n."""
+        m = rows.shape[1]
+        ranks = self._chain(rows)
+        ctx = self._chain(rows[:, :-1])
+        p = self._base[rows[:, -1]].astype(np.float64)
+        for k in (range(1, m + 1) if self._recursive else [m]):
+            lev = self._levels[k - 1]
+            r = ranks[k - 1]
+            found = r >= 0
+            rr = np.where(found, r, 0)
+            if k == 1:
+                g = np.full(rows.shape[0], float(lev.g[0]))
+            else:
+                cr = ctx[k - 2]
+                g = np.where(cr >= 0, lev.g[np.where(cr >= 0, cr, 0)], 1.0) if lev.g.size else np.ones(rows.shape[0])
+            a = np.where(found, lev.a[rr], 0.0) if lev.a.size else np.zeros(rows.shape[0])
+            if lev.mode == "interp":
+                p = a + g * p
+            else:
+                has = found & lev.has[rr] if lev.a.size else found
+                p = np.where(has, a, g * p)
+        return p
+
+    def logprobs(self, ids_ngrams: np.ndarray) -> np.ndarray:
+        """Natural-log probabilities of many n-grams at once.
+
+        ``ids_ngrams``: int array ``(N, m)`` of token ids (see :meth:`encode`), the last column the
+        predicted token, the others its context (oldest first). Rows longer than n use their last n
+        ids; shorter rows (m < n) are scored with the order-m distribution of the model.
+        Returns ``(N,)`` float64 (``-inf`` for probability 0).
+        """
+        self._require_fitted()
+        arr = np.asarray(ids_ngrams)
+        if arr.ndim == 1:
+            arr = arr[None, :]
+        if arr.ndim != 2 or arr.shape[1] < 1:
+            raise InputError(f"ids_ngrams must be an int array (N, m) with m >= 1, got shape {arr.shape}")
+        if arr.size and (not np.issubdtype(arr.dtype, np.integer) or arr.min() < 0 or arr.max() >= len(self.vocab)):
+            raise InputError(f"ids_ngrams must hold integer token ids in [0, {len(self.vocab)}), got dtype {arr.dtype} "
+                             f"and range [{arr.min()}, {arr.max()}]")
+        arr = arr[:, -self.order:].astype(np.int64)
+        if arr.shape[0] == 0:
+            return np.zeros(0)
+        return _log(self._probs(arr))
+
+    def logprob(self, token: str, context: Sequence[str] = ()) -> float:
+        """Natural log of p(token | context). The context is used as given, truncated to its last
+        n - 1 tokens; for sentence starts include the ``<s>`` padding, e.g. ``("<s>", "<s>")``.
+        A shorter context is scored with the corresponding lower-order distribution."""
+        self._require_fitted()
+        if isinstance(context, str):
+            raise InputError(f"context must be a sequence of tokens, got the string {context!r}; use e.g. {context.split()!r}")
+        ids = np.append(self.encode(list(context)), self.token_id(token))
+        return float(self.logprobs(ids[None, -self.order:])[0])
+
+    def _sentence_rows(self, sentences: Iterable[Sequence[str]], what: str) -> tuple[np.ndarray, np.ndarray, int, int]:
+        """All scored n-grams of padded sentences: rows (N, n), sentence index of each, #OOV, #sentences."""
+        sents = _validate_sentences(sentences, what)
+        flat, lengths, uniq = _flatten(sents, what)
+        ids = self._map(flat, uniq)
+        if ids.size and (ids == BOS_ID).any() | (ids == EOS_ID).any():
+            raise InputError(f"{what} contains the reserved padding symbols {BOS!r}/{EOS!r}; remove them")
+        n = self.order
+        if lengths.size == 0:
+            return np.zeros((0, n), dtype=np.int64), np.zeros(0, dtype=np.int64), 0, 0
+        stream, offset = _pad_stream(ids, lengths, n)
+        ends = np.arange(n - 1, stream.size)
+        win = sliding_window_view(stream, n)
+        rows = win[offset[ends] >= n - 1]
+        sent_idx = np.repeat(np.arange(lengths.size), lengths + 1)
+        return np.ascontiguousarray(rows), sent_idx, int((ids == UNK_ID).sum()), lengths.size
+
+    def ngram_rows(self, sentences: Iterable[Sequence[str]]) -> np.ndarray:
+        """Every scored n-gram of the padded sentences as id rows ``(N, n)`` (sentence after
+        sentence, ``L + 1`` rows per sentence), ready for :meth:`logprobs`."""
+        self._require_fitted()
+        return self._sentence_rows(sentences, "sentences")[0]
+
+    def sentence_logprob(self, sentence: Sequence[str]) -> float:
+        """Natural log of p(w_1 .. w_L </s>) under the padding described in :meth:`fit`."""
+        self._require_fitted()
+        rows, _, _, _ = self._sentence_rows([sentence], "sentence")
+        return float(self.logprobs(rows).sum())
+
+    def sentence_logprobs(self, sentences: Iterable[Sequence[str]]) -> np.ndarray:
+        """Natural-log probability of each sentence (vectorized over all of them)."""
+        self._require_fitted()
+        rows, idx, _, num = self._sentence_rows(sentences, "sentences")
+        return np.bincount(idx, weights=self.logprobs(rows), minlength=num) if rows.size else np.zeros(num)
+
+    def perplexity(self, sentences: Iterable[Sequence[str]]) -> PerplexityResult:
+        """Token-weighted perplexity ``exp(-sum log p / num_tokens)`` over all sentences; every word and
+        one ``</s>`` per sentence count as tokens. Infinite if some token has probability 0 (MLE)."""
+        self._require_fitted()
+        rows, _, num_oov, num = self._sentence_rows(sentences, "the evaluation set")
+        if num == 0:
+            raise InputError("cannot compute a perplexity on 0 sentences")
+        lp = self.logprobs(rows)
+        zero = int(np.isneginf(lp).sum())
+        if zero:
+            hint = ("use a smoothed model, e.g. smoothing='kneser-ney', 'witten-bell' or 'lidstone'"
+                    if self.smoothing == "mle" else "NLTK's definitions give 0 to tokens never seen in training; "
+                    "use the default definition (nltk_compatible=False / smoothing='kneser-ney')")
+            logger.warning("%d of %d test tokens have probability 0 under %s, so the perplexity is infinite; %s",
+                           zero, lp.size, self, hint)
+        ce = float(-lp.sum() / lp.size)
+        ppl = math.exp(ce) if ce < 700 else math.inf
+        return PerplexityResult(ppl, ce, int(lp.size), num_oov, len(self.vocab), num)
+
+    # ------------------------------------------------------------------ generation
+    def next_logprobs(self, context: Sequence[str] = ()) -> np.ndarray:
+        """Log-probabilities ``(V,)`` of every vocabulary token after ``context`` (strings, used as
+        given: include ``<s>`` for sentence starts)."""
+        self._require_fitted()
+        return self._next_logprobs(self.encode(list(context)))
+
+    def _next_logprobs(self, ctx: np.ndarray) -> np.ndarray:
+        V = len(self.vocab)
+        ctx = ctx[max(0, len(ctx) - (self.order - 1)):] if self.order > 1 else ctx[:0]
+        rows = np.empty((V, ctx.size + 1), dtype=np.int64)
+        rows[:, :-1] = ctx
+        rows[:, -1] = np.arange(V)
+        return _log(self._probs(rows))
+
+    def generate(self, num_tokens: int | None = None, context: Sequence[str] = (), temperature: float = 1.0,
+                 top_k: int | None = None, top_p: float | None = None, generator: Any = None,
+                 max_tokens: int = 10_000) -> list[str]:
+        """Sample tokens left to right from the full next-token distribution (``chainrule.decoding``).
+
+        ``num_tokens=None``: one sentence, until ``</s>`` (not returned) or ``max_tokens``.
+        ``num_tokens=N``: exactly N tokens; a drawn ``</s>`` is returned and starts a new sentence
+        (the context restarts with the ``<s>`` padding). ``context``: a prompt continuing the
+        current sentence (it is padded with ``<s>`` on the left). ``temperature`` (0 = greedy),
+        ``top_k``, ``top_p`` as in :func:`chainrule.decoding.processors`; ``generator`` a
+        ``torch.Generator`` for reproducibility. ``<s>`` is never generated. If the context was
+        never seen (only possible with ``"mle"``), the context is shortened until some token has
+        positive probability.
+        """
+        import torch
+
+        from chainrule.decoding import choose, processors
+
+        self._require_fitted()
+        if num_tokens is not None and (isinstance(num_tokens, bool) or not isinstance(num_tokens, (int, np.integer)) or num_tokens < 0):
+            raise InputError(f"num_tokens must be an integer >= 0 or None (until </s>), got {num_tokens!r}")
+        if isinstance(context, str):
+            raise InputError(f"context must be a sequence of tokens, got the string {context!r}; use e.g. {context.split()!r}")
+        chain_ = processors(temperature, top_k, top_p)
+        pad = [BOS_ID] * (self.order - 1)
+        hist = pad + self.encode(list(context)).tolist()
+        out: list[str] = []
+        limit = num_tokens if num_tokens is not None else max_tokens
+        while len(out) < limit:
+            ctx = np.array(hist[len(hist) - (self.order - 1):] if self.order > 1 else [], dtype=np.int64)
+            logp = self._next_logprobs(ctx)
+            while not np.isfinite(logp).any() and ctx.size:
+                ctx = ctx[1:]
+                logp = self._next_logprobs(ctx)
+            logp[BOS_ID] = -math.inf
+            tok = int(choose(torch.from_numpy(logp), chain_, generator))
+            if tok == EOS_ID:
+                if num_tokens is None:
+                    return out
+                hist = list(pad)
+            else:
+                hist.append(tok)
+            out.append(self.vocab[tok])
+        if num_tokens is None:
+            logger.warning("generate: no </s> after max_tokens=%d tokens; stopping", max_tokens)
+        return out
+
+    # ------------------------------------------------------------------ ARPA
+    def to_arpa(self, path: str | os.PathLike) -> Path:
+        """Write the model as an ARPA backoff file (log10 probabilities and backoff weights).
+
+        For interpolated smoothers every n-gram seen in training is written with its exact
+        probability ``p(w|h)`` and every context ``h`` with ``bow(h) = gamma(h)``, so an unlisted
+        ``h w`` backs off to ``gamma(h) p(w|h')`` exactly as the interpolation does; Katz is written
+        as is. Contexts that are only padding (e.g. ``<s> <s>``) are listed with log10 p = -99
+        (probability 0), as is the unigram ``<s>``. Values have 7 significant digits.
+        Supported for: jelinek-mercer, witten-bell, katz, kneser-ney, kneser-ney-nltk (and models
+        read from ARPA); MLE/Laplace/Lidstone are not backoff models and raise InputError.
+        """
+        self._require_fitted()
+        if self.smoothing not in ARPA_SMOOTHERS:
+            raise InputError(f"smoothing {self.smoothing!r} is not a backoff model and cannot be written as ARPA; "
+                             f"supported: {', '.join(ARPA_SMOOTHERS[:-1])}")
+        bad = [w for w in self.vocab if not w or any(ch.isspace() for ch in w)]
+        if bad:
+            raise InputError(f"ARPA files separate words by whitespace, so tokens that are empty or contain whitespace "
+                             f"cannot be written: {bad[:5]!r}; map them to other symbols before fitting")
+        path = Path(path)
+        n, V = self.order, len(self.vocab)
+        sections: list[tuple[np.ndarray, np.ndarray, np.ndarray | None]] = []
+        for k in range(1, n + 1):
+            if k == 1:
+                rows = np.arange(V, dtype=np.int64)[:, None]
+                rank = _lookup(self._keys[0], rows[:, 0])
+            else:
+                rows = self._rows(k)
+                listed = self._listed(k)
+                rows, rank = rows[listed], np.flatnonzero(listed)
+            lp = self.logprobs(rows) / _LOG10 if rows.size else np.zeros(0)
+            bow = None
+            if k < n:
+                g = self._levels[k].g
+                bow = np.where(rank >= 0, g[np.where(rank >= 0, rank, 0)], 1.0) if g.size else np.ones(rows.shape[0])
+                bow = _log(bow) / _LOG10
+            sections.append((rows, lp, bow))
+        words = np.array(self.vocab, dtype=object)
+        with open(path, "w", encoding="utf-8") as fh:
+            fh.write("\\data\\\n")
+            for k, (rows, _, _) in enumerate(sections, 1):
+                fh.write(f"ngram {k}={rows.shape[0]}\n")
+            for k, (rows, lp, bow) in enumerate(sections, 1):
+                fh.write(f"\n\\{k}-grams:\n")
+                lp = np.where(np.isfinite(lp), lp, _ARPA_ZERO)
+                lp_s = np.char.mod("%.7g", np.maximum(lp, _ARPA_ZERO))
+                grams = words[rows[:, 0]].astype(str) if rows.size else np.zeros(0, dtype=str)
+                for j in range(1, k):
+                    grams = np.char.add(np.char.add(grams, " "), words[rows[:, j]].astype(str))
+                lines = np.char.add(np.char.add(lp_s, "\t"), grams) if rows.size else np.zeros(0, dtype=str)
+                if bow is not None and rows.size:
+                    has_bow = bow != 0
+                    bow_s = np.char.mod("%.7g", np.maximum(np.where(np.isfinite(bow), bow, _ARPA_ZERO), _ARPA_ZERO))
+                    lines = np.where(has_bow, np.char.add(np.char.add(lines, "\t"), bow_s), lines)
+                if rows.size:
+                    fh.write("\n".join(lines.tolist()))
+                    fh.write("\n")
+            fh.write("\n\\end\\\n")
+        logger.info("wrote %s (%s)", path, ", ".join(f"{k}-grams: {s[0].shape[0]}" for k, s in enumerate(sections, 1)))
+        return path
+
+    def _listed(self, k: int) -> np.ndarray:
+        """Which order-k table entries (k >= 2) an ARPA file lists: explicit n-grams and contexts."""
+        if self.smoothing == "arpa":
+            listed = self._levels[k - 1].has.copy()
+        else:
+            c = (self._counts["occ"] if self.nltk_compatible else self._counts["ev"])[k - 1]
+            listed = c > 0
+        if k < self.order:  # contexts of listed (k+1)-grams carry the backoff weights
+            g = self._levels[k].g
+            if self.smoothing == "arpa":
+                listed |= g != 1.0
+                ctx = self._ctx_of(k + 1)[self._listed(k + 1)]
+                listed |= np.bincount(ctx[ctx >= 0], minlength=listed.size) > 0
+            else:
+                c_next = (self._counts["occ"] if self.nltk_compatible else self._counts["ev"])[k]
+                listed |= np.bincount(self._counts["prefix"][k], weights=c_next > 0, minlength=listed.size) > 0
+        return listed
+
+    def _ctx_of(self, k: int) -> np.ndarray:
+        """Rank of each order-k entry's context (prefix) in the order-(k-1) table (-1 if absent)."""
+        if "prefix" in self._counts:
+            return self._counts["prefix"][k - 1]
+        rows = self._rows(k)
+        return self._chain(rows[:, :-1])[-1]
+
+    @classmethod
+    def from_arpa(cls, path: str | os.PathLike) -> NgramLM:
+        """Read an ARPA file into a model that scores with the ARPA backoff semantics:
+        ``p(w|h) = 10^logp(h w)`` if listed, else ``10^bow(h) p(w|h')`` (``bow = 0`` if h is not listed).
+        Log-probabilities <= -99 mean probability 0. A file without ``<unk>`` gets one with probability 0
+        (a warning is logged). Errors raise :class:`DataError` with the line number."""
+        path = Path(path)
+        try:
+            text = path.read_bytes().decode("utf-8")
+        except OSError as exc:
+            raise DataError(f"cannot read ARPA file {path}: {exc}") from exc
+        except UnicodeDecodeError as exc:
+            raise DataError(f"{path} is not UTF-8 text: invalid byte at offset {exc.start}") from exc
+        lines = text.split("\n")
+        i = 0
+
+        def err(lineno: int, msg: str) -> DataError:
+            return DataError(f"{path}:{lineno}: {msg}")
+
+        while i < len(lines) and lines[i].strip() != "\\data\\":
+            if lines[i].strip():
+                raise err(i + 1, f"expected the '\\data\\' header, got {lines[i].strip()[:60]!r}")
+            i += 1
+        if i == len(lines):
+            raise err(1, "no '\\data\\' header; not an ARPA file")
+        i += 1
+        declared: dict[int, int] = {}
+        while i < len(lines):
+            s = lines[i].strip()
+            if not s:
+                i += 1
+                continue
+            if not s.startswith("ngram "):
+                break
+            key, _, val = s[6:].partition("=")
+            try:
+                k, cnt = int(key), int(val)
+            except ValueError:
+                raise err(i + 1, f"malformed count line {s!r}; expected 'ngram K=COUNT'") from None
+            if k != len(declared) + 1 or cnt < 0:
+                raise err(i + 1, f"counts must be listed for orders 1, 2, ... with non-negative values; got {s!r}")
+            declared[k] = cnt
+            i += 1
+        if not declared:
+            raise err(i + 1, "no 'ngram K=COUNT' lines after '\\data\\'")
+        n = len(declared)
+        sections: dict[int, tuple[list[list[str]], list[float], list[float], list[int]]] = {}
+        ended = False
+        while i < len(lines):
+            s = lines[i].strip()
+            if not s:
+                i += 1
+                continue
+            if s == "\\end\\":
+                ended = True
+                break
+            if not (s.startswith("\\") and s.endswith("-grams:")):
+                raise err(i + 1, f"expected a section header like '\\1-grams:' or '\\end\\', got {s[:60]!r}")
+            try:
+                k = int(s[1:-7])
+            except ValueError:
+                raise err(i + 1, f"malformed section header {s!r}") from None
+            if k not in declared or k in sections:
+                raise err(i + 1, f"unexpected section {s!r} (declared orders 1..{n})")
+            grams: list[list[str]] = []
+            lps: list[float] = []
+            bows: list[float] = []
+            linenos: list[int] = []
+            i += 1
+            while i < len(lines):
+                s = lines[i].strip()
+                if not s:
+                    i += 1
+                    if len(grams) == declared[k]:
+                        break
+                    continue
+                if s.startswith("\\"):
+                    break
+                parts = s.split()
+                if len(parts) not in (k + 1, k + 2):
+                    raise err(i + 1, f"a {k}-gram line needs 'log10prob w1 .. w{k} [log10bow]', got {len(parts)} fields: {s[:80]!r}")
+                try:
+                    lp = float(parts[0])
+                    bw = float(parts[k + 1]) if len(parts) == k + 2 else 0.0
+                except ValueError:
+                    raise err(i + 1, f"non-numeric probability or backoff weight in {s[:80]!r}") from None
+                if not (math.isfinite(lp) or lp == -math.inf) or lp > 1e-6 or not (math.isfinite(bw) or bw == -math.inf):
+                    raise err(i + 1, f"invalid log10 probability {parts[0]} (must be <= 0) in {s[:80]!r}")
+                if len(parts) == k + 2 and k == n:
+                    raise err(i + 1, f"highest-order {k}-grams cannot have a backoff weight: {s[:80]!r}")
+                grams.append(parts[1:k + 1])
+                lps.append(lp)
+                bows.append(bw)
+                linenos.append(i + 1)
+                i += 1
+            if len(grams) != declared[k]:
+                raise err(i + 1, f"section \\{k}-grams: has {len(grams)} entries but the header declares {declared[k]}")
+            sections[k] = (grams, lps, bows, linenos)
+        if not ended:
+            raise err(len(lines), "missing '\\end\\' line (truncated file?)")
+        missing = [k for k in declared if k not in sections]
+        if missing:
+            raise err(i + 1, f"missing sections for orders {missing}")
+        # vocabulary from the unigrams; specials first
+        uni = [g[0] for g in sections[1][0]]
+        if len(set(uni)) != len(uni):
+            seen_words: set[str] = set()
+            for w, ln in zip(uni, sections[1][3]):
+                if w in seen_words:
+                    raise err(ln, f"duplicate unigram {w!r}")
+                seen_words.add(w)
+        model = cls(n, "arpa")
+        if UNK not in uni:
+            logger.warning("%s has no %s unigram; unknown words get probability 0", path, UNK)
+        words = [w for w in uni if w not in SPECIALS]
+        model._set_vocab(list(SPECIALS) + words)
+        index = model._index
+        uni_set = set(uni)
+        rows_k: list[np.ndarray] = []
+        lp_k: list[np.ndarray] = []
+        bow_k: list[np.ndarray] = []
+        for k in range(1, n + 1):
+            grams, lps, bows, linenos = sections[k]
+            ids = np.empty((len(grams), k), dtype=np.int64)
+            for r, (g, ln) in enumerate(zip(grams, linenos)):
+                for j, w in enumerate(g):
+                    t = index.get(w)
+                    if t is None or w not in uni_set:
+                        raise err(ln, f"word {w!r} of this {k}-gram is not among the unigrams")
+                    ids[r, j] = t
+            rows_k.append(ids)
+            lp = np.array(lps, dtype=np.float64)
+            lp_k.append(np.where(lp <= _ARPA_ZERO, -np.inf, lp))
+            bw = np.array(bows, dtype=np.float64)
+            bow_k.append(np.where(bw <= _ARPA_ZERO, -np.inf, bw))
+            if k >= 2 and ids.shape[0]:
+                u, cnt = np.unique(ids, axis=0, return_counts=True)
+                if (cnt > 1).any():
+                    dup_row = u[np.argmax(cnt > 1)]
+                    r = int(np.flatnonzero((ids == dup_row).all(1))[1])
+                    raise err(linenos[r], f"duplicate {k}-gram {' '.join(grams[r])!r}")
+        model._from_rows(rows_k, lp_k, bow_k)
+        model.metadata["source"] = str(path)
+        return model
+
+    def _from_rows(self, rows_k: list[np.ndarray], lp_k: list[np.ndarray], bow_k: list[np.ndarray]) -> None:
+        """Build suffix-closed tables from listed ARPA n-grams and set backoff levels."""
+        n = self.order
+        # suffix closure: every suffix of a listed n-gram must be in the lower table (unlisted if new)
+        allrows = [r for r in rows_k]
+        for k in range(n, 1, -1):
+            suf = allrows[k - 1][:, 1:]
+            allrows[k - 2] = np.unique(np.concatenate([allrows[k - 2], suf]), axis=0) if suf.size else allrows[k - 2]
+        self._keys = []
+        for k in range(1, n + 1):
+            rows = allrows[k - 1]
+            if k == 1:
+                keys = np.unique(rows[:, 0])
+            else:
+                r = self._chain(rows[:, 1:])[-1]
+                keys = np.unique(rows[:, 0] * self._mult(k) + r)
+            self._keys.append(keys.astype(np.int64))
+        self._counts = {}
+        self._levels = []
+        self._base = np.zeros(len(self.vocab))
+        self._recursive = True
+        ranks_by_order = [self._chain(rows_k[k - 1])[-1] if rows_k[k - 1].size else np.zeros(0, dtype=np.int64)
+                          for k in range(1, n + 1)]
+        for k in range(1, n + 1):
+            M = self._keys[k - 1].size
+            a = np.zeros(M)
+            has = np.zeros(M, dtype=bool)
+            r = ranks_by_order[k - 1]
+            a[r] = np.power(10.0, lp_k[k - 1])
+            has[r] = True
+            if k == 1:
+                g = np.ones(1)
+            else:
+                g = np.ones(self._keys[k - 2].size)
+                rlow = ranks_by_order[k - 2]
+                g[rlow] = np.power(10.0, bow_k[k - 2])
+            self._levels.append(_Level(a, g, mode="backoff", has=has))
+        self._fitted = True
+
+    # ------------------------------------------------------------------ persistence
+    def save(self, path: str | os.PathLike) -> Path:
+        """Save to directory ``path``: ``ngram.json`` (settings, vocabulary) + ``ngram.npz`` (arrays)."""
+        self._require_fitted()
+        path = Path(path)
+        path.mkdir(parents=True, exist_ok=True)
+        arrays: dict[str, np.ndarray] = {}
+        for k in range(1, self.order + 1):
+            arrays[f"keys_{k}"] = self._keys[k - 1]
+            if self.smoothing == "arpa":
+                lev = self._levels[k - 1]
+                arrays[f"prob_{k}"] = lev.a
+                arrays[f"has_{k}"] = lev.has.astype(np.int8)
+                arrays[f"bow_{k}"] = lev.g
+            else:
+                for name in ("ev", "occ", "prefix"):
+                    arrays[f"{name}_{k}"] = self._counts[name][k - 1]
+        np.savez_compressed(path / _ARRAYS, **arrays)
+        config = {"format": _FORMAT, "order": self.order, "smoothing": self.smoothing, "options": self.options,
+                  "vocab": self.vocab, "metadata": self.metadata}
+        (path / _CONFIG).write_text(json.dumps(config, indent=1, ensure_ascii=False), encoding="utf-8")
+        return path
+
+    @classmethod
+    def load(cls, path: str | os.PathLike) -> NgramLM:
+        """Load a model saved with :meth:`save` (no pickle: JSON + ``np.load(allow_pickle=False)``)."""
+        path = Path(path)
+        if not (path / _CONFIG).is_file() or not (path / _ARRAYS).is_file():
+            raise DataError(f"{path} is not a saved n-gram model (expected {_CONFIG} and {_ARRAYS} in it)")
+        try:
+            config = json.loads((path / _CONFIG).read_text(encoding="utf-8"))
+        except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+            raise DataError(f"{path / _CONFIG} is not valid JSON: {exc}") from exc
+        if not isinstance(config, dict) or config.get("format") != _FORMAT:
+            raise DataError(f"{path / _CONFIG} is not a chainrule n-gram model (format {config.get('format') if isinstance(config, dict) else None!r}, "
+                            f"expected {_FORMAT!r})")
+        model = cls(config["order"], config["smoothing"], **config.get("options", {}))
+        model.metadata = dict(config.get("metadata", {}))
+        model._set_vocab(list(config["vocab"]))
+        try:
+            with np.load(path / _ARRAYS, allow_pickle=False) as data:
+                arrays = {name: data[name] for name in data.files}
+        except (OSError, ValueError) as exc:
+            raise DataError(f"cannot read {path / _ARRAYS}: {exc}") from exc
+        n = model.order
+        try:
+            model._keys = [arrays[f"keys_{k}"].astype(np.int64) for k in range(1, n + 1)]
+            if model.smoothing == "arpa":
+                model._counts = {}
+                model._levels = [_Level(arrays[f"prob_{k}"], arrays[f"bow_{k}"], mode="backoff",
+                                        has=arrays[f"has_{k}"].astype(bool)) for k in range(1, n + 1)]
+                model._base = np.zeros(len(model.vocab))
+                model._recursive = True
+            else:
+                model._counts = {name: [arrays[f"{name}_{k}"].astype(np.int64) for k in range(1, n + 1)]
+                                 for name in ("ev", "occ", "prefix")}
+                model._build(quiet=True)
+        except KeyError as exc:
+            raise DataError(f"{path / _ARRAYS} lacks the array {exc.args[0]!r}; the file is damaged") from exc
+        model._fitted = True
+        return model
+
+
+# ---------------------------------------------------------------------- CLI
+def read_text_sentences(path: str | os.PathLike, lowercase: bool = False) -> list[list[str]]:
+    """Sentences of a UTF-8 text file: one per non-empty line, tokens split on whitespace.
+
+    A file that is not valid UTF-8 raises :class:`DataError` naming the byte offset."""
+    path = Path(path)
+    try:
+        raw = path.read_bytes()
+    except OSError as exc:
+        raise DataError(f"cannot read {path}: {exc.strerror or exc}") from exc
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise DataError(f"{path} is not valid UTF-8: byte 0x{raw[exc.start]:02x} at byte offset {exc.start} "
+                        f"cannot be decoded ({exc.reason}); convert the file to UTF-8") from exc
+    if lowercase:
+        text = text.lower()
+    return [toks for toks in (line.split() for line in text.split("\n")) if toks]
+
+
+def _cmd_fit(args: argparse.Namespace) -> int:
+    sents = read_text_sentences(args.text_file, args.lowercase)
+    if not sents:
+        raise DataError(f"{args.text_file} has no non-empty lines to train on")
+    options: dict[str, Any] = {}
+    if args.k is not None:
+        options["k"] = args.k
+    if args.lambdas is not None:
+        try:
+            options["lambdas"] = [float(x) for x in args.lambdas.split(",")]
+        except ValueError:
+            raise InputError(f"--lambdas must be comma-separated numbers, got {args.lambdas!r}") from None
+    if args.discount is not None:
+        options["discount"] = args.discount
+    if args.nltk_compatible:
+        options["nltk_compatible"] = True
+    model = NgramLM(args.order, args.smoothing, **options)
+    model.fit(sents, min_count=args.min_count)
+    model.metadata["lowercase"] = bool(args.lowercase)
+    model.metadata["train_file"] = str(args.text_file)
+    out = model.save(args.out)
+    print(f"fitted {model} on {len(sents)} sentences -> {out}")
+    return 0
+
+
+def _load_model(path: str) -> NgramLM:
+    return NgramLM.load(path)
+
+
+def _cmd_eval(args: argparse.Namespace) -> int:
+    model = _load_model(args.model_dir)
+    lower = model.metadata.get("lowercase", False) if args.lowercase is None else args.lowercase
+    sents = read_text_sentences(args.text_file, lower)
+    if not sents:
+        raise DataError(f"{args.text_file} has no non-empty lines to evaluate")
+    res = model.perplexity(sents)
+    print(f"perplexity: {res.perplexity:.4f}")
+    print(f"cross-entropy: {res.cross_entropy_nats_per_token:.6f} nats/token")
+    print(f"tokens: {res.num_tokens} ({res.num_sentences} sentences, </s> included)")
+    print(f"OOV tokens: {res.num_oov}")
+    print(f"vocabulary size: {res.vocab_size}")
+    return 0
+
+
+def _cmd_generate(args: argparse.Namespace) -> int:
+    import torch
+
+    model = _load_model(args.model_dir)
+    prompt = args.prompt.split() if args.prompt else []
+    if prompt and model.metadata.get("lowercase"):
+        prompt = [t.lower() for t in prompt]
+    gen = None
+    if args.seed is not None:
+        gen = torch.Generator().manual_seed(args.seed)
+    toks = model.generate(args.num_tokens, context=prompt, temperature=args.temperature, top_k=args.top_k,
+                          top_p=args.top_p, generator=gen)
+    print(" ".join(prompt + toks))
+    return 0
+
+
+def _cmd_export_arpa(args: argparse.Namespace) -> int:
+    model = _load_model(args.model_dir)
+    out = model.to_arpa(args.out)
+    print(f"wrote {out}")
+    return 0
+
+
+def register_cli(subparsers: Any) -> argparse.ArgumentParser:
+    """Add the ``ngram`` command (fit / eval / generate / export-arpa) to an argparse sub-parser set.
+
+    Each action sets ``func`` to a function ``(argparse.Namespace) -> int``; errors are raised as
+    chainrule errors for the main CLI to print."""
+    p = subparsers.add_parser("ngram", help="n-gram language models on text files (one sentence per line)",
+                              description="Count-based n-gram language models: sentences are the non-empty lines "
+                                          "of a UTF-8 file, tokens are whitespace-separated.")
+    sub = p.add_subparsers(dest="ngram_command", required=True, metavar="ACTION")
+
+    f = sub.add_parser("fit", help="count n-grams of a text file and save the model")
+    f.add_argument("text_file", help="UTF-8 training text, one sentence per line")
+    f.add_argument("--order", "-n", type=int, default=3, help="n (default 3)")
+    f.add_argument("--smoothing", "-s", default="kneser-ney", help=f"one of {', '.join(SMOOTHERS)} (default kneser-ney)")
+    f.add_argument("--min-count", type=int, default=1, help="tokens seen fewer times become <unk> (default 1)")
+    f.add_argument("--lowercase", action="store_true", help="lower-case the text (remembered for eval/generate)")
+    f.add_argument("--k", type=float, help="lidstone: add-k pseudo-count")
+    f.add_argument("--lambdas", help="jelinek-mercer: n+1 comma-separated weights, highest order first, then uniform")
+    f.add_argument("--discount", type=float, help="kneser-ney(-nltk): a single fixed discount")
+    f.add_argument("--nltk-compatible", action="store_true", help="mle/laplace/lidstone/witten-bell: NLTK's definition")
+    f.add_argument("--out", "-o", required=True, help="model directory to write")
+    f.set_defaults(func=_cmd_fit)
+
+    e = sub.add_parser("eval", help="perplexity of a saved model on a text file")
+    e.add_argument("model_dir")
+    e.add_argument("text_file")
+    e.add_argument("--lowercase", action=argparse.BooleanOptionalAction, default=None,
+                   help="override the lower-casing recorded at fit time")
+    e.set_defaults(func=_cmd_eval)
+
+    g = sub.add_parser("generate", help="sample a sentence (or --num-tokens tokens) from a saved model")
+    g.add_argument("model_dir")
+    g.add_argument("--prompt", default="", help="words the generated text continues")
+    g.add_argument("--num-tokens", type=int, help="exactly this many tokens (default: one sentence, until </s>)")
+    g.add_argument("--temperature", type=float, default=1.0, help="0 = greedy (default 1)")
+    g.add_argument("--top-k", type=int, help="sample among the k most probable tokens")
+    g.add_argument("--top-p", type=float, help="nucleus sampling threshold")
+    g.add_argument("--seed", type=int, help="random seed")
+    g.set_defaults(func=_cmd_generate)
+
+    a = sub.add_parser("export-arpa", help="write a saved model as an ARPA file")
+    a.add_argument("model_dir")
+    a.add_argument("out", help="ARPA file to write")
+    a.set_defaults(func=_cmd_export_arpa)
+    return p

@@ -1,0 +1,449 @@
+"""Tests of chainrule.text.ngram: normalization, hand-computed values, NLTK agreement, ARPA, I/O, CLI."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import math
+
+import numpy as np
+import pytest
+import torch
+
+from chainrule.errors import DataError, InputError
+from chainrule.text.ngram import BOS_ID, EOS_ID, SMOOTHERS, UNK_ID, NgramLM, PerplexityResult, read_text_sentences, register_cli
+
+NORMALIZED = ["laplace", "lidstone", "jelinek-mercer", "witten-bell", "katz", "kneser-ney"]
+ARPA = ["jelinek-mercer", "witten-bell", "katz", "kneser-ney", "kneser-ney-nltk"]
+TINY = [["a", "b"], ["a"]]
+
+
+@pytest.fixture(autouse=True)
+def _quiet(caplog):
+    caplog.set_level(logging.ERROR, logger="chainrule.text.ngram")
+
+
+def random_corpus(rng: np.random.Generator, num: int, vocab: int = 6, max_len: int = 8, zipf: bool = False) -> list[list[str]]:
+    words = [f"w{i}" for i in range(vocab)]
+    p = 1.0 / np.arange(1, vocab + 1) if zipf else np.ones(vocab)
+    p /= p.sum()
+    return [[words[i] for i in rng.choice(vocab, size=rng.integers(0, max_len + 1), p=p)] for _ in range(num)]
+
+
+def full_distributions(lm: NgramLM, contexts: np.ndarray) -> np.ndarray:
+    """p(w | context) for every context row and every vocabulary id: (num_contexts, V)."""
+    V = lm.vocab_size
+    rows = np.concatenate([np.repeat(contexts, V, 0), np.tile(np.arange(V), len(contexts))[:, None]], 1)
+    return np.exp(lm.logprobs(rows)).reshape(len(contexts), V)
+
+
+# ---------------------------------------------------------------------- normalization and positivity
+@pytest.mark.parametrize("smoothing", NORMALIZED)
+@pytest.mark.parametrize("order", [1, 2, 3, 4])
+def test_distributions_sum_to_one_and_are_positive(smoothing, order):
+    rng = np.random.default_rng(order * 17 + len(smoothing))
+    for trial, (num, vocab, min_count) in enumerate([(12, 5, 1), (60, 8, 2)]):
+        lm = NgramLM(order, smoothing).fit(random_corpus(rng, num, vocab, zipf=trial == 1), min_count=min_count,
+                                           vocabulary=None if trial else [f"w{i}" for i in range(vocab + 2)])
+        V = lm.vocab_size
+        seen = lm.ngram_rows(random_corpus(rng, 20, vocab))[:, :-1]  # contexts that occur (mostly seen)
+        unseen = rng.integers(0, V, size=(40, order - 1))  # random, mostly unseen contexts
+        for contexts in (seen[:40], unseen):
+            p = full_distributions(lm, contexts)
+            predicted = np.delete(p, BOS_ID, axis=1)
+            np.testing.assert_allclose(predicted.sum(1), 1.0, atol=1e-9)
+            assert predicted.min() > 0
+            assert np.all(p[:, BOS_ID] == 0)
+
+
+def test_katz_good_turing_branch_normalized():
+    """Enough Zipfian data for valid Good-Turing ratios at the low orders."""
+    rng = np.random.default_rng(3)
+    lm = NgramLM(3, "katz").fit(random_corpus(rng, 3000, 40, max_len=12, zipf=True))
+    contexts = np.concatenate([lm.ngram_rows(random_corpus(rng, 5, 40))[:, :-1], rng.integers(0, lm.vocab_size, (20, 2))])
+    predicted = np.delete(full_distributions(lm, contexts), BOS_ID, axis=1)
+    np.testing.assert_allclose(predicted.sum(1), 1.0, atol=1e-9)
+    assert predicted.min() > 0
+
+
+@pytest.mark.parametrize("order", [1, 3])
+def test_kneser_ney_fixed_discount_normalized(order):
+    rng = np.random.default_rng(8)
+    lm = NgramLM(order, "kneser-ney", discount=0.75).fit(random_corpus(rng, 30))
+    contexts = rng.integers(0, lm.vocab_size, size=(30, order - 1))
+    predicted = np.delete(full_distributions(lm, contexts), BOS_ID, axis=1)
+    np.testing.assert_allclose(predicted.sum(1), 1.0, atol=1e-9)
+    assert predicted.min() > 0
+
+
+def test_character_tokens():
+    """Single-character tokens take the code-point path; non-BMP characters included."""
+    lm = NgramLM(2, "mle").fit([list("ab\u00e9a"), list("\U0001f600a")])
+    assert lm.vocab == ["<unk>", "<s>", "</s>", "a", "b", "\u00e9", "\U0001f600"]
+    assert math.exp(lm.logprob("b", ["a"])) == pytest.approx(1 / 3)
+    assert math.exp(lm.logprob("a", ["\U0001f600"])) == pytest.approx(1.0)
+    assert lm.perplexity([list("ab"), list("zz")]).num_oov == 2
+    with pytest.raises(InputError, match="whitespace"):
+        NgramLM(2, "kneser-ney").fit([list("a b")]).to_arpa("unused.arpa")
+
+
+def test_katz_warns_and_falls_back_on_tiny_data(caplog):
+    caplog.set_level(logging.WARNING, logger="chainrule.text.ngram")
+    NgramLM(2, "katz").fit(TINY)
+    assert "absolute discounting" in caplog.text
+
+
+def test_kneser_ney_invalid_discounts_warn(caplog):
+    caplog.set_level(logging.WARNING, logger="chainrule.text.ngram")
+    NgramLM(2, "kneser-ney").fit(TINY)
+    assert "single discount" in caplog.text
+
+
+def test_modified_kn_discounts_formula():
+    lm = NgramLM(2, "kneser-ney")
+    counts = np.array([1] * 10 + [2] * 5 + [3] * 3 + [4] * 2 + [7])
+    y = 10 / 20
+    d1, d2, d3 = lm._kn_discounts(counts, 2, quiet=True)
+    assert (d1, d2, d3) == pytest.approx((1 - 2 * y * 5 / 10, 2 - 3 * y * 3 / 5, 3 - 4 * y * 2 / 3))
+
+
+# ---------------------------------------------------------------------- exact values on a tiny corpus
+# TINY padded for a bigram model: "<s> a b </s>", "<s> a </s>"; vocabulary <unk> <s> </s> a b (|P| = 4)
+# bigram counts: (<s> a)=2, (a b)=1, (a </s>)=1, (b </s>)=1; unigram counts a=2, b=1, </s>=2.
+def test_laplace_and_lidstone_by_hand():
+    lm = NgramLM(2, "laplace").fit(TINY)
+    assert lm.vocab == ["<unk>", "<s>", "</s>", "a", "b"]
+    assert math.exp(lm.logprob("b", ["a"])) == pytest.approx((1 + 1) / (2 + 4))
+    assert math.exp(lm.logprob("a", ["a"])) == pytest.approx(1 / 6)
+    assert math.exp(lm.logprob("a", ["<s>"])) == pytest.approx(3 / 6)
+    assert math.exp(lm.logprob("a", ["</s>"])) == pytest.approx(1 / 4)  # unseen context: uniform
+    assert math.exp(lm.logprob("zzz", ["a"])) == pytest.approx(1 / 6)  # OOV -> <unk>
+    nltk_like = NgramLM(2, "laplace", nltk_compatible=True).fit(TINY)
+    assert math.exp(nltk_like.logprob("b", ["a"])) == pytest.approx(2 / 7)  # NLTK's len(vocab) counts <s>
+    lid = NgramLM(2, "lidstone", k=0.5).fit(TINY)
+    assert math.exp(lid.logprob("b", ["a"])) == pytest.approx(1.5 / (2 + 0.5 * 4))
+    assert math.exp(lid.logprob("<unk>", ["a"])) == pytest.approx(0.5 / 4)
+
+
+def test_witten_bell_by_hand():
+    lm = NgramLM(2, "witten-bell").fit(TINY)
+    p1 = {w: (c + 3 * 0.25) / (5 + 3) for w, c in {"a": 2, "b": 1, "</s>": 2, "<unk>": 0}.items()}
+    assert math.exp(lm.logprob("b", [])) == pytest.approx(p1["b"])
+    assert math.exp(lm.logprob("b", ["a"])) == pytest.approx((1 + 2 * p1["b"]) / (2 + 2))
+    assert math.exp(lm.logprob("a", ["a"])) == pytest.approx(2 * p1["a"] / 4)
+    assert math.exp(lm.logprob("a", ["<s>"])) == pytest.approx((2 + 1 * p1["a"]) / (2 + 1))
+    assert math.exp(lm.logprob("<unk>", ["b"])) == pytest.approx(1 * p1["<unk>"] / 2)
+
+
+def test_kneser_ney_by_hand():
+    # top order: n1=3, n2=1, n3=0 -> invalid modified discounts -> D = 3/(3+2) = 0.6
+    # unigram continuation counts N1+(. a)=1, N1+(. b)=1, N1+(. </s>)=2: n1=2, n2=1 -> D = 0.5
+    lm = NgramLM(2, "kneser-ney").fit(TINY)
+    gamma1 = 0.5 * 3 / 4
+    p1 = {"a": 0.5 / 4 + gamma1 / 4, "b": 0.5 / 4 + gamma1 / 4, "</s>": 1.5 / 4 + gamma1 / 4, "<unk>": gamma1 / 4}
+    for w, p in p1.items():
+        assert math.exp(lm.logprob(w, [])) == pytest.approx(p)
+    assert math.exp(lm.logprob("b", ["a"])) == pytest.approx((1 - 0.6) / 2 + 0.6 * 2 / 2 * p1["b"])
+    assert math.exp(lm.logprob("a", ["a"])) == pytest.approx(0.6 * p1["a"])
+    assert math.exp(lm.logprob("a", ["<s>"])) == pytest.approx((2 - 0.6) / 2 + 0.6 * 1 / 2 * p1["a"])
+    assert math.exp(lm.logprob("a", ["</s>"])) == pytest.approx(p1["a"])  # unseen context
+    # NLTK's definition, discount 0.1: unigram level N1+(. w)/N1+(. .) with no uniform floor
+    nl = NgramLM(2, "kneser-ney-nltk").fit(TINY)
+    assert math.exp(nl.logprob("b", ["a"])) == pytest.approx(0.9 / 2 + 0.1 * 2 / 2 * 0.25)
+    assert nl.logprob("<unk>", ["a"]) == -math.inf
+
+
+def test_jelinek_mercer_and_mle_by_hand():
+    lm = NgramLM(2, "jelinek-mercer", lambdas=[0.5, 0.3, 0.2]).fit(TINY)
+    assert math.exp(lm.logprob("b", ["a"])) == pytest.approx(0.5 * 1 / 2 + 0.3 * 1 / 5 + 0.2 / 4)
+    # unseen context: that order is dropped and the remaining weights renormalized
+    assert math.exp(lm.logprob("b", ["</s>"])) == pytest.approx((0.3 * 1 / 5 + 0.2 / 4) / 0.5)
+    mle = NgramLM(2, "mle").fit(TINY)
+    assert math.exp(mle.logprob("b", ["a"])) == pytest.approx(0.5)
+    assert mle.logprob("a", ["a"]) == -math.inf
+
+
+# ---------------------------------------------------------------------- scoring API
+def test_sentence_scores_and_perplexity():
+    rng = np.random.default_rng(5)
+    train, test = random_corpus(rng, 50), random_corpus(rng, 10) + [["w1", "never-seen"]]
+    lm = NgramLM(3, "kneser-ney").fit(train)
+    rows = lm.ngram_rows(test)
+    lp = lm.logprobs(rows)
+    assert sum(lm.sentence_logprob(s) for s in test) == pytest.approx(lp.sum())
+    np.testing.assert_allclose(lm.sentence_logprobs(test), [lm.sentence_logprob(s) for s in test])
+    res = lm.perplexity(test)
+    assert isinstance(res, PerplexityResult)
+    assert res.num_tokens == sum(len(s) + 1 for s in test) == rows.shape[0]
+    assert res.num_oov == 1 and res.num_sentences == len(test) and res.vocab_size == lm.vocab_size
+    assert res.cross_entropy_nats_per_token == pytest.approx(-lp.mean())
+    assert res.perplexity == pytest.approx(math.exp(-lp.mean()))
+    # single-query API agrees with the batch one
+    s = test[0]
+    padded = ["<s>", "<s>"] + s + ["</s>"]
+    assert sum(lm.logprob(padded[i], padded[i - 2:i]) for i in range(2, len(padded))) == pytest.approx(lm.sentence_logprob(s))
+
+
+def test_mle_zero_probability_gives_inf_with_warning(caplog):
+    caplog.set_level(logging.WARNING, logger="chainrule.text.ngram")
+    lm = NgramLM(2, "mle").fit([["a", "b"], ["b", "a"]])
+    assert lm.perplexity([["a", "b"]]).perplexity < math.inf
+    res = lm.perplexity([["b", "b"]])
+    assert res.perplexity == math.inf
+    assert "kneser-ney" in caplog.text
+
+
+@pytest.mark.parametrize("smoothing", [s for s in SMOOTHERS if s not in ("mle", "kneser-ney-nltk")])
+def test_unseen_words_give_finite_perplexity(smoothing):
+    rng = np.random.default_rng(7)
+    lm = NgramLM(3, smoothing).fit(random_corpus(rng, 40), min_count=2)  # <unk> never seen in training
+    res = lm.perplexity([["qq", "rr"], ["ss"]])
+    assert math.isfinite(res.perplexity) and res.num_oov == 3
+    # NLTK's definitions give 0 to a token never seen in training
+    assert NgramLM(3, "kneser-ney-nltk").fit(random_corpus(rng, 40), min_count=2).perplexity([["qq"]]).perplexity == math.inf
+
+
+def test_generate():
+    rng = np.random.default_rng(11)
+    lm = NgramLM(3, "kneser-ney").fit(random_corpus(rng, 100))
+    g = torch.Generator().manual_seed(0)
+    sent = lm.generate(generator=g)
+    assert all(t in lm.vocab and t not in ("<s>", "</s>") for t in sent)
+    toks = lm.generate(25, context=["w1"], generator=torch.Generator().manual_seed(1))
+    assert len(toks) == 25 and "<s>" not in toks
+    again = lm.generate(25, context=["w1"], generator=torch.Generator().manual_seed(1))
+    assert toks == again
+    greedy = lm.generate(5, context=["w1"], temperature=0)
+    best = lm.vocab[int(np.argmax(lm.next_logprobs(["<s>", "w1"])))]
+    assert greedy[0] == best
+    assert len(lm.generate(10, top_k=1, top_p=0.5)) == 10
+    # MLE in an unseen context backs off to a shorter context instead of failing
+    mle = NgramLM(3, "mle").fit([["a", "b", "c"]])
+    assert len(mle.generate(4, context=["c", "a"])) == 4
+
+
+# ---------------------------------------------------------------------- NLTK agreement
+def _nltk_models(order: int, train: list[list[str]], min_count: int):
+    pytest.importorskip("nltk")
+    from nltk.lm import MLE, KneserNeyInterpolated, Laplace, Lidstone, Vocabulary, WittenBellInterpolated
+    from nltk.util import everygrams
+
+    def pad(s):
+        return ["<s>"] * (order - 1) + list(s) + ["</s>"]
+
+    vocab = Vocabulary([t for s in train for t in pad(s)], unk_cutoff=min_count)
+
+    def fit(model):
+        model.fit([list(everygrams(vocab.lookup(pad(s)), max_len=order)) for s in train])
+        return model
+
+    models = {
+        ("mle", ()): fit(MLE(order, vocabulary=vocab)),
+        ("laplace", (("nltk_compatible", True),)): fit(Laplace(order, vocabulary=vocab)),
+        ("lidstone", (("k", 0.1), ("nltk_compatible", True))): fit(Lidstone(0.1, order, vocabulary=vocab)),
+        ("witten-bell", (("nltk_compatible", True),)): fit(WittenBellInterpolated(order, vocabulary=vocab)),
+    }
+    if order > 1:
+        models[("kneser-ney-nltk", ())] = fit(KneserNeyInterpolated(order, vocabulary=vocab))
+        models[("kneser-ney-nltk", (("discount", 0.75),))] = fit(KneserNeyInterpolated(order, discount=0.75, vocabulary=vocab))
+    return models
+
+
+@pytest.mark.parametrize("order", [1, 2, 3])
+def test_agrees_with_nltk(order):
+    rng = np.random.default_rng(order)
+    train = random_corpus(rng, 40, vocab=7, zipf=True)
+    test = random_corpus(rng, 8, vocab=9)  # words w7, w8 are OOV
+    for (smoothing, opts), ref in _nltk_models(order, train, min_count=2).items():
+        lm = NgramLM(order, smoothing, **dict(opts)).fit(train, min_count=2)
+        rows = lm.ngram_rows(test)
+        # also random (often unseen) contexts over the whole vocabulary
+        ctx = rng.integers(0, lm.vocab_size, size=(6, order - 1))
+        rows = np.concatenate([rows, np.concatenate([np.repeat(ctx, lm.vocab_size, 0),
+                                                     np.tile(np.arange(lm.vocab_size), 6)[:, None]], 1)])
+        if order == 1:  # NLTK's unigram vocabulary has no <s> (it would score it as <UNK>)
+            rows = rows[rows[:, -1] != BOS_ID]
+        words = np.array(lm.vocab, dtype=object)
+        expected = np.array([ref.score(words[r[-1]], tuple(words[r[:-1]])) for r in rows])
+        np.testing.assert_allclose(np.exp(lm.logprobs(rows)), expected, rtol=1e-12, atol=1e-15,
+                                   err_msg=f"{smoothing} {opts} order {order}")
+
+
+# ---------------------------------------------------------------------- ARPA
+@pytest.mark.parametrize("smoothing", ARPA)
+@pytest.mark.parametrize("order", [1, 2, 3])
+def test_arpa_round_trip(tmp_path, smoothing, order):
+    if smoothing == "kneser-ney-nltk" and order == 1:
+        pytest.skip("NLTK's KN needs order >= 2")
+    rng = np.random.default_rng(order)
+    lm = NgramLM(order, smoothing).fit(random_corpus(rng, 80, vocab=8, zipf=True), min_count=2)
+    path = lm.to_arpa(tmp_path / "model.arpa")
+    back = NgramLM.from_arpa(path)
+    assert back.order == order and set(back.vocab) == set(lm.vocab)
+    ctx = rng.integers(0, lm.vocab_size, size=(15, order - 1))
+    rows = np.concatenate([np.repeat(ctx, lm.vocab_size, 0), np.tile(np.arange(lm.vocab_size), 15)[:, None]], 1)
+    rows = np.concatenate([rows, lm.ngram_rows(random_corpus(rng, 10, vocab=8))])
+    words = np.array(lm.vocab)
+    back_rows = np.vectorize(back.token_id)(words[rows])
+    a, b = lm.logprobs(rows), back.logprobs(back_rows)
+    assert np.array_equal(np.isfinite(a), np.isfinite(b))
+    fin = np.isfinite(a)
+    np.testing.assert_allclose(b[fin], a[fin], rtol=1e-5, atol=1e-6)
+    # writing the ARPA model again gives the same file
+    back.to_arpa(tmp_path / "again.arpa")
+    again = NgramLM.from_arpa(tmp_path / "again.arpa")
+    np.testing.assert_allclose(again.logprobs(back_rows)[fin], b[fin], rtol=1e-6)
+
+
+def test_arpa_format_and_errors(tmp_path):
+    lm = NgramLM(2, "kneser-ney").fit([["a", "b"], ["b", "a", "a"]])
+    text = lm.to_arpa(tmp_path / "m.arpa").read_text()
+    assert text.startswith("\\data\\\nngram 1=5\nngram 2=") and text.rstrip().endswith("\\end\\")
+    assert "\\1-grams:" in text and "\\2-grams:" in text and "-99\t<s>" in text
+    with pytest.raises(InputError, match="not a backoff model"):
+        NgramLM(2, "laplace").fit(TINY).to_arpa(tmp_path / "x.arpa")
+    good = text.split("\n")
+    bad_cases = {
+        "bad_number": [ln.replace("\ta b", "\ta b\tx") if "\ta b" in ln else ln for ln in good],
+        "bad_fields": [ln + " c d" if ln.endswith("\ta b") else ln for ln in good],
+        "unknown_word": [ln.replace("\ta b", "\ta zz") for ln in good],
+        "no_end": [ln for ln in good if ln != "\\end\\"],
+        "count": [ln.replace("ngram 1=5", "ngram 1=6") for ln in good],
+    }
+    for name, lines in bad_cases.items():
+        p = tmp_path / f"{name}.arpa"
+        p.write_text("\n".join(lines))
+        with pytest.raises(DataError, match=r"\.arpa:\d+:"):
+            NgramLM.from_arpa(p)
+    (tmp_path / "junk.arpa").write_text("hello\n")
+    with pytest.raises(DataError, match=":1:"):
+        NgramLM.from_arpa(tmp_path / "junk.arpa")
+
+
+def test_arpa_backoff_semantics(tmp_path):
+    arpa = ("\\data\\\nngram 1=4\nngram 2=2\n\n\\1-grams:\n-1.0\t<s>\t-0.5\n-0.5\ta\t-0.25\n-0.7\tb\n-99\t</s>\n\n"
+            "\\2-grams:\n-0.1\t<s> a\n-0.2\ta b\n\n\\end\\\n")
+    (tmp_path / "h.arpa").write_text(arpa)
+    lm = NgramLM.from_arpa(tmp_path / "h.arpa")
+    assert lm.logprob("a", ["<s>"]) / math.log(10) == pytest.approx(-0.1)
+    assert lm.logprob("b", ["<s>"]) / math.log(10) == pytest.approx(-0.5 - 0.7)
+    assert lm.logprob("b", ["b"]) / math.log(10) == pytest.approx(-0.7)  # context without backoff weight
+    assert lm.logprob("</s>", ["a"]) == -math.inf
+    assert lm.logprob("zzz", ["a"]) == -math.inf  # no <unk> in the file
+
+
+# ---------------------------------------------------------------------- persistence
+@pytest.mark.parametrize("smoothing", ["kneser-ney", "katz", "lidstone", "witten-bell"])
+def test_save_load(tmp_path, smoothing):
+    rng = np.random.default_rng(2)
+    lm = NgramLM(3, smoothing).fit(random_corpus(rng, 50), min_count=2)
+    lm.save(tmp_path / "m")
+    back = NgramLM.load(tmp_path / "m")
+    assert back.vocab == lm.vocab and back.options == lm.options and back.smoothing == smoothing
+    rows = lm.ngram_rows(random_corpus(rng, 10))
+    np.testing.assert_array_equal(back.logprobs(rows), lm.logprobs(rows))
+    with np.load(tmp_path / "m" / "ngram.npz", allow_pickle=False) as data:
+        assert all(np.issubdtype(data[k].dtype, np.integer) for k in data.files)
+    # ARPA-read models save too
+    arpa = NgramLM.from_arpa(NgramLM(2, "kneser-ney").fit(TINY).to_arpa(tmp_path / "t.arpa"))
+    arpa.save(tmp_path / "a")
+    again = NgramLM.load(tmp_path / "a")
+    r = arpa.ngram_rows(TINY)
+    np.testing.assert_array_equal(again.logprobs(r), arpa.logprobs(r))
+    with pytest.raises(DataError, match="not a saved n-gram model"):
+        NgramLM.load(tmp_path / "nothing")
+
+
+# ---------------------------------------------------------------------- bad input
+def test_bad_input():
+    with pytest.raises(InputError, match="order"):
+        NgramLM(0)
+    with pytest.raises(InputError, match="order"):
+        NgramLM("3")  # type: ignore[arg-type]
+    with pytest.raises(InputError, match="kneser-ney, kneser-ney-nltk"):
+        NgramLM(2, "good-turing")
+    with pytest.raises(InputError, match="k > 0"):
+        NgramLM(2, "lidstone", k=0)
+    with pytest.raises(InputError, match="lidstone"):
+        NgramLM(2, "laplace", k=2)
+    with pytest.raises(InputError, match="needs 3 lambdas"):
+        NgramLM(2, "jelinek-mercer", lambdas=[0.5, 0.5])
+    with pytest.raises(InputError, match="sum to 1"):
+        NgramLM(2, "jelinek-mercer", lambdas=[0.5, 0.5, 0.5])
+    with pytest.raises(InputError, match="uniform"):
+        NgramLM(2, "jelinek-mercer", lambdas=[0.5, 0.5, 0.0])
+    with pytest.raises(InputError, match="unknown option"):
+        NgramLM(2, "witten-bell", k=1)
+    lm = NgramLM(2)
+    with pytest.raises(InputError, match="not fitted"):
+        lm.logprob("a", ["b"])
+    with pytest.raises(InputError, match="not fitted"):
+        lm.perplexity([["a"]])
+    with pytest.raises(DataError, match="empty"):
+        lm.fit([])
+    with pytest.raises(InputError, match="string"):
+        lm.fit(["a b c"])
+    with pytest.raises(InputError, match="strings"):
+        lm.fit([["a", 3]])
+    with pytest.raises(InputError, match="min_count"):
+        lm.fit(TINY, min_count=0)
+    with pytest.raises(InputError, match="reserved"):
+        lm.fit([["a", "<s>"]])
+    lm.fit(TINY)
+    with pytest.raises(InputError, match="token ids"):
+        lm.logprobs(np.array([[0, 99]]))
+    with pytest.raises(InputError, match="0 sentences"):
+        lm.perplexity([])
+
+
+def test_non_utf8_file(tmp_path):
+    p = tmp_path / "latin1.txt"
+    p.write_bytes("caf\u00e9 ok\n".encode("latin-1"))
+    with pytest.raises(DataError, match="byte offset 3"):
+        read_text_sentences(p)
+
+
+# ---------------------------------------------------------------------- CLI
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="chainrule")
+    register_cli(parser.add_subparsers(dest="command", required=True))
+    return parser
+
+
+def _run(parser: argparse.ArgumentParser, argv: list[str]) -> int:
+    args = parser.parse_args(argv)
+    return args.func(args)
+
+
+def test_cli(tmp_path, capsys):
+    rng = np.random.default_rng(4)
+    text = tmp_path / "train.txt"
+    text.write_text("\n".join(" ".join(s).upper() for s in random_corpus(rng, 60)) + "\n\n", encoding="utf-8")
+    test = tmp_path / "test.txt"
+    test.write_text("W1 W2 W3\nW0 unknownword\n", encoding="utf-8")
+    parser = _parser()
+    model_dir = tmp_path / "model"
+    assert _run(parser, ["ngram", "fit", str(text), "--order", "3", "--smoothing", "kneser-ney", "--min-count", "2",
+                         "--lowercase", "--out", str(model_dir)]) == 0
+    assert _run(parser, ["ngram", "eval", str(model_dir), str(test)]) == 0
+    out = capsys.readouterr().out
+    assert "perplexity:" in out and "cross-entropy:" in out and "OOV tokens: 1" in out and "tokens: 7" in out
+    lm = NgramLM.load(model_dir)
+    assert lm.metadata["lowercase"] is True
+    expected = lm.perplexity([["w1", "w2", "w3"], ["w0", "unknownword"]]).perplexity
+    assert f"perplexity: {expected:.4f}" in out
+    assert _run(parser, ["ngram", "generate", str(model_dir), "--prompt", "W1", "--num-tokens", "6", "--seed", "3",
+                         "--temperature", "0.8", "--top-k", "5", "--top-p", "0.9"]) == 0
+    gen = capsys.readouterr().out.split()
+    assert gen[0] == "w1" and len(gen) == 7
+    arpa = tmp_path / "m.arpa"
+    assert _run(parser, ["ngram", "export-arpa", str(model_dir), str(arpa)]) == 0
+    assert NgramLM.from_arpa(arpa).order == 3
+    assert _run(parser, ["ngram", "fit", str(text), "--order", "2", "--smoothing", "jelinek-mercer", "--lambdas",
+                         "0.5,0.3,0.2", "--out", str(tmp_path / "jm")]) == 0
+    with pytest.raises(InputError, match="choose one of"):
+        _run(parser, ["ngram", "fit", str(text), "--smoothing", "nope", "--out", str(tmp_path / "x")])
+    bad = tmp_path / "bad.txt"
+    bad.write_bytes(b"ok line\n\xff\xfe\n")
+    with pytest.raises(DataError, match="byte offset 8"):
+        _run(parser, ["ngram", "eval", str(model_dir), str(bad)])
