@@ -144,6 +144,9 @@ def test_cli_text_and_audio_runs(tmp_path, capsys):
     assert main(["generate", str(run), "--prompt", "Zebra", "--max-new-tokens", "4"]) == 2
     assert "outside its vocabulary" in capsys.readouterr().err
     assert main(["sample", str(run), "-n", "2", "--temperature", "0.5"]) == 0
+    capsys.readouterr()
+    assert main(["eval", str(run), "--split", "val", "--stride", "12", "--no-progress"]) == 0
+    assert "nats/token" in capsys.readouterr().out
     write_wav(tmp_path / "a.wav", 0.3 * torch.sin(torch.arange(3000) / 5.0), 3000)
     arun = tmp_path / "wn"
     assert main(["train", "wavenet", "--dataset", str(tmp_path / "a.wav"), "--block-size", "64", "--steps-per-epoch", "3",
@@ -151,3 +154,23 @@ def test_cli_text_and_audio_runs(tmp_path, capsys):
                  "-p", "dilations=[1,2,4]", "-p", "residual_channels=8", "-p", "skip_channels=8"]) == 0
     audio, rate = read_wav(arun / "samples.wav")
     assert rate == 3000 and len(audio) == 2 * 64 + 2 * 750
+
+
+def test_evaluate_stream_scores_every_token_once():
+    from chainrule.evaluation import evaluate, evaluate_stream
+
+    torch.manual_seed(0)
+    model = chainrule.create_model("lstm", (8,), 5, hidden_size=8)
+    stream = torch.randint(5, (100,))
+    whole = evaluate_stream(model, stream)  # stride = window: independent windows
+    assert whole.num_tokens == 96
+    assert whole.nats_per_token == pytest.approx(evaluate(model, WindowedSequence(stream, 8, 8)).nll_nats / 8, rel=1e-6)
+    strided = evaluate_stream(model, stream, stride=1)
+    assert strided.num_tokens == 100
+    # by hand: the first window whole, then the last token of every later window
+    per = model.log_prob_per_variable(torch.stack([stream[i:i + 8] for i in range(93)])).detach().double()
+    expected = -(per[0].sum() + per[1:, -1].sum()) / 100
+    assert strided.nats_per_token == pytest.approx(float(expected), rel=1e-6)
+    assert strided.perplexity == pytest.approx(math.exp(strided.nats_per_token))
+    with pytest.raises(InputError, match="stride"):
+        evaluate_stream(model, stream, stride=9)

@@ -23,7 +23,7 @@ import chainrule
 from chainrule.checkpoint import CONFIG_FILE, read_config
 from chainrule.data import BINARIZE_CHOICES, Dataset, dataset_info, load_dataset, mu_law_decode, write_wav
 from chainrule.errors import ChainruleError, InputError
-from chainrule.evaluation import EvalResult, evaluate
+from chainrule.evaluation import EvalResult, evaluate, evaluate_stream
 from chainrule.models.base import AutoregressiveModel
 from chainrule.models.registry import get_model_class, list_models
 from chainrule.plotting import plot_training_curve, save_image_grid
@@ -181,6 +181,15 @@ def cmd_eval(args: argparse.Namespace) -> int:
     data = {"train": ds.train, "val": ds.val, "test": ds.test}[args.split]
     if ds.train_transform is not None and args.split == "train":
         data = ds.train_transform(data, torch.Generator().manual_seed(0))
+    if args.stride is not None:
+        if not hasattr(data, "stream"):
+            raise InputError("--stride applies to text and audio datasets (a token stream)")
+        sres = evaluate_stream(model, data.stream, args.stride, progress=not args.no_progress)
+        print(f"{args.split}: {sres.nats_per_token:.4f} nats/token | {sres.bits_per_token:.4f} bits/token | "
+              f"perplexity {sres.perplexity:.4f} | {sres.num_tokens} tokens, window {sres.window}, stride {sres.stride}")
+        if args.json:
+            print(json.dumps({"split": args.split, **sres.as_dict()}))
+        return 0
     res = evaluate(model, data, args.batch_size, progress=not args.no_progress)
     _print_eval(args.split, res, ds)
     if args.json:
@@ -351,6 +360,9 @@ def build_parser() -> argparse.ArgumentParser:
     data_args(e)
     e.add_argument("--batch-size", type=int, default=1024)
     e.add_argument("--json", action="store_true", help="also print the result as JSON")
+    e.add_argument("--stride", type=int, default=None,
+                   help="text/audio: score the whole stream with windows every STRIDE tokens (each token once, "
+                        "with at least window - stride tokens of context)")
     common(e)
     e.set_defaults(func=cmd_eval)
 

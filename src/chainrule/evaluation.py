@@ -68,3 +68,57 @@ def evaluate(model: AutoregressiveModel, data: torch.Tensor, batch_size: int = 1
 
     For an ensemble, ``component=k`` evaluates ordering/connectivity k alone."""
     return summarize(per_example_nll(model, data, batch_size, progress, component=component), model.dim)
+
+
+@dataclass(frozen=True)
+class StreamResult:
+    """Result of :func:`evaluate_stream`: per-token figures over a whole token stream."""
+
+    nats_per_token: float
+    bits_per_token: float
+    perplexity: float
+    num_tokens: int
+    window: int
+    stride: int
+
+    def as_dict(self) -> dict[str, float | int]:
+        return asdict(self)
+
+
+def evaluate_stream(model: AutoregressiveModel, stream: torch.Tensor, stride: int | None = None,
+                    batch_size: int = 256, progress: bool = False) -> StreamResult:
+    """Token-weighted cross-entropy of a sequence model over a long 1-D ``stream`` of token ids.
+
+    Windows of the model's length T start every ``stride`` tokens; the first window scores all its
+    tokens, every later window only its last ``stride`` tokens, so each token is scored exactly
+    once and (after the first window) with at least ``T - stride`` tokens of context. ``stride = T``
+    scores independent windows; smaller strides give more context at more cost. Tokens past the
+    last full window are not scored.
+    """
+    if model.shape != (model.dim,):
+        raise InputError(f"evaluate_stream needs a sequence model of shape (T,), got {model.shape}")
+    t = model.dim
+    stride = t if stride is None else stride
+    if not 1 <= stride <= t:
+        raise InputError(f"stride must be in 1..{t} (the model's window), got {stride}")
+    stream = torch.as_tensor(stream).long().reshape(-1)
+    if len(stream) < t:
+        raise InputError(f"the stream has {len(stream)} tokens, fewer than one window of {t}")
+    starts = torch.arange(0, len(stream) - t + 1, stride)
+    was_training = model.training
+    model.eval()
+    total, count = 0.0, 0
+    try:
+        with torch.inference_mode():
+            for b in tqdm(range(0, len(starts), batch_size), disable=not progress, desc="eval", leave=False):
+                s = starts[b:b + batch_size]
+                windows = stream[s.unsqueeze(1) + torch.arange(t)]
+                nll = -model.log_prob_per_variable(windows).double().cpu()  # (B, T)
+                first = 1 if b == 0 else 0  # the very first window is scored whole
+                total += float(nll[:first].sum()) + float(nll[first:, t - stride:].sum())
+                count += first * t + (len(s) - first) * stride
+    finally:
+        model.train(was_training)
+    mean = total / count
+    return StreamResult(nats_per_token=mean, bits_per_token=mean / math.log(2), perplexity=math.exp(mean),
+                        num_tokens=count, window=t, stride=stride)
