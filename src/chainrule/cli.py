@@ -173,7 +173,9 @@ def cmd_train(args: argparse.Namespace) -> int:
     return 0
 
 
-def cmd_eval(args: argparse.Namespace) -> int:
+def _model_and_split(args: argparse.Namespace) -> tuple[AutoregressiveModel, Dataset, Any]:
+    """The run's model, its dataset and the split ``args.split`` (training data as the model saw it:
+    dynamic binarization / dequantization drawn once with seed 0)."""
     _set_threads(args.threads)
     ckpt = _checkpoint_dir(args.run)
     model = chainrule.load(ckpt)
@@ -181,6 +183,11 @@ def cmd_eval(args: argparse.Namespace) -> int:
     data = {"train": ds.train, "val": ds.val, "test": ds.test}[args.split]
     if ds.train_transform is not None and args.split == "train":
         data = ds.train_transform(data, torch.Generator().manual_seed(0))
+    return model, ds, data
+
+
+def cmd_eval(args: argparse.Namespace) -> int:
+    model, ds, data = _model_and_split(args)
     if args.stride is not None:
         if not hasattr(data, "stream"):
             raise InputError("--stride applies to text and audio datasets (a token stream)")
@@ -256,16 +263,10 @@ def cmd_inspect(args: argparse.Namespace) -> int:
     """Per-variable conditionals of one example as a figure (the NADE paper's conditional maps)."""
     from chainrule.inspection import inspect_example, plot_inspection
 
-    _set_threads(args.threads)
-    ckpt = _checkpoint_dir(args.run)
-    model = chainrule.load(ckpt)
-    ds = _dataset_of(ckpt, args)
-    data = {"train": ds.train, "val": ds.val, "test": ds.test}[args.split]
+    model, ds, data = _model_and_split(args)
     if not 0 <= args.index < len(data):
         raise InputError(f"--index {args.index} is outside the {args.split} split (0..{len(data) - 1})")
     x = data[args.index]
-    if ds.train_transform is not None and args.split == "train":
-        x = ds.train_transform(x.unsqueeze(0), torch.Generator().manual_seed(0))[0]
     ins = inspect_example(model, x)
     out = Path(args.out or Path(args.run) / f"inspect-{args.split}-{args.index}.png")
     plot_inspection(ins, out, model.num_values, title=f"{model.name}: {args.split} example {args.index}")
