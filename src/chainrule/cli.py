@@ -400,6 +400,10 @@ def build_parser() -> argparse.ArgumentParser:
     common(i)
     i.set_defaults(func=cmd_inspect)
 
+    from chainrule.text.ngram import register_cli as register_ngram_cli
+
+    register_ngram_cli(sub)
+
     q = sub.add_parser("quickstart", help="train the causal-conv ARM on the bundled 8x8 digits (a few minutes)")
     q.add_argument("--out", default="runs/quickstart", help="run directory")
     q.add_argument("--epochs", type=int, default=1000, help="maximum epochs (early stopping usually ends sooner)")
