@@ -59,10 +59,12 @@ def main() -> None:
     ap.add_argument("--tokens", type=int, default=512)
     ap.add_argument("--vocab", type=int, default=65)
     ap.add_argument("--batches", type=int, nargs="+", default=[1, 64])
+    ap.add_argument("--models", nargs="+", default=list(MODELS), choices=list(MODELS))
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     rows = []
-    for name, hp in MODELS.items():
+    for name in args.models:
+        hp = MODELS[name]
         torch.manual_seed(0)
         model = chainrule.create_model(name, (args.tokens,), args.vocab, **hp).eval()
         # same conditionals both ways: same seed -> same tokens
@@ -85,7 +87,9 @@ def main() -> None:
                 row["receptive_field"] = model.receptive_field
             rows.append(row)
             print(row, flush=True)
-    write_result("sampling_speed", {"new_tokens": args.tokens, "vocab": args.vocab, "rows": rows, "models": MODELS})
+    suffix = "" if args.models == list(MODELS) else "_" + "_".join(args.models)
+    write_result("sampling_speed" + suffix, {"new_tokens": args.tokens, "vocab": args.vocab, "rows": rows,
+                                              "models": {m: MODELS[m] for m in args.models}})
 
 
 if __name__ == "__main__":

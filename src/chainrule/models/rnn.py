@@ -53,19 +53,37 @@ class _Recurrent(AutoregressiveModel):
         return self.proj(self.drop(out))  # (B, T, P)
 
     # The cache is the hidden state, kept batch-first, (n, layers, H) (a pair for the LSTM), so
-    # that beam search can reorder it along dim 0 like every other model's cache.
+    # that beam search can reorder it along dim 0 like every other model's cache. A step runs the
+    # layers' cells directly (torch.lstm_cell & co., the same arithmetic as the full pass): calling
+    # the fused multi-layer module for a single time step costs ~50x more on the CPU.
     def init_state(self, n: int) -> Any:
         h = torch.zeros(n, self.rnn.num_layers, self.rnn.hidden_size, device=self.device)
         return (h, h.clone()) if isinstance(self.rnn, nn.LSTM) else h
 
+    def _cell(self, inp: torch.Tensor, hidden: Any, layer: int) -> Any:
+        w = [getattr(self.rnn, f"{name}_l{layer}") for name in ("weight_ih", "weight_hh", "bias_ih", "bias_hh")]
+        if isinstance(self.rnn, nn.LSTM):
+            return torch.lstm_cell(inp, hidden, *w)
+        if isinstance(self.rnn, nn.GRU):
+            return torch.gru_cell(inp, hidden, *w)
+        cell = torch.rnn_tanh_cell if self.rnn.nonlinearity == "tanh" else torch.rnn_relu_cell
+        return cell(inp, hidden, *w)
+
     def step(self, state: Any, i: int, x_prev: torch.Tensor | None) -> tuple[torch.Tensor, Any]:
         lstm = isinstance(state, tuple)
         n = (state[0] if lstm else state).shape[0]
-        inp = self.start.expand(n, 1, -1) if x_prev is None else self.encode_values(x_prev).unsqueeze(1)
-        hidden = tuple(s.transpose(0, 1).contiguous() for s in state) if lstm else state.transpose(0, 1).contiguous()
-        out, hidden = self.rnn(inp, hidden)
-        state = tuple(s.transpose(0, 1) for s in hidden) if lstm else hidden.transpose(0, 1)
-        return self.proj(out[:, 0]), state
+        inp = self.start.expand(n, -1) if x_prev is None else self.encode_values(x_prev)
+        new_h, new_c = [], []
+        for layer in range(self.rnn.num_layers):
+            if lstm:
+                h, c = self._cell(inp, (state[0][:, layer], state[1][:, layer]), layer)
+                new_c.append(c)
+            else:
+                h = self._cell(inp, state[:, layer], layer)
+            new_h.append(h)
+            inp = h  # inter-layer dropout is off outside training
+        state = (torch.stack(new_h, 1), torch.stack(new_c, 1)) if lstm else torch.stack(new_h, 1)
+        return self.proj(inp), state
 
 
 @register
