@@ -174,3 +174,23 @@ def test_evaluate_stream_scores_every_token_once():
     assert strided.perplexity == pytest.approx(math.exp(strided.nats_per_token))
     with pytest.raises(InputError, match="stride"):
         evaluate_stream(model, stream, stride=9)
+
+
+@pytest.mark.parametrize("name", ["lstm", "gru", "rnn"])
+def test_truncated_bptt_same_values_truncated_gradients(name):
+    torch.manual_seed(0)
+    full = chainrule.create_model(name, (20,), 6, hidden_size=8)
+    trunc = chainrule.create_model(name, (20,), 6, hidden_size=8, tbptt=5)
+    trunc.load_state_dict(full.state_dict())
+    x = torch.randint(6, (3, 20))
+    assert torch.allclose(full.log_prob(x), trunc.log_prob(x), atol=1e-6)  # same likelihood
+    trunc.train()  # truncation applies to training passes
+    e = trunc.embed(x).detach().requires_grad_(True)
+    params = trunc.forward_embedded(e)
+    (g,) = torch.autograd.grad(params[:, 15].sum(), e)
+    # output 15 reads inputs 0..14 (shifted right); its chunk starts at input 14 (positions 15..19
+    # of the shifted sequence hold inputs 14..18): gradient reaches input 14 only
+    reached = (g[0].abs().sum(-1) > 0).nonzero().squeeze(-1).tolist()
+    assert reached == [14]
+    with pytest.raises(InputError, match="tbptt"):
+        chainrule.create_model(name, (20,), 6, tbptt=0)

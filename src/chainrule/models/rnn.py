@@ -4,8 +4,9 @@
     p(x_t | x_<t) = head(W h_t)
 
 The whole sequence is read in one teacher-forced call of ``torch.nn.RNN/LSTM/GRU`` over the
-inputs shifted right by one; the sampling cache is the hidden state, so each new token costs one
-cell step instead of re-reading the prefix. Sequences are taken in the raster order of ``shape``.
+inputs shifted right by one (optionally in chunks, with truncated backpropagation through time for
+long sequences); the sampling cache is the hidden state, so each new token costs one cell step
+instead of re-reading the prefix. Sequences are taken in the raster order of ``shape``.
 """
 
 from __future__ import annotations
@@ -21,17 +22,24 @@ from chainrule.models.registry import register
 
 
 class _Recurrent(AutoregressiveModel):
-    """Embedding -> recurrent stack -> linear head. Subclasses set ``cell``."""
+    """Embedding -> recurrent stack -> linear head. Subclasses set ``cell``.
+
+    ``tbptt=k`` trains with truncated backpropagation through time: gradients flow back at most
+    k steps (the likelihood itself is unchanged).
+    """
 
     cell: ClassVar[type[nn.RNNBase]]
     supports_real = True
 
     def __init__(self, shape: tuple[int, ...], num_values: int | None = 256, hidden_size: int = 256,
-                 num_layers: int = 2, embedding_size: int = 64, dropout: float = 0.0,
+                 num_layers: int = 2, embedding_size: int = 64, dropout: float = 0.0, tbptt: int | None = None,
                  num_mixture_components: int = 1) -> None:
         super().__init__(shape, num_values, num_mixture_components)
         if hidden_size < 1 or num_layers < 1 or embedding_size < 1:
             raise InputError("hidden_size, num_layers and embedding_size must be >= 1")
+        if tbptt is not None and tbptt < 1:
+            raise InputError(f"tbptt must be a positive number of steps (or None), got {tbptt}")
+        self.tbptt = tbptt
         if not 0 <= dropout < 1:
             raise InputError(f"dropout must be in [0, 1), got {dropout}")
         self.embedding = (nn.Embedding(num_values, embedding_size) if num_values is not None
@@ -48,8 +56,19 @@ class _Recurrent(AutoregressiveModel):
         return self.embedding(v.long())
 
     def forward_embedded(self, e: torch.Tensor) -> torch.Tensor:
-        inp = torch.cat([self.start.expand(e.shape[0], 1, -1), e[:, :-1]], 1)  # (B, T, E), shifted right
-        out, _ = self.rnn(self.drop(inp))
+        inp = self.drop(torch.cat([self.start.expand(e.shape[0], 1, -1), e[:, :-1]], 1))  # (B, T, E), shifted right
+        if self.tbptt is None or not (self.training and torch.is_grad_enabled()) or self.tbptt >= inp.shape[1]:
+            out, _ = self.rnn(inp)
+        else:
+            # Truncated backpropagation through time: the same forward values, but gradients stop
+            # at chunk boundaries (the hidden state is carried over, detached), so memory and
+            # backward cost grow with the chunk, not the whole sequence.
+            outs, hidden = [], None
+            for s in range(0, inp.shape[1], self.tbptt):
+                o, hidden = self.rnn(inp[:, s:s + self.tbptt], hidden)
+                outs.append(o)
+                hidden = tuple(h.detach() for h in hidden) if isinstance(hidden, tuple) else hidden.detach()
+            out = torch.cat(outs, 1)
         return self.proj(self.drop(out))  # (B, T, P)
 
     # The cache is the hidden state, kept batch-first, (n, layers, H) (a pair for the LSTM), so
@@ -88,7 +107,7 @@ class _Recurrent(AutoregressiveModel):
 
 @register
 class RNN(_Recurrent):
-    """Elman RNN (tanh) stack. Args: hidden_size, num_layers, embedding_size, dropout."""
+    """Elman RNN (tanh) stack. Args: hidden_size, num_layers, embedding_size, dropout, tbptt."""
 
     name = "rnn"
     cell = nn.RNN
@@ -96,7 +115,7 @@ class RNN(_Recurrent):
 
 @register
 class LSTM(_Recurrent):
-    """LSTM stack (Hochreiter & Schmidhuber 1997). Args: hidden_size, num_layers, embedding_size, dropout."""
+    """LSTM stack (Hochreiter & Schmidhuber 1997). Args: hidden_size, num_layers, embedding_size, dropout, tbptt."""
 
     name = "lstm"
     cell = nn.LSTM
@@ -104,7 +123,7 @@ class LSTM(_Recurrent):
 
 @register
 class GRU(_Recurrent):
-    """GRU stack (Cho et al. 2014). Args: hidden_size, num_layers, embedding_size, dropout."""
+    """GRU stack (Cho et al. 2014). Args: hidden_size, num_layers, embedding_size, dropout, tbptt."""
 
     name = "gru"
     cell = nn.GRU

@@ -1277,6 +1277,13 @@ def _cmd_eval(args: argparse.Namespace) -> int:
     if not sents:
         raise DataError(f"{args.text_file} has no non-empty lines to evaluate")
     res = model.perplexity(sents)
+    if not math.isfinite(res.perplexity):
+        # an infinite perplexity is no result to print: say what happened and what to do
+        raise InputError(
+            f"{args.text_file}: some of the {res.num_tokens} test tokens have probability 0 under this "
+            f"{model.smoothing!r} model ({res.num_oov} are out of vocabulary), so its perplexity is infinite; "
+            "fit a smoothed model instead (--smoothing kneser-ney, witten-bell or lidstone)"
+        )
     print(f"perplexity: {res.perplexity:.4f}")
     print(f"cross-entropy: {res.cross_entropy_nats_per_token:.6f} nats/token")
     print(f"tokens: {res.num_tokens} ({res.num_sentences} sentences, </s> included)")
