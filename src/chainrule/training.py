@@ -159,7 +159,10 @@ class Trainer:
         bad_epochs, step, lr_scale = 0, 0, 1.0
         start = time.perf_counter()
         log_file = self._open_log()
-        bar = tqdm(range(c.epochs), desc="train", unit="epoch", disable=not self.progress)
+        # With early stopping or a time budget the epoch count is only a ceiling: no misleading ETA.
+        open_ended = (val is not None and c.patience is not None) or c.max_seconds is not None
+        bar = tqdm(iter(range(c.epochs)) if open_ended else range(c.epochs), desc="train", unit="epoch",
+                   disable=not self.progress)
         try:
             for epoch in bar:
                 model.train()
