@@ -367,7 +367,7 @@ def build_parser() -> argparse.ArgumentParser:
     common(e)
     e.set_defaults(func=cmd_eval)
 
-    s = sub.add_parser("sample", help="draw samples: PNG grid for images, .npy otherwise")
+    s = sub.add_parser("sample", help="draw samples: a PNG grid (images), text (text runs), WAV (audio), else .npy")
     s.add_argument("run", help="run directory or checkpoint directory")
     s.add_argument("-n", type=int, default=64, help="number of samples")
     s.add_argument("--out", help="output file (.png or .npy); default RUN/samples.png or .npy")
