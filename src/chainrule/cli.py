@@ -126,8 +126,12 @@ def _train(model_name: str, ds: Dataset, out: Path, hparams: dict[str, Any], con
           f"num_values {ds.num_values}")
     trainer = Trainer(model, config, out_dir=out, extra=extra, progress=progress)
     result = trainer.fit(ds.train, ds.val if len(ds.val) else None, train_transform=ds.train_transform)
-    print(f"trained {result.epochs_run} epochs in {result.train_seconds:.1f} s"
-          + (f" (early stop; best epoch {result.best_epoch + 1})" if result.stopped_early else ""))
+    note = ""
+    if result.stopped_early:
+        note = f" (early stop; best epoch {result.best_epoch + 1})"
+    elif result.stopped_by_time:
+        note = f" (time budget of {config.max_seconds:.0f} s reached; best epoch {result.best_epoch + 1})"
+    print(f"trained {result.epochs_run} epochs in {result.train_seconds:.1f} s{note}")
     t0 = time.perf_counter()
     test = evaluate(model, ds.test, config.eval_batch_size)
     _print_eval("test", test, ds)

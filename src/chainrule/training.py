@@ -85,6 +85,7 @@ class TrainResult:
     step_seconds: float = 0.0  # time inside training steps only (for throughput)
     examples_seen: int = 0
     stopped_early: bool = False
+    stopped_by_time: bool = False  # max_seconds ran out before the epochs or early stopping
 
     @property
     def examples_per_second(self) -> float:
@@ -221,6 +222,7 @@ class Trainer:
                     result.stopped_early = True
                     break
                 if c.max_seconds is not None and time.perf_counter() - start >= c.max_seconds:
+                    result.stopped_by_time = epoch + 1 < c.epochs
                     break
                 if step >= total_steps:
                     break
