@@ -25,7 +25,7 @@ from chainrule.data import BINARIZE_CHOICES, Dataset, dataset_info, load_dataset
 from chainrule.errors import ChainruleError, InputError
 from chainrule.evaluation import EvalResult, evaluate, evaluate_stream
 from chainrule.models.base import AutoregressiveModel
-from chainrule.models.registry import get_model_class, list_models
+from chainrule.models.registry import check_hyperparameters, get_model_class, list_models
 from chainrule.plotting import plot_training_curve, save_image_grid
 from chainrule.training import OPTIMIZERS, SCHEDULES, TrainConfig, Trainer
 
@@ -158,13 +158,13 @@ def _train_config(args: argparse.Namespace) -> TrainConfig:
 
 def cmd_train(args: argparse.Namespace) -> int:
     _set_threads(args.threads)
-    get_model_class(args.model)  # unknown name: fail before loading data
     hparams = _parse_hparams(args.param)
     if args.order:
         hparams["order"] = args.order
+    check_hyperparameters(args.model, hparams)  # unknown names fail before the data is loaded
     ds = load_dataset(args.dataset, args.data_dir, download=args.download, binarize=args.binarize,
                       dequantize=args.dequantize, seed=args.data_seed, block_size=args.block_size, level=args.level)
-    out = Path(args.out or f"runs/{args.model}-{ds.name}")
+    out = Path(args.out or f"runs/{args.model}-{Path(ds.name).stem}")
     torch.manual_seed(args.seed)
     extra = {"dataset": args.dataset, "binarize": args.binarize, "dequantize": args.dequantize, "data_seed": args.data_seed,
              "data_dir": str(args.data_dir) if args.data_dir else None, "command": sys.argv,

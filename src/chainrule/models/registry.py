@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import inspect
 from typing import Any, TypeVar
 
 from chainrule.errors import InputError, UnknownNameError
@@ -45,12 +46,14 @@ def create_model(name: str, shape: tuple[int, ...] | list[int] | int, num_values
     Example: ``create_model("made", (1, 28, 28), num_values=2, hidden_sizes=[500])``.
     Unknown hyperparameters raise an :class:`InputError` listing the accepted ones.
     """
-    cls = get_model_class(name)
-    import inspect
+    check_hyperparameters(name, hyperparameters)
+    return get_model_class(name)(shape, num_values, **hyperparameters)
 
-    params = inspect.signature(cls.__init__).parameters
+
+def check_hyperparameters(name: str, hyperparameters: dict[str, Any]) -> None:
+    """Raise an :class:`InputError` listing the accepted names if ``hyperparameters`` has unknown ones."""
+    params = inspect.signature(get_model_class(name).__init__).parameters
     accepted = [p for p in params if p not in ("self", "shape", "num_values")]
     unknown = sorted(set(hyperparameters) - set(accepted))
     if unknown:
         raise InputError(f"model {name!r} has no hyperparameter(s) {', '.join(unknown)}; it accepts: {', '.join(accepted)}")
-    return cls(shape, num_values, **hyperparameters)
