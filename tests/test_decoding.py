@@ -68,6 +68,13 @@ def test_filters_property(raw, p, k, t):
         assert float(probs[kept].sum() - probs[kept].min()) < p + 1e-6
 
 
+def test_top_p_keeps_the_argmax_when_probabilities_tie():
+    # found by the property test: logits differing by 7e-33 have equal float32 probabilities
+    logits = torch.tensor([-7.231613124792496e-33, 0.0])
+    kept = process(logits, [TopP(0.5)]).exp() > 0
+    assert kept.tolist() == [False, True]
+
+
 def test_choose_samples_the_filtered_distribution():
     logits = torch.tensor([0.5, 0.3, 0.15, 0.05]).log().expand(40_000, 4)
     draws = choose(logits, [TopK(2)], torch.Generator().manual_seed(0))
