@@ -71,7 +71,7 @@ class TopP:
         # Rank by the logits themselves (stable: ties keep their index order, as argmax does), so
         # that the most probable token is always the one kept first, even when rounding makes
         # probabilities tie.
-        sorted_logits, idx = logits.float().sort(-1, descending=True, stable=True)
+        sorted_logits, idx = logits.float().sort(dim=-1, descending=True, stable=True)
         sorted_p = F.softmax(sorted_logits, -1)
         before = sorted_p.cumsum(-1) - sorted_p  # mass of the tokens ranked above each token
         drop_sorted = before >= self.p  # the crossing token has before < p: kept
