@@ -443,11 +443,14 @@ def test_png_folder_bad_input(tmp_path: Path) -> None:
     assert "b.png" in str(excinfo.value)
 
 
-def test_unsupported_user_file(tmp_path: Path) -> None:
+def test_other_files_are_text(tmp_path: Path) -> None:
     path = tmp_path / "x.csv"
     path.write_text("1,2\n")
-    with pytest.raises(DataError, match=".npy or .npz"):
+    with pytest.raises(DataError, match="fewer than one window of 256"):
         load_dataset(str(path))
+    path.write_text("1,2\n" * 100)
+    ds = load_dataset(str(path), block_size=8)
+    assert ds.is_text and ds.num_values == 4 and ds.tokenizer.decode(ds.train[0].tolist()) == "1,2\n1,2\n"
 
 
 # --- real data (skipped unless present) ---------------------------------------------------------

@@ -114,7 +114,8 @@ def cmd_models(args: argparse.Namespace) -> int:
 def cmd_datasets(args: argparse.Namespace) -> int:
     for name, desc in dataset_info():
         print(f"{name:16s} {desc}")
-    print("\nOr give a path: a .npy / .npz array file or a folder of PNG images.")
+    print("\nOr give a path: a .npy / .npz array file, a folder of PNG images, a PCM .wav file (audio),\n"
+          "or any other file as text (--level char|byte, --block-size).")
     return 0
 
 

@@ -858,8 +858,9 @@ def load_dataset(
             models such as ``rnade``): val/test noise drawn once from ``seed``, train noise drawn
             per mini-batch. ``Dataset.discrete_nll_offset_nats()`` converts NLLs back.
         seed: seed of the one-off dynamic binarization / dequantization of val and test.
-        block_size, level: for text (``tinyshakespeare`` or any ``.txt`` file): window length in
-            tokens and ``"char"`` or ``"byte"`` tokens (see :func:`text_dataset`).
+        block_size, level: for text (``tinyshakespeare``, or any file that is not ``.npy``,
+            ``.npz`` or ``.wav``) and audio: window length in tokens (samples), and ``"char"`` or
+            ``"byte"`` tokens (see :func:`text_dataset`).
 
     Returns:
         the :class:`Dataset`, tensors ``(N, *shape)``.
@@ -890,10 +891,12 @@ def load_dataset(
                 "or pass the path of a .npy or .npz file or of a folder of PNG images (no file or "
                 "folder of that name exists)"
             )
-        if path.is_file() and path.suffix.lower() in (".txt", ".text", ".md"):
-            ds = text_dataset(path.read_bytes(), str(path), path, level, block_size)
-        elif path.is_file() and path.suffix.lower() == ".wav":
+        suffix = path.suffix.lower()
+        if path.is_file() and suffix == ".wav":
             ds = wav_dataset(path, block_size)
+        elif path.is_file() and suffix not in (".npy", ".npz"):
+            # any other file is text (UTF-8 for level="char"; any bytes for level="byte")
+            ds = text_dataset(path.read_bytes(), str(path), path, level, block_size)
         else:
             ds = _load_user_path(path)
     ds = _binarize(ds, binarize, seed)
