@@ -5,7 +5,7 @@ punctuation kept, in nats per character. For the n-gram models each line is a se
 newline is the sentence end ``</s>`` (so predicting ``</s>`` is predicting the newline character,
 and an empty line is a sentence of no characters); the first 90% of the characters train them
 (the line cut by the split is dropped from both sides). The neural rows are read from the results
-of ``benchmarks/tinyshakespeare.py`` (gpt, lstm, wavenet, lstm_long) when present.
+of ``benchmarks/tinyshakespeare.py`` (gpt, lstm, wavenet, gpt_long, lstm_long) when present.
 
     python benchmarks/tinyshakespeare_table.py
 """
@@ -43,7 +43,8 @@ def main() -> None:
                      "perplexity": res.perplexity, "tokens": res.num_tokens, "oov": res.num_oov,
                      "fit_seconds": round(fit_s, 2)})
         print(rows[-1], flush=True)
-    for name in ("tinyshakespeare_gpt", "tinyshakespeare_lstm", "tinyshakespeare_wavenet", "tinyshakespeare_lstm_long"):
+    for name in ("tinyshakespeare_gpt", "tinyshakespeare_lstm", "tinyshakespeare_wavenet", "tinyshakespeare_gpt_long",
+                 "tinyshakespeare_lstm_long"):
         path = RESULTS / f"{name}.json"
         if path.is_file():
             r = json.loads(path.read_text())
