@@ -276,11 +276,11 @@ class AutoregressiveModel(nn.Module):
         k = self.num_components
         if k == 1:
             return self._component_log_prob(x).sum(-1)
-        per = []
+        current, per = self._component, []
         for c in range(k):
             self.set_component(c)
             per.append(self._component_log_prob(x).sum(-1))
-        self.set_component(0)
+        self.set_component(current)
         return torch.logsumexp(torch.stack(per, 0), 0) - math.log(k)
 
     def training_log_prob(self, x: torch.Tensor) -> torch.Tensor:
@@ -337,6 +337,7 @@ class AutoregressiveModel(nn.Module):
         if k == 1:
             return self._sample_component(n, generator, prefix, chain)
         # A mixture: pick each sample's component uniformly, then sample from that component.
+        current = self._component
         which = torch.randint(k, (n,), generator=generator)
         out = torch.empty(n, *self.shape, dtype=torch.long if self.num_values else torch.float, device=self.device)
         for c in range(k):
@@ -345,7 +346,7 @@ class AutoregressiveModel(nn.Module):
                 self.set_component(c)
                 pre = prefix if prefix is None or prefix.dim() == 1 else prefix[idx]
                 out[idx.to(out.device)] = self._sample_component(idx.numel(), generator, pre, chain)
-        self.set_component(0)
+        self.set_component(current)
         return out
 
     def _check_prefix(self, n: int, prefix: torch.Tensor) -> torch.Tensor:

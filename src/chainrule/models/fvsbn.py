@@ -43,9 +43,8 @@ class FVSBN(AutoregressiveModel):
         self.embed_size = self._set_input_encoding(input_encoding)
         d, e, p = self.dim, self.embed_size, self.head.num_params
         self.linear = MaskedLinear(d * e, d * p)
-        nn_init = torch.nn.init
-        nn_init.zeros_(self.linear.weight)  # start at the independent model given by the biases
-        nn_init.zeros_(self.linear.bias)
+        torch.nn.init.zeros_(self.linear.weight)  # start at the independent model given by the biases
+        torch.nn.init.zeros_(self.linear.bias)
         self._component_changed()
 
     def _component_changed(self) -> None:

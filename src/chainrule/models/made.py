@@ -56,8 +56,6 @@ class MADE(AutoregressiveModel):
         hidden_sizes = [int(h) for h in hidden_sizes]
         if not hidden_sizes or min(hidden_sizes) < 1:
             raise InputError(f"hidden_sizes must be a non-empty list of positive sizes, got {hidden_sizes}")
-        if num_masks < 1:
-            raise InputError(f"num_masks must be >= 1, got {num_masks}")
         acts = {"relu": nn.ReLU, "tanh": nn.Tanh, "sigmoid": nn.Sigmoid}
         if activation not in acts:
             raise InputError(f"activation must be one of {', '.join(acts)}, got {activation!r}")
