@@ -154,7 +154,8 @@ def _train_config(args: argparse.Namespace) -> TrainConfig:
                        weight_decay=args.weight_decay, schedule=args.schedule, warmup_steps=args.warmup_steps,
                        grad_clip=args.grad_clip, patience=None if args.patience <= 0 else args.patience,
                        max_seconds=args.max_seconds, seed=args.seed, steps_per_epoch=args.steps_per_epoch,
-                       max_steps=args.max_steps, betas=(args.beta1, args.beta2), min_lr=args.min_lr)
+                       max_steps=args.max_steps, betas=(args.beta1, args.beta2), min_lr=args.min_lr,
+                       val_components=args.val_components)
 
 
 def cmd_train(args: argparse.Namespace) -> int:
@@ -354,6 +355,8 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--beta1", type=float, default=0.9)
     t.add_argument("--beta2", type=float, default=0.999)
     t.add_argument("--min-lr", type=float, default=0.0, help="floor of the cosine schedule")
+    t.add_argument("--val-components", type=int, default=None,
+                   help="ensembles: validate each epoch with the first N orderings/masks (default: all)")
     t.add_argument("--seed", type=int, default=0)
     t.add_argument("--num-samples", type=int, default=64, help="samples drawn after training")
     common(t)

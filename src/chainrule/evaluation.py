@@ -9,6 +9,7 @@
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 
 import torch
@@ -37,10 +38,12 @@ class EvalResult:
 
 
 def per_example_nll(model: AutoregressiveModel, data: torch.Tensor, batch_size: int = 1024,
-                    progress: bool = False, desc: str = "eval", component: int | None = None) -> torch.Tensor:
+                    progress: bool = False, desc: str = "eval",
+                    component: int | Sequence[int] | None = None) -> torch.Tensor:
     """-log p(x) in nats for every example of ``data`` ``(N, *shape)`` -> ``(N,)`` float64.
 
-    ``component``: for an ensemble, one ordering/connectivity alone (default: the ensemble)."""
+    ``component``: for an ensemble, one ordering/connectivity alone, or a sequence of them (the
+    smaller ensemble); default: the whole ensemble."""
     if len(data) == 0:
         raise InputError("cannot evaluate on an empty dataset (0 examples)")
     was_training = model.training
@@ -63,10 +66,11 @@ def summarize(nll: torch.Tensor, dim: int) -> EvalResult:
 
 
 def evaluate(model: AutoregressiveModel, data: torch.Tensor, batch_size: int = 1024,
-             progress: bool = False, component: int | None = None) -> EvalResult:
+             progress: bool = False, component: int | Sequence[int] | None = None) -> EvalResult:
     """Exact NLL of ``model`` on ``data`` ``(N, *shape)``: nats/example, bits/dim, perplexity.
 
-    For an ensemble, ``component=k`` evaluates ordering/connectivity k alone."""
+    For an ensemble, ``component=k`` evaluates ordering/connectivity k alone (a sequence: the
+    ensemble of those components)."""
     return summarize(per_example_nll(model, data, batch_size, progress, component=component), model.dim)
 
 
