@@ -53,6 +53,7 @@ def main() -> None:
     ap.add_argument("--patience", type=int, default=30)
     ap.add_argument("--max-seconds", type=float, default=3300)
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--resume", action="store_true", help="continue runs/NAME from its last/ checkpoint")
     ap.add_argument("--val-components", type=int, default=None,
                     help="ensembles: validate each epoch with the first N components (default: all)")
     args = ap.parse_args()
@@ -65,7 +66,8 @@ def main() -> None:
                          max_seconds=args.max_seconds, seed=args.seed,
                          val_components=args.val_components)
     out = Path("runs") / name
-    result = Trainer(model, config, out_dir=out, progress=False).fit(ds.train, ds.val, train_transform=ds.train_transform)
+    trainer = Trainer(model, config, out_dir=out, progress=False)
+    result = trainer.fit(ds.train, ds.val, train_transform=ds.train_transform, resume=args.resume)
     t0 = time.perf_counter()
     test = evaluate(model, ds.test)
     single = evaluate(model, ds.test, component=0).nll_nats if model.num_components > 1 else None

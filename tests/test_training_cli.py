@@ -72,6 +72,71 @@ def test_ensemble_training_visits_components():
     assert seen == {0, 1, 2}
 
 
+class _Interrupt(Exception):
+    pass
+
+
+def _noisy_flip(after: int | None = None):
+    """A train_transform that draws from the trainer's generator and from torch's global one (as
+    dropout does), so resuming must restore both, and raises after ``after`` calls (a crash)."""
+    calls = [0]
+
+    def transform(batch: torch.Tensor, g: torch.Generator | None) -> torch.Tensor:
+        calls[0] += 1
+        if after is not None and calls[0] > after:
+            raise _Interrupt
+        flip = torch.rand(batch.shape, generator=g) < 0.1 * torch.rand(())
+        return torch.where(flip, 1 - batch, batch)
+    return transform
+
+
+@pytest.mark.parametrize("schedule", ["plateau", "cosine"])
+def test_resumed_run_equals_uninterrupted_run(tmp_path, schedule):
+    """Crash in epoch 3 of 5, resume from last/: the same weights, history and best model as a
+    run that never stopped (optimizer moments, RNGs, ensemble component choice, schedule)."""
+    data = torch.randint(2, (96, 6))
+    config = TrainConfig(epochs=5, batch_size=16, lr=3e-2, schedule=schedule, patience=2, seed=3)
+
+    def fresh(seed: int):
+        torch.manual_seed(seed)
+        return chainrule.create_model("made", (6,), 2, hidden_sizes=[12], num_masks=3, order_agnostic=True)
+
+    ref = fresh(0)
+    ref_result = Trainer(ref, config, out_dir=tmp_path / "a", progress=False).fit(data, data[:32], _noisy_flip())
+    model = fresh(0)
+    with pytest.raises(_Interrupt):
+        Trainer(model, config, out_dir=tmp_path / "b", progress=False).fit(data, data[:32], _noisy_flip(after=2 * 6 + 3))
+    assert json.loads((tmp_path / "b" / "last" / "trainer_state.json").read_text())["epochs_done"] == 2
+    resumed = fresh(1)  # different initial weights: all must come from the checkpoint
+    result = Trainer(resumed, config, out_dir=tmp_path / "b", progress=False).fit(data, data[:32], _noisy_flip(), resume=True)
+    for (k, a), b in zip(ref.state_dict().items(), resumed.state_dict().values()):
+        assert torch.equal(a, b), k
+    strip = [{k: v for k, v in row.items() if k != "seconds"} for row in ref_result.history]
+    assert strip == [{k: v for k, v in row.items() if k != "seconds"} for row in result.history]
+    assert result.best_epoch == ref_result.best_epoch and result.best_val_nll_nats == ref_result.best_val_nll_nats
+    rows = list(csv.DictReader(open(tmp_path / "b" / "log.csv")))
+    assert [int(r["epoch"]) for r in rows] == list(range(len(ref_result.history)))
+
+
+def test_resume_errors(tmp_path):
+    data = torch.randint(2, (32, 4))
+    model = chainrule.create_model("fvsbn", (4,), 2)
+    with pytest.raises(CheckpointError, match="nothing to resume"):
+        Trainer(model, TrainConfig(epochs=1), out_dir=tmp_path, progress=False).fit(data, resume=True)
+    with pytest.raises(InputError, match="out_dir"):
+        Trainer(model, TrainConfig(epochs=1), progress=False).fit(data, resume=True)
+    Trainer(model, TrainConfig(epochs=1, batch_size=8), out_dir=tmp_path, progress=False).fit(data)
+    other = chainrule.create_model("made", (4,), 2, hidden_sizes=[8])
+    with pytest.raises(CheckpointError, match="different model"):
+        Trainer(other, TrainConfig(epochs=2), out_dir=tmp_path, progress=False).fit(data, resume=True)
+    # a finished run resumed with more epochs trains on
+    more = Trainer(model, TrainConfig(epochs=3, batch_size=8), out_dir=tmp_path, progress=False).fit(data, resume=True)
+    assert more.epochs_run == 3 and len(more.history) == 3
+    nosave = tmp_path / "nosave"
+    Trainer(model, TrainConfig(epochs=1, save_last=False), out_dir=nosave, progress=False).fit(data)
+    assert not (nosave / "last").exists()
+
+
 def test_trainer_errors():
     model = chainrule.create_model("fvsbn", (8,), 2)
     with pytest.raises(InputError, match="empty"):
@@ -123,6 +188,14 @@ def test_cli_train_eval_sample_on_user_file(tmp_path, capsys):
     assert main(["sample", str(run), "-n", "5", "--out", str(tmp_path / "s.npy")]) == 0
     s = np.load(tmp_path / "s.npy")
     assert s.shape == (5, 8) and set(np.unique(s)) <= {0, 1}
+    # train on: --resume continues from last/ with the log appended
+    assert main(["train", "fvsbn", "--dataset", str(tmp_path / "toy.npy"), "--epochs", "5", "--out", str(run),
+                 "--no-progress", "--order", "reversed", "--resume", "--patience", "0"]) == 0
+    assert "resuming from" in capsys.readouterr().out
+    assert [int(r["epoch"]) for r in csv.DictReader(open(run / "log.csv"))] == [0, 1, 2, 3, 4]
+    # a different model in the same run directory: a one-line error, nonzero exit
+    assert main(["train", "made", "--dataset", str(tmp_path / "toy.npy"), "--out", str(run), "--no-progress", "--resume"]) != 0
+    assert "different model" in capsys.readouterr().err
 
 
 def test_cli_quickstart_short(tmp_path, capsys):

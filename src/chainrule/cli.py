@@ -120,13 +120,15 @@ def cmd_datasets(args: argparse.Namespace) -> int:
 
 
 def _train(model_name: str, ds: Dataset, out: Path, hparams: dict[str, Any], config: TrainConfig,
-           extra: dict[str, Any], progress: bool, num_samples: int) -> dict[str, Any]:
+           extra: dict[str, Any], progress: bool, num_samples: int, resume: bool = False) -> dict[str, Any]:
     model = chainrule.create_model(model_name, ds.shape, ds.num_values, **hparams)
     print(f"model {model_name}: {model.num_parameters():,} parameters; data {ds.name}: "
           f"{len(ds.train)} train / {len(ds.val)} val / {len(ds.test)} test, shape {ds.shape}, "
           f"num_values {ds.num_values}")
     trainer = Trainer(model, config, out_dir=out, extra=extra, progress=progress)
-    result = trainer.fit(ds.train, ds.val if len(ds.val) else None, train_transform=ds.train_transform)
+    if resume:
+        print(f"resuming from {out / 'last'}")
+    result = trainer.fit(ds.train, ds.val if len(ds.val) else None, train_transform=ds.train_transform, resume=resume)
     note = ""
     if result.stopped_early:
         note = f" (early stop; best epoch {result.best_epoch + 1})"
@@ -175,7 +177,8 @@ def cmd_train(args: argparse.Namespace) -> int:
         extra["tokenizer"] = ds.tokenizer.to_dict()
     if ds.sample_rate is not None:
         extra["sample_rate"] = ds.sample_rate
-    _train(args.model, ds, out, hparams, _train_config(args), extra, not args.no_progress, args.num_samples)
+    _train(args.model, ds, out, hparams, _train_config(args), extra, not args.no_progress, args.num_samples,
+           resume=args.resume)
     return 0
 
 
@@ -355,6 +358,9 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--beta1", type=float, default=0.9)
     t.add_argument("--beta2", type=float, default=0.999)
     t.add_argument("--min-lr", type=float, default=0.0, help="floor of the cosine schedule")
+    t.add_argument("--resume", action="store_true",
+                   help="continue the interrupted run in --out from its last/ checkpoint (same model and data; "
+                        "raise --epochs or give a new --max-seconds to train longer)")
     t.add_argument("--val-components", type=int, default=None,
                    help="ensembles: validate each epoch with the first N orderings/masks (default: all)")
     t.add_argument("--seed", type=int, default=0)

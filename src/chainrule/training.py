@@ -5,13 +5,21 @@ rates transfer between data sizes. The trainer knows nothing of the architecture
 ``model.training_log_prob`` (one component of an ensemble per step) and evaluates the exact
 ``log_prob`` on validation data every epoch, keeps the best model (safetensors + JSON), stops
 early when validation NLL stops improving, and writes a CSV log.
+
+Resuming: after every epoch the trainer also writes ``RUN/last/`` — the model, and in
+``trainer_state.safetensors`` / ``trainer_state.json`` the optimizer's moments, the best weights
+so far, the random-number generators (shuffling, torch's, the ensemble's component choice), the
+epoch and step counters, the plateau schedule and the history. ``fit(..., resume=True)`` picks up
+from there; a resumed run takes exactly the steps the uninterrupted one would have (tested).
 """
 
 from __future__ import annotations
 
 import csv
+import json
 import logging
 import math
+import shutil
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
@@ -19,9 +27,12 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from safetensors import SafetensorError
+from safetensors.torch import load_file, save_file
 from tqdm.auto import tqdm
 
-from chainrule.errors import InputError
+from chainrule.checkpoint import read_config, save_model
+from chainrule.errors import CheckpointError, InputError
 from chainrule.evaluation import evaluate
 from chainrule.models.base import AutoregressiveModel
 
@@ -29,6 +40,9 @@ log = logging.getLogger(__name__)
 
 OPTIMIZERS = {"adam": torch.optim.Adam, "adamw": torch.optim.AdamW, "adamax": torch.optim.Adamax}
 SCHEDULES = ("constant", "cosine", "plateau")
+LAST_DIR = "last"
+STATE_TENSORS = "trainer_state.safetensors"
+STATE_JSON = "trainer_state.json"
 
 
 @dataclass(frozen=True)
@@ -45,6 +59,8 @@ class TrainConfig:
     window of a text), validating after each such "epoch".
     ``max_steps``: stop after this many optimizer steps in total (None: no limit).
     ``weight_decay`` applies to weight matrices and embeddings (tensors of 2+ dims) only.
+    ``save_last``: write ``RUN/last/`` (model + optimizer + RNG states) after every epoch so that
+    ``fit(..., resume=True)`` can continue an interrupted run (needs an ``out_dir``).
     ``val_components``: for an ensemble (MADE masks, EoNADE orderings), validate with the
     ensemble of its first this-many components (None: all). Scoring a 32-mask ensemble costs 32
     passes, so validating each epoch with a few keeps early stopping affordable; the final
@@ -68,6 +84,7 @@ class TrainConfig:
     betas: tuple[float, float] = (0.9, 0.999)
     min_lr: float = 0.0
     val_components: int | None = None
+    save_last: bool = True
 
     def __post_init__(self) -> None:
         if self.optimizer not in OPTIMIZERS:
@@ -136,11 +153,14 @@ class Trainer:
         return 1.0
 
     def fit(self, train: torch.Tensor, val: torch.Tensor | None = None,
-            train_transform: Callable[[torch.Tensor, torch.Generator | None], torch.Tensor] | None = None) -> TrainResult:
+            train_transform: Callable[[torch.Tensor, torch.Generator | None], torch.Tensor] | None = None,
+            resume: bool = False) -> TrainResult:
         """Train on ``train`` ``(N, *shape)``, validating on ``val`` after every epoch.
 
         ``train_transform(batch, generator)`` is applied to every training batch (e.g. dynamic
         binarization). Without ``val`` there is no early stopping and the last model is kept.
+        ``resume=True`` continues the run saved in ``out_dir/last/`` (same data and model; the
+        config may differ, e.g. more epochs or a new ``max_seconds``, which counts from now).
         """
         c, model = self.config, self.model
         if len(train) == 0:
@@ -164,14 +184,19 @@ class Trainer:
             total_steps = min(total_steps, c.max_steps)
         result = TrainResult()
         best_state: dict[str, torch.Tensor] | None = None
-        bad_epochs, step, lr_scale = 0, 0, 1.0
+        first_epoch, bad_epochs, step, lr_scale = 0, 0, 0, 1.0
+        if resume:
+            first_epoch, step, lr_scale, bad_epochs, result, best_state = self._load_last(g)
         val_components = None if c.val_components is None else range(min(c.val_components, model.num_components))
-        start = time.perf_counter()
-        log_file = self._open_log()
+        start = time.perf_counter() - result.train_seconds  # the log's seconds continue a resumed run
+        call_start = time.perf_counter()
+        log_file = self._open_log(append=resume)
         # With early stopping or a time budget the epoch count is only a ceiling: no misleading ETA.
         open_ended = (val is not None and c.patience is not None) or c.max_seconds is not None
-        bar = tqdm(iter(range(c.epochs)) if open_ended else range(c.epochs), desc="train", unit="epoch",
-                   disable=not self.progress)
+        epochs = range(first_epoch, c.epochs)
+        if result.stopped_early:  # a resumed run that had already stopped: nothing left to do
+            epochs = range(0)
+        bar = tqdm(iter(epochs) if open_ended else epochs, desc="train", unit="epoch", disable=not self.progress)
         try:
             for epoch in bar:
                 model.train()
@@ -226,13 +251,17 @@ class Trainer:
                 self._write_log(log_file, row)
                 bar.set_postfix({k: f"{v:.4g}" for k, v in row.items() if k.endswith("nats")})
                 log.info("epoch %d: %s", epoch, ", ".join(f"{k}={v:.5g}" for k, v in row.items() if k != "epoch"))
+                stop = False
                 if val is not None and c.patience is not None and bad_epochs >= c.patience:
-                    result.stopped_early = True
-                    break
-                if c.max_seconds is not None and time.perf_counter() - start >= c.max_seconds:
+                    result.stopped_early = stop = True
+                elif c.max_seconds is not None and time.perf_counter() - call_start >= c.max_seconds:
                     result.stopped_by_time = epoch + 1 < c.epochs
-                    break
-                if step >= total_steps:
+                    stop = True
+                elif step >= total_steps:
+                    stop = True
+                result.train_seconds = time.perf_counter() - start
+                self._save_last(result, epoch + 1, step, lr_scale, bad_epochs, g, best_state)
+                if stop:
                     break
         finally:
             bar.close()
@@ -270,11 +299,11 @@ class Trainer:
         return result
 
     # ------------------------------------------------------------------ files
-    def _open_log(self) -> Any:
+    def _open_log(self, append: bool = False) -> Any:
         if self.out_dir is None:
             return None
         self.out_dir.mkdir(parents=True, exist_ok=True)
-        return open(self.out_dir / "log.csv", "w", newline="")
+        return open(self.out_dir / "log.csv", "a" if append else "w", newline="")
 
     def _write_log(self, f: Any, row: dict[str, float]) -> None:
         if f is None:
@@ -292,3 +321,93 @@ class Trainer:
         extra = {**self.extra, "train_config": asdict(self.config), "best_epoch": result.best_epoch,
                  "best_val_nll_nats": None if math.isinf(result.best_val_nll_nats) else result.best_val_nll_nats}
         self.model.save(self.out_dir / "best", extra=extra)
+
+    def _save_last(self, result: TrainResult, epochs_done: int, step: int, lr_scale: float, bad_epochs: int,
+                   g: torch.Generator, best_state: dict[str, torch.Tensor] | None) -> None:
+        """Write ``out_dir/last/``: everything :meth:`_load_last` needs to continue the run.
+
+        Written into ``last.tmp/`` and swapped in by renames, so an interruption while writing
+        leaves the previous epoch's ``last/`` (or ``last.old/``) intact."""
+        if self.out_dir is None or not self.config.save_last:
+            return
+        model, tmp = self.model, self.out_dir / f"{LAST_DIR}.tmp"
+        shutil.rmtree(tmp, ignore_errors=True)
+        save_model(model, tmp, extra={**self.extra, "train_config": asdict(self.config)})
+        opt = self.optimizer.state_dict()
+        tensors: dict[str, torch.Tensor] = {}
+        scalars: dict[str, dict[str, Any]] = {}
+        for idx, st in opt["state"].items():
+            for k, v in st.items():
+                if isinstance(v, torch.Tensor):
+                    tensors[f"optimizer.{idx}.{k}"] = v.detach().cpu().contiguous().clone()
+                else:
+                    scalars.setdefault(str(idx), {})[k] = v
+        for k, v in (best_state or {}).items():
+            tensors[f"best.{k}"] = v.detach().cpu().contiguous().clone()
+        tensors["rng.trainer"] = g.get_state()
+        tensors["rng.torch"] = torch.get_rng_state()
+        if model._train_rng is not None:  # an ensemble's choice of component per step
+            tensors["rng.model"] = model._train_rng.get_state()
+        save_file(tensors, str(tmp / STATE_TENSORS))
+        res = asdict(result)
+        res["best_val_nll_nats"] = None if math.isinf(result.best_val_nll_nats) else result.best_val_nll_nats
+        state = {"epochs_done": epochs_done, "step": step, "lr_scale": lr_scale, "bad_epochs": bad_epochs,
+                 "component": model.component, "has_best": best_state is not None,
+                 "optimizer": {"param_groups": opt["param_groups"], "scalars": scalars}, "result": res}
+        (tmp / STATE_JSON).write_text(json.dumps(state, indent=1))
+        last, old = self.out_dir / LAST_DIR, self.out_dir / f"{LAST_DIR}.old"
+        shutil.rmtree(old, ignore_errors=True)
+        if last.exists():
+            last.rename(old)
+        tmp.rename(last)
+        shutil.rmtree(old, ignore_errors=True)
+
+    def _load_last(self, g: torch.Generator) -> tuple[int, int, float, int, TrainResult, dict[str, torch.Tensor] | None]:
+        """Restore model, optimizer and generators from ``out_dir/last/``; returns the loop state
+        (next epoch, step, plateau scale, epochs without improvement, result so far, best weights)."""
+        if self.out_dir is None:
+            raise InputError("resume needs the run directory: give the Trainer an out_dir")
+        last = self.out_dir / LAST_DIR
+        if not (last / STATE_JSON).is_file() and (self.out_dir / f"{LAST_DIR}.old" / STATE_JSON).is_file():
+            last = self.out_dir / f"{LAST_DIR}.old"  # interrupted between the two renames
+        if not (last / STATE_JSON).is_file():
+            raise CheckpointError(f"nothing to resume in {self.out_dir}: no {LAST_DIR}/{STATE_JSON} "
+                                  "(written after every epoch by runs with save_last=True)")
+        model, saved = self.model, read_config(last)
+        for key in ("model", "shape", "num_values", "hyperparameters"):
+            if _json_roundtrip(saved.get(key)) != _json_roundtrip(model.config.get(key)):
+                raise CheckpointError(f"{last} holds a different model ({key}: {saved.get(key)!r}, "
+                                      f"this trainer's: {model.config.get(key)!r}); resume with the same model")
+        try:
+            state = json.loads((last / STATE_JSON).read_text())
+            tensors = load_file(str(last / STATE_TENSORS))
+            weights = load_file(str(last / "model.safetensors"))
+        except (SafetensorError, OSError, json.JSONDecodeError) as exc:
+            raise CheckpointError(f"{last} is damaged ({exc}); cannot resume from it") from None
+        model.load_state_dict(weights)
+        opt_state: dict[int, dict[str, Any]] = {}
+        for key, v in tensors.items():
+            if key.startswith("optimizer."):
+                _, idx, name = key.split(".", 2)
+                opt_state.setdefault(int(idx), {})[name] = v
+        for idx, sc in state["optimizer"]["scalars"].items():
+            opt_state.setdefault(int(idx), {}).update(sc)
+        self.optimizer.load_state_dict({"state": opt_state, "param_groups": state["optimizer"]["param_groups"]})
+        g.set_state(tensors["rng.trainer"])
+        torch.set_rng_state(tensors["rng.torch"])
+        if model._train_rng is not None and "rng.model" in tensors:
+            model._train_rng.set_state(tensors["rng.model"])
+        if model.num_components > 1:
+            model.set_component(int(state["component"]))
+        best = {k[len("best."):]: v for k, v in tensors.items() if k.startswith("best.")} if state["has_best"] else None
+        res = state["result"]
+        if res["best_val_nll_nats"] is None:
+            res["best_val_nll_nats"] = math.inf
+        result = TrainResult(**res)
+        log.info("resuming %s after epoch %d (step %d)", self.out_dir, state["epochs_done"], state["step"])
+        return state["epochs_done"], state["step"], state["lr_scale"], state["bad_epochs"], result, best
+
+
+def _json_roundtrip(v: Any) -> Any:
+    """``v`` as JSON would store it (tuples become lists), to compare a saved config with a live one."""
+    return json.loads(json.dumps(v))

@@ -47,6 +47,9 @@ class AutoregressiveModel(nn.Module):
     name: ClassVar[str] = ""
     supports_real: ClassVar[bool] = False
     supports_discrete: ClassVar[bool] = True
+    # ensembles (see _init_order) overwrite these per instance
+    _component: int = 0
+    _train_rng: torch.Generator | None = None
 
     def __init_subclass__(cls, **kwargs: Any) -> None:
         # Record the arguments of the outermost __init__ call, so a checkpoint's JSON config can
@@ -171,6 +174,11 @@ class AutoregressiveModel(nn.Module):
         if self.num_components > 1:
             self._component = k
             self._component_changed()
+
+    @property
+    def component(self) -> int:
+        """Index of the current component (ordering/connectivity) of an ensemble; 0 otherwise."""
+        return self._component
 
     def _component_changed(self) -> None:
         """Hook: rebuild whatever depends on the current ordering (e.g. masks)."""
