@@ -66,7 +66,9 @@ def main() -> None:
                          max_seconds=args.max_seconds, seed=args.seed,
                          val_components=args.val_components)
     out = Path("runs") / name
-    trainer = Trainer(model, config, out_dir=out, progress=False)
+    extra = {"dataset": "mnist" if args.dynamic else "binarized-mnist", "binarize": "dynamic" if args.dynamic else None,
+             "data_dir": data_dir(), "command": sys.argv}  # so that `chainrule eval/inspect runs/NAME` need no flags
+    trainer = Trainer(model, config, out_dir=out, extra=extra, progress=False)
     result = trainer.fit(ds.train, ds.val, train_transform=ds.train_transform, resume=args.resume)
     t0 = time.perf_counter()
     test = evaluate(model, ds.test)
