@@ -284,11 +284,10 @@ class AutoregressiveModel(nn.Module):
                 raise InputError("component: expected an index or a non-empty sequence of indices, got an empty one")
         return self._log_prob_valid(x, components).reshape(batch)
 
-    def _log_prob_valid(self, x: torch.Tensor, components: Sequence[int] | None = None) -> torch.Tensor:
-        """log-mean-exp over ``components`` (default: all) of each one's log-likelihood, ``(B,)``."""
-        if self.num_components == 1 and (components is None or list(components) == [0]):
+    def _log_prob_valid(self, x: torch.Tensor, components: Sequence[int]) -> torch.Tensor:
+        """log-mean-exp over ``components`` of each one's log-likelihood, ``(B,)``."""
+        if len(components) == 1 and components[0] == self._component:  # no switching needed
             return self._component_log_prob(x).sum(-1)
-        components = range(self.num_components) if components is None else components
         current, per = self._component, []
         try:
             for c in components:
