@@ -29,9 +29,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import data_dir, write_result  # noqa: E402
 
 import chainrule  # noqa: E402
-from chainrule.cli import _parse_hparams  # noqa: E402
+from chainrule.apps.pipeline import parse_hyperparameters  # noqa: E402
 from chainrule.data import load_dataset  # noqa: E402
-from chainrule.evaluation import evaluate  # noqa: E402
+from chainrule.inference.likelihood import evaluate  # noqa: E402
 from chainrule.training import TrainConfig, Trainer  # noqa: E402
 
 
@@ -60,7 +60,7 @@ def main() -> None:
     torch.set_num_threads(args.threads)
     name = args.name or f"binarized_mnist_{args.model}"
     ds = load_dataset("mnist", data_dir(), binarize="dynamic") if args.dynamic else load_dataset("binarized-mnist", data_dir())
-    model = chainrule.create_model(args.model, ds.shape, ds.num_values, **_parse_hparams(args.param))
+    model = chainrule.create_model(args.model, ds.shape, ds.num_values, **parse_hyperparameters(args.param))
     config = TrainConfig(epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, optimizer=args.optimizer,
                          weight_decay=args.weight_decay, schedule=args.schedule, patience=args.patience,
                          max_seconds=args.max_seconds, seed=args.seed,
@@ -72,14 +72,14 @@ def main() -> None:
     result = trainer.fit(ds.train, ds.val, train_transform=ds.train_transform, resume=args.resume)
     t0 = time.perf_counter()
     test = evaluate(model, ds.test)
-    single = evaluate(model, ds.test, component=0).nll_nats if model.num_components > 1 else None
+    single = evaluate(model, ds.test, member=0).nll_nats if model.num_members > 1 else None
     write_result(name, {
         "model": args.model, "dataset": ds.description, "hyperparameters": model.config["hyperparameters"], "parameters": model.num_parameters(),
         "train_config": vars(args), "epochs_run": result.epochs_run, "best_epoch": result.best_epoch,
         "stopped_early": result.stopped_early, "train_seconds": round(result.train_seconds, 1),
         "train_images_per_second": round(result.examples_per_second, 1),
         "best_val_nll_nats": result.best_val_nll_nats, "test_nll_nats": test.nll_nats,
-        "num_components": model.num_components, "test_nll_nats_single_ordering": single,
+        "num_members": model.num_members, "test_nll_nats_single_ordering": single,
         "test_bits_per_dim": test.bits_per_dim, "eval_seconds": round(time.perf_counter() - t0, 2),
         "val_curve_nats": [round(r["val_nll_nats"], 3) for r in result.history],
     })

@@ -27,6 +27,7 @@ from common import data_dir, write_result  # noqa: E402
 import chainrule  # noqa: E402
 from chainrule.data import load_dataset  # noqa: E402
 from chainrule.models.nade import nade_pass_reference  # noqa: E402
+from chainrule.training import TrainConfig, Trainer  # noqa: E402
 
 MODELS: dict[str, tuple[str, dict[str, Any]]] = {
     "fvsbn": ("fvsbn", {}),
@@ -40,8 +41,7 @@ MODELS: dict[str, tuple[str, dict[str, Any]]] = {
 
 def use_reference_pass(model: Any) -> None:
     """Swap NADE's block-wise pass for the plain-autograd reference (same numbers, more memory)."""
-    def forward_embedded(e: torch.Tensor) -> torch.Tensor:
-        o = model.order
+    def forward_embedded(e: torch.Tensor, o: torch.Tensor, context: Any) -> torch.Tensor:
         seq = nade_pass_reference(e[:, o], model.W[o], model.c, model.V[o], model.b[o], model.activation)
         params = torch.empty_like(seq)
         params[:, o] = seq
@@ -64,15 +64,12 @@ def main() -> None:
         model = chainrule.create_model(name, (28, 28), 2, **hp)
         if "reference" in label:
             use_reference_pass(model)
-        setups[label] = (model, torch.optim.Adam(model.parameters(), 1e-3))
+        setups[label] = (model, Trainer(model, TrainConfig(batch_size=args.batch_size), progress=False))
 
-    def step(model: Any, opt: torch.optim.Optimizer) -> None:
+    def step(model: Any, trainer: Trainer) -> None:
+        # the trainer's own step: loss through model(x) (an ensemble: one member per step), Adam
         x = train[torch.randint(len(train), (args.batch_size,))]
-        loss = -model.training_log_prob(model.validate(x)[0]).mean()
-        opt.zero_grad()
-        loss.backward()
-        opt.step()
-        model.next_training_component()
+        trainer.train_step(model.validate(x)[0], None, 1e-3)
 
     times: dict[str, list[float]] = {label: [] for label in setups}
     for label, (model, opt) in setups.items():  # warm-up

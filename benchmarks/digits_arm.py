@@ -27,7 +27,7 @@ from common import write_result  # noqa: E402
 
 import chainrule  # noqa: E402
 from chainrule.data import load_dataset  # noqa: E402
-from chainrule.evaluation import evaluate  # noqa: E402
+from chainrule.inference.likelihood import evaluate  # noqa: E402
 from chainrule.training import TrainConfig, Trainer  # noqa: E402
 
 

@@ -1,4 +1,4 @@
-"""chainrule.text.ngram against nltk.lm (and KenLM) on Tiny Shakespeare.
+"""chainrule.lm.ngram against nltk.lm (and KenLM) on Tiny Shakespeare.
 
 Data: ``data_dir()/tinyshakespeare/input.txt``; every line lower-cased and whitespace-split, empty
 lines dropped; the first 90% of the remaining lines train, the last 10% test. Word level (tokens)
@@ -44,7 +44,7 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import data_dir, write_result  # noqa: E402
 
-from chainrule.text.ngram import NgramLM  # noqa: E402
+from chainrule.lm.ngram import NgramLM  # noqa: E402
 
 SMOOTHERS = {
     # name: (nltk class name, nltk args, chainrule same-definition (smoothing, options), chainrule default)
@@ -118,7 +118,7 @@ def timed_median(fn, *args, repeats: int = 3, **kwargs):
 
 
 def cr_fit(n: int, smoothing: str, options: dict[str, Any], train, min_count: int) -> NgramLM:
-    return NgramLM(n, smoothing, **options).fit(train, min_count=min_count)
+    return NgramLM(n, smoothing, padding="nltk", **options).fit(train, min_count=min_count)
 
 
 def compare(level: str, n: int, name: str, train, test, min_count: int, kn_word_sentences: int) -> dict[str, Any]:
@@ -128,7 +128,7 @@ def compare(level: str, n: int, name: str, train, test, min_count: int, kn_word_
     subset_note = "full test set"
     eval_sents = test
     if name == "mle":
-        probe = NgramLM(n, "mle").fit(train, min_count=min_count)
+        probe = NgramLM(n, "mle", padding="nltk").fit(train, min_count=min_count)
         finite = np.isfinite(probe.sentence_logprobs(test))
         eval_sents = [s for s, ok in zip(test, finite) if ok]
         subset_note = (f"the {len(eval_sents)} of {len(test)} test sentences with no zero-probability n-gram "
@@ -177,30 +177,19 @@ def kenlm_check(train, test, orders, min_count: int, tmp: Path) -> dict[str, Any
         return {"installed": False, "note": f"kenlm is not importable ({exc}); `pip install kenlm` did not install it"}
     out: dict[str, Any] = {"installed": True, "version": getattr(kenlm, "__version__", "unknown"), "checks": []}
     for n in orders:
-        lm = NgramLM(n, "kneser-ney").fit(train, min_count=min_count)
+        lm = NgramLM(n, "kneser-ney").fit(train, min_count=min_count)  # SRILM/KenLM padding (the default)
         path = lm.to_arpa(tmp / f"shakespeare_word_{n}.arpa")
         km = kenlm.Model(str(path))
         ours = lm.sentence_logprobs(test) / math.log(10)
-        theirs = np.empty(len(test))
-        for i, sent in enumerate(test):
-            state, nxt = kenlm.State(), kenlm.State()
-            km.BeginSentenceWrite(state)  # context "<s>"; our model pads with n-1 <s>
-            for _ in range(n - 2):
-                km.BaseScore(state, "<s>", nxt)
-                state, nxt = nxt, state
-            total = 0.0
-            for w in sent + ["</s>"]:
-                total += km.BaseScore(state, w, nxt)
-                state, nxt = nxt, state
-            theirs[i] = total
+        # KenLM's ordinary call: one <s> before, </s> after
+        theirs = np.array([km.score(" ".join(sent), bos=True, eos=True) for sent in test])
         diff = np.abs(ours - theirs)
         out["checks"].append({"order": n, "smoothing": "kneser-ney", "arpa_bytes": path.stat().st_size,
                               "sentences": len(test), "max_abs_diff_log10": float(diff.max()),
                               "max_rel_diff": float((diff / np.abs(ours)).max())})
         print(f"kenlm n={n}: max |log10 diff| per sentence {diff.max():.2e}", flush=True)
         path.unlink()
-    out["note"] = ("KenLM's BeginSentenceWrite gives the context '<s>'; the remaining n-2 '<s>' of our padding are fed "
-                   "with BaseScore (their scores ignored), then every word and </s> is scored")
+    out["note"] = "KenLM's ordinary kenlm.Model.score(s, bos=True, eos=True) against chainrule's sentence log-probabilities"
     return out
 
 
@@ -247,7 +236,7 @@ def main() -> None:
                     "char_tokens_train": sum(map(len, data["char"][0])), "char_tokens_test": sum(map(len, data["char"][1])),
                     "preprocessing": "lower-case, whitespace split, empty lines dropped, then first 90% train / last 10% "
                                      "test; char level = characters of the words joined by single spaces",
-                    "min_count": args.min_count, "padding": "n-1 <s> left, one </s> right, in both libraries"},
+                    "min_count": args.min_count, "padding": "n-1 <s> left, one </s> right, in both libraries (chainrule padding='nltk')"},
         "nltk_version": nltk.__version__,
         "timing": "one process, one thread, sequential; wall time of fit (counting + parameters, from token lists) and "
                   "of evaluation (perplexity of the evaluation set); chainrule: median of 3 runs, NLTK: 1 run; "

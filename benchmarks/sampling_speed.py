@@ -37,8 +37,8 @@ def cached(model: chainrule.AutoregressiveModel, n: int, steps: int, g: torch.Ge
     state, prev, out = model.init_state(n), None, []
     for i in range(steps):
         params, state = model.step(state, i, prev)
-        prev = model.head(params).sample(g)
-        out.append(prev)
+        prev = model.head(params).sample(g)  # (n, 1): one variable per group
+        out.append(prev[:, 0])
     return torch.stack(out, 1)
 
 
@@ -48,8 +48,8 @@ def uncached(model: chainrule.AutoregressiveModel, n: int, steps: int, g: torch.
     for i in range(steps):
         # the whole prefix so far, plus a dummy last token whose own value the output at i never reads
         inp = torch.cat([x, torch.zeros(n, 1, dtype=torch.long)], 1)
-        params = model.forward_embedded(model.encode_values(inp))[:, i]
-        x = torch.cat([x, model.head(params).sample(g).unsqueeze(1)], 1)
+        params = model.forward_embedded(model.encode_values(inp), torch.arange(i + 1), None)[:, i]
+        x = torch.cat([x, model.head(params).sample(g)], 1)
     return x
 
 

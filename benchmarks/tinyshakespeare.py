@@ -27,10 +27,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import data_dir, write_result  # noqa: E402
 
 import chainrule  # noqa: E402
-from chainrule.cli import _parse_hparams  # noqa: E402
+from chainrule.apps.pipeline import parse_hyperparameters  # noqa: E402
 from chainrule.data import load_dataset  # noqa: E402
-from chainrule.evaluation import evaluate, evaluate_stream  # noqa: E402
-from chainrule.generation import generate  # noqa: E402
+from chainrule.inference.likelihood import evaluate, evaluate_stream  # noqa: E402
+from chainrule.inference.sampling import generate  # noqa: E402
 from chainrule.training import TrainConfig, Trainer  # noqa: E402
 
 
@@ -55,7 +55,7 @@ def main() -> None:
     t_start = time.perf_counter()
     ds = load_dataset("tinyshakespeare", data_dir(), block_size=args.block_size)
     hp = {"num_layers": 4, "num_heads": 4, "embed_dim": 128} if args.model == "transformer" else {}
-    hp.update(_parse_hparams(args.param))
+    hp.update(parse_hyperparameters(args.param))
     torch.manual_seed(args.seed)
     model = chainrule.create_model(args.model, ds.shape, ds.num_values, **hp)
     epochs = -(-args.max_steps // args.steps_per_epoch)

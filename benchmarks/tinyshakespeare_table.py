@@ -21,7 +21,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import RESULTS, data_dir, write_result  # noqa: E402
 
-from chainrule.text.ngram import NgramLM  # noqa: E402
+from chainrule.lm.ngram import NgramLM  # noqa: E402
 
 
 def main() -> None:

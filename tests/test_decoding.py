@@ -3,15 +3,18 @@
 from __future__ import annotations
 
 import math
+from decimal import Decimal, localcontext
+from fractions import Fraction
 
 import pytest
 import torch
-from hypothesis import given, settings
+from hypothesis import assume, given, settings
 from hypothesis import strategies as st
 
 import chainrule
 from chainrule.checks import all_configurations
-from chainrule.decoding import TopK, TopP, Temperature, beam_search, choose, process, processors
+from chainrule.inference.beam import beam_search
+from chainrule.inference.processors import TopK, TopP, Temperature, choose, process, processors
 from chainrule.errors import InputError
 
 
@@ -73,6 +76,116 @@ def test_top_p_keeps_the_argmax_when_probabilities_tie():
     logits = torch.tensor([-7.231613124792496e-33, 0.0])
     kept = process(logits, [TopP(0.5)]).exp() > 0
     assert kept.tolist() == [False, True]
+
+
+def _exact_top_p(logits: list[float], p: float) -> tuple[list[bool], Fraction | None]:
+    """The documented top-p rule in (all but) exact arithmetic: ranks by logit (stable), and keeps
+    token k (k >= 1 in rank) unless the mass ranked above it reaches p, i.e. unless
+    ``tail_k = mass of ranks >= k`` is <= 1 - p. Probabilities come from the given float logits
+    through ``exp`` at 80 digits, so only the threshold can make the answer unclear.
+
+    Returns the kept mask (input order) and the smallest relative distance of any ``before_k``
+    from p, relative to ``min(p, 1 - p)`` (None for p == 1, which is decided exactly: ``tail_k``
+    is 0 exactly when every logit from rank k on is -inf)."""
+    order = sorted(range(len(logits)), key=lambda i: -logits[i])  # sorted() is stable
+    top = max(logits)
+    with localcontext() as ctx:
+        ctx.prec = 80
+        w = [Decimal(0) if logits[i] == -math.inf else (Decimal(logits[i]) - Decimal(top)).exp() for i in order]
+        z = sum(w)
+        tails = [Fraction(sum(w[k:], Decimal(0)) / z) for k in range(len(w))]
+    p_exact = Fraction(p)
+    keep_sorted, margin = [True], None
+    for k in range(1, len(w)):
+        if p == 1.0:
+            keep_sorted.append(any(w[j] > 0 for j in range(k, len(w))))
+            continue
+        keep_sorted.append(tails[k] > 1 - p_exact)
+        gap = abs(tails[k] - (1 - p_exact)) / min(p_exact, 1 - p_exact)
+        margin = gap if margin is None else min(margin, gap)
+    keep = [False] * len(logits)
+    for rank, i in enumerate(order):
+        keep[i] = keep_sorted[rank]
+    return keep, margin
+
+
+def test_top_p_near_one_keeps_the_whole_smallest_set():
+    # found by an outside check: float32 cumulative sums round the tail mass away near p = 1
+    for dtype in (torch.float32, torch.float64):
+        logits = torch.tensor([0.0, -20, -20, -20], dtype=dtype)
+        out = TopP(1.0)(None, logits)
+        assert torch.equal(out, logits)  # every token has probability > 0: the total reaches 1 only with all
+        assert process(logits, [TopP(1.0)]).exp().gt(0).tolist() == [True] * 4
+        # p(top) = 1 / (1 + 4e^-15) ~ 0.99999878 < p; with one more token the mass reaches p
+        logits = torch.tensor([0.0, -15, -15, -15, -15], dtype=dtype)
+        out = TopP(0.999999)(None, logits)
+        assert torch.isfinite(out).tolist() == [True, True, False, False, False]
+        assert out.dtype == dtype and torch.equal(out[:2], logits[:2])
+        assert process(logits, [TopP(0.999999)]).exp().gt(0).tolist() == [True, True, False, False, False]
+
+
+def test_top_p_one_keeps_every_finite_logit():
+    # exp(-800) underflows float64, but the token's probability is not 0: p = 1 keeps it
+    logits = torch.tensor([0.0, -800.0, -math.inf, 3.0, -math.inf], dtype=torch.float64)
+    assert torch.isfinite(TopP(1.0)(None, logits)).tolist() == [True, True, False, True, False]
+    # below 1 the underflowed tail is negligible and -inf tokens never survive
+    assert torch.isfinite(TopP(1 - 1e-9)(None, logits)).tolist() == [True, False, False, True, False]
+    logits[3] = 30.0  # p(top) = 1 / (1 + e^-30 + ...) > 1 - 1e-9: the top token alone
+    assert torch.isfinite(TopP(1 - 1e-9)(None, logits)).tolist() == [False, False, False, True, False]
+    for p in (0.3, 0.9, 1.0):  # a row with no finite logit comes back as it was (no NaN)
+        assert torch.equal(TopP(p)(None, torch.full((3,), -math.inf)), torch.full((3,), -math.inf))
+
+
+_logit = st.floats(-30, 10)
+# duplicates are common (a small pool of values, drawn with repetition), as are -inf tokens
+_logit_lists = st.one_of(
+    st.lists(_logit, min_size=1, max_size=12),
+    st.lists(st.one_of(_logit, st.just(-math.inf)), min_size=1, max_size=4).flatmap(
+        lambda pool: st.lists(st.sampled_from(pool), min_size=1, max_size=12)),
+)
+_p = st.one_of(
+    st.floats(0.0, 1.0, exclude_min=True),
+    st.floats(1 - 1e-6, 1.0),
+    st.sampled_from([1.0, 1 - 1e-6, 1 - 1e-9, 1 - 2**-52, 1 - 2**-53, 0.999999, 0.5, 1e-9, 0.25, 0.75]),
+)
+
+
+@settings(max_examples=500, deadline=None)
+@given(_logit_lists, _p, st.sampled_from([torch.float32, torch.float64]))
+def test_top_p_matches_exact_arithmetic(raw, p, dtype):
+    logits = torch.tensor(raw, dtype=dtype)
+    values = logits.double().tolist()  # the logits TopP actually sees (float32-rounded or not)
+    assume(any(math.isfinite(v) for v in values))
+    keep, margin = _exact_top_p(values, p)
+    # draws whose mass before some token is p itself, or within float64 resolution of it
+    # (relative 1e-12, far above the ~1e-14 error of the float64 computation) have no answer
+    # that float64 can certify; they are skipped, not judged loosely
+    assume(margin is None or margin > Fraction(1, 10**12))
+    copy = logits.clone()
+    out = TopP(p)(None, logits)
+    assert torch.equal(logits, copy)  # input untouched
+    assert out.dtype == dtype and out.shape == logits.shape
+    assert torch.isfinite(out).tolist() == keep
+    assert torch.equal(out[torch.tensor(keep)], logits[torch.tensor(keep)])  # kept logits unchanged
+
+
+def test_top_p_batches_row_by_row():
+    gen = torch.Generator().manual_seed(0)
+    logits = torch.randn(2, 3, 9, generator=gen) * 6
+    logits[0, 1, 4] = -math.inf
+    logits[1, 2] = torch.tensor([0.0, -15, -15, -15, -15, -40, -40, 2.0, 2.0])
+    copy = logits.clone()
+    for p in (0.3, 0.9, 0.999999, 1 - 1e-9, 1.0):
+        out = TopP(p)(None, logits)
+        assert torch.equal(logits, copy)
+        assert out.shape == logits.shape and out.dtype == logits.dtype
+        for i in range(2):
+            for j in range(3):
+                assert torch.equal(out[i, j], TopP(p)(None, logits[i, j]))
+                keep, _ = _exact_top_p(logits[i, j].double().tolist(), p)
+                assert torch.isfinite(out[i, j]).tolist() == keep
+        # a non-contiguous view of the same rows gives the same answer
+        assert torch.equal(TopP(p)(None, logits.transpose(0, 1)), out.transpose(0, 1))
 
 
 def test_choose_samples_the_filtered_distribution():

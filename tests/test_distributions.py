@@ -8,6 +8,8 @@ import pytest
 import torch
 import torch.distributions as td
 
+import chainrule
+
 from chainrule.distributions import Bernoulli, Categorical, Gaussian, MixtureOfGaussians, output_head
 from chainrule.errors import InputError
 
@@ -75,10 +77,16 @@ def test_mode():
 
 
 def test_output_head_choice_and_errors():
-    assert output_head(2).kind == "bernoulli" and output_head(2).num_params == 1
-    assert output_head(17).kind == "categorical" and output_head(17).num_params == 17
-    assert output_head(None).kind == "gaussian"
+    assert output_head(2).name == "bernoulli" and output_head(2).num_params == 1
+    assert output_head(17).name == "categorical" and output_head(17).num_params == 17
+    assert output_head(None).name == "gaussian"
     assert output_head(None, 4).num_params == 12
+    assert output_head(17, group_size=3).num_params == 51  # a group of 3 variables: 3 x 17 logits
+    assert output_head(5, name="categorical").name == "categorical"
+    with pytest.raises(InputError, match="binary"):
+        output_head(5, name="bernoulli")
+    with pytest.raises(chainrule.UnknownNameError, match="registered heads"):
+        output_head(5, name="nope")
     with pytest.raises(InputError):
         output_head(1)
     with pytest.raises(InputError, match="parameters"):

@@ -1,8 +1,10 @@
-"""Tests of chainrule.text.ngram: normalization, hand-computed values, NLTK agreement, ARPA, I/O, CLI."""
+"""Tests of chainrule.lm.ngram: normalization, hand-computed values, padding conventions, NLTK and
+KenLM agreement, ARPA, I/O, CLI."""
 
 from __future__ import annotations
 
 import argparse
+import json
 import logging
 import math
 
@@ -11,7 +13,8 @@ import pytest
 import torch
 
 from chainrule.errors import DataError, InputError
-from chainrule.text.ngram import BOS_ID, EOS_ID, SMOOTHERS, UNK_ID, NgramLM, PerplexityResult, read_text_sentences, register_cli
+from chainrule.cli.ngram import register_cli
+from chainrule.lm.ngram import BOS_ID, EOS_ID, PADDINGS, SMOOTHERS, UNK_ID, NgramLM, PerplexityResult, read_text_sentences
 
 NORMALIZED = ["laplace", "lidstone", "jelinek-mercer", "witten-bell", "katz", "kneser-ney"]
 ARPA = ["jelinek-mercer", "witten-bell", "katz", "kneser-ney", "kneser-ney-nltk"]
@@ -20,7 +23,7 @@ TINY = [["a", "b"], ["a"]]
 
 @pytest.fixture(autouse=True)
 def _quiet(caplog):
-    caplog.set_level(logging.ERROR, logger="chainrule.text.ngram")
+    caplog.set_level(logging.ERROR, logger="chainrule.lm.ngram")
 
 
 def random_corpus(rng: np.random.Generator, num: int, vocab: int = 6, max_len: int = 8, zipf: bool = False) -> list[list[str]]:
@@ -28,6 +31,45 @@ def random_corpus(rng: np.random.Generator, num: int, vocab: int = 6, max_len: i
     p = 1.0 / np.arange(1, vocab + 1) if zipf else np.ones(vocab)
     p /= p.sum()
     return [[words[i] for i in rng.choice(vocab, size=rng.integers(0, max_len + 1), p=p)] for _ in range(num)]
+
+
+_SYLLABLES = ["ka", "lo", "mi", "ru", "te", "sa", "no", "vi", "de", "po", "ga", "li", "zu", "fe", "ba", "ro"]
+
+
+def toy_english(num: int, seed: int) -> list[list[str]]:
+    """Deterministic English-like sentences (determiners, adjectives, nouns, verbs, adverbs,
+    prepositions, coordination) over a Zipf-distributed pseudo-word lexicon, so that every order has
+    n-grams seen 1, 2, 3 and 4 times (valid modified-KN discounts, as lmplz requires)."""
+    rng, lex_rng = np.random.default_rng(seed), np.random.default_rng(12345)  # the same lexicon for every seed
+
+    def lexicon(size: int, suffix: str) -> list[str]:
+        out: list[str] = []
+        while len(out) < size:
+            w = "".join(lex_rng.choice(_SYLLABLES, size=lex_rng.integers(1, 4))) + suffix
+            if w not in out:
+                out.append(w)
+        return out
+
+    det = ["the", "a", "every", "some", "this", "that", "no", "one"]
+    adj, noun, verb, iverb, adv = lexicon(40, "y"), lexicon(120, ""), lexicon(50, "s"), lexicon(20, "es"), lexicon(15, "ly")
+    prep = ["near", "under", "behind", "beside", "across", "inside"]
+
+    def pick(words: list[str]) -> str:
+        p = 1.0 / np.arange(1, len(words) + 1)
+        return words[rng.choice(len(words), p=p / p.sum())]
+
+    def phrase() -> list[str]:
+        out = [pick(det)] + [pick(adj) for _ in range(rng.choice(3, p=[0.5, 0.35, 0.15]))] + [pick(noun)]
+        return out + [pick(prep), pick(det), pick(noun)] if rng.random() < 0.2 else out
+
+    forms = [lambda: phrase() + [pick(iverb)], lambda: phrase() + [pick(verb)] + phrase(),
+             lambda: phrase() + [pick(iverb), pick(adv)], lambda: [pick(adv)] + phrase() + [pick(verb)] + phrase(),
+             lambda: phrase() + [pick(verb)] + phrase() + ["and"] + phrase() + [pick(iverb)]]
+    sents = []
+    for _ in range(num):
+        s = forms[int(rng.integers(0, len(forms)))]()
+        sents.append([pick(["yes", "well", "so", "then"])] + s if rng.random() < 0.1 else s)
+    return sents
 
 
 def full_distributions(lm: NgramLM, contexts: np.ndarray) -> np.ndarray:
@@ -38,13 +80,15 @@ def full_distributions(lm: NgramLM, contexts: np.ndarray) -> np.ndarray:
 
 
 # ---------------------------------------------------------------------- normalization and positivity
+@pytest.mark.parametrize("padding", PADDINGS)
 @pytest.mark.parametrize("smoothing", NORMALIZED)
 @pytest.mark.parametrize("order", [1, 2, 3, 4])
-def test_distributions_sum_to_one_and_are_positive(smoothing, order):
+def test_distributions_sum_to_one_and_are_positive(smoothing, order, padding):
     rng = np.random.default_rng(order * 17 + len(smoothing))
     for trial, (num, vocab, min_count) in enumerate([(12, 5, 1), (60, 8, 2)]):
-        lm = NgramLM(order, smoothing).fit(random_corpus(rng, num, vocab, zipf=trial == 1), min_count=min_count,
-                                           vocabulary=None if trial else [f"w{i}" for i in range(vocab + 2)])
+        lm = NgramLM(order, smoothing, padding=padding).fit(
+            random_corpus(rng, num, vocab, zipf=trial == 1), min_count=min_count,
+            vocabulary=None if trial else [f"w{i}" for i in range(vocab + 2)])
         V = lm.vocab_size
         seen = lm.ngram_rows(random_corpus(rng, 20, vocab))[:, :-1]  # contexts that occur (mostly seen)
         unseen = rng.integers(0, V, size=(40, order - 1))  # random, mostly unseen contexts
@@ -88,13 +132,13 @@ def test_character_tokens():
 
 
 def test_katz_warns_and_falls_back_on_tiny_data(caplog):
-    caplog.set_level(logging.WARNING, logger="chainrule.text.ngram")
+    caplog.set_level(logging.WARNING, logger="chainrule.lm.ngram")
     NgramLM(2, "katz").fit(TINY)
     assert "absolute discounting" in caplog.text
 
 
 def test_kneser_ney_invalid_discounts_warn(caplog):
-    caplog.set_level(logging.WARNING, logger="chainrule.text.ngram")
+    caplog.set_level(logging.WARNING, logger="chainrule.lm.ngram")
     NgramLM(2, "kneser-ney").fit(TINY)
     assert "single discount" in caplog.text
 
@@ -163,6 +207,87 @@ def test_jelinek_mercer_and_mle_by_hand():
     assert mle.logprob("a", ["a"]) == -math.inf
 
 
+# ---------------------------------------------------------------------- padding conventions
+# TINY with SRILM padding, trigram: "<s> a b </s>", "<s> a </s>". Counted k-grams (those ending on a
+# predicted token): trigrams <s> a b, a b </s>, <s> a </s> (1 each); bigrams <s> a (2), a b, a </s>,
+# b </s> (1 each); unigrams a (2), b (1), </s> (2). NLTK padding adds <s> <s> a (2) and <s> <s>.
+def test_srilm_padding_counts_by_hand():
+    lm = NgramLM(3, "mle").fit(TINY)
+    assert lm.padding == "srilm" and lm.vocab == ["<unk>", "<s>", "</s>", "a", "b"]
+    words = np.array(lm.vocab)
+    grams = {k: sorted(" ".join(words[r]) for r in lm._rows(k)[lm._counts["ev"][k - 1] > 0]) for k in (1, 2, 3)}
+    assert grams == {1: ["</s>", "a", "b"], 2: ["<s> a", "a </s>", "a b", "b </s>"], 3: ["<s> a </s>", "<s> a b", "a b </s>"]}
+    ev2 = {" ".join(words[r]): int(c) for r, c in zip(lm._rows(2), lm._counts["ev"][1]) if c}
+    assert ev2 == {"<s> a": 2, "a b": 1, "a </s>": 1, "b </s>": 1}
+    # the first word is predicted by the bigram <s> a, the second by the trigram <s> a b
+    assert math.exp(lm.logprob("a", ["<s>"])) == 1.0
+    assert math.exp(lm.logprob("b", ["<s>", "a"])) == pytest.approx(0.5)
+    assert lm.sentence_logprob(["a", "b"]) == pytest.approx(math.log(0.5))
+    # anything before a <s> is ignored: <s> <s> a (NLTK's row) and x <s> a mean p(a | <s>)
+    rows = np.array([[BOS_ID, BOS_ID, 3], [4, BOS_ID, 3], [3, BOS_ID, 4], [BOS_ID, 3, 4]])
+    np.testing.assert_allclose(np.exp(lm.logprobs(rows)), [1.0, 1.0, 0.0, 0.5])
+    assert lm.ngram_rows([["a", "b"]]).tolist() == [[BOS_ID, BOS_ID, 3], [BOS_ID, 3, 4], [3, 4, EOS_ID]]
+    nl = NgramLM(3, "mle", padding="nltk").fit(TINY)
+    ev3 = {" ".join(words[r]): int(c) for r, c in zip(nl._rows(3), nl._counts["ev"][2]) if c}
+    assert ev3 == {"<s> <s> a": 2, "<s> a b": 1, "<s> a </s>": 1, "a b </s>": 1}
+
+
+def test_srilm_kneser_ney_by_hand():
+    """Lower-order n-grams that begin with <s> keep their raw counts (nothing precedes <s>), as in lmplz."""
+    lm = NgramLM(3, "kneser-ney").fit(TINY)
+    # unigrams: continuation counts a=1 (<s> a), b=1 (a b), </s>=2 (a </s>, b </s>); n1=2, n2=1 -> D=0.5
+    gamma1 = 0.5 * 3 / 4
+    p1 = {"a": 0.5 / 4 + gamma1 / 4, "b": 0.5 / 4 + gamma1 / 4, "</s>": 1.5 / 4 + gamma1 / 4, "<unk>": gamma1 / 4}
+    # bigrams: <s> a raw 2; a b, a </s>, b </s> continuation 1 each; n1=3, n2=1, n3=0 -> D = 3/5
+    p2_a_bos = (2 - 0.6) / 2 + 0.6 * 1 / 2 * p1["a"]
+    p2_b_a = (1 - 0.6) / 2 + 0.6 * 2 / 2 * p1["b"]
+    p2_eos_b = (1 - 0.6) / 1 + 0.6 * 1 / 1 * p1["</s>"]
+    # trigrams: all seen once, n2 = 0 -> D = 0.5
+    p3_b = 0.5 / 2 + 0.5 * 2 / 2 * p2_b_a
+    p3_eos = 0.5 / 1 + 0.5 * 1 / 1 * p2_eos_b
+    assert math.exp(lm.logprob("a", ["<s>"])) == pytest.approx(p2_a_bos)
+    assert math.exp(lm.logprob("b", ["<s>", "a"])) == pytest.approx(p3_b)
+    assert math.exp(lm.sentence_logprob(["a", "b"])) == pytest.approx(p2_a_bos * p3_b * p3_eos)
+    # with NLTK padding the first word comes from the trigram <s> <s> a (count 2, D = 0.5) and the
+    # bigram <s> a has a continuation count of 1
+    nl = NgramLM(3, "kneser-ney", padding="nltk").fit(TINY)
+    assert math.exp(nl.sentence_logprob(["a", "b"])) != pytest.approx(p2_a_bos * p3_b * p3_eos)
+
+
+@pytest.mark.parametrize("padding", PADDINGS)
+def test_padding_option_and_persistence(tmp_path, padding):
+    rng = np.random.default_rng(9)
+    train = random_corpus(rng, 40)
+    lm = NgramLM(3, "kneser-ney", padding=padding).fit(train)
+    assert lm.padding == padding and f"padding={padding!r}" in repr(lm)
+    back = NgramLM.load(lm.save(tmp_path / "m"))
+    assert back.padding == padding
+    rows = lm.ngram_rows(random_corpus(rng, 10))
+    np.testing.assert_array_equal(back.logprobs(rows), lm.logprobs(rows))
+    assert NgramLM(2).padding == "srilm"  # the default for new models
+
+
+def test_old_saved_model_loads_with_nltk_padding(tmp_path):
+    """Models saved before the padding option (format 1, no "padding" field) were NLTK-padded."""
+    rng = np.random.default_rng(10)
+    train, test = random_corpus(rng, 40), random_corpus(rng, 10)
+    lm = NgramLM(3, "witten-bell", padding="nltk").fit(train)
+    lm.save(tmp_path / "old")
+    cfg_path = tmp_path / "old" / "ngram.json"
+    cfg = json.loads(cfg_path.read_text())
+    assert cfg["format"] == "chainrule-ngram-2" and cfg["padding"] == "nltk"
+    del cfg["padding"]
+    cfg["format"] = "chainrule-ngram-1"
+    cfg_path.write_text(json.dumps(cfg))
+    old = NgramLM.load(tmp_path / "old")
+    assert old.padding == "nltk"
+    np.testing.assert_array_equal(old.sentence_logprobs(test), lm.sentence_logprobs(test))
+    cfg["padding"] = "bogus"
+    cfg_path.write_text(json.dumps(cfg))
+    with pytest.raises(DataError, match="unknown padding"):
+        NgramLM.load(tmp_path / "old")
+
+
 # ---------------------------------------------------------------------- scoring API
 def test_sentence_scores_and_perplexity():
     rng = np.random.default_rng(5)
@@ -178,14 +303,19 @@ def test_sentence_scores_and_perplexity():
     assert res.num_oov == 1 and res.num_sentences == len(test) and res.vocab_size == lm.vocab_size
     assert res.cross_entropy_nats_per_token == pytest.approx(-lp.mean())
     assert res.perplexity == pytest.approx(math.exp(-lp.mean()))
-    # single-query API agrees with the batch one
+    # single-query API agrees with the batch one; with SRILM padding one <s> is the sentence start
     s = test[0]
     padded = ["<s>", "<s>"] + s + ["</s>"]
     assert sum(lm.logprob(padded[i], padded[i - 2:i]) for i in range(2, len(padded))) == pytest.approx(lm.sentence_logprob(s))
+    one = ["<s>"] + s + ["</s>"]
+    assert sum(lm.logprob(one[i], one[max(0, i - 2):i]) for i in range(1, len(one))) == pytest.approx(lm.sentence_logprob(s))
+    nl = NgramLM(3, "kneser-ney", padding="nltk").fit(train)
+    assert sum(nl.logprob(padded[i], padded[i - 2:i]) for i in range(2, len(padded))) == pytest.approx(nl.sentence_logprob(s))
+    assert nl.perplexity(test).num_tokens == res.num_tokens  # </s> counted, <s> never, in both conventions
 
 
 def test_mle_zero_probability_gives_inf_with_warning(caplog):
-    caplog.set_level(logging.WARNING, logger="chainrule.text.ngram")
+    caplog.set_level(logging.WARNING, logger="chainrule.lm.ngram")
     lm = NgramLM(2, "mle").fit([["a", "b"], ["b", "a"]])
     assert lm.perplexity([["a", "b"]]).perplexity < math.inf
     res = lm.perplexity([["b", "b"]])
@@ -255,7 +385,7 @@ def test_agrees_with_nltk(order):
     train = random_corpus(rng, 40, vocab=7, zipf=True)
     test = random_corpus(rng, 8, vocab=9)  # words w7, w8 are OOV
     for (smoothing, opts), ref in _nltk_models(order, train, min_count=2).items():
-        lm = NgramLM(order, smoothing, **dict(opts)).fit(train, min_count=2)
+        lm = NgramLM(order, smoothing, padding="nltk", **dict(opts)).fit(train, min_count=2)
         rows = lm.ngram_rows(test)
         # also random (often unseen) contexts over the whole vocabulary
         ctx = rng.integers(0, lm.vocab_size, size=(6, order - 1))
@@ -270,18 +400,30 @@ def test_agrees_with_nltk(order):
 
 
 # ---------------------------------------------------------------------- ARPA
+def sentence_like(rows: np.ndarray) -> np.ndarray:
+    """Rows that can occur in a padded sentence: <s> only as a leading run of the context, never predicted."""
+    ctx = rows[:, :-1] == BOS_ID
+    inner = (ctx[:, 1:] & ~ctx[:, :-1]).any(1) if ctx.shape[1] > 1 else np.zeros(len(rows), dtype=bool)
+    return (rows[:, -1] != BOS_ID) & ~inner
+
+
+@pytest.mark.parametrize("padding", PADDINGS)
 @pytest.mark.parametrize("smoothing", ARPA)
-@pytest.mark.parametrize("order", [1, 2, 3])
-def test_arpa_round_trip(tmp_path, smoothing, order):
+@pytest.mark.parametrize("order", [1, 2, 3, 4])
+def test_arpa_round_trip(tmp_path, smoothing, order, padding):
     if smoothing == "kneser-ney-nltk" and order == 1:
         pytest.skip("NLTK's KN needs order >= 2")
     rng = np.random.default_rng(order)
-    lm = NgramLM(order, smoothing).fit(random_corpus(rng, 80, vocab=8, zipf=True), min_count=2)
+    lm = NgramLM(order, smoothing, padding=padding).fit(random_corpus(rng, 80, vocab=8, zipf=True), min_count=2)
     path = lm.to_arpa(tmp_path / "model.arpa")
     back = NgramLM.from_arpa(path)
     assert back.order == order and set(back.vocab) == set(lm.vocab)
+    assert back.padding == "srilm"  # NLTK-padded models are written in the SRILM/KenLM convention too
+    assert not any(" <s>" in line.split("\t")[1] for line in path.read_text().splitlines() if line.count("\t") >= 1)
     ctx = rng.integers(0, lm.vocab_size, size=(15, order - 1))
     rows = np.concatenate([np.repeat(ctx, lm.vocab_size, 0), np.tile(np.arange(lm.vocab_size), 15)[:, None]], 1)
+    if padding == "nltk":  # the file describes the model on sentences only (see NgramLM.to_arpa)
+        rows = rows[sentence_like(rows)]
     rows = np.concatenate([rows, lm.ngram_rows(random_corpus(rng, 10, vocab=8))])
     words = np.array(lm.vocab)
     back_rows = np.vectorize(back.token_id)(words[rows])
@@ -293,6 +435,70 @@ def test_arpa_round_trip(tmp_path, smoothing, order):
     back.to_arpa(tmp_path / "again.arpa")
     again = NgramLM.from_arpa(tmp_path / "again.arpa")
     np.testing.assert_allclose(again.logprobs(back_rows)[fin], b[fin], rtol=1e-6)
+
+
+def _kenlm_texts(tmp_path) -> tuple[list[list[str]], list[list[str]]]:
+    """A training and a test text written into tmp_path and read back; the test text has unseen words."""
+    train = tmp_path / "train.txt"
+    train.write_text("\n".join(" ".join(s) for s in toy_english(300, 0)) + "\n", encoding="utf-8")
+    test = tmp_path / "test.txt"
+    extra = [["the", "zebra", "sleeps"], ["qwerty"], ["a", "purple", "ka", "under", "the", "moon", "waits"]]
+    test.write_text("\n".join(" ".join(s) for s in toy_english(40, 1) + extra) + "\n", encoding="utf-8")
+    return read_text_sentences(train), read_text_sentences(test)
+
+
+@pytest.mark.parametrize("padding", PADDINGS)
+@pytest.mark.parametrize("smoothing", ["kneser-ney", "katz", "witten-bell", "jelinek-mercer", "kneser-ney-nltk"])
+@pytest.mark.parametrize("order", [2, 3, 4])
+def test_arpa_scores_equal_kenlm(tmp_path, order, smoothing, padding):
+    """KenLM's ordinary call score(s, bos=True, eos=True) on the exported file gives chainrule's
+    per-sentence log10 probabilities and perplexities (min_count 1: unseen test words are <unk> with
+    its interpolated mass; min_count 2: <unk> is also a training token). NLTK's KN gives words
+    without continuation count probability 0, written as log10 -99."""
+    kenlm = pytest.importorskip("kenlm")
+    train, test = _kenlm_texts(tmp_path)
+    num_tokens = sum(len(s) + 1 for s in test)
+    for min_count in (1, 2):
+        lm = NgramLM(order, smoothing, padding=padding).fit(train, min_count=min_count)
+        km = kenlm.Model(str(lm.to_arpa(tmp_path / f"m{min_count}.arpa")))
+        theirs = np.array([km.score(" ".join(s), bos=True, eos=True) for s in test])
+        ours = lm.sentence_logprobs(test) / math.log(10)
+        fin = np.isfinite(ours)
+        assert fin.all() or (smoothing == "kneser-ney-nltk" and (theirs[~fin] <= -99).all())
+        np.testing.assert_allclose(theirs[fin], ours[fin], rtol=0, atol=1e-5, err_msg=f"min_count {min_count}")
+        res = lm.perplexity(test)
+        assert res.num_tokens == num_tokens
+        if fin.all():
+            assert 10 ** (-theirs.sum() / num_tokens) == pytest.approx(res.perplexity, rel=1e-5)
+        i = int(np.flatnonzero(fin)[-1])  # KenLM's per-sentence perplexity: </s> counted, <s> not
+        assert km.perplexity(" ".join(test[i])) == pytest.approx(10 ** (-ours[i] / (len(test[i]) + 1)), rel=1e-5)
+
+
+def test_arpa_nltk_padding_is_written_collapsed(tmp_path):
+    """An NLTK-padded model's sentence starts <s>^j u w are written as <s> u w with the full-order
+    probability and bow(<s> u) = prod_j gamma(<s>^j u); scoring the file with one <s> reproduces the model."""
+    rng = np.random.default_rng(21)
+    train, test = random_corpus(rng, 60, vocab=7, zipf=True), random_corpus(rng, 15, vocab=9)
+    for smoothing in ARPA:
+        lm = NgramLM(4, smoothing, padding="nltk").fit(train)
+        back = NgramLM.from_arpa(lm.to_arpa(tmp_path / "n.arpa"))
+        np.testing.assert_allclose(back.sentence_logprobs(test), lm.sentence_logprobs(test), rtol=1e-5, atol=1e-5,
+                                   err_msg=smoothing)
+        assert math.exp(back.logprob("w0", ["<s>"])) == pytest.approx(math.exp(lm.logprob("w0", ["<s>"] * 3)), rel=1e-5)
+
+
+def test_from_arpa_infers_padding(tmp_path, caplog):
+    caplog.set_level(logging.WARNING, logger="chainrule.lm.ngram")
+    arpa = ("\\data\\\nngram 1=4\nngram 2=2\nngram 3=1\n\n\\1-grams:\n-99\t<s>\t-0.5\n-0.5\ta\t-0.25\n-0.7\t</s>\n-1\t<unk>\n\n"
+            "\\2-grams:\n-0.1\t<s> a\t-0.1\n-0.2\t<s> <s>\t-0.3\n\n\\3-grams:\n-0.05\t<s> <s> a\n\n\\end\\\n")
+    (tmp_path / "old.arpa").write_text(arpa)
+    old = NgramLM.from_arpa(tmp_path / "old.arpa")
+    assert old.padding == "nltk" and "padding='nltk'" in caplog.text
+    # p(a | <s> <s>), then p(</s> | <s> a) = bow(<s> a) bow(a) p(</s>)
+    assert old.sentence_logprob(["a"]) / math.log(10) == pytest.approx(-0.05 + (-0.1 - 0.25 - 0.7))
+    srilm = NgramLM.from_arpa(tmp_path / "old.arpa", padding="srilm")  # as KenLM scores it: p(a | <s>) first
+    assert srilm.sentence_logprob(["a"]) / math.log(10) == pytest.approx(-0.1 + (-0.1 - 0.25 - 0.7))
+    assert NgramLM.from_arpa(NgramLM(3).fit(TINY).to_arpa(tmp_path / "new.arpa")).padding == "srilm"
 
 
 def test_arpa_format_and_errors(tmp_path):
@@ -429,7 +635,7 @@ def test_cli(tmp_path, capsys):
     out = capsys.readouterr().out
     assert "perplexity:" in out and "cross-entropy:" in out and "OOV tokens: 1" in out and "tokens: 7" in out
     lm = NgramLM.load(model_dir)
-    assert lm.metadata["lowercase"] is True
+    assert lm.metadata["lowercase"] is True and lm.padding == "srilm" and "padding: srilm" in out
     expected = lm.perplexity([["w1", "w2", "w3"], ["w0", "unknownword"]]).perplexity
     assert f"perplexity: {expected:.4f}" in out
     assert _run(parser, ["ngram", "generate", str(model_dir), "--prompt", "W1", "--num-tokens", "6", "--seed", "3",
@@ -443,7 +649,32 @@ def test_cli(tmp_path, capsys):
                          "0.5,0.3,0.2", "--out", str(tmp_path / "jm")]) == 0
     with pytest.raises(InputError, match="choose one of"):
         _run(parser, ["ngram", "fit", str(text), "--smoothing", "nope", "--out", str(tmp_path / "x")])
+    with pytest.raises(SystemExit):
+        parser.parse_args(["ngram", "fit", str(text), "--padding", "both", "--out", str(tmp_path / "x")])
     bad = tmp_path / "bad.txt"
     bad.write_bytes(b"ok line\n\xff\xfe\n")
     with pytest.raises(DataError, match="byte offset 8"):
         _run(parser, ["ngram", "eval", str(model_dir), str(bad)])
+
+
+@pytest.mark.parametrize("padding", PADDINGS)
+def test_cli_padding_and_export_match_kenlm(tmp_path, capsys, padding):
+    """fit --padding, eval and export-arpa: KenLM's ordinary scoring of the exported file gives the
+    perplexity that `chainrule ngram eval` prints."""
+    train, test = _kenlm_texts(tmp_path)
+    parser, model_dir, arpa = _parser(), tmp_path / "model", tmp_path / "m.arpa"
+    assert _run(parser, ["ngram", "fit", str(tmp_path / "train.txt"), "--order", "3", "--padding", padding,
+                         "--out", str(model_dir)]) == 0
+    lm = NgramLM.load(model_dir)
+    assert lm.padding == padding
+    assert _run(parser, ["ngram", "eval", str(model_dir), str(tmp_path / "test.txt")]) == 0
+    out = capsys.readouterr().out
+    assert f"padding: {padding}" in out
+    ppl = float(out.split("perplexity: ")[1].split()[0])
+    assert ppl == pytest.approx(lm.perplexity(test).perplexity, abs=1e-4)
+    assert _run(parser, ["ngram", "export-arpa", str(model_dir), str(arpa)]) == 0
+    assert "bos=True, eos=True" in capsys.readouterr().out
+    kenlm = pytest.importorskip("kenlm")
+    km = kenlm.Model(str(arpa))
+    total = sum(km.score(" ".join(s), bos=True, eos=True) for s in test)
+    assert 10 ** (-total / sum(len(s) + 1 for s in test)) == pytest.approx(ppl, abs=2e-4)

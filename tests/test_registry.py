@@ -1,9 +1,10 @@
 """The shared suite every registered model passes, on tiny configurations.
 
 A model added with ``@register`` is picked up here automatically: autoregressive property by
-gradients (every ordering it accepts, every component of an ensemble), normalization over a tiny
-space, samples in the support and distributed as ``exp(log_prob)`` says, cached step == full
-pass, save -> load identical, batched == one at a time, clear errors on bad input.
+gradients (every ordering, every member of an ensemble, orders given at call time), normalization
+over a tiny space (also per class of a class-conditional model, and with groups of variables
+predicted jointly), samples in the support and distributed as ``exp(log_prob)`` says, cached step
+== full pass, save -> load identical, batched == one at a time, clear errors on bad input.
 """
 
 from __future__ import annotations
@@ -44,9 +45,12 @@ TINY: dict[str, dict] = {
     "rnade": {"hidden_size": 8, "num_mixture_components": 2},
 }
 
-# (event shape, num_values): binary vector, categorical vector, binary image, real vector / image.
-SPACES = [((6,), 2), ((3,), 4), ((1, 2, 3), 2), ((6,), None), ((1, 2, 3), None)]
-ORDERS = ["raster", "reversed", "random:3", "snake", [2, 0, 1, 5, 3, 4]]
+# (event shape, num_values): binary vector, categorical vector, binary image, a 3-channel image
+# (pixel-major order: R -> G -> B inside each pixel), real vector / image.
+SPACES = [((6,), 2), ((3,), 4), ((1, 2, 3), 2), ((3, 1, 2), 3), ((6,), None), ((1, 2, 3), None)]
+ORDERS = ["raster", "reversed", "random:3", "snake", "planar", [2, 0, 1, 5, 3, 4]]
+# Spaces whose conditionals are groups of variables predicted jointly: the channels of a pixel.
+GROUPED = [((3, 1, 2), 3, "pixel"), ((2, 2, 2), 2, "pixel"), ((4,), 3, (2,)), ((2, 1, 2), None, "pixel")]
 
 
 def make(name: str, shape: tuple[int, ...], num_values: int | None, seed: int = 0, **kw) -> chainrule.AutoregressiveModel:
@@ -59,15 +63,11 @@ def make(name: str, shape: tuple[int, ...], num_values: int | None, seed: int = 
     return model.eval()
 
 
-def accepts_order(name: str) -> bool:
-    import inspect
-
-    return "order" in inspect.signature(get_model_class(name).__init__).parameters
+def any_order(name: str) -> bool:
+    return get_model_class(name).any_order
 
 
 def orders_for(name: str, shape: tuple[int, ...]) -> list:
-    if not accepts_order(name):
-        return [None]
     d = math.prod(shape)
     return [o for o in ORDERS if not isinstance(o, list) or len(o) == d]
 
@@ -95,7 +95,7 @@ DISCRETE_CASES = [c for c in CASES if c[2] is not None]
 @pytest.mark.parametrize("name,shape,num_values,order", CASES, ids=lambda v: str(v).replace(" ", ""))
 def test_autoregressive_by_gradients(name, shape, num_values, order):
     model = make(name, shape, num_values, **kwargs_for(order))
-    assert check_autoregressive(model) == model.dim * model.num_components
+    assert check_autoregressive(model) == model.dim * model.num_members
 
 
 @pytest.mark.parametrize("name,shape,num_values,order", DISCRETE_CASES, ids=lambda v: str(v).replace(" ", ""))
@@ -131,7 +131,7 @@ def test_sample_shapes_and_prefix(name):
     model = make(name, (1, 2, 3), 3)
     x = model.sample(5, generator=torch.Generator().manual_seed(0))
     assert x.shape == (5, 1, 2, 3)
-    order = model.current_order()
+    order = model.order
     prefix = torch.tensor([2, 0, 1])
     y = model.sample(4, generator=torch.Generator().manual_seed(0), prefix=prefix)
     assert torch.equal(y.reshape(4, -1)[:, order[:3]], prefix.expand(4, 3))
@@ -139,8 +139,7 @@ def test_sample_shapes_and_prefix(name):
 
 @pytest.mark.parametrize("name,num_values", [(n, 3) for n in DISCRETE] + [(n, None) for n in REAL])
 def test_save_load_roundtrip(name, num_values, tmp_path):
-    kw = {"order": "random:5"} if accepts_order(name) else {}
-    model = make(name, (1, 2, 3), num_values, **kw)
+    model = make(name, (1, 2, 3), num_values, order="random:5")
     x = some_data(model, 7)
     model.save(tmp_path / "ck")
     loaded = chainrule.load(tmp_path / "ck")
@@ -179,11 +178,19 @@ def test_bad_input_is_a_clear_error(name):
         model.log_prob(torch.full((2, 1, 2, 3), 0.5))
     with pytest.raises(InputError, match="positive integer"):
         model.sample(0)
-    if accepts_order(name):
+    with pytest.raises(InputError, match="permutation"):
+        chainrule.create_model(name, (3,), 2, order=[0, 0, 1])
+    with pytest.raises(InputError, match="ordering"):
+        chainrule.create_model(name, (3,), 2, order="zigzag")
+    x = torch.randint(3, (2, 1, 2, 3))
+    with pytest.raises(InputError, match="unconditional"):
+        model.log_prob(x, context=torch.tensor([0, 1]))
+    if any_order(name):
         with pytest.raises(InputError, match="permutation"):
-            chainrule.create_model(name, (3,), 2, order=[0, 0, 1])
-        with pytest.raises(InputError, match="ordering"):
-            chainrule.create_model(name, (3,), 2, order="zigzag")
+            model.log_prob(x, order=[0, 1, 2, 3, 4, 4])
+    else:
+        with pytest.raises(InputError, match="order it was built with"):
+            model.log_prob(x, order="reversed")
 
 
 def test_create_model_errors():
@@ -252,17 +259,17 @@ ENSEMBLES = [n for n in MODELS if ensemble_kwargs(n) is not None]
 def test_ensembles_average_probabilities(name, tmp_path):
     num_values = 2 if get_model_class(name).supports_discrete else None
     model = make(name, (5,), num_values, **ensemble_kwargs(name))
-    assert model.num_components == 4
+    assert isinstance(model, chainrule.Ensemble) and model.num_members == 4
     x = all_configurations(model) if num_values else some_data(model, 50)
-    per = []
-    for c in range(4):
-        model.set_component(c)
-        per.append(model.log_prob_per_variable(x).sum(-1))
-    model.set_component(0)
+    per = [model.log_prob_per_variable(x, member=c).sum(-1) for c in range(4)]
     expected = torch.logsumexp(torch.stack(per), 0) - math.log(4)
     assert torch.allclose(model.log_prob(x), expected, atol=1e-5)
-    assert torch.allclose(model.log_prob(x, component=2), per[2], atol=1e-6)
+    assert torch.allclose(model.log_prob(x, member=2), per[2], atol=1e-6)
     assert len({tuple(model.orders[c].tolist()) for c in range(4)}) > 1  # orderings differ
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    model.log_prob(x, member=3)
+    model.sample(5, generator=torch.Generator().manual_seed(0))
+    assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())  # nothing switched inside
     assert check_autoregressive(model) == 4 * 5
     check_step_matches_forward(model)
     if num_values:
@@ -281,14 +288,14 @@ class _Leaky(chainrule.AutoregressiveModel):
         super().__init__(shape, num_values)
         self.w = torch.nn.Parameter(torch.randn(self.dim, self.dim))
 
-    def forward_embedded(self, e):
+    def forward_embedded(self, e, order, context):
         mask = torch.tril(torch.ones(self.dim, self.dim))  # includes the diagonal: a leak
         return (e[..., 0] @ (self.w * mask).T).unsqueeze(-1)
 
 
 def test_checks_detect_a_leak():
     model = _Leaky((4,), 2)
-    with pytest.raises(AssertionError, match="depends on variables"):
+    with pytest.raises(AssertionError, match="depends on groups"):
         check_autoregressive(model)
     assert abs(normalization_total(model) - 1) > 1e-3  # a leaky model is not normalized
 
@@ -296,7 +303,7 @@ def test_checks_detect_a_leak():
 def test_step_check_detects_a_wrong_cache():
     model = make("fvsbn", (4,), 2)
 
-    def bad_step(state, i, x_prev):
+    def bad_step(state, i, x_prev):  # noqa: ANN001
         params, state = type(model).step(model, state, i, x_prev)
         return params + (0.1 if i == 2 else 0.0), state
 
@@ -310,3 +317,163 @@ def test_all_configurations_enumerates_the_space():
     space = all_configurations(model)
     assert space.shape == (27, 3)
     assert {tuple(r) for r in space.tolist()} == set(itertools.product(range(3), repeat=3))
+
+
+# ---------------------------------------------------------------- groups of variables
+GROUP_CASES = [(n, s, k, g) for n in MODELS for s, k, g in GROUPED
+               if supports(n, k) and get_model_class(n).supports_groups]
+
+
+@pytest.mark.parametrize("name,shape,num_values,group_shape", GROUP_CASES, ids=lambda v: str(v).replace(" ", ""))
+def test_groups_are_one_conditional_each(name, shape, num_values, group_shape):
+    """With a group shape, each group is one conditional: no group may see itself or later groups,
+    the model normalizes, the step equals the full pass, and sampling and save/load work."""
+    model = make(name, shape, num_values, group_shape=group_shape)
+    g = model.num_groups
+    assert g * model.group_size == model.dim and model.group_size > 1
+    assert check_autoregressive(model) == g
+    check_step_matches_forward(model)
+    x = model.sample(4, generator=torch.Generator().manual_seed(0))
+    assert x.shape == (4, *shape)
+    per_var = model.log_prob_per_variable(x)
+    assert per_var.shape == (4, model.dim)
+    assert torch.allclose(per_var.sum(-1), model.log_prob(x), atol=1e-5)
+    if num_values is not None:
+        assert abs(normalization_total(model) - 1.0) < 1e-5
+
+
+def test_bad_group_shapes_are_clear_errors():
+    with pytest.raises(InputError, match="does not divide"):
+        chainrule.create_model("made", (3, 4, 4), 2, group_shape=(2, 1, 1))
+    with pytest.raises(InputError, match=r"\(C, H, W\)"):
+        chainrule.create_model("made", (12,), 2, group_shape="pixel")
+    with pytest.raises(InputError, match="one variable per conditional"):
+        chainrule.create_model("histogram", (2, 1, 2), 2, group_shape="pixel")
+
+
+def test_default_image_order_is_pixel_major():
+    """On (C, H, W) every model reads pixels in raster order, R -> G -> B inside each pixel."""
+    model = chainrule.create_model("transformer", (3, 2, 2), 4, num_layers=1, num_heads=1, embed_dim=4)
+    # flat index of (c, h, w) is c*4 + h*2 + w: pixel 0's R, G, B, then pixel 1's ...
+    assert model.order.tolist() == [0, 4, 8, 1, 5, 9, 2, 6, 10, 3, 7, 11]
+    assert chainrule.create_model("transformer", (3, 2, 2), 4, order="planar", num_layers=1, num_heads=1,
+                                  embed_dim=4).order.tolist() == list(range(12))
+
+
+# ---------------------------------------------------------------- context (class-conditional models)
+CONTEXT_MODELS = [n for n in MODELS if get_model_class(n).supports_context]
+
+
+@pytest.mark.parametrize("name", CONTEXT_MODELS)
+@pytest.mark.parametrize("shape,num_values", [((4,), 2), ((3, 1, 2), 2), ((3,), None)])
+def test_class_conditional_models(name, shape, num_values, tmp_path):
+    """p(x | y): autoregressive for every label, normalized for every label, dependent on the label,
+    step == full pass, samples follow the label, save/load keeps it."""
+    if not supports(name, num_values):
+        pytest.skip("value type not supported")
+    model = make(name, shape, num_values, num_classes=3)
+    assert model.conditional and check_autoregressive(model) == model.num_groups
+    check_step_matches_forward(model)
+    x = some_data(model, 6)
+    y = torch.tensor([0, 1, 2, 0, 1, 2])
+    lp = model.log_prob(x, y)
+    assert lp.shape == (6,) and torch.isfinite(lp).all()
+    assert not torch.allclose(model.log_prob(x, 0), model.log_prob(x, 1))  # the label matters
+    if num_values is not None:
+        for label in range(3):
+            assert abs(normalization_total(model, label) - 1.0) < 1e-5
+    s = model.sample(6, y, generator=torch.Generator().manual_seed(0))
+    assert s.shape == (6, *shape)
+    model.save(tmp_path / "ck")
+    loaded = chainrule.load(tmp_path / "ck")
+    assert torch.equal(loaded.log_prob(x, y), lp)
+    with pytest.raises(InputError, match="conditional"):
+        model.log_prob(x)
+    with pytest.raises(InputError, match=r"0\.\.2"):
+        model.log_prob(x, torch.full((6,), 3))
+    with pytest.raises(InputError, match="6 class labels"):
+        model.log_prob(x, torch.tensor([0, 1]))
+    with pytest.raises(InputError, match="integer class labels"):
+        model.log_prob(x, torch.full((6,), 0.5))
+
+
+@pytest.mark.parametrize("name", [n for n in CONTEXT_MODELS if get_model_class(n).supports_tensor_context])
+def test_tensor_context(name):
+    model = make(name, (4,), 2 if get_model_class(name).supports_discrete else None, context_shape=(2,))
+    c = torch.randn(5, 2)
+    assert check_autoregressive(model) == 4
+    check_step_matches_forward(model)
+    if model.num_values is not None:
+        assert abs(normalization_total(model, c[0]) - 1.0) < 1e-5
+    assert model.log_prob(some_data(model, 5), c).shape == (5,)
+    with pytest.raises(InputError, match="shape"):
+        model.log_prob(some_data(model, 5), torch.randn(5, 3))
+    with pytest.raises(InputError, match="NaN"):
+        model.log_prob(some_data(model, 1), torch.tensor([[float("nan"), 0.0]]))
+
+
+# ---------------------------------------------------------------- orders at call time
+ANY_ORDER = [n for n in MODELS if any_order(n)]
+
+
+@pytest.mark.parametrize("name", ANY_ORDER)
+@pytest.mark.parametrize("shape,num_values", [((5,), 2), ((3, 1, 2), 2), ((4,), None)])
+def test_orders_given_at_call_time(name, shape, num_values):
+    """A model that takes any order is a normalized, autoregressive model in each order given at
+    call time, its cache follows the order, and sampling with observed values conditions exactly."""
+    if not supports(name, num_values):
+        pytest.skip("value type not supported")
+    model = make(name, shape, num_values)
+    d = model.num_groups
+    for order in ("reversed", "random:7", list(torch.randperm(d, generator=torch.Generator().manual_seed(1)).tolist())):
+        assert check_autoregressive(model, order=order) == d
+        check_step_matches_forward(model, order=order)
+        if num_values is not None:
+            assert abs(normalization_total(model, order=order) - 1.0) < 1e-5
+    x = some_data(model, 3)
+    assert not torch.allclose(model.log_prob(x), model.log_prob(x, order="reversed")) or name == "histogram"
+
+
+@pytest.mark.parametrize("name", [n for n in ANY_ORDER if get_model_class(n).supports_discrete])
+def test_observed_values_condition_exactly(name):
+    """Observed variables anywhere (any-order models): they are kept, and the rest follows the
+    conditional p(x_u | x_o) of the order with the observed variables first (chi-square)."""
+    model = make(name, (4,), 2, seed=2)
+    value = torch.tensor([1, 0, 1, 0])
+    mask = torch.tensor([False, True, False, True])  # observe x1 = 0, x3 = 0
+    n = 8000
+    s = model.sample(n, observed=(value, mask), generator=torch.Generator().manual_seed(0))
+    assert torch.equal(s[:, mask], value[mask].expand(n, 2))
+    from chainrule.orderings import observed_first
+    order = observed_first(mask, model.order)
+    space = all_configurations(model)
+    space = space[(space[:, mask] == value[mask]).all(-1)]  # the 4 completions
+    joint = model.log_prob(space, order=order).detach().double().exp()
+    probs = (joint / joint.sum()).numpy()
+    index = {tuple(v.tolist()): i for i, v in enumerate(space)}
+    counts = np.bincount([index[tuple(v.tolist())] for v in s], minlength=len(space))
+    _, pvalue = stats.chisquare(counts, probs * n)
+    assert pvalue > 1e-3, f"completions do not follow the conditional (chi-square p={pvalue:.2g})"
+
+
+@pytest.mark.parametrize("name", [n for n in MODELS if not any_order(n) and get_model_class(n).supports_discrete])
+def test_fixed_order_models_take_observed_prefixes_only(name):
+    model = make(name, (4,), 2)
+    value = torch.tensor([1, 0, 1, 0])
+    s = model.sample(3, observed=(value, torch.tensor([True, True, False, False])), generator=torch.Generator().manual_seed(0))
+    assert torch.equal(s[:, :2], value[:2].expand(3, 2))
+    with pytest.raises(InputError, match="prefix"):
+        model.sample(3, observed=(value, torch.tensor([False, True, False, False])))
+
+
+@pytest.mark.parametrize("name", DISCRETE)
+def test_sample_prefix_and_generate_make_the_same_draws(name):
+    """One sampling loop: sample(prefix=p) and generate(p) agree draw for draw from one seed."""
+    from chainrule.inference.sampling import generate
+    if name == "histogram":
+        pytest.skip("generation is for sequence models")
+    model = make(name, (8,), 5)
+    prompt = torch.tensor([3, 1, 4])
+    a = model.sample(4, prefix=prompt, generator=torch.Generator().manual_seed(7))
+    b = generate(model, prompt, 5, num_samples=4, generator=torch.Generator().manual_seed(7))
+    assert torch.equal(a, b)

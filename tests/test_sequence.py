@@ -14,7 +14,8 @@ from chainrule.checks import check_step_matches_forward
 from chainrule.cli import main
 from chainrule.data import WindowedSequence, load_dataset, mu_law_decode, mu_law_encode, read_wav, write_wav
 from chainrule.errors import DataError, InputError
-from chainrule.generation import generate, generate_beam
+from chainrule.inference.sampling import generate
+from chainrule.inference.beam import generate_beam
 
 TEXT = "First Citizen:\nBefore we proceed any further, hear me speak.\n\nAll:\nSpeak, speak.\n" * 30
 
@@ -41,7 +42,7 @@ def test_wavenet_receptive_field_is_what_it_says():
                                    skip_channels=4)
     assert model.receptive_field == 8
     e = model.embed(torch.randint(5, (1, 40))).detach().requires_grad_(True)
-    (g,) = torch.autograd.grad(model.forward_embedded(e)[0, 30].sum(), e)
+    (g,) = torch.autograd.grad(model.forward_embedded(e, model.order, None)[0, 30].sum(), e)
     seen = (g[0].abs().sum(-1) > 0).nonzero().squeeze(-1).tolist()
     # the output at 30 reads inputs 22..29 (shifted right: input t-1 holds x_{t-1})
     assert seen == list(range(30 - 8, 30))
@@ -157,7 +158,7 @@ def test_cli_text_and_audio_runs(tmp_path, capsys):
 
 
 def test_evaluate_stream_scores_every_token_once():
-    from chainrule.evaluation import evaluate, evaluate_stream
+    from chainrule.inference.likelihood import evaluate, evaluate_stream
 
     torch.manual_seed(0)
     model = chainrule.create_model("lstm", (8,), 5, hidden_size=8)
@@ -186,7 +187,7 @@ def test_truncated_bptt_same_values_truncated_gradients(name):
     assert torch.allclose(full.log_prob(x), trunc.log_prob(x), atol=1e-6)  # same likelihood
     trunc.train()  # truncation applies to training passes
     e = trunc.embed(x).detach().requires_grad_(True)
-    params = trunc.forward_embedded(e)
+    params = trunc.forward_embedded(e, trunc.order, None)
     (g,) = torch.autograd.grad(params[:, 15].sum(), e)
     # output 15 reads inputs 0..14 (shifted right); its chunk starts at input 14 (positions 15..19
     # of the shifted sequence hold inputs 14..18): gradient reaches input 14 only

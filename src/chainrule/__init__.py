@@ -11,19 +11,40 @@ The public API::
     model.sample(16)         # (16, 1, 28, 28)
     model.save("run/")       # safetensors + JSON
     model = chainrule.load("run/")
+
+Names are imported on first use, so ``import chainrule.data`` (or the tokenizers, or the n-gram
+models) does not pay for the neural-network layers.
 """
 
-__version__ = "0.1.0"
+from __future__ import annotations
 
-from chainrule.checkpoint import load  # noqa: E402
-from chainrule.errors import ChainruleError, CheckpointError, DataError, InputError, UnknownNameError  # noqa: E402
-from chainrule.models import AutoregressiveModel, create_model, list_models, register  # noqa: E402
-from chainrule.data import Dataset, list_datasets, load_dataset  # noqa: E402
-from chainrule.evaluation import EvalResult, evaluate  # noqa: E402
-from chainrule.training import TrainConfig, Trainer  # noqa: E402
+import importlib
+from typing import Any
 
-__all__ = [
-    "AutoregressiveModel", "ChainruleError", "CheckpointError", "DataError", "Dataset", "EvalResult", "InputError",
-    "TrainConfig", "Trainer", "UnknownNameError", "__version__", "create_model", "evaluate", "list_datasets",
-    "list_models", "load", "load_dataset", "register",
-]
+from chainrule._version import __version__
+
+_LAZY = {
+    "load": "chainrule.models",
+    "ChainruleError": "chainrule.errors", "CheckpointError": "chainrule.errors", "DataError": "chainrule.errors",
+    "InputError": "chainrule.errors", "UnknownNameError": "chainrule.errors",
+    "AutoregressiveModel": "chainrule.models", "Ensemble": "chainrule.models", "create_model": "chainrule.models",
+    "list_models": "chainrule.models", "register": "chainrule.models",
+    "Dataset": "chainrule.data", "list_datasets": "chainrule.data", "load_dataset": "chainrule.data",
+    "EvalResult": "chainrule.inference.likelihood", "evaluate": "chainrule.inference.likelihood",
+    "TrainConfig": "chainrule.training", "Trainer": "chainrule.training",
+}
+
+__all__ = sorted([*_LAZY, "__version__"])
+
+
+def __getattr__(name: str) -> Any:
+    module = _LAZY.get(name)
+    if module is None:
+        raise AttributeError(f"module 'chainrule' has no attribute {name!r}")
+    value = getattr(importlib.import_module(module), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return __all__

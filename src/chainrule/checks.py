@@ -1,7 +1,8 @@
 """Built-in correctness checks that every chainrule model passes (and a user's own model can run).
 
-- :func:`check_autoregressive`: the conditional of variable o(i) has exactly zero gradient with
-  respect to the inputs o(i), o(i+1), ... (for every component of an ensemble);
+- :func:`check_autoregressive`: the conditional of group o(i) has exactly zero gradient with
+  respect to the inputs of groups o(i), o(i+1), ... (for every member of an ensemble, and for any
+  order given);
 - :func:`normalization_total`: sum of exp(log_prob) over every configuration of a tiny space;
 - :func:`check_step_matches_forward`: the incremental (cached) step gives the same conditionals as
   the teacher-forced pass.
@@ -12,56 +13,78 @@ Each raises :class:`AssertionError` with the offending positions when the proper
 from __future__ import annotations
 
 import itertools
+from collections.abc import Iterator
+from typing import Any
 
 import torch
 
 from chainrule.models.base import AutoregressiveModel
+from chainrule.models.ensemble import Ensemble
+
+Model = AutoregressiveModel | Ensemble
 
 
-def _random_batch(model: AutoregressiveModel, n: int, generator: torch.Generator) -> torch.Tensor:
+def _random_batch(model: Model, n: int, generator: torch.Generator) -> torch.Tensor:
     if model.num_values is None:
         return torch.randn(n, *model.shape, generator=generator)
     return torch.randint(model.num_values, (n, *model.shape), generator=generator)
 
 
-def check_autoregressive(model: AutoregressiveModel, n: int = 3, seed: int = 0) -> int:
-    """Assert the autoregressive property by gradients; returns the number of (component, step) checked.
+def random_context(model: Model, n: int, generator: torch.Generator) -> torch.Tensor | None:
+    """A random context for ``n`` examples (labels or a tensor), or None for an unconditional model."""
+    if model.num_classes:
+        return torch.randint(model.num_classes, (n,), generator=generator)
+    if model.context_shape:
+        return torch.randn(n, *model.context_shape, generator=generator)
+    return None
+
+
+def _passes(model: Model, order: Any = None) -> Iterator[tuple[str, AutoregressiveModel, dict[str, Any]]]:
+    """(label, the model doing the work, its call arguments) for every member."""
+    if isinstance(model, Ensemble):
+        for k in range(model.num_members):
+            yield f"member {k}", model.model, model.member_call(k, order)
+    else:
+        yield "", model, {"order": model.resolve_order(order)}
+
+
+def check_autoregressive(model: Model, n: int = 3, seed: int = 0, order: Any = None) -> int:
+    """Assert the autoregressive property by gradients; returns the number of (member, step) checked.
 
     Because :meth:`~AutoregressiveModel.embed` encodes each variable on its own, differentiating
-    ``forward_embedded`` with respect to the embeddings tests every path from input to output.
+    ``forward_embedded`` with respect to the group features tests every path from input to output.
     """
     was_training = model.training
     model.eval()  # dropout would make the check random
     g = torch.Generator().manual_seed(seed)
     x, _ = model.validate(_random_batch(model, n, g))
+    context = random_context(model, n, g)
     checked = 0
     try:
-        for c in range(model.num_components):
-            model.set_component(c)
-            order = model.current_order()
-            e = model.embed(x).detach().requires_grad_(True)  # (n, D, E)
-            params = model.forward_embedded(e)  # (n, D, P)
-            for i in range(model.dim):
-                j = int(order[i])
+        for label, net, call in _passes(model, order):
+            call = dict(call)
+            o = call.pop("order")
+            ctx = net.context_features(context, n)
+            e = net.group_features(net.embed(x)).detach().requires_grad_(True)  # (n, G, F)
+            params = net.forward_embedded(e, o, ctx, **call)  # (n, G, P)
+            for i in range(net.num_groups):
+                j = int(o[i])
                 (grad,) = torch.autograd.grad(params[:, j].sum(), e, retain_graph=True, allow_unused=True)
-                if grad is None:
-                    checked += 1
-                    continue
-                leak = grad[:, order[i:]].abs().amax(dim=(0, 2))  # per later-or-same variable
-                if (leak != 0).any():
-                    bad = order[i:][leak != 0].tolist()
-                    raise AssertionError(
-                        f"{model.name}: component {c}, step {i}: the conditional of variable {j} depends on "
-                        f"variables {bad}, which come at or after it in the order"
-                    )
+                if grad is not None:
+                    leak = grad[:, o[i:]].abs().amax(dim=(0, 2))  # per later-or-same group
+                    if (leak != 0).any():
+                        bad = o[i:][leak != 0].tolist()
+                        raise AssertionError(
+                            f"{model.name}: {label + ', ' if label else ''}step {i}: the conditional of group {j} "
+                            f"depends on groups {bad}, which come at or after it in the order"
+                        )
                 checked += 1
     finally:
-        model.set_component(0)
         model.train(was_training)
     return checked
 
 
-def all_configurations(model: AutoregressiveModel, limit: int = 200_000) -> torch.Tensor:
+def all_configurations(model: Model, limit: int = 200_000) -> torch.Tensor:
     """Every point of a discrete model's space, ``(K**D, *shape)``; refuses spaces over ``limit``."""
     if model.num_values is None:
         raise ValueError("all_configurations needs a discrete model")
@@ -73,31 +96,35 @@ def all_configurations(model: AutoregressiveModel, limit: int = 200_000) -> torc
 
 
 @torch.no_grad()
-def normalization_total(model: AutoregressiveModel) -> float:
-    """Sum of p(x) over all configurations (discrete) — 1 for a normalized model."""
+def normalization_total(model: Model, context: Any = None, **call: Any) -> float:
+    """Sum of p(x | context) over all configurations (discrete) — 1 for a normalized model.
+    ``call``: ``order=`` / ``member=`` as for ``log_prob``."""
     model.eval()
-    return float(model.log_prob(all_configurations(model)).double().exp().sum())
+    space = all_configurations(model)
+    return float(model.log_prob(space, context, **call).double().exp().sum())
 
 
 @torch.no_grad()
-def check_step_matches_forward(model: AutoregressiveModel, n: int = 4, seed: int = 0,
-                               atol: float = 1e-5) -> None:
-    """Assert that feeding a batch through :meth:`~AutoregressiveModel.step` one variable at a time
+def check_step_matches_forward(model: Model, n: int = 4, seed: int = 0, atol: float = 1e-5, order: Any = None) -> None:
+    """Assert that feeding a batch through :meth:`~AutoregressiveModel.step` one group at a time
     gives the same conditional parameters as the teacher-forced pass, position by position."""
+    was_training = model.training
     model.eval()
     g = torch.Generator().manual_seed(seed)
     x, _ = model.validate(_random_batch(model, n, g))
-    flat = x.reshape(n, model.dim)
-    for c in range(model.num_components):
-        model.set_component(c)
-        order = model.current_order()
-        full = model(x)  # (n, D, P)
-        state = model.init_state(n)
-        for i in range(model.dim):
-            params, state = model.step(state, i, flat[:, order[i - 1]] if i else None)
-            j = int(order[i])
-            if not torch.allclose(params, full[:, j], atol=atol, rtol=1e-4):
-                err = (params - full[:, j]).abs().max().item()
-                raise AssertionError(f"{model.name}: component {c}, step {i} (variable {j}): cached step differs "
-                                     f"from the full pass by {err:.3g}")
-    model.set_component(0)
+    context = random_context(model, n, g)
+    xg = model.groups.gather(x.reshape(n, model.dim))  # (n, G, S)
+    try:
+        for label, net, call in _passes(model, order):
+            full = net(x, context, **call)  # (n, G, P)
+            o = call["order"].tolist()
+            state = net.init_state(n, context, **call)
+            for i in range(net.num_groups):
+                params, state = net.step(state, i, xg[:, o[i - 1]] if i else None)
+                j = o[i]
+                if not torch.allclose(params, full[:, j], atol=atol, rtol=1e-4):
+                    err = (params - full[:, j]).abs().max().item()
+                    raise AssertionError(f"{model.name}: {label + ', ' if label else ''}step {i} (group {j}): cached "
+                                         f"step differs from the full pass by {err:.3g}")
+    finally:
+        model.train(was_training)

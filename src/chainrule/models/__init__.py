@@ -1,9 +1,10 @@
-"""Models: the contract (:mod:`.base`), the registry, and one file per architecture."""
+"""Models: the contract (:mod:`.base`), ensembles (:mod:`.ensemble`), the registry, and one file per architecture."""
 
 from chainrule.models.base import AutoregressiveModel
-from chainrule.models.registry import create_model, get_model_class, list_models, register
+from chainrule.models.ensemble import Ensemble
+from chainrule.models.registry import create_model, get_model_class, list_models, load, register
 
 # Importing an architecture registers it.
 from chainrule.models import causalconv, fvsbn, histogram, made, mlp, nade, rnn, transformer, wavenet  # noqa: E402,F401  isort: skip
 
-__all__ = ["AutoregressiveModel", "create_model", "get_model_class", "list_models", "register"]
+__all__ = ["AutoregressiveModel", "Ensemble", "create_model", "get_model_class", "list_models", "load", "register"]

@@ -1,19 +1,33 @@
-"""The model contract every chainrule model implements, and everything written once on top of it.
+"""The model contract every chainrule model implements (and nothing else: the generic code built on
+it lives in :mod:`chainrule.inference`).
 
-A model is one distribution p(x) = prod_i p(x_o(i) | x_o(<i)) over a fixed event shape. It
-implements two small pieces:
+A model is one distribution over a fixed event ``shape`` of D variables, partitioned into G groups
+(:mod:`chainrule.groups`; by default one variable each), factorized in an order o over the groups:
 
-- ``embed(x)``: ``(B, *shape) -> (B, D, E)``, features of each variable *on its own* (a lookup, a
-  scaling, a one-hot: never mixing variables). D = prod(shape), variables in row-major order.
-- ``forward_embedded(e)``: ``(B, D, E) -> (B, D, P)``, the teacher-forced pass: ``params[:, j]``
-  are the P parameters of the conditional of variable j given the variables before it in the
-  order. This is where the masks, causal convolutions or attention live.
+    p(x | c) = prod_i p(x_g(o(i)) | x_g(o(<i)), c)        (c: an optional context, e.g. a class label)
 
-and optionally an incremental ``step`` with a cache for fast sampling. From these the base class
-gives ``log_prob`` (exact, nats), ``sample`` (ancestral), the per-variable conditionals, ensembles
-over several orderings or connectivities (probabilities averaged), and save/load. Because
-``embed`` is per-variable, the autoregressive property can be checked by the gradient of
-``forward_embedded`` (see :mod:`chainrule.checks`).
+An architecture implements
+
+- ``forward_embedded(e, order, context)``: the teacher-forced pass. ``e`` ``(B, G, F)`` holds the
+  input features of every group *on its own* (F = S * E: the per-variable features of the group's S
+  variables, see :meth:`embed`), ``order`` ``(G,)`` the order over groups, ``context`` ``(B, C)``
+  the context features or None. Returns ``(B, G, P)``: ``params[:, g]`` are the P parameters of
+  group g's conditional given the groups before it in ``order``. Masks, causal convolutions and
+  attention live here.
+- optionally ``new_state(n, order, context)`` and ``step(state, i, x_prev)``: an incremental pass
+  with a cache for fast sampling (``step`` returns the parameters ``(n, P)`` of group ``order[i]``
+  given the values ``x_prev`` ``(n, S)`` of group ``order[i-1]``).
+
+and gets from this class: input validation, the event structure (groups, orders, context), the
+output head (:mod:`chainrule.distributions.heads`, a group's joint distribution) and, as thin
+methods over :mod:`chainrule.inference`, ``log_prob``, ``log_prob_per_variable``, ``sample``,
+``beam_search`` and ``save``. Because ``embed`` encodes each variable on its own, the
+autoregressive property can be checked by the gradient of ``forward_embedded``
+(:mod:`chainrule.checks`).
+
+Models with ``any_order = True`` take an order at call time (``log_prob(x, order=...)``), so a
+caller can put observed groups first and condition on them; the others read in the order they were
+built with. Ensembles over orders or connectivities wrap a model (:mod:`chainrule.models.ensemble`).
 """
 
 from __future__ import annotations
@@ -28,28 +42,49 @@ from typing import Any, ClassVar
 import torch
 from torch import nn
 
-from chainrule.decoding import beam_search, choose, processors
-from chainrule.distributions import Distribution, OutputHead, output_head
+from chainrule.distributions import GroupDistribution, Head, output_head
 from chainrule.errors import InputError
-from chainrule.orderings import OrderSpec, make_ordering
+from chainrule.groups import GroupSpec, Grouping
+from chainrule.inference import beam as _beam
+from chainrule.inference import likelihood as _likelihood
+from chainrule.inference import sampling as _sampling
+from chainrule.inference.state import Static
+from chainrule.io.checkpoint import save_model
+from chainrule.orderings import OrderSpec, make_ordering, validate_permutation
+
+#: Options every model accepts (keyword-only, passed through ``**common`` by the architectures).
+COMMON_OPTIONS = ("order", "group_shape", "head", "num_mixture_components", "num_classes", "context_shape")
 
 
 class AutoregressiveModel(nn.Module):
-    """Base class of every chainrule model. Subclasses set ``name`` and implement the two passes.
+    """Base class of every chainrule model. Subclasses set ``name`` and implement ``forward_embedded``.
 
     Args:
-        shape: event shape of one example, e.g. ``(784,)``, ``(1, 28, 28)`` or ``(T,)``.
+        shape: event shape of one example, e.g. ``(784,)``, ``(1, 28, 28)``, ``(3, 32, 32)`` or ``(T,)``.
         num_values: K when every variable takes values in {0, ..., K-1} (K=2: binary); None for
             real-valued data (only for models with ``supports_real``).
+        order: the default order over groups (:mod:`chainrule.orderings`; "raster" is pixel-major
+            on images).
+        group_shape: the block of variables predicted jointly by one conditional (None: one
+            variable per group; "pixel": the channels of a pixel); see :mod:`chainrule.groups`.
+        head: name of the output head (:func:`chainrule.distributions.list_heads`); default the
+            natural one for ``num_values``.
         num_mixture_components: for real-valued data, Gaussians per conditional (1: a Gaussian).
+        num_classes: a class-conditional model: the context is a label in 0..num_classes-1.
+        context_shape: a model conditioned on a real tensor of this shape per example.
     """
 
     name: ClassVar[str] = ""
     supports_real: ClassVar[bool] = False
     supports_discrete: ClassVar[bool] = True
-    # ensembles (see _init_order) overwrite these per instance
-    _component: int = 0
-    _train_rng: torch.Generator | None = None
+    any_order: ClassVar[bool] = False  # accepts an order at call time
+    supports_context: ClassVar[bool] = True
+    supports_tensor_context: ClassVar[bool] = True
+    supports_groups: ClassVar[bool] = True
+    closed_form: ClassVar[bool] = False  # fitted by counting (``fit_counts``), not by gradient steps
+    call_options: ClassVar[tuple[str, ...]] = ()  # extra call-time arguments (MADE: "mask")
+    num_members: ClassVar[int] = 1  # an ensemble (a wrapper) has more
+    input_encoding: str = "value"
 
     def __init_subclass__(cls, **kwargs: Any) -> None:
         # Record the arguments of the outermost __init__ call, so a checkpoint's JSON config can
@@ -63,17 +98,26 @@ class AutoregressiveModel(nn.Module):
         @functools.wraps(init)
         def recording_init(self: AutoregressiveModel, *args: Any, **kw: Any) -> None:
             if "_init_args" not in self.__dict__:
-                bound = sig.bind(self, *args, **kw)
+                try:
+                    bound = sig.bind(self, *args, **kw)
+                except TypeError as exc:
+                    raise InputError(f"model {cls.name!r}: {exc}") from None
                 bound.apply_defaults()
-                args_dict = dict(bound.arguments)
-                args_dict.pop("self")
-                self.__dict__["_init_args"] = args_dict
+                recorded: dict[str, Any] = {}
+                for key, value in bound.arguments.items():
+                    if sig.parameters[key].kind is inspect.Parameter.VAR_KEYWORD:
+                        recorded.update(value)
+                    elif key != "self":
+                        recorded[key] = value
+                self.__dict__["_init_args"] = recorded
             init(self, *args, **kw)
 
         cls.__init__ = recording_init  # type: ignore[method-assign]
 
-    def __init__(self, shape: tuple[int, ...] | list[int] | int, num_values: int | None,
-                 num_mixture_components: int = 1) -> None:
+    def __init__(self, shape: tuple[int, ...] | list[int] | int, num_values: int | None, *,
+                 order: OrderSpec = "raster", group_shape: GroupSpec = None, head: str | None = None,
+                 num_mixture_components: int = 1, num_classes: int | None = None,
+                 context_shape: Sequence[int] | None = None) -> None:
         super().__init__()
         if isinstance(shape, int):
             shape = (shape,)
@@ -87,14 +131,138 @@ class AutoregressiveModel(nn.Module):
             raise InputError(f"model {self.name!r} models discrete data only: pass num_values=K (K >= 2)")
         if num_values is not None and not self.supports_discrete:
             raise InputError(f"model {self.name!r} models real-valued data only: pass num_values=None")
+        if num_values is not None and (not isinstance(num_values, int) or isinstance(num_values, bool) or num_values < 2):
+            raise InputError(f"num_values must be an integer >= 2 (or None for real values), got {num_values!r}")
         self.shape: tuple[int, ...] = shape
         self.num_values: int | None = num_values
         self.dim: int = math.prod(shape)
-        self.head: OutputHead = output_head(num_values, num_mixture_components)
+        self.groups = Grouping(shape, group_shape)
+        if not self.groups.trivial and not self.supports_groups:
+            raise InputError(f"model {self.name!r} predicts one variable per conditional: group_shape must be None")
+        self.num_groups, self.group_size = self.groups.num_groups, self.groups.group_size
+        self.head: Head = output_head(num_values, num_mixture_components, self.group_size, head)
+        if self.head.discrete != (num_values is not None):
+            raise InputError(f"head {head!r} does not fit num_values={num_values!r}: "
+                             f"{'discrete' if self.head.discrete else 'real-valued'} heads need "
+                             f"{'num_values=K' if self.head.discrete else 'num_values=None'}")
+        self.register_buffer("order", make_ordering(order, self.groups.grid), persistent=True)
+        self._init_context(num_classes, context_shape)
+
+    # ------------------------------------------------------------------ context
+    def _init_context(self, num_classes: int | None, context_shape: Sequence[int] | None) -> None:
+        if num_classes is not None and context_shape is not None:
+            raise InputError("give num_classes (a class label per example) or context_shape (a tensor), not both")
+        if (num_classes is not None or context_shape is not None) and not self.supports_context:
+            raise InputError(f"model {self.name!r} takes no context (num_classes / context_shape)")
+        if num_classes is not None and (not isinstance(num_classes, int) or isinstance(num_classes, bool) or num_classes < 1):
+            raise InputError(f"num_classes must be a positive integer, got {num_classes!r}")
+        if context_shape is not None:
+            if not self.supports_tensor_context:
+                raise InputError(f"model {self.name!r} takes class labels only (num_classes), not a context tensor")
+            try:
+                context_shape = tuple(int(s) for s in context_shape)
+            except (TypeError, ValueError):
+                raise InputError(f"context_shape must be a tuple of positive integers, got {context_shape!r}") from None
+            if not context_shape or min(context_shape) < 1:
+                raise InputError(f"context_shape must be a non-empty tuple of positive integers, got {context_shape!r}")
+        self.num_classes: int | None = num_classes
+        self.context_shape: tuple[int, ...] | None = context_shape  # type: ignore[assignment]
+        self.context_dim: int = num_classes or (math.prod(context_shape) if context_shape else 0)
+
+    @property
+    def conditional(self) -> bool:
+        """True for a model of p(x | context) (class labels or a context tensor)."""
+        return self.context_dim > 0
+
+    def normalize_context(self, context: Any, n: int) -> torch.Tensor | None:
+        """Check a context for a batch of ``n`` and return it with a leading axis of ``n`` (None if
+        the model is unconditional): labels ``(n,)`` long, or a tensor ``(n, *context_shape)``.
+
+        Labels (``num_classes``): an int or ``(n,)`` integers in 0..num_classes-1.
+        Tensors (``context_shape``): ``context_shape`` (the same for every example) or ``(n, *context_shape)``, finite.
+        """
+        if not self.conditional:
+            if context is not None:
+                raise InputError(f"{self.name}: this model is unconditional; it takes no context (got one). "
+                                 "Build it with num_classes=... or context_shape=... to condition on one")
+            return None
+        if context is None:
+            what = f"a class label in 0..{self.num_classes - 1}" if self.num_classes else f"a tensor of shape {self.context_shape}"
+            raise InputError(f"{self.name}: this model is conditional: pass context= ({what} per example)")
+        if isinstance(context, (str, bytes)):
+            raise InputError(f"{self.name}: context must be {'class labels' if self.num_classes else 'a tensor'}, got a string")
+        if self.num_classes:
+            try:
+                y = torch.as_tensor(context, device=self.device)
+            except (TypeError, ValueError, RuntimeError):
+                raise InputError(f"{self.name}: context must be class labels (integers), got {type(context).__name__}") from None
+            if y.is_floating_point() and torch.isfinite(y).all() and torch.equal(y, y.round()):
+                y = y.long()
+            if y.is_floating_point() or y.is_complex() or y.dtype == torch.bool:
+                raise InputError(f"{self.name}: context must be integer class labels 0..{self.num_classes - 1}, got dtype {y.dtype}")
+            if y.dim() == 0:
+                y = y.expand(n)
+            if y.shape != (n,):
+                raise InputError(f"{self.name}: expected {n} class labels (one per example), got shape {tuple(y.shape)}")
+            if n and (int(y.min()) < 0 or int(y.max()) >= self.num_classes):
+                raise InputError(f"{self.name}: class labels must lie in 0..{self.num_classes - 1} (num_classes="
+                                 f"{self.num_classes}), got values from {int(y.min())} to {int(y.max())}")
+            return y.long()
+        try:
+            c = torch.as_tensor(context, device=self.device)
+        except (TypeError, ValueError, RuntimeError):
+            raise InputError(f"{self.name}: context must be a tensor of shape {self.context_shape}, got {type(context).__name__}") from None
+        if not c.is_floating_point():
+            c = c.float()
+        if tuple(c.shape) == self.context_shape:
+            c = c.expand(n, *self.context_shape)
+        if tuple(c.shape) != (n, *self.context_shape):
+            raise InputError(f"{self.name}: expected a context of shape ({n}, {', '.join(map(str, self.context_shape))}), "
+                             f"got {tuple(c.shape)}")
+        if not torch.isfinite(c).all():
+            raise InputError(f"{self.name}: the context contains NaN or infinite values")
+        return c
+
+    def context_features(self, context: Any, n: int) -> torch.Tensor | None:
+        """The context of a batch of ``n`` as features ``(n, C)``: one-hot labels or the flattened
+        tensor (None for an unconditional model). Checks it first (:meth:`normalize_context`)."""
+        c = self.normalize_context(context, n)
+        if c is None:
+            return None
+        if self.num_classes:
+            return torch.nn.functional.one_hot(c, self.num_classes).to(self._float_dtype())
+        return c.reshape(n, -1).to(self._float_dtype())
+
+    def _float_dtype(self) -> torch.dtype:
+        for p in self.parameters():
+            if p.is_floating_point():
+                return p.dtype
+        return torch.float32
+
+    # ------------------------------------------------------------------ orders
+    def resolve_order(self, order: OrderSpec | None = None, **options: Any) -> torch.Tensor:
+        """The order over groups a call uses, ``(G,)`` on the model's device: the model's own when
+        ``order`` is None; any permutation for ``any_order`` models; an error otherwise."""
+        if order is None:
+            return self.order
+        if isinstance(order, str):
+            o = make_ordering(order, self.groups.grid)
+        else:
+            o = validate_permutation(order, self.num_groups)
+        o = o.to(self.order.device)
+        if not self.any_order and not torch.equal(o, self.order):
+            raise InputError(f"model {self.name!r} reads its variables in the order it was built with; it does not "
+                             "take another order at call time (models that do: fvsbn, nade, made, mlp, causalconv, "
+                             "histogram, ...)")
+        return o
+
+    def check_options(self, options: dict[str, Any]) -> None:
+        unknown = sorted(set(options) - set(self.call_options))
+        if unknown:
+            accepted = ", ".join(("context", "order") + self.call_options)
+            raise InputError(f"{self.name}: unknown argument(s) {', '.join(unknown)}; it accepts: {accepted}")
 
     # ------------------------------------------------------------------ the contract
-    input_encoding: str = "value"
-
     def _set_input_encoding(self, encoding: str) -> int:
         """Choose how :meth:`embed` encodes a variable and return the feature size E.
 
@@ -113,87 +281,81 @@ class AutoregressiveModel(nn.Module):
     def encode_values(self, v: torch.Tensor) -> torch.Tensor:
         """Encode values ``(...)`` into features ``(..., E)`` by ``input_encoding``."""
         if self.num_values is None:
-            return v.float().unsqueeze(-1)
+            return v.to(self._float_dtype()).unsqueeze(-1)
         if self.input_encoding == "onehot":
-            return torch.nn.functional.one_hot(v.long(), self.num_values).float()
-        return (v.float() / (self.num_values - 1)).unsqueeze(-1)
+            return torch.nn.functional.one_hot(v.long(), self.num_values).to(self._float_dtype())
+        return (v.to(self._float_dtype()) / (self.num_values - 1)).unsqueeze(-1)
 
     def embed(self, x: torch.Tensor) -> torch.Tensor:
-        """Per-variable input features: ``(B, *shape)`` -> ``(B, D, E)``, each variable on its own.
-
-        Default: :meth:`encode_values` (no position information; models add it where they need it).
-        """
+        """Per-variable input features: ``(B, *shape)`` -> ``(B, D, E)``, each variable on its own."""
         return self.encode_values(x.reshape(x.shape[0], self.dim))
 
-    def forward_embedded(self, e: torch.Tensor) -> torch.Tensor:
-        """Teacher-forced pass: ``(B, D, E)`` -> parameters of every conditional ``(B, D, P)``."""
+    def group_features(self, e: torch.Tensor) -> torch.Tensor:
+        """``(B, D, E)`` per-variable features -> ``(B, G, S * E)`` per group."""
+        if self.groups.trivial:
+            return e
+        g = self.groups.gather(e)  # (B, G, S, E)
+        return g.reshape(g.shape[0], self.num_groups, -1)
+
+    @staticmethod
+    def to_generation_order(e: torch.Tensor, order: torch.Tensor) -> torch.Tensor:
+        """``(B, G, ...)`` in group index order -> the sequence in generation order (a no-op for raster)."""
+        return e if _is_identity(order) else e[:, order]
+
+    @staticmethod
+    def from_generation_order(seq: torch.Tensor, order: torch.Tensor) -> torch.Tensor:
+        """The inverse of :meth:`to_generation_order`."""
+        if _is_identity(order):
+            return seq
+        out = torch.empty_like(seq)
+        out[:, order] = seq
+        return out
+
+    def forward_embedded(self, e: torch.Tensor, order: torch.Tensor, context: torch.Tensor | None,
+                         **options: Any) -> torch.Tensor:
+        """Teacher-forced pass: ``(B, G, F)`` -> parameters of every group's conditional ``(B, G, P)``."""
         raise NotImplementedError
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        """Parameters of every conditional, ``(B, D, P)``, for a valid batch ``x`` ``(B, *shape)``."""
-        return self.forward_embedded(self.embed(x))
+    def forward(self, x: torch.Tensor, context: Any = None, order: OrderSpec | None = None,
+                **options: Any) -> torch.Tensor:
+        """Parameters of every group's conditional, ``(B, G, P)``, for a valid batch ``x`` ``(B, *shape)``.
 
-    # ------------------------------------------------------------------ orderings and ensembles
-    def _init_order(self, order: OrderSpec, num_components: int = 1, random_orders: bool = True,
-                    seed: int = 0) -> None:
-        """Subclasses that take an ordering call this once.
-
-        Stores the persistent buffer ``orders`` ``(C, D)``: component 0 uses ``order``; components
-        1..C-1 use seeded random orderings when ``random_orders`` (order-agnostic ensembles), else
-        ``order`` again (ensembles over connectivity only, as MADE's masks).
+        This is the call the trainer makes (so that a ``DistributedDataParallel`` wrapper
+        synchronizes gradients); ``x`` must already be validated (:meth:`validate`).
         """
-        if not isinstance(num_components, int) or num_components < 1:
-            raise InputError(f"the number of orderings/masks must be a positive integer, got {num_components!r}")
-        first = make_ordering(order, self.shape)
-        orders = [first] + [
-            make_ordering(f"random:{seed * 100003 + c}", self.shape) if random_orders else first
-            for c in range(1, num_components)
-        ]
-        self.register_buffer("orders", torch.stack(orders), persistent=True)
-        self._component = 0
-        self._train_rng = torch.Generator().manual_seed(seed)
+        self.check_options(options)
+        ctx = self.context_features(context, x.shape[0])
+        return self.forward_embedded(self.group_features(self.embed(x)), self.resolve_order(order), ctx, **options)
 
-    @property
-    def order(self) -> torch.Tensor:
-        """The ordering of the current component, ``(D,)``: ``order[i]`` is generated at step i."""
-        orders = self._buffers.get("orders")
-        if orders is None:
-            return torch.arange(self.dim, device=self.device)
-        return orders[self._component]
+    # ------------------------------------------------------------------ incremental pass
+    def init_state(self, n: int, context: Any = None, order: OrderSpec | None = None, **options: Any) -> Any:
+        """The sampling cache for ``n`` examples before step 0 (see :meth:`step`)."""
+        self.check_options(options)
+        return self.new_state(n, self.resolve_order(order), self.context_features(context, n), **options)
 
-    @property
-    def num_components(self) -> int:
-        """Number of orderings/connectivities averaged in :meth:`log_prob` (1 for most models)."""
-        orders = self._buffers.get("orders")
-        return 1 if orders is None else orders.shape[0]
+    def new_state(self, n: int, order: torch.Tensor, context: torch.Tensor | None, **options: Any) -> Any:
+        """Architectures with a cache override this and :meth:`step`. Default: the partial sample."""
+        x = torch.zeros(n, self.dim, dtype=torch.long if self.num_values else self._float_dtype(), device=self.device)
+        return {"x": x, "order": Static(order), "context": context, "options": Static(options)}
 
-    def set_component(self, k: int) -> None:
-        """Make component ``k`` (an ordering/connectivity of an ensemble) the current one."""
-        if not 0 <= k < self.num_components:
-            raise InputError(f"component must be in 0..{self.num_components - 1}, got {k}")
-        if self.num_components > 1:
-            self._component = k
-            self._component_changed()
+    def step(self, state: Any, i: int, x_prev: torch.Tensor | None) -> tuple[torch.Tensor, Any]:
+        """Parameters ``(n, P)`` of the conditional of group ``order[i]``, given the values ``x_prev``
+        ``(n, S)`` of group ``order[i-1]`` (None at i=0); returns them and the new state.
 
-    @property
-    def component(self) -> int:
-        """Index of the current component (ordering/connectivity) of an ensemble; 0 otherwise."""
-        return self._component
+        The default recomputes the full teacher-forced pass (O(G) work per step). Models override
+        it with a cache; :func:`chainrule.checks.check_step_matches_forward` tests they agree.
+        A step may update ``state`` in place: pass each state to ``step`` once.
+        """
+        order = state["order"].value
+        x = state["x"]
+        if x_prev is not None:
+            x = x.clone()
+            x[:, self.groups.index[int(order[i - 1])].to(x.device)] = x_prev.to(x.dtype)
+        e = self.group_features(self.embed(x.reshape(-1, *self.shape)))
+        params = self.forward_embedded(e, order, state["context"], **state["options"].value)
+        return params[:, int(order[i])], {**state, "x": x}
 
-    def _component_changed(self) -> None:
-        """Hook: rebuild whatever depends on the current ordering (e.g. masks)."""
-
-    def current_order(self) -> torch.Tensor:
-        """Same as :attr:`order`."""
-        return self.order
-
-    def next_training_component(self) -> None:
-        """Called by the trainer before each step: an ensemble moves to a random component, so
-        training covers every ordering/connectivity (MADE; EoNADE's order-agnostic training)."""
-        if self.num_components > 1:
-            self.set_component(int(torch.randint(self.num_components, (1,), generator=self._train_rng)))
-
-    # ------------------------------------------------------------------ generic on top
+    # ------------------------------------------------------------------ validation
     @property
     def device(self) -> torch.device:
         for t in self.parameters():
@@ -209,10 +371,12 @@ class AutoregressiveModel(nn.Module):
         accepted); real data must be finite. Raises :class:`InputError` naming what is wrong.
         """
         if not isinstance(x, torch.Tensor):
+            if isinstance(x, (bool, str, bytes)) or x is None:
+                raise InputError(f"{self.name}: expected a tensor or array of shape (batch, *{self.shape}), got {type(x).__name__}")
             try:
                 x = torch.as_tensor(x)
             except (TypeError, ValueError, RuntimeError) as exc:
-                raise InputError(f"expected a tensor or array of shape (batch, *{self.shape}), got {type(x).__name__}: {exc}") from None
+                raise InputError(f"{self.name}: expected a tensor or array of shape (batch, *{self.shape}), got {type(x).__name__}: {exc}") from None
         n = len(self.shape)
         if x.dim() < n or tuple(x.shape[x.dim() - n:]) != self.shape:
             raise InputError(
@@ -223,12 +387,14 @@ class AutoregressiveModel(nn.Module):
         x = x.reshape(-1, *self.shape)
         if x.dtype == torch.bool:
             x = x.long()
+        if x.is_complex():
+            raise InputError(f"{self.name}: complex data is not supported")
         if self.num_values is None:
             if not x.is_floating_point():
                 x = x.float()
             if not torch.isfinite(x).all():
                 raise InputError(f"{self.name}: data contains NaN or infinite values")
-            return x.to(self.device), batch
+            return x.to(self.device, self._float_dtype()), batch
         if x.is_floating_point():
             if not torch.isfinite(x).all():
                 raise InputError(f"{self.name}: data contains NaN or infinite values; expected integers 0..{self.num_values - 1}")
@@ -237,8 +403,6 @@ class AutoregressiveModel(nn.Module):
                     f"{self.name}: expected integer values in 0..{self.num_values - 1} (num_values={self.num_values}), "
                     "got non-integer floats; real-valued data needs a model with num_values=None"
                 )
-        elif x.is_complex():
-            raise InputError(f"{self.name}: complex data is not supported")
         x = x.long()
         if x.numel() and (x.min() < 0 or x.max() >= self.num_values):
             raise InputError(
@@ -247,192 +411,61 @@ class AutoregressiveModel(nn.Module):
             )
         return x.to(self.device), batch
 
-    def conditionals(self, x: torch.Tensor) -> Distribution:
-        """The distribution of every variable given its predecessors, for the current component.
-
-        Its batch shape is ``(B, D)`` (flat variable index, row-major).
-        """
+    # ------------------------------------------------------------------ the public face (generic code)
+    def conditionals(self, x: torch.Tensor, context: Any = None, order: OrderSpec | None = None,
+                     **options: Any) -> GroupDistribution:
+        """The distribution of every group given the groups before it; batch shape ``(B, G)``."""
         x, _ = self.validate(x)
-        return self.head(self(x))
+        return self.head(self(x, context, order, **options))
 
-    def _component_log_prob(self, x: torch.Tensor) -> torch.Tensor:
-        """Per-variable log-likelihoods ``(B, D)`` of a validated batch, current component."""
-        return self.head(self(x)).log_prob(x.reshape(x.shape[0], self.dim))
+    def log_prob(self, x: torch.Tensor, context: Any = None, order: OrderSpec | None = None,
+                 **options: Any) -> torch.Tensor:
+        """Exact log-likelihood in nats, ``(*batch, *shape)`` -> ``(*batch,)`` (see
+        :func:`chainrule.inference.likelihood.log_prob`)."""
+        return _likelihood.log_prob(self, x, context, order=order, **options)
 
-    def log_prob_per_variable(self, x: torch.Tensor) -> torch.Tensor:
-        """log p(x_j | x_<j) for every variable j, ``(*batch, D)``, nats, current component."""
-        x, batch = self.validate(x)
-        return self._component_log_prob(x).reshape(*batch, self.dim)
+    def log_prob_per_variable(self, x: torch.Tensor, context: Any = None, order: OrderSpec | None = None,
+                              **options: Any) -> torch.Tensor:
+        """log p(x_j | everything before it) for every variable j, ``(*batch, D)``, nats."""
+        return _likelihood.log_prob_per_variable(self, x, context, order=order, **options)
 
-    def log_prob(self, x: torch.Tensor, component: int | Sequence[int] | None = None) -> torch.Tensor:
-        """Exact log-likelihood in nats, ``(*batch, *shape)`` -> ``(*batch,)``.
+    def sample(self, n: int, context: Any = None, generator: torch.Generator | None = None, *,
+               prefix: torch.Tensor | None = None, observed: tuple[torch.Tensor, torch.Tensor] | None = None,
+               temperature: float = 1.0, top_k: int | None = None, top_p: float | None = None,
+               order: OrderSpec | None = None, **options: Any) -> torch.Tensor:
+        """``n`` ancestral samples ``(n, *shape)`` (see :func:`chainrule.inference.sampling.sample`)."""
+        return _sampling.sample(self, n, context, generator, prefix=prefix, observed=observed, temperature=temperature,
+                                top_k=top_k, top_p=top_p, order=order, **options)
 
-        For an ensemble of K orderings/connectivities the *probabilities* are averaged,
-        log (1/K) sum_k p_k(x), which is itself a normalized distribution. ``component=k`` gives
-        the likelihood under ordering/connectivity k alone (also normalized); a sequence of
-        components gives the smaller ensemble of just those (e.g. ``range(4)``, a cheaper
-        validation score while training a 32-mask ensemble).
-        """
-        x, batch = self.validate(x)
-        if component is None:
-            components: Sequence[int] = range(self.num_components)
-        elif isinstance(component, int):
-            components = [component]
-        else:
-            components = list(component)
-            if not components:
-                raise InputError("component: expected an index or a non-empty sequence of indices, got an empty one")
-        return self._log_prob_valid(x, components).reshape(batch)
+    def beam_search(self, beam_width: int, context: Any = None, prefix: torch.Tensor | None = None,
+                    length_penalty: float = 0.0, order: OrderSpec | None = None,
+                    **options: Any) -> list[tuple[torch.Tensor, float, float]]:
+        """The most probable whole examples found by beam search (see :func:`chainrule.inference.beam.search_model`)."""
+        return _beam.search_model(self, beam_width, context, prefix=prefix, length_penalty=length_penalty,
+                                  order=order, **options)
 
-    def _log_prob_valid(self, x: torch.Tensor, components: Sequence[int]) -> torch.Tensor:
-        """log-mean-exp over ``components`` of each one's log-likelihood, ``(B,)``."""
-        if len(components) == 1 and components[0] == self._component:  # no switching needed
-            return self._component_log_prob(x).sum(-1)
-        current, per = self._component, []
-        try:
-            for c in components:
-                self.set_component(c)
-                per.append(self._component_log_prob(x).sum(-1))
-        finally:
-            self.set_component(current)
-        return torch.logsumexp(torch.stack(per, 0), 0) - math.log(len(per))
+    # ------------------------------------------------------------------ ensembles and persistence
+    @property
+    def hyperparameters(self) -> dict[str, Any]:
+        """The arguments this model was built with (beyond shape and num_values)."""
+        args = dict(self.__dict__.get("_init_args", {}))
+        args.pop("shape", None)
+        args.pop("num_values", None)
+        return args
 
-    def training_log_prob(self, x: torch.Tensor) -> torch.Tensor:
-        """log-likelihood ``(B,)`` of a validated batch under the current component (for training:
-        an ensemble is trained one ordering/mask per step, as in MADE and EoNADE)."""
-        return self._component_log_prob(x).sum(-1)
-
-    # ------------------------------------------------------------------ incremental sampling
-    def init_state(self, n: int) -> Any:
-        """Empty sampling cache for ``n`` sequences. Default: the partial sample itself."""
-        return torch.zeros(n, self.dim, dtype=torch.long if self.num_values else torch.float, device=self.device)
-
-    def step(self, state: Any, i: int, x_prev: torch.Tensor | None) -> tuple[torch.Tensor, Any]:
-        """Parameters ``(n, P)`` of the conditional of variable ``order[i]``, given the value
-        ``x_prev`` ``(n,)`` of variable ``order[i-1]`` (None at i=0); returns them and the new state.
-
-        The default recomputes the full teacher-forced pass (O(D) work per step). Models override
-        it with a cache; :func:`chainrule.checks.check_step_matches_forward` tests they agree.
-        A step may update ``state`` in place: pass each state to ``step`` once.
-        """
-        order = self.current_order()
-        if x_prev is not None:
-            state = state.clone()
-            state[:, order[i - 1]] = x_prev
-        params = self(state.reshape(-1, *self.shape))
-        return params[:, order[i]], state
-
-    def sample(self, n: int, generator: torch.Generator | None = None, prefix: torch.Tensor | None = None,
-               temperature: float = 1.0, top_k: int | None = None, top_p: float | None = None) -> torch.Tensor:
-        """Draw ``n`` samples by ancestral sampling, ``(n, *shape)``.
-
-        Args:
-            n: number of samples.
-            generator: a ``torch.Generator`` for reproducible draws.
-            prefix: optional values of the first k variables *in the model's order*, ``(k,)`` (the
-                same for every sample) or ``(n, k)``; sampling continues after them.
-            temperature, top_k, top_p: decoding filters for discrete data (see
-                :mod:`chainrule.decoding`; temperature 0 = greedy). The defaults sample the model's
-                own distribution exactly.
-        """
-        if not isinstance(n, int) or n < 1:
-            raise InputError(f"n must be a positive integer, got {n!r}")
-        chain = processors(temperature, top_k, top_p)
-        if chain and self.num_values is None:
-            raise InputError("temperature/top-k/top-p apply to discrete data; this model is real-valued")
-        with torch.inference_mode():
-            x = self._sample(n, generator, prefix, chain)
-        # A normal tensor, not an inference tensor: callers may feed samples to log_prob with autograd.
-        return x.clone()
-
-    def _sample(self, n: int, generator: torch.Generator | None, prefix: torch.Tensor | None,
-                chain: list | None = None) -> torch.Tensor:
-        k = self.num_components
+    def ensemble_members(self) -> list[dict[str, Any]] | None:
+        """Call arguments of each member when the hyperparameters ask for an ensemble
+        (``num_orders`` > 1: member 0 the model's order, the others seeded random orders), else None.
+        :func:`chainrule.create_model` wraps the model in an :class:`~chainrule.models.ensemble.Ensemble`."""
+        k = self.hyperparameters.get("num_orders", 1)
+        if not isinstance(k, int) or isinstance(k, bool) or k < 1:
+            raise InputError(f"num_orders must be a positive integer, got {k!r}")
         if k == 1:
-            return self._sample_component(n, generator, prefix, chain)
-        # A mixture: pick each sample's component uniformly, then sample from that component.
-        current = self._component
-        which = torch.randint(k, (n,), generator=generator)
-        out = torch.empty(n, *self.shape, dtype=torch.long if self.num_values else torch.float, device=self.device)
-        for c in range(k):
-            idx = (which == c).nonzero().squeeze(-1)
-            if idx.numel():
-                self.set_component(c)
-                pre = prefix if prefix is None or prefix.dim() == 1 else prefix[idx]
-                out[idx.to(out.device)] = self._sample_component(idx.numel(), generator, pre, chain)
-        self.set_component(current)
-        return out
+            return None
+        seed = self.hyperparameters.get("seed", 0)
+        return [{"order": self.order}] + [
+            {"order": make_ordering(f"random:{seed * 100003 + c}", self.groups.grid)} for c in range(1, k)]
 
-    def _check_prefix(self, n: int, prefix: torch.Tensor) -> torch.Tensor:
-        prefix = torch.as_tensor(prefix, device=self.device)
-        if prefix.dim() == 1:
-            prefix = prefix.unsqueeze(0).expand(n, -1)
-        if prefix.dim() != 2 or prefix.shape[0] != n:
-            raise InputError(f"prefix must have shape (k,) or (n, k) = ({n}, k), got {tuple(prefix.shape)}")
-        if prefix.shape[1] > self.dim:
-            raise InputError(f"prefix has {prefix.shape[1]} values but an example has only {self.dim} variables")
-        # validate the values as data: pad to a full example with zeros
-        full = torch.zeros(n, self.dim, dtype=prefix.dtype, device=self.device)
-        full[:, : prefix.shape[1]] = prefix
-        self.validate(full.reshape(n, *self.shape))
-        return prefix.long() if self.num_values else prefix.float()
-
-    def _sample_component(self, n: int, generator: torch.Generator | None, prefix: torch.Tensor | None,
-                          chain: list | None = None) -> torch.Tensor:
-        order = self.current_order()
-        k = 0
-        if prefix is not None:
-            prefix = self._check_prefix(n, prefix)
-            k = prefix.shape[1]
-        x = torch.zeros(n, self.dim, dtype=torch.long if self.num_values else torch.float, device=self.device)
-        state = self.init_state(n)
-        prev = None
-        for i in range(self.dim):
-            params, state = self.step(state, i, prev)
-            if i < k:
-                prev = prefix[:, i]
-            elif chain:
-                prev = choose(self.head(params).logits(), chain, generator)
-            else:
-                prev = self.head(params).sample(generator).to(x.dtype)
-            x[:, order[i]] = prev
-        return x.reshape(n, *self.shape)
-
-    @torch.no_grad()
-    def beam_search(self, beam_width: int, prefix: torch.Tensor | None = None,
-                    length_penalty: float = 0.0) -> list[tuple[torch.Tensor, float, float]]:
-        """The most probable whole examples found by beam search (discrete models).
-
-        Returns up to ``beam_width`` triples ``(x (*shape), log_prob_nats, score)``, best first;
-        ``score = log_prob / D ** length_penalty`` (every example has D variables, so the ranking
-        equals the raw log-probability's). ``prefix`` fixes the first variables in the order; its
-        probability is included in ``log_prob`` so that it equals ``self.log_prob(x)``.
-        """
-        if self.num_values is None:
-            raise InputError("beam search needs a discrete model")
-        if self.num_components > 1:
-            raise InputError("beam search over an ensemble is not supported: pick a component with set_component")
-        tokens: list[int] = []
-        if prefix is not None:
-            tokens = self._check_prefix(1, prefix)[0].tolist()
-        if len(tokens) >= self.dim:
-            raise InputError(f"the prefix fixes all {self.dim} variables: nothing is left to search")
-
-        def step(state: Any, last: torch.Tensor | None, i: int) -> tuple[torch.Tensor, Any]:
-            params, state = self.step(state, i, None if last is None else last.to(self.device))
-            return self.head(params).logits(), state
-
-        order = self.current_order()
-        results = []
-        for h in beam_search(step, self.init_state(1), beam_width, self.dim - len(tokens),
-                             length_penalty=length_penalty, prefix=tokens):
-            flat = torch.empty(self.dim, dtype=torch.long, device=self.device)
-            flat[order] = torch.tensor(tokens + h.tokens, dtype=torch.long, device=self.device)
-            lp = h.log_prob + h.prefix_log_prob
-            results.append((flat.reshape(self.shape).clone(), lp, lp / self.dim ** length_penalty))
-        return results
-
-    # ------------------------------------------------------------------ persistence
     @property
     def config(self) -> dict[str, Any]:
         """JSON-able description that :func:`chainrule.create_model` rebuilds this model from."""
@@ -443,16 +476,19 @@ class AutoregressiveModel(nn.Module):
                 "num_values": num_values, "hyperparameters": _jsonable(args)}
 
     def save(self, directory: str | Path, extra: dict[str, Any] | None = None) -> Path:
-        """Write ``model.safetensors`` and ``config.json`` into ``directory`` (see :mod:`chainrule.checkpoint`)."""
-        from chainrule.checkpoint import save_model
-
+        """Write ``model.safetensors`` and ``config.json`` into ``directory`` (see :mod:`chainrule.io.checkpoint`)."""
         return save_model(self, directory, extra=extra)
 
     def num_parameters(self) -> int:
         return sum(p.numel() for p in self.parameters())
 
     def extra_repr(self) -> str:
-        return f"shape={self.shape}, num_values={self.num_values}"
+        groups = "" if self.groups.trivial else f", group_shape={self.groups.group_shape}"
+        return f"shape={self.shape}, num_values={self.num_values}{groups}"
+
+
+def _is_identity(order: torch.Tensor) -> bool:
+    return bool(torch.equal(order, torch.arange(order.numel(), device=order.device)))
 
 
 def _jsonable(v: Any) -> Any:

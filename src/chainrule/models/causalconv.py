@@ -3,21 +3,22 @@
 A stack of causal 1-D convolutions over the variables taken in the model's order: the first
 layer is exclusive (option A: position t sees inputs < t), the rest inclusive (option B), with
 LeakyReLU between them and optional dilations (van den Oord et al. 2016, WaveNet). The output at
-sequence position t holds the parameters of the conditional of variable o(t).
+sequence position t holds the parameters of the conditional of group o(t). The order is a
+call-time argument; a context (class label) adds a learned bias to the first layer's output.
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import Any
 
 import torch
 from torch import nn
 
 from chainrule.errors import InputError
-from chainrule.layers import CausalConv1d
 from chainrule.models.base import AutoregressiveModel
 from chainrule.models.registry import register
-from chainrule.orderings import OrderSpec
+from chainrule.nn import CausalConv1d
 
 
 @register
@@ -29,39 +30,62 @@ class CausalConvARM(AutoregressiveModel):
         channels: hidden channels M.
         kernel_size: kernel of every layer.
         dilations: per-layer dilation (length ``num_layers``); default all 1 as in the book.
-        order: the ordering the sequence is taken in.
         input_encoding: "value" (the book: the pixel value itself, here scaled to [0, 1]), "onehot" or "auto".
+        common options (order, group_shape, head, num_classes, ...): see
+            :class:`~chainrule.models.base.AutoregressiveModel`.
     """
 
     name = "causalconv"
     supports_real = True
+    any_order = True
 
     def __init__(self, shape: tuple[int, ...], num_values: int | None = 2, num_layers: int = 4,
                  channels: int = 256, kernel_size: int = 7, dilations: Sequence[int] | None = None,
-                 order: OrderSpec = "raster", input_encoding: str = "value",
-                 num_mixture_components: int = 1) -> None:
-        super().__init__(shape, num_values, num_mixture_components)
+                 input_encoding: str = "value", **common: Any) -> None:
+        super().__init__(shape, num_values, **common)
+        for label, v in (("num_layers", num_layers), ("channels", channels), ("kernel_size", kernel_size)):
+            if not isinstance(v, int) or isinstance(v, bool) or v < 1:
+                raise InputError(f"{label} must be a positive integer, got {v!r}")
         if num_layers < 2:
             raise InputError(f"causalconv needs num_layers >= 2, got {num_layers}")
         dilations = list(dilations) if dilations is not None else [1] * num_layers
-        if len(dilations) != num_layers:
-            raise InputError(f"dilations has {len(dilations)} entries, expected num_layers={num_layers}")
-        self._init_order(order)
-        e = self._set_input_encoding(input_encoding)
+        if len(dilations) != num_layers or any(not isinstance(d, int) or d < 1 for d in dilations):
+            raise InputError(f"dilations must be {num_layers} positive integers (one per layer), got {dilations}")
+        e = self._set_input_encoding(input_encoding) * self.group_size
         sizes = [e] + [channels] * (num_layers - 1) + [self.head.num_params]
         self.convs = nn.ModuleList(
             CausalConv1d(sizes[i], sizes[i + 1], kernel_size, dilation=dilations[i], exclusive=(i == 0))
             for i in range(num_layers)
         )
         self.act = nn.LeakyReLU()
+        self.context = nn.Linear(self.context_dim, channels, bias=False) if self.conditional else None
 
-    def forward_embedded(self, e: torch.Tensor) -> torch.Tensor:
-        h = e[:, self.order].transpose(1, 2)  # (B, E, D), the sequence in generation order
+    def _hidden(self, e: torch.Tensor, order: torch.Tensor, context: torch.Tensor | None) -> list[torch.Tensor]:
+        """Every layer's output ``(B, C_l, G)`` over the sequence in generation order."""
+        h = e[:, order].transpose(1, 2)  # (B, F, G), the sequence in generation order
+        out = []
         for i, conv in enumerate(self.convs):
             h = conv(h)
+            if i == 0 and self.context is not None:
+                h = h + self.context(context).unsqueeze(-1)
             if i < len(self.convs) - 1:
                 h = self.act(h)
-        seq = h.transpose(1, 2)  # (B, D, P), position t = variable order[t]
+            out.append(h)
+        return out
+
+    def forward_embedded(self, e: torch.Tensor, order: torch.Tensor, context: torch.Tensor | None) -> torch.Tensor:
+        seq = self._hidden(e, order, context)[-1].transpose(1, 2)  # (B, G, P), position t = group order[t]
         params = torch.empty_like(seq)
-        params[:, self.order] = seq
+        params[:, order] = seq
         return params
+
+    def features(self, x: torch.Tensor, context: Any = None, layer: int = -2, order: Any = None) -> torch.Tensor:
+        """The hidden activations of layer ``layer`` that predict each group, ``(B, G, C)``
+        (group index order; default the last hidden layer)."""
+        x, _ = self.validate(x)
+        o = self.resolve_order(order)
+        hs = self._hidden(self.group_features(self.embed(x)), o, self.context_features(context, x.shape[0]))
+        seq = hs[layer].transpose(1, 2)
+        out = torch.empty_like(seq)
+        out[:, o] = seq
+        return out

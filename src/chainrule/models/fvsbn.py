@@ -3,8 +3,10 @@
 p(x_o(i) = 1 | x_o(<i)) = sigmoid(b_o(i) + sum_{j<i} W_{o(i), o(j)} x_o(j))
 
 (Frey 1998; Neal 1992; Larochelle & Murray 2011, Sec. 2). With K > 2 values each conditional is a
-softmax regression on the one-hot encoded predecessors, and with real values a linear-Gaussian
-regression. Parameters: O(D^2 * E * P).
+softmax regression on the one-hot encoded predecessors, with real values a linear-Gaussian
+regression, and with groups each group's P parameters regress on the groups before it.
+Parameters: O(G^2 * F * P). The weights belong to variables, not to steps, so any order can be
+given at call time (the mask follows it).
 """
 
 from __future__ import annotations
@@ -13,10 +15,11 @@ from typing import Any
 
 import torch
 
-from chainrule.layers import MaskedLinear
+from chainrule.inference.state import Static
 from chainrule.models.base import AutoregressiveModel
 from chainrule.models.registry import register
-from chainrule.orderings import OrderSpec, inverse
+from chainrule.nn import MaskedLinear
+from chainrule.orderings import inverse
 
 
 @register
@@ -24,9 +27,9 @@ class FVSBN(AutoregressiveModel):
     """Fully visible sigmoid belief network (a masked linear map from inputs to logits).
 
     Args:
-        shape, num_values: see :class:`~chainrule.models.base.AutoregressiveModel`.
-        order: the ordering (see :mod:`chainrule.orderings`).
-        num_orders: an ensemble over this many orderings (component 0: ``order``, the others
+        shape, num_values: see :class:`~chainrule.models.base.AutoregressiveModel` (also for the
+            common options: order, group_shape, head, num_classes, ...).
+        num_orders: an ensemble over this many orderings (member 0: ``order``, the others
             seeded random ones), trained one ordering per step and averaged in probability.
         seed: seed of the ensemble's random orderings.
         input_encoding: "auto", "value" or "onehot".
@@ -34,41 +37,59 @@ class FVSBN(AutoregressiveModel):
 
     name = "fvsbn"
     supports_real = True
+    any_order = True
 
-    def __init__(self, shape: tuple[int, ...], num_values: int | None = 2, order: OrderSpec = "raster",
-                 num_orders: int = 1, seed: int = 0, input_encoding: str = "auto",
-                 num_mixture_components: int = 1) -> None:
-        super().__init__(shape, num_values, num_mixture_components)
-        self._init_order(order, num_orders, seed=seed)
+    def __init__(self, shape: tuple[int, ...], num_values: int | None = 2, num_orders: int = 1, seed: int = 0,
+                 input_encoding: str = "auto", **common: Any) -> None:
+        super().__init__(shape, num_values, **common)
         self.embed_size = self._set_input_encoding(input_encoding)
-        d, e, p = self.dim, self.embed_size, self.head.num_params
-        self.linear = MaskedLinear(d * e, d * p)
+        g, f, p = self.num_groups, self.embed_size * self.group_size, self.head.num_params
+        self.in_features = f
+        self.linear = MaskedLinear(g * f, g * p)
         torch.nn.init.zeros_(self.linear.weight)  # start at the independent model given by the biases
         torch.nn.init.zeros_(self.linear.bias)
-        self._component_changed()
+        self.context = torch.nn.Linear(self.context_dim, g * p, bias=False) if self.conditional else None
+        self._mask_cache: tuple[torch.Tensor, torch.Tensor] | None = None
 
-    def _component_changed(self) -> None:
-        rank = inverse(self.order)
-        # output variable j may read input variable k iff k comes strictly before j in the order
-        allowed = rank.unsqueeze(1) > rank.unsqueeze(0)  # (D_out, D_in)
-        self.linear.set_mask(allowed.repeat_interleave(self.head.num_params, 0).repeat_interleave(self.embed_size, 1))
+    def mask(self, order: torch.Tensor) -> torch.Tensor:
+        """``(G*P, G*F)``: output group g may read input group k iff k comes strictly before g."""
+        cached = self._mask_cache
+        if cached is not None and cached[0].device == order.device and torch.equal(cached[0], order):
+            return cached[1]
+        # built as an ordinary tensor even during sampling (inference mode), so that a cached mask
+        # can serve a later training step
+        with torch.inference_mode(False), torch.no_grad():
+            order = order.clone()
+            rank = inverse(order)
+            allowed = rank.unsqueeze(1) > rank.unsqueeze(0)  # (G_out, G_in)
+            mask = allowed.repeat_interleave(self.head.num_params, 0).repeat_interleave(self.in_features, 1)
+            mask = mask.to(self.linear.weight.dtype)
+        self._mask_cache = (order, mask)  # a pure cache: the same order gives the same mask
+        return mask
 
-    def forward_embedded(self, e: torch.Tensor) -> torch.Tensor:
+    def forward_embedded(self, e: torch.Tensor, order: torch.Tensor, context: torch.Tensor | None) -> torch.Tensor:
         b = e.shape[0]
-        return self.linear(e.reshape(b, -1)).reshape(b, self.dim, self.head.num_params)  # (B, D, P)
+        out = self.linear(e.reshape(b, -1), self.mask(order))
+        if self.context is not None:
+            out = out + self.context(context)
+        return out.reshape(b, self.num_groups, self.head.num_params)  # (B, G, P)
 
-    # Incremental step: keep the running pre-activation of every output; adding variable o(i-1)
-    # costs one column block of W (O(D * P * E) per step instead of O(D^2 * P * E)).
-    def init_state(self, n: int) -> Any:
-        return self.linear.bias.expand(n, -1).clone()
+    # Incremental step: keep the running pre-activation of every output; adding group o(i-1)
+    # costs one column block of W (O(G * P * F) per step instead of O(G^2 * P * F)).
+    def new_state(self, n: int, order: torch.Tensor, context: torch.Tensor | None) -> Any:
+        pre = self.linear.bias.expand(n, -1).clone()
+        if self.context is not None:
+            pre = pre + self.context(context)
+        return {"pre": pre, "order": Static(order.tolist()), "mask": Static(self.mask(order))}
 
     def step(self, state: Any, i: int, x_prev: torch.Tensor | None) -> tuple[torch.Tensor, Any]:
-        order, e, p = self.order, self.embed_size, self.head.num_params
+        order, f, p = state["order"].value, self.in_features, self.head.num_params
+        pre = state["pre"]
         if x_prev is not None:
-            j = int(order[i - 1])
-            ex = self.encode_values(x_prev)  # (n, E)
-            cols = slice(j * e, (j + 1) * e)
-            w = self.linear.weight[:, cols] * self.linear.mask[:, cols]  # (D*P, E)
-            state = state + ex @ w.T
-        k = int(order[i])
-        return state[:, k * p:(k + 1) * p], state
+            j = order[i - 1]
+            ex = self.encode_values(x_prev).reshape(len(x_prev), -1)  # (n, F)
+            cols = slice(j * f, (j + 1) * f)
+            w = self.linear.weight[:, cols] * state["mask"].value[:, cols]  # (G*P, F)
+            pre = pre + ex @ w.T
+        k = order[i]
+        return pre[:, k * p:(k + 1) * p], {**state, "pre": pre}

@@ -6,12 +6,15 @@ estimate is counting, with add-alpha (Laplace/Lidstone) smoothing:
     theta_x = (count(x) + alpha) / (N + alpha * K**D)
 
 As an autoregressive model its conditionals are ratios of marginals of the table,
-p(x_o(i) | x_o(<i)) = p(x_o(<=i)) / p(x_o(<i)), exact for every ordering.
+p(x_o(i) | x_o(<i)) = p(x_o(<=i)) / p(x_o(<i)), exact for every ordering (given at call time:
+the joint is the same whatever the order). A class-conditional histogram (``num_classes=Y``) keeps
+one table per class.
 """
 
 from __future__ import annotations
 
 import math
+from typing import Any
 
 import torch
 from torch import nn
@@ -19,7 +22,6 @@ from torch import nn
 from chainrule.errors import InputError
 from chainrule.models.base import AutoregressiveModel
 from chainrule.models.registry import register
-from chainrule.orderings import OrderSpec
 
 #: Largest table the histogram agrees to build (16M entries, 64 MB of float32).
 MAX_CONFIGURATIONS = 1 << 24
@@ -30,77 +32,85 @@ class Histogram(AutoregressiveModel):
     """A full probability table over {0..K-1}^D (log-probabilities, learnable or counted).
 
     Args:
-        order: the ordering of the conditionals (any: the joint is the same).
         alpha: add-alpha smoothing used by :meth:`fit_counts` (1 = Laplace).
         max_configurations: refuse spaces larger than this.
+        common options: ``order`` (any: the joint is the same), ``num_classes`` (a table per class).
     """
 
     name = "histogram"
     closed_form = True  # the trainer fits it by counting, not by gradient steps
+    any_order = True
+    supports_groups = False
+    supports_tensor_context = False
 
-    def __init__(self, shape: tuple[int, ...], num_values: int | None = 2, order: OrderSpec = "raster",
-                 alpha: float = 1.0, max_configurations: int = MAX_CONFIGURATIONS) -> None:
-        super().__init__(shape, num_values)
+    def __init__(self, shape: tuple[int, ...], num_values: int | None = 2, alpha: float = 1.0,
+                 max_configurations: int = MAX_CONFIGURATIONS, **common: Any) -> None:
+        super().__init__(shape, num_values, **common)
         size = self.num_values ** self.dim  # type: ignore[operator]
-        if size > max_configurations:
+        if size * (self.num_classes or 1) > max_configurations:
             raise InputError(
-                f"histogram: the space has {self.num_values}^{self.dim} = {size:.3g} configurations, more than "
+                f"histogram: the space has {self.num_values}^{self.dim} = {size:.3g} configurations"
+                f"{f' x {self.num_classes} classes' if self.num_classes else ''}, more than "
                 f"max_configurations={max_configurations:,}; a table cannot be estimated (or stored) for it — "
                 "use a model that shares parameters (fvsbn, nade, made, ...)"
             )
-        if alpha < 0:
-            raise InputError(f"alpha must be >= 0, got {alpha}")
+        if not isinstance(alpha, (int, float)) or not math.isfinite(alpha) or alpha < 0:
+            raise InputError(f"alpha must be a finite number >= 0, got {alpha!r}")
         self.alpha = alpha
-        self._init_order(order)
-        self.logits = nn.Parameter(torch.zeros(size))  # unnormalized log-probabilities, row-major
+        # unnormalized log-probabilities per class, row-major over the configurations
+        self.logits = nn.Parameter(torch.zeros(self.num_classes or 1, size))
 
-    def _log_table(self) -> torch.Tensor:
-        """Normalized log-probabilities as a tensor of D axes of size K, axis i = step i of the order."""
+    def _log_table(self, order: torch.Tensor) -> torch.Tensor:
+        """Normalized log-probabilities ``(Y, K, ..., K)``: axis 0 the class, axis i+1 step i of the order."""
         k = self.num_values
-        table = torch.log_softmax(self.logits, 0).reshape((k,) * self.dim)
-        return table.permute(*self.order.tolist())
+        table = torch.log_softmax(self.logits, -1).reshape(-1, *((k,) * self.dim))
+        return table.permute(0, *(1 + order).tolist())
 
-    def forward_embedded(self, e: torch.Tensor) -> torch.Tensor:
+    def forward_embedded(self, e: torch.Tensor, order: torch.Tensor, context: torch.Tensor | None) -> torch.Tensor:
         k, d = self.num_values, self.dim
-        x_seq = (e[..., 0] * (k - 1)).round().long()[:, self.order]  # (B, D) values in generation order
-        joint = self._log_table()
-        seq = []
-        marg, margs = joint, [joint]
-        for _ in range(d - 1):  # marginals of the prefixes: log p(x_o(<=i)) as tables of i+1 axes
+        x_seq = (e[..., 0] * (k - 1)).round().long()[:, order]  # (B, D) values in generation order
+        y = context.argmax(-1) if context is not None else torch.zeros(len(e), dtype=torch.long, device=e.device)
+        marg, margs = self._log_table(order), []
+        margs.append(marg)
+        for _ in range(d - 1):  # marginals of the prefixes: log p(x_o(<=i)) as tables of i+1 value axes
             marg = torch.logsumexp(marg, -1)
             margs.append(marg)
-        margs.reverse()  # margs[i] has i+1 axes
+        margs.reverse()  # margs[i] has i+1 value axes
+        seq = []
         for i in range(d):
             # log p(x_o(<i), x_o(i) = v) for every v: the conditional's logits up to a constant.
             # Only the prefix x_o(<i) is read, so the model is autoregressive by construction (the
             # lookup has no gradient path: the normalization and sampling tests carry the proof).
-            seq.append(margs[i][tuple(x_seq[:, :i].T)].expand(len(x_seq), k))  # (B, K)
+            seq.append(margs[i][(y, *x_seq[:, :i].T)])  # (B, K)
         logits = torch.stack(seq, 1)  # (B, D, K)
-        if self.head.kind == "bernoulli":
+        if self.head.name == "bernoulli":
             logits = (logits[..., 1] - logits[..., 0]).unsqueeze(-1)
         params = torch.empty_like(logits)
-        params[:, self.order] = logits
+        params[:, order] = logits
         return params
 
     @torch.no_grad()
-    def fit_counts(self, data: torch.Tensor) -> None:
-        """Set the table to the add-alpha estimate from ``data`` ``(N, *shape)`` (in place)."""
+    def fit_counts(self, data: torch.Tensor, context: Any = None) -> None:
+        """Set the table(s) to the add-alpha estimate from ``data`` ``(N, *shape)`` (with its class
+        labels ``(N,)`` for a class-conditional histogram), in place."""
         x, _ = self.validate(data)
+        y = self.normalize_context(context, len(x))
+        y = torch.zeros(len(x), dtype=torch.long, device=x.device) if y is None else y
         k = self.num_values
         idx = torch.zeros(len(x), dtype=torch.long, device=x.device)
         for v in x.reshape(len(x), -1).T:  # row-major index of each configuration
             idx = idx * k + v
-        counts = torch.bincount(idx, minlength=self.logits.numel()).double()
+        size = self.logits.shape[1]
+        counts = torch.bincount(y * size + idx, minlength=self.logits.numel()).double().reshape(self.logits.shape)
         if self.alpha == 0 and (counts == 0).any():
-            # MLE: unseen configurations get probability 0 (log 0 = -inf)
-            self.logits.copy_(torch.log(counts).float())
+            self.logits.copy_(torch.log(counts).float())  # MLE: unseen configurations get probability 0
         else:
             self.logits.copy_(torch.log(counts + self.alpha).float())
 
     def num_configurations(self) -> int:
-        return int(self.logits.numel())
+        return int(self.logits.shape[1])
 
-    def entropy_nats(self) -> float:
-        """Entropy of the table, nats."""
-        lp = torch.log_softmax(self.logits.detach().double(), 0)
+    def entropy_nats(self, label: int = 0) -> float:
+        """Entropy of the table (of class ``label``), nats."""
+        lp = torch.log_softmax(self.logits[label].detach().double(), 0)
         return float(-(lp.exp() * lp).nansum()) if math.isfinite(float(lp.max())) else float("nan")

@@ -9,24 +9,28 @@ Then output j depends only on inputs generated before it::
     hidden   h(m=1) <- x1 ;  h(m=2) <- x1, x2
     outputs  p(x2) <- h(m=1) ;  p(x3) <- h(m=1), h(m=2) ;  p(x1) <- bias only
 
-With ``num_masks`` > 1 the model is an ensemble: component c has its own connectivity (and, with
-``order_agnostic=True``, its own random ordering). Training visits one component per step; the
-likelihood averages the components' *probabilities*, log (1/C) sum_c p_c(x), a normalized
-likelihood (averaging logits, as some code does, is not one).
+The masks are computed from the order and the connectivity asked for at call time (``order=``,
+``mask=k``): nothing is switched inside the model. With ``num_masks`` > 1, :func:`chainrule.create_model`
+wraps MADE in an :class:`~chainrule.models.ensemble.Ensemble` whose member c has connectivity c
+(and, with ``order_agnostic=True``, its own random ordering). Training visits one member per step;
+the likelihood averages the members' *probabilities*, log (1/C) sum_c p_c(x), a normalized
+likelihood (averaging logits, as some code does, is not one). With groups, "variable" reads
+"group"; a context (class label) enters the first hidden layer and the output.
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import Any
 
 import torch
 from torch import nn
 
 from chainrule.errors import InputError
-from chainrule.layers import MaskedLinear
 from chainrule.models.base import AutoregressiveModel
 from chainrule.models.registry import register
-from chainrule.orderings import OrderSpec, inverse
+from chainrule.nn import MaskedLinear
+from chainrule.orderings import inverse, make_ordering
 
 
 @register
@@ -35,79 +39,116 @@ class MADE(AutoregressiveModel):
 
     Args:
         hidden_sizes: units per hidden layer, e.g. ``[500]`` or ``[500, 500]``.
-        order: ordering of component 0 (see :mod:`chainrule.orderings`).
-        num_masks: number of connectivities (components) in the ensemble.
-        order_agnostic: components c >= 1 also get a random ordering each (seeded by ``seed``).
+        num_masks: number of connectivities; > 1 gives an ensemble over them.
+        order_agnostic: ensemble members c >= 1 also get a random ordering each (seeded by ``seed``).
         seed: seed of the hidden degrees and of the order-agnostic orderings.
         activation: "relu" or "tanh" or "sigmoid".
         direct_connections: add a masked linear input -> output path (an FVSBN inside MADE).
         input_encoding: "auto", "value" or "onehot".
+        common options (order, group_shape, head, num_classes, ...): see
+            :class:`~chainrule.models.base.AutoregressiveModel`.
     """
 
     name = "made"
     supports_real = True
+    any_order = True
+    call_options = ("mask",)
 
     def __init__(self, shape: tuple[int, ...], num_values: int | None = 2,
-                 hidden_sizes: Sequence[int] = (500,), order: OrderSpec = "raster", num_masks: int = 1,
-                 order_agnostic: bool = False, seed: int = 0, activation: str = "relu",
-                 direct_connections: bool = False, input_encoding: str = "auto",
-                 num_mixture_components: int = 1) -> None:
-        super().__init__(shape, num_values, num_mixture_components)
-        hidden_sizes = [int(h) for h in hidden_sizes]
-        if not hidden_sizes or min(hidden_sizes) < 1:
-            raise InputError(f"hidden_sizes must be a non-empty list of positive sizes, got {hidden_sizes}")
+                 hidden_sizes: Sequence[int] = (500,), num_masks: int = 1, order_agnostic: bool = False, seed: int = 0,
+                 activation: str = "relu", direct_connections: bool = False, input_encoding: str = "auto",
+                 **common: Any) -> None:
+        super().__init__(shape, num_values, **common)
+        if isinstance(hidden_sizes, (int, str)) or not isinstance(hidden_sizes, Sequence):
+            raise InputError(f"hidden_sizes must be a list of positive sizes, e.g. [500] or [500, 500], got {hidden_sizes!r}")
+        if not hidden_sizes or any(not isinstance(h, int) or isinstance(h, bool) or h < 1 for h in hidden_sizes):
+            raise InputError(f"hidden_sizes must be a non-empty list of positive integers, got {list(hidden_sizes)!r}")
+        if not isinstance(num_masks, int) or isinstance(num_masks, bool) or num_masks < 1:
+            raise InputError(f"num_masks must be a positive integer, got {num_masks!r}")
         acts = {"relu": nn.ReLU, "tanh": nn.Tanh, "sigmoid": nn.Sigmoid}
         if activation not in acts:
             raise InputError(f"activation must be one of {', '.join(acts)}, got {activation!r}")
-        self._init_order(order, num_masks, random_orders=order_agnostic, seed=seed)
+        hidden_sizes = [int(h) for h in hidden_sizes]
         self.embed_size = e = self._set_input_encoding(input_encoding)
-        p = self.head.num_params
-        sizes = [self.dim * e] + hidden_sizes
+        self.in_features = f = e * self.group_size
+        p, g = self.head.num_params, self.num_groups
+        sizes = [g * f] + hidden_sizes
         self.hidden = nn.ModuleList(MaskedLinear(sizes[i], sizes[i + 1]) for i in range(len(hidden_sizes)))
-        self.out = MaskedLinear(hidden_sizes[-1], self.dim * p)
-        self.direct = MaskedLinear(self.dim * e, self.dim * p, bias=False) if direct_connections else None
+        self.out = MaskedLinear(hidden_sizes[-1], g * p)
+        self.direct = MaskedLinear(g * f, g * p, bias=False) if direct_connections else None
         self.act = acts[activation]()
-        # Hidden degrees of every component, (C, sum(hidden_sizes)): drawn once and stored in the
-        # checkpoint, so a loaded model has exactly the same connectivity.
-        g = torch.Generator().manual_seed(seed)
+        if self.conditional:
+            self.context_hidden = nn.Linear(self.context_dim, hidden_sizes[0], bias=False)
+            self.context_out = nn.Linear(self.context_dim, g * p, bias=False)
+        # Hidden degrees of every connectivity, (C, sum(hidden_sizes)): drawn once and stored in
+        # the checkpoint, so a loaded model has exactly the same connectivity.
+        gen = torch.Generator().manual_seed(seed)
         degrees = []
         for _ in range(num_masks):
             low, per_layer = 1, []
             for h in hidden_sizes:
-                low = min(low, self.dim - 1)
-                deg = torch.randint(low, self.dim, (h,), generator=g) if self.dim > 1 else torch.zeros(h, dtype=torch.long)
+                low = min(low, g - 1)
+                deg = torch.randint(low, g, (h,), generator=gen) if g > 1 else torch.zeros(h, dtype=torch.long)
                 per_layer.append(deg)
                 low = int(deg.min())
             degrees.append(torch.cat(per_layer))
         self.register_buffer("degrees", torch.stack(degrees), persistent=True)
-        self._component_changed()
+        self._mask_cache: dict[int, tuple[torch.Tensor, list[torch.Tensor]]] = {}
 
-    def _component_changed(self) -> None:
-        """Install the masks of the current component from its ordering and hidden degrees.
+    def ensemble_members(self) -> list[dict[str, Any]] | None:
+        """Member c: connectivity c, with the model's order (or, order-agnostic, a random one for c >= 1)."""
+        hp = self.hyperparameters
+        k, seed = hp.get("num_masks", 1), hp.get("seed", 0)
+        if k == 1:
+            return None
+        orders = [self.order] + [make_ordering(f"random:{seed * 100003 + c}", self.groups.grid)
+                                 if hp.get("order_agnostic", False) else self.order for c in range(1, k)]
+        return [{"order": o, "mask": c} for c, o in enumerate(orders)]
 
-        A hidden unit of degree m sees inputs of degree <= m; output j (degree rank(j)+1) sees
-        hidden units of degree < rank(j)+1, so x_j's conditional only reads variables before it.
+    def masks(self, order: torch.Tensor, mask: int = 0) -> list[torch.Tensor]:
+        """The masks of every layer (hidden..., output, direct) for an order and a connectivity.
+
+        A hidden unit of degree m sees inputs of degree <= m; output group j (degree rank(j)+1) sees
+        hidden units of degree < rank(j)+1, so group j's conditional only reads groups before it.
         """
-        e, p = self.embed_size, self.head.num_params
-        rank = inverse(self.order)
-        deg_in = (rank + 1).repeat_interleave(e)  # every feature of variable j has degree rank(j)+1
-        prev, offset = deg_in, 0
-        for layer in self.hidden:
-            deg = self.degrees[self._component, offset:offset + layer.out_features]
-            layer.set_mask(deg.unsqueeze(1) >= prev.unsqueeze(0))
-            prev, offset = deg, offset + layer.out_features
-        deg_out = (rank + 1).repeat_interleave(p)
-        self.out.set_mask(deg_out.unsqueeze(1) > prev.unsqueeze(0))
-        if self.direct is not None:
-            self.direct.set_mask(deg_out.unsqueeze(1) > deg_in.unsqueeze(0))
+        if not isinstance(mask, int) or isinstance(mask, bool) or not 0 <= mask < self.degrees.shape[0]:
+            raise InputError(f"mask must be a connectivity index in 0..{self.degrees.shape[0] - 1}, got {mask!r}")
+        cached = self._mask_cache.get(mask)
+        if cached is not None and cached[0].device == order.device and torch.equal(cached[0], order):
+            return cached[1]
+        dtype = self.out.weight.dtype
+        # built as ordinary tensors even during sampling (inference mode), so that cached masks
+        # can serve a later training step
+        with torch.inference_mode(False), torch.no_grad():
+            order = order.clone()
+            rank = inverse(order)
+            deg_in = (rank + 1).repeat_interleave(self.in_features)  # every feature of group j has degree rank(j)+1
+            prev, offset, masks = deg_in, 0, []
+            for layer in self.hidden:
+                deg = self.degrees[mask, offset:offset + layer.out_features].clone()
+                masks.append((deg.unsqueeze(1) >= prev.unsqueeze(0)).to(dtype))
+                prev, offset = deg, offset + layer.out_features
+            deg_out = (rank + 1).repeat_interleave(self.head.num_params)
+            masks.append((deg_out.unsqueeze(1) > prev.unsqueeze(0)).to(dtype))
+            if self.direct is not None:
+                masks.append((deg_out.unsqueeze(1) > deg_in.unsqueeze(0)).to(dtype))
+        self._mask_cache = {**self._mask_cache, mask: (order, masks)}  # a pure cache, replaced whole
+        return masks
 
-    def forward_embedded(self, e: torch.Tensor) -> torch.Tensor:
+    def forward_embedded(self, e: torch.Tensor, order: torch.Tensor, context: torch.Tensor | None,
+                         mask: int = 0) -> torch.Tensor:
+        masks = self.masks(order, mask)
         b = e.shape[0]
-        x = e.reshape(b, -1)  # (B, D*E)
+        x = e.reshape(b, -1)  # (B, G*F)
         h = x
-        for layer in self.hidden:
-            h = self.act(layer(h))
-        out = self.out(h)
+        for i, layer in enumerate(self.hidden):
+            h = layer(h, masks[i])
+            if i == 0 and context is not None:
+                h = h + self.context_hidden(context)
+            h = self.act(h)
+        out = self.out(h, masks[len(self.hidden)])
         if self.direct is not None:
-            out = out + self.direct(x)
-        return out.reshape(b, self.dim, self.head.num_params)  # (B, D, P)
+            out = out + self.direct(x, masks[-1])
+        if context is not None:
+            out = out + self.context_out(context)
+        return out.reshape(b, self.num_groups, self.head.num_params)  # (B, G, P)

@@ -10,7 +10,10 @@ One hidden layer whose weights are shared across the conditionals:
 Because a_{i+1} = a_i + W_{:, o(i)} x_o(i), all D hidden states cost O(D H) together (a cumulative
 sum), not O(D^2 H); the sampling step keeps a_i as its cache (O(H) per variable). With K > 2
 values the inputs are one-hot and each head a softmax over K (categorical NADE); with real values
-(RNADE) the head is a mixture of Gaussians.
+(RNADE) the head is a mixture of Gaussians. With groups, "variable" above reads "group" (its
+features concatenated); with a context (a class label), the hidden bias becomes c + U context.
+The weights belong to variables, so any order can be given at call time (EoNADE's
+order-agnostic training, Uria et al. 2014).
 
 The teacher-forced pass is a hand-written autograd function (:class:`_NADEPass`) that walks the
 positions in blocks: the (batch x D x H) hidden tensor never exists whole, the backward pass
@@ -30,9 +33,9 @@ import torch
 from torch import nn
 
 from chainrule.errors import InputError
+from chainrule.inference.state import Static
 from chainrule.models.base import AutoregressiveModel
 from chainrule.models.registry import register
-from chainrule.orderings import OrderSpec
 
 _ACTIVATIONS = {"sigmoid": torch.sigmoid, "relu": torch.relu}
 
@@ -42,11 +45,13 @@ def nade_pass_reference(e: torch.Tensor, W: torch.Tensor, c: torch.Tensor, V: to
     """NADE's conditionals in plain autograd (keeps the whole (B, D, H) activation tensor).
 
     Everything is in generation order: ``e`` (B, D, E) input features, ``W`` (D, H, E) input
-    weights, ``c`` (H,), ``V`` (D, P, H) output weights, ``b`` (D, P). Returns (B, D, P).
+    weights, ``c`` (H,) or (B, H) the hidden bias, ``V`` (D, P, H) output weights, ``b`` (D, P).
+    Returns (B, D, P).
     """
     contrib = torch.einsum("bie,ihe->bih", e, W)  # (B, D, H)
     # exclusive cumulative sum: step i sees the contributions of steps 0..i-1 only (shifted,
     # not cumsum - contrib, which cancels catastrophically when one contribution is huge)
+    c = c.unsqueeze(-2) if c.dim() == 2 else c
     a = c + torch.nn.functional.pad(torch.cumsum(contrib, 1)[:, :-1], (0, 0, 1, 0))
     return torch.einsum("bih,iph->bip", _ACTIVATIONS[activation](a), V) + b
 
@@ -56,7 +61,8 @@ class _NADEPass(torch.autograd.Function):
 
     Works position-major, (D, B, .), so that every product is a batched matrix multiply over the
     positions of a block. Only the running pre-activation at each block start, (num_blocks, B, H),
-    is kept for the backward pass, which recomputes a block's (k, B, H) activations.
+    is kept for the backward pass, which recomputes a block's (k, B, H) activations. The hidden
+    bias ``c`` is (H,) or per example (B, H) (a class-conditional NADE).
     """
 
     @staticmethod
@@ -81,6 +87,7 @@ class _NADEPass(torch.autograd.Function):
         e_pm, Wt, Vt = e.transpose(0, 1).contiguous(), W.transpose(1, 2), V.transpose(1, 2)
         out = torch.empty(D, B, V.shape[1], dtype=e.dtype, device=e.device)
         a_run = c.expand(B, -1)
+        ctx.c_shape = c.shape
         starts = []
         for s in range(0, D, block):
             t = min(s + block, D)
@@ -100,7 +107,7 @@ class _NADEPass(torch.autograd.Function):
         need_e = ctx.needs_input_grad[0]
         dW, dV = torch.empty_like(W), torch.empty_like(V)
         de = torch.empty_like(e_pm) if need_e else None
-        dc = W.new_zeros(W.shape[1])
+        dc = W.new_zeros(B, W.shape[1])
         later = W.new_zeros(B, W.shape[1])  # sum of dL/da over the positions after the current one
         for n, s in reversed(list(enumerate(range(0, D, block)))):
             t = min(s + block, D)
@@ -117,12 +124,13 @@ class _NADEPass(torch.autograd.Function):
             above = torch.ones(k + 1, k, dtype=da.dtype, device=da.device).triu_(1)
             above[k] = 1
             sums = torch.mm(above, da.view(k, -1)).view(k + 1, B, -1)
-            dc += sums[k].sum(0)
+            dc += sums[k]
             dcontrib = sums[:k].add_(later)
             later = later + sums[k]
             dW[s:t] = torch.bmm(dcontrib.transpose(1, 2), e_pm[s:t])  # (k, H, B) @ (k, B, E)
             if need_e:
                 torch.bmm(dcontrib, W[s:t], out=de[s:t])  # (k, B, H) @ (k, H, E)
+        dc = dc.sum(0) if len(ctx.c_shape) == 1 else dc
         return (de.transpose(0, 1) if need_e else None), dW, dc, dV, g.sum(0), None, None
 
 
@@ -132,54 +140,74 @@ class NADE(AutoregressiveModel):
 
     Args:
         hidden_size: H, hidden units.
-        order: the ordering (see :mod:`chainrule.orderings`).
-        num_orders: EoNADE (Uria et al. 2014): an ensemble over this many orderings (component 0:
+        num_orders: EoNADE (Uria et al. 2014): an ensemble over this many orderings (member 0:
             ``order``, the others seeded random ones), trained order-agnostically one ordering per
             step, evaluated by averaging the orderings' probabilities.
         seed: seed of the ensemble's random orderings.
         activation: "sigmoid" (the paper's) or "relu".
         input_encoding: "auto", "value" or "onehot".
-        num_mixture_components: Gaussians per conditional for real-valued data.
+        common options (order, group_shape, head, num_mixture_components, num_classes, ...): see
+            :class:`~chainrule.models.base.AutoregressiveModel`.
     """
 
     name = "nade"
     supports_real = True
+    any_order = True
 
     def __init__(self, shape: tuple[int, ...], num_values: int | None = 2, hidden_size: int = 500,
-                 order: OrderSpec = "raster", num_orders: int = 1, seed: int = 0, activation: str = "sigmoid",
-                 input_encoding: str = "auto", num_mixture_components: int = 1) -> None:
-        super().__init__(shape, num_values, num_mixture_components)
+                 num_orders: int = 1, seed: int = 0, activation: str = "sigmoid", input_encoding: str = "auto",
+                 **common: Any) -> None:
+        super().__init__(shape, num_values, **common)
         if activation not in _ACTIVATIONS:
             raise InputError(f"activation must be one of {', '.join(_ACTIVATIONS)}, got {activation!r}")
+        if not isinstance(hidden_size, int) or isinstance(hidden_size, bool) or hidden_size < 1:
+            raise InputError(f"hidden_size must be a positive integer, got {hidden_size!r}")
         self.activation, self.act = activation, _ACTIVATIONS[activation]
-        self._init_order(order, num_orders, seed=seed)
-        e, p, d = self._set_input_encoding(input_encoding), self.head.num_params, self.dim
-        self.embed_size = e
-        bound = 1.0 / math.sqrt(d * e)
-        self.W = nn.Parameter(torch.empty(d, hidden_size, e).uniform_(-bound, bound))  # input weights per variable
+        self.embed_size = self._set_input_encoding(input_encoding)
+        f, p, g = self.embed_size * self.group_size, self.head.num_params, self.num_groups
+        bound = 1.0 / math.sqrt(g * f)
+        self.W = nn.Parameter(torch.empty(g, hidden_size, f).uniform_(-bound, bound))  # input weights per group
         self.c = nn.Parameter(torch.zeros(hidden_size))
-        self.V = nn.Parameter(torch.empty(d, p, hidden_size).uniform_(-1 / math.sqrt(hidden_size), 1 / math.sqrt(hidden_size)))
-        self.b = nn.Parameter(torch.zeros(d, p))
+        self.V = nn.Parameter(torch.empty(g, p, hidden_size).uniform_(-1 / math.sqrt(hidden_size), 1 / math.sqrt(hidden_size)))
+        self.b = nn.Parameter(torch.zeros(g, p))
+        self.context = nn.Linear(self.context_dim, hidden_size, bias=False) if self.conditional else None
 
-    def forward_embedded(self, e: torch.Tensor) -> torch.Tensor:
-        order = self.order
-        # (B, D, P), variables in generation order; blocks of ~4 MB of activations stay in cache
+    def _hidden_bias(self, context: torch.Tensor | None) -> torch.Tensor:
+        return self.c if self.context is None else self.c + self.context(context)  # (H,) or (B, H)
+
+    def forward_embedded(self, e: torch.Tensor, order: torch.Tensor, context: torch.Tensor | None) -> torch.Tensor:
+        # (B, G, P), groups in generation order; blocks of ~4 MB of activations stay in cache
         block = max(1, min(32, (1 << 20) // max(1, e.shape[0] * self.c.shape[0])))
-        seq = _NADEPass.apply(e[:, order], self.W[order], self.c, self.V[order], self.b[order], self.activation, block)
+        seq = _NADEPass.apply(e[:, order], self.W[order], self._hidden_bias(context), self.V[order], self.b[order],
+                              self.activation, block)
         params = torch.empty_like(seq)
         params[:, order] = seq
         return params
 
-    def init_state(self, n: int) -> Any:
-        return self.c.expand(n, -1).clone()  # the running pre-activation a_0 = c, (n, H)
+    def features(self, x: torch.Tensor, context: Any = None, order: Any = None) -> torch.Tensor:
+        """The hidden layer h_i of every group's conditional, ``(B, G, H)`` (group index order)."""
+        x, _ = self.validate(x)
+        o = self.resolve_order(order)
+        ctx = self.context_features(context, x.shape[0])
+        e = self.group_features(self.embed(x))[:, o]
+        contrib = torch.einsum("bie,ihe->bih", e, self.W[o])
+        c = self._hidden_bias(ctx)
+        a = (c.unsqueeze(-2) if c.dim() == 2 else c) + torch.nn.functional.pad(torch.cumsum(contrib, 1)[:, :-1], (0, 0, 1, 0))
+        h = torch.empty_like(a)
+        h[:, o] = self.act(a)
+        return h
+
+    def new_state(self, n: int, order: torch.Tensor, context: torch.Tensor | None) -> Any:
+        # the running pre-activation a_0 = c (+ U context), (n, H)
+        return {"a": self._hidden_bias(context).expand(n, -1).clone(), "order": Static(order.tolist())}
 
     def step(self, state: Any, i: int, x_prev: torch.Tensor | None) -> tuple[torch.Tensor, Any]:
-        order = self.order
+        order, a = state["order"].value, state["a"]
         if x_prev is not None:
-            j = int(order[i - 1])
-            state = state + self.encode_values(x_prev) @ self.W[j].T  # (n, E) @ (E, H)
-        k = int(order[i])
-        return self.act(state) @ self.V[k].T + self.b[k], state
+            j = order[i - 1]
+            a = a + self.encode_values(x_prev).reshape(len(x_prev), -1) @ self.W[j].T  # (n, F) @ (F, H)
+        k = order[i]
+        return self.act(a) @ self.V[k].T + self.b[k], {**state, "a": a}
 
 
 @register
@@ -193,7 +221,8 @@ class RNADE(NADE):
     supports_discrete = False
 
     def __init__(self, shape: tuple[int, ...], num_values: int | None = None, hidden_size: int = 100,
-                 order: OrderSpec = "raster", num_orders: int = 1, seed: int = 0, activation: str = "relu",
-                 num_mixture_components: int = 10) -> None:
-        super().__init__(shape, num_values, hidden_size=hidden_size, order=order, num_orders=num_orders, seed=seed,
-                         activation=activation, input_encoding="value", num_mixture_components=num_mixture_components)
+                 num_orders: int = 1, seed: int = 0, activation: str = "relu", num_mixture_components: int = 10,
+                 **common: Any) -> None:
+        super().__init__(shape, num_values, hidden_size=hidden_size, num_orders=num_orders, seed=seed,
+                         activation=activation, input_encoding="value", num_mixture_components=num_mixture_components,
+                         **common)

@@ -1,16 +1,22 @@
-"""The model registry: names -> classes, and :func:`create_model`."""
+"""The model registry: names -> classes, :func:`create_model` and :func:`load`."""
 
 from __future__ import annotations
 
 import inspect
+from pathlib import Path
 from typing import Any, TypeVar
 
-from chainrule.errors import InputError, UnknownNameError
-from chainrule.models.base import AutoregressiveModel
+import torch
+
+from chainrule.errors import CheckpointError, InputError, UnknownNameError
+from chainrule.io.checkpoint import CONFIG_FILE, WEIGHTS_FILE, read_config, read_weights, upgrade_state
+from chainrule.models.base import COMMON_OPTIONS, AutoregressiveModel
+from chainrule.models.ensemble import Ensemble
 
 _REGISTRY: dict[str, type[AutoregressiveModel]] = {}
 
 M = TypeVar("M", bound=type[AutoregressiveModel])
+Model = AutoregressiveModel | Ensemble
 
 
 def register(cls: M) -> M:
@@ -35,25 +41,60 @@ def list_models() -> list[str]:
 def get_model_class(name: str) -> type[AutoregressiveModel]:
     try:
         return _REGISTRY[name]
-    except KeyError:
+    except (KeyError, TypeError):
         raise UnknownNameError(f"unknown model {name!r}; registered models: {', '.join(list_models())}") from None
 
 
-def create_model(name: str, shape: tuple[int, ...] | list[int] | int, num_values: int | None = None,
-                 **hyperparameters: Any) -> AutoregressiveModel:
-    """Build a registered model for events of ``shape`` with ``num_values`` values per variable.
-
-    Example: ``create_model("made", (1, 28, 28), num_values=2, hidden_sizes=[500])``.
-    Unknown hyperparameters raise an :class:`InputError` listing the accepted ones.
-    """
-    check_hyperparameters(name, hyperparameters)
-    return get_model_class(name)(shape, num_values, **hyperparameters)
+def accepted_hyperparameters(name: str) -> list[str]:
+    """Every hyperparameter ``name`` accepts: its own arguments, then the options common to all models."""
+    params = inspect.signature(get_model_class(name).__init__).parameters
+    own = [p for p, v in params.items() if p not in ("self", "shape", "num_values")
+           and v.kind not in (inspect.Parameter.VAR_KEYWORD, inspect.Parameter.VAR_POSITIONAL)]
+    return own + [o for o in COMMON_OPTIONS if o not in own]
 
 
 def check_hyperparameters(name: str, hyperparameters: dict[str, Any]) -> None:
     """Raise an :class:`InputError` listing the accepted names if ``hyperparameters`` has unknown ones."""
-    params = inspect.signature(get_model_class(name).__init__).parameters
-    accepted = [p for p in params if p not in ("self", "shape", "num_values")]
+    accepted = accepted_hyperparameters(name)
     unknown = sorted(set(hyperparameters) - set(accepted))
     if unknown:
         raise InputError(f"model {name!r} has no hyperparameter(s) {', '.join(unknown)}; it accepts: {', '.join(accepted)}")
+
+
+def create_model(name: str, shape: tuple[int, ...] | list[int] | int, num_values: int | None = None,
+                 **hyperparameters: Any) -> Model:
+    """Build a registered model for events of ``shape`` with ``num_values`` values per variable.
+
+    Example: ``create_model("made", (1, 28, 28), num_values=2, hidden_sizes=[500])``. Ensemble
+    hyperparameters (``num_orders`` > 1, MADE's ``num_masks`` > 1) give an
+    :class:`~chainrule.models.ensemble.Ensemble` over the model. Unknown hyperparameters raise an
+    :class:`InputError` listing the accepted ones.
+    """
+    check_hyperparameters(name, hyperparameters)
+    try:
+        model = get_model_class(name)(shape, num_values, **hyperparameters)
+    except TypeError as exc:  # a value of the wrong type deep in a constructor
+        raise InputError(f"model {name!r}: a hyperparameter has the wrong type ({exc})") from None
+    members = model.ensemble_members()
+    return Ensemble(model, members) if members else model
+
+
+def load(directory: str | Path, map_location: str | torch.device = "cpu") -> Model:
+    """Load a model saved by ``model.save`` (or the trainer) from ``directory``."""
+    directory = Path(directory)
+    config = read_config(directory)
+    try:
+        model = create_model(config["model"], tuple(config["shape"]), config.get("num_values"),
+                             **config.get("hyperparameters", {}))
+    except (KeyError, TypeError, UnknownNameError, InputError) as exc:
+        raise CheckpointError(f"{directory / CONFIG_FILE}: cannot rebuild the model ({exc})") from None
+    state = upgrade_state(read_weights(directory, map_location), config, model)
+    missing, unexpected = set(model.state_dict()) - set(state), set(state) - set(model.state_dict())
+    if missing or unexpected:
+        raise CheckpointError(f"{directory / WEIGHTS_FILE} does not match the config: missing {sorted(missing)}, "
+                              f"unexpected {sorted(unexpected)}")
+    try:
+        model.load_state_dict(state)
+    except RuntimeError as exc:
+        raise CheckpointError(f"{directory / WEIGHTS_FILE} does not match the config ({exc})") from None
+    return model.to(map_location).eval()

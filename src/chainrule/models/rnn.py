@@ -6,7 +6,9 @@
 The whole sequence is read in one teacher-forced call of ``torch.nn.RNN/LSTM/GRU`` over the
 inputs shifted right by one (optionally in chunks, with truncated backpropagation through time for
 long sequences); the sampling cache is the hidden state, so each new token costs one cell step
-instead of re-reading the prefix. Sequences are taken in the raster order of ``shape``.
+instead of re-reading the prefix. Sequences are taken in the model's order (default ``"raster"``:
+pixel-major on images), fixed when the model is built; a context (class label) is added to every
+input.
 """
 
 from __future__ import annotations
@@ -33,30 +35,46 @@ class _Recurrent(AutoregressiveModel):
 
     def __init__(self, shape: tuple[int, ...], num_values: int | None = 256, hidden_size: int = 256,
                  num_layers: int = 2, embedding_size: int = 64, dropout: float = 0.0, tbptt: int | None = None,
-                 num_mixture_components: int = 1) -> None:
-        super().__init__(shape, num_values, num_mixture_components)
-        if hidden_size < 1 or num_layers < 1 or embedding_size < 1:
-            raise InputError("hidden_size, num_layers and embedding_size must be >= 1")
-        if tbptt is not None and tbptt < 1:
-            raise InputError(f"tbptt must be a positive number of steps (or None), got {tbptt}")
+                 **common: Any) -> None:
+        super().__init__(shape, num_values, **common)
+        for label, v in (("hidden_size", hidden_size), ("num_layers", num_layers), ("embedding_size", embedding_size)):
+            if not isinstance(v, int) or isinstance(v, bool) or v < 1:
+                raise InputError(f"{label} must be a positive integer, got {v!r}")
+        if tbptt is not None and (not isinstance(tbptt, int) or tbptt < 1):
+            raise InputError(f"tbptt must be a positive number of steps (or None), got {tbptt!r}")
         self.tbptt = tbptt
-        if not 0 <= dropout < 1:
-            raise InputError(f"dropout must be in [0, 1), got {dropout}")
+        if not isinstance(dropout, (int, float)) or not 0 <= dropout < 1:
+            raise InputError(f"dropout must be in [0, 1), got {dropout!r}")
         self.embedding = (nn.Embedding(num_values, embedding_size) if num_values is not None
                           else nn.Linear(1, embedding_size))
-        self.start = nn.Parameter(torch.zeros(embedding_size))  # stands in for x_{-1}
-        self.rnn = self.cell(embedding_size, hidden_size, num_layers, batch_first=True,
-                             dropout=dropout if num_layers > 1 else 0.0)
+        f = embedding_size * self.group_size  # a group's inputs: its variables' embeddings side by side
+        self.start = nn.Parameter(torch.zeros(f))  # stands in for x_{-1}
+        self.context = nn.Linear(self.context_dim, f, bias=False) if self.conditional else None
+        self.rnn = self.cell(f, hidden_size, num_layers, batch_first=True, dropout=dropout if num_layers > 1 else 0.0)
         self.drop = nn.Dropout(dropout)
         self.proj = nn.Linear(hidden_size, self.head.num_params)
 
     def encode_values(self, v: torch.Tensor) -> torch.Tensor:
         if self.num_values is None:
-            return self.embedding(v.float().unsqueeze(-1))
+            return self.embedding(v.to(self._float_dtype()).unsqueeze(-1))
         return self.embedding(v.long())
 
-    def forward_embedded(self, e: torch.Tensor) -> torch.Tensor:
-        inp = self.drop(torch.cat([self.start.expand(e.shape[0], 1, -1), e[:, :-1]], 1))  # (B, T, E), shifted right
+    def features(self, x: torch.Tensor, context: Any = None) -> torch.Tensor:
+        """The top layer's hidden state that predicts each group, ``(B, G, H)`` (group index order)."""
+        x, _ = self.validate(x)
+        e = self.to_generation_order(self.group_features(self.embed(x)), self.order)
+        inp = torch.cat([self.start.expand(e.shape[0], 1, -1), e[:, :-1]], 1)
+        if self.context is not None:
+            inp = inp + self.context(self.context_features(context, x.shape[0])).unsqueeze(1)
+        out, _ = self.rnn(inp)
+        return self.from_generation_order(out, self.order)
+
+    def forward_embedded(self, e: torch.Tensor, order: torch.Tensor, context: torch.Tensor | None) -> torch.Tensor:
+        e = self.to_generation_order(e, order)
+        inp = torch.cat([self.start.expand(e.shape[0], 1, -1), e[:, :-1]], 1)  # (B, T, F), shifted right
+        if self.context is not None:
+            inp = inp + self.context(context).unsqueeze(1)
+        inp = self.drop(inp)
         if self.tbptt is None or not (self.training and torch.is_grad_enabled()) or self.tbptt >= inp.shape[1]:
             out, _ = self.rnn(inp)
         else:
@@ -69,15 +87,16 @@ class _Recurrent(AutoregressiveModel):
                 outs.append(o)
                 hidden = tuple(h.detach() for h in hidden) if isinstance(hidden, tuple) else hidden.detach()
             out = torch.cat(outs, 1)
-        return self.proj(self.drop(out))  # (B, T, P)
+        return self.from_generation_order(self.proj(self.drop(out)), order)  # (B, T, P)
 
     # The cache is the hidden state, kept batch-first, (n, layers, H) (a pair for the LSTM), so
     # that beam search can reorder it along dim 0 like every other model's cache. A step runs the
     # layers' cells directly (torch.lstm_cell & co., the same arithmetic as the full pass): calling
     # the fused multi-layer module for a single time step costs ~50x more on the CPU.
-    def init_state(self, n: int) -> Any:
-        h = torch.zeros(n, self.rnn.num_layers, self.rnn.hidden_size, device=self.device)
-        return (h, h.clone()) if isinstance(self.rnn, nn.LSTM) else h
+    def new_state(self, n: int, order: torch.Tensor, context: torch.Tensor | None) -> Any:
+        h = torch.zeros(n, self.rnn.num_layers, self.rnn.hidden_size, device=self.device, dtype=self._float_dtype())
+        extra = None if self.context is None else self.context(context)  # (n, F), added to every input
+        return ((h, h.clone()) if isinstance(self.rnn, nn.LSTM) else h), extra
 
     def _cell(self, inp: torch.Tensor, hidden: Any, layer: int) -> Any:
         w = [getattr(self.rnn, f"{name}_l{layer}") for name in ("weight_ih", "weight_hh", "bias_ih", "bias_hh")]
@@ -89,9 +108,12 @@ class _Recurrent(AutoregressiveModel):
         return cell(inp, hidden, *w)
 
     def step(self, state: Any, i: int, x_prev: torch.Tensor | None) -> tuple[torch.Tensor, Any]:
+        state, extra = state
         lstm = isinstance(state, tuple)
         n = (state[0] if lstm else state).shape[0]
-        inp = self.start.expand(n, -1) if x_prev is None else self.encode_values(x_prev)
+        inp = self.start.expand(n, -1) if x_prev is None else self.encode_values(x_prev).reshape(n, -1)
+        if extra is not None:
+            inp = inp + extra
         new_h, new_c = [], []
         for layer in range(self.rnn.num_layers):
             if lstm:
@@ -102,7 +124,7 @@ class _Recurrent(AutoregressiveModel):
             new_h.append(h)
             inp = h  # inter-layer dropout is off outside training
         state = (torch.stack(new_h, 1), torch.stack(new_c, 1)) if lstm else torch.stack(new_h, 1)
-        return self.proj(inp), state
+        return self.proj(inp), (state, extra)
 
 
 @register

@@ -5,9 +5,13 @@ images, image GPT over the raster sequence of pixels (Chen et al. 2020).
     h_{l+1} = h_l + Attn(LN(h_l)) ;  h_{l+1} += MLP(LN(h_{l+1}))   (pre-norm blocks)
     p(x_t | x_<t) = softmax(LN(h_L[t]) tok^T)                     (weights tied with the embedding)
 
-Attention uses ``torch.nn.functional.scaled_dot_product_attention`` with ``is_causal=True``.
-Sampling keeps a key/value cache: each new token attends over the cached keys and values of the
-tokens before it instead of re-running the whole prefix.
+Attention uses ``torch.nn.functional.scaled_dot_product_attention`` with ``is_causal=True``
+(:class:`chainrule.nn.CausalSelfAttentionBlock`). Sampling keeps a key/value cache: each new token
+attends over the cached keys and values of the tokens before it instead of re-running the whole
+prefix. On an image the sequence is the model's order (default ``"raster"``: pixels in raster
+order, R -> G -> B inside a pixel); with groups (``group_shape="pixel"``) one token is a whole
+pixel, its variables' embeddings projected to one vector. A context (class label or tensor) is a
+learned vector added to every position.
 """
 
 from __future__ import annotations
@@ -16,63 +20,26 @@ import math
 from typing import Any
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from chainrule.errors import InputError
 from chainrule.models.base import AutoregressiveModel
 from chainrule.models.registry import register
-
-
-class _Block(nn.Module):
-    """Pre-norm Transformer block: causal multi-head self-attention and an MLP, each residual."""
-
-    def __init__(self, dim: int, heads: int, dropout: float, bias: bool) -> None:
-        super().__init__()
-        self.heads = heads
-        self.ln1 = nn.LayerNorm(dim, bias=bias)
-        self.qkv = nn.Linear(dim, 3 * dim, bias=bias)
-        self.proj = nn.Linear(dim, dim, bias=bias)
-        self.ln2 = nn.LayerNorm(dim, bias=bias)
-        self.fc = nn.Linear(dim, 4 * dim, bias=bias)
-        self.fc_out = nn.Linear(4 * dim, dim, bias=bias)
-        self.dropout = dropout
-        self.drop = nn.Dropout(dropout)
-
-    def _split(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        b, t, c = x.shape
-        q, k, v = self.qkv(self.ln1(x)).split(c, dim=2)
-        shape = (b, t, self.heads, c // self.heads)
-        return tuple(z.view(shape).transpose(1, 2) for z in (q, k, v))  # each (B, nh, T, hs)
-
-    def _finish(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-        b, _, t, _ = y.shape
-        x = x + self.drop(self.proj(y.transpose(1, 2).reshape(b, t, -1)))
-        return x + self.drop(self.fc_out(F.gelu(self.fc(self.ln2(x)))))
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:  # (B, T, C) -> (B, T, C)
-        q, k, v = self._split(x)
-        y = F.scaled_dot_product_attention(q, k, v, is_causal=True, dropout_p=self.dropout if self.training else 0.0)
-        return self._finish(x, y)
-
-    def step(self, x: torch.Tensor, cache_k: torch.Tensor, cache_v: torch.Tensor, t: int) -> torch.Tensor:
-        """One new position ``x`` ``(n, 1, C)`` at index ``t``; writes its key/value into the caches."""
-        q, k, v = self._split(x)
-        cache_k[:, :, t] = k[:, :, 0]
-        cache_v[:, :, t] = v[:, :, 0]
-        y = F.scaled_dot_product_attention(q, cache_k[:, :, :t + 1], cache_v[:, :, :t + 1])  # sees positions <= t
-        return self._finish(x, y)
+from chainrule.nn import CausalSelfAttentionBlock
 
 
 @register
 class Transformer(AutoregressiveModel):
-    """GPT over a sequence ``(T,)`` or the raster sequence of an image ``(C, H, W)`` (image GPT).
+    """GPT over a sequence ``(T,)`` or the pixel sequence of an image ``(C, H, W)`` (image GPT).
 
     Args:
         num_layers, num_heads, embed_dim: depth, attention heads, width (embed_dim % num_heads == 0).
         dropout: on embeddings, attention and residual branches.
         bias: biases in linear layers and LayerNorms (nanoGPT's default is False).
-        tie_weights: share the output projection with the token embedding (discrete data).
+        tie_weights: share the output projection with the token embedding (discrete data, one
+            variable per group; for K = 2 the single logit is the difference of the two tokens' scores).
+        common options (order, group_shape, head, num_classes, ...): see
+            :class:`~chainrule.models.base.AutoregressiveModel`.
     """
 
     name = "transformer"
@@ -80,20 +47,27 @@ class Transformer(AutoregressiveModel):
 
     def __init__(self, shape: tuple[int, ...], num_values: int | None = 256, num_layers: int = 4,
                  num_heads: int = 4, embed_dim: int = 128, dropout: float = 0.0, bias: bool = False,
-                 tie_weights: bool = True, num_mixture_components: int = 1) -> None:
-        super().__init__(shape, num_values, num_mixture_components)
+                 tie_weights: bool = True, **common: Any) -> None:
+        super().__init__(shape, num_values, **common)
+        for label, v in (("num_layers", num_layers), ("num_heads", num_heads), ("embed_dim", embed_dim)):
+            if not isinstance(v, int) or isinstance(v, bool) or v < 1:
+                raise InputError(f"{label} must be a positive integer, got {v!r}")
         if embed_dim % num_heads:
             raise InputError(f"embed_dim={embed_dim} must be divisible by num_heads={num_heads}")
-        if num_layers < 1 or not 0 <= dropout < 1:
-            raise InputError(f"need num_layers >= 1 and 0 <= dropout < 1, got {num_layers}, {dropout}")
+        if not isinstance(dropout, (int, float)) or not 0 <= dropout < 1:
+            raise InputError(f"dropout must be in [0, 1), got {dropout!r}")
         self.num_heads, self.embed_dim = num_heads, embed_dim
         self.tok = nn.Embedding(num_values, embed_dim) if num_values is not None else nn.Linear(1, embed_dim)
-        self.pos = nn.Parameter(torch.zeros(self.dim, embed_dim))
+        # a group of S variables: their embeddings side by side, projected to one token
+        self.group_in = nn.Linear(self.group_size * embed_dim, embed_dim, bias=bias) if self.group_size > 1 else None
+        self.pos = nn.Parameter(torch.zeros(self.num_groups, embed_dim))
         self.start = nn.Parameter(torch.zeros(embed_dim))
+        self.context = nn.Linear(self.context_dim, embed_dim, bias=False) if self.conditional else None
         self.drop = nn.Dropout(dropout)
-        self.blocks = nn.ModuleList(_Block(embed_dim, num_heads, dropout, bias) for _ in range(num_layers))
+        self.blocks = nn.ModuleList(CausalSelfAttentionBlock(embed_dim, num_heads, dropout, bias) for _ in range(num_layers))
         self.ln_f = nn.LayerNorm(embed_dim, bias=bias)
-        self.tied = tie_weights and num_values is not None and self.head.num_params == num_values
+        self.tied = bool(tie_weights) and num_values is not None and self.group_size == 1 \
+            and self.head.name in ("bernoulli", "categorical")
         self.out = None if self.tied else nn.Linear(embed_dim, self.head.num_params, bias=bias)
         self._init_weights(num_layers)
 
@@ -110,39 +84,68 @@ class Transformer(AutoregressiveModel):
 
     def encode_values(self, v: torch.Tensor) -> torch.Tensor:
         if self.num_values is None:
-            return self.tok(v.float().unsqueeze(-1))
+            return self.tok(v.to(self._float_dtype()).unsqueeze(-1))
         return self.tok(v.long())
+
+    def _tokens(self, e: torch.Tensor) -> torch.Tensor:
+        """Group features ``(..., S * C)`` -> one token vector ``(..., C)``."""
+        return e if self.group_in is None else self.group_in(e)
 
     def _logits(self, h: torch.Tensor) -> torch.Tensor:
         h = self.ln_f(h)
         if self.tied:
-            if self.head.kind == "bernoulli":  # one logit: the difference of the two token scores
-                w = self.tok.weight
+            w = self.tok.weight
+            if self.head.name == "bernoulli":  # one logit: the difference of the two token scores
                 return (h @ (w[1] - w[0])).unsqueeze(-1)
-            return h @ self.tok.weight.T
+            return h @ w.T
         return self.out(h)
 
-    def forward_embedded(self, e: torch.Tensor) -> torch.Tensor:
+    def _hidden(self, e: torch.Tensor, context: torch.Tensor | None) -> list[torch.Tensor]:
+        """The residual stream after the embedding and after every block, each ``(B, T, C)``."""
         b, t, _ = e.shape
-        x = torch.cat([self.start.expand(b, 1, -1), e[:, :-1]], 1) + self.pos[:t]  # (B, T, C), shifted right
+        x = torch.cat([self.start.expand(b, 1, -1), self._tokens(e[:, :-1])], 1) + self.pos[:t]  # shifted right
+        if self.context is not None:
+            x = x + self.context(context).unsqueeze(1)
         x = self.drop(x)
+        out = [x]
         for block in self.blocks:
             x = block(x)
-        return self._logits(x)  # (B, T, P)
+            out.append(x)
+        return out
+
+    def forward_embedded(self, e: torch.Tensor, order: torch.Tensor, context: torch.Tensor | None) -> torch.Tensor:
+        h = self._hidden(self.to_generation_order(e, order), context)[-1]
+        return self.from_generation_order(self._logits(h), order)  # (B, G, P)
+
+    def features(self, x: torch.Tensor, context: Any = None, layer: int = -1) -> torch.Tensor:
+        """The residual stream after block ``layer`` (0: the embeddings; -1: the last block) at the
+        position that predicts each group, ``(B, G, C)`` (group index order). iGPT (Chen et al.
+        2020) finds the best linear-probe features in the middle layers."""
+        x, _ = self.validate(x)
+        e = self.to_generation_order(self.group_features(self.embed(x)), self.order)
+        hs = self._hidden(e, self.context_features(context, x.shape[0]))
+        if not -len(hs) <= layer < len(hs):
+            raise InputError(f"layer must be in {-len(hs)}..{len(hs) - 1} (0 = embeddings, {len(hs) - 1} = last block), got {layer}")
+        return self.from_generation_order(hs[layer], self.order)
 
     # ------------------------------------------------------------------ key/value cache
-    def init_state(self, n: int) -> Any:
+    def new_state(self, n: int, order: torch.Tensor, context: torch.Tensor | None) -> Any:
         hs = self.embed_dim // self.num_heads
-        shape = (n, self.num_heads, self.dim, hs)
+        shape = (n, self.num_heads, self.num_groups, hs)
         dtype = self.pos.dtype
         caches = [(torch.zeros(shape, device=self.device, dtype=dtype), torch.zeros(shape, device=self.device, dtype=dtype))
                   for _ in self.blocks]
-        return caches
+        extra = None if self.context is None else self.context(context)  # (n, C)
+        return caches, extra
 
     def step(self, state: Any, i: int, x_prev: torch.Tensor | None) -> tuple[torch.Tensor, Any]:
-        n = state[0][0].shape[0]
-        inp = self.start.expand(n, -1) if x_prev is None else self.encode_values(x_prev)
-        x = (inp + self.pos[i]).unsqueeze(1)  # (n, 1, C)
-        for block, (ck, cv) in zip(self.blocks, state):
+        caches, extra = state
+        n = caches[0][0].shape[0]
+        inp = self.start.expand(n, -1) if x_prev is None else self._tokens(self.encode_values(x_prev).reshape(n, -1))
+        x = inp + self.pos[i]
+        if extra is not None:
+            x = x + extra
+        x = x.unsqueeze(1)  # (n, 1, C)
+        for block, (ck, cv) in zip(self.blocks, caches):
             x = block.step(x, ck, cv, i)
         return self._logits(x[:, 0]), state

@@ -8,7 +8,10 @@
 
 Receptive field: 1 + sum_l (kernel_size - 1) d_l inputs. Sampling keeps, per layer, a ring buffer
 of its last (kernel_size - 1) d_l inputs, so a new sample costs O(layers) work instead of a
-pass over the whole receptive field.
+pass over the whole receptive field. The sequence is taken in the model's order (default
+``"raster"``: pixel-major on images), fixed when it is built; a context (class label or tensor) is
+global conditioning: a learned vector added to every position's input (van den Oord et al. 2016,
+Sec. 2.5).
 """
 
 from __future__ import annotations
@@ -21,9 +24,10 @@ import torch.nn.functional as F
 from torch import nn
 
 from chainrule.errors import InputError
-from chainrule.layers import CausalConv1d
+from chainrule.inference.state import Static
 from chainrule.models.base import AutoregressiveModel
 from chainrule.models.registry import register
+from chainrule.nn import CausalConv1d
 
 
 @register
@@ -45,20 +49,28 @@ class WaveNet(AutoregressiveModel):
     def __init__(self, shape: tuple[int, ...], num_values: int | None = 256, dilations: Sequence[int] | None = None,
                  num_stacks: int = 1, layers_per_stack: int = 10, residual_channels: int = 64,
                  skip_channels: int = 128, kernel_size: int = 2, embedding_size: int = 64,
-                 num_mixture_components: int = 1) -> None:
-        super().__init__(shape, num_values, num_mixture_components)
+                 **common: Any) -> None:
+        super().__init__(shape, num_values, **common)
+        for label, v in (("num_stacks", num_stacks), ("layers_per_stack", layers_per_stack),
+                         ("residual_channels", residual_channels), ("skip_channels", skip_channels),
+                         ("kernel_size", kernel_size), ("embedding_size", embedding_size)):
+            if not isinstance(v, int) or isinstance(v, bool) or v < 1:
+                raise InputError(f"{label} must be a positive integer, got {v!r}")
         if dilations is None:
             dilations = [2 ** i for i in range(layers_per_stack)] * num_stacks
+        if isinstance(dilations, (int, str)) or not dilations or any(
+                not isinstance(d, int) or isinstance(d, bool) or d < 1 for d in dilations):
+            raise InputError(f"dilations must be a non-empty list of positive integers, got {dilations!r}")
         dilations = [int(d) for d in dilations]
-        if not dilations or min(dilations) < 1:
-            raise InputError(f"dilations must be a non-empty list of positive integers, got {dilations}")
         if kernel_size < 2:
             raise InputError(f"kernel_size must be >= 2, got {kernel_size}")
         self.dilations, self.kernel_size = dilations, kernel_size
         r = residual_channels
         self.embedding = nn.Embedding(num_values, embedding_size) if num_values is not None else nn.Linear(1, embedding_size)
-        self.start = nn.Parameter(torch.zeros(embedding_size))
-        self.input = nn.Conv1d(embedding_size, r, 1)
+        f = embedding_size * self.group_size  # a group's inputs: its variables' embeddings side by side
+        self.start = nn.Parameter(torch.zeros(f))
+        self.input = nn.Conv1d(f, r, 1)
+        self.context = nn.Linear(self.context_dim, r, bias=False) if self.conditional else None
         self.dilated = nn.ModuleList(CausalConv1d(r, 2 * r, kernel_size, dilation=d) for d in dilations)
         self.res = nn.ModuleList(nn.Conv1d(r, r, 1) for _ in dilations)
         self.skip = nn.ModuleList(nn.Conv1d(r, skip_channels, 1) for _ in dilations)
@@ -71,36 +83,55 @@ class WaveNet(AutoregressiveModel):
 
     def encode_values(self, v: torch.Tensor) -> torch.Tensor:
         if self.num_values is None:
-            return self.embedding(v.float().unsqueeze(-1))
+            return self.embedding(v.to(self._float_dtype()).unsqueeze(-1))
         return self.embedding(v.long())
 
     def _gate(self, a: torch.Tensor) -> torch.Tensor:
         f, g = a.chunk(2, dim=1)
         return torch.tanh(f) * torch.sigmoid(g)
 
-    def forward_embedded(self, e: torch.Tensor) -> torch.Tensor:
-        inp = torch.cat([self.start.expand(e.shape[0], 1, -1), e[:, :-1]], 1)  # (B, T, E), shifted right
+    def _stack(self, e: torch.Tensor, context: torch.Tensor | None) -> torch.Tensor:
+        """The skip sum ``(B, S_k, T)`` of a sequence of group features ``(B, T, F)`` in generation order."""
+        inp = torch.cat([self.start.expand(e.shape[0], 1, -1), e[:, :-1]], 1)  # (B, T, F), shifted right
         h = self.input(inp.transpose(1, 2))  # (B, R, T)
+        if self.context is not None:
+            h = h + self.context(context).unsqueeze(-1)
         skip = 0.0
         for conv, res, sk in zip(self.dilated, self.res, self.skip):
             z = self._gate(conv(h))
             h = h + res(z)
             skip = skip + sk(z)
+        return skip
+
+    def forward_embedded(self, e: torch.Tensor, order: torch.Tensor, context: torch.Tensor | None) -> torch.Tensor:
+        skip = self._stack(self.to_generation_order(e, order), context)
         out = self.out2(F.relu(self.out1(F.relu(skip))))  # (B, P, T)
-        return out.transpose(1, 2)
+        return self.from_generation_order(out.transpose(1, 2), order)
+
+    def features(self, x: torch.Tensor, context: Any = None) -> torch.Tensor:
+        """The skip-connection sum that predicts each group, ``(B, G, skip_channels)`` (group index order)."""
+        x, _ = self.validate(x)
+        e = self.to_generation_order(self.group_features(self.embed(x)), self.order)
+        skip = self._stack(e, self.context_features(context, x.shape[0]))
+        return self.from_generation_order(skip.transpose(1, 2), self.order)
 
     # ------------------------------------------------------------------ Fast WaveNet cache
-    def init_state(self, n: int) -> Any:
+    def new_state(self, n: int, order: torch.Tensor, context: torch.Tensor | None) -> Any:
         r = self.input.out_channels
         # one ring buffer per layer, (n, R, (k-1) d), zeros = the left padding of the full pass
-        buffers = [torch.zeros(n, r, (self.kernel_size - 1) * d, device=self.device) for d in self.dilations]
-        return buffers, 0
+        buffers = [torch.zeros(n, r, (self.kernel_size - 1) * d, device=self.device, dtype=self._float_dtype())
+                   for d in self.dilations]
+        extra = None if self.context is None else self.context(context)  # (n, R)
+        return buffers, Static(0), extra
 
     def step(self, state: Any, i: int, x_prev: torch.Tensor | None) -> tuple[torch.Tensor, Any]:
-        buffers, t = state
+        buffers, t, extra = state
+        t = t.value
         n = buffers[0].shape[0]
-        e = self.start.expand(n, -1) if x_prev is None else self.encode_values(x_prev)
+        e = self.start.expand(n, -1) if x_prev is None else self.encode_values(x_prev).reshape(n, -1)
         h = F.linear(e, self.input.weight[:, :, 0], self.input.bias)  # (n, R)
+        if extra is not None:
+            h = h + extra
         skip = 0.0
         k = self.kernel_size
         for layer, (conv, res, sk, d) in enumerate(zip(self.dilated, self.res, self.skip, self.dilations)):
@@ -115,4 +146,4 @@ class WaveNet(AutoregressiveModel):
             skip = skip + F.linear(z, sk.weight[:, :, 0], sk.bias)
             h = h + F.linear(z, res.weight[:, :, 0], res.bias)
         hid = F.relu(F.linear(F.relu(skip), self.out1.weight[:, :, 0], self.out1.bias))
-        return F.linear(hid, self.out2.weight[:, :, 0], self.out2.bias), (buffers, t + 1)
+        return F.linear(hid, self.out2.weight[:, :, 0], self.out2.bias), (buffers, Static(t + 1), extra)

@@ -1,5 +1,2 @@
-"""Text: tokenizers and n-gram language models.
-
-- :mod:`chainrule.text.tokenizers`: character, byte, word and BPE tokenizers with one protocol.
-- :mod:`chainrule.text.ngram`: n-gram language models with the classic smoothers, ARPA import/export.
-"""
+"""Text: tokenizers (:mod:`chainrule.text.tokenizers`): character, byte, word and BPE with one
+protocol. The n-gram language models live in :mod:`chainrule.lm.ngram`."""

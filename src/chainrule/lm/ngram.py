@@ -1,10 +1,29 @@
 """Count-based n-gram language models with the classic smoothers, vectorized with NumPy.
 
-An order-``n`` model factorizes a sentence ``w_1 .. w_L`` as
-``p(w_1 .. w_L </s>) = prod_t p(w_t | w_{t-n+1} .. w_{t-1})`` over the sentence padded with
-``n - 1`` ``<s>`` on the left and one ``</s>`` on the right:
-``<s> .. <s> w_1 .. w_L </s>``. Every word and the final ``</s>`` is *predicted* (``L + 1`` events
-per sentence); ``<s>`` only ever appears in contexts and is never predicted.
+An order-``n`` model factorizes a sentence ``w_1 .. w_L`` (``w_{L+1} = </s>``) as
+``p(w_1 .. w_L </s>) = prod_{t=1}^{L+1} p(w_t | history_t)``. Every word and the final ``</s>`` is
+*predicted* (``L + 1`` events per sentence, all counted in perplexities); ``<s>`` only ever appears
+in contexts and is never predicted. Two padding conventions (``NgramLM(..., padding=...)``):
+
+- ``"srilm"`` (the default; SRILM's ``ngram-count``/``ngram``, KenLM's ``lmplz``/``query``): one
+  ``<s>`` on the left and one ``</s>`` on the right, ``<s> w_1 .. w_L </s>``. The history of ``w_t``
+  is the last ``min(n - 1, t)`` tokens of ``<s> w_1 .. w_{t-1}``, so the n-grams near the start of a
+  sentence are shorter (trigram: ``p(w_1 | <s>) p(w_2 | <s> w_1) p(w_3 | w_1 w_2) ..``), and
+  training counts every k-gram (k = 1..n) of the padded sentences that ends on a predicted token.
+  ``<s>`` is a context only: its unigram has probability 0 (log10 -99 in ARPA files) and carries a
+  backoff weight. With Kneser-Ney, the lower-order n-grams that begin with ``<s>`` keep their raw
+  counts instead of continuation counts, since nothing can precede ``<s>`` (``lmplz``'s
+  ``adjust_counts``: "anything that begins with <s> has full non adjusted count"); they take part in
+  the count-of-counts of their order, from which the discounts are estimated. These are exactly the
+  log-probabilities that ``kenlm.Model(arpa).score(" ".join(s), bos=True, eos=True)`` gives on the
+  file :meth:`NgramLM.to_arpa` writes.
+- ``"nltk"`` (NLTK's ``pad_both_ends``; the only convention of models saved before the option
+  existed): ``n - 1`` ``<s>`` on the left, ``<s> .. <s> w_1 .. w_L </s>``, and every token is
+  predicted by the order-n distribution (trigram: ``p(w_1 | <s> <s>) p(w_2 | <s> w_1) ..``).
+
+Scored n-grams are handled as rows of ``n`` ids over the sentence padded with ``n - 1`` ``<s>`` in
+both conventions (:meth:`NgramLM.ngram_rows`); with ``"srilm"`` every token of a context before its
+last ``<s>`` is ignored, so the row ``<s> <s> w_1`` means ``p(w_1 | <s>)``.
 
 Vocabulary (closed): the tokens seen at least ``min_count`` times in training (or a given list),
 plus ``<unk>`` (id 0), ``<s>`` (id 1) and ``</s>`` (id 2). Out-of-vocabulary tokens map to ``<unk>``
@@ -59,19 +78,28 @@ first (oldest) token, ``n_r`` = number of n-grams of one order seen exactly r ti
   ``gamma(h) = (D_1 N_1(h .) + D_2 N_2(h .) + D_3+ N_3+(h .)) / c(h .)``,
   ``Y = n_1/(n_1 + 2 n_2)``, ``D_1 = 1 - 2Y n_2/n_1``, ``D_2 = 2 - 3Y n_3/n_2``,
   ``D_3+ = 3 - 4Y n_4/n_3`` per order; lower orders use continuation counts
-  ``N_{1+}(. h w)`` in place of ``c(h w)``; the unigram level interpolates with uniform ``1/|P|``.
-- ``"kneser-ney-nltk"``: NLTK's ``KneserNeyInterpolated`` (one fixed discount, default 0.1).
+  ``N_{1+}(. h w)`` in place of ``c(h w)`` (with ``padding="srilm"``: the raw counts for n-grams
+  beginning with ``<s>``, see above), and the discounts of an order come from the count-of-counts
+  of these adjusted counts; the unigram level interpolates with uniform ``1/|P|``. With
+  ``padding="srilm"`` and ``min_count=1`` this is ``lmplz``'s estimate (KenLM, default options)
+  wherever ``lmplz`` accepts the data; where the count-of-counts give no valid discounts ``lmplz``
+  stops (or, with ``--discount_fallback``, uses 0.5/1/1.5) and this falls back to one discount.
+- ``"kneser-ney-nltk"``: NLTK's ``KneserNeyInterpolated`` (one fixed discount, default 0.1); with
+  ``padding="srilm"``, n-grams beginning with ``<s>`` keep their raw counts as in ``"kneser-ney"``
+  (NLTK's continuation count of such an n-gram would be 0).
 
 Any context never seen in training contributes nothing: ``p(w|h) = p(w|h')`` (for "mle" 0, for
 Laplace/Lidstone uniform).
 
 ARPA files (``to_arpa``/``from_arpa``) hold log10 probabilities and backoff weights with the usual
-semantics ``p(w|h) = p*(h w)`` if listed, else ``bow(h) p(w|h')``.
+semantics ``p(w|h) = p*(h w)`` if listed, else ``bow(h) p(w|h')``, and the SRILM/KenLM sentence
+convention: one ``<s>`` as the first context, n-grams beginning with ``<s>`` used only at sentence
+starts. :meth:`NgramLM.to_arpa` writes every model (either padding) so that KenLM's ordinary
+``score(s, bos=True, eos=True)`` equals :meth:`NgramLM.sentence_logprob` / ln 10.
 """
 
 from __future__ import annotations
 
-import argparse
 import json
 import logging
 import math
@@ -107,8 +135,11 @@ _OPTIONS: dict[str, tuple[str, ...]] = {
 }
 #: smoothers whose distributions can be written as an ARPA backoff model
 ARPA_SMOOTHERS = ("jelinek-mercer", "witten-bell", "katz", "kneser-ney", "kneser-ney-nltk", "arpa")
+#: sentence padding conventions (see the module docstring); the first is the default
+PADDINGS = ("srilm", "nltk")
 
-_FORMAT = "chainrule-ngram-1"
+_FORMAT = "chainrule-ngram-2"  # 2: + "padding" (format-1 models have NLTK padding)
+_FORMATS_READ = ("chainrule-ngram-1", _FORMAT)
 _CONFIG = "ngram.json"
 _ARRAYS = "ngram.npz"
 _LOG10 = math.log(10.0)
@@ -242,14 +273,14 @@ def _type_ids(flat: list[str], uniq: set[str], sort: bool = False) -> tuple[list
     return types, np.fromiter(map(index.__getitem__, flat), dtype=np.int64, count=len(flat))
 
 
-def _pad_stream(ids: np.ndarray, lengths: np.ndarray, order: int) -> tuple[np.ndarray, np.ndarray]:
-    """Concatenate sentences as ``<s>^(n-1) w_1..w_L </s>``; return (stream, offset in sentence)."""
-    sizes = lengths + order  # (n-1) pads + L + 1
+def _pad_stream(ids: np.ndarray, lengths: np.ndarray, num_bos: int) -> tuple[np.ndarray, np.ndarray]:
+    """Concatenate sentences as ``<s>^num_bos w_1..w_L </s>``; return (stream, offset in sentence)."""
+    sizes = lengths + num_bos + 1  # pads + L + 1
     total = int(sizes.sum())
     starts = np.concatenate([[0], np.cumsum(sizes)[:-1]]).astype(np.int64)
     stream = np.full(total, BOS_ID, dtype=np.int64)
     word_start = np.concatenate([[0], np.cumsum(lengths)[:-1]]).astype(np.int64)
-    pos = np.repeat(starts + order - 1 - word_start, lengths) + np.arange(int(lengths.sum()), dtype=np.int64)
+    pos = np.repeat(starts + num_bos - word_start, lengths) + np.arange(int(lengths.sum()), dtype=np.int64)
     stream[pos] = ids
     stream[starts + sizes - 1] = EOS_ID
     offset = np.arange(total, dtype=np.int64) - np.repeat(starts, sizes)
@@ -273,6 +304,10 @@ class NgramLM:
         smoothing: one of :data:`SMOOTHERS` (see the module docstring for every formula):
             ``"mle"``, ``"laplace"``, ``"lidstone"``, ``"jelinek-mercer"``, ``"witten-bell"``,
             ``"katz"``, ``"kneser-ney"`` (interpolated modified KN) or ``"kneser-ney-nltk"``.
+        padding: (keyword only) ``"srilm"`` (default): one ``<s>``, shorter n-grams at sentence
+            starts, as SRILM and KenLM count and score them, so that exported ARPA files score the
+            same under KenLM's ``score(s, bos=True, eos=True)``; ``"nltk"``: ``n - 1`` ``<s>``, as
+            NLTK's ``pad_both_ends`` (use it to reproduce nltk.lm). See the module docstring.
         **options:
             ``k`` (lidstone; > 0, default 0.5);
             ``lambdas`` (jelinek-mercer; n + 1 weights >= 0 for orders n..1 and uniform, highest
@@ -282,8 +317,9 @@ class NgramLM:
             ``max_discounted_count`` (katz: Good-Turing discounts counts <= this, default 5);
             ``nltk_compatible`` (mle, laplace, lidstone, witten-bell: reproduce nltk.lm exactly).
 
-    NLTK compatibility (checked against nltk 3.x ``nltk/lm/{models,smoothing,api}.py``; NLTK fed the
-    same padded sentences, i.e. ``everygrams`` of ``<s>^(n-1) w_1..w_L </s>``, and the same vocabulary):
+    NLTK compatibility (checked against nltk 3.x ``nltk/lm/{models,smoothing,api}.py``; with
+    ``padding="nltk"``, NLTK fed the same padded sentences, i.e. ``everygrams`` of
+    ``<s>^(n-1) w_1..w_L </s>``, and the same vocabulary):
 
     - NLTK counts *every* k-gram of the padded sentence, including those that end inside the
       ``<s>`` padding (unigram ``<s>``, bigram ``<s> <s>`` ...). Our counts keep only k-grams that
@@ -309,13 +345,17 @@ class NgramLM:
     The NLTK-compatible variants are therefore excluded from the "sums to 1, positive" guarantee.
     """
 
-    def __init__(self, order: int, smoothing: str = "kneser-ney", **options: Any) -> None:
+    def __init__(self, order: int, smoothing: str = "kneser-ney", *, padding: str = "srilm", **options: Any) -> None:
         if not isinstance(order, (int, np.integer)) or isinstance(order, bool) or order < 1:
             raise InputError(f"order must be an integer n >= 1 (1 = unigram), got {order!r}")
         if not isinstance(smoothing, str) or smoothing not in SMOOTHERS + ("arpa",):
             raise InputError(f"unknown smoothing {smoothing!r}; choose one of: {', '.join(SMOOTHERS)}")
+        if not isinstance(padding, str) or padding not in PADDINGS:
+            raise InputError(f"unknown padding {padding!r}; choose 'srilm' (one <s>, as SRILM/KenLM) or "
+                             "'nltk' (n-1 <s>, as NLTK's pad_both_ends)")
         self.order = int(order)
         self.smoothing = smoothing
+        self.padding = padding
         self.options = self._check_options(smoothing, dict(options))
         self.metadata: dict[str, Any] = {}
         self.vocab: list[str] = []
@@ -384,6 +424,12 @@ class NgramLM:
         return self.smoothing == "kneser-ney-nltk" or bool(self.options.get("nltk_compatible", False))
 
     @property
+    def _num_bos(self) -> int:
+        """How many ``<s>`` training sentences are padded with: 1 (srilm; 0 for unigram models, where
+        ``<s>`` is the context of nothing) or n - 1 (nltk)."""
+        return min(1, self.order - 1) if self.padding == "srilm" else self.order - 1
+
+    @property
     def vocab_size(self) -> int:
         """Number of vocabulary entries, including ``<unk>``, ``<s>`` and ``</s>``."""
         return len(self.vocab)
@@ -395,7 +441,7 @@ class NgramLM:
     def __repr__(self) -> str:
         opts = "".join(f", {k}={v!r}" for k, v in self.options.items())
         state = f"vocab {len(self.vocab)}" if self._fitted else "not fitted"
-        return f"NgramLM(order={self.order}, smoothing={self.smoothing!r}{opts}) [{state}]"
+        return f"NgramLM(order={self.order}, smoothing={self.smoothing!r}, padding={self.padding!r}{opts}) [{state}]"
 
     def _require_fitted(self) -> None:
         if not self._fitted:
@@ -428,7 +474,8 @@ class NgramLM:
     def fit(self, sentences: Iterable[Sequence[str]], min_count: int = 1, vocabulary: Iterable[str] | None = None) -> NgramLM:
         """Count all k-grams (k = 1..n) of the training sentences and compute the smoother's parameters.
 
-        Each sentence is padded with ``n - 1`` ``<s>`` on the left and one ``</s>`` on the right.
+        Each sentence is padded with one ``<s>`` (``padding="srilm"``) or ``n - 1`` ``<s>``
+        (``padding="nltk"``) on the left and one ``</s>`` on the right.
         The vocabulary is ``vocabulary`` if given, else the tokens seen ``>= min_count`` times, plus
         ``<unk>``, ``<s>``, ``</s>``; other tokens count as ``<unk>``. ``<s>``/``</s>`` may not
         appear inside a sentence. Returns ``self``.
@@ -470,10 +517,10 @@ class NgramLM:
         """Fill the per-order tables: sorted keys, event counts (k-grams ending on a predicted token),
         occurrence counts (every k-gram inside a padded sentence, NLTK's counts) and prefix ranks."""
         n, V = self.order, len(self.vocab)
-        stream, offset = _pad_stream(ids, lengths, n)
+        stream, offset = _pad_stream(ids, lengths, self._num_bos)
         ext = np.concatenate([np.full(n - 1, BOS_ID, dtype=np.int64), stream])
         windows = sliding_window_view(ext, n)  # windows[t] = the n tokens ending at stream position t
-        event = offset >= n - 1
+        event = offset >= self._num_bos  # k-grams that end on a predicted token
         keys_all, ev_all, occ_all, prefix_all = [], [], [], []
         rank_prev = np.zeros(0, dtype=np.int64)
         for k in range(1, n + 1):
@@ -550,6 +597,13 @@ class NgramLM:
         def ctx_sum(k: int, values: np.ndarray) -> np.ndarray:
             return np.bincount(prefix[k - 1], weights=values, minlength=self._mult(k)).astype(np.float64)
 
+        def bos_first(k: int) -> np.ndarray:
+            """Which order-k entries (k >= 2) begin with <s> and so, with SRILM padding, have no
+            continuation count (nothing precedes <s>): Kneser-Ney keeps their raw counts (lmplz)."""
+            if self.padding != "srilm" or k < 2:
+                return np.zeros(self._keys[k - 1].size, dtype=bool)
+            return self._keys[k - 1] // self._mult(k) == BOS_ID
+
         if sm == "mle":
             self._recursive, self._base = False, np.zeros(V)
             for k in range(1, n + 1):
@@ -601,6 +655,7 @@ class NgramLM:
                     nxt = self._keys[k]
                     c = np.bincount(nxt % self._keys[k - 1].size, weights=(ev[k] > 0),
                                     minlength=self._keys[k - 1].size).astype(np.int64)
+                    c = np.where(bos_first(k), ev[k - 1], c)
                 d1, d2, d3 = self._kn_discounts(c, k, quiet)
                 disc = np.array([0.0, d1, d2, d3])[np.minimum(c, 3)]
                 tot = ctx_sum(k, c)
@@ -615,6 +670,7 @@ class NgramLM:
                 if k < n:
                     cont = np.bincount(self._keys[k] % self._keys[k - 1].size,
                                        minlength=self._keys[k - 1].size).astype(np.float64)
+                    cont = np.where(bos_first(k), occ[k - 1], cont)
                 if k == 1:
                     levels.append(_Level(cont / cont.sum(), np.zeros(1)))
                     continue
@@ -634,16 +690,20 @@ class NgramLM:
             raise InputError(f"cannot build smoothing {sm!r}")
 
     def _kn_discounts(self, c: np.ndarray, k: int, quiet: bool) -> tuple[float, float, float]:
-        """Modified-KN discounts D1, D2, D3+ of one order from its count-of-counts (C&G 1999, Section 3)."""
+        """Modified-KN discounts D1, D2, D3+ of one order from its count-of-counts (C&G 1999, Section 3).
+
+        Valid if n1..n4 > 0 and 0 < D_j < j; with SRILM padding ``lmplz``'s rule instead: n1, n2,
+        n3 > 0 and 0 < D_j <= j, so n4 = 0 (D3+ = 3) is accepted as ``lmplz`` accepts it."""
         if "discount" in self.options:
             d = self.options["discount"]
             return d, d, d
         nr = np.bincount(np.minimum(c[c > 0], 5), minlength=6)
         n1, n2, n3, n4 = (int(x) for x in nr[1:5])
-        if min(n1, n2, n3, n4) > 0:
+        lmplz = self.padding == "srilm"
+        if min(n1, n2, n3) > 0 and (n4 > 0 or lmplz):
             y = n1 / (n1 + 2 * n2)
             d1, d2, d3 = 1 - 2 * y * n2 / n1, 2 - 3 * y * n3 / n2, 3 - 4 * y * n4 / n3
-            if 0 < d1 < 1 and 0 < d2 < 2 and 0 < d3 < 3:
+            if 0 < d1 < 1 and 0 < d2 < 2 and (0 < d3 <= 3 if lmplz else 0 < d3 < 3):
                 return d1, d2, d3
         d = n1 / (n1 + 2 * n2) if n1 > 0 and n2 > 0 else 0.5
         if not quiet:
@@ -716,7 +776,25 @@ class NgramLM:
 
     # ------------------------------------------------------------------ scoring
     def _probs(self, rows: np.ndarray) -> np.ndarray:
-        """Probabilities of the last column given the others, rows ``(N, m)`` of ids, m <= n."""
+        """Probabilities of the last column given the others, rows ``(N, m)`` of ids, m <= n.
+
+        With SRILM padding a context is cut before its last ``<s>`` (``<s> <s> w`` and ``x <s> w``
+        are ``p(w | <s>)``: the sentence starts there, nothing before it counts); rows are grouped
+        by where their context starts (at most n - 1 groups, no per-row Python loop)."""
+        m = rows.shape[1]
+        if self.padding == "srilm" and m > 2:
+            is_bos = rows[:, 1:-1] == BOS_ID
+            if is_bos.any():
+                start = np.where(is_bos.any(1), m - 2 - np.argmax(is_bos[:, ::-1], axis=1), 0)
+                out = np.empty(rows.shape[0])
+                for j in np.unique(start).tolist():
+                    sel = start == j
+                    out[sel] = self._probs_flat(rows[sel, j:])
+                return out
+        return self._probs_flat(rows)
+
+    def _probs_flat(self, rows: np.ndarray) -> np.ndarray:
+        """:meth:`_probs` without the SRILM cut: every column of the context is used."""
         m = rows.shape[1]
         ranks = self._chain(rows)
         ctx = self._chain(rows[:, :-1])
@@ -744,7 +822,8 @@ class NgramLM:
 
         ``ids_ngrams``: int array ``(N, m)`` of token ids (see :meth:`encode`), the last column the
         predicted token, the others its context (oldest first). Rows longer than n use their last n
-        ids; shorter rows (m < n) are scored with the order-m distribution of the model.
+        ids; shorter rows (m < n) are scored with the order-m distribution of the model. With
+        ``padding="srilm"`` the context starts at its last ``<s>`` (so ``<s> <s> w`` is ``<s> w``).
         Returns ``(N,)`` float64 (``-inf`` for probability 0).
         """
         self._require_fitted()
@@ -763,8 +842,10 @@ class NgramLM:
 
     def logprob(self, token: str, context: Sequence[str] = ()) -> float:
         """Natural log of p(token | context). The context is used as given, truncated to its last
-        n - 1 tokens; for sentence starts include the ``<s>`` padding, e.g. ``("<s>", "<s>")``.
-        A shorter context is scored with the corresponding lower-order distribution."""
+        n - 1 tokens; for sentence starts include the ``<s>`` padding: ``("<s>",)`` with
+        ``padding="srilm"`` (anything before a ``<s>`` is ignored, so ``("<s>", "<s>")`` is the
+        same), ``("<s>",) * (n - 1)`` with ``padding="nltk"``. A shorter context is scored with the
+        corresponding lower-order distribution."""
         self._require_fitted()
         if isinstance(context, str):
             raise InputError(f"context must be a sequence of tokens, got the string {context!r}; use e.g. {context.split()!r}")
@@ -781,7 +862,7 @@ class NgramLM:
         n = self.order
         if lengths.size == 0:
             return np.zeros((0, n), dtype=np.int64), np.zeros(0, dtype=np.int64), 0, 0
-        stream, offset = _pad_stream(ids, lengths, n)
+        stream, offset = _pad_stream(ids, lengths, n - 1)  # rows of n ids in both conventions
         ends = np.arange(n - 1, stream.size)
         win = sliding_window_view(stream, n)
         rows = win[offset[ends] >= n - 1]
@@ -790,12 +871,16 @@ class NgramLM:
 
     def ngram_rows(self, sentences: Iterable[Sequence[str]]) -> np.ndarray:
         """Every scored n-gram of the padded sentences as id rows ``(N, n)`` (sentence after
-        sentence, ``L + 1`` rows per sentence), ready for :meth:`logprobs`."""
+        sentence, ``L + 1`` rows per sentence), ready for :meth:`logprobs`. The rows are windows
+        of ``<s>^(n-1) w_1..w_L </s>`` in both conventions; with ``padding="srilm"`` the leading
+        ``<s>`` beyond the last one of a context are ignored when scoring."""
         self._require_fitted()
         return self._sentence_rows(sentences, "sentences")[0]
 
     def sentence_logprob(self, sentence: Sequence[str]) -> float:
-        """Natural log of p(w_1 .. w_L </s>) under the padding described in :meth:`fit`."""
+        """Natural log of p(w_1 .. w_L </s>) under the model's padding (see the module docstring);
+        for either padding, KenLM's ``score(" ".join(sentence), bos=True, eos=True)`` on the file
+        :meth:`to_arpa` writes is this divided by ln 10."""
         self._require_fitted()
         rows, _, _, _ = self._sentence_rows([sentence], "sentence")
         return float(self.logprobs(rows).sum())
@@ -828,7 +913,7 @@ class NgramLM:
     # ------------------------------------------------------------------ generation
     def next_logprobs(self, context: Sequence[str] = ()) -> np.ndarray:
         """Log-probabilities ``(V,)`` of every vocabulary token after ``context`` (strings, used as
-        given: include ``<s>`` for sentence starts)."""
+        given: include ``<s>`` for sentence starts, see :meth:`logprob`)."""
         self._require_fitted()
         return self._next_logprobs(self.encode(list(context)))
 
@@ -843,20 +928,20 @@ class NgramLM:
     def generate(self, num_tokens: int | None = None, context: Sequence[str] = (), temperature: float = 1.0,
                  top_k: int | None = None, top_p: float | None = None, generator: Any = None,
                  max_tokens: int = 10_000) -> list[str]:
-        """Sample tokens left to right from the full next-token distribution (``chainrule.decoding``).
+        """Sample tokens left to right from the full next-token distribution (``chainrule.inference.processors``).
 
         ``num_tokens=None``: one sentence, until ``</s>`` (not returned) or ``max_tokens``.
         ``num_tokens=N``: exactly N tokens; a drawn ``</s>`` is returned and starts a new sentence
         (the context restarts with the ``<s>`` padding). ``context``: a prompt continuing the
         current sentence (it is padded with ``<s>`` on the left). ``temperature`` (0 = greedy),
-        ``top_k``, ``top_p`` as in :func:`chainrule.decoding.processors`; ``generator`` a
+        ``top_k``, ``top_p`` as in :func:`chainrule.inference.processors.processors`; ``generator`` a
         ``torch.Generator`` for reproducibility. ``<s>`` is never generated. If the context was
         never seen (only possible with ``"mle"``), the context is shortened until some token has
         positive probability.
         """
         import torch
 
-        from chainrule.decoding import choose, processors
+        from chainrule.inference.processors import choose, processors
 
         self._require_fitted()
         if num_tokens is not None and (isinstance(num_tokens, bool) or not isinstance(num_tokens, (int, np.integer)) or num_tokens < 0):
@@ -889,13 +974,27 @@ class NgramLM:
 
     # ------------------------------------------------------------------ ARPA
     def to_arpa(self, path: str | os.PathLike) -> Path:
-        """Write the model as an ARPA backoff file (log10 probabilities and backoff weights).
+        """Write the model as an ARPA backoff file (log10 probabilities and backoff weights) in the
+        SRILM/KenLM convention, so that ``kenlm.Model(path).score(" ".join(s), bos=True, eos=True)``
+        equals ``sentence_logprob(s) / ln 10`` (to the 7 significant digits written, KenLM's
+        float32) and KenLM's perplexities equal :meth:`perplexity`, for either padding.
 
         For interpolated smoothers every n-gram seen in training is written with its exact
         probability ``p(w|h)`` and every context ``h`` with ``bow(h) = gamma(h)``, so an unlisted
         ``h w`` backs off to ``gamma(h) p(w|h')`` exactly as the interpolation does; Katz is written
-        as is. Contexts that are only padding (e.g. ``<s> <s>``) are listed with log10 p = -99
-        (probability 0), as is the unigram ``<s>``. Values have 7 significant digits.
+        as is. The unigram ``<s>`` has log10 p = -99 (probability 0) and the backoff weight of the
+        sentence-start context.
+
+        ``padding="srilm"`` models are written as they are. ``padding="nltk"`` models score the
+        start of a sentence with contexts ``<s>^j u`` (j >= 1 padding symbols, u the words so far)
+        that KenLM, which starts every sentence with the one context ``<s>``, never looks up; they
+        are therefore written *collapsed*: the n-gram ``<s> u w`` carries the model's
+        ``p(w | <s>^(n-1-|u|) u)`` and the context ``<s> u`` the product of the backoff weights
+        ``gamma(<s>^j u)`` over the padding levels, which is exact because in a padded sentence
+        ``<s>^j u w`` occurs exactly where ``<s> u w`` does. No n-gram with ``<s>`` after its
+        first word is written. The file then describes the model only on sentences (a query
+        with ``<s>`` inside a context, or predicting ``<s>``, may differ from :meth:`logprobs`).
+
         Supported for: jelinek-mercer, witten-bell, katz, kneser-ney, kneser-ney-nltk (and models
         read from ARPA); MLE/Laplace/Lidstone are not backoff models and raise InputError.
         """
@@ -909,21 +1008,44 @@ class NgramLM:
                              f"cannot be written: {bad[:5]!r}; map them to other symbols before fitting")
         path = Path(path)
         n, V = self.order, len(self.vocab)
+        # the n-grams to list, per order: ordinary ones as they are, <s>^j u w collapsed to <s> u w
+        parts: dict[int, list[np.ndarray]] = {k: [] for k in range(2, n + 1)}
+        overlap = False  # whether collapsing can produce an n-gram twice (only with <s>^j, j >= 2)
+        for big_k in range(2, n + 1):
+            rows = self._rows(big_k)[self._listed(big_k)]
+            not_bos = rows != BOS_ID
+            lead = np.where(not_bos.any(1), np.argmax(not_bos, axis=1), big_k)  # leading <s> of each row
+            for j in np.unique(lead).tolist():
+                if j == big_k:  # only <s>: a padding context, represented by the unigram <s>
+                    continue
+                tail = rows[lead == j, j:]
+                tail = tail[(tail != BOS_ID).all(1)]  # <s> after a word: no sentence has it
+                if j == 0:
+                    parts[big_k].append(tail)
+                else:
+                    parts[big_k - j + 1].append(np.column_stack([np.full(tail.shape[0], BOS_ID), tail]))
+                    overlap |= j > 1
         sections: list[tuple[np.ndarray, np.ndarray, np.ndarray | None]] = []
         for k in range(1, n + 1):
             if k == 1:
                 rows = np.arange(V, dtype=np.int64)[:, None]
-                rank = _lookup(self._keys[0], rows[:, 0])
+                lp = self.logprobs(rows)
             else:
-                rows = self._rows(k)
-                listed = self._listed(k)
-                rows, rank = rows[listed], np.flatnonzero(listed)
-            lp = self.logprobs(rows) / _LOG10 if rows.size else np.zeros(0)
-            bow = None
-            if k < n:
-                g = self._levels[k].g
-                bow = np.where(rank >= 0, g[np.where(rank >= 0, rank, 0)], 1.0) if g.size else np.ones(rows.shape[0])
-                bow = _log(bow) / _LOG10
+                chunks = [c for c in parts[k] if c.size]
+                if not chunks:
+                    rows = np.zeros((0, k), dtype=np.int64)
+                elif overlap:
+                    rows = np.unique(np.concatenate(chunks), axis=0)
+                else:
+                    rows = np.concatenate(chunks)
+                lp = np.zeros(rows.shape[0])
+                start = rows[:, 0] == BOS_ID
+                if (~start).any():
+                    lp[~start] = self.logprobs(rows[~start])
+                if start.any():  # sentence starts: the full-order probability (the same row with srilm padding)
+                    lp[start] = self.logprobs(np.column_stack([np.full((int(start.sum()), n - k), BOS_ID), rows[start]]))
+            lp = lp / _LOG10
+            bow = _log(self._arpa_bow(rows)) / _LOG10 if k < n else None
             sections.append((rows, lp, bow))
         words = np.array(self.vocab, dtype=object)
         with open(path, "w", encoding="utf-8") as fh:
@@ -948,6 +1070,25 @@ class NgramLM:
             fh.write("\n\\end\\\n")
         logger.info("wrote %s (%s)", path, ", ".join(f"{k}-grams: {s[0].shape[0]}" for k, s in enumerate(sections, 1)))
         return path
+
+    def _arpa_bow(self, ctx: np.ndarray) -> np.ndarray:
+        """ARPA backoff weights of contexts ``ctx`` (N, k), k < n: the order-(k+1) level's gamma
+        (or Katz alpha) of the context, 1 where it is absent; for a sentence-start context
+        ``<s> u`` the product over the padding variants ``<s>^j u`` (j = 1..n-1-|u|), of which
+        only j = 1 exists with SRILM padding (see :meth:`to_arpa`)."""
+        num, k = ctx.shape
+        out = np.ones(num)
+        start = np.flatnonzero(ctx[:, 0] == BOS_ID) if k else np.zeros(0, dtype=np.int64)
+        for j in range(1, self.order - k + 1):
+            sel = np.arange(num) if j == 1 else start
+            if sel.size == 0:
+                break
+            rows = np.column_stack([np.full((sel.size, j - 1), BOS_ID, dtype=np.int64), ctx[sel]])
+            r = self._chain(rows)[-1]
+            g = self._levels[k + j - 1].g
+            if g.size:
+                out[sel] *= np.where(r >= 0, g[np.where(r >= 0, r, 0)], 1.0)
+        return out
 
     def _listed(self, k: int) -> np.ndarray:
         """Which order-k table entries (k >= 2) an ARPA file lists: explicit n-grams and contexts."""
@@ -975,11 +1116,17 @@ class NgramLM:
         return self._chain(rows[:, :-1])[-1]
 
     @classmethod
-    def from_arpa(cls, path: str | os.PathLike) -> NgramLM:
+    def from_arpa(cls, path: str | os.PathLike, padding: str | None = None) -> NgramLM:
         """Read an ARPA file into a model that scores with the ARPA backoff semantics:
         ``p(w|h) = 10^logp(h w)`` if listed, else ``10^bow(h) p(w|h')`` (``bow = 0`` if h is not listed).
         Log-probabilities <= -99 mean probability 0. A file without ``<unk>`` gets one with probability 0
-        (a warning is logged). Errors raise :class:`DataError` with the line number."""
+        (a warning is logged). Errors raise :class:`DataError` with the line number.
+
+        ``padding``: how sentences are scored; ``None`` (default) infers it: ``"srilm"`` (one
+        ``<s>``, as SRILM and KenLM score every ARPA file) unless the file lists n-grams with
+        ``<s>`` after their first word (written for ``n - 1`` ``<s>``, e.g. ``<s> <s> w`` by earlier
+        chainrule versions' export of NLTK-padded models), then ``"nltk"`` with a warning that
+        KenLM's ordinary scoring ignores those n-grams."""
         path = Path(path)
         try:
             text = path.read_bytes().decode("utf-8")
@@ -1085,7 +1232,14 @@ class NgramLM:
                 if w in seen_words:
                     raise err(ln, f"duplicate unigram {w!r}")
                 seen_words.add(w)
-        model = cls(n, "arpa")
+        inner_bos = [k for k in range(2, n + 1) if any(BOS in g[1:] for g in sections[k][0])]
+        if padding is None:
+            padding = "nltk" if inner_bos else "srilm"
+            if inner_bos:
+                logger.warning("%s lists %d-grams with %s after their first word (padding with n-1 %s); scoring with "
+                               "padding='nltk'. KenLM's score(s, bos=True, eos=True) starts from a single %s and "
+                               "gives different scores for this file", path, inner_bos[0], BOS, BOS, BOS)
+        model = cls(n, "arpa", padding=padding)
         if UNK not in uni:
             logger.warning("%s has no %s unigram; unknown words get probability 0", path, UNK)
         words = [w for w in uni if w not in SPECIALS]
@@ -1160,7 +1314,8 @@ class NgramLM:
 
     # ------------------------------------------------------------------ persistence
     def save(self, path: str | os.PathLike) -> Path:
-        """Save to directory ``path``: ``ngram.json`` (settings, vocabulary) + ``ngram.npz`` (arrays)."""
+        """Save to directory ``path``: ``ngram.json`` (settings incl. ``padding``, vocabulary) +
+        ``ngram.npz`` (arrays)."""
         self._require_fitted()
         path = Path(path)
         path.mkdir(parents=True, exist_ok=True)
@@ -1176,14 +1331,16 @@ class NgramLM:
                 for name in ("ev", "occ", "prefix"):
                     arrays[f"{name}_{k}"] = self._counts[name][k - 1]
         np.savez_compressed(path / _ARRAYS, **arrays)
-        config = {"format": _FORMAT, "order": self.order, "smoothing": self.smoothing, "options": self.options,
-                  "vocab": self.vocab, "metadata": self.metadata}
+        config = {"format": _FORMAT, "order": self.order, "smoothing": self.smoothing, "padding": self.padding,
+                  "options": self.options, "vocab": self.vocab, "metadata": self.metadata}
         (path / _CONFIG).write_text(json.dumps(config, indent=1, ensure_ascii=False), encoding="utf-8")
         return path
 
     @classmethod
     def load(cls, path: str | os.PathLike) -> NgramLM:
-        """Load a model saved with :meth:`save` (no pickle: JSON + ``np.load(allow_pickle=False)``)."""
+        """Load a model saved with :meth:`save` (no pickle: JSON + ``np.load(allow_pickle=False)``).
+        A model saved before the padding option (format ``chainrule-ngram-1``, no ``padding``
+        field) was fitted with NLTK padding and loads with ``padding="nltk"``."""
         path = Path(path)
         if not (path / _CONFIG).is_file() or not (path / _ARRAYS).is_file():
             raise DataError(f"{path} is not a saved n-gram model (expected {_CONFIG} and {_ARRAYS} in it)")
@@ -1191,10 +1348,13 @@ class NgramLM:
             config = json.loads((path / _CONFIG).read_text(encoding="utf-8"))
         except (json.JSONDecodeError, UnicodeDecodeError) as exc:
             raise DataError(f"{path / _CONFIG} is not valid JSON: {exc}") from exc
-        if not isinstance(config, dict) or config.get("format") != _FORMAT:
+        if not isinstance(config, dict) or config.get("format") not in _FORMATS_READ:
             raise DataError(f"{path / _CONFIG} is not a chainrule n-gram model (format {config.get('format') if isinstance(config, dict) else None!r}, "
-                            f"expected {_FORMAT!r})")
-        model = cls(config["order"], config["smoothing"], **config.get("options", {}))
+                            f"expected one of {', '.join(map(repr, _FORMATS_READ))})")
+        padding = config.get("padding", "nltk")  # models saved before the option: NLTK padding
+        if padding not in PADDINGS:
+            raise DataError(f"{path / _CONFIG}: unknown padding {padding!r} (expected one of {', '.join(PADDINGS)})")
+        model = cls(config["order"], config["smoothing"], padding=padding, **config.get("options", {}))
         model.metadata = dict(config.get("metadata", {}))
         model._set_vocab(list(config["vocab"]))
         try:
@@ -1239,124 +1399,3 @@ def read_text_sentences(path: str | os.PathLike, lowercase: bool = False) -> lis
     if lowercase:
         text = text.lower()
     return [toks for toks in (line.split() for line in text.split("\n")) if toks]
-
-
-def _cmd_fit(args: argparse.Namespace) -> int:
-    sents = read_text_sentences(args.text_file, args.lowercase)
-    if not sents:
-        raise DataError(f"{args.text_file} has no non-empty lines to train on")
-    options: dict[str, Any] = {}
-    if args.k is not None:
-        options["k"] = args.k
-    if args.lambdas is not None:
-        try:
-            options["lambdas"] = [float(x) for x in args.lambdas.split(",")]
-        except ValueError:
-            raise InputError(f"--lambdas must be comma-separated numbers, got {args.lambdas!r}") from None
-    if args.discount is not None:
-        options["discount"] = args.discount
-    if args.nltk_compatible:
-        options["nltk_compatible"] = True
-    model = NgramLM(args.order, args.smoothing, **options)
-    model.fit(sents, min_count=args.min_count)
-    model.metadata["lowercase"] = bool(args.lowercase)
-    model.metadata["train_file"] = str(args.text_file)
-    out = model.save(args.out)
-    print(f"fitted {model} on {len(sents)} sentences -> {out}")
-    return 0
-
-
-def _load_model(path: str) -> NgramLM:
-    return NgramLM.load(path)
-
-
-def _cmd_eval(args: argparse.Namespace) -> int:
-    model = _load_model(args.model_dir)
-    lower = model.metadata.get("lowercase", False) if args.lowercase is None else args.lowercase
-    sents = read_text_sentences(args.text_file, lower)
-    if not sents:
-        raise DataError(f"{args.text_file} has no non-empty lines to evaluate")
-    res = model.perplexity(sents)
-    if not math.isfinite(res.perplexity):
-        # an infinite perplexity is no result to print: say what happened and what to do
-        raise InputError(
-            f"{args.text_file}: some of the {res.num_tokens} test tokens have probability 0 under this "
-            f"{model.smoothing!r} model ({res.num_oov} are out of vocabulary), so its perplexity is infinite; "
-            "fit a smoothed model instead (--smoothing kneser-ney, witten-bell or lidstone)"
-        )
-    print(f"perplexity: {res.perplexity:.4f}")
-    print(f"cross-entropy: {res.cross_entropy_nats_per_token:.6f} nats/token")
-    print(f"tokens: {res.num_tokens} ({res.num_sentences} sentences, </s> included)")
-    print(f"OOV tokens: {res.num_oov}")
-    print(f"vocabulary size: {res.vocab_size}")
-    return 0
-
-
-def _cmd_generate(args: argparse.Namespace) -> int:
-    import torch
-
-    model = _load_model(args.model_dir)
-    prompt = args.prompt.split() if args.prompt else []
-    if prompt and model.metadata.get("lowercase"):
-        prompt = [t.lower() for t in prompt]
-    gen = None
-    if args.seed is not None:
-        gen = torch.Generator().manual_seed(args.seed)
-    toks = model.generate(args.num_tokens, context=prompt, temperature=args.temperature, top_k=args.top_k,
-                          top_p=args.top_p, generator=gen)
-    print(" ".join(prompt + toks))
-    return 0
-
-
-def _cmd_export_arpa(args: argparse.Namespace) -> int:
-    model = _load_model(args.model_dir)
-    out = model.to_arpa(args.out)
-    print(f"wrote {out}")
-    return 0
-
-
-def register_cli(subparsers: Any) -> argparse.ArgumentParser:
-    """Add the ``ngram`` command (fit / eval / generate / export-arpa) to an argparse sub-parser set.
-
-    Each action sets ``func`` to a function ``(argparse.Namespace) -> int``; errors are raised as
-    chainrule errors for the main CLI to print."""
-    p = subparsers.add_parser("ngram", help="n-gram language models on text files (one sentence per line)",
-                              description="Count-based n-gram language models: sentences are the non-empty lines "
-                                          "of a UTF-8 file, tokens are whitespace-separated.")
-    sub = p.add_subparsers(dest="ngram_command", required=True, metavar="ACTION")
-
-    f = sub.add_parser("fit", help="count n-grams of a text file and save the model")
-    f.add_argument("text_file", help="UTF-8 training text, one sentence per line")
-    f.add_argument("--order", "-n", type=int, default=3, help="n (default 3)")
-    f.add_argument("--smoothing", "-s", default="kneser-ney", help=f"one of {', '.join(SMOOTHERS)} (default kneser-ney)")
-    f.add_argument("--min-count", type=int, default=1, help="tokens seen fewer times become <unk> (default 1)")
-    f.add_argument("--lowercase", action="store_true", help="lower-case the text (remembered for eval/generate)")
-    f.add_argument("--k", type=float, help="lidstone: add-k pseudo-count")
-    f.add_argument("--lambdas", help="jelinek-mercer: n+1 comma-separated weights, highest order first, then uniform")
-    f.add_argument("--discount", type=float, help="kneser-ney(-nltk): a single fixed discount")
-    f.add_argument("--nltk-compatible", action="store_true", help="mle/laplace/lidstone/witten-bell: NLTK's definition")
-    f.add_argument("--out", "-o", required=True, help="model directory to write")
-    f.set_defaults(func=_cmd_fit)
-
-    e = sub.add_parser("eval", help="perplexity of a saved model on a text file")
-    e.add_argument("model_dir")
-    e.add_argument("text_file")
-    e.add_argument("--lowercase", action=argparse.BooleanOptionalAction, default=None,
-                   help="override the lower-casing recorded at fit time")
-    e.set_defaults(func=_cmd_eval)
-
-    g = sub.add_parser("generate", help="sample a sentence (or --num-tokens tokens) from a saved model")
-    g.add_argument("model_dir")
-    g.add_argument("--prompt", default="", help="words the generated text continues")
-    g.add_argument("--num-tokens", type=int, help="exactly this many tokens (default: one sentence, until </s>)")
-    g.add_argument("--temperature", type=float, default=1.0, help="0 = greedy (default 1)")
-    g.add_argument("--top-k", type=int, help="sample among the k most probable tokens")
-    g.add_argument("--top-p", type=float, help="nucleus sampling threshold")
-    g.add_argument("--seed", type=int, help="random seed")
-    g.set_defaults(func=_cmd_generate)
-
-    a = sub.add_parser("export-arpa", help="write a saved model as an ARPA file")
-    a.add_argument("model_dir")
-    a.add_argument("out", help="ARPA file to write")
-    a.set_defaults(func=_cmd_export_arpa)
-    return p

@@ -1,36 +1,10 @@
-"""Causal building blocks, each written once: the masked linear layer and the causal 1-D convolution.
-
-Models import these; these import nothing of chainrule's but errors.
-"""
+"""Causal 1-D convolution: the building block of the causal-conv ARM and WaveNet."""
 
 from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
 from torch import nn
-
-
-class MaskedLinear(nn.Linear):
-    """A linear layer whose weight is multiplied by a fixed 0/1 mask: ``y = x (M * W)^T + b``.
-
-    The mask is applied inside autograd on every call (never by editing ``weight.data``), so masked
-    weights get exactly zero gradient and the causal structure cannot drift (Germain et al. 2015).
-
-    Shapes: ``x`` ``(..., in_features)`` -> ``(..., out_features)``; ``mask`` ``(out_features, in_features)``.
-    """
-
-    def __init__(self, in_features: int, out_features: int, bias: bool = True) -> None:
-        super().__init__(in_features, out_features, bias)
-        # Not persistent: masks are a function of the model's config/seed and rebuilt on load.
-        self.register_buffer("mask", torch.ones(out_features, in_features), persistent=False)
-
-    def set_mask(self, mask: torch.Tensor) -> None:
-        if mask.shape != self.weight.shape:
-            raise ValueError(f"mask shape {tuple(mask.shape)} != weight shape {tuple(self.weight.shape)}")
-        self.mask.copy_(mask.to(self.mask.dtype))
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return F.linear(x, self.mask * self.weight, self.bias)
 
 
 class CausalConv1d(nn.Module):

@@ -1,9 +1,9 @@
-"""Output distributions: the conditionals p(x_i | x_<i) a model predicts.
+"""Scalar distributions: one variable's conditional, batched.
 
-A model's teacher-forced pass returns a parameter tensor ``params`` of shape ``(*batch, D, P)``;
-an :class:`OutputHead` (chosen from ``num_values``) knows ``P`` and wraps ``params`` into a
-distribution object with ``log_prob``, ``sample`` and ``mode``. Discrete distributions also give
-their probability table and the cumulative table an entropy coder needs.
+Each class wraps a parameter tensor ``(*batch, P)`` and gives ``log_prob``, ``sample``, ``mode`` and
+``mean`` over ``(*batch,)``. Discrete distributions also give their probability table, the
+cumulative table and the integer frequencies an entropy coder needs. The output heads
+(:mod:`chainrule.distributions.heads`) build a group's joint distribution from these.
 
 Everything is computed in log space (``log_softmax``, ``logsigmoid``, ``logsumexp``) and in at
 least float32, so that no probability is rounded to exactly zero by a ``log(clamp(p))``.
@@ -12,15 +12,32 @@ least float32, so that no probability is rounded to exactly zero by a ``log(clam
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
-
 import torch
 import torch.nn.functional as F
 
 from chainrule.errors import InputError
 
-# Lower bound on predicted log-scales of the continuous heads: keeps densities finite.
+# Bounds on predicted log-scales of the continuous heads: the lower keeps densities finite, the
+# upper keeps samples finite (an unbounded scale from random or diverging weights overflows exp).
 _MIN_LOG_SCALE = -7.0
+_MAX_LOG_SCALE = 10.0
+
+
+def quantize_logits(logits: torch.Tensor, precision: int = 16) -> torch.Tensor:
+    """Integer frequencies for an entropy coder from normalized or unnormalized logits ``(*batch, K)``.
+
+    Every value gets a frequency of at least 1 (a coder cannot code probability 0) and each row sums
+    to exactly ``2**precision``. Computed row by row in float64 from the given float values, with
+    nothing that depends on the batch: equal logits give equal tables, bit for bit.
+    """
+    total, k = 1 << precision, logits.shape[-1]
+    if total < 2 * k:
+        raise InputError(f"precision={precision} is too small for {k} values: need 2**precision >= {2 * k}")
+    p = torch.softmax(logits.double(), -1)
+    freq = (p * (total - k)).floor().long() + 1  # each >= 1
+    # Hand the rounding remainder to the most probable value (first on ties), so the sum is exact.
+    deficit = total - freq.sum(-1, keepdim=True)
+    return freq.scatter_add(-1, p.argmax(-1, keepdim=True), deficit)
 
 
 def _likelihood_dtype(t: torch.Tensor) -> torch.Tensor:
@@ -98,16 +115,7 @@ class DiscreteDistribution(Distribution):
         frequencies sum to exactly ``2**precision``. The computation is deterministic given the
         probabilities, so an encoder and a decoder that see the same probabilities agree.
         """
-        total = 1 << precision
-        k = self.num_values
-        if total < 2 * k:
-            raise InputError(f"precision={precision} is too small for {k} values: need 2**precision >= {2 * k}")
-        p = self.probs().double()
-        freq = (p * (total - k)).floor().long() + 1  # each >= 1
-        # Hand the rounding remainder to the most probable value, so the sum is exact.
-        deficit = total - freq.sum(-1, keepdim=True)
-        top = p.argmax(-1, keepdim=True)
-        return freq.scatter_add(-1, top, deficit)
+        return quantize_logits(self.logits(), precision)
 
 
 class Bernoulli(DiscreteDistribution):
@@ -149,7 +157,7 @@ class Gaussian(Distribution):
     """Real variable; ``params[..., 0]`` is the mean, ``params[..., 1]`` the log standard deviation."""
 
     def _mean_log_scale(self) -> tuple[torch.Tensor, torch.Tensor]:
-        return self.params[..., 0], self.params[..., 1].clamp(min=_MIN_LOG_SCALE)
+        return self.params[..., 0], self.params[..., 1].clamp(_MIN_LOG_SCALE, _MAX_LOG_SCALE)
 
     def log_prob(self, x: torch.Tensor) -> torch.Tensor:
         mean, log_scale = self._mean_log_scale()
@@ -184,7 +192,7 @@ class MixtureOfGaussians(Distribution):
     def _split(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         m = self.num_components
         logw = F.log_softmax(self.params[..., :m], -1)
-        return logw, self.params[..., m : 2 * m], self.params[..., 2 * m :].clamp(min=_MIN_LOG_SCALE)
+        return logw, self.params[..., m : 2 * m], self.params[..., 2 * m :].clamp(_MIN_LOG_SCALE, _MAX_LOG_SCALE)
 
     def log_prob(self, x: torch.Tensor) -> torch.Tensor:
         logw, mean, log_scale = self._split()
@@ -207,49 +215,3 @@ class MixtureOfGaussians(Distribution):
     def mean(self) -> torch.Tensor:
         logw, mean, _ = self._split()
         return (logw.exp() * mean).sum(-1)
-
-
-@dataclass(frozen=True)
-class OutputHead:
-    """How many parameters each conditional needs, and how to wrap them into a distribution.
-
-    Build one with :func:`output_head`.
-    """
-
-    kind: str  # "bernoulli" | "categorical" | "gaussian" | "mog"
-    num_params: int
-    num_values: int | None
-
-    def __call__(self, params: torch.Tensor) -> Distribution:
-        if params.shape[-1] != self.num_params:
-            raise InputError(f"{self.kind} head expects {self.num_params} parameters per variable, got {params.shape[-1]}")
-        if self.kind == "bernoulli":
-            return Bernoulli(params)
-        if self.kind == "categorical":
-            return Categorical(params)
-        if self.kind == "gaussian":
-            return Gaussian(params)
-        return MixtureOfGaussians(params)
-
-    @property
-    def is_discrete(self) -> bool:
-        return self.num_values is not None
-
-
-def output_head(num_values: int | None, num_components: int = 1) -> OutputHead:
-    """The natural head for data with ``num_values`` values (None: real-valued).
-
-    K=2 gives a Bernoulli (one logit), K>2 a Categorical (K logits), None a Gaussian, or a mixture
-    of ``num_components`` Gaussians when ``num_components > 1``.
-    """
-    if num_values is None:
-        if num_components < 1:
-            raise InputError(f"num_components must be >= 1, got {num_components}")
-        if num_components == 1:
-            return OutputHead("gaussian", 2, None)
-        return OutputHead("mog", 3 * num_components, None)
-    if not isinstance(num_values, int) or num_values < 2:
-        raise InputError(f"num_values must be an integer >= 2 (or None for real values), got {num_values!r}")
-    if num_values == 2:
-        return OutputHead("bernoulli", 1, 2)
-    return OutputHead("categorical", num_values, num_values)

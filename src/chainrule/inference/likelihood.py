@@ -1,0 +1,219 @@
+"""Likelihood and evaluation, written once for every model: exact log-likelihoods in nats, with the
+unit in every name.
+
+- ``nll_nats``: mean over examples of -log p(x), nats per example;
+- ``bits_per_dim``: the same divided by D ln 2 (D = variables per example);
+- ``perplexity``: exp(nats per variable), the per-token perplexity for sequences (each example a
+  window of D tokens, every token counted once).
+
+An ensemble's likelihood averages its members' *probabilities*, log (1/K) sum_k p_k(x) — itself a
+normalized likelihood (averaging logits, as some code does, is not one); ``member=k`` scores one
+member, ``member=[0, 2]`` the smaller ensemble of those.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass
+from typing import Any
+
+import torch
+from tqdm.auto import tqdm
+
+from chainrule.errors import InputError
+
+Member = int | Sequence[int] | None
+
+
+def member_calls(model: Any, member: Member = None, order: Any = None, **options: Any) -> list[dict[str, Any]]:
+    """The call arguments of each member a likelihood averages over.
+
+    A single model: one call with the given ``order`` and options. An ensemble: one call per member
+    (all of them when ``member`` is None); an order or option then only goes with one member.
+    """
+    n = getattr(model, "num_members", 1)
+    if n == 1:
+        if member not in (None, 0) and not (isinstance(member, Sequence) and list(member) == [0]):
+            raise InputError(f"member= applies to ensembles; {model.name!r} is a single model (got member={member!r})")
+        return [{"order": order, **options}]
+    if member is None:
+        if order is not None or options:
+            raise InputError("an ensemble's members fix their own orders and options: pass member=k together with order=")
+        members: list[int] = list(range(n))
+    elif isinstance(member, int) and not isinstance(member, bool):
+        members = [member]
+    else:
+        try:
+            members = [int(m) for m in member]  # type: ignore[union-attr]
+        except (TypeError, ValueError):
+            raise InputError(f"member: expected an index or a sequence of indices, got {member!r}") from None
+        if not members:
+            raise InputError("member: expected an index or a non-empty sequence of indices, got an empty one")
+    for m in members:
+        if not 0 <= m < n:
+            raise InputError(f"member must be in 0..{n - 1} (the ensemble has {n} members), got {m}")
+    extra = {"order": order} if order is not None else {}
+    return [{"member": m, **extra, **options} for m in members]
+
+
+def group_log_probs(model: Any, x: torch.Tensor, context: Any = None, **call: Any) -> torch.Tensor:
+    """log p(x_g | groups before g) for every group, ``(B, G)``, of a *validated* batch ``(B, *shape)``."""
+    params = model(x, context, **call)  # (B, G, P)
+    xg = model.groups.gather(x.reshape(x.shape[0], model.dim))  # (B, G, S)
+    return model.head(params).log_prob(xg)
+
+
+def log_prob(model: Any, x: Any, context: Any = None, member: Member = None, order: Any = None,
+             **options: Any) -> torch.Tensor:
+    """Exact log-likelihood in nats, ``(*batch, *shape)`` -> ``(*batch,)``.
+
+    ``context``: the class label(s) or context tensor of a conditional model. ``order``: for
+    models that take any order, the order over groups to factorize in (each order is a normalized
+    model of its own). ``member``: for an ensemble, one member or a sequence of them (default: all,
+    probabilities averaged).
+    """
+    x, batch = model.validate(x)
+    calls = member_calls(model, member, order, **options)
+    if x.shape[0] == 0:
+        model.normalize_context(context, 0)
+        return torch.zeros(batch, device=x.device)
+    per = [group_log_probs(model, x, context, **c).sum(-1) for c in calls]
+    out = per[0] if len(per) == 1 else torch.logsumexp(torch.stack(per, 0), 0) - math.log(len(per))
+    return out.reshape(batch)
+
+
+def log_prob_per_variable(model: Any, x: Any, context: Any = None, member: int | None = None,
+                          order: Any = None, **options: Any) -> torch.Tensor:
+    """log p(x_j | everything before it) for every variable j, ``(*batch, D)``, nats (row-major
+    variable index). Inside a group the head's own chain rule splits the group's term; the terms
+    sum to :func:`log_prob`. For an ensemble, one member's (``member=k``)."""
+    x, batch = model.validate(x)
+    if getattr(model, "num_members", 1) > 1 and member is None:
+        raise InputError("per-variable log-likelihoods belong to one member of an ensemble: pass member=k")
+    (call,) = member_calls(model, member, order, **options)
+    params = model(x, context, **call)
+    xg = model.groups.gather(x.reshape(x.shape[0], model.dim))
+    per = model.head(params).log_prob_per_variable(xg)  # (B, G, S)
+    return model.groups.scatter(per).reshape(*batch, model.dim)
+
+
+@dataclass(frozen=True)
+class EvalResult:
+    """Result of :func:`evaluate`. Every field name carries its unit."""
+
+    nll_nats: float  # per example
+    bits_per_dim: float
+    perplexity: float  # per variable (token)
+    num_examples: int
+    dim: int
+
+    def as_dict(self) -> dict[str, float | int]:
+        return asdict(self)
+
+    def __str__(self) -> str:
+        return (f"NLL {self.nll_nats:.4f} nats/example | {self.bits_per_dim:.4f} bits/dim | "
+                f"perplexity {self.perplexity:.4f} per variable | {self.num_examples} examples x {self.dim} variables")
+
+
+def _rows(context: Any, start: int, stop: int, n: int) -> Any:
+    """The context of examples start..stop of n (a per-example tensor is sliced, one label kept)."""
+    if context is None or isinstance(context, (int, float)):
+        return context
+    t = torch.as_tensor(context)
+    return t[start:stop] if t.dim() >= 1 and t.shape[0] == n else t
+
+
+def per_example_nll(model: Any, data: Any, context: Any = None, batch_size: int = 1024, progress: bool = False,
+                    desc: str = "eval", member: Member = None) -> torch.Tensor:
+    """-log p(x) in nats for every example of ``data`` ``(N, *shape)`` -> ``(N,)`` float64 (on CPU).
+
+    ``context``: one label / tensor for all, or one per example. ``member``: for an ensemble, one
+    member alone, or a sequence of them (the smaller ensemble); default: the whole ensemble."""
+    n = len(data)
+    if n == 0:
+        raise InputError("cannot evaluate on an empty dataset (0 examples)")
+    if not isinstance(batch_size, int) or batch_size < 1:
+        raise InputError(f"batch_size must be a positive integer, got {batch_size!r}")
+    was_training = model.training
+    model.eval()
+    out = []
+    try:
+        with torch.inference_mode():
+            for start in tqdm(range(0, n, batch_size), desc=desc, disable=not progress, leave=False):
+                stop = min(n, start + batch_size)
+                lp = log_prob(model, data[start:stop], _rows(context, start, stop, n), member=member)
+                out.append(-lp.double().cpu())
+    finally:
+        model.train(was_training)
+    return torch.cat(out)
+
+
+def summarize(nll: torch.Tensor, dim: int) -> EvalResult:
+    """Turn per-example NLLs (nats) into an :class:`EvalResult`."""
+    mean = float(nll.mean())
+    return EvalResult(nll_nats=mean, bits_per_dim=mean / (dim * math.log(2)),
+                      perplexity=math.exp(mean / dim), num_examples=len(nll), dim=dim)
+
+
+def evaluate(model: Any, data: Any, context: Any = None, batch_size: int = 1024, progress: bool = False,
+             member: Member = None) -> EvalResult:
+    """Exact NLL of ``model`` on ``data`` ``(N, *shape)``: nats/example, bits/dim, perplexity.
+
+    ``context``: the labels ``(N,)`` (or context tensors) of a conditional model. For an ensemble,
+    ``member=k`` evaluates member k alone (a sequence: the ensemble of those members)."""
+    return summarize(per_example_nll(model, data, context, batch_size, progress, member=member), model.dim)
+
+
+@dataclass(frozen=True)
+class StreamResult:
+    """Result of :func:`evaluate_stream`: per-token figures over a whole token stream."""
+
+    nats_per_token: float
+    bits_per_token: float
+    perplexity: float
+    num_tokens: int
+    window: int
+    stride: int
+
+    def as_dict(self) -> dict[str, float | int]:
+        return asdict(self)
+
+
+def evaluate_stream(model: Any, stream: torch.Tensor, stride: int | None = None, batch_size: int = 256,
+                    progress: bool = False) -> StreamResult:
+    """Token-weighted cross-entropy of a sequence model over a long 1-D ``stream`` of token ids.
+
+    Windows of the model's length T start every ``stride`` tokens; the first window scores all its
+    tokens, every later window only its last ``stride`` tokens, so each token is scored exactly
+    once and (after the first window) with at least ``T - stride`` tokens of context. ``stride = T``
+    scores independent windows; smaller strides give more context at more cost. Tokens past the
+    last full window are not scored.
+    """
+    if model.shape != (model.dim,):
+        raise InputError(f"evaluate_stream needs a sequence model of shape (T,), got {model.shape}")
+    t = model.dim
+    stride = t if stride is None else stride
+    if not 1 <= stride <= t:
+        raise InputError(f"stride must be in 1..{t} (the model's window), got {stride}")
+    stream = torch.as_tensor(stream).long().reshape(-1)
+    if len(stream) < t:
+        raise InputError(f"the stream has {len(stream)} tokens, fewer than one window of {t}")
+    starts = torch.arange(0, len(stream) - t + 1, stride)
+    was_training = model.training
+    model.eval()
+    total, count = 0.0, 0
+    try:
+        with torch.inference_mode():
+            for b in tqdm(range(0, len(starts), batch_size), disable=not progress, desc="eval", leave=False):
+                s = starts[b:b + batch_size]
+                windows = stream[s.unsqueeze(1) + torch.arange(t)]
+                nll = -log_prob_per_variable(model, windows).double().cpu()  # (B, T)
+                first = 1 if b == 0 else 0  # the very first window is scored whole
+                total += float(nll[:first].sum()) + float(nll[first:, t - stride:].sum())
+                count += first * t + (len(s) - first) * stride
+    finally:
+        model.train(was_training)
+    mean = total / count
+    return StreamResult(nats_per_token=mean, bits_per_token=mean / math.log(2), perplexity=math.exp(mean),
+                        num_tokens=count, window=t, stride=stride)

@@ -1,0 +1,115 @@
+"""Checkpoints: weights in safetensors, configuration in JSON — never pickle.
+
+A model directory holds ``config.json`` (the model name, event shape, num_values and
+hyperparameters, plus whatever the caller adds, e.g. the dataset and training settings) and
+``model.safetensors``. Loading a checkpoint from a stranger cannot run code: safetensors stores
+raw tensors and JSON stores plain values. Rebuilding the model from a checkpoint is
+:func:`chainrule.models.registry.load` (``chainrule.load``), which sits above the models; this
+module only reads and writes files.
+
+Format versions: 2 (this one) stores the order of a model as the buffer ``order`` and an
+ensemble's members under ``orders`` with the model's weights under ``model.``; version-1 files
+(chainrule 0.1, where every model held an ``orders`` buffer) are upgraded on load by
+:func:`upgrade_state`.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors import SafetensorError
+from safetensors.torch import load_file, save_file
+
+from chainrule._version import __version__
+from chainrule.errors import CheckpointError
+
+CONFIG_FILE = "config.json"
+WEIGHTS_FILE = "model.safetensors"
+FORMAT_VERSION = 2
+
+
+def atomic_write(path: Path, write: Any) -> None:
+    """Write through a temporary file in the same folder and rename: never a half-written file."""
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    os.close(fd)
+    try:
+        write(tmp)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def save_model(model: Any, directory: str | Path, extra: dict[str, Any] | None = None) -> Path:
+    """Save ``model`` (its ``config`` and ``state_dict``) into ``directory`` (created if needed).
+
+    ``extra`` is stored under ``"extra"`` in ``config.json`` (JSON values only).
+    """
+    directory = Path(directory)
+    directory.mkdir(parents=True, exist_ok=True)
+    config = {"format": "chainrule", "format_version": FORMAT_VERSION, "chainrule_version": __version__,
+              **model.config, "extra": extra or {}}
+    text = json.dumps(config, indent=2)
+    # safetensors refuses shared or non-contiguous storage: store plain contiguous copies.
+    tensors = {k: v.detach().cpu().contiguous().clone() for k, v in model.state_dict().items()}
+    atomic_write(directory / WEIGHTS_FILE, lambda p: save_file(tensors, p, metadata={"format": "pt"}))
+    atomic_write(directory / CONFIG_FILE, lambda p: Path(p).write_text(text))
+    return directory
+
+
+def read_config(directory: str | Path) -> dict[str, Any]:
+    """The ``config.json`` of a checkpoint directory, checked to be one of chainrule's."""
+    directory = Path(directory)
+    cfg_path = directory / CONFIG_FILE
+    if not directory.is_dir():
+        raise CheckpointError(f"{directory} is not a directory; expected a chainrule checkpoint directory "
+                              f"containing {CONFIG_FILE} and {WEIGHTS_FILE}")
+    if not cfg_path.is_file() or not (directory / WEIGHTS_FILE).is_file():
+        raise CheckpointError(f"{directory} is not a chainrule checkpoint: expected {CONFIG_FILE} and {WEIGHTS_FILE} in it")
+    try:
+        config = json.loads(cfg_path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError, OSError) as exc:
+        raise CheckpointError(f"{cfg_path} is not valid JSON ({exc}); the checkpoint is damaged") from None
+    if not isinstance(config, dict) or config.get("format") != "chainrule" or "model" not in config:
+        raise CheckpointError(f"{cfg_path} is not a chainrule model config (no 'format': 'chainrule' / 'model' entry)")
+    version = config.get("format_version", 0)
+    if not isinstance(version, int) or version > FORMAT_VERSION:
+        raise CheckpointError(f"{directory} was written by a newer chainrule (format {version}, this one reads up to "
+                              f"{FORMAT_VERSION}); upgrade chainrule")
+    return config
+
+
+def read_weights(directory: str | Path, map_location: str | torch.device = "cpu") -> dict[str, torch.Tensor]:
+    """The tensors of ``model.safetensors`` in a checkpoint directory."""
+    path = Path(directory) / WEIGHTS_FILE
+    try:
+        return load_file(str(path), device=str(map_location))
+    except (SafetensorError, OSError, RuntimeError) as exc:
+        raise CheckpointError(f"{path} is not a readable safetensors file ({exc}); the checkpoint is damaged") from None
+
+
+def upgrade_state(state: dict[str, torch.Tensor], config: dict[str, Any], model: Any) -> dict[str, torch.Tensor]:
+    """Rename the tensors of an older format to the current one (format 1 -> 2)."""
+    if config.get("format_version", 1) >= 2:
+        return state
+    state = dict(state)
+    orders = state.pop("orders", None)
+    ensemble = getattr(model, "num_members", 1) > 1
+    if ensemble:
+        state = {f"model.{k}": v for k, v in state.items()}
+        state["orders"] = orders
+        state["model.order"] = orders[0]
+    else:
+        # format 1 read sequence models (which had no orders) in flat row-major order
+        state["order"] = orders[0] if orders is not None else torch.arange(model.num_groups)
+    # tensors that only gained an axis (the histogram's table became one per class)
+    current = model.state_dict()
+    for k, v in state.items():
+        if k in current and v.shape != current[k].shape and v.numel() == current[k].numel():
+            state[k] = v.reshape(current[k].shape)
+    return state

@@ -1,0 +1,56 @@
+"""Causal self-attention: the pre-norm Transformer block of GPT, with a key/value cache step."""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+
+class CausalSelfAttentionBlock(nn.Module):
+    """Pre-norm Transformer block: causal multi-head self-attention and an MLP, each residual
+    (Radford et al. 2019)::
+
+        x = x + Proj(Attn(LN1(x)))      Attn: softmax(q k^T / sqrt(hs)) v, position t sees 0..t
+        x = x + FC_out(GELU(FC(LN2(x))))
+
+    Attention is ``F.scaled_dot_product_attention(..., is_causal=True)`` (a boolean mask, no -1e4
+    bias to learn around). Shapes: ``(B, T, C)`` -> ``(B, T, C)``.
+    """
+
+    def __init__(self, dim: int, heads: int, dropout: float, bias: bool) -> None:
+        super().__init__()
+        self.heads = heads
+        self.ln1 = nn.LayerNorm(dim, bias=bias)
+        self.qkv = nn.Linear(dim, 3 * dim, bias=bias)
+        self.proj = nn.Linear(dim, dim, bias=bias)
+        self.ln2 = nn.LayerNorm(dim, bias=bias)
+        self.fc = nn.Linear(dim, 4 * dim, bias=bias)
+        self.fc_out = nn.Linear(4 * dim, dim, bias=bias)
+        self.dropout = dropout
+        self.drop = nn.Dropout(dropout)
+
+    def _split(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        b, t, c = x.shape
+        q, k, v = self.qkv(self.ln1(x)).split(c, dim=2)
+        shape = (b, t, self.heads, c // self.heads)
+        return tuple(z.view(shape).transpose(1, 2) for z in (q, k, v))  # each (B, nh, T, hs)
+
+    def _finish(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        b, _, t, _ = y.shape
+        x = x + self.drop(self.proj(y.transpose(1, 2).reshape(b, t, -1)))
+        return x + self.drop(self.fc_out(F.gelu(self.fc(self.ln2(x)))))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:  # (B, T, C) -> (B, T, C)
+        q, k, v = self._split(x)
+        y = F.scaled_dot_product_attention(q, k, v, is_causal=True, dropout_p=self.dropout if self.training else 0.0)
+        return self._finish(x, y)
+
+    def step(self, x: torch.Tensor, cache_k: torch.Tensor, cache_v: torch.Tensor, t: int) -> torch.Tensor:
+        """One new position ``x`` ``(n, 1, C)`` at index ``t``; writes its key/value into the caches
+        ``(n, nh, T, hs)`` and attends over positions 0..t."""
+        q, k, v = self._split(x)
+        cache_k[:, :, t] = k[:, :, 0]
+        cache_v[:, :, t] = v[:, :, 0]
+        y = F.scaled_dot_product_attention(q, cache_k[:, :, :t + 1], cache_v[:, :, :t + 1])
+        return self._finish(x, y)
