@@ -42,7 +42,7 @@ TINY: dict[str, dict] = {
     "gru": {"hidden_size": 8, "num_layers": 2, "embedding_size": 4},
     "wavenet": {"dilations": [1, 2, 1], "residual_channels": 4, "skip_channels": 6, "embedding_size": 4},
     "transformer": {"num_layers": 2, "num_heads": 2, "embed_dim": 8},
-    "rnade": {"hidden_size": 8, "num_mixture_components": 2},
+    "rnade": {"hidden_size": 8},
 }
 
 # (event shape, num_values): binary vector, categorical vector, binary image, a 3-channel image
@@ -477,3 +477,34 @@ def test_sample_prefix_and_generate_make_the_same_draws(name):
     a = model.sample(4, prefix=prompt, generator=torch.Generator().manual_seed(7))
     b = generate(model, prompt, 5, num_samples=4, generator=torch.Generator().manual_seed(7))
     assert torch.equal(a, b)
+
+
+# ---------------------------------------------------------------- regressions found by outside checks
+def test_binary_transformer_is_weight_tied():
+    """K = 2: the single logit is the difference of the two tokens' scores against the embedding."""
+    model = chainrule.create_model("transformer", (6,), 2, num_layers=1, num_heads=2, embed_dim=8)
+    assert model.tied and model.out is None
+    assert not any(n.startswith("out") for n, _ in model.named_parameters())
+    x = torch.randint(2, (3, 6))
+    params = model(x)
+    h = model.ln_f(model._hidden(model.group_features(model.embed(x)), None)[-1])
+    w = model.tok.weight
+    assert torch.allclose(params[..., 0], h @ (w[1] - w[0]), atol=1e-6)
+    assert abs(normalization_total(model) - 1) < 1e-5
+
+
+@pytest.mark.parametrize("name", REAL)
+@pytest.mark.parametrize("components", [1, 3])
+def test_real_heads_stay_finite_with_random_weights(name, components):
+    """The log-scale is bounded: random weights give finite samples and finite log-likelihoods
+    (before the bound, a causal-conv mixture model, D = 2, reversed order, gave 119 non-finite
+    samples in 1,000)."""
+    torch.manual_seed(0)
+    model = chainrule.create_model(name, (2,), None, order="reversed", num_mixture_components=components,
+                                   **TINY.get(name, {}))
+    with torch.no_grad():
+        for p in model.parameters():
+            p.normal_(0, 3.0)  # large random weights push the log-scales far out
+    x = model.sample(1000, generator=torch.Generator().manual_seed(0))
+    assert torch.isfinite(x).all()
+    assert torch.isfinite(model.log_prob(x)).all()
