@@ -116,12 +116,13 @@ class EvalResult:
                 f"perplexity {self.perplexity:.4f} per variable | {self.num_examples} examples x {self.dim} variables")
 
 
-def _rows(context: Any, start: int, stop: int, n: int) -> Any:
-    """The context of examples start..stop of n (a per-example tensor is sliced, one label kept)."""
+def context_rows(context: Any, rows: slice | torch.Tensor, n: int) -> Any:
+    """The context of some of ``n`` examples: a per-example context (leading axis ``n``) is indexed
+    by ``rows``; one label or tensor shared by all is kept as it is."""
     if context is None or isinstance(context, (int, float)):
         return context
     t = torch.as_tensor(context)
-    return t[start:stop] if t.dim() >= 1 and t.shape[0] == n else t
+    return t[rows] if t.dim() >= 1 and t.shape[0] == n else t
 
 
 def per_example_nll(model: Any, data: Any, context: Any = None, batch_size: int = 1024, progress: bool = False,
@@ -142,7 +143,7 @@ def per_example_nll(model: Any, data: Any, context: Any = None, batch_size: int 
         with torch.inference_mode():
             for start in tqdm(range(0, n, batch_size), desc=desc, disable=not progress, leave=False):
                 stop = min(n, start + batch_size)
-                lp = log_prob(model, data[start:stop], _rows(context, start, stop, n), member=member)
+                lp = log_prob(model, data[start:stop], context_rows(context, slice(start, stop), n), member=member)
                 out.append(-lp.double().cpu())
     finally:
         model.train(was_training)

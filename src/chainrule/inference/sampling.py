@@ -78,10 +78,6 @@ def sample_with_state(model: Any, n: int, context: Any, call: dict[str, Any], ge
     return xg
 
 
-def _context_rows(model: Any, context: Any, n: int) -> torch.Tensor | None:
-    return model.normalize_context(context, n)
-
-
 def sample(model: Any, n: int, context: Any = None, generator: torch.Generator | None = None, *,
            prefix: torch.Tensor | None = None, observed: tuple[Any, Any] | None = None,
            temperature: float = 1.0, top_k: int | None = None, top_p: float | None = None,
@@ -114,7 +110,7 @@ def sample(model: Any, n: int, context: Any = None, generator: torch.Generator |
     model.eval()
     try:
         with torch.inference_mode():
-            ctx = _context_rows(model, context, n)
+            ctx = model.normalize_context(context, n)
             members = getattr(model, "num_members", 1)
             if members > 1 and member is None:
                 if order is not None or observed is not None:

@@ -36,7 +36,7 @@ from safetensors.torch import load_file, save_file
 from tqdm.auto import tqdm
 
 from chainrule.errors import CheckpointError, InputError
-from chainrule.inference.likelihood import evaluate
+from chainrule.inference.likelihood import context_rows, evaluate
 from chainrule.io.checkpoint import read_config, save_model
 from chainrule.models.base import AutoregressiveModel
 from chainrule.models.ensemble import Ensemble
@@ -316,7 +316,7 @@ class Trainer:
             if transform is not None:
                 batch = transform(batch, g)
             x, _ = model.validate(batch)
-            ctx = None if context is None else _take(context, idx, model.device)
+            ctx = context_rows(context, idx, len(train))
             lr = c.lr * st.lr_scale * self._lr_factor(st.step, total_steps)
             nll = self.train_step(x, ctx, lr)
             st.step += 1
@@ -468,14 +468,6 @@ class Trainer:
         log.info("resuming %s after epoch %d (step %d)", self.out_dir, state["epochs_done"], state["step"])
         return TrainState(epoch=state["epochs_done"], step=state["step"], lr_scale=state["lr_scale"],
                           bad_epochs=state["bad_epochs"], result=TrainResult(**res), best_state=best)
-
-
-def _take(context: Any, idx: torch.Tensor, device: torch.device) -> Any:
-    """The context rows of a batch (a single label or tensor shared by all is kept as is)."""
-    if isinstance(context, (int, float)):
-        return context
-    t = torch.as_tensor(context)
-    return t[idx].to(device) if t.dim() >= 1 else t
 
 
 def _json_roundtrip(v: Any) -> Any:
