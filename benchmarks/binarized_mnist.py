@@ -54,6 +54,7 @@ def main() -> None:
     ap.add_argument("--max-seconds", type=float, default=3300)
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--resume", action="store_true", help="continue runs/NAME from its last/ checkpoint")
+    ap.add_argument("--precision", default="auto", help="float32, bfloat16, float16 or auto (see TrainConfig)")
     ap.add_argument("--val-components", type=int, default=None,
                     help="ensembles: validate each epoch with the first N components (default: all)")
     args = ap.parse_args()
@@ -64,7 +65,7 @@ def main() -> None:
     config = TrainConfig(epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, optimizer=args.optimizer,
                          weight_decay=args.weight_decay, schedule=args.schedule, patience=args.patience,
                          max_seconds=args.max_seconds, seed=args.seed,
-                         val_components=args.val_components)
+                         val_components=args.val_components, precision=args.precision)
     out = Path("runs") / name
     extra = {"dataset": "mnist" if args.dynamic else "binarized-mnist", "binarize": "dynamic" if args.dynamic else None,
              "data_dir": data_dir(), "command": sys.argv}  # so that `chainrule eval/inspect runs/NAME` need no flags

@@ -4,6 +4,8 @@ batch size and the number of threads — for every registered discrete model."""
 
 from __future__ import annotations
 
+import math
+
 import pytest
 import torch
 
@@ -44,6 +46,7 @@ def test_encoder_and_decoder_meet_the_same_tables(name, shape, num_values):
         shape, num_values = shape[:1] if len(shape) == 1 else (1, 2, 3), 3
         shape = (6,) if len(shape) == 1 else shape
     model = make(name, shape, num_values, seed=3)
+    shape = model.shape  # image models read a vector space as a (1, 1, D) image
     n = BLOCK_ROWS + 5  # more than one block, the last one padded
     x = torch.randint(num_values, (n, *shape), generator=torch.Generator().manual_seed(0))
     threads = torch.get_num_threads()
@@ -60,9 +63,14 @@ def test_encoder_and_decoder_meet_the_same_tables(name, shape, num_values):
     # the tables are the model's conditionals: they code x at its log-likelihood, up to quantization
     idx, _ = encoding_tables(model, x)
     flat = x.reshape(n, -1)
-    bits = -(torch.stack([enc[k, torch.arange(n), flat[:, j]] for k, j in enumerate(idx)]).double() / (1 << 16)).log2().sum(0)
-    nll_bits = -model.log_prob(x).detach().double() / torch.log(torch.tensor(2.0, dtype=torch.float64))
-    assert torch.allclose(bits, nll_bits, rtol=2e-3, atol=0.05)
+    bits = -(torch.stack([enc[k, torch.arange(n), flat[:, j]] for k, j in enumerate(idx)], 1).double() / (1 << 16)).log2()
+    nll_bits = -model.log_prob_per_variable(x).detach().double()[:, idx] / math.log(2)  # (n, D), in coding order
+    # where p >= 2^-10 the quantization (every symbol >= 1/2^16) costs almost nothing; below it
+    # the floor of 16 bits per symbol caps the code length (random weights make such values common)
+    likely = nll_bits < 10
+    assert int(likely.sum()) >= 20  # enough values to compare
+    assert torch.allclose(bits[likely], nll_bits[likely], rtol=2e-3, atol=0.02)
+    assert (bits <= 16 + 1e-9).all()
 
 
 def test_grouped_and_conditional_models_code_variable_by_variable():

@@ -43,6 +43,8 @@ TINY: dict[str, dict] = {
     "wavenet": {"dilations": [1, 2, 1], "residual_channels": 4, "skip_channels": 6, "embedding_size": 4},
     "transformer": {"num_layers": 2, "num_heads": 2, "embed_dim": 8},
     "rnade": {"hidden_size": 8},
+    "pixelcnn": {"channels": 12, "num_blocks": 2, "head_channels": 6, "first_kernel_size": 3},
+    "gated_pixelcnn": {"channels": 6, "num_layers": 3, "head_channels": 6, "first_kernel_size": 3},
 }
 
 # (event shape, num_values): binary vector, categorical vector, binary image, a 3-channel image
@@ -53,8 +55,16 @@ ORDERS = ["raster", "reversed", "random:3", "snake", "planar", [2, 0, 1, 5, 3, 4
 GROUPED = [((3, 1, 2), 3, "pixel"), ((2, 2, 2), 2, "pixel"), ((4,), 3, (2,)), ((2, 1, 2), None, "pixel")]
 
 
+def event(name: str, shape: tuple[int, ...]) -> tuple[int, ...]:
+    """The suite's spaces for a model: image-only models read a vector (D,) as a (1, 1, D) image."""
+    if get_model_class(name).image_only and len(shape) == 1:
+        return (1, 1, shape[0])
+    return shape
+
+
 def make(name: str, shape: tuple[int, ...], num_values: int | None, seed: int = 0, **kw) -> chainrule.AutoregressiveModel:
     torch.manual_seed(seed)
+    shape = event(name, shape)
     model = chainrule.create_model(name, shape, num_values, **{**TINY.get(name, {}), **kw})
     # Random, non-trivial weights (some models start at zero): every path must carry signal.
     with torch.no_grad():
@@ -68,6 +78,8 @@ def any_order(name: str) -> bool:
 
 
 def orders_for(name: str, shape: tuple[int, ...]) -> list:
+    if get_model_class(name).fixed_order is not None:
+        return [get_model_class(name).fixed_order]
     d = math.prod(shape)
     return [o for o in ORDERS if not isinstance(o, list) or len(o) == d]
 
@@ -116,7 +128,7 @@ def test_samples_follow_log_prob(name, shape, num_values):
     model = make(name, shape, num_values, seed=1)
     n = 20_000
     samples = model.sample(n, generator=torch.Generator().manual_seed(0))
-    assert samples.shape == (n, *shape) and samples.dtype == torch.long
+    assert samples.shape == (n, *model.shape) and samples.dtype == torch.long
     assert samples.min() >= 0 and samples.max() < num_values
     space = all_configurations(model)
     probs = model.log_prob(space).double().exp().detach().numpy()
@@ -139,7 +151,7 @@ def test_sample_shapes_and_prefix(name):
 
 @pytest.mark.parametrize("name,num_values", [(n, 3) for n in DISCRETE] + [(n, None) for n in REAL])
 def test_save_load_roundtrip(name, num_values, tmp_path):
-    model = make(name, (1, 2, 3), num_values, order="random:5")
+    model = make(name, (1, 2, 3), num_values, **({} if get_model_class(name).fixed_order else {"order": "random:5"}))
     x = some_data(model, 7)
     model.save(tmp_path / "ck")
     loaded = chainrule.load(tmp_path / "ck")
@@ -154,11 +166,11 @@ def test_save_load_roundtrip(name, num_values, tmp_path):
 @pytest.mark.parametrize("name", DISCRETE)
 def test_batched_equals_one_at_a_time_and_batch_dims(name):
     model = make(name, (5,), 3)
-    x = torch.randint(3, (6, 5))
+    x = torch.randint(3, (6, *model.shape))
     batched = model.log_prob(x)
     single = torch.stack([model.log_prob(x[i:i + 1])[0] for i in range(6)])
     assert torch.allclose(batched, single, atol=1e-5)
-    assert model.log_prob(x.reshape(2, 3, 5)).shape == (2, 3)
+    assert model.log_prob(x.reshape(2, 3, *model.shape)).shape == (2, 3)
     assert model.log_prob(x[0]).shape == ()
     assert torch.allclose(model.log_prob(x.float()), batched)  # integral floats are accepted
 
@@ -179,9 +191,15 @@ def test_bad_input_is_a_clear_error(name):
     with pytest.raises(InputError, match="positive integer"):
         model.sample(0)
     with pytest.raises(InputError, match="permutation"):
-        chainrule.create_model(name, (3,), 2, order=[0, 0, 1])
+        chainrule.create_model(name, event(name, (3,)), 2, order=[0, 0, 1])
     with pytest.raises(InputError, match="ordering"):
-        chainrule.create_model(name, (3,), 2, order="zigzag")
+        chainrule.create_model(name, event(name, (3,)), 2, order="zigzag")
+    if get_model_class(name).fixed_order is not None:
+        with pytest.raises(InputError, match="order only"):
+            chainrule.create_model(name, event(name, (3,)), 2, order="reversed", **TINY.get(name, {}))
+    if get_model_class(name).image_only:
+        with pytest.raises(InputError, match=r"\(C, H, W\)"):
+            chainrule.create_model(name, (6,), 2)
     x = torch.randint(3, (2, 1, 2, 3))
     with pytest.raises(InputError, match="unconditional"):
         model.log_prob(x, context=torch.tensor([0, 1]))
@@ -321,7 +339,8 @@ def test_all_configurations_enumerates_the_space():
 
 # ---------------------------------------------------------------- groups of variables
 GROUP_CASES = [(n, s, k, g) for n in MODELS for s, k, g in GROUPED
-               if supports(n, k) and get_model_class(n).supports_groups]
+               if supports(n, k) and get_model_class(n).supports_groups
+               and (g == "pixel" or not get_model_class(n).image_only)]  # image models: sub-pixels or pixels
 
 
 @pytest.mark.parametrize("name,shape,num_values,group_shape", GROUP_CASES, ids=lambda v: str(v).replace(" ", ""))
@@ -383,7 +402,7 @@ def test_class_conditional_models(name, shape, num_values, tmp_path):
         for label in range(3):
             assert abs(normalization_total(model, label) - 1.0) < 1e-5
     s = model.sample(6, y, generator=torch.Generator().manual_seed(0))
-    assert s.shape == (6, *shape)
+    assert s.shape == (6, *model.shape)
     model.save(tmp_path / "ck")
     loaded = chainrule.load(tmp_path / "ck")
     assert torch.equal(loaded.log_prob(x, y), lp)
@@ -459,18 +478,19 @@ def test_observed_values_condition_exactly(name):
 @pytest.mark.parametrize("name", [n for n in MODELS if not any_order(n) and get_model_class(n).supports_discrete])
 def test_fixed_order_models_take_observed_prefixes_only(name):
     model = make(name, (4,), 2)
-    value = torch.tensor([1, 0, 1, 0])
-    s = model.sample(3, observed=(value, torch.tensor([True, True, False, False])), generator=torch.Generator().manual_seed(0))
-    assert torch.equal(s[:, :2], value[:2].expand(3, 2))
+    value = torch.tensor([1, 0, 1, 0]).reshape(model.shape)
+    s = model.sample(3, observed=(value, torch.tensor([True, True, False, False]).reshape(model.shape)),
+                     generator=torch.Generator().manual_seed(0))
+    assert torch.equal(s.reshape(3, 4)[:, :2], value.reshape(4)[:2].expand(3, 2))
     with pytest.raises(InputError, match="prefix"):
-        model.sample(3, observed=(value, torch.tensor([False, True, False, False])))
+        model.sample(3, observed=(value, torch.tensor([False, True, False, False]).reshape(model.shape)))
 
 
 @pytest.mark.parametrize("name", DISCRETE)
 def test_sample_prefix_and_generate_make_the_same_draws(name):
     """One sampling loop: sample(prefix=p) and generate(p) agree draw for draw from one seed."""
     from chainrule.inference.sampling import generate
-    if name == "histogram":
+    if name == "histogram" or get_model_class(name).image_only:
         pytest.skip("generation is for sequence models")
     model = make(name, (8,), 5)
     prompt = torch.tensor([3, 1, 4])
@@ -508,3 +528,36 @@ def test_real_heads_stay_finite_with_random_weights(name, components):
     x = model.sample(1000, generator=torch.Generator().manual_seed(0))
     assert torch.isfinite(x).all()
     assert torch.isfinite(model.log_prob(x)).all()
+
+
+# ---------------------------------------------------------------- features
+FEATURE_MODELS = [n for n in MODELS if hasattr(get_model_class(n), "features")]
+
+
+@pytest.mark.parametrize("name", FEATURE_MODELS)
+def test_features_are_causal_hidden_states(name):
+    """features(x): finite, one row per example (and per group for per-group features), and the
+    features that predict a group read only the groups before it in the order."""
+    num_values = 3 if get_model_class(name).supports_discrete else None
+    model = make(name, (1, 2, 3), num_values, num_classes=2)
+    x = some_data(model, 4)
+    y = torch.tensor([0, 1, 0, 1])
+    f = model.features(x, y)
+    assert f.shape[0] == 4 and f.dim() in (2, 3) and torch.isfinite(f).all()
+    assert not torch.allclose(f, model.features(x, 1 - y))  # the context enters the features
+    if f.dim() == 2:
+        return  # one vector per example (MADE: hidden units shared by all conditionals)
+    assert f.shape[1] == model.num_groups
+    k = 3  # change the group at step k: the features of steps 0..k must not move
+    o = model.order
+    x2 = x.clone().reshape(4, -1)
+    x2[:, o[k]] = (x2[:, o[k]] + 1) % 3 if num_values else x2[:, o[k]] + 1.0
+    f2 = model.features(x2.reshape(x.shape), y)
+    assert torch.allclose(f[:, o[:k + 1]], f2[:, o[:k + 1]], atol=1e-6)
+    assert not torch.allclose(f[:, o[k + 1:]], f2[:, o[k + 1:]], atol=1e-6)
+
+
+def test_models_without_hidden_states_have_no_features():
+    """FVSBN (logistic regressions on the inputs) and the histogram (a table) have no hidden states."""
+    assert not hasattr(get_model_class("fvsbn"), "features")
+    assert not hasattr(get_model_class("histogram"), "features")

@@ -5,7 +5,8 @@
   order given);
 - :func:`normalization_total`: sum of exp(log_prob) over every configuration of a tiny space;
 - :func:`check_step_matches_forward`: the incremental (cached) step gives the same conditionals as
-  the teacher-forced pass.
+  the teacher-forced pass;
+- :func:`dependencies`: which groups each conditional reads (receptive fields, blind spots).
 
 Each raises :class:`AssertionError` with the offending positions when the property fails.
 """
@@ -82,6 +83,31 @@ def check_autoregressive(model: Model, n: int = 3, seed: int = 0, order: Any = N
     finally:
         model.train(was_training)
     return checked
+
+
+def dependencies(model: AutoregressiveModel, n: int = 3, seed: int = 0, order: Any = None) -> torch.Tensor:
+    """Which groups each conditional reads, by gradients: ``(G, G)`` bool, entry [j, k] True when
+    the parameters of group j's conditional depend on the values of group k (group index order).
+
+    For a correct model every True entry lies before j in the order; a False entry before j is a
+    group the conditional cannot see (the PixelCNN's blind spot, a finite receptive field).
+    """
+    was_training = model.training
+    model.eval()
+    g = torch.Generator().manual_seed(seed)
+    x, _ = model.validate(_random_batch(model, n, g))
+    ctx = model.context_features(random_context(model, n, g), n)
+    try:
+        e = model.group_features(model.embed(x)).detach().requires_grad_(True)
+        params = model.forward_embedded(e, model.resolve_order(order), ctx)
+        deps = torch.zeros(model.num_groups, model.num_groups, dtype=torch.bool)
+        for j in range(model.num_groups):
+            (grad,) = torch.autograd.grad(params[:, j].sum(), e, retain_graph=True, allow_unused=True)
+            if grad is not None:
+                deps[j] = grad.abs().amax(dim=(0, 2)).cpu() != 0
+    finally:
+        model.train(was_training)
+    return deps
 
 
 def all_configurations(model: Model, limit: int = 200_000) -> torch.Tensor:

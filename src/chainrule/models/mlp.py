@@ -63,29 +63,44 @@ class FiniteMemoryMLP(AutoregressiveModel):
         self.pos = nn.Parameter(torch.zeros(self.num_groups, hidden_sizes[0])) if position_embedding else None
         self.context = nn.Linear(self.context_dim, hidden_sizes[0], bias=False) if self.conditional else None
 
-    def _mlp(self, window: torch.Tensor, steps: torch.Tensor | slice | int, context: torch.Tensor | None) -> torch.Tensor:
-        """``window`` ``(B, [G,] k*(F+1))`` at generation steps ``steps`` -> parameters ``(B, [G,] P)``."""
+    def _hidden(self, window: torch.Tensor, steps: torch.Tensor | slice | int, context: torch.Tensor | None) -> list[torch.Tensor]:
+        """``window`` ``(B, [G,] k*(F+1))`` at generation steps ``steps`` -> every hidden layer ``(B, [G,] H_l)``."""
         h = self.layers[0](window)
         if self.pos is not None:
             h = h + self.pos[steps]
         if context is not None:
             c = self.context(context)
             h = h + (c.unsqueeze(1) if h.dim() == 3 else c)
-        h = F.relu(h)
+        hs = [F.relu(h)]
         for layer in self.layers[1:]:
-            h = F.relu(layer(h))
-        return self.out(h)
+            hs.append(F.relu(layer(hs[-1])))
+        return hs
 
-    def forward_embedded(self, e: torch.Tensor, order: torch.Tensor, context: torch.Tensor | None) -> torch.Tensor:
+    def _mlp(self, window: torch.Tensor, steps: torch.Tensor | slice | int, context: torch.Tensor | None) -> torch.Tensor:
+        """``window`` ``(B, [G,] k*(F+1))`` at generation steps ``steps`` -> parameters ``(B, [G,] P)``."""
+        return self.out(self._hidden(window, steps, context)[-1])
+
+    def _windows(self, e: torch.Tensor, order: torch.Tensor) -> torch.Tensor:
+        """``(B, G, F)`` -> the window of the previous k groups of every step ``(B, G, k*(F+1))``, generation order."""
         b, g, k = e.shape[0], self.num_groups, self.memory
         flagged = torch.cat([e[:, order], e.new_ones(b, g, 1)], -1)  # (B, G, F+1), generation order
         padded = F.pad(flagged, (0, 0, k, 0))  # k zero rows (flag 0) before the start
         # window of step i = rows i .. i+k-1 of `padded` = groups at steps i-k .. i-1
-        win = torch.stack([padded[:, j:j + g] for j in range(k)], 2)  # (B, G, k, F+1)
-        seq = self._mlp(win.reshape(b, g, -1), slice(None), context)  # (B, G, P)
-        params = torch.empty_like(seq)
-        params[:, order] = seq
-        return params
+        return torch.stack([padded[:, j:j + g] for j in range(k)], 2).reshape(b, g, -1)
+
+    def forward_embedded(self, e: torch.Tensor, order: torch.Tensor, context: torch.Tensor | None) -> torch.Tensor:
+        seq = self._mlp(self._windows(e, order), slice(None), context)  # (B, G, P)
+        return self.from_generation_order(seq, order)
+
+    def features(self, x: torch.Tensor, context: Any = None, layer: int = -1, order: Any = None) -> torch.Tensor:
+        """The activations of hidden layer ``layer`` (default the last) that predict each group,
+        ``(B, G, H_l)`` (group index order)."""
+        x, _ = self.validate(x)
+        if not -len(self.layers) <= layer < len(self.layers):
+            raise InputError(f"layer must be in {-len(self.layers)}..{len(self.layers) - 1} (hidden layers), got {layer}")
+        o = self.resolve_order(order)
+        win = self._windows(self.group_features(self.embed(x)), o)
+        return self.from_generation_order(self._hidden(win, slice(None), self.context_features(context, x.shape[0]))[layer], o)
 
     def new_state(self, n: int, order: torch.Tensor, context: torch.Tensor | None) -> Any:
         window = torch.zeros(n, self.memory, self.in_features + 1, device=self.device, dtype=self._float_dtype())
