@@ -204,7 +204,9 @@ def test_cli_quickstart_short(tmp_path, capsys):
 
     img = Image.open(run / "samples.png")
     assert img.size[0] > 64 and (run / "curve.png").stat().st_size > 1000
-    assert chainrule.load(run / "best").name == "causalconv"
+    assert chainrule.load(run / "best").name == "gated_pixelcnn"
+    assert main(["quickstart", "--out", str(tmp_path / "book"), "--model", "causalconv", "--epochs", "1", "--no-progress"]) == 0
+    assert chainrule.load(tmp_path / "book" / "best").name == "causalconv"
 
 
 def test_cli_errors_are_clear(tmp_path, capsys):

@@ -166,6 +166,60 @@ def evaluate(model: Any, data: Any, context: Any = None, batch_size: int = 1024,
     return summarize(per_example_nll(model, data, context, batch_size, progress, member=member), model.dim)
 
 
+def class_log_likelihoods(model: Any, data: Any, batch_size: int = 1024, progress: bool = False) -> torch.Tensor:
+    """log p(x | y) in nats for every example and every class of a class-conditional model,
+    ``(N, *shape)`` -> ``(N, Y)`` float64 (one pass over the data per class)."""
+    if not getattr(model, "num_classes", None):
+        raise InputError(f"{model.name}: the Bayes classifier needs a class-conditional model (num_classes=Y)")
+    return torch.stack([-per_example_nll(model, data, y, batch_size, progress, desc=f"class {y}")
+                        for y in range(model.num_classes)], 1)
+
+
+@dataclass(frozen=True)
+class ClassifierResult:
+    """Result of :func:`bayes_classify`. ``log_posterior`` ``(N, Y)``: log p(y | x), nats."""
+
+    accuracy: float | None  # argmax_y p(x | y) p(y) against the true labels (None without labels)
+    nll_given_label_nats: float | None  # -log p(x | y_true), per example
+    nll_marginal_nats: float  # -log sum_y p(x | y) p(y): the conditional model as a model of x alone
+    num_examples: int
+    num_classes: int
+    log_posterior: torch.Tensor
+
+    def as_dict(self) -> dict[str, float | int | None]:
+        return {k: v for k, v in asdict(self).items() if k != "log_posterior"}
+
+
+def bayes_classify(model: Any, data: Any, labels: Any = None, prior: Any = None, batch_size: int = 1024,
+                   progress: bool = False) -> ClassifierResult:
+    """A class-conditional model as a generative classifier: p(y | x) ∝ p(x | y) p(y).
+
+    ``prior``: p(y) ``(Y,)`` (e.g. the training labels' frequencies; default uniform). ``labels``
+    ``(N,)``: the true classes, for the accuracy and the NLL given the label. The marginal NLL
+    -log Σ_y p(x | y) p(y) is an exact likelihood of x, comparable with an unconditional model's.
+    """
+    ll = class_log_likelihoods(model, data, batch_size, progress)  # (N, Y)
+    y_count = ll.shape[1]
+    if prior is None:
+        log_prior = torch.full((y_count,), -math.log(y_count), dtype=torch.float64)
+    else:
+        p = torch.as_tensor(prior, dtype=torch.float64).reshape(-1)
+        if p.shape != (y_count,) or not torch.isfinite(p).all() or (p < 0).any() or p.sum() <= 0:
+            raise InputError(f"prior must be {y_count} non-negative probabilities (one per class), got shape {tuple(p.shape)}")
+        log_prior = (p / p.sum()).log()
+    joint = ll + log_prior  # log p(x, y)
+    marginal = torch.logsumexp(joint, 1)  # log p(x)
+    posterior = joint - marginal[:, None]
+    accuracy = given = None
+    if labels is not None:
+        y = torch.as_tensor(labels).long().reshape(-1).cpu()
+        if y.shape != (len(ll),) or (len(y) and (int(y.min()) < 0 or int(y.max()) >= y_count)):
+            raise InputError(f"labels must be {len(ll)} class indices in 0..{y_count - 1}")
+        accuracy = float((posterior.argmax(1) == y).double().mean())
+        given = float(-ll[torch.arange(len(y)), y].mean())
+    return ClassifierResult(accuracy, given, float(-marginal.mean()), len(ll), y_count, posterior)
+
+
 @dataclass(frozen=True)
 class StreamResult:
     """Result of :func:`evaluate_stream`: per-token figures over a whole token stream."""
