@@ -45,6 +45,9 @@ TINY: dict[str, dict] = {
     "rnade": {"hidden_size": 8},
     "pixelcnn": {"channels": 12, "num_blocks": 2, "head_channels": 6, "first_kernel_size": 3},
     "gated_pixelcnn": {"channels": 6, "num_layers": 3, "head_channels": 6, "first_kernel_size": 3},
+    "pixelcnnpp": {"filters": 8, "num_resnets": 1, "num_resolutions": 2},
+    "row_lstm": {"hidden_channels": 6, "num_layers": 2, "head_channels": 6, "first_kernel_size": 3},
+    "diagonal_bilstm": {"hidden_channels": 6, "num_layers": 2, "head_channels": 6, "first_kernel_size": 3},
 }
 
 # (event shape, num_values): binary vector, categorical vector, binary image, a 3-channel image
@@ -534,12 +537,13 @@ def test_real_heads_stay_finite_with_random_weights(name, components):
 FEATURE_MODELS = [n for n in MODELS if hasattr(get_model_class(n), "features")]
 
 
+@pytest.mark.parametrize("shape", [(1, 2, 3), (3, 1, 2)])
 @pytest.mark.parametrize("name", FEATURE_MODELS)
-def test_features_are_causal_hidden_states(name):
+def test_features_are_causal_hidden_states(name, shape):
     """features(x): finite, one row per example (and per group for per-group features), and the
     features that predict a group read only the groups before it in the order."""
     num_values = 3 if get_model_class(name).supports_discrete else None
-    model = make(name, (1, 2, 3), num_values, num_classes=2)
+    model = make(name, shape, num_values, num_classes=2)
     x = some_data(model, 4)
     y = torch.tensor([0, 1, 0, 1])
     f = model.features(x, y)

@@ -18,14 +18,13 @@ from __future__ import annotations
 from typing import Any
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from chainrule.errors import InputError
 from chainrule.inference.state import Static
 from chainrule.models.image import ImageModel
 from chainrule.models.registry import register
-from chainrule.nn.pixel import GatedStackLayer, Pointwise, gate
+from chainrule.nn.pixel import GatedStackLayer, gate
 
 
 @register
@@ -65,10 +64,9 @@ class GatedPixelCNN(ImageModel):
             GatedStackLayer(self.in_maps if k == 0 else channels, channels,
                             first_kernel_size if k == 0 else kernel_size, g, first=(k == 0), context_dim=self.context_dim)
             for k in range(num_layers))
-        self.head_hidden = Pointwise(channels, head_channels, g)
-        self.head_out = Pointwise(head_channels, self.out_maps, g)
+        self.build_output(channels, head_channels)
 
-    def _stacks(self, e: torch.Tensor, context: torch.Tensor | None) -> list[torch.Tensor]:
+    def trunk(self, e: torch.Tensor, context: torch.Tensor | None) -> list[torch.Tensor]:
         """The horizontal stack's feature maps after every layer, ``(B, p, H, W)`` each."""
         v = h = self.image_features(e)
         hs = []
@@ -76,22 +74,6 @@ class GatedPixelCNN(ImageModel):
             v, h = layer(v, h, context)
             hs.append(h)
         return hs
-
-    def _out(self, h: torch.Tensor) -> torch.Tensor:
-        return self.head_out(F.relu(self.head_hidden(F.relu(h))))
-
-    def forward_embedded(self, e: torch.Tensor, order: torch.Tensor, context: torch.Tensor | None) -> torch.Tensor:
-        return self.params_from_maps(self._out(self._stacks(e, context)[-1]))
-
-    def features(self, x: torch.Tensor, context: Any = None, layer: int = -1) -> torch.Tensor:
-        """The horizontal stack after layer ``layer`` (default the last) at every pixel, ``(B, G, p)``
-        (per group; the sub-pixels of a pixel share its features)."""
-        x, _ = self.validate(x)
-        if not -len(self.layers) <= layer < len(self.layers):
-            raise InputError(f"layer must be in {-len(self.layers)}..{len(self.layers) - 1}, got {layer}")
-        hs = self._stacks(self.group_features(self.embed(x)), self.context_features(context, x.shape[0]))
-        h = hs[layer].flatten(2).transpose(1, 2)  # (B, H*W, p)
-        return h[:, self._group_pixel.to(h.device)]
 
     # ------------------------------------------------------------------ cached sampling
     def new_state(self, n: int, order: torch.Tensor, context: torch.Tensor | None) -> Any:
@@ -142,4 +124,4 @@ class GatedPixelCNN(ImageModel):
             h = out if layer.first else h + out
             if k + 1 < len(self.layers):
                 self.layers[k + 1].horizontal.write(state["h"][k + 1], r, c, h)
-        return self.group_params(self._out(h), g), state
+        return self.group_params(self.output(h), g), state

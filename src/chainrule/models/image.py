@@ -19,9 +19,11 @@ from __future__ import annotations
 from typing import Any, ClassVar
 
 import torch
+import torch.nn.functional as F
 
 from chainrule.errors import InputError
 from chainrule.models.base import AutoregressiveModel
+from chainrule.nn.pixel import Pointwise
 
 
 class ImageModel(AutoregressiveModel):
@@ -46,6 +48,34 @@ class ImageModel(AutoregressiveModel):
         pixel = var % (self.height * self.width)
         self._group_pixel = pixel[:, 0]  # every variable of a group lies in one pixel
 
+    # ------------------------------------------------------------------ the network's shared ends
+    def trunk(self, e: torch.Tensor, context: torch.Tensor | None) -> list[torch.Tensor]:
+        """The architecture's hidden maps after each of its layers, ``(B, F, H, W)`` each; the last
+        feeds the output head (subclasses implement it)."""
+        raise NotImplementedError
+
+    def build_output(self, channels: int, head_channels: int) -> None:
+        """The output layers of the PixelCNN family: ReLU, 1x1 type B (F -> head_channels), ReLU,
+        1x1 type B (-> P * Gc), channel groups kept."""
+        self.head_hidden = Pointwise(channels, head_channels, self.channel_groups)
+        self.head_out = Pointwise(head_channels, self.out_maps, self.channel_groups)
+
+    def output(self, h: torch.Tensor) -> torch.Tensor:
+        """Hidden maps ``(B, F, H, W)`` (or one pixel's ``(n, F)``) -> output maps ``(B, P * Gc, H, W)`` (``(n, P * Gc)``)."""
+        return self.head_out(F.relu(self.head_hidden(F.relu(h))))
+
+    def forward_embedded(self, e: torch.Tensor, order: torch.Tensor, context: torch.Tensor | None) -> torch.Tensor:
+        return self.params_from_maps(self.output(self.trunk(e, context)[-1]))
+
+    def features(self, x: torch.Tensor, context: Any = None, layer: int = -1) -> torch.Tensor:
+        """The hidden maps after layer ``layer`` of :meth:`trunk` (default the last) as the
+        features that predict each group, ``(B, G, F)`` (see :meth:`features_per_group`)."""
+        x, _ = self.validate(x)
+        hs = self.trunk(self.group_features(self.embed(x)), self.context_features(context, x.shape[0]))
+        if not isinstance(layer, int) or not -len(hs) <= layer < len(hs):
+            raise InputError(f"layer must be in {-len(hs)}..{len(hs) - 1} (an integer; 0 = the first layer), got {layer!r}")
+        return self.features_per_group(hs[layer])
+
     # ------------------------------------------------------------------ layout
     def image_features(self, e: torch.Tensor) -> torch.Tensor:
         """``(B, G, S * E)`` group features -> input feature maps ``(B, E * C, H, W)`` (interleaved)."""
@@ -59,6 +89,17 @@ class ImageModel(AutoregressiveModel):
         b, p = out.shape[0], self.head.num_params
         out = out.reshape(b, p, self.channel_groups, self.height, self.width).permute(0, 2, 3, 4, 1)
         return out.reshape(b, self.num_groups, p)
+
+    def features_per_group(self, maps: torch.Tensor) -> torch.Tensor:
+        """Hidden maps ``(B, F, H, W)`` -> the features that predict each group, ``(B, G, F)``: the
+        maps at the group's pixel; for a sub-pixel conditional of channel c only the maps of
+        channel groups <= c (the others read the pixel's later sub-pixels; they are zeroed)."""
+        f = maps.flatten(2).transpose(1, 2)[:, self._group_pixel.to(maps.device)]  # (B, G, F)
+        if self.channel_groups == 1:
+            return f
+        keep = (torch.arange(f.shape[-1], device=f.device) % self.channel_groups)[None, :] <= \
+            self._var_channel[:, :1].to(f.device)  # (G, F)
+        return f * keep
 
     @property
     def out_maps(self) -> int:

@@ -91,11 +91,10 @@ class PixelCNN(ImageModel):
                              f"(2 x the {g} channel groups of R -> G -> B), got {channels} and {head_channels}")
         self.first = MaskedConv2d(self.in_maps, channels, first_kernel_size, "A", g)
         self.blocks = nn.ModuleList(ResidualBlock(channels, kernel_size, g, self.context_dim) for _ in range(num_blocks))
-        self.head_hidden = Pointwise(channels, head_channels, g)
-        self.head_out = Pointwise(head_channels, self.out_maps, g)
+        self.build_output(channels, head_channels)
         self.context = nn.Linear(self.context_dim, channels, bias=False) if self.conditional else None
 
-    def _trunk(self, e: torch.Tensor, context: torch.Tensor | None) -> list[torch.Tensor]:
+    def trunk(self, e: torch.Tensor, context: torch.Tensor | None) -> list[torch.Tensor]:
         """The feature maps after the first layer and after every block, ``(B, 2h, H, W)`` each."""
         h = self.first(self.image_features(e))
         if self.context is not None:
@@ -104,22 +103,6 @@ class PixelCNN(ImageModel):
         for block in self.blocks:
             hs.append(block(hs[-1], context))
         return hs
-
-    def _out(self, h: torch.Tensor) -> torch.Tensor:
-        return self.head_out(F.relu(self.head_hidden(F.relu(h))))
-
-    def forward_embedded(self, e: torch.Tensor, order: torch.Tensor, context: torch.Tensor | None) -> torch.Tensor:
-        return self.params_from_maps(self._out(self._trunk(e, context)[-1]))
-
-    def features(self, x: torch.Tensor, context: Any = None, layer: int = -1) -> torch.Tensor:
-        """The feature maps after block ``layer`` (0: the first convolution; -1: the last block) at
-        every pixel, ``(B, G, 2h)`` (per group; the sub-pixels of a pixel share its features)."""
-        x, _ = self.validate(x)
-        hs = self._trunk(self.group_features(self.embed(x)), self.context_features(context, x.shape[0]))
-        if not -len(hs) <= layer < len(hs):
-            raise InputError(f"layer must be in {-len(hs)}..{len(hs) - 1} (0 = the first convolution), got {layer}")
-        h = hs[layer].flatten(2).transpose(1, 2)  # (B, H*W, 2h)
-        return h[:, self._group_pixel.to(h.device)]
 
     # ------------------------------------------------------------------ cached sampling
     def new_state(self, n: int, order: torch.Tensor, context: torch.Tensor | None) -> Any:
@@ -147,4 +130,4 @@ class PixelCNN(ImageModel):
             h = h + ctx[0]
         for k, block in enumerate(self.blocks):
             h = block.at(h, state["blocks"][k], r, c, None if ctx is None else ctx[k + 1], weights[k + 1])
-        return self.group_params(self._out(h), g), state
+        return self.group_params(self.output(h), g), state

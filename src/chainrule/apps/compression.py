@@ -1,0 +1,712 @@
+"""Lossless compression with any discrete chainrule model: arithmetic (range) coding of the model's
+own conditionals, ``p(x) = prod_j p(x_j | x_<j, c)``, so an example costs about ``-log2 p(x | c)``
+bits (plus the coder's ~32 bits of flush per file and the 16-bit quantization of the tables).
+
+How the stream is made
+----------------------
+- The tables are :func:`chainrule.inference.coding.frequency_tables`: integer frequencies
+  ``(n, K)`` (every symbol >= 1, rows summing to ``2**16``), computed the same way at encoding and
+  decoding time, whatever the batch size or thread count. Nothing else of the model is used.
+- The coder is ``constriction``'s :class:`~constriction.stream.queue.RangeEncoder` /
+  ``RangeDecoder`` (a *queue*: symbols are decoded in the order they were encoded) with the model
+  family ``constriction.stream.model.Categorical(perfect=False)``, parameterized per symbol.
+- **Exact quantization.** constriction takes float probabilities and re-quantizes them to 24 bits
+  (``LazyContiguousCategoricalEntropyModel::from_floating_point_probabilities_fast``, constriction
+  0.4 / 0.5): with ``P_k = f_k / 2**16`` and cumulative sums ``S_k`` it computes
+  ``cdf_k = floor(S_k * (2**24 - K) / sum(P)) + k`` (``cdf_K = 2**24``), the same formula in the
+  encoder and the decoder. We pass the tables as **float64** ``f / 2**16``: every ``P_k``, every
+  partial sum ``S_k`` (a multiple of ``2**-16`` not above 1), their total (exactly 1.0) and every
+  product ``S_k * (2**24 - K)`` (below ``2**40``) is exact in float64, so the 24-bit model is an
+  exact integer function of our integer table — no float rounding anywhere, on any platform.
+  (float32 would not do: the products would round; measured, a float32 stream differs.) The cost
+  over coding ``f / 2**16`` directly is below ``K / 2**24`` bits per symbol.
+- **One stream per file**: the examples are coded in chunks of at most ``chunk`` examples (stored
+  in the header; :data:`CHUNK_EXAMPLES` by default, so the model's incremental state stays
+  small); inside a chunk variable by variable in the order the generator yields them (the model's
+  order; inside a group its variables one at a time), the chunk's examples in index order for each
+  variable.
+
+Container format (version 1; all integers little-endian)
+--------------------------------------------------------
+====== ======== ==========================================================================
+offset bytes    field
+====== ======== ==========================================================================
+0      4        magic ``b"CRZ1"``
+4      2        format version, uint16 (= 1)
+6      1        content kind, uint8: 0 = array of model values, 1 = text (tokens of a file)
+7      1        context kind, uint8: 0 = none, 1 = class labels, 2 = context tensor
+8      32       model fingerprint: SHA-256 of the model's JSON config and weights
+                (:func:`model_fingerprint`)
+40     8        number of examples N, uint64 (text: the number of windows)
+48     4        num_values K, uint32
+52     4        examples per chunk, uint32 (see above)
+56     1        rank R of the event shape, uint8
+57     4*R      event shape, uint32 each
+a      4        length M of the metadata, uint32
+a+4    M        metadata: a UTF-8 JSON object. Arrays: ``dtype`` (the NumPy dtype string of the
+                input, restored by :func:`decompress_file`), ``single`` (the input was one
+                example without a batch axis). Text: ``tokens`` (the true token count),
+                ``tokenizer`` (its kind), ``tokenizer_sha256``. Always: ``member`` (the
+                ensemble member coded with, or null) and the ``chainrule`` / ``torch`` /
+                ``constriction`` versions of the compressor (for error messages only).
+b      4        length L of the context, uint32 (0 when there is none)
+b+4    L        context: a NumPy ``.npy`` file (no pickle): labels ``(N,)`` int64, or the
+                context tensor ``(N, *context_shape)`` in the dtype it was given
+c      32       content SHA-256: arrays — of the values as int64 ``(N, *shape)``, C order;
+                text — of the original file's bytes. Checked after decoding.
+c+32   8        payload length P in bytes, uint64 (a multiple of 4)
+c+40   4        CRC-32 (zlib) of the payload, uint32
+c+44   4        CRC-32 (zlib) of bytes 0 .. c+44 (the header above)
+c+48   P        payload: the range coder's 32-bit words, uint32 each
+====== ======== ==========================================================================
+
+The file ends with the payload (trailing bytes are an error). Decoding checks, before it decodes
+anything: the magic and version, the header's CRC-32, that the file is not truncated, that the
+model's fingerprint matches (:class:`~chainrule.errors.InputError` "this file was compressed with a
+different model" otherwise) and the payload's CRC-32; after decoding, the content SHA-256 — it
+catches what the CRCs cannot: a payload decoded with tables that differ from the encoder's (another
+torch or chainrule version) decodes to something else, which is refused, never returned.
+
+Inputs and outputs (:func:`compress_file` / :func:`decompress_file`)
+--------------------------------------------------------------------
+- ``.npy`` arrays ``(N, *shape)`` or one example ``shape``; decompressed to ``.npy`` with the
+  input's dtype and shape.
+- image files or a folder of images (:func:`chainrule.apps.completion.read_images`: 8-bit
+  intensities mapped to the model's K values — that mapping is lossy unless K = 256, so what is
+  compressed is the model's values); decompressed to ``.npy``, or to PNG when the output ends with
+  ``.png`` (one file; several: ``OUTPUT-000.png``, ``OUTPUT-001.png``, ...; values mapped back to
+  0..255).
+- a text file, with a sequence model ``shape=(T,)`` and its tokenizer: the file is cut into
+  windows of T tokens, each coded on its own (no context across windows); the last window is
+  padded with the model's most probable token at each padded position (padding is coded, costs
+  little and is stripped after decoding: the header holds the true token count). A byte-level
+  tokenizer codes the file's bytes (any file round-trips); another tokenizer must reproduce the
+  file (``decode(encode(s)) == s``), else the file is refused. Decompressed to the exact bytes.
+- already loaded values (a tensor), e.g. from a dataset (the command line does that).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import math
+import struct
+import zlib
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from chainrule._version import __version__
+from chainrule.apps.completion import is_image_path, read_images
+from chainrule.errors import InputError
+from chainrule.inference.coding import frequency_tables
+from chainrule.io.checkpoint import atomic_write
+
+MAGIC = b"CRZ1"
+FORMAT_VERSION = 1
+#: Bits of the integer frequency tables (rows sum to ``2**PRECISION``).
+PRECISION = 16
+#: Examples per chunk of the stream by default (bounds the model's incremental state).
+CHUNK_EXAMPLES = 1024
+CONTENT_ARRAY, CONTENT_TEXT = 0, 1
+CONTEXT_NONE, CONTEXT_LABELS, CONTEXT_TENSOR = 0, 1, 2
+
+_FIXED = struct.Struct("<4sHBB32sQIIB")  # magic .. rank (57 bytes)
+_TAIL = struct.Struct("<32sQI")  # content SHA-256, payload length, payload CRC-32
+
+
+# ---------------------------------------------------------------------- the model's identity
+def model_fingerprint(model: Any) -> bytes:
+    """SHA-256 (32 bytes) of a model's JSON config and weights: the config as canonical JSON (sorted
+    keys), then every tensor of ``state_dict`` in sorted name order as name, dtype, shape and raw
+    bytes (each length-prefixed). Independent of the device, of the chainrule version and of the
+    checkpoint's ``extra``; equal for a model and the same model saved and loaded."""
+    h = hashlib.sha256(b"chainrule-model-fingerprint-v1\0")
+
+    def put(b: bytes) -> None:
+        h.update(len(b).to_bytes(8, "little"))
+        h.update(b)
+
+    put(json.dumps(model.config, sort_keys=True, separators=(",", ":"), default=str).encode())
+    for name, t in sorted(model.state_dict().items()):
+        t = t.detach().cpu().contiguous()
+        put(f"{name}|{t.dtype}|{list(t.shape)}".encode())
+        put(t.reshape(-1).view(torch.uint8).numpy().tobytes() if t.numel() else b"")
+    return h.digest()
+
+
+# ---------------------------------------------------------------------- header
+@dataclass
+class Header:
+    """The parsed header of a compressed file (see the module docstring for the layout)."""
+
+    content_kind: int
+    context_kind: int
+    fingerprint: bytes
+    num_examples: int
+    num_values: int
+    chunk: int
+    shape: tuple[int, ...]
+    meta: dict[str, Any]
+    context: np.ndarray | None
+    content_sha256: bytes
+    payload_length: int
+    payload_crc32: int
+    header_length: int = 0
+
+    def pack(self) -> bytes:
+        ctx = b""
+        if self.context is not None:
+            buf = io.BytesIO()
+            np.save(buf, np.ascontiguousarray(self.context), allow_pickle=False)
+            ctx = buf.getvalue()
+        meta = json.dumps(self.meta, sort_keys=True, separators=(",", ":")).encode()
+        out = _FIXED.pack(MAGIC, FORMAT_VERSION, self.content_kind, self.context_kind, self.fingerprint,
+                          self.num_examples, self.num_values, self.chunk, len(self.shape))
+        out += struct.pack(f"<{len(self.shape)}I", *self.shape)
+        out += struct.pack("<I", len(meta)) + meta + struct.pack("<I", len(ctx)) + ctx
+        out += _TAIL.pack(self.content_sha256, self.payload_length, self.payload_crc32)
+        return out + struct.pack("<I", zlib.crc32(out))
+
+
+class _Reader:
+    """Bounds-checked reads from a byte string: a short file is 'truncated', never an IndexError."""
+
+    def __init__(self, data: bytes) -> None:
+        self.data, self.pos = data, 0
+
+    def take(self, n: int, what: str) -> bytes:
+        if n < 0 or self.pos + n > len(self.data):
+            raise InputError(f"the compressed file is truncated or corrupted: it ends inside the header ({what}; "
+                             f"{len(self.data)} bytes)")
+        b = self.data[self.pos:self.pos + n]
+        self.pos += n
+        return b
+
+
+def read_header(data: bytes) -> tuple[Header, bytes]:
+    """Parse and check a compressed file's header (magic, version, CRC-32, lengths); returns the
+    header and the payload. Raises :class:`InputError` on anything wrong."""
+    if not isinstance(data, (bytes, bytearray, memoryview)):
+        raise InputError(f"compressed data must be bytes, got {type(data).__name__}")
+    data = bytes(data)
+    r = _Reader(data)
+    if data[:4] != MAGIC:
+        raise InputError(f"not a chainrule compressed file (expected the magic bytes {MAGIC!r}, got {data[:4]!r})")
+    magic, version, content, context, fp, n, k, chunk, rank = _FIXED.unpack(r.take(_FIXED.size, "fixed fields"))
+    if version != FORMAT_VERSION:
+        raise InputError(f"compressed file format version {version}; this chainrule reads version {FORMAT_VERSION}"
+                         + (" (upgrade chainrule)" if version > FORMAT_VERSION else ""))
+    shape = struct.unpack(f"<{rank}I", r.take(4 * rank, "event shape"))
+    (m,) = struct.unpack("<I", r.take(4, "metadata length"))
+    meta_raw = r.take(m, "metadata")
+    (lc,) = struct.unpack("<I", r.take(4, "context length"))
+    ctx_raw = r.take(lc, "context")
+    sha, plen, pcrc = _TAIL.unpack(r.take(_TAIL.size, "checksums and payload length"))
+    end = r.pos
+    (crc,) = struct.unpack("<I", r.take(4, "header CRC-32"))
+    if zlib.crc32(data[:end]) != crc:
+        raise InputError("the compressed file is corrupted: its header fails the CRC-32 check")
+    if content not in (CONTENT_ARRAY, CONTENT_TEXT) or context not in (CONTEXT_NONE, CONTEXT_LABELS, CONTEXT_TENSOR):
+        raise InputError(f"the compressed file has an unknown content kind {content} or context kind {context}")
+    try:
+        meta = json.loads(meta_raw.decode("utf-8"))
+        ctx = np.load(io.BytesIO(ctx_raw), allow_pickle=False) if lc else None
+    except (ValueError, UnicodeDecodeError, OSError, EOFError) as exc:
+        raise InputError(f"the compressed file's header cannot be read ({exc})") from None
+    payload = data[r.pos:]
+    if len(payload) != plen:
+        what = "truncated" if len(payload) < plen else "followed by extra bytes"
+        raise InputError(f"the compressed file is {what}: the header announces a payload of {plen} bytes, "
+                         f"{len(payload)} follow it")
+    if plen % 4:
+        raise InputError(f"the compressed file is corrupted: a payload of {plen} bytes is not a whole number of 32-bit words")
+    head = Header(content, context, fp, n, k, chunk, tuple(shape), meta, ctx, sha, plen, pcrc, r.pos)
+    return head, payload
+
+
+def _check_model(head: Header, model: Any) -> None:
+    """The file must have been made by this very model: checked before anything is decoded."""
+    fp = model_fingerprint(model)
+    if fp != head.fingerprint:
+        raise InputError(f"this file was compressed with a different model (hash {head.fingerprint.hex()[:16]}...); "
+                         f"this model's hash is {fp.hex()[:16]}... (weights + config). Decompress with the run it "
+                         "was compressed with")
+    if tuple(head.shape) != tuple(model.shape) or head.num_values != model.num_values:  # only a forged hash gets here
+        raise InputError(f"the file holds events of shape {head.shape} with K={head.num_values}; the model's are "
+                         f"{tuple(model.shape)}, K={model.num_values}")
+    if head.chunk < 1:
+        raise InputError("the compressed file is corrupted: chunk size 0")
+
+
+# ---------------------------------------------------------------------- the coder
+def _family() -> Any:
+    import constriction
+
+    # perfect=False: the lazy 'fast' quantization, the exact integer function of our tables (module docstring)
+    return constriction.stream.model.Categorical(perfect=False)
+
+
+def _probabilities(freq: torch.Tensor) -> np.ndarray:
+    """Integer tables ``(n, K)`` as the float64 probabilities ``f / 2**16`` (exact), C-contiguous."""
+    return np.ascontiguousarray(freq.cpu().numpy().astype(np.float64) / float(1 << PRECISION))
+
+
+def _encode(model: Any, x: torch.Tensor, ctx: torch.Tensor | None, member: int | None, chunk: int,
+            free: torch.Tensor | None = None) -> tuple[bytes, torch.Tensor, float]:
+    """Range-code ``x`` ``(N, D)`` (long) into one stream. ``free`` ``(N, D)`` bool marks positions
+    whose value the encoder may choose (padding): it takes the most probable symbol there.
+    Returns the payload, the values coded ``(N, D)`` and their table cost in bits."""
+    import constriction
+
+    enc = constriction.stream.queue.RangeEncoder()
+    family = _family()
+    x = x.clone()
+    bits = 0.0
+    for a in range(0, len(x), chunk):
+        b = min(a + chunk, len(x))
+        gen = frequency_tables(model, b - a, None if ctx is None else ctx[a:b], PRECISION, member=member)
+        rows = torch.arange(b - a)
+        j, freq = next(gen)
+        while True:
+            freq = freq.cpu()
+            if free is not None and bool(free[a:b, j].any()):
+                pick = free[a:b, j]
+                x[a:b, j][pick] = freq[pick].argmax(1)
+            vals = x[a:b, j]
+            enc.encode(vals.numpy().astype(np.int32), family, _probabilities(freq))
+            bits -= float(torch.log2(freq[rows, vals].double() / (1 << PRECISION)).sum())
+            try:
+                j, freq = gen.send(vals)
+            except StopIteration:
+                break
+    words = enc.get_compressed()
+    return words.astype("<u4").tobytes(), x, bits
+
+
+def _decode(model: Any, payload: bytes, n: int, ctx: torch.Tensor | None, member: int | None, chunk: int) -> torch.Tensor:
+    """Decode ``n`` examples ``(n, D)`` long from a payload, in the order :func:`_encode` wrote them."""
+    import constriction
+
+    out = torch.zeros(n, model.dim, dtype=torch.long)
+    if n == 0:
+        return out
+    words = np.frombuffer(payload, dtype="<u4").astype(np.uint32)
+    try:
+        dec = constriction.stream.queue.RangeDecoder(words)
+    except Exception as exc:  # constriction raises plain ValueError / RuntimeError on bad data
+        raise InputError(f"the compressed payload is corrupted ({exc})") from None
+    family = _family()
+    for a in range(0, n, chunk):
+        b = min(a + chunk, n)
+        gen = frequency_tables(model, b - a, None if ctx is None else ctx[a:b], PRECISION, member=member)
+        j, freq = next(gen)
+        while True:
+            try:
+                vals = dec.decode(family, _probabilities(freq))
+            except Exception as exc:
+                raise InputError(f"the compressed payload is corrupted: decoding failed ({exc})") from None
+            vals = torch.from_numpy(vals.astype(np.int64))
+            out[a:b, j] = vals
+            try:
+                j, freq = gen.send(vals)
+            except StopIteration:
+                break
+    return out
+
+
+def _content_hash_values(x: torch.Tensor) -> bytes:
+    return hashlib.sha256(x.detach().cpu().long().contiguous().numpy().astype("<i8").tobytes()).digest()
+
+
+def _versions() -> dict[str, str]:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        cv = version("constriction")
+    except PackageNotFoundError:  # pragma: no cover
+        cv = "?"
+    return {"chainrule": __version__, "torch": torch.__version__, "constriction": cv}
+
+
+def _context_header(model: Any, context: Any, n: int) -> tuple[int, np.ndarray | None, torch.Tensor | None]:
+    """The context checked for ``n`` examples, as stored in the header and as given to the model."""
+    if n == 0:  # nothing is coded: no context to keep
+        return CONTEXT_NONE, None, None
+    c = model.normalize_context(context, n)
+    if c is None:
+        return CONTEXT_NONE, None, None
+    c = c.detach().cpu()
+    return (CONTEXT_LABELS if model.num_classes else CONTEXT_TENSOR), c.numpy(), c
+
+
+def _header_context(head: Header, model: Any) -> torch.Tensor | None:
+    if head.context is None:
+        if model.conditional and head.num_examples:
+            raise InputError("the compressed file holds no context but the model is conditional")
+        return None
+    return torch.from_numpy(np.array(head.context))
+
+
+@dataclass
+class _Coded:
+    data: bytes
+    header: Header
+    values: torch.Tensor  # (N, D) the values coded (text: with the padding chosen)
+    table_bits: float  # sum of -log2(f / 2^16) of the coded symbols
+    context: torch.Tensor | None
+
+
+def _compress_values(model: Any, x: torch.Tensor, context: Any, member: int | None, content_kind: int,
+                     meta: dict[str, Any], content_sha: bytes | None = None, free: torch.Tensor | None = None,
+                     chunk: int = CHUNK_EXAMPLES) -> _Coded:
+    if not model.head.discrete:
+        raise InputError(f"{model.name}: compression needs a discrete model (num_values=K); this one is real-valued")
+    if not isinstance(chunk, int) or isinstance(chunk, bool) or chunk < 1:
+        raise InputError(f"chunk must be a positive integer, got {chunk!r}")
+    flat = x.reshape(len(x), model.dim).cpu().long()
+    n = len(flat)
+    kind, ctx_np, ctx = _context_header(model, context, n)
+    if n:
+        payload, coded, bits = _encode(model, flat, ctx, member, chunk, free)
+    else:
+        payload, coded, bits = b"", flat, 0.0
+    head = Header(content_kind, kind, model_fingerprint(model), n, int(model.num_values), chunk,
+                  tuple(model.shape), {**meta, "member": member, **_versions()}, ctx_np,
+                  content_sha if content_sha is not None else _content_hash_values(coded), len(payload),
+                  zlib.crc32(payload))
+    return _Coded(head.pack() + payload, head, coded, bits, ctx)
+
+
+def _decompress_values(model: Any, data: bytes) -> tuple[Header, torch.Tensor, torch.Tensor | None]:
+    """Header checks (model first), then the decoded values ``(N, *shape)`` long and the context."""
+    head, payload = read_header(data)
+    _check_model(head, model)
+    if zlib.crc32(payload) != head.payload_crc32:
+        raise InputError("the compressed file is corrupted: its payload fails the CRC-32 check")
+    ctx = _header_context(head, model)
+    values = _decode(model, payload, head.num_examples, ctx, head.meta.get("member"), head.chunk)
+    return head, values.reshape(head.num_examples, *model.shape), ctx
+
+
+def _mismatch(head: Header) -> InputError:
+    v = head.meta
+    return InputError("the decompressed content fails its SHA-256 check: the file is corrupted (or was made by "
+                      f"chainrule {v.get('chainrule', '?')} / torch {v.get('torch', '?')}, whose tables may differ "
+                      f"from this chainrule {__version__} / torch {torch.__version__})")
+
+
+# ---------------------------------------------------------------------- the API: arrays
+def compress(model: Any, x: Any, context: Any = None, *, member: int | None = None,
+             chunk: int = CHUNK_EXAMPLES) -> bytes:
+    """Compress ``x`` ``(N, *shape)`` (or one example ``shape``) of values in 0..K-1 into a
+    self-describing byte string (module docstring: the layout).
+
+    ``context``: the class labels ``(N,)`` (or one int) / context tensor of a conditional model,
+    stored in the header. ``member``: the member to code with when the model is an ensemble.
+    """
+    xv, batch = model.validate(x)
+    meta = {"dtype": _dtype_str(x), "single": len(batch) == 0}
+    return _compress_values(model, xv, context, member, CONTENT_ARRAY, meta, chunk=chunk).data
+
+
+def decompress(model: Any, data: bytes, context: Any = None) -> torch.Tensor:
+    """Decode bytes from :func:`compress` with the same model: ``(N, *shape)`` long (on the CPU).
+
+    The context is read from the header; a ``context`` given here must equal it. Raises
+    :class:`InputError` for another model's file (before decoding), a truncated or corrupted file,
+    or a text file (use :func:`decompress_text`).
+    """
+    head, values, ctx = _decompress_values(model, data)
+    if head.content_kind != CONTENT_ARRAY:
+        raise InputError("this file holds text: decompress it with decompress_text (or decompress_file)")
+    if _content_hash_values(values) != head.content_sha256:
+        raise _mismatch(head)
+    if context is not None and head.num_examples:
+        given = model.normalize_context(context, head.num_examples).cpu()
+        if ctx is None or given.shape != ctx.shape or not torch.equal(given.to(ctx.dtype), ctx):
+            raise InputError("the context given differs from the one stored in the file (which is the one used)")
+    return values
+
+
+# ---------------------------------------------------------------------- the API: text
+def _tokenizer_sha(tokenizer: Any) -> str:
+    return hashlib.sha256(json.dumps(tokenizer.to_dict(), sort_keys=True).encode()).hexdigest()
+
+
+def _text_model(model: Any, tokenizer: Any) -> int:
+    if tokenizer is None:
+        raise InputError(f"{model.name}: text needs a model trained on text (a tokenizer in its checkpoint)")
+    if len(model.shape) != 1:
+        raise InputError(f"text needs a sequence model of shape (T,); this one has shape {tuple(model.shape)}")
+    if model.conditional:
+        raise InputError("text compression takes an unconditional sequence model")
+    return model.shape[0]
+
+
+def _tokens(tokenizer: Any, raw: bytes, k: int) -> list[int]:
+    """Token ids of a file's bytes; refuses a tokenizer that cannot give the file back."""
+    if tokenizer.kind == "byte":
+        ids = list(raw)  # the bytes themselves: any file round-trips
+    else:
+        try:
+            text = raw.decode("utf-8")
+        except UnicodeDecodeError as exc:
+            raise InputError(f"the file is not UTF-8 text (byte {exc.start}); only a byte-level model "
+                             "(--level byte) compresses arbitrary bytes") from None
+        ids = tokenizer.encode(text)
+        if tokenizer.decode(ids, skip_special=False) != text:
+            raise InputError(f"this model's {tokenizer.kind} tokenizer does not give the text back "
+                             "(decode(encode(text)) != text, e.g. characters outside its vocabulary or "
+                             "normalized whitespace): it cannot compress it losslessly")
+    if ids and max(ids) >= k:
+        raise InputError(f"the tokenizer gives ids up to {max(ids)}, beyond the model's K={k} values")
+    return ids
+
+
+def _code_text(model: Any, raw: bytes, tokenizer: Any, member: int | None) -> tuple[_Coded, int]:
+    """Tokenize, cut into windows of T tokens (the last padded: free positions) and code; returns
+    the coded file and the true token count."""
+    t = _text_model(model, tokenizer)
+    ids = _tokens(tokenizer, raw, model.num_values)
+    n = math.ceil(len(ids) / t)
+    x = torch.zeros(n * t, dtype=torch.long)
+    x[:len(ids)] = torch.tensor(ids, dtype=torch.long)
+    free = torch.arange(n * t) >= len(ids)
+    meta = {"tokens": len(ids), "tokenizer": tokenizer.kind, "tokenizer_sha256": _tokenizer_sha(tokenizer)}
+    coded = _compress_values(model, x.reshape(n, t), None, member, CONTENT_TEXT, meta,
+                             hashlib.sha256(raw).digest(), free.reshape(n, t))
+    return coded, len(ids)
+
+
+def compress_text(model: Any, text: bytes | str, tokenizer: Any, *, member: int | None = None) -> bytes:
+    """Compress a text (the bytes of a file, or a ``str``, taken as UTF-8) with a sequence model
+    ``shape=(T,)`` trained on text and its ``tokenizer``: windows of T tokens, the last one padded
+    with the model's most probable tokens (module docstring)."""
+    raw = text.encode("utf-8") if isinstance(text, str) else bytes(text)
+    return _code_text(model, raw, tokenizer, member)[0].data
+
+
+def decompress_text(model: Any, data: bytes, tokenizer: Any) -> bytes:
+    """The exact bytes given to :func:`compress_text` (same model, same tokenizer)."""
+    _text_model(model, tokenizer)
+    head, values, _ = _decompress_values(model, data)
+    return _text_of(head, values, tokenizer)
+
+
+def _text_of(head: Header, values: torch.Tensor, tokenizer: Any) -> bytes:
+    if head.content_kind != CONTENT_TEXT:
+        raise InputError("this file holds an array, not text: use decompress (or decompress_file)")
+    if tokenizer is None:
+        raise InputError("this file holds text: decompressing it needs the model's tokenizer (a run trained on text)")
+    if head.meta.get("tokenizer_sha256") != _tokenizer_sha(tokenizer):
+        raise InputError(f"this file was tokenized with another tokenizer ({head.meta.get('tokenizer')}) than the "
+                         "model's; decompress with the run it was compressed with")
+    count = head.meta.get("tokens")
+    if not isinstance(count, int) or not 0 <= count <= values.numel():
+        raise InputError("the compressed file is corrupted: bad token count")
+    ids = values.reshape(-1)[:count].tolist()
+    raw = bytes(ids) if tokenizer.kind == "byte" else tokenizer.decode(ids, skip_special=False).encode("utf-8")
+    if hashlib.sha256(raw).digest() != head.content_sha256:
+        raise _mismatch(head)
+    return raw
+
+
+# ---------------------------------------------------------------------- files
+@dataclass
+class CompressionReport:
+    """What :func:`compress_file` did: sizes in bytes, rates in bits per dimension (per coded value)."""
+
+    output: Path
+    source: str
+    kind: str  # "array" or "text"
+    num_examples: int
+    dims: int  # values coded (N * D; text: windows * T, padding included)
+    original_bytes: int
+    original_what: str  # how original_bytes was measured
+    file_bytes: int
+    header_bytes: int
+    payload_bytes: int
+    table_bits: float  # sum of -log2(f / 2^16) over the coded values (the ideal under the quantized tables)
+    model_bits: float  # sum of -log2 p(x) from model.log_prob (the ideal code length)
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def bits_per_dim(self) -> float:
+        return 8 * self.payload_bytes / max(self.dims, 1)
+
+    @property
+    def file_bits_per_dim(self) -> float:
+        return 8 * self.file_bytes / max(self.dims, 1)
+
+    @property
+    def model_bits_per_dim(self) -> float:
+        return self.model_bits / max(self.dims, 1)
+
+    def lines(self) -> list[str]:
+        ratio = self.original_bytes / self.file_bytes if self.file_bytes else float("nan")
+        over = 8 * self.payload_bytes - self.model_bits
+        source = self.source if len(self.source) <= 100 else self.source[:97] + "..."
+        return [
+            f"{self.kind}: {self.num_examples} {'window(s)' if self.kind == 'text' else 'example(s)'} from {source}; "
+            f"{self.dims} values coded",
+            f"original: {self.original_bytes} bytes ({self.original_what})",
+            f"compressed: {self.file_bytes} bytes = header {self.header_bytes} + payload {self.payload_bytes} "
+            f"(ratio {ratio:.2f}) -> {self.output}",
+            f"achieved: {self.bits_per_dim:.4f} bits/dim (payload), {self.file_bits_per_dim:.4f} bits/dim (whole file)",
+            f"model -log2 p(x): {self.model_bits_per_dim:.4f} bits/dim (the ideal code length, {self.model_bits:.1f} bits); "
+            f"payload - ideal = {over:+.1f} bits; 16-bit tables: {self.table_bits / max(self.dims, 1):.4f} bits/dim",
+        ]
+
+
+def _dtype_str(x: Any) -> str:
+    """The NumPy dtype string of an input (restored by :func:`decompress_file`); int64 if unknown."""
+    if isinstance(x, np.ndarray):
+        return x.dtype.str
+    if isinstance(x, torch.Tensor) and x.dtype != torch.bfloat16:
+        return torch.empty(0, dtype=x.dtype).numpy().dtype.str
+    return "<i8"
+
+
+def _model_bits(model: Any, x: torch.Tensor, ctx: torch.Tensor | None, member: int | None, batch: int = 256) -> float:
+    """Sum of -log2 p(x | c) over examples ``x`` ``(N, *shape)``, from the model's log_prob."""
+    total = 0.0
+    opts = {} if member is None or getattr(model, "num_members", 1) == 1 else {"member": member}
+    with torch.inference_mode():
+        for a in range(0, len(x), batch):
+            c = None if ctx is None else ctx[a:a + batch].to(model.device)
+            total += float(model.log_prob(x[a:a + batch].to(model.device), c, **opts).double().sum())
+    return -total / math.log(2)
+
+
+def read_array_input(model: Any, path: str | Path) -> tuple[torch.Tensor | np.ndarray, str]:
+    """An input file or folder as values: a ``.npy`` array, image file(s) or a folder of images.
+    Returns the array (as read, for its dtype) and a description."""
+    p = Path(path)
+    if p.is_dir():
+        files = sorted(f for f in p.iterdir() if f.is_file() and is_image_path(f))
+        if not files:
+            raise InputError(f"{p} is a folder without image files")
+        return read_images(files, model.shape, model.num_values), f"{len(files)} image file(s) in {p}"
+    if not p.is_file():
+        raise InputError(f"{p} does not exist")
+    if is_image_path(p):
+        return read_images([p], model.shape, model.num_values), str(p)
+    if p.suffix.lower() == ".npy":
+        try:
+            return np.load(p, allow_pickle=False), str(p)
+        except (OSError, ValueError, EOFError) as exc:
+            raise InputError(f"{p}: cannot read as a NumPy .npy file ({exc})") from None
+    raise InputError(f"{p}: not a .npy array or an image (and this model has no tokenizer, so not text)")
+
+
+def compress_file(model: Any, source: str | Path | torch.Tensor | np.ndarray, output: str | Path,
+                  context: Any = None, tokenizer: Any = None, *, member: int | None = None,
+                  description: str | None = None) -> CompressionReport:
+    """Compress ``source`` — a ``.npy`` file, image file(s) / a folder of images, a text file (with
+    a text model's ``tokenizer``) or values already loaded — into ``output``; returns the report.
+
+    Original size: text — the input file's bytes; arrays — ``N * D * ceil(log2 K) / 8`` (the values
+    packed at ``ceil(log2 K)`` bits each), with the input file's size in the description.
+    """
+    output = Path(output)
+    k = model.num_values
+    if k is None:
+        raise InputError(f"{model.name}: compression needs a discrete model (num_values=K); this one is real-valued")
+    is_text = (tokenizer is not None and isinstance(source, (str, Path)) and Path(source).is_file()
+               and not is_image_path(source) and Path(source).suffix.lower() != ".npy")
+    if is_text:
+        raw = Path(source).read_bytes()
+        coded, count = _code_text(model, raw, tokenizer, member)
+        original, what, kind = len(raw), f"the input file; {count} {tokenizer.kind} tokens", "text"
+        src = description or str(source)
+    else:
+        if isinstance(source, (str, Path)):
+            arr, src = read_array_input(model, source)
+            file_size = Path(source).stat().st_size if Path(source).is_file() else None
+        else:
+            arr, src, file_size = source, "values given", None
+        src = description or src
+        xv, batch = model.validate(arr)
+        meta = {"dtype": _dtype_str(arr), "single": len(batch) == 0}
+        coded = _compress_values(model, xv, context, member, CONTENT_ARRAY, meta)
+        original = math.ceil(xv.numel() * math.ceil(math.log2(k)) / 8)
+        what = f"{xv.numel()} values x ceil(log2 {k}) = {math.ceil(math.log2(k))} bits"
+        if file_size is not None:
+            what += f"; the input file is {file_size} bytes"
+        kind = "array"
+    head = coded.header
+    x_coded = coded.values.reshape(head.num_examples, *model.shape)
+    model_bits = _model_bits(model, x_coded, coded.context, member) if head.num_examples else 0.0
+    output.parent.mkdir(parents=True, exist_ok=True)
+    atomic_write(output, lambda p: Path(p).write_bytes(coded.data))
+    return CompressionReport(output, src, kind, head.num_examples, int(x_coded.numel()), original, what,
+                             len(coded.data), len(coded.data) - head.payload_length,
+                             head.payload_length, coded.table_bits, model_bits)
+
+
+def decompress_file(model: Any, source: str | Path, output: str | Path, tokenizer: Any = None) -> list[Path]:
+    """Decompress the file ``source`` with ``model`` into ``output``: the text's exact bytes; an
+    array as ``.npy`` (the input's dtype and shape) or, for an image model and an output ending in
+    ``.png``, PNG file(s). Returns the paths written."""
+    source, output = Path(source), Path(output)
+    try:
+        data = source.read_bytes()
+    except OSError as exc:
+        raise InputError(f"cannot read {source} ({exc})") from None
+    head, values, ctx = _decompress_values(model, data)
+    output.parent.mkdir(parents=True, exist_ok=True)
+    if head.content_kind == CONTENT_TEXT:
+        raw = _text_of(head, values, tokenizer)
+        atomic_write(output, lambda p: Path(p).write_bytes(raw))
+        return [output]
+    if _content_hash_values(values) != head.content_sha256:
+        raise _mismatch(head)
+    if output.suffix.lower() == ".png":
+        return _write_pngs(values, output, model)
+    try:
+        dtype = np.dtype(head.meta.get("dtype", "<i8"))
+    except TypeError:
+        dtype = np.dtype("<i8")
+    a = values.numpy().astype(dtype)
+    if head.meta.get("single") and len(a) == 1:
+        a = a[0]
+    if output.suffix.lower() != ".npy":
+        output = output.with_name(output.name + ".npy")
+
+    def write(p: str) -> None:
+        with open(p, "wb") as f:
+            np.save(f, a, allow_pickle=False)
+
+    atomic_write(output, write)
+    return [output]
+
+
+def _write_pngs(values: torch.Tensor, output: Path, model: Any) -> list[Path]:
+    """Images ``(N, C, H, W)`` in 0..K-1 as 8-bit PNGs (one per example)."""
+    from PIL import Image
+
+    shape, k = tuple(model.shape), model.num_values
+    if len(shape) != 3 or shape[0] not in (1, 3):
+        raise InputError(f"PNG output needs an image model (shape (1 or 3, H, W)); this one has shape {shape}: "
+                         "write a .npy instead")
+    v = values.numpy().astype(np.float64)
+    v = v if k == 256 else v * 255.0 / (k - 1)
+    img = np.rint(v).clip(0, 255).astype(np.uint8)
+    paths = [output] if len(img) == 1 else [output.with_name(f"{output.stem}-{i:03d}.png") for i in range(len(img))]
+    for a, p in zip(img, paths):
+        pic = Image.fromarray(a[0] if shape[0] == 1 else a.transpose(1, 2, 0))
+        atomic_write(p, lambda t, pic=pic: pic.save(t, format="PNG"))
+    return paths
+
+
+__all__: Sequence[str] = (
+    "CHUNK_EXAMPLES", "CompressionReport", "FORMAT_VERSION", "Header", "MAGIC", "compress", "compress_file",
+    "compress_text", "decompress", "decompress_file", "decompress_text", "model_fingerprint", "read_array_input",
+    "read_header",
+)
