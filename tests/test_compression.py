@@ -311,3 +311,9 @@ def test_cli_dataset_input(tmp_path, capsys):
     assert main(["decompress", run, str(tmp_path / "d.crz"), str(tmp_path / "d.npy")]) == 0
     want = load_dataset("digits").split("test")[0][[0, 5]]
     assert np.array_equal(np.load(tmp_path / "d.npy"), torch.as_tensor(want).numpy())
+    # without --index: the whole split, in one stream
+    capsys.readouterr()
+    assert main(["compress", run, "digits", str(tmp_path / "all.crz"), "--split", "val"]) == 0
+    assert "the val split of digits (350 examples)" in capsys.readouterr().out
+    assert main(["decompress", run, str(tmp_path / "all.crz"), str(tmp_path / "all.npy")]) == 0
+    assert np.array_equal(np.load(tmp_path / "all.npy"), torch.as_tensor(load_dataset("digits").split("val")[0]).numpy())

@@ -21,9 +21,9 @@ from typing import Any
 import numpy as np
 import torch
 
-from chainrule.apps.plotting import plot_training_curve, save_image_grid
+from chainrule.apps.plotting import image_grid, plot_training_curve, save_image_grid
 from chainrule.data import Dataset, load_dataset, mu_law_decode, write_wav
-from chainrule.errors import InputError
+from chainrule.errors import CheckpointError, InputError
 from chainrule.inference.likelihood import EvalResult, evaluate
 from chainrule.inference.sampling import default_generator
 from chainrule.io.checkpoint import CONFIG_FILE, read_config
@@ -90,22 +90,120 @@ def describe_eval(split: str, res: EvalResult, ds: Dataset) -> list[str]:
     return lines
 
 
+def samples_formats(is_image: bool, tokenizer: Any = None, sample_rate: int | None = None) -> tuple[str, ...]:
+    """The file extensions samples of a run can be written as, the default first: text runs
+    ``.txt`` (decoded) or ``.npy`` (token ids); audio runs ``.wav`` or ``.npy`` (mu-law codes);
+    image runs ``.png``, ``.jpg``, ``.jpeg`` (a grid, Pillow) or ``.npy``; anything else ``.npy``."""
+    if tokenizer is not None:
+        return (".txt", ".npy")
+    if sample_rate is not None:
+        return (".wav", ".npy")
+    if is_image:
+        return (".png", ".jpg", ".jpeg", ".npy")
+    return (".npy",)
+
+
+def default_samples_name(is_image: bool, tokenizer: Any = None, sample_rate: int | None = None) -> str:
+    """``samples.png`` (images), ``samples.txt`` (text), ``samples.wav`` (audio), else ``samples.npy``."""
+    return "samples" + samples_formats(is_image, tokenizer, sample_rate)[0]
+
+
+def check_samples_path(out: str | Path, is_image: bool, tokenizer: Any = None, sample_rate: int | None = None) -> Path:
+    """``out`` if samples of this kind of run can be written as its extension says, else an InputError
+    that lists the extensions accepted (nothing is ever written under another name than ``out``)."""
+    out = Path(out)
+    formats = samples_formats(is_image, tokenizer, sample_rate)
+    if out.suffix.lower() not in formats:
+        kind = "a text run" if tokenizer is not None else "an audio run" if sample_rate is not None else \
+            "an image run" if is_image else "this run (not images, text or audio)"
+        got = f"{out.suffix!r}" if out.suffix else "no extension"
+        raise InputError(f"{out}: the samples of {kind} can be written as {' or '.join(formats)} only; got {got}")
+    if out.is_dir():
+        raise InputError(f"{out} is a directory: give a file name ending in {', '.join(formats)}")
+    return out
+
+
 def save_samples(x: torch.Tensor, out: Path, num_values: int | None, is_image: bool,
                  tokenizer: Any = None, sample_rate: int | None = None) -> Path:
-    """Write samples where a person would look at them: text file, WAV, PNG grid, else .npy."""
+    """Write samples to exactly ``out``, in the format its extension names (see :func:`samples_formats`):
+    decoded text, a WAV, a PNG/JPEG grid, or the array as .npy. Returns ``out``."""
+    out = check_samples_path(out, is_image, tokenizer, sample_rate)
     out.parent.mkdir(parents=True, exist_ok=True)
-    if tokenizer is not None:  # text: decoded samples, separated by a rule
-        out = out.with_suffix(".txt")
+    suffix = out.suffix.lower()
+    if suffix == ".npy":
+        with open(out, "wb") as f:  # np.save(path) would append .npy to a name ending in .NPY
+            np.save(f, x.cpu().numpy())
+    elif suffix == ".txt":  # text: decoded samples, separated by a rule
         out.write_text("\n\n----------\n\n".join(tokenizer.decode(row.tolist()) for row in x))
-        return out
-    if sample_rate is not None:  # audio: one after another, 0.25 s of silence between
+    elif suffix == ".wav":  # audio: one after another, 0.25 s of silence between
         gap = torch.zeros(sample_rate // 4)
-        return write_wav(out.with_suffix(".wav"), torch.cat([torch.cat([mu_law_decode(r), gap]) for r in x]), sample_rate)
-    if is_image and out.suffix.lower() == ".png":
-        return save_image_grid(x, out, num_values)
-    out = out.with_suffix(".npy")
-    np.save(out, x.cpu().numpy())
+        write_wav(out, torch.cat([torch.cat([mu_law_decode(r.cpu()), gap]) for r in x]), sample_rate)
+    elif suffix == ".png":
+        save_image_grid(x, out, num_values)
+    else:  # .jpg / .jpeg
+        image_grid(x, num_values).save(out, format="JPEG", quality=95)
     return out
+
+
+#: What a run directory holds that chainrule wrote (``--force`` removes these, and only these).
+RUN_DIRS = ("best", "last", "last.tmp", "last.old")
+RUN_FILES = ("log.csv", "curve.png", "results.json")
+SAMPLE_SUFFIXES = (".png", ".jpg", ".jpeg", ".npy", ".txt", ".wav")
+
+
+def run_files(out: str | Path) -> list[Path]:
+    """The entries of ``out`` that a previous run wrote: ``best/``, ``last/`` (and its ``.tmp`` /
+    ``.old`` while being swapped), ``log.csv``, ``curve.png``, ``results.json``, ``samples.*``."""
+    out = Path(out)
+    if not out.is_dir():
+        return []
+    found = [out / d for d in RUN_DIRS if (out / d).is_dir() or (out / d).is_symlink()]
+    found += [out / f for f in RUN_FILES if (out / f).is_file()]
+    found += sorted(p for p in out.glob("samples.*") if p.suffix.lower() in SAMPLE_SUFFIXES and p.is_file())
+    return found
+
+
+def holds_run(out: str | Path) -> bool:
+    """True when ``out`` holds a training run (a ``best/``, ``last/`` or ``log.csv``)."""
+    out = Path(out)
+    return (any((out / d).is_dir() for d in ("best", "last", "last.old")) or (out / "log.csv").is_file())
+
+
+def check_run_dir(out: str | Path, resume: bool = False, force: bool = False) -> None:
+    """Refuse to train into ``out`` when it already holds a run, unless ``resume`` (continue it) or
+    ``force`` (replace it: :func:`clear_run_dir`). Writes nothing."""
+    out = Path(out)
+    if resume and force:
+        raise InputError("--resume continues the run in the directory and --force replaces it: pass one of them")
+    if out.exists() and not out.is_dir():
+        raise InputError(f"{out} is a file, not a run directory: give a directory for the run")
+    if not resume and not force and holds_run(out):
+        raise InputError(f"{out} already holds a run: pass --resume to continue it or --force to replace it")
+
+
+def clear_run_dir(out: str | Path) -> list[Path]:
+    """Remove what a previous run wrote in ``out`` (:func:`run_files`); every other file stays.
+    Returns the removed paths."""
+    import shutil
+
+    removed = run_files(out)
+    for p in removed:
+        if p.is_symlink() or p.is_file():
+            p.unlink()
+        else:
+            shutil.rmtree(p)
+    return removed
+
+
+def is_quickstart_run(out: str | Path) -> bool:
+    """True when the run in ``out`` was written by ``chainrule quickstart`` (marked in its config)."""
+    for sub in ("best", "last"):
+        try:
+            if read_config(Path(out) / sub).get("extra", {}).get("quickstart"):
+                return True
+        except CheckpointError:  # no checkpoint there, or a damaged one: not quickstart's
+            continue
+    return False
 
 
 def sample_labels(num_classes: int, n: int) -> torch.Tensor:
@@ -117,15 +215,20 @@ def train_run(model_name: str, ds: Dataset, out: str | Path, hyperparameters: di
               config: TrainConfig | None = None, extra: dict[str, Any] | None = None, progress: bool = True,
               num_samples: int = 64, resume: bool = False, conditional: bool = False,
               device: str | torch.device | None = None,
-              report: Callable[[str], None] = log.info) -> dict[str, Any]:
+              report: Callable[[str], None] = log.info, force: bool = False) -> dict[str, Any]:
     """Build ``model_name`` for ``ds``, train it, evaluate it on the test split, draw samples and
     write the run directory ``out``; returns the summary also written to ``results.json``.
 
     ``conditional=True`` trains a class-conditional model on the dataset's labels (the model gets
     ``num_classes``; evaluation is given the true labels; samples cycle through the classes).
     ``report`` receives the progress lines (the CLI prints them).
+
+    An ``out`` that already holds a run (``best/``, ``last/`` or ``log.csv``) is refused unless
+    ``resume`` (continue it) or ``force``: replace it, removing the previous run's files (only
+    those chainrule writes, see :func:`run_files`) once the model has been built.
     """
     out = Path(out)
+    check_run_dir(out, resume, force)
     config = config or TrainConfig()
     hp = dict(hyperparameters or {})
     train_y = val_y = test_y = None
@@ -142,6 +245,9 @@ def train_run(model_name: str, ds: Dataset, out: str | Path, hyperparameters: di
                       progress=progress, device=device)
     if resume:
         report(f"resuming from {out / 'last'}")
+    elif force and run_files(out):
+        removed = clear_run_dir(out)
+        report(f"replacing the previous run in {out}: removed {', '.join(p.name for p in removed)}")
     has_val = len(ds.val) > 0
     result = trainer.fit(ds.train, ds.val if has_val else None, train_transform=ds.train_transform, resume=resume,
                          train_context=train_y, val_context=val_y if has_val else None)
@@ -158,7 +264,8 @@ def train_run(model_name: str, ds: Dataset, out: str | Path, hyperparameters: di
     plot_training_curve(out / "log.csv", out / "curve.png", title=f"{model_name} on {ds.name}")
     labels = sample_labels(ds.num_classes, num_samples) if conditional else None
     x = model.sample(num_samples, labels, generator=default_generator(model, config.seed))
-    samples = save_samples(x, out / "samples.png", model.num_values, ds.is_image, ds.tokenizer, ds.sample_rate)
+    samples = save_samples(x, out / default_samples_name(ds.is_image, ds.tokenizer, ds.sample_rate), model.num_values,
+                           ds.is_image, ds.tokenizer, ds.sample_rate)
     summary = {"model": model_name, "dataset": ds.name, "parameters": model.num_parameters(),
                "epochs_run": result.epochs_run, "best_epoch": result.best_epoch,
                "train_seconds": result.train_seconds, "best_val_nll_nats": result.best_val_nll_nats,

@@ -1,5 +1,5 @@
-"""The ``chainrule`` command line: train, eval, sample, generate, inspect, complete, models, datasets,
-quickstart (and the n-gram commands). Each command is a thin layer over the library: the run
+"""The ``chainrule`` command line: train, eval, sample, generate, inspect, complete, compress, decompress,
+models, datasets, quickstart (and the n-gram commands). Each command is a thin layer over the library: the run
 pipeline is :func:`chainrule.apps.pipeline.train_run`.
 
 A *run directory* (written by ``chainrule train``) holds ``best/`` (the best model: safetensors +
@@ -21,9 +21,13 @@ import torch
 
 from chainrule._version import __version__
 from chainrule.apps.pipeline import (
+    check_run_dir,
+    check_samples_path,
     checkpoint_dir,
     dataset_of,
+    default_samples_name,
     describe_eval,
+    is_quickstart_run,
     parse_hyperparameters,
     save_samples,
     train_run,
@@ -41,8 +45,12 @@ log = logging.getLogger("chainrule")
 
 
 def _set_threads(n: int | None) -> None:
-    if n:
-        torch.set_num_threads(n)
+    """``--threads``: None keeps torch's default; anything else must be a positive integer."""
+    if n is None:
+        return
+    if n < 1:
+        raise InputError(f"--threads must be a positive integer (torch CPU threads), got {n}")
+    torch.set_num_threads(n)
 
 
 def _order_arg(value: str | None) -> Any:
@@ -75,13 +83,35 @@ def cmd_datasets(args: argparse.Namespace) -> int:
     return 0
 
 
+#: TrainConfig fields -> the options of `chainrule train` / `quickstart` that set them (for error messages)
+_CONFIG_FLAGS = {"epochs": "--epochs", "batch_size": "--batch-size", "lr": "--lr", "weight_decay": "--weight-decay",
+                 "warmup_steps": "--warmup-steps", "grad_clip": "--grad-clip", "max_seconds": "--max-seconds",
+                 "seed": "--seed", "steps_per_epoch": "--steps-per-epoch", "max_steps": "--max-steps",
+                 "betas": "--beta1/--beta2", "min_lr": "--min-lr", "val_components": "--val-components"}
+
+
+def _checked_config(**kwargs: Any) -> TrainConfig:
+    """``TrainConfig(**kwargs)`` with its errors naming the command-line option instead of the field."""
+    try:
+        return TrainConfig(**kwargs)
+    except InputError as exc:
+        msg = str(exc)
+        name = msg.split(" ", 1)[0]
+        if name not in _CONFIG_FLAGS:
+            raise
+        msg = _CONFIG_FLAGS[name] + msg[len(name):].replace("(or None: ", "(or leave the option out: ")
+        raise InputError(msg) from None
+
+
 def _train_config(args: argparse.Namespace) -> TrainConfig:
-    return TrainConfig(epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, optimizer=args.optimizer,
-                       weight_decay=args.weight_decay, schedule=args.schedule, warmup_steps=args.warmup_steps,
-                       grad_clip=args.grad_clip, patience=None if args.patience <= 0 else args.patience,
-                       max_seconds=args.max_seconds, seed=args.seed, steps_per_epoch=args.steps_per_epoch,
-                       max_steps=args.max_steps, betas=(args.beta1, args.beta2), min_lr=args.min_lr,
-                       val_components=args.val_components, precision=args.precision)
+    if args.patience < 0:
+        raise InputError(f"--patience must be an integer >= 0 (0: no early stopping), got {args.patience}")
+    return _checked_config(epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, optimizer=args.optimizer,
+                           weight_decay=args.weight_decay, schedule=args.schedule, warmup_steps=args.warmup_steps,
+                           grad_clip=args.grad_clip, patience=None if args.patience == 0 else args.patience,
+                           max_seconds=args.max_seconds, seed=args.seed, steps_per_epoch=args.steps_per_epoch,
+                           max_steps=args.max_steps, betas=(args.beta1, args.beta2), min_lr=args.min_lr,
+                           val_components=args.val_components, precision=args.precision)
 
 
 def cmd_train(args: argparse.Namespace) -> int:
@@ -90,6 +120,9 @@ def cmd_train(args: argparse.Namespace) -> int:
     if args.order:
         hparams["order"] = _order_arg(args.order)
     check_hyperparameters(args.model, hparams)  # unknown names fail before the data is loaded
+    config = _train_config(args)  # so do bad training options
+    if args.out:  # an existing run in --out: refused before the data is loaded (unless --resume / --force)
+        check_run_dir(args.out, args.resume, args.force)
     ds = load_dataset(args.dataset, args.data_dir, download=args.download, binarize=args.binarize,
                       dequantize=args.dequantize, seed=args.data_seed, block_size=args.block_size, level=args.level)
     out = Path(args.out or f"runs/{args.model}-{Path(ds.name).stem}")
@@ -103,8 +136,9 @@ def cmd_train(args: argparse.Namespace) -> int:
         extra["sample_rate"] = ds.sample_rate
     if ds.class_names is not None:
         extra["class_names"] = list(ds.class_names)
-    train_run(args.model, ds, out, hparams, _train_config(args), extra, not args.no_progress, args.num_samples,
-              resume=args.resume, conditional=args.class_conditional, device=_device(args), report=print)
+    train_run(args.model, ds, out, hparams, config, extra, not args.no_progress, args.num_samples,
+              resume=args.resume, conditional=args.class_conditional, device=_device(args), report=print,
+              force=args.force)
     return 0
 
 
@@ -186,6 +220,14 @@ def cmd_sample(args: argparse.Namespace) -> int:
         labels = args.label
     elif model.conditional:
         labels = torch.arange(args.n) % model.num_classes  # every class in turn
+    rate = read_config(ckpt).get("extra", {}).get("sample_rate")
+    # the file asked for, or the run's default; an extension this run cannot be written as fails before sampling
+    out = Path(args.out or (Path(args.run) / default_samples_name(is_image, tok, rate)))
+    if args.out or tok is None:
+        try:
+            check_samples_path(out, is_image, tok, rate)
+        except InputError as exc:
+            raise InputError(f"--out {exc}") from None
     x = model.sample(args.n, labels, generator=default_generator(model, args.seed), temperature=args.temperature,
                      top_k=args.top_k, top_p=args.top_p)
     if tok is not None and not args.out:
@@ -193,8 +235,6 @@ def cmd_sample(args: argparse.Namespace) -> int:
             print(tok.decode(row.tolist()))
             print("----------")
         return 0
-    out = Path(args.out or (Path(args.run) / ("samples.png" if is_image else "samples.npy")))
-    rate = read_config(ckpt).get("extra", {}).get("sample_rate")
     out = save_samples(x, out, model.num_values, is_image, tok, rate)
     print(f"wrote {args.n} samples to {out}")
     return 0
@@ -206,13 +246,15 @@ def cmd_generate(args: argparse.Namespace) -> int:
     from chainrule.inference.sampling import generate
 
     _set_threads(args.threads)
+    if args.beam is not None and args.beam < 1:
+        raise InputError(f"--beam must be an integer >= 1 (the beam width; leave it out to sample), got {args.beam}")
     ckpt = checkpoint_dir(args.run)
     model = load(ckpt, _device(args))
     tok = _tokenizer_of(ckpt)
     if tok is None:
         raise InputError(f"{ckpt} was not trained on text (no tokenizer in its config); use `chainrule sample`")
     prompt = tok.encode(args.prompt)
-    if args.beam:
+    if args.beam is not None:
         hyps = generate_beam(model, prompt, args.max_new_tokens, args.beam, length_penalty=args.length_penalty)
         for h in hyps:
             print(f"[log p = {h.log_prob:.3f} nats, score {h.score:.4f}] {args.prompt}{tok.decode(h.tokens)}")
@@ -340,7 +382,58 @@ def cmd_complete(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_compress(args: argparse.Namespace) -> int:
+    """Lossless compression by range coding with the run's model (:mod:`chainrule.apps.compression`)."""
+    from chainrule.apps.compression import compress_file
+
+    _set_threads(args.threads)
+    ckpt = checkpoint_dir(args.run)
+    model = load(ckpt, _device(args))
+    labels = None
+    if args.label is not None:
+        if not model.conditional:
+            raise InputError(f"--class: {ckpt} is not class-conditional (trained without --class-conditional)")
+        labels = args.label[0] if len(args.label) == 1 else args.label
+    elif model.num_classes:
+        raise InputError(f"{ckpt} is class-conditional: pass --class Y (a label in 0..{model.num_classes - 1}, "
+                         "or one per example); it is stored in the compressed file")
+    elif model.conditional:
+        raise InputError(f"{ckpt} is conditioned on a context tensor; compress from Python with "
+                         "chainrule.apps.compression.compress(model, x, context=...)")
+    source: Any = args.input
+    description = None
+    if not Path(args.input).exists():  # a dataset name: the whole --split, or the examples --index picks
+        ns = argparse.Namespace(input=[args.input], index=args.index, split=args.split, data_dir=args.data_dir,
+                                download=args.download)
+        if ns.index is None:
+            ds = dataset_of(ckpt, args.input, args.data_dir, args.download)
+            ns.index = list(range(len(ds.split(args.split)[0])))
+        source, description = _completion_inputs(ns, ckpt, model)
+        if args.index is None:
+            description = f"the {args.split} split of {args.input} ({len(ns.index)} examples)"
+    elif args.index is not None:
+        raise InputError("--index applies to dataset inputs; for a file, compress the whole file")
+    report = compress_file(model, source, args.output, labels, _tokenizer_of(ckpt), member=args.member,
+                           description=description)
+    for line in report.lines():
+        print(line)
+    return 0
+
+
+def cmd_decompress(args: argparse.Namespace) -> int:
+    """Decode a file written by ``chainrule compress`` with the same run."""
+    from chainrule.apps.compression import decompress_file
+
+    _set_threads(args.threads)
+    ckpt = checkpoint_dir(args.run)
+    model = load(ckpt, _device(args))
+    paths = decompress_file(model, args.input, args.output, _tokenizer_of(ckpt))
+    print(f"decompressed {args.input} (checksum verified) to {', '.join(map(str, paths))}")
+    return 0
+
+
 #: The quick start's two recipes on the 8x8 digits (measured in BENCHMARKS.md, "The quick start").
+QUICKSTART_OUT = "runs/quickstart"  # the quick start's own directory: its previous run there is replaced
 QUICKSTART = {
     # 2-D masked convolutions see a pixel's neighbourhood above and to the left: 81.6 nats in 100 s
     "gated_pixelcnn": ("a Gated PixelCNN (van den Oord et al. 2016)",
@@ -353,15 +446,21 @@ QUICKSTART = {
 
 
 def cmd_quickstart(args: argparse.Namespace) -> int:
-    """Train an image model on the bundled 8x8 digits: under two minutes on a laptop CPU."""
+    """Train an image model on the bundled 8x8 digits: under two minutes on a laptop CPU.
+
+    Its output directory is its own: a previous quickstart run there (the default runs/quickstart,
+    or any run marked as quickstart's) is replaced without asking; another run is refused unless --force."""
     _set_threads(args.threads)
-    ds = load_dataset("digits")
-    out = Path(args.out)
     what, hparams, opt = QUICKSTART[args.model]
+    config = _checked_config(epochs=args.epochs, batch_size=64, max_seconds=args.max_seconds, seed=args.seed, **opt)
+    out = Path(args.out)
+    own = out == Path(QUICKSTART_OUT) or is_quickstart_run(out)
+    check_run_dir(out, force=args.force or own)
+    ds = load_dataset("digits")
     print(f"chainrule quickstart: {what} on scikit-learn's 8x8 digits (17 grey levels)")
-    config = TrainConfig(epochs=args.epochs, batch_size=64, max_seconds=args.max_seconds, seed=args.seed, **opt)
-    extra = {"dataset": "digits", "command": sys.argv}
-    summary = train_run(args.model, ds, out, hparams, config, extra, not args.no_progress, 64, report=print)
+    extra = {"dataset": "digits", "command": sys.argv, "quickstart": True}
+    summary = train_run(args.model, ds, out, hparams, config, extra, not args.no_progress, 64, report=print,
+                        force=args.force or own)
     t = summary["test"]
     print(f"\nTest NLL: {t['nll_nats']:.2f} nats per image = {t['bits_per_dim']:.4f} bits/dim "
           f"(uniform guessing: {64 * np.log(17):.1f} nats)")
@@ -431,6 +530,9 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--resume", action="store_true",
                    help="continue the interrupted run in --out from its last/ checkpoint (same model and data; "
                         "raise --epochs or give a new --max-seconds to train longer)")
+    t.add_argument("--force", action="store_true",
+                   help="--out already holds a run: replace it (removes only the files chainrule writes: best/, "
+                        "last/, log.csv, curve.png, results.json, samples.*; other files stay)")
     t.add_argument("--val-components", type=int, default=None,
                    help="ensembles: validate each epoch with the first N orderings/masks (default: all)")
     t.add_argument("--seed", type=int, default=0)
@@ -461,7 +563,9 @@ def build_parser() -> argparse.ArgumentParser:
     s = sub.add_parser("sample", help="draw samples: a PNG grid (images), text (text runs), WAV (audio), else .npy")
     s.add_argument("run", help="run directory or checkpoint directory")
     s.add_argument("-n", type=int, default=64, help="number of samples")
-    s.add_argument("--out", help="output file (.png or .npy); default RUN/samples.png or .npy")
+    s.add_argument("--out", help="output file, written as its extension says: image runs .png, .jpg, .jpeg (a grid) "
+                                 "or .npy; text runs .txt or .npy (token ids); audio runs .wav or .npy (mu-law codes); "
+                                 "others .npy. Default RUN/samples.png, .wav or .npy (text runs: printed)")
     s.add_argument("--seed", type=int, default=0)
     s.add_argument("--class", dest="label", type=int, default=None,
                    help="class-conditional models: sample this class (default: every class in turn)")
@@ -476,7 +580,8 @@ def build_parser() -> argparse.ArgumentParser:
     gen.add_argument("-n", type=int, default=1, help="number of continuations")
     gen.add_argument("--seed", type=int, default=0)
     decoding_args(gen)
-    gen.add_argument("--beam", type=int, default=0, help="beam search with this width instead of sampling")
+    gen.add_argument("--beam", type=int, default=None,
+                     help="beam search with this width (>= 1) instead of sampling")
     gen.add_argument("--length-penalty", type=float, default=0.0, help="beam score = log p / length**penalty")
     gen.add_argument("--sliding-window", action="store_true",
                      help="allow prompt + new tokens beyond the model's context window (older tokens drop out of view)")
@@ -518,17 +623,44 @@ def build_parser() -> argparse.ArgumentParser:
     common(c)
     c.set_defaults(func=cmd_complete)
 
+    z = sub.add_parser("compress", help="compress data losslessly with a run's model (range coding)",
+                       description="Example: chainrule compress runs/nade-digits x.npy x.crz. INPUT: a .npy array "
+                                   "(N, *shape) or (*shape), an image file or folder of images, a text file (runs "
+                                   "trained on text), or a dataset name (see --split, --index).")
+    z.add_argument("run", help="run directory or checkpoint directory")
+    z.add_argument("input", help=".npy, image file, folder of images, text file, or a dataset name")
+    z.add_argument("output", help="the compressed file to write")
+    z.add_argument("--class", dest="label", type=int, nargs="+", default=None,
+                   help="class-conditional runs (required there): the label, or one per example (stored in the file)")
+    z.add_argument("--index", type=int, nargs="+", default=None, help="dataset inputs: which examples (default: the whole split)")
+    z.add_argument("--split", choices=["train", "val", "test"], default="test", help="dataset split of a dataset input")
+    z.add_argument("--member", type=int, default=None, help="ensembles: code with this member")
+    z.add_argument("--data-dir", help="folder with the dataset files (default: $CHAINRULE_DATA)")
+    z.add_argument("--download", action="store_true", help="download missing dataset files (checksummed)")
+    common(z)
+    z.set_defaults(func=cmd_compress)
+
+    u = sub.add_parser("decompress", help="decompress a file written by `chainrule compress` (same run)")
+    u.add_argument("run", help="run directory or checkpoint directory (the one that compressed the file)")
+    u.add_argument("input", help="the compressed file")
+    u.add_argument("output", help="where to write: .npy (arrays), .png (image models), or the text file")
+    common(u)
+    u.set_defaults(func=cmd_decompress)
+
     from chainrule.cli.ngram import register_cli as register_ngram_cli  # the n-gram commands
 
     register_ngram_cli(sub)
 
     q = sub.add_parser("quickstart", help="train a Gated PixelCNN on the bundled 8x8 digits (under two minutes)")
-    q.add_argument("--out", default="runs/quickstart", help="run directory")
+    q.add_argument("--out", default=QUICKSTART_OUT,
+                   help=f"run directory (default {QUICKSTART_OUT}); a previous quickstart run there is replaced")
     q.add_argument("--model", choices=list(QUICKSTART), default="gated_pixelcnn",
                    help="gated_pixelcnn (default, ~82 nats in 100 s) or causalconv (the book's ARM, ~85 nats, minutes)")
     q.add_argument("--epochs", type=int, default=1000, help="maximum epochs (early stopping usually ends sooner)")
     q.add_argument("--max-seconds", type=float, default=90, help="wall-clock budget for training")
     q.add_argument("--seed", type=int, default=0)
+    q.add_argument("--force", action="store_true",
+                   help="--out holds a run that quickstart did not write: replace it (only chainrule's files)")
     common(q)
     # one thread: a model this small gains little from two, and two threads on a busy 2-core
     # machine ran 40x slower (73 s per epoch instead of 1.8 s, measured), so the default is safe

@@ -54,7 +54,7 @@ class Histogram(AutoregressiveModel):
                 f"max_configurations={max_configurations:,}; a table cannot be estimated (or stored) for it — "
                 "use a model that shares parameters (fvsbn, nade, made, ...)"
             )
-        if not isinstance(alpha, (int, float)) or not math.isfinite(alpha) or alpha < 0:
+        if not isinstance(alpha, (int, float)) or isinstance(alpha, bool) or not math.isfinite(alpha) or alpha < 0:
             raise InputError(f"alpha must be a finite number >= 0, got {alpha!r}")
         self.alpha = alpha
         # unnormalized log-probabilities per class, row-major over the configurations

@@ -24,6 +24,7 @@ import functools
 import json
 import logging
 import math
+import numbers
 import shutil
 import time
 from collections.abc import Callable
@@ -143,12 +144,49 @@ class TrainConfig:
             raise InputError(f"optimizer must be one of {', '.join(OPTIMIZERS)}, got {self.optimizer!r}")
         if self.schedule not in SCHEDULES:
             raise InputError(f"schedule must be one of {', '.join(SCHEDULES)}, got {self.schedule!r}")
-        if self.epochs < 1 or self.batch_size < 1 or self.lr <= 0:
-            raise InputError(f"epochs and batch_size must be >= 1 and lr > 0, got {self.epochs}, {self.batch_size}, {self.lr}")
         if self.precision not in PRECISIONS:
             raise InputError(f"precision must be one of {', '.join(PRECISIONS)}, got {self.precision!r}")
-        if self.val_components is not None and self.val_components < 1:
-            raise InputError(f"val_components must be >= 1 (or None for the whole ensemble), got {self.val_components}")
+        # integers (a bool is not a count): (name, smallest value, whether None is allowed and what it means)
+        for name, low, none in (("epochs", 1, None), ("batch_size", 1, None), ("eval_batch_size", 1, None),
+                                ("warmup_steps", 0, None), ("seed", None, None),
+                                ("steps_per_epoch", 1, "one pass over the training set"),
+                                ("max_steps", 1, "no limit"), ("patience", 0, "never stop early"),
+                                ("val_components", 1, "the whole ensemble")):
+            v = getattr(self, name)
+            if v is None and none is not None:
+                continue
+            if not _is_int(v) or (low is not None and v < low):
+                expected = "an integer" if low is None else f"an integer >= {low}"
+                raise InputError(f"{name} must be {expected}{f' (or None: {none})' if none else ''}, got {v!r}")
+        # real numbers: NaN and infinity are refused where they would silently mean something else
+        if not _is_real(self.lr) or not math.isfinite(self.lr) or self.lr <= 0:
+            raise InputError(f"lr must be a finite number > 0, got {self.lr!r}")
+        if not _is_real(self.weight_decay) or not math.isfinite(self.weight_decay) or self.weight_decay < 0:
+            raise InputError(f"weight_decay must be a finite number >= 0, got {self.weight_decay!r}")
+        if self.grad_clip is not None and (not _is_real(self.grad_clip) or not math.isfinite(self.grad_clip)
+                                           or self.grad_clip <= 0):
+            raise InputError(f"grad_clip must be a finite number > 0 (or None: no clipping), got {self.grad_clip!r}")
+        if self.max_seconds is not None and (not _is_real(self.max_seconds) or math.isnan(self.max_seconds)
+                                             or self.max_seconds <= 0):
+            raise InputError(f"max_seconds must be a number > 0 (or None: no time budget), got {self.max_seconds!r}")
+        if not _is_real(self.min_lr) or not 0 <= self.min_lr <= self.lr:
+            raise InputError(f"min_lr must be a number in [0, lr] = [0, {self.lr:g}], got {self.min_lr!r}")
+        betas = self.betas
+        if (not isinstance(betas, (tuple, list)) or len(betas) != 2
+                or not all(_is_real(b) and 0 <= b < 1 for b in betas)):
+            raise InputError(f"betas must be two numbers in [0, 1), e.g. (0.9, 0.999), got {betas!r}")
+        if not isinstance(self.save_last, bool):
+            raise InputError(f"save_last must be True or False, got {self.save_last!r}")
+
+
+def _is_int(v: Any) -> bool:
+    """An integer, not a bool (``True`` is an ``int`` in Python, but never a count)."""
+    return isinstance(v, numbers.Integral) and not isinstance(v, bool)
+
+
+def _is_real(v: Any) -> bool:
+    """A real number (int or float, NaN and inf included), not a bool."""
+    return isinstance(v, numbers.Real) and not isinstance(v, bool)
 
 
 @dataclass
