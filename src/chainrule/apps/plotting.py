@@ -131,3 +131,134 @@ def plot_completions(x: torch.Tensor, mask: torch.Tensor, completions: torch.Ten
     fig.savefig(path)
     plt.close(fig)
     return path
+
+
+def plot_nll_maps(x: torch.Tensor, maps: np.ndarray | torch.Tensor, path: str | Path, num_values: int | None,
+                  labels: list[str] | None = None, title: str = "", unit: str = "bits", per_row: int = 8) -> Path:
+    """Save images next to their per-variable NLL heat maps: each example an image (top) over
+    its map (below), ``per_row`` examples a row, one colour scale for the whole figure.
+
+    ``x`` ``(N, C, H, W)`` (C = 1 or 3), ``maps`` ``(N, C, H, W)``: -log p(x_j | x_<j) per variable
+    (:func:`chainrule.apps.anomaly.nll_map`), summed over the channels of a pixel. ``labels``: a
+    caption per example (e.g. its index and score). Discrete values 0..K-1 map to 0..1 by
+    /(K-1); real values are min-max scaled over the figure.
+    """
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    x = x.detach().cpu().float() if isinstance(x, torch.Tensor) else torch.as_tensor(np.asarray(x)).float()
+    m = np.asarray(maps.detach().cpu() if isinstance(maps, torch.Tensor) else maps, dtype=np.float64)
+    if x.dim() != 4 or x.shape[1] not in (1, 3) or m.shape != tuple(x.shape):
+        raise ValueError(f"plot_nll_maps expects x and maps (N, 1 or 3, H, W) of one shape, got {tuple(x.shape)}, {m.shape}")
+    n = x.shape[0]
+    if n == 0:
+        raise ValueError("plot_nll_maps: no examples to draw")
+    lo, hi = (0.0, float(num_values - 1)) if num_values is not None else (float(x.min()), float(x.max()))
+    heat = m.sum(1)  # (N, H, W): a pixel's surprise over its channels
+    vmax = float(heat.max()) if heat.size and heat.max() > 0 else 1.0
+    ncol = min(per_row, n)
+    nrow = math.ceil(n / ncol)
+    size = 1.3
+    fig, axes = plt.subplots(2 * nrow, ncol, figsize=(size * ncol + 0.9, 2 * (size + 0.2) * nrow + (0.6 if title else 0.3)),
+                             dpi=100, squeeze=False)
+    last = None
+    for i in range(nrow * ncol):
+        r, c = divmod(i, ncol)
+        top, bottom = axes[2 * r, c], axes[2 * r + 1, c]
+        for ax in (top, bottom):
+            ax.set_xticks([])
+            ax.set_yticks([])
+        if i >= n:
+            top.axis("off")
+            bottom.axis("off")
+            continue
+        img = ((x[i] - lo) / (hi - lo + 1e-12)).clamp(0, 1)
+        top.imshow(img[0].numpy() if img.shape[0] == 1 else img.permute(1, 2, 0).numpy(), cmap="gray", vmin=0, vmax=1,
+                   interpolation="nearest")
+        last = bottom.imshow(heat[i], cmap="magma", vmin=0, vmax=vmax, interpolation="nearest")
+        if labels is not None:
+            top.set_title(labels[i], fontsize=7)
+        if c == 0:
+            top.set_ylabel("input", fontsize=7)
+            bottom.set_ylabel(f"NLL ({unit})", fontsize=7)
+    if title:
+        fig.suptitle(title, fontsize=9)
+    fig.tight_layout(h_pad=0.3)
+    if last is not None:
+        bar = fig.colorbar(last, ax=axes.ravel().tolist(), shrink=0.6, pad=0.02)
+        bar.set_label(f"-log p(x_j | x_<j), {unit} per variable", fontsize=7)
+        bar.ax.tick_params(labelsize=6)
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path)
+    plt.close(fig)
+    return path
+
+
+def plot_score_histograms(in_scores: np.ndarray, out_scores: np.ndarray, path: str | Path,
+                          in_label: str = "in-distribution", out_label: str = "OOD", score_name: str = "score",
+                          title: str = "", note: str = "", bins: int = 50) -> Path:
+    """Save overlaid histograms (densities, shared bins) of the scores of in-distribution and OOD
+    inputs; ``note`` (e.g. the AUROC) goes in a box in the corner."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    a = np.asarray(in_scores, dtype=np.float64).reshape(-1)
+    b = np.asarray(out_scores, dtype=np.float64).reshape(-1)
+    both = np.concatenate([a, b])
+    lo, hi = (float(both.min()), float(both.max())) if both.size else (0.0, 1.0)
+    if hi <= lo:
+        lo, hi = lo - 0.5, hi + 0.5
+    edges = np.linspace(lo, hi, bins + 1)
+    fig, ax = plt.subplots(figsize=(6, 4), dpi=100)
+    ax.hist(a, bins=edges, density=True, alpha=0.55, color="C0", label=f"{in_label} ({len(a)})")
+    ax.hist(b, bins=edges, density=True, alpha=0.55, color="C3", label=f"{out_label} ({len(b)})")
+    ax.set_xlabel(f"{score_name} (higher = more anomalous)")
+    ax.set_ylabel("density")
+    ax.set_title(title)
+    ax.grid(alpha=0.3)
+    ax.legend(loc="upper right", fontsize=8)
+    if note:
+        ax.text(0.02, 0.97, note, transform=ax.transAxes, va="top", ha="left", fontsize=8,
+                bbox={"boxstyle": "round", "facecolor": "white", "alpha": 0.8})
+    fig.tight_layout()
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path)
+    plt.close(fig)
+    return path
+
+
+def plot_probe(layers: list[int], val_accuracy: list[float], test_accuracy: list[float], path: str | Path,
+               baseline_test: float | None = None, title: str = "") -> Path:
+    """Linear-probe accuracy (fractions in [0, 1], drawn in %) against the layer probed (iGPT, Chen
+    et al. 2020, fig. 3), validation and test; ``baseline_test`` (the raw-pixel probe) as a dashed line."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    if not (len(layers) == len(val_accuracy) == len(test_accuracy)) or not layers:
+        raise ValueError(f"plot_probe expects one validation and one test accuracy per layer, got {len(layers)} "
+                         f"layers, {len(val_accuracy)} and {len(test_accuracy)} accuracies")
+    fig, ax = plt.subplots(figsize=(6, 4), dpi=100)
+    ax.plot(layers, [100 * a for a in val_accuracy], marker="o", label="validation")
+    ax.plot(layers, [100 * a for a in test_accuracy], marker="o", label="test")
+    if baseline_test is not None:
+        ax.axhline(100 * baseline_test, color="0.4", linestyle="--", label=f"raw pixels (test) {100 * baseline_test:.1f}%")
+    ax.set_xlabel("layer")
+    ax.set_ylabel("linear-probe accuracy (%)")
+    ax.set_xticks(layers)
+    ax.set_title(title)
+    ax.grid(alpha=0.3)
+    ax.legend()
+    fig.tight_layout()
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path)
+    plt.close(fig)
+    return path

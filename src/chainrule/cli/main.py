@@ -1,5 +1,5 @@
 """The ``chainrule`` command line: train, eval, sample, generate, inspect, complete, compress, decompress,
-models, datasets, quickstart (and the n-gram commands). Each command is a thin layer over the library: the run
+score, detect, probe, models, datasets, quickstart (and the n-gram commands). Each command is a thin layer over the library: the run
 pipeline is :func:`chainrule.apps.pipeline.train_run`.
 
 A *run directory* (written by ``chainrule train``) holds ``best/`` (the best model: safetensors +
@@ -432,6 +432,259 @@ def cmd_decompress(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_probe(args: argparse.Namespace) -> int:
+    """Linear probes of a run's features, layer by layer, against raw pixels (:mod:`chainrule.apps.probe`)."""
+    from chainrule.apps.probe import probe
+
+    _set_threads(args.threads)
+    ckpt = checkpoint_dir(args.run)
+    model = load(ckpt, _device(args))
+    ds = dataset_of(ckpt, args.dataset, args.data_dir, args.download, args.binarize, args.dequantize)
+    res = probe(model, ds, args.layer, args.max_train, args.batch_size, seed=args.seed, progress=not args.no_progress,
+                report=log.info)
+    for line in res.lines():
+        print(line)
+    out = Path(args.out or Path(args.run) / "probe.json")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps({"run": str(args.run), **res.as_dict()}, indent=2) + "\n")
+    print(f"wrote {out}")
+    if not args.no_plot and len(res.rows) > 1:
+        from chainrule.apps.plotting import plot_probe
+
+        fig = plot_probe([r.layer for r in res.rows], [r.val_accuracy for r in res.rows],
+                         [r.test_accuracy for r in res.rows], out.with_suffix(".png"), res.baseline.test_accuracy,
+                         title=f"{res.model} on {res.dataset}: linear probes")
+        print(f"wrote figure {fig}")
+    return 0
+
+
+# ---------------------------------------------------------------------- anomaly / OOD detection
+def _file_label(name: str) -> str:
+    """A dataset name or path as a piece of a file name (``fashion-mnist``, ``x`` for ``x.npy``)."""
+    import re
+
+    return re.sub(r"[^A-Za-z0-9._-]+", "-", Path(name).stem or name).strip("-") or "input"
+
+
+def _anomaly_data(src: list[str], ckpt: Path, model: Any, args: argparse.Namespace, what: str) -> tuple[torch.Tensor, str]:
+    """INPUT of ``score`` and ``--in`` / ``--out`` of ``detect``: image files, one ``.npy`` array
+    ``(N, *shape)`` or ``(*shape)``, or a dataset name/path, preprocessed as the run's data were (its
+    recorded binarize / dequantize, unless ``--binarize``), split ``--split``, first ``--limit``.
+    Returns the validated batch and a short label of where it came from."""
+    from chainrule.apps.completion import is_image_path, read_images
+    from chainrule.errors import DataError
+
+    if args.limit is not None and args.limit < 1:
+        raise InputError(f"--limit must be a positive integer, got {args.limit}")
+    if all(is_image_path(p) for p in src):
+        try:
+            x = read_images(src, model.shape, model.num_values)
+        except InputError as exc:
+            raise InputError(f"{what}: {exc}") from None
+        label = _file_label(src[0]) if len(src) == 1 else f"{len(src)}-images"
+    elif len(src) != 1:
+        raise InputError(f"{what}: give one .npy file or dataset name, or one or more image files")
+    elif src[0].lower().endswith(".npy"):
+        try:
+            x = torch.from_numpy(np.load(src[0], allow_pickle=False))
+        except (OSError, ValueError, EOFError) as exc:
+            raise InputError(f"{what} {src[0]}: cannot read as a NumPy .npy file ({exc})") from None
+        if tuple(x.shape) == tuple(model.shape):
+            x = x.unsqueeze(0)
+        label = _file_label(src[0])
+    else:
+        try:
+            ds = dataset_of(ckpt, src[0], args.data_dir, args.download, args.binarize)
+        except DataError as exc:
+            raise DataError(f"{what} {src[0]}: {exc}") from None
+        if tuple(ds.shape) != tuple(model.shape) or ds.num_values != model.num_values:
+            hint = " (pass --binarize threshold or dynamic)" if model.num_values == 2 and ds.num_values == 256 else ""
+            raise InputError(f"{what} {src[0]}: its examples have shape {tuple(ds.shape)} with num_values={ds.num_values}; "
+                             f"the run models shape {tuple(model.shape)} with num_values={model.num_values}{hint}")
+        x, _ = ds.split(args.split)
+        if ds.train_transform is not None and args.split == "train":  # dynamic binarization, drawn once
+            x = ds.train_transform(x, torch.Generator().manual_seed(0))
+        label = _file_label(ds.name)
+    if args.limit is not None:
+        x = x[: args.limit]
+    if len(x) == 0:
+        raise InputError(f"{what} {' '.join(src)}: no examples")
+    try:
+        x, _ = model.validate(x)
+    except InputError as exc:
+        raise InputError(f"{what} {' '.join(src)}: {exc}") from None
+    return x, label
+
+
+def _refuse_conditional(model: Any, ckpt: Path, command: str) -> None:
+    if model.conditional:
+        raise InputError(f"{ckpt} is conditional: `chainrule {command}` scores unconditional runs; from Python, "
+                         "pass context= to chainrule.apps.anomaly.compute_score")
+
+
+def _background_model(args: argparse.Namespace, ckpt: Path, model: Any) -> Any:
+    """The background model of the likelihood-ratio score: ``--background DIR``, or one trained now
+    with ``--train-background RATE`` into ``RUN/background/``, or the one already there."""
+    from chainrule.apps.anomaly import check_compatible, train_background
+    from chainrule.apps.pipeline import clear_run_dir, run_files
+    from chainrule.io.checkpoint import CONFIG_FILE
+
+    own = Path(args.run) / "background"
+    if args.background and args.train_background is not None:
+        raise InputError("--background uses a trained background model and --train-background trains one: pass one of them")
+    if args.train_background is not None:
+        rate = args.train_background
+        if not 0 < rate <= 1:
+            raise InputError(f"--train-background is the perturbation rate, a number in (0, 1] (e.g. 0.2), got {rate}")
+        if args.background_epochs < 1:
+            raise InputError(f"--background-epochs must be a positive integer, got {args.background_epochs}")
+        extra = read_config(ckpt).get("extra", {})
+        ds = dataset_of(ckpt, None, args.data_dir, args.download)  # the run's training data, as it saw them
+        fields = TrainConfig.__dataclass_fields__
+        tc = {k: v for k, v in (extra.get("train_config") or {}).items() if k in fields}
+        tc.update(epochs=args.background_epochs, max_steps=None, max_seconds=None)
+        if "betas" in tc:
+            tc["betas"] = tuple(tc["betas"])
+        config = TrainConfig(**tc)
+        if run_files(own):
+            clear_run_dir(own)
+        print(f"training a background model ({model.name}, the run's configuration) for {config.epochs} epoch(s) on "
+              f"the training split of {ds.name}, each value replaced w.p. {rate} (Ren et al. 2019) -> {own}")
+        keep = ("dataset", "binarize", "dequantize", "data_seed", "data_dir", "block_size", "level")
+        bg = train_background(model.config, ds.train, rate, config, val_data=ds.val if len(ds.val) else None,
+                              train_transform=ds.train_transform, out_dir=own,
+                              extra={**{k: extra[k] for k in keep if k in extra}, "background_of": str(ckpt)},
+                              progress=not args.no_progress, device=_device(args))
+        return bg
+    path = args.background
+    if path is None:
+        if not (own / "best" / CONFIG_FILE).is_file():
+            raise InputError("--score likelihood-ratio needs a background model: --background DIR (a run trained on "
+                             "perturbed data) or --train-background RATE (trains one into RUN/background/)")
+        path = str(own)
+        print(f"using the background model in {own}")
+    bg = load(checkpoint_dir(path), _device(args))
+    check_compatible(model, bg, f"--background {path}")
+    return bg
+
+
+def _score_options(args: argparse.Namespace, ckpt: Path, model: Any) -> tuple[dict[str, Any], np.ndarray | None]:
+    """The options of ``compute_score`` for ``--score`` (and, for typicality, the validation NLLs)."""
+    from chainrule.apps.anomaly import nll_bits_per_dim
+
+    opts: dict[str, Any] = {"batch_size": args.batch_size, "progress": not args.no_progress}
+    ref = None
+    if args.score == "input-complexity":
+        opts["compressor"] = args.compressor
+    elif args.score == "likelihood-ratio":
+        opts["background"] = _background_model(args, ckpt, model)
+    elif args.score == "typicality":
+        if not read_config(ckpt).get("extra", {}).get("dataset"):
+            raise InputError(f"--score typicality needs the run's validation split; {ckpt} records no dataset")
+        ds = dataset_of(ckpt, None, args.data_dir, args.download)
+        if len(ds.val) == 0:
+            raise InputError(f"--score typicality needs held-out data: the validation split of {ds.name!r} is empty")
+        ref = nll_bits_per_dim(model, ds.val, None, args.batch_size, not args.no_progress)
+        opts["reference"] = float(ref.mean())
+        print(f"typicality: Ĥ = {ref.mean():.4f} bits/dim, the mean NLL of the {len(ref)} validation examples of {ds.name}")
+    return opts, ref
+
+
+def cmd_score(args: argparse.Namespace) -> int:
+    """Per-example anomaly scores of some inputs (:mod:`chainrule.apps.anomaly`), as a CSV."""
+    import csv
+
+    from chainrule.apps.anomaly import SCORES, compute_score, nll_map, summary_statistics
+
+    _set_threads(args.threads)
+    ckpt = checkpoint_dir(args.run)
+    model = load(ckpt, _device(args))
+    _refuse_conditional(model, ckpt, "score")
+    is_image = len(model.shape) == 3 and model.shape[0] in (1, 3)
+    if args.maps and not is_image:
+        raise InputError(f"--maps draws images; this run models shape {tuple(model.shape)} (not images)")
+    x, label = _anomaly_data(args.input, ckpt, model, args, "INPUT")
+    opts, _ = _score_options(args, ckpt, model)
+    s = compute_score(args.score, model, x, **opts)
+    st = summary_statistics(s)
+    print(f"{args.score} of {len(s)} input(s) from {label} ({SCORES[args.score].description}):")
+    print(f"  mean {st['mean']:.4f} | std {st['std']:.4f} | min {st['min']:.4f} | 25% {st['q25']:.4f} | "
+          f"median {st['median']:.4f} | 75% {st['q75']:.4f} | max {st['max']:.4f}")
+    top = np.argsort(-s, kind="stable")
+    print("  most anomalous: " + ", ".join(f"#{i} ({s[i]:.4f})" for i in top[:5]))
+    out = Path(args.out or Path(args.run) / f"scores-{label}-{args.score}.csv")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    with open(out, "w", newline="") as f:
+        w = csv.writer(f)
+        w.writerow(["index", "score"])
+        w.writerows((i, repr(float(v))) for i, v in enumerate(s))
+    print(f"wrote {len(s)} scores to {out}")
+    if args.maps:
+        from chainrule.apps.plotting import plot_nll_maps
+
+        idx = torch.as_tensor(top[: max(1, args.num_maps)].copy())
+        maps = nll_map(model, x[idx.to(x.device)], batch_size=args.batch_size)
+        fig = plot_nll_maps(x[idx.to(x.device)].cpu(), maps, args.maps, model.num_values,
+                            labels=[f"#{int(i)}: {s[int(i)]:.3f}" for i in idx],
+                            title=f"{model.name}: the {len(idx)} highest {args.score} scores of {label}")
+        print(f"wrote NLL maps of the {len(idx)} most anomalous inputs to {fig}")
+    return 0
+
+
+def cmd_detect(args: argparse.Namespace) -> int:
+    """How well a score tells in-distribution inputs from OOD ones: AUROC, AUPR, FPR@95%TPR."""
+    from chainrule.apps.anomaly import compute_score, detection_metrics, nll_bits_per_dim, typicality_test_from_nll
+    from chainrule.apps.plotting import plot_score_histograms
+
+    _set_threads(args.threads)
+    ckpt = checkpoint_dir(args.run)
+    model = load(ckpt, _device(args))
+    _refuse_conditional(model, ckpt, "detect")
+    if args.group_size is not None and args.score != "typicality":
+        raise InputError("--group-size is the typicality test on groups of M inputs: use it with --score typicality")
+    if args.bootstrap < 1:
+        raise InputError(f"--bootstrap must be a positive integer (resamples), got {args.bootstrap}")
+    src_in = args.inputs_in
+    if src_in is None:
+        recorded = read_config(ckpt).get("extra", {}).get("dataset")
+        if not recorded:
+            raise InputError(f"{ckpt} records no dataset: pass --in (the in-distribution inputs)")
+        src_in = [recorded]
+    x_in, in_label = _anomaly_data(src_in, ckpt, model, args, "--in")
+    x_out, out_label = _anomaly_data(args.inputs_out, ckpt, model, args, "--out")
+    opts, ref = _score_options(args, ckpt, model)
+    name = args.score
+    if args.group_size is not None:
+        nll_in = nll_bits_per_dim(model, x_in, None, args.batch_size, not args.no_progress)
+        nll_out = nll_bits_per_dim(model, x_out, None, args.batch_size, not args.no_progress)
+        t_in = typicality_test_from_nll(nll_in, ref, args.group_size, args.alpha, args.bootstrap, args.seed)
+        t_out = typicality_test_from_nll(nll_out, ref, args.group_size, args.alpha, args.bootstrap, args.seed)
+        s_in, s_out = t_in.statistic, t_out.statistic
+        name = f"typicality-M{args.group_size}"
+        print(f"typicality test on groups of {args.group_size}: threshold {t_in.threshold:.4f} bits/dim (alpha "
+              f"{args.alpha}); flagged {100 * t_in.is_ood.mean():.1f}% of {len(s_in)} in-distribution groups and "
+              f"{100 * t_out.is_ood.mean():.1f}% of {len(s_out)} OOD groups")
+    else:
+        s_in = compute_score(name, model, x_in, **opts)
+        s_out = compute_score(name, model, x_out, **opts)
+    res = detection_metrics(s_in, s_out, args.bootstrap, seed=args.seed, score=name)
+    print(f"{name}: in {in_label} ({len(s_in)}; mean {s_in.mean():.4f}) vs out {out_label} "
+          f"({len(s_out)}; mean {s_out.mean():.4f}), bits/dim")
+    for line in res.lines():
+        print(line)
+    if res["auroc"].value < 0.5:
+        print("note: AUROC below 0.5 — the OOD inputs look *less* anomalous than the in-distribution ones, the "
+              "failure of raw likelihood of Nalisnick et al. (2019); try --score input-complexity or likelihood-ratio")
+    out = Path(args.report or Path(args.run) / f"detect-{in_label}-vs-{out_label}-{name}.png")
+    fig = plot_score_histograms(s_in, s_out, out, f"in: {in_label}", f"out: {out_label}", f"{name} (bits/dim)",
+                                title=f"{model.name}: {in_label} vs {out_label}",
+                                note=f"AUROC {res['auroc']}\nFPR@95%TPR {res['fpr_at_95_tpr']}")
+    print(f"wrote {fig}")
+    if args.json:
+        print(json.dumps({"in": in_label, "out": out_label, **res.as_dict()}))
+    return 0
+
+
 #: The quick start's two recipes on the 8x8 digits (measured in BENCHMARKS.md, "The quick start").
 QUICKSTART_OUT = "runs/quickstart"  # the quick start's own directory: its previous run there is replaced
 QUICKSTART = {
@@ -646,6 +899,81 @@ def build_parser() -> argparse.ArgumentParser:
     u.add_argument("output", help="where to write: .npy (arrays), .png (image models), or the text file")
     common(u)
     u.set_defaults(func=cmd_decompress)
+
+    pr = sub.add_parser("probe", help="linear probes of a run's features, layer by layer, against raw pixels (iGPT)",
+                        description="Example: chainrule probe runs/quickstart. For every layer of the model's features "
+                                    "(mean-pooled over the groups), a logistic regression on the training split's "
+                                    "labels (C chosen on the validation split), its validation and test accuracy, "
+                                    "and the same probe on the raw pixels (Chen et al. 2020).")
+    pr.add_argument("run", help="run directory or checkpoint directory")
+    pr.add_argument("--dataset", help="a labelled dataset of the model's shape (default: the one the run trained on)")
+    data_args(pr)
+    pr.add_argument("--layer", type=int, nargs="+", default=None,
+                    help="the layers to probe (default: all; negative ones count from the end)")
+    pr.add_argument("--max-train", type=int, default=None,
+                    help="probe on a random subset of this many training examples (seeded by --seed; default all)")
+    pr.add_argument("--batch-size", type=int, default=256, help="examples per forward pass")
+    pr.add_argument("--seed", type=int, default=0, help="seed of the --max-train subset and the solver")
+    pr.add_argument("--out", help="JSON of the results (default RUN/probe.json); the plot goes next to it as .png")
+    pr.add_argument("--no-plot", action="store_true", help="no accuracy-vs-layer plot")
+    common(pr)
+    pr.set_defaults(func=cmd_probe)
+
+    from chainrule.apps.anomaly import COMPRESSORS, SCORES
+
+    def anomaly_args(sp: argparse.ArgumentParser) -> None:
+        """The options `score` and `detect` share: the score, where dataset inputs come from, the background."""
+        sp.add_argument("--score", choices=list(SCORES), default="nll",
+                        help="nll (bits/dim), likelihood-ratio (Ren et al. 2019; needs a background model), "
+                             "input-complexity (NLL minus a compressor's code length, Serra et al. 2020), "
+                             "typicality (|NLL - mean validation NLL|, Nalisnick et al. 2019b)")
+        sp.add_argument("--split", choices=["train", "val", "test"], default="test", help="split of dataset inputs")
+        sp.add_argument("--limit", type=int, default=None, help="only the first N examples of each input")
+        sp.add_argument("--compressor", choices=list(COMPRESSORS), default="png",
+                        help="input-complexity: png (images) or xz / bz2 on the raw bytes")
+        sp.add_argument("--background", help="likelihood-ratio: a run trained on perturbed data (default RUN/background "
+                                             "when it exists)")
+        sp.add_argument("--train-background", type=float, default=None, metavar="RATE",
+                        help="likelihood-ratio: first train a background model with the run's configuration on its "
+                             "training data, each value replaced w.p. RATE (e.g. 0.2), into RUN/background/")
+        sp.add_argument("--background-epochs", type=int, default=3, help="epochs of --train-background")
+        sp.add_argument("--batch-size", type=int, default=1024)
+        sp.add_argument("--data-dir", help="folder with the dataset files (default: $CHAINRULE_DATA)")
+        sp.add_argument("--download", action="store_true", help="download missing dataset files (checksummed)")
+        sp.add_argument("--binarize", choices=[c for c in BINARIZE_CHOICES if c],
+                        help="binarize dataset inputs (default: as the run's training data were)")
+        common(sp)
+
+    sc = sub.add_parser("score", help="per-example anomaly scores (higher = more anomalous) as a CSV",
+                        description="Example: chainrule score runs/nade-mnist fashion-mnist --score input-complexity "
+                                    "--maps maps.png. INPUT: a .npy array (N, *shape) or (*shape), image file(s), or "
+                                    "a dataset name/path (the run's preprocessing; see --split, --limit).")
+    sc.add_argument("run", help="run directory or checkpoint directory")
+    sc.add_argument("input", nargs="+", help=".npy, image file(s), or a dataset name/path")
+    sc.add_argument("--out", help="CSV of index,score (default RUN/scores-INPUT-SCORE.csv)")
+    sc.add_argument("--maps", help="PNG of the most anomalous inputs next to their per-variable NLL maps")
+    sc.add_argument("--num-maps", type=int, default=8, help="how many inputs --maps shows")
+    anomaly_args(sc)
+    sc.set_defaults(func=cmd_score)
+
+    de = sub.add_parser("detect", help="OOD detection: AUROC, AUPR, FPR at 95%% TPR of a score, in vs out",
+                        description="Example: chainrule detect runs/nade-fashion --in fashion-mnist --out mnist "
+                                    "--score input-complexity. IN / OUT: dataset names/paths (the run's "
+                                    "preprocessing), .npy arrays or image files. In-distribution = negatives.")
+    de.add_argument("run", help="run directory or checkpoint directory")
+    de.add_argument("--in", dest="inputs_in", nargs="+", default=None,
+                    help="in-distribution inputs (default: the run's own dataset)")
+    de.add_argument("--out", dest="inputs_out", nargs="+", required=True, help="out-of-distribution inputs")
+    de.add_argument("--report", help="histogram PNG of the two score distributions "
+                                     "(default RUN/detect-IN-vs-OUT-SCORE.png)")
+    de.add_argument("--bootstrap", type=int, default=1000, help="bootstrap resamples of the 95%% intervals")
+    de.add_argument("--seed", type=int, default=0, help="seed of the bootstrap")
+    de.add_argument("--group-size", type=int, default=None, metavar="M",
+                    help="typicality: the batch test on groups of M inputs (Nalisnick et al. 2019b)")
+    de.add_argument("--alpha", type=float, default=0.01, help="--group-size: level of the typicality test")
+    de.add_argument("--json", action="store_true", help="also print the result as JSON")
+    anomaly_args(de)
+    de.set_defaults(func=cmd_detect)
 
     from chainrule.cli.ngram import register_cli as register_ngram_cli  # the n-gram commands
 

@@ -79,12 +79,15 @@ class CausalConvARM(AutoregressiveModel):
         params[:, order] = seq
         return params
 
-    def features(self, x: torch.Tensor, context: Any = None, layer: int = -2, order: Any = None) -> torch.Tensor:
-        """The hidden activations of layer ``layer`` that predict each group, ``(B, G, C)``
-        (group index order; default the last hidden layer)."""
+    def features(self, x: torch.Tensor, context: Any = None, layer: int = -1, order: Any = None) -> torch.Tensor:
+        """The activations of hidden layer ``layer`` (0..num_layers-2; default the last) that
+        predict each group, ``(B, G, C)`` (group index order; the output layer is not a feature)."""
         x, _ = self.validate(x)
+        n = len(self.convs) - 1
+        if not isinstance(layer, int) or not -n <= layer < n:
+            raise InputError(f"layer must be in {-n}..{n - 1} (an integer; the hidden layers), got {layer!r}")
         o = self.resolve_order(order)
-        hs = self._hidden(self.group_features(self.embed(x)), o, self.context_features(context, x.shape[0]))
+        hs = self._hidden(self.group_features(self.embed(x)), o, self.context_features(context, x.shape[0]))[:-1]
         seq = hs[layer].transpose(1, 2)
         out = torch.empty_like(seq)
         out[:, o] = seq
