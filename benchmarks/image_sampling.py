@@ -27,6 +27,9 @@ import chainrule  # noqa: E402
 MODELS = {
     "pixelcnn": {"channels": 64, "num_blocks": 12, "head_channels": 64},
     "gated_pixelcnn": {"channels": 64, "num_layers": 8, "head_channels": 64},
+    "pixelcnnpp": {"filters": 64, "num_resnets": 2},
+    "row_lstm": {"hidden_channels": 32, "num_layers": 4},
+    "diagonal_bilstm": {"hidden_channels": 32, "num_layers": 4},
 }
 
 
@@ -48,6 +51,16 @@ def naive(model: chainrule.AutoregressiveModel, n: int, steps: int, g: torch.Gen
         params = model(x.reshape(n, *model.shape))[:, order[i]]  # the full pass over the image
         x[:, order[i]] = model.head(params).sample(g)[:, 0]
     return x[:, order[:steps]]
+
+
+def merge(rows: list[dict], previous: Path) -> list[dict]:
+    """Keep the rows of models not re-measured in this run (``--models`` picks a subset)."""
+    if not previous.is_file():
+        return rows
+    import json
+
+    done = {(r["model"], r["batch"]) for r in rows}
+    return [r for r in json.loads(previous.read_text()).get("rows", []) if (r["model"], r["batch"]) not in done] + rows
 
 
 def main() -> None:
@@ -79,6 +92,7 @@ def main() -> None:
                    "cached_images_per_s": round(n / t_cached, 2), "naive_images_per_s": round(n / t_naive, 3)}
             print(row, flush=True)
             rows.append(row)
+    rows = merge(rows, Path(__file__).resolve().parent / "results" / "image_sampling.json")
     write_result("image_sampling", {"benchmark": "image_sampling", "command": " ".join(["python"] + sys.argv),
                                     "machine": machine(), "models": MODELS, "rows": rows})
 

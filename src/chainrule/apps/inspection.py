@@ -17,6 +17,7 @@ from typing import Any
 
 import torch
 
+from chainrule.apps.plotting import save_figure
 from chainrule.errors import InputError
 from chainrule.models.base import AutoregressiveModel
 from chainrule.models.ensemble import Ensemble
@@ -93,8 +94,4 @@ def plot_inspection(ins: Inspection, path: str | Path, num_values: int | None, t
     if title:
         fig.suptitle(title, fontsize=10)
     fig.tight_layout()
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path)
-    plt.close(fig)
-    return path
+    return save_figure(fig, path)

@@ -147,7 +147,7 @@ def save_samples(x: torch.Tensor, out: Path, num_values: int | None, is_image: b
 
 #: What a run directory holds that chainrule wrote (``--force`` removes these, and only these).
 RUN_DIRS = ("best", "last", "last.tmp", "last.old")
-RUN_FILES = ("log.csv", "curve.png", "results.json")
+RUN_FILES = ("log.csv", "curve.png", "results.json", "config.toml")
 SAMPLE_SUFFIXES = (".png", ".jpg", ".jpeg", ".npy", ".txt", ".wav")
 
 

@@ -5,11 +5,23 @@ from __future__ import annotations
 import csv
 import math
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
 from PIL import Image
 
+
+
+def save_figure(fig: Any, path: str | Path) -> Path:
+    """Write a matplotlib figure to ``path`` (its folder made if needed), close it, return the path."""
+    import matplotlib.pyplot as plt
+
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path)
+    plt.close(fig)
+    return path
 
 def image_grid(images: torch.Tensor, num_values: int | None, ncol: int | None = None, scale: int = 4,
                pad: int = 1) -> Image.Image:
@@ -68,10 +80,7 @@ def plot_training_curve(log_csv: str | Path, path: str | Path, title: str = "") 
     ax.grid(alpha=0.3)
     ax.legend()
     fig.tight_layout()
-    path = Path(path)
-    fig.savefig(path)
-    plt.close(fig)
-    return path
+    return save_figure(fig, path)
 
 
 #: RGB colour (0..1) of hidden pixels in :func:`plot_completions`.
@@ -126,11 +135,7 @@ def plot_completions(x: torch.Tensor, mask: torch.Tensor, completions: torch.Ten
     if title:
         fig.suptitle(title, fontsize=9)
     fig.tight_layout(h_pad=0.4)
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path)
-    plt.close(fig)
-    return path
+    return save_figure(fig, path)
 
 
 def plot_nll_maps(x: torch.Tensor, maps: np.ndarray | torch.Tensor, path: str | Path, num_values: int | None,
@@ -190,11 +195,7 @@ def plot_nll_maps(x: torch.Tensor, maps: np.ndarray | torch.Tensor, path: str | 
         bar = fig.colorbar(last, ax=axes.ravel().tolist(), shrink=0.6, pad=0.02)
         bar.set_label(f"-log p(x_j | x_<j), {unit} per variable", fontsize=7)
         bar.ax.tick_params(labelsize=6)
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path)
-    plt.close(fig)
-    return path
+    return save_figure(fig, path)
 
 
 def plot_score_histograms(in_scores: np.ndarray, out_scores: np.ndarray, path: str | Path,
@@ -226,11 +227,7 @@ def plot_score_histograms(in_scores: np.ndarray, out_scores: np.ndarray, path: s
         ax.text(0.02, 0.97, note, transform=ax.transAxes, va="top", ha="left", fontsize=8,
                 bbox={"boxstyle": "round", "facecolor": "white", "alpha": 0.8})
     fig.tight_layout()
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path)
-    plt.close(fig)
-    return path
+    return save_figure(fig, path)
 
 
 def plot_probe(layers: list[int], val_accuracy: list[float], test_accuracy: list[float], path: str | Path,
@@ -257,8 +254,4 @@ def plot_probe(layers: list[int], val_accuracy: list[float], test_accuracy: list
     ax.grid(alpha=0.3)
     ax.legend()
     fig.tight_layout()
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path)
-    plt.close(fig)
-    return path
+    return save_figure(fig, path)

@@ -20,6 +20,12 @@ import numpy as np
 import torch
 
 from chainrule._version import __version__
+from chainrule.cli.config import (
+    HYPERPARAMETERS,
+    dumps_train_config,
+    load_train_config,
+    resolved_train_config,
+)
 from chainrule.apps.pipeline import (
     check_run_dir,
     check_samples_path,
@@ -37,9 +43,10 @@ from chainrule.errors import ChainruleError, InputError
 from chainrule.inference.likelihood import bayes_classify, evaluate, evaluate_stream
 from chainrule.inference.sampling import default_generator
 from chainrule.io.checkpoint import read_config
-from chainrule.models import load
+from chainrule.models import create_model, load
 from chainrule.models.registry import check_hyperparameters, get_model_class, list_models
-from chainrule.training import OPTIMIZERS, PRECISIONS, SCHEDULES, TrainConfig
+from chainrule.training import OPTIMIZERS, PRECISIONS, SCHEDULES, TrainConfig, Trainer
+from chainrule.training import distributed
 
 log = logging.getLogger("chainrule")
 
@@ -115,12 +122,32 @@ def _train_config(args: argparse.Namespace) -> TrainConfig:
 
 
 def cmd_train(args: argparse.Namespace) -> int:
+    """``chainrule train``; under ``torchrun`` (``WORLD_SIZE`` > 1) one data-parallel rank of the run
+    (see :mod:`chainrule.training.distributed`): every rank trains, rank 0 alone writes the run
+    directory, evaluates on the test split and draws the samples."""
     _set_threads(args.threads)
-    hparams = parse_hyperparameters(args.param)
+    device = distributed.init_from_env(_device(args), args.threads)
+    try:
+        return _train_command(args, device)
+    finally:
+        distributed.destroy()
+
+
+def _train_command(args: argparse.Namespace, device: Any) -> int:
+    for name, what in (("model", "the model: `chainrule train MODEL`"), ("dataset", "--dataset")):
+        if not getattr(args, name, None):
+            raise InputError(f"no {name}: give {what} or `{name} = \"...\"` in a --config file")
+    # -p on the command line adds to / replaces the --config file's [hyperparameters] name by name
+    hparams = {**getattr(args, "config_hyperparameters", {}), **parse_hyperparameters(args.param)}
+    resolved = resolved_train_config(args, hparams, subparser(build_parser(), "train"))  # RUN/config.toml
     if args.order:
         hparams["order"] = _order_arg(args.order)
     check_hyperparameters(args.model, hparams)  # unknown names fail before the data is loaded
     config = _train_config(args)  # so do bad training options
+    ranks = distributed.world_size()
+    if config.batch_size % ranks:
+        raise InputError(f"--batch-size {config.batch_size} is the global batch, split over {ranks} ranks: "
+                         f"it must be a multiple of {ranks}")
     if args.out:  # an existing run in --out: refused before the data is loaded (unless --resume / --force)
         check_run_dir(args.out, args.resume, args.force)
     ds = load_dataset(args.dataset, args.data_dir, download=args.download, binarize=args.binarize,
@@ -136,10 +163,49 @@ def cmd_train(args: argparse.Namespace) -> int:
         extra["sample_rate"] = ds.sample_rate
     if ds.class_names is not None:
         extra["class_names"] = list(ds.class_names)
+    extra["run_config"] = resolved  # the options as RUN/config.toml holds them (train_config: the TrainConfig)
+    if not distributed.is_main():  # a rank > 0: train only; rank 0 writes, evaluates and samples
+        _train_follower(args, ds, out, hparams, config, extra, device)
+        return 0
+    if ranks > 1:
+        print(f"DDP: {ranks} ranks x {config.batch_size // ranks} = global batch {config.batch_size} "
+              f"({torch.distributed.get_backend()})")
     train_run(args.model, ds, out, hparams, config, extra, not args.no_progress, args.num_samples,
-              resume=args.resume, conditional=args.class_conditional, device=_device(args), report=print,
+              resume=args.resume, conditional=args.class_conditional, device=device, report=print,
               force=args.force)
+    _store_train_config(out, resolved)
     return 0
+
+
+def _train_follower(args: argparse.Namespace, ds: Dataset, out: Path, hparams: dict[str, Any], config: TrainConfig,
+                    extra: dict[str, Any], device: Any) -> None:
+    """The training part of :func:`train_run` on a rank > 0 of a distributed run (the same model and
+    ``fit`` call; the Trainer writes nothing on these ranks)."""
+    hp, train_y, val_y = dict(hparams), None, None
+    if args.class_conditional:
+        if ds.num_classes is None:
+            raise InputError(f"dataset {ds.name!r} has no labels: a class-conditional model needs labelled data")
+        hp["num_classes"] = ds.num_classes
+        train_y, val_y = ds.train_labels, ds.val_labels
+    model = create_model(args.model, ds.shape, ds.num_values, **hp)
+    trainer = Trainer(model, config, out_dir=out, extra={**extra, "conditional": args.class_conditional},
+                      progress=False, device=device)
+    has_val = len(ds.val) > 0
+    trainer.fit(ds.train, ds.val if has_val else None, train_transform=ds.train_transform, resume=args.resume,
+                train_context=train_y, val_context=val_y if has_val else None)
+
+
+def _store_train_config(out: Path, resolved: dict[str, Any]) -> None:
+    """Write the resolved configuration to ``out/config.toml`` once the run is done (a run that is
+    refused or fails leaves its directory as it was; an interrupted run has it in
+    ``last/config.json``'s ``extra.run_config``); a value TOML cannot hold (``-p NAME=null``) only warns."""
+    try:
+        text = dumps_train_config(resolved)
+    except ValueError as exc:
+        log.warning("not writing %s: %s", out / "config.toml", exc)
+        return
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "config.toml").write_text(text, encoding="utf-8")
 
 
 def _model_and_split(args: argparse.Namespace) -> tuple[Any, Dataset, Any, Any]:
@@ -325,11 +391,10 @@ def _checked_index(index: list[int], n: int, what: str) -> list[int]:
     return index
 
 
-def cmd_complete(args: argparse.Namespace) -> int:
-    """Complete partially observed inputs: a PNG figure (images) and the completions as .npy."""
-    from chainrule.apps.completion import complete, is_prefix_of_order, load_mask
-    from chainrule.apps.plotting import plot_completions
-
+def _run_and_labels(args: argparse.Namespace, per_example: str, api: str) -> tuple[Path, Any, Any]:
+    """Threads, the run's checkpoint and model, and the ``--class`` labels a command needs: required
+    for a class-conditional run, refused for an unconditional one; a context-tensor run is pointed
+    to the API (``api``)."""
     _set_threads(args.threads)
     ckpt = checkpoint_dir(args.run)
     model = load(ckpt, _device(args))
@@ -340,10 +405,18 @@ def cmd_complete(args: argparse.Namespace) -> int:
         labels = args.label[0] if len(args.label) == 1 else args.label
     elif model.num_classes:
         raise InputError(f"{ckpt} is class-conditional: pass --class Y (a label in 0..{model.num_classes - 1}, "
-                         "or one per input)")
+                         f"{per_example})")
     elif model.conditional:
-        raise InputError(f"{ckpt} is conditioned on a context tensor; complete from Python with "
-                         "chainrule.apps.completion.complete(model, x, mask, context=...)")
+        raise InputError(f"{ckpt} is conditioned on a context tensor; use the Python API: {api}")
+    return ckpt, model, labels
+
+
+def cmd_complete(args: argparse.Namespace) -> int:
+    """Complete partially observed inputs: a PNG figure (images) and the completions as .npy."""
+    from chainrule.apps.completion import complete, is_prefix_of_order, load_mask
+    from chainrule.apps.plotting import plot_completions
+
+    ckpt, model, labels = _run_and_labels(args, "or one per input", "chainrule.apps.completion.complete(model, x, mask, context=...)")
     x, source = _completion_inputs(args, ckpt, model)
     mask = load_mask(args.mask, model.shape, args.seed)
     comp = complete(model, x, mask, args.num, labels, default_generator(model, args.seed), args.temperature)
@@ -386,20 +459,8 @@ def cmd_compress(args: argparse.Namespace) -> int:
     """Lossless compression by range coding with the run's model (:mod:`chainrule.apps.compression`)."""
     from chainrule.apps.compression import compress_file
 
-    _set_threads(args.threads)
-    ckpt = checkpoint_dir(args.run)
-    model = load(ckpt, _device(args))
-    labels = None
-    if args.label is not None:
-        if not model.conditional:
-            raise InputError(f"--class: {ckpt} is not class-conditional (trained without --class-conditional)")
-        labels = args.label[0] if len(args.label) == 1 else args.label
-    elif model.num_classes:
-        raise InputError(f"{ckpt} is class-conditional: pass --class Y (a label in 0..{model.num_classes - 1}, "
-                         "or one per example); it is stored in the compressed file")
-    elif model.conditional:
-        raise InputError(f"{ckpt} is conditioned on a context tensor; compress from Python with "
-                         "chainrule.apps.compression.compress(model, x, context=...)")
+    ckpt, model, labels = _run_and_labels(args, "or one per example; it is stored in the compressed file",
+                                          "chainrule.apps.compression.compress(model, x, context=...)")
     source: Any = args.input
     description = None
     if not Path(args.input).exists():  # a dataset name: the whole --split, or the examples --index picks
@@ -698,6 +759,15 @@ QUICKSTART = {
 }
 
 
+def cmd_report(args: argparse.Namespace) -> int:
+    """Write one self-contained HTML page for a run, or a comparison of several runs."""
+    from chainrule.apps.report import write_report
+
+    path = write_report(args.runs, args.out, args.title)
+    print(f"wrote {path}")
+    return 0
+
+
 def cmd_quickstart(args: argparse.Namespace) -> int:
     """Train an image model on the bundled 8x8 digits: under two minutes on a laptop CPU.
 
@@ -723,6 +793,40 @@ def cmd_quickstart(args: argparse.Namespace) -> int:
 
 
 # ---------------------------------------------------------------------- parser
+class _DefaultsHelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
+    """Shows ``(default: X)`` after an option's help, except when there is nothing to show (a
+    ``None`` / ``False`` / ``[]`` default) or the help already names its default."""
+
+    def _get_help_string(self, action: argparse.Action) -> str | None:
+        text = action.help or ""
+        if action.default is None or action.default is False or action.default == [] \
+                or action.default == argparse.SUPPRESS or "default" in text:
+            return text
+        return super()._get_help_string(action)
+
+
+def subparser(parser: argparse.ArgumentParser, name: str) -> argparse.ArgumentParser:
+    """The subcommand ``name``'s parser of ``parser`` (e.g. ``train``)."""
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            return action.choices[name]
+    raise KeyError(name)
+
+
+def _parse(parser: argparse.ArgumentParser, argv: list[str] | None) -> argparse.Namespace:
+    """Parse ``argv``; for ``train --config FILE``, parse again with the file's values as the
+    defaults of ``train``, so the command line overrides the file (defaults < file < command line)."""
+    args = parser.parse_args(argv)
+    if getattr(args, "command", None) == "train" and getattr(args, "config", None):
+        train = subparser(parser, "train")
+        values = load_train_config(args.config, train)
+        hyperparameters = values.pop(HYPERPARAMETERS, {})
+        train.set_defaults(**values)
+        args = parser.parse_args(argv)
+        args.config_hyperparameters = hyperparameters
+    return args
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="chainrule", description="Autoregressive generative models: train, evaluate, sample.")
     p.add_argument("--version", action="version", version=f"chainrule {__version__}")
@@ -752,9 +856,15 @@ def build_parser() -> argparse.ArgumentParser:
     sub.add_parser("datasets", help="list the named datasets").set_defaults(func=cmd_datasets)
 
     t = sub.add_parser("train", help="train a model by maximum likelihood",
-                       description="Example: chainrule train made --dataset binarized-mnist -p hidden_sizes=[500] --epochs 200")
-    t.add_argument("model", help="model name (see `chainrule models`)")
-    t.add_argument("--dataset", required=True, help="dataset name (see `chainrule datasets`) or a .npy/.npz/PNG-folder path")
+                       description="Example: chainrule train made --dataset binarized-mnist -p hidden_sizes=[500] --epochs 200. "
+                                   "Every option can come from a TOML file (--config); the command line overrides it.",
+                       formatter_class=_DefaultsHelpFormatter)
+    t.add_argument("model", nargs="?", default=None, help="model name (see `chainrule models`); or `model` in --config")
+    t.add_argument("--config", metavar="FILE.toml",
+                   help="TOML file of train options (keys: the option names, e.g. batch-size = 32; model; "
+                        "a [hyperparameters] table for -p); the command line overrides it. The resolved "
+                        "configuration is written to RUN/config.toml")
+    t.add_argument("--dataset", help="dataset name (see `chainrule datasets`) or a .npy/.npz/PNG-folder path")
     data_args(t)
     t.add_argument("--data-seed", type=int, default=0, help="seed of data splits / dynamic binarization of val and test")
     t.add_argument("-p", "--param", action="append", default=[], metavar="NAME=VALUE",
@@ -764,21 +874,21 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--class-conditional", action="store_true",
                    help="train p(x | label) on the dataset's labels (the model gets num_classes)")
     t.add_argument("--out", help="run directory (default runs/MODEL-DATASET)")
-    t.add_argument("--epochs", type=int, default=100)
-    t.add_argument("--batch-size", type=int, default=64)
-    t.add_argument("--lr", type=float, default=1e-3)
-    t.add_argument("--optimizer", choices=list(OPTIMIZERS), default="adam")
-    t.add_argument("--weight-decay", type=float, default=0.0)
-    t.add_argument("--schedule", choices=list(SCHEDULES), default="constant")
-    t.add_argument("--warmup-steps", type=int, default=0)
-    t.add_argument("--grad-clip", type=float, default=None)
+    t.add_argument("--epochs", type=int, default=100, help="maximum epochs")
+    t.add_argument("--batch-size", type=int, default=64, help="examples per optimizer step")
+    t.add_argument("--lr", type=float, default=1e-3, help="learning rate")
+    t.add_argument("--optimizer", choices=list(OPTIMIZERS), default="adam", help="optimizer")
+    t.add_argument("--weight-decay", type=float, default=0.0, help="weight decay")
+    t.add_argument("--schedule", choices=list(SCHEDULES), default="constant", help="learning-rate schedule")
+    t.add_argument("--warmup-steps", type=int, default=0, help="steps of linear learning-rate warm-up")
+    t.add_argument("--grad-clip", type=float, default=None, help="clip the gradient norm to this")
     t.add_argument("--patience", type=int, default=20, help="early-stopping patience in epochs (0: off)")
     t.add_argument("--max-seconds", type=float, default=None, help="wall-clock budget for training")
     t.add_argument("--steps-per-epoch", type=int, default=None,
                    help="batches of random examples per epoch (validation after each); default: one pass")
     t.add_argument("--max-steps", type=int, default=None, help="stop after this many optimizer steps")
-    t.add_argument("--beta1", type=float, default=0.9)
-    t.add_argument("--beta2", type=float, default=0.999)
+    t.add_argument("--beta1", type=float, default=0.9, help="Adam beta1")
+    t.add_argument("--beta2", type=float, default=0.999, help="Adam beta2")
     t.add_argument("--min-lr", type=float, default=0.0, help="floor of the cosine schedule")
     t.add_argument("--resume", action="store_true",
                    help="continue the interrupted run in --out from its last/ checkpoint (same model and data; "
@@ -788,7 +898,7 @@ def build_parser() -> argparse.ArgumentParser:
                         "last/, log.csv, curve.png, results.json, samples.*; other files stay)")
     t.add_argument("--val-components", type=int, default=None,
                    help="ensembles: validate each epoch with the first N orderings/masks (default: all)")
-    t.add_argument("--seed", type=int, default=0)
+    t.add_argument("--seed", type=int, default=0, help="seed of initialization, batches and samples")
     t.add_argument("--precision", choices=list(PRECISIONS), default="auto",
                    help="arithmetic of the training pass: auto (bfloat16 autocast for convolutional models on a "
                         "CPU with AMX or a GPU with bf16, else float32), float32, bfloat16, float16; the "
@@ -979,6 +1089,14 @@ def build_parser() -> argparse.ArgumentParser:
 
     register_ngram_cli(sub)
 
+    rp = sub.add_parser("report", help="one self-contained HTML page of a run, or a comparison of several runs",
+                        description="Example: chainrule report runs/made runs/nade --out compare.html. Images and CSS are "
+                                    "inline (one file, no network); pieces a run does not have yet are shown as '—'.")
+    rp.add_argument("runs", nargs="+", metavar="RUN", help="run directories (written by `chainrule train`)")
+    rp.add_argument("--out", help="the HTML file (default: RUN/report.html for one run, ./report.html for several)")
+    rp.add_argument("--title", help="the page's title")
+    rp.set_defaults(func=cmd_report)
+
     q = sub.add_parser("quickstart", help="train a Gated PixelCNN on the bundled 8x8 digits (under two minutes)")
     q.add_argument("--out", default=QUICKSTART_OUT,
                    help=f"run directory (default {QUICKSTART_OUT}); a previous quickstart run there is replaced")
@@ -998,7 +1116,11 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
-    args = parser.parse_args(argv)
+    try:
+        args = _parse(parser, argv)  # a bad --config file: exit 2 with its error, as bad options do
+    except ChainruleError as exc:
+        print(f"chainrule: error: {exc}", file=sys.stderr)
+        return 2
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     try:
         return args.func(args)

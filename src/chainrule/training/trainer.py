@@ -15,6 +15,20 @@ so far, the random-number generators (shuffling, torch's, the ensemble's compone
 epoch and step counters, the plateau schedule and the history (a :class:`TrainState`).
 ``fit(..., resume=True)`` picks up from there; a resumed run takes exactly the steps the
 uninterrupted one would have (tested).
+
+Distributed data-parallel training: inside a ``torch.distributed`` process group of W > 1 ranks
+(``torchrun --nproc-per-node N -m chainrule train ...``; on several machines ``torchrun --nnodes M
+--node-rank R --rdzv-backend c10d --rdzv-endpoint HOST:PORT --nproc-per-node N -m chainrule train ...``;
+gloo on CPU, NCCL on CUDA — see :mod:`chainrule.training.distributed`) :meth:`Trainer.fit` wraps
+the model in ``DistributedDataParallel`` for the training steps. ``batch_size`` stays the *global*
+batch: every rank draws the same batch from the identically seeded ``data_rng`` (the batch the
+single process would draw, transformed as a whole, e.g. binarized, so the generators stay in step)
+and computes its disjoint ``batch_size / W`` slice (``batch_size % W == 0`` required), with the
+loss scaled so that DDP's gradient average is the gradient of the global batch's mean loss: the
+steps equal the single-process ones up to float reduction order (tested). Rank 0 validates and
+broadcasts the result (identical early stopping and schedules everywhere) and is the only rank
+that writes ``best/``, ``last/``, ``log.csv``, logs, or shows a progress bar; every rank waits
+for ``last/`` to be complete before the next epoch.
 """
 
 from __future__ import annotations
@@ -38,6 +52,7 @@ from safetensors.torch import load_file, save_file
 from tqdm.auto import tqdm
 
 from chainrule.errors import CheckpointError, InputError
+from chainrule.training import distributed as dist_utils
 from chainrule.inference.likelihood import context_rows, evaluate
 from chainrule.io.checkpoint import read_config, save_model
 from chainrule.models.base import AutoregressiveModel
@@ -256,6 +271,17 @@ class Trainer:
         # generators (seeded by config.seed, saved in last/): nothing random lives in the model.
         self.data_rng = torch.Generator().manual_seed(self.config.seed)
         self.member_rng = torch.Generator().manual_seed(self.config.seed + 1)
+        self._ddp: torch.nn.Module | None = None  # the DistributedDataParallel wrapper while fit() trains
+        self.world_size = dist_utils.world_size() if dist_utils.is_distributed() else 1
+        if self.config.batch_size % self.world_size:
+            raise InputError(f"batch_size {self.config.batch_size} is the global batch of all {self.world_size} "
+                             f"ranks and must be divisible by their number: use a multiple of {self.world_size}, "
+                             f"e.g. {self.config.batch_size // self.world_size * self.world_size or self.world_size}")
+
+    @property
+    def is_main(self) -> bool:
+        """True on the rank that writes files and logs (rank 0; always in a single process)."""
+        return self.world_size == 1 or dist_utils.is_main()
 
     # ------------------------------------------------------------------ one step
     def _lr_factor(self, step: int, total_steps: int) -> float:
@@ -277,7 +303,8 @@ class Trainer:
             call["member"] = int(torch.randint(model.num_members, (1,), generator=self.member_rng))
         dtype = self.autocast_dtype
         with torch.autocast(x.device.type, dtype=dtype or torch.float32, enabled=dtype is not None):
-            params = model(x, context, **call)  # (B, G, P): the call DDP hooks into
+            net = self._ddp if self._ddp is not None else model
+            params = net(x, context, **call)  # (B, G, P): the call DDP hooks into
         xg = model.groups.gather(x.reshape(x.shape[0], model.dim))
         return -model.head(params.float()).log_prob(xg).sum(-1)  # the likelihood in float32
 
@@ -286,10 +313,16 @@ class Trainer:
         """The autocast type of the training pass (None: plain float32), from ``config.precision``."""
         return autocast_dtype(self.model, self.config.precision)
 
-    def train_step(self, x: torch.Tensor, context: Any, lr: float) -> torch.Tensor:
-        """One optimizer step on a validated batch at learning rate ``lr``; returns its NLLs ``(B,)``."""
+    def train_step(self, x: torch.Tensor, context: Any, lr: float, global_size: int | None = None) -> torch.Tensor:
+        """One optimizer step on a validated batch at learning rate ``lr``; returns its NLLs ``(B,)``.
+
+        ``global_size``: under DDP, the number of examples of the global batch ``x`` is this
+        rank's slice of; the loss is scaled so that the ranks' average is the global mean."""
         nll = self.nll(x, context)
-        loss = nll.mean() / self.model.dim
+        if global_size is None or global_size == len(x) * self.world_size:
+            loss = nll.mean() / self.model.dim  # equal slices: the mean of the means is the global mean
+        else:  # unequal slices (a last, short batch): sum * W / n, averaged by DDP = the global mean
+            loss = nll.sum() * (self.world_size / global_size) / self.model.dim
         if not torch.isfinite(loss):
             raise FloatingPointError(f"training loss became {loss.item()}; try a lower learning rate or grad_clip")
         self.optimizer.zero_grad(set_to_none=True)
@@ -338,13 +371,16 @@ class Trainer:
             total_steps = min(total_steps, c.max_steps)
         st = self._load_last() if resume else TrainState()
         val_members = None if c.val_components is None else range(min(c.val_components, model.num_members))
+        if self.world_size > 1:
+            self._ddp = self._wrap_ddp()
         start = time.perf_counter() - st.result.train_seconds  # the log's seconds continue a resumed run
         call_start = time.perf_counter()
         log_file = self._open_log(append=resume)
         # With early stopping or a time budget the epoch count is only a ceiling: no misleading ETA.
         open_ended = (val is not None and c.patience is not None) or c.max_seconds is not None
         epochs = range(st.epoch, c.epochs) if not st.result.stopped_early else range(0)
-        bar = tqdm(iter(epochs) if open_ended else epochs, desc="train", unit="epoch", disable=not self.progress)
+        bar = tqdm(iter(epochs) if open_ended else epochs, desc="train", unit="epoch",
+                   disable=not self.progress or not self.is_main)
         try:
             for epoch in bar:
                 row = self._train_epoch(train, train_context, train_transform, st, steps_per_epoch, total_steps, start)
@@ -355,20 +391,28 @@ class Trainer:
                 st.result.epochs_run = st.epoch = epoch + 1
                 self._write_log(log_file, row)
                 bar.set_postfix({k: f"{v:.4g}" for k, v in row.items() if k.endswith("nats")})
-                log.info("epoch %d: %s", epoch, ", ".join(f"{k}={v:.5g}" for k, v in row.items() if k != "epoch"))
-                stop = False
+                if self.is_main:
+                    log.info("epoch %d: %s", epoch, ", ".join(f"{k}={v:.5g}" for k, v in row.items() if k != "epoch"))
+                stop = 0  # 1: early stop, 2: time budget, 3: step budget
                 if val is not None and c.patience is not None and st.bad_epochs >= c.patience:
-                    st.result.stopped_early = stop = True
+                    stop = 1
                 elif c.max_seconds is not None and time.perf_counter() - call_start >= c.max_seconds:
-                    st.result.stopped_by_time = epoch + 1 < c.epochs
-                    stop = True
+                    stop = 2
                 elif st.step >= total_steps:
-                    stop = True
+                    stop = 3
+                if self.world_size > 1:  # clocks differ between ranks: rank 0 decides for all
+                    stop = int(dist_utils.broadcast(torch.tensor([stop]))[0])
+                if stop == 1:
+                    st.result.stopped_early = True
+                elif stop == 2:
+                    st.result.stopped_by_time = epoch + 1 < c.epochs
                 st.result.train_seconds = time.perf_counter() - start
                 self._save_last(st)
+                dist_utils.barrier()  # last/ is complete before any rank goes on (or resumes from it)
                 if stop:
                     break
         finally:
+            self._ddp = None
             bar.close()
             if log_file is not None:
                 log_file.close()
@@ -377,8 +421,22 @@ class Trainer:
             model.load_state_dict(st.best_state)
         else:
             self._save_best(st.result)
+        dist_utils.barrier()
         model.eval()
         return st.result
+
+    def _wrap_ddp(self) -> torch.nn.Module:
+        """The model in a ``DistributedDataParallel`` wrapper (which copies rank 0's weights and
+        buffers to every rank); the trainer keeps the plain model for evaluation and checkpoints."""
+        from torch.nn.parallel import DistributedDataParallel
+
+        device = next(self.model.parameters()).device
+        ids = [device.index] if device.type == "cuda" else None
+        if self.is_main:
+            per = self.config.batch_size // self.world_size
+            log.info("DDP: %d ranks x %d = global batch %d (%s)", self.world_size, per, self.config.batch_size,
+                     torch.distributed.get_backend())
+        return DistributedDataParallel(self.model, device_ids=ids, output_device=ids[0] if ids else None)
 
     @staticmethod
     def _check_context(context: Any, n: int | None, split: str) -> Any:
@@ -404,27 +462,53 @@ class Trainer:
                 idx = torch.randint(len(train), (c.batch_size,), generator=g)
             else:
                 idx = perm[b * c.batch_size:(b + 1) * c.batch_size]
-            batch = train[idx]
-            if transform is not None:
-                batch = transform(batch, g)
+            global_size = len(idx)
+            if self.world_size > 1:  # this rank's disjoint slice of the global batch every rank drew
+                mine = self._shard(global_size)
+                if transform is not None:  # transformed whole: the generator stays in step with one process
+                    batch = transform(train[idx], g)[mine]
+                else:
+                    batch = train[idx[mine]]
+                idx = idx[mine]
+            else:
+                batch = train[idx]
+                if transform is not None:
+                    batch = transform(batch, g)
             x, _ = model.validate(batch)
             ctx = context_rows(context, idx, len(train))
             lr = c.lr * st.lr_scale * self._lr_factor(st.step, total_steps)
-            nll = self.train_step(x, ctx, lr)
+            nll = self.train_step(x, ctx, lr, global_size=global_size if self.world_size > 1 else None)
             st.step += 1
             total += float(nll.sum())
             count += len(x)
         st.result.step_seconds += time.perf_counter() - epoch_start
+        if self.world_size > 1:  # the epoch's mean over the global batches, as one process reports it
+            sums = dist_utils.all_reduce_sum(torch.tensor([total, float(count)], dtype=torch.float64))
+            total, count = float(sums[0]), int(sums[1])
         st.result.examples_seen += count
         return {"train_nll_nats": total / max(count, 1), "lr": self.optimizer.param_groups[0]["lr"],
                 "seconds": time.perf_counter() - start}
 
+    def _shard(self, n: int) -> slice:
+        """This rank's part of a global batch of ``n`` examples: contiguous, disjoint, sizes differing
+        by at most one (equal when ``n`` is a multiple of the world size)."""
+        r, w = dist_utils.rank(), self.world_size
+        return slice(r * n // w, (r + 1) * n // w)
+
     def _validate(self, val: Any, context: Any, members: Any, st: TrainState, epoch: int, row: dict[str, float]) -> None:
         c = self.config
-        res = evaluate(self.model, val, context, c.eval_batch_size, member=members)
-        row.update(val_nll_nats=res.nll_nats, val_bits_per_dim=res.bits_per_dim, val_nats_per_dim=res.nll_nats / res.dim)
-        if res.nll_nats < st.result.best_val_nll_nats:
-            st.result.best_val_nll_nats, st.result.best_epoch, st.bad_epochs = res.nll_nats, epoch, 0
+        if self.world_size > 1:  # rank 0 evaluates, every rank gets its numbers: identical decisions
+            nums = torch.zeros(3, dtype=torch.float64)
+            if self.is_main:
+                res = evaluate(self.model, val, context, c.eval_batch_size, member=members)
+                nums[:] = torch.tensor([res.nll_nats, res.bits_per_dim, res.nll_nats / res.dim], dtype=torch.float64)
+            nll_nats, bpd, npd = (float(v) for v in dist_utils.broadcast(nums))
+        else:
+            res = evaluate(self.model, val, context, c.eval_batch_size, member=members)
+            nll_nats, bpd, npd = res.nll_nats, res.bits_per_dim, res.nll_nats / res.dim
+        row.update(val_nll_nats=nll_nats, val_bits_per_dim=bpd, val_nats_per_dim=npd)
+        if nll_nats < st.result.best_val_nll_nats:
+            st.result.best_val_nll_nats, st.result.best_epoch, st.bad_epochs = nll_nats, epoch, 0
             st.best_state = {k: v.detach().clone() for k, v in self.model.state_dict().items()}
             self._save_best(st.result)
         else:
@@ -459,7 +543,7 @@ class Trainer:
 
     # ------------------------------------------------------------------ files
     def _open_log(self, append: bool = False) -> Any:
-        if self.out_dir is None:
+        if self.out_dir is None or not self.is_main:
             return None
         self.out_dir.mkdir(parents=True, exist_ok=True)
         return open(self.out_dir / "log.csv", "a" if append else "w", newline="")
@@ -475,7 +559,7 @@ class Trainer:
         f.flush()
 
     def _save_best(self, result: TrainResult) -> None:
-        if self.out_dir is None:
+        if self.out_dir is None or not self.is_main:
             return
         extra = {**self.extra, "train_config": asdict(self.config), "best_epoch": result.best_epoch,
                  "best_val_nll_nats": None if math.isinf(result.best_val_nll_nats) else result.best_val_nll_nats}
@@ -486,7 +570,7 @@ class Trainer:
 
         Written into ``last.tmp/`` and swapped in by renames, so an interruption while writing
         leaves the previous epoch's ``last/`` (or ``last.old/``) intact."""
-        if self.out_dir is None or not self.config.save_last:
+        if self.out_dir is None or not self.config.save_last or not self.is_main:
             return
         tmp = self.out_dir / f"{LAST_DIR}.tmp"
         shutil.rmtree(tmp, ignore_errors=True)
@@ -557,7 +641,8 @@ class Trainer:
         res = state["result"]
         if res["best_val_nll_nats"] is None:
             res["best_val_nll_nats"] = math.inf
-        log.info("resuming %s after epoch %d (step %d)", self.out_dir, state["epochs_done"], state["step"])
+        if self.is_main:
+            log.info("resuming %s after epoch %d (step %d)", self.out_dir, state["epochs_done"], state["step"])
         return TrainState(epoch=state["epochs_done"], step=state["step"], lr_scale=state["lr_scale"],
                           bad_epochs=state["bad_epochs"], result=TrainResult(**res), best_state=best)
 
