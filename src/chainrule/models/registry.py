@@ -53,6 +53,60 @@ def accepted_hyperparameters(name: str) -> list[str]:
     return own + [o for o in COMMON_OPTIONS if o not in own]
 
 
+def _docstring_args(doc: str | None) -> dict[str, str]:
+    """The ``Args:`` section of a Google-style docstring: ``{name: description}`` (continuation
+    lines joined). An entry "a, b: text" describes both names."""
+    out: dict[str, str] = {}
+    lines = inspect.cleandoc(doc or "").splitlines()
+    try:
+        start = next(i for i, line in enumerate(lines) if line.strip() == "Args:")
+    except StopIteration:
+        return out
+    current: list[str] = []
+    indent = None
+    for line in lines[start + 1:]:
+        if not line.strip():
+            if current:
+                continue
+            break
+        width = len(line) - len(line.lstrip())
+        if indent is None:
+            indent = width
+        if width < indent:
+            break  # the section ended
+        if width == indent and ":" in line:
+            names, text = line.strip().split(":", 1)
+            current = [n.strip() for n in names.split(",")]
+            if not all(n.isidentifier() for n in current):
+                current = []  # prose such as "common options (order, head, ...): see ..."
+            for n in current:
+                out[n] = text.strip()
+        elif current:
+            for n in current:
+                out[n] = (out[n] + " " + line.strip()).strip()
+    return out
+
+
+def hyperparameter_help(name: str) -> list[tuple[str, Any, str]]:
+    """``(hyperparameter, default, description)`` for every hyperparameter of model ``name``, its own
+    first (from its signature and the ``Args:`` of its docstring), then the options common to all
+    models (documented on :class:`~chainrule.models.base.AutoregressiveModel`). A default of
+    ``inspect.Parameter.empty`` means required."""
+    cls = get_model_class(name)
+    own_doc: dict[str, str] = {}
+    for klass in reversed(cls.__mro__):  # a subclass's entries win over its bases' ("Args: as NADE")
+        if issubclass(klass, AutoregressiveModel) and klass is not AutoregressiveModel:
+            own_doc.update(_docstring_args(klass.__doc__))
+    common_doc = _docstring_args(AutoregressiveModel.__doc__)
+    sig = inspect.signature(cls.__init__).parameters
+    base = inspect.signature(AutoregressiveModel.__init__).parameters
+    rows = []
+    for p in accepted_hyperparameters(name):
+        default = sig[p].default if p in sig else base[p].default
+        rows.append((p, default, own_doc.get(p) or common_doc.get(p, "")))
+    return rows
+
+
 def check_hyperparameters(name: str, hyperparameters: dict[str, Any]) -> None:
     """Raise an :class:`InputError` listing the accepted names if ``hyperparameters`` has unknown ones."""
     accepted = accepted_hyperparameters(name)

@@ -26,8 +26,15 @@ from chainrule.models.registry import register
 class _Recurrent(AutoregressiveModel):
     """Embedding -> recurrent stack -> linear head. Subclasses set ``cell``.
 
-    ``tbptt=k`` trains with truncated backpropagation through time: gradients flow back at most
-    k steps (the likelihood itself is unchanged).
+    Args:
+        hidden_size: units of each recurrent layer.
+        num_layers: recurrent layers in the stack.
+        embedding_size: size of the learned embedding of each input token (discrete data).
+        dropout: dropout between recurrent layers while training, in [0, 1).
+        tbptt: k, train with truncated backpropagation through time: gradients flow back at most
+            k steps (the likelihood itself is unchanged); None: through the whole sequence.
+        common options (order, group_shape, head, num_classes, ...): see
+            :class:`~chainrule.models.base.AutoregressiveModel`.
     """
 
     cell: ClassVar[type[nn.RNNBase]]
