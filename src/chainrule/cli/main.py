@@ -43,7 +43,7 @@ from chainrule.errors import ChainruleError, InputError
 from chainrule.inference.likelihood import bayes_classify, evaluate, evaluate_stream
 from chainrule.inference.sampling import default_generator
 from chainrule.io.checkpoint import read_config
-from chainrule.models import create_model, load
+from chainrule.models import AutoregressiveModel, create_model, load
 from chainrule.models.registry import check_hyperparameters, get_model_class, list_models
 from chainrule.training import OPTIMIZERS, PRECISIONS, SCHEDULES, TrainConfig, Trainer
 from chainrule.training import distributed
@@ -74,11 +74,37 @@ def _order_arg(value: str | None) -> Any:
 
 # ---------------------------------------------------------------------- commands
 def cmd_models(args: argparse.Namespace) -> int:
+    if args.name:
+        return _describe_model(args.name)
     for name in list_models():
         cls = get_model_class(name)
         doc = (cls.__doc__ or "").strip().splitlines()[0]
         kinds = ", ".join(k for k, ok in (("discrete", cls.supports_discrete), ("real", cls.supports_real)) if ok)
         print(f"{name:12s} {doc}  [{kinds}]")
+    return 0
+
+
+def _describe_model(name: str) -> int:
+    """``chainrule models NAME``: what the model is, what it supports, its hyperparameters."""
+    import inspect as _inspect
+
+    from chainrule.models.registry import hyperparameter_help
+
+    cls = get_model_class(name)
+    doc = _inspect.cleandoc(cls.__doc__ or "").split("\n\n")[0]
+    module = (_inspect.getmodule(cls).__doc__ or "").strip().split("\n\n")[0]
+    print(f"{name}: {' '.join(doc.split())}")
+    if module:
+        print(f"  {' '.join(module.split())}")
+    kinds = [k for k, ok in (("discrete", cls.supports_discrete), ("real-valued", cls.supports_real)) if ok]
+    order = ("any order, given at call time" if cls.any_order else
+             f"{cls.fixed_order} order only" if cls.fixed_order else "the order it is built with")
+    print(f"  data: {', '.join(kinds)}{'; images (C, H, W) only' if cls.image_only else ''}; reads {order}; "
+          f"cached sampling step: {'yes' if cls.step is not AutoregressiveModel.step else 'no (full pass per step)'}")
+    print("\nhyperparameters (-p NAME=VALUE, JSON values):")
+    for hp, default, text in hyperparameter_help(name):
+        shown = "required" if default is _inspect.Parameter.empty else json.dumps(default, default=str)
+        print(f"  {hp:24s} default {shown:10s} {text}")
     return 0
 
 
@@ -852,7 +878,9 @@ def build_parser() -> argparse.ArgumentParser:
         sp.add_argument("--device", default="auto", help="cpu, cuda, cuda:N, or auto (a GPU when there is one)")
         sp.add_argument("--no-progress", action="store_true", help="no progress bar")
 
-    sub.add_parser("models", help="list the registered models").set_defaults(func=cmd_models)
+    m = sub.add_parser("models", help="list the registered models, or describe one (its hyperparameters)")
+    m.add_argument("name", nargs="?", help="a model name: show what it is and its hyperparameters with defaults")
+    m.set_defaults(func=cmd_models)
     sub.add_parser("datasets", help="list the named datasets").set_defaults(func=cmd_datasets)
 
     t = sub.add_parser("train", help="train a model by maximum likelihood",
