@@ -227,3 +227,15 @@ def test_cli_lists(capsys):
         assert name in out
     assert main(["datasets"]) == 0
     assert "binarized-mnist" in capsys.readouterr().out
+
+
+def test_the_same_seed_gives_the_same_run(tmp_path):
+    """`--seed` covers the initial weights as well as the data order: two runs agree number for number."""
+    data = _toy_data(200).numpy().astype(np.int64)
+    np.save(tmp_path / "toy.npy", data)
+    logs = []
+    for name in ("a", "b"):
+        assert main(["train", "made", "--dataset", str(tmp_path / "toy.npy"), "-p", "hidden_sizes=[16]", "--epochs", "2",
+                     "--seed", "3", "--out", str(tmp_path / name), "--no-progress", "--threads", "1"]) == 0
+        logs.append([(r["train_nll_nats"], r["val_nll_nats"]) for r in csv.DictReader(open(tmp_path / name / "log.csv"))])
+    assert logs[0] == logs[1]

@@ -237,6 +237,7 @@ def train_run(model_name: str, ds: Dataset, out: str | Path, hyperparameters: di
             raise InputError(f"dataset {ds.name!r} has no labels: a class-conditional model needs labelled data")
         hp["num_classes"] = ds.num_classes
         train_y, val_y, test_y = ds.train_labels, ds.val_labels, ds.test_labels
+    torch.manual_seed(config.seed)  # the initial weights too: the same --seed, the same run
     model = create_model(model_name, ds.shape, ds.num_values, **hp)
     report(f"model {model_name}: {model.num_parameters():,} parameters; data {ds.name}: "
            f"{len(ds.train)} train / {len(ds.val)} val / {len(ds.test)} test, shape {ds.shape}, num_values {ds.num_values}"
