@@ -239,3 +239,19 @@ def test_the_same_seed_gives_the_same_run(tmp_path):
                      "--seed", "3", "--out", str(tmp_path / name), "--no-progress", "--threads", "1"]) == 0
         logs.append([(r["train_nll_nats"], r["val_nll_nats"]) for r in csv.DictReader(open(tmp_path / name / "log.csv"))])
     assert logs[0] == logs[1]
+
+
+def test_the_run_records_where_its_data_came_from(tmp_path, monkeypatch):
+    """A relative data file and $CHAINRULE_DATA are recorded resolved, so `eval` works from elsewhere."""
+    data = _toy_data(100).numpy().astype(np.int64)
+    (tmp_path / "d").mkdir()
+    np.save(tmp_path / "d" / "toy.npy", data)
+    monkeypatch.chdir(tmp_path / "d")
+    monkeypatch.setenv("CHAINRULE_DATA", str(tmp_path / "d"))
+    assert main(["train", "fvsbn", "--dataset", "toy.npy", "--epochs", "1", "--out", str(tmp_path / "run"),
+                 "--no-progress"]) == 0
+    extra = json.loads((tmp_path / "run" / "best" / "config.json").read_text())["extra"]
+    assert extra["dataset"] == str(tmp_path / "d" / "toy.npy") and extra["data_dir"] == str(tmp_path / "d")
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.delenv("CHAINRULE_DATA")
+    assert main(["eval", str(tmp_path / "run"), "--no-progress"]) == 0

@@ -38,7 +38,7 @@ from chainrule.apps.pipeline import (
     save_samples,
     train_run,
 )
-from chainrule.data import BINARIZE_CHOICES, Dataset, dataset_info, load_dataset
+from chainrule.data import BINARIZE_CHOICES, Dataset, dataset_info, default_data_dir, load_dataset
 from chainrule.errors import ChainruleError, InputError
 from chainrule.inference.likelihood import bayes_classify, evaluate, evaluate_stream
 from chainrule.inference.sampling import default_generator
@@ -120,7 +120,8 @@ def cmd_datasets(args: argparse.Namespace) -> int:
 _CONFIG_FLAGS = {"epochs": "--epochs", "batch_size": "--batch-size", "lr": "--lr", "weight_decay": "--weight-decay",
                  "warmup_steps": "--warmup-steps", "grad_clip": "--grad-clip", "max_seconds": "--max-seconds",
                  "seed": "--seed", "steps_per_epoch": "--steps-per-epoch", "max_steps": "--max-steps",
-                 "betas": "--beta1/--beta2", "min_lr": "--min-lr", "val_components": "--val-components"}
+                 "betas": "--beta1/--beta2", "min_lr": "--min-lr", "val_components": "--val-components",
+                 "save_every": "--save-every"}
 
 
 def _checked_config(**kwargs: Any) -> TrainConfig:
@@ -144,7 +145,8 @@ def _train_config(args: argparse.Namespace) -> TrainConfig:
                            grad_clip=args.grad_clip, patience=None if args.patience == 0 else args.patience,
                            max_seconds=args.max_seconds, seed=args.seed, steps_per_epoch=args.steps_per_epoch,
                            max_steps=args.max_steps, betas=(args.beta1, args.beta2), min_lr=args.min_lr,
-                           val_components=args.val_components, precision=args.precision)
+                           val_components=args.val_components, precision=args.precision,
+                           save_every=getattr(args, "save_every", None))
 
 
 def cmd_train(args: argparse.Namespace) -> int:
@@ -180,8 +182,12 @@ def _train_command(args: argparse.Namespace, device: Any) -> int:
                       dequantize=args.dequantize, seed=args.data_seed, block_size=args.block_size, level=args.level)
     out = Path(args.out or f"runs/{args.model}-{Path(ds.name).stem}")
     torch.manual_seed(args.seed)
-    extra = {"dataset": args.dataset, "binarize": args.binarize, "dequantize": args.dequantize, "data_seed": args.data_seed,
-             "data_dir": str(args.data_dir) if args.data_dir else None, "command": sys.argv,
+    # where the data came from, as later commands (eval, sample, complete, ...) must find it again:
+    # a file's absolute path, and the data folder even when it was given by $CHAINRULE_DATA
+    data_dir = args.data_dir or default_data_dir()
+    dataset = str(Path(args.dataset).resolve()) if Path(args.dataset).exists() else args.dataset
+    extra = {"dataset": dataset, "binarize": args.binarize, "dequantize": args.dequantize, "data_seed": args.data_seed,
+             "data_dir": str(data_dir) if data_dir else None, "command": sys.argv,
              "block_size": args.block_size, "level": args.level}
     if ds.tokenizer is not None:
         extra["tokenizer"] = ds.tokenizer.to_dict()
@@ -915,6 +921,9 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--steps-per-epoch", type=int, default=None,
                    help="batches of random examples per epoch (validation after each); default: one pass")
     t.add_argument("--max-steps", type=int, default=None, help="stop after this many optimizer steps")
+    t.add_argument("--save-every", type=int, default=None,
+                   help="also write RUN/last/ every N optimizer steps, so that --resume continues mid-epoch "
+                        "(default: only after every epoch; SIGINT/SIGTERM always save before stopping)")
     t.add_argument("--beta1", type=float, default=0.9, help="Adam beta1")
     t.add_argument("--beta2", type=float, default=0.999, help="Adam beta2")
     t.add_argument("--min-lr", type=float, default=0.0, help="floor of the cosine schedule")
@@ -1155,9 +1164,11 @@ def main(argv: list[str] | None = None) -> int:
     except ChainruleError as exc:
         print(f"chainrule: error: {exc}", file=sys.stderr)
         return 2
-    except KeyboardInterrupt:
-        print("chainrule: interrupted", file=sys.stderr)
-        return 130
+    except KeyboardInterrupt as exc:
+        code = getattr(exc, "exit_code", None)  # a TrainingInterrupted: its line (what was saved) is printed
+        if code is None:
+            print("chainrule: interrupted", file=sys.stderr)
+        return code or 130
 
 
 if __name__ == "__main__":

@@ -16,6 +16,21 @@ epoch and step counters, the plateau schedule and the history (a :class:`TrainSt
 ``fit(..., resume=True)`` picks up from there; a resumed run takes exactly the steps the
 uninterrupted one would have (tested).
 
+Exact resume from anywhere: the data order is a function of ``(config.seed, epoch)`` — each epoch's
+permutation (or, with ``steps_per_epoch``, each batch's random examples) and each batch's
+``train_transform`` generator (dynamic binarization) come from generators seeded by
+:func:`derived_seed` of ``(seed, epoch[, batch])`` — so a run resumed at batch k of epoch e
+regenerates that epoch's order and continues at batch k, nothing replayed. With
+``save_every = N`` the trainer also writes ``last/`` every N optimizer steps (recording the batch
+within the epoch and the epoch's running loss), and on SIGINT / SIGTERM (handlers installed in the
+main thread only, the previous ones restored after ``fit``) it finishes the current step, writes
+``last/``, prints one line saying what it saved and how to resume, and raises
+:class:`TrainingInterrupted` (a ``KeyboardInterrupt``; the CLI exits with 128 + the signal number).
+A run resumed from any such checkpoint ends with weights bit-identical to an uninterrupted run's
+(same remaining batches in the same order, same optimizer, generator and schedule state; tested,
+also across a SIGKILL). This derivation changed the exact data order (hence the numbers) of runs
+compared to versions that drew the order from one running generator.
+
 Distributed data-parallel training: inside a ``torch.distributed`` process group of W > 1 ranks
 (``torchrun --nproc-per-node N -m chainrule train ...``; on several machines ``torchrun --nnodes M
 --node-rank R --rdzv-backend c10d --rdzv-endpoint HOST:PORT --nproc-per-node N -m chainrule train ...``;
@@ -40,6 +55,9 @@ import logging
 import math
 import numbers
 import shutil
+import signal
+import sys
+import threading
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
@@ -123,6 +141,8 @@ class TrainConfig:
     ``weight_decay`` applies to weight matrices and embeddings (tensors of 2+ dims) only.
     ``save_last``: write ``RUN/last/`` (model + optimizer + RNG states) after every epoch so that
     ``fit(..., resume=True)`` can continue an interrupted run (needs an ``out_dir``).
+    ``save_every``: also write ``RUN/last/`` every this-many optimizer steps, with the position
+    inside the epoch, so that a resume continues mid-epoch (None: only at epoch ends).
     ``precision``: the arithmetic of the network's pass while training: "float32"; "bfloat16" or
     "float16" (autocast: matrix products and convolutions in that type); "auto" (the default):
     bfloat16 for architectures marked ``mixed_precision`` (the convolutional ones) on a device with
@@ -153,6 +173,7 @@ class TrainConfig:
     val_components: int | None = None
     save_last: bool = True
     precision: str = "auto"
+    save_every: int | None = None
 
     def __post_init__(self) -> None:
         if self.optimizer not in OPTIMIZERS:
@@ -166,6 +187,7 @@ class TrainConfig:
                                 ("warmup_steps", 0, None), ("seed", None, None),
                                 ("steps_per_epoch", 1, "one pass over the training set"),
                                 ("max_steps", 1, "no limit"), ("patience", 0, "never stop early"),
+                                ("save_every", 1, "only at epoch ends"),
                                 ("val_components", 1, "the whole ensemble")):
             v = getattr(self, name)
             if v is None and none is not None:
@@ -192,6 +214,36 @@ class TrainConfig:
             raise InputError(f"betas must be two numbers in [0, 1), e.g. (0.9, 0.999), got {betas!r}")
         if not isinstance(self.save_last, bool):
             raise InputError(f"save_last must be True or False, got {self.save_last!r}")
+
+
+_MASK64 = (1 << 64) - 1
+
+
+def derived_seed(*parts: int) -> int:
+    """A 64-bit seed mixed (splitmix64) from integers, e.g. ``(seed, tag, epoch, batch)``: the
+    seed of the generator that draws one epoch's order or one batch's transform."""
+    h = 0
+    for part in parts:
+        z = (h ^ (int(part) & _MASK64)) + 0x9E3779B97F4A7C15 & _MASK64
+        z = (z ^ (z >> 30)) * 0xBF58476D1CE4E5B9 & _MASK64
+        z = (z ^ (z >> 27)) * 0x94D049BB133111EB & _MASK64
+        h = z ^ (z >> 31)
+    return h
+
+
+_TAG_EPOCH, _TAG_BATCH = 1, 2
+
+
+class TrainingInterrupted(KeyboardInterrupt):
+    """Raised by :meth:`Trainer.fit` after SIGINT / SIGTERM, once the current step is done and
+    ``last/`` is written. ``signum``: the signal; ``exit_code``: 128 + it (130, 143)."""
+
+    def __init__(self, message: str, signum: int) -> None:
+        super().__init__(message)
+        self.message, self.signum, self.exit_code = message, signum, 128 + signum
+
+    def __str__(self) -> str:
+        return self.message
 
 
 def _is_int(v: Any) -> bool:
@@ -230,6 +282,9 @@ class TrainState:
 
     epoch: int = 0  # epochs completed
     step: int = 0  # optimizer steps taken
+    batch: int = 0  # batches of epoch ``epoch`` already taken (a mid-epoch checkpoint)
+    epoch_nll_sum: float = 0.0  # the running training loss of those batches
+    epoch_count: int = 0
     lr_scale: float = 1.0  # the plateau schedule's factor
     bad_epochs: int = 0  # epochs since the last improvement
     result: TrainResult = field(default_factory=TrainResult)
@@ -272,6 +327,7 @@ class Trainer:
         self.data_rng = torch.Generator().manual_seed(self.config.seed)
         self.member_rng = torch.Generator().manual_seed(self.config.seed + 1)
         self._ddp: torch.nn.Module | None = None  # the DistributedDataParallel wrapper while fit() trains
+        self._signal: int | None = None  # SIGINT / SIGTERM received while fit() trains
         self.world_size = dist_utils.world_size() if dist_utils.is_distributed() else 1
         if self.config.batch_size % self.world_size:
             raise InputError(f"batch_size {self.config.batch_size} is the global batch of all {self.world_size} "
@@ -381,9 +437,11 @@ class Trainer:
         epochs = range(st.epoch, c.epochs) if not st.result.stopped_early else range(0)
         bar = tqdm(iter(epochs) if open_ended else epochs, desc="train", unit="epoch",
                    disable=not self.progress or not self.is_main)
+        previous = self._install_signal_handlers()
         try:
             for epoch in bar:
-                row = self._train_epoch(train, train_context, train_transform, st, steps_per_epoch, total_steps, start)
+                row = self._train_epoch(train, train_context, train_transform, st, steps_per_epoch, total_steps,
+                                        start, epoch)
                 row = {"epoch": epoch, **row}
                 if val is not None:
                     self._validate(val, val_context, val_members, st, epoch, row)
@@ -409,9 +467,13 @@ class Trainer:
                 st.result.train_seconds = time.perf_counter() - start
                 self._save_last(st)
                 dist_utils.barrier()  # last/ is complete before any rank goes on (or resumes from it)
+                signum = self._pending_signal()
+                if signum:
+                    self._interrupted(signum, st, steps_per_epoch)
                 if stop:
                     break
         finally:
+            self._restore_signal_handlers(previous)
             self._ddp = None
             bar.close()
             if log_file is not None:
@@ -448,16 +510,32 @@ class Trainer:
             raise InputError(f"{split}_context has {len(context)} rows but the {split} set has {n} examples")
         return context
 
+    def _epoch_order(self, n: int, epoch: int) -> torch.Tensor | None:
+        """Epoch ``epoch``'s permutation of the ``n`` training examples (None with ``steps_per_epoch``:
+        every batch draws its own examples); a function of ``(config.seed, epoch)`` only."""
+        if self.config.steps_per_epoch is not None:
+            return None
+        g = torch.Generator().manual_seed(derived_seed(self.config.seed, _TAG_EPOCH, epoch))
+        return torch.randperm(n, generator=g)
+
+    def _batch_rng(self, epoch: int, b: int) -> torch.Generator:
+        """The generator of batch ``b`` of epoch ``epoch`` (its random examples with
+        ``steps_per_epoch``, then its ``train_transform``): a function of ``(seed, epoch, b)``."""
+        return torch.Generator().manual_seed(derived_seed(self.config.seed, _TAG_BATCH, epoch, b))
+
     def _train_epoch(self, train: Any, context: Any, transform: Any, st: TrainState, steps_per_epoch: int,
-                     total_steps: int, start: float) -> dict[str, float]:
-        c, model, g = self.config, self.model, self.data_rng
+                     total_steps: int, start: float, epoch: int) -> dict[str, float]:
+        c, model = self.config, self.model
         model.train()
-        epoch_start = time.perf_counter()
-        perm = torch.randperm(len(train), generator=g) if c.steps_per_epoch is None else None
-        total, count = 0.0, 0
-        for b in range(steps_per_epoch):
+        seg_start = time.perf_counter()
+        perm = self._epoch_order(len(train), epoch)
+        first = st.batch  # > 0: resumed from a mid-epoch checkpoint
+        # the running loss of the batches before ``first`` (global sums, held by rank 0 alone under DDP)
+        total, count = (st.epoch_nll_sum, st.epoch_count) if first and self.is_main else (0.0, 0)
+        for b in range(first, steps_per_epoch):
             if st.step >= total_steps:
                 break
+            g = self._batch_rng(epoch, b)
             if perm is None:
                 idx = torch.randint(len(train), (c.batch_size,), generator=g)
             else:
@@ -465,7 +543,7 @@ class Trainer:
             global_size = len(idx)
             if self.world_size > 1:  # this rank's disjoint slice of the global batch every rank drew
                 mine = self._shard(global_size)
-                if transform is not None:  # transformed whole: the generator stays in step with one process
+                if transform is not None:  # transformed whole: the same batch as one process's
                     batch = transform(train[idx], g)[mine]
                 else:
                     batch = train[idx[mine]]
@@ -481,13 +559,80 @@ class Trainer:
             st.step += 1
             total += float(nll.sum())
             count += len(x)
-        st.result.step_seconds += time.perf_counter() - epoch_start
+            if b + 1 >= steps_per_epoch or st.step >= total_steps:
+                break  # the epoch is done: validation and the epoch's last/ follow (and a signal is seen there)
+            signum = self._pending_signal()
+            if signum or (c.save_every is not None and st.step % c.save_every == 0):
+                now = time.perf_counter()
+                st.result.step_seconds += now - seg_start
+                seg_start = now
+                st.batch = b + 1
+                st.epoch_nll_sum, st.epoch_count = total, count
+                if self.world_size > 1:  # the global running loss, as one process holds it
+                    sums = dist_utils.all_reduce_sum(torch.tensor([total, float(count)], dtype=torch.float64))
+                    st.epoch_nll_sum, st.epoch_count = float(sums[0]), int(sums[1])
+                st.result.train_seconds = now - start
+                self._save_last(st)
+                dist_utils.barrier()  # last/ is complete before any rank goes on
+                if signum:
+                    self._interrupted(signum, st, steps_per_epoch)
+        st.batch, st.epoch_nll_sum, st.epoch_count = 0, 0.0, 0
+        st.result.step_seconds += time.perf_counter() - seg_start
         if self.world_size > 1:  # the epoch's mean over the global batches, as one process reports it
             sums = dist_utils.all_reduce_sum(torch.tensor([total, float(count)], dtype=torch.float64))
             total, count = float(sums[0]), int(sums[1])
-        st.result.examples_seen += count
+        st.result.examples_seen += count  # the whole epoch's (a resumed one's earlier batches included)
         return {"train_nll_nats": total / max(count, 1), "lr": self.optimizer.param_groups[0]["lr"],
                 "seconds": time.perf_counter() - start}
+
+    # ------------------------------------------------------------------ signals
+    def _install_signal_handlers(self) -> dict[int, Any] | None:
+        """Catch SIGINT / SIGTERM (main thread only): the step in progress finishes, then
+        :meth:`_interrupted` writes ``last/`` and stops. A second signal stops at once."""
+        self._signal = None
+        if threading.current_thread() is not threading.main_thread():
+            return None
+
+        def handler(signum: int, frame: Any) -> None:
+            if self._signal is not None:
+                raise KeyboardInterrupt
+            self._signal = signum
+
+        previous = {}
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            try:
+                previous[sig] = signal.signal(sig, handler)
+            except (ValueError, OSError):  # not settable here
+                pass
+        return previous
+
+    @staticmethod
+    def _restore_signal_handlers(previous: dict[int, Any] | None) -> None:
+        for sig, h in (previous or {}).items():
+            signal.signal(sig, h if h is not None else signal.SIG_DFL)
+
+    def _pending_signal(self) -> int:
+        """The signal received (0: none); under DDP agreed by every rank (any rank's signal counts)."""
+        sig = self._signal or 0
+        if self.world_size > 1:
+            flags = torch.tensor([float(sig == signal.SIGINT), float(sig == signal.SIGTERM)], dtype=torch.float64)
+            flags = dist_utils.all_reduce_sum(flags)
+            sig = int(signal.SIGTERM) if flags[1] > 0 else int(signal.SIGINT) if flags[0] > 0 else 0
+        return int(sig)
+
+    def _interrupted(self, signum: int, st: TrainState, steps_per_epoch: int) -> None:
+        """Stop after a signal (``last/`` already written): one line on what was saved, then raise."""
+        name = signal.Signals(signum).name
+        if self.out_dir is not None and self.config.save_last:
+            where = (f"epoch {st.epoch}, batch {st.batch}/{steps_per_epoch}" if st.batch
+                     else f"after epoch {st.epoch}")
+            msg = (f"chainrule: {name}: stopped after step {st.step}; saved {self.out_dir / LAST_DIR} ({where}); "
+                   f"continue with the same command and --resume (fit(..., resume=True))")
+        else:
+            msg = f"chainrule: {name}: stopped after step {st.step}; nothing saved (no out_dir or save_last=False)"
+        if self.is_main:
+            print(msg, file=sys.stderr, flush=True)
+        raise TrainingInterrupted(msg, signum)
 
     def _shard(self, n: int) -> slice:
         """This rank's part of a global batch of ``n`` examples: contiguous, disjoint, sizes differing
@@ -569,7 +714,9 @@ class Trainer:
         """Write ``out_dir/last/``: everything :meth:`_load_last` needs to continue the run.
 
         Written into ``last.tmp/`` and swapped in by renames, so an interruption while writing
-        leaves the previous epoch's ``last/`` (or ``last.old/``) intact."""
+        leaves the previous ``last/`` (or ``last.old/``) intact. Written after every epoch and, with
+        ``save_every`` or on a signal, mid-epoch (``batch`` > 0: the batches of epoch ``epochs_done``
+        already taken, with their running loss)."""
         if self.out_dir is None or not self.config.save_last or not self.is_main:
             return
         tmp = self.out_dir / f"{LAST_DIR}.tmp"
@@ -593,6 +740,7 @@ class Trainer:
         res = asdict(st.result)
         res["best_val_nll_nats"] = None if math.isinf(st.result.best_val_nll_nats) else st.result.best_val_nll_nats
         state_json = {"epochs_done": st.epoch, "step": st.step, "lr_scale": st.lr_scale, "bad_epochs": st.bad_epochs,
+                      "batch": st.batch, "epoch_nll_sum": st.epoch_nll_sum, "epoch_count": st.epoch_count,
                       "has_best": st.best_state is not None,
                       "optimizer": {"param_groups": opt["param_groups"], "scalars": scalars}, "result": res}
         (tmp / STATE_JSON).write_text(json.dumps(state_json, indent=1))
@@ -642,9 +790,12 @@ class Trainer:
         if res["best_val_nll_nats"] is None:
             res["best_val_nll_nats"] = math.inf
         if self.is_main:
-            log.info("resuming %s after epoch %d (step %d)", self.out_dir, state["epochs_done"], state["step"])
+            log.info("resuming %s at epoch %d, batch %d (step %d)", self.out_dir, state["epochs_done"],
+                     state.get("batch", 0), state["step"])
         return TrainState(epoch=state["epochs_done"], step=state["step"], lr_scale=state["lr_scale"],
-                          bad_epochs=state["bad_epochs"], result=TrainResult(**res), best_state=best)
+                          bad_epochs=state["bad_epochs"], batch=state.get("batch", 0),
+                          epoch_nll_sum=state.get("epoch_nll_sum", 0.0), epoch_count=state.get("epoch_count", 0),
+                          result=TrainResult(**res), best_state=best)
 
 
 def _json_roundtrip(v: Any) -> Any:

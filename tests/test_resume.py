@@ -1,0 +1,194 @@
+"""Exact resume from anywhere: mid-epoch checkpoints (save_every), SIGINT/SIGTERM, SIGKILL."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pytest
+import torch
+from safetensors.torch import load_file
+
+import chainrule
+from chainrule.cli import main
+from chainrule.training import TrainConfig, Trainer
+from chainrule.training.trainer import TrainingInterrupted, derived_seed
+
+
+class _Kill(Exception):
+    pass
+
+
+def _flip(batch: torch.Tensor, g: torch.Generator | None) -> torch.Tensor:
+    """A random transform (like dynamic binarization) that uses the batch's generator."""
+    flip = torch.rand(batch.shape, generator=g) < 0.1
+    return torch.where(flip, 1 - batch, batch)
+
+
+def _model(seed: int):
+    torch.manual_seed(seed)
+    return chainrule.create_model("made", (6,), 2, hidden_sizes=[12], num_masks=2)
+
+
+def _config(steps_per_epoch):
+    return TrainConfig(epochs=4, batch_size=8, lr=3e-2, patience=None, seed=5, save_every=3,
+                       steps_per_epoch=steps_per_epoch, schedule="cosine")
+
+
+def _interrupt_at(monkeypatch, call: int, action):
+    """Make the ``call``-th training step run ``action`` (before the step)."""
+    original = Trainer.train_step
+    n = [0]
+
+    def step(self, *args, **kwargs):
+        n[0] += 1
+        if n[0] == call:
+            action()
+        return original(self, *args, **kwargs)
+    monkeypatch.setattr(Trainer, "train_step", step)
+
+
+def _strip(history):
+    return [{k: v for k, v in row.items() if k != "seconds"} for row in history]
+
+
+@pytest.mark.parametrize("steps_per_epoch", [None, 5])
+def test_mid_epoch_resume_is_bit_identical(tmp_path, monkeypatch, steps_per_epoch):
+    """Killed at step 7 (after the step-6 checkpoint, mid-epoch 1), resumed: the same weights,
+    history and best model as an uninterrupted run."""
+    data = torch.randint(2, (40, 6))  # 5 batches of 8 per epoch
+    config = _config(steps_per_epoch)
+    ref = _model(0)
+    ref_result = Trainer(ref, config, out_dir=tmp_path / "a", progress=False).fit(data, data[:16], _flip)
+
+    with monkeypatch.context() as m:
+        def kill():
+            raise _Kill
+        _interrupt_at(m, 7, kill)
+        with pytest.raises(_Kill):
+            Trainer(_model(0), config, out_dir=tmp_path / "b", progress=False).fit(data, data[:16], _flip)
+    state = json.loads((tmp_path / "b" / "last" / "trainer_state.json").read_text())
+    assert (state["step"], state["epochs_done"], state["batch"]) == (6, 1, 1)
+
+    resumed = _model(1)  # different initial weights: everything must come from last/
+    result = Trainer(resumed, config, out_dir=tmp_path / "b", progress=False).fit(data, data[:16], _flip, resume=True)
+    for (k, a), b in zip(ref.state_dict().items(), resumed.state_dict().values()):
+        assert torch.equal(a, b), k
+    assert _strip(result.history) == _strip(ref_result.history)
+    assert result.best_epoch == ref_result.best_epoch and result.examples_seen == ref_result.examples_seen
+    a, b = load_file(str(tmp_path / "a" / "last" / "model.safetensors")), load_file(str(tmp_path / "b" / "last" / "model.safetensors"))
+    assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_signal_saves_and_resume_is_exact(tmp_path, monkeypatch):
+    """SIGINT during step 4: the step finishes, last/ is written mid-epoch, fit raises a
+    TrainingInterrupted (a KeyboardInterrupt) with the message; the handlers are restored and a
+    resume equals the uninterrupted run."""
+    data = torch.randint(2, (40, 6))
+    config = TrainConfig(epochs=3, batch_size=8, lr=3e-2, patience=None, seed=2)  # no save_every
+    ref = _model(0)
+    Trainer(ref, config, out_dir=tmp_path / "a", progress=False).fit(data, None, _flip)
+    before = signal.getsignal(signal.SIGINT), signal.getsignal(signal.SIGTERM)
+    with monkeypatch.context() as m:
+        _interrupt_at(m, 4, lambda: os.kill(os.getpid(), signal.SIGINT))
+        with pytest.raises(TrainingInterrupted) as info:
+            Trainer(_model(0), config, out_dir=tmp_path / "b", progress=False).fit(data, None, _flip)
+    assert (signal.getsignal(signal.SIGINT), signal.getsignal(signal.SIGTERM)) == before
+    assert isinstance(info.value, KeyboardInterrupt) and info.value.exit_code == 130
+    assert "SIGINT" in str(info.value) and "--resume" in str(info.value)
+    state = json.loads((tmp_path / "b" / "last" / "trainer_state.json").read_text())
+    assert (state["step"], state["epochs_done"], state["batch"]) == (4, 0, 4)
+    resumed = _model(1)
+    Trainer(resumed, config, out_dir=tmp_path / "b", progress=False).fit(data, None, _flip, resume=True)
+    for (k, a), b in zip(ref.state_dict().items(), resumed.state_dict().values()):
+        assert torch.equal(a, b), k
+
+
+def test_data_order_is_a_function_of_seed_and_epoch():
+    t = Trainer(_model(0), TrainConfig(seed=3, batch_size=8), progress=False)
+    assert torch.equal(t._epoch_order(50, 2), t._epoch_order(50, 2))
+    assert not torch.equal(t._epoch_order(50, 2), t._epoch_order(50, 3))
+    assert torch.equal(torch.rand(4, generator=t._batch_rng(1, 2)), torch.rand(4, generator=t._batch_rng(1, 2)))
+    assert len({derived_seed(3, 1, e) for e in range(100)} | {derived_seed(4, 1, e) for e in range(100)}) == 200
+    with pytest.raises(chainrule.errors.InputError, match="save_every"):
+        TrainConfig(save_every=0)
+
+
+# ---------------------------------------------------------------------- the CLI, in a subprocess
+def _cli(data, run, *more):
+    return ["train", "fvsbn", "--dataset", str(data), "--epochs", "4", "--batch-size", "8", "--save-every", "2",
+            "--out", str(run), "--no-progress", "--threads", "1", "--num-samples", "2", "--patience", "0", *more]
+
+
+def _state(run):
+    try:
+        return json.loads((run / "last" / "trainer_state.json").read_text())
+    except (OSError, ValueError):  # not written yet, or between the renames
+        return None
+
+
+def _spawn(args, tmp_path):
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    return subprocess.Popen([sys.executable, "-m", "chainrule", *args], env=env, cwd=tmp_path,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+
+def _wait_for(proc, run, ok, timeout=60.0):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        st = _state(run)
+        if st is not None and ok(st):
+            return st
+        if proc.poll() is not None:
+            pytest.fail(f"the run ended (rc {proc.returncode}) before the checkpoint: {proc.stderr.read()}")
+        time.sleep(0.005)
+    proc.kill()
+    pytest.fail("no checkpoint in time")
+
+
+@pytest.fixture
+def tiny(tmp_path):
+    path = tmp_path / "tiny.npy"
+    np.save(path, (np.random.default_rng(0).random((1000, 12)) < 0.3).astype(np.uint8))
+    return path
+
+
+def _weights(run):
+    return {f: load_file(str(run / f / "model.safetensors")) for f in ("last", "best")}
+
+
+def test_sigkill_then_resume_is_bit_identical(tmp_path, tiny):
+    ref = tmp_path / "ref"
+    assert main(_cli(tiny, ref)) == 0
+    run = tmp_path / "run"
+    proc = _spawn(_cli(tiny, run), tmp_path)
+    st = _wait_for(proc, run, lambda s: s["step"] >= 30)
+    proc.send_signal(signal.SIGKILL)
+    proc.communicate(timeout=30)
+    assert proc.returncode == -signal.SIGKILL
+    st = _state(run) or st
+    assert st["epochs_done"] < 4  # killed before the end
+    assert main(_cli(tiny, run, "--resume")) == 0
+    a, b = _weights(ref), _weights(run)
+    for f in a:
+        assert a[f].keys() == b[f].keys()
+        for k in a[f]:
+            assert torch.equal(a[f][k], b[f][k]), (f, k)
+
+
+def test_sigterm_saves_last_and_exits_143(tmp_path, tiny):
+    run = tmp_path / "run"
+    proc = _spawn(_cli(tiny, run, "--epochs", "50"), tmp_path)
+    _wait_for(proc, run, lambda s: s["step"] >= 4)
+    proc.send_signal(signal.SIGTERM)
+    _, err = proc.communicate(timeout=30)
+    assert proc.returncode == 143, err
+    assert "SIGTERM" in err and "saved" in err and "--resume" in err, err
+    st = _state(run)
+    assert st is not None and st["step"] >= 4 and st["epochs_done"] < 50
+    assert "stopped after step " + str(st["step"]) in err
