@@ -244,9 +244,7 @@ def _model_and_split(args: argparse.Namespace) -> tuple[Any, Dataset, Any, Any]:
     """The run's model, its dataset, the split ``args.split`` (training data as the model saw it:
     dynamic binarization / dequantization drawn once with seed 0) and the split's labels when the
     model is class-conditional."""
-    _set_threads(args.threads)
-    ckpt = checkpoint_dir(args.run)
-    model = load(ckpt, _device(args))
+    ckpt, model = _load_run(args)
     ds = dataset_of(ckpt, getattr(args, "dataset", None), args.data_dir, args.download,
                     getattr(args, "binarize", None), args.dequantize)
     data, labels = ds.split(args.split)
@@ -306,9 +304,7 @@ def _tokenizer_of(ckpt: Path) -> Any:
 
 
 def cmd_sample(args: argparse.Namespace) -> int:
-    _set_threads(args.threads)
-    ckpt = checkpoint_dir(args.run)
-    model = load(ckpt, _device(args))
+    ckpt, model = _load_run(args)
     tok = _tokenizer_of(ckpt)
     is_image = len(model.shape) == 3 and model.shape[0] in (1, 3)
     labels = None
@@ -346,8 +342,7 @@ def cmd_generate(args: argparse.Namespace) -> int:
     _set_threads(args.threads)
     if args.beam is not None and args.beam < 1:
         raise InputError(f"--beam must be an integer >= 1 (the beam width; leave it out to sample), got {args.beam}")
-    ckpt = checkpoint_dir(args.run)
-    model = load(ckpt, _device(args))
+    ckpt, model = _load_run(args, threads=False)
     tok = _tokenizer_of(ckpt)
     if tok is None:
         raise InputError(f"{ckpt} was not trained on text (no tokenizer in its config); use `chainrule sample`")
@@ -385,7 +380,7 @@ def cmd_inspect(args: argparse.Namespace) -> int:
     return 0
 
 
-def _completion_inputs(args: argparse.Namespace, ckpt: Path, model: Any) -> tuple[torch.Tensor, str]:
+def _completion_inputs(args: argparse.Namespace, ckpt: Path, model: Any, whole_split: bool = False) -> tuple[torch.Tensor, str]:
     """``--input``: image files, one ``.npy`` array ``(N, *shape)`` or ``(*shape)``, or a dataset
     (a name or path; the run's preprocessing) with ``--split`` and ``--index``. Returns the batch
     and a short description of where it came from."""
@@ -409,11 +404,15 @@ def _completion_inputs(args: argparse.Namespace, ckpt: Path, model: Any) -> tupl
         return x, src
     ds = dataset_of(ckpt, src, args.data_dir, args.download)
     data, _ = ds.split(args.split)
-    index = args.index if args.index is not None else list(range(min(4, len(data))))
-    x = data[_checked_index(index, len(data), f"the {args.split} split of {ds.name!r}")]
+    if args.index is None and whole_split:
+        x, where = data, f"the {args.split} split of {ds.name} ({len(data)} examples)"
+    else:
+        index = args.index if args.index is not None else list(range(min(4, len(data))))
+        x = data[_checked_index(index, len(data), f"the {args.split} split of {ds.name!r}")]
+        where = f"{ds.name} {args.split} examples {', '.join(map(str, index))}"
     if ds.train_transform is not None and args.split == "train":  # dynamic binarization, drawn once
         x = ds.train_transform(x, torch.Generator().manual_seed(0))
-    return x, f"{ds.name} {args.split} examples {', '.join(map(str, index))}"
+    return x, where
 
 
 def _checked_index(index: list[int], n: int, what: str) -> list[int]:
@@ -423,13 +422,19 @@ def _checked_index(index: list[int], n: int, what: str) -> list[int]:
     return index
 
 
+def _load_run(args: argparse.Namespace, threads: bool = True) -> tuple[Path, Any]:
+    """``--threads`` applied (unless the caller did), and the run's checkpoint directory and model on ``--device``."""
+    if threads:
+        _set_threads(args.threads)
+    ckpt = checkpoint_dir(args.run)
+    return ckpt, load(ckpt, _device(args))
+
+
 def _run_and_labels(args: argparse.Namespace, per_example: str, api: str) -> tuple[Path, Any, Any]:
     """Threads, the run's checkpoint and model, and the ``--class`` labels a command needs: required
     for a class-conditional run, refused for an unconditional one; a context-tensor run is pointed
     to the API (``api``)."""
-    _set_threads(args.threads)
-    ckpt = checkpoint_dir(args.run)
-    model = load(ckpt, _device(args))
+    ckpt, model = _load_run(args)
     labels = None
     if args.label is not None:
         if not model.conditional:
@@ -498,12 +503,7 @@ def cmd_compress(args: argparse.Namespace) -> int:
     if not Path(args.input).exists():  # a dataset name: the whole --split, or the examples --index picks
         ns = argparse.Namespace(input=[args.input], index=args.index, split=args.split, data_dir=args.data_dir,
                                 download=args.download)
-        if ns.index is None:
-            ds = dataset_of(ckpt, args.input, args.data_dir, args.download)
-            ns.index = list(range(len(ds.split(args.split)[0])))
-        source, description = _completion_inputs(ns, ckpt, model)
-        if args.index is None:
-            description = f"the {args.split} split of {args.input} ({len(ns.index)} examples)"
+        source, description = _completion_inputs(ns, ckpt, model, whole_split=True)
     elif args.index is not None:
         raise InputError("--index applies to dataset inputs; for a file, compress the whole file")
     report = compress_file(model, source, args.output, labels, _tokenizer_of(ckpt), member=args.member,
@@ -517,9 +517,7 @@ def cmd_decompress(args: argparse.Namespace) -> int:
     """Decode a file written by ``chainrule compress`` with the same run."""
     from chainrule.apps.compression import decompress_file
 
-    _set_threads(args.threads)
-    ckpt = checkpoint_dir(args.run)
-    model = load(ckpt, _device(args))
+    ckpt, model = _load_run(args)
     paths = decompress_file(model, args.input, args.output, _tokenizer_of(ckpt))
     print(f"decompressed {args.input} (checksum verified) to {', '.join(map(str, paths))}")
     return 0
@@ -529,9 +527,7 @@ def cmd_probe(args: argparse.Namespace) -> int:
     """Linear probes of a run's features, layer by layer, against raw pixels (:mod:`chainrule.apps.probe`)."""
     from chainrule.apps.probe import probe
 
-    _set_threads(args.threads)
-    ckpt = checkpoint_dir(args.run)
-    model = load(ckpt, _device(args))
+    ckpt, model = _load_run(args)
     ds = dataset_of(ckpt, args.dataset, args.data_dir, args.download, args.binarize, args.dequantize)
     res = probe(model, ds, args.layer, args.max_train, args.batch_size, seed=args.seed, progress=not args.no_progress,
                 report=log.info)
@@ -689,9 +685,7 @@ def cmd_score(args: argparse.Namespace) -> int:
 
     from chainrule.apps.anomaly import SCORES, compute_score, nll_map, summary_statistics
 
-    _set_threads(args.threads)
-    ckpt = checkpoint_dir(args.run)
-    model = load(ckpt, _device(args))
+    ckpt, model = _load_run(args)
     _refuse_conditional(model, ckpt, "score")
     is_image = len(model.shape) == 3 and model.shape[0] in (1, 3)
     if args.maps and not is_image:
@@ -729,9 +723,7 @@ def cmd_detect(args: argparse.Namespace) -> int:
     from chainrule.apps.anomaly import compute_score, detection_metrics, nll_bits_per_dim, typicality_test_from_nll
     from chainrule.apps.plotting import plot_score_histograms
 
-    _set_threads(args.threads)
-    ckpt = checkpoint_dir(args.run)
-    model = load(ckpt, _device(args))
+    ckpt, model = _load_run(args)
     _refuse_conditional(model, ckpt, "detect")
     if args.group_size is not None and args.score != "typicality":
         raise InputError("--group-size is the typicality test on groups of M inputs: use it with --score typicality")

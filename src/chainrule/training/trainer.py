@@ -320,6 +320,7 @@ class Trainer:
         params = [p for p in model.parameters() if p.requires_grad]
         groups = [{"params": [p for p in params if p.dim() >= 2], "weight_decay": self.config.weight_decay},
                   {"params": [p for p in params if p.dim() < 2], "weight_decay": 0.0}]
+        self._autocast: tuple[torch.dtype | None] | None = None  # see autocast_dtype
         self.optimizer = OPTIMIZERS[self.config.optimizer]([g for g in groups if g["params"]], lr=self.config.lr,
                                                            betas=tuple(self.config.betas))
         # The order of the data and the ensemble member of each step come from the trainer's own
@@ -366,8 +367,11 @@ class Trainer:
 
     @property
     def autocast_dtype(self) -> torch.dtype | None:
-        """The autocast type of the training pass (None: plain float32), from ``config.precision``."""
-        return autocast_dtype(self.model, self.config.precision)
+        """The autocast type of the training pass (None: plain float32), from ``config.precision``
+        and the model's device, decided once (not on every step)."""
+        if self._autocast is None:
+            self._autocast = (autocast_dtype(self.model, self.config.precision),)
+        return self._autocast[0]
 
     def train_step(self, x: torch.Tensor, context: Any, lr: float, global_size: int | None = None) -> torch.Tensor:
         """One optimizer step on a validated batch at learning rate ``lr``; returns its NLLs ``(B,)``.
