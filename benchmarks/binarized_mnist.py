@@ -33,6 +33,7 @@ from chainrule.apps.pipeline import parse_hyperparameters  # noqa: E402
 from chainrule.data import load_dataset  # noqa: E402
 from chainrule.inference.likelihood import evaluate  # noqa: E402
 from chainrule.training import TrainConfig, Trainer  # noqa: E402
+from chainrule.training.trainer import TrainingInterrupted  # noqa: E402
 
 
 def main() -> None:
@@ -70,7 +71,10 @@ def main() -> None:
     extra = {"dataset": "mnist" if args.dynamic else "binarized-mnist", "binarize": "dynamic" if args.dynamic else None,
              "data_dir": data_dir(), "command": sys.argv}  # so that `chainrule eval/inspect runs/NAME` need no flags
     trainer = Trainer(model, config, out_dir=out, extra=extra, progress=False)
-    result = trainer.fit(ds.train, ds.val, train_transform=ds.train_transform, resume=args.resume)
+    try:
+        result = trainer.fit(ds.train, ds.val, train_transform=ds.train_transform, resume=args.resume)
+    except TrainingInterrupted as exc:  # SIGINT / SIGTERM: last/ is saved; say how to continue, no traceback
+        sys.exit(f"{exc} (here: this command plus --resume)")
     t0 = time.perf_counter()
     test = evaluate(model, ds.test)
     single = evaluate(model, ds.test, member=0).nll_nats if model.num_members > 1 else None

@@ -211,8 +211,8 @@ def test_beam_as_wide_as_the_space_is_exhaustive():
     # greedy == beam of width 1 == temperature 0
     greedy = model.sample(2, temperature=0)
     assert torch.equal(greedy[0], model.beam_search(1)[0][0])
-    # a prefix: the log-probability reported is that of the whole example
-    x, lp_x, _ = model.beam_search(3, prefix=torch.tensor([2, 1]))[0]
+    # a prompt: the log-probability reported is that of the whole example
+    x, lp_x, _ = model.beam_search(3, prompt=torch.tensor([2, 1]))[0]
     assert x[model.order[:2]].tolist() == [2, 1]
     assert lp_x == pytest.approx(float(model.log_prob(x).detach()), abs=1e-5)
 

@@ -339,17 +339,17 @@ def test_generate():
     g = torch.Generator().manual_seed(0)
     sent = lm.generate(generator=g)
     assert all(t in lm.vocab and t not in ("<s>", "</s>") for t in sent)
-    toks = lm.generate(25, context=["w1"], generator=torch.Generator().manual_seed(1))
+    toks = lm.generate(25, prompt=["w1"], generator=torch.Generator().manual_seed(1))
     assert len(toks) == 25 and "<s>" not in toks
-    again = lm.generate(25, context=["w1"], generator=torch.Generator().manual_seed(1))
+    again = lm.generate(25, prompt=["w1"], generator=torch.Generator().manual_seed(1))
     assert toks == again
-    greedy = lm.generate(5, context=["w1"], temperature=0)
+    greedy = lm.generate(5, prompt=["w1"], temperature=0)
     best = lm.vocab[int(np.argmax(lm.next_logprobs(["<s>", "w1"])))]
     assert greedy[0] == best
     assert len(lm.generate(10, top_k=1, top_p=0.5)) == 10
     # MLE in an unseen context backs off to a shorter context instead of failing
     mle = NgramLM(3, "mle").fit([["a", "b", "c"]])
-    assert len(mle.generate(4, context=["c", "a"])) == 4
+    assert len(mle.generate(4, prompt=["c", "a"])) == 4
 
 
 # ---------------------------------------------------------------------- NLTK agreement

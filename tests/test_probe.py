@@ -93,6 +93,24 @@ def test_extract_pools_per_group_features_batch_by_batch(digits):
         extract(model, x, 2)  # the output layer is not a feature layer
 
 
+def test_grid_pool_is_the_mean_over_each_image_region(digits):
+    model = tiny("causalconv").eval()
+    x = digits.test[:4]
+    with torch.no_grad():
+        f = model.features(x, layer=1).reshape(4, 8, 8, 8)  # (B, H, W, C): groups are the 8x8 pixels in raster order
+    got = extract(model, x, 1, batch_size=3, pool="grid:2")
+    assert got.shape == (4, 4 * 8)
+    want = torch.stack([f[:, r:r + 4, c:c + 4].mean((1, 2)) for r in (0, 4) for c in (0, 4)], 1).flatten(1)
+    np.testing.assert_allclose(got, want.numpy(), rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(extract(model, x, 1, pool="grid:1"), extract(model, x, 1), rtol=1e-5, atol=1e-6)
+    # bands of unequal size (8 rows in 3 bands: 3, 3, 2) still give the mean of each band's pixels
+    g3 = extract(model, x, 1, pool="grid:3").reshape(4, 3, 3, 8)
+    np.testing.assert_allclose(g3[:, 2, 2], f[:, 6:, 6:].mean((1, 2)).numpy(), rtol=1e-5, atol=1e-6)
+    for bad in ("grid:0", "grid:x", "grid:9", "grid"):
+        with pytest.raises(InputError, match="grid"):
+            extract(model, x, 1, pool=bad)
+
+
 def test_extract_takes_one_vector_per_example_as_it_is(digits):
     model = tiny("made").eval()
     x = digits.test[:5]

@@ -148,7 +148,7 @@ def test_sample_shapes_and_prefix(name):
     assert x.shape == (5, 1, 2, 3)
     order = model.order
     prefix = torch.tensor([2, 0, 1])
-    y = model.sample(4, generator=torch.Generator().manual_seed(0), prefix=prefix)
+    y = model.sample(4, generator=torch.Generator().manual_seed(0), prompt=prefix)
     assert torch.equal(y.reshape(4, -1)[:, order[:3]], prefix.expand(4, 3))
 
 
@@ -491,13 +491,13 @@ def test_fixed_order_models_take_observed_prefixes_only(name):
 
 @pytest.mark.parametrize("name", DISCRETE)
 def test_sample_prefix_and_generate_make_the_same_draws(name):
-    """One sampling loop: sample(prefix=p) and generate(p) agree draw for draw from one seed."""
+    """One sampling loop: sample(prompt=p) and generate(p) agree draw for draw from one seed."""
     from chainrule.inference.sampling import generate
     if name == "histogram" or get_model_class(name).image_only:
         pytest.skip("generation is for sequence models")
     model = make(name, (8,), 5)
     prompt = torch.tensor([3, 1, 4])
-    a = model.sample(4, prefix=prompt, generator=torch.Generator().manual_seed(7))
+    a = model.sample(4, prompt=prompt, generator=torch.Generator().manual_seed(7))
     b = generate(model, prompt, 5, num_samples=4, generator=torch.Generator().manual_seed(7))
     assert torch.equal(a, b)
 

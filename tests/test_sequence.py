@@ -125,7 +125,7 @@ def test_generate_window_and_errors():
     hyps = generate_beam(model, [1], 3, beam_width=7 ** 3)  # exhaustive over 3 new tokens
     padded = torch.cat([greedy[0, :4], torch.zeros(8, dtype=torch.long)]).unsqueeze(0)
     per_var = model.log_prob_per_variable(padded).detach()[0]
-    assert hyps[0].prefix_log_prob == pytest.approx(float(per_var[0]), abs=1e-5)
+    assert hyps[0].prompt_log_prob == pytest.approx(float(per_var[0]), abs=1e-5)
     # the best sequence is at least as probable as the greedy one
     assert hyps[0].log_prob >= float(per_var[1:4].sum()) - 1e-5
     assert [h.log_prob for h in hyps] == sorted((h.log_prob for h in hyps), reverse=True)
@@ -147,7 +147,7 @@ def test_cli_text_and_audio_runs(tmp_path, capsys):
     assert main(["sample", str(run), "-n", "2", "--temperature", "0.5"]) == 0
     capsys.readouterr()
     assert main(["eval", str(run), "--split", "val", "--stride", "12", "--no-progress"]) == 0
-    assert "nats/token" in capsys.readouterr().out
+    assert "nats/char" in capsys.readouterr().out  # a character-level run reads per character
     write_wav(tmp_path / "a.wav", 0.3 * torch.sin(torch.arange(3000) / 5.0), 3000)
     arun = tmp_path / "wn"
     assert main(["train", "wavenet", "--dataset", str(tmp_path / "a.wav"), "--block-size", "64", "--steps-per-epoch", "3",

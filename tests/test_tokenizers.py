@@ -43,7 +43,7 @@ CORPUS = (
 @pytest.fixture(scope="module")
 def bpe() -> BPETokenizer:
     pytest.importorskip("tokenizers")
-    return BPETokenizer.train(CORPUS, vocab_size=400, min_frequency=2)
+    return BPETokenizer.fit(CORPUS, vocab_size=400, min_frequency=2)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -284,10 +284,10 @@ def test_whitespace_only_word_text() -> None:
 def test_bpe_train_options() -> None:
     pytest.importorskip("tokenizers")
     with pytest.raises(InputError, match="vocab_size"):
-        BPETokenizer.train("abc", vocab_size=100)
+        BPETokenizer.fit("abc", vocab_size=100)
     with pytest.raises(DataError, match="empty text"):
-        BPETokenizer.train(iter(["", ""]), vocab_size=300)
-    tok = BPETokenizer.train((line for line in CORPUS.splitlines(keepends=True)), vocab_size=300, specials=())
+        BPETokenizer.fit(iter(["", ""]), vocab_size=300)
+    tok = BPETokenizer.fit((line for line in CORPUS.splitlines(keepends=True)), vocab_size=300, specials=())
     assert tok.vocab_size <= 300 and tok.special_tokens == {}
     assert tok.decode(tok.encode(CORPUS[:500])) == CORPUS[:500]
 
@@ -300,7 +300,7 @@ def test_bpe_train_options() -> None:
 def test_missing_tokenizers_package(monkeypatch) -> None:
     monkeypatch.setitem(sys.modules, "tokenizers", None)  # makes `import tokenizers` fail
     with pytest.raises(ImportError, match=r'pip install "chainrule\[bpe\]"'):
-        BPETokenizer.train(CORPUS, vocab_size=300)
+        BPETokenizer.fit(CORPUS, vocab_size=300)
 
 
 def test_make_tokenizer() -> None:

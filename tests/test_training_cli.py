@@ -39,7 +39,7 @@ def test_training_learns_and_beats_uniform(tmp_path):
     # the true entropy: ln 2 + 7 * H(0.1) = 0.693 + 7 * 0.325 = 2.97 nats
     assert after.nll_nats < 3.3 < before
     assert after.bits_per_dim == pytest.approx(after.nll_nats / (8 * math.log(2)))
-    assert res.best_epoch >= 0 and res.epochs_run >= 1
+    assert 1 <= res.best_epoch <= res.epochs_run  # epochs counted from 1
     rows = list(csv.DictReader(open(tmp_path / "log.csv")))
     assert len(rows) == res.epochs_run and "val_nll_nats" in rows[0]
     # the best checkpoint holds the model the trainer ended with
@@ -54,7 +54,7 @@ def test_early_stopping_stops():
     # lr so large that validation cannot keep improving: must stop after `patience` bad epochs
     res = Trainer(model, TrainConfig(epochs=200, batch_size=200, lr=5.0, patience=3), progress=False).fit(x[:100], x[100:])
     assert res.stopped_early and res.epochs_run < 200
-    assert res.epochs_run - 1 - res.best_epoch == 3
+    assert res.epochs_run - res.best_epoch == 3  # best_epoch counts from 1, as epochs_run
 
 
 def test_ensemble_training_visits_every_member_through_the_module_call():
@@ -112,7 +112,7 @@ def test_resumed_run_equals_uninterrupted_run(tmp_path, schedule):
     assert strip == [{k: v for k, v in row.items() if k != "seconds"} for row in result.history]
     assert result.best_epoch == ref_result.best_epoch and result.best_val_nll_nats == ref_result.best_val_nll_nats
     rows = list(csv.DictReader(open(tmp_path / "b" / "log.csv")))
-    assert [int(r["epoch"]) for r in rows] == list(range(len(ref_result.history)))
+    assert [int(r["epoch"]) for r in rows] == list(range(1, len(ref_result.history) + 1))
 
 
 def test_resume_errors(tmp_path):
@@ -189,7 +189,7 @@ def test_cli_train_eval_sample_on_user_file(tmp_path, capsys):
     assert main(["train", "fvsbn", "--dataset", str(tmp_path / "toy.npy"), "--epochs", "5", "--out", str(run),
                  "--no-progress", "--order", "reversed", "--resume", "--patience", "0"]) == 0
     assert "resuming from" in capsys.readouterr().out
-    assert [int(r["epoch"]) for r in csv.DictReader(open(run / "log.csv"))] == [0, 1, 2, 3, 4]
+    assert [int(r["epoch"]) for r in csv.DictReader(open(run / "log.csv"))] == [1, 2, 3, 4, 5]
     # a different model in the same run directory: a one-line error, nonzero exit
     assert main(["train", "made", "--dataset", str(tmp_path / "toy.npy"), "--out", str(run), "--no-progress", "--resume"]) != 0
     assert "different model" in capsys.readouterr().err

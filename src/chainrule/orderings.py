@@ -20,6 +20,7 @@ A user names one by a spec:
 from __future__ import annotations
 
 import math
+import re
 from collections.abc import Sequence
 
 import torch
@@ -48,10 +49,12 @@ def make_ordering(spec: OrderSpec, grid: Sequence[int]) -> torch.Tensor:
         if name == "reversed" and not arg:
             return _raster(grid).flip(0)
         if name == "random":
-            try:
-                seed = int(arg) if arg else 0
-            except ValueError:
-                raise InputError(f"ordering {spec!r}: the seed after 'random:' must be an integer") from None
+            # ASCII digits only: int() would also take " 3", "3_0" and other scripts' digits
+            if arg and not re.fullmatch(r"-?[0-9]+", arg):
+                raise InputError(f"ordering {spec!r}: the seed after 'random:' must be an integer")
+            seed = int(arg) if arg else 0
+            if not -(2**63) <= seed < 2**64:  # what torch's generator takes; beyond, it overflows
+                raise InputError(f"ordering {spec!r}: the seed after 'random:' must lie in -2**63..2**64-1")
             return torch.randperm(g, generator=torch.Generator().manual_seed(seed))
         if name == "snake" and not arg:
             return _snake(grid)
@@ -64,6 +67,9 @@ def make_ordering(spec: OrderSpec, grid: Sequence[int]) -> torch.Tensor:
 
 def validate_permutation(perm: Sequence[int] | torch.Tensor, d: int) -> torch.Tensor:
     """Check that ``perm`` is a permutation of range(d) and return it as a long tensor (on CPU)."""
+    if not isinstance(perm, torch.Tensor) and isinstance(perm, Sequence) \
+            and any(isinstance(v, bool) for v in perm):  # [0, True] would be read as [0, 1]
+        raise InputError(f"an ordering must be a permutation of range({d}) of integers, got booleans in {perm!r:.80}")
     try:
         t = torch.as_tensor(perm).cpu() if isinstance(perm, torch.Tensor) else torch.as_tensor(perm)
     except (TypeError, ValueError, RuntimeError):

@@ -65,7 +65,7 @@ import numpy as np
 import torch
 
 from chainrule.errors import InputError
-from chainrule.inference.likelihood import context_rows, per_example_nll
+from chainrule.inference.likelihood import EVAL_BATCH_SIZE, context_rows, per_example_nll
 from chainrule.models import create_model
 from chainrule.training import TrainConfig, Trainer
 
@@ -79,7 +79,7 @@ def _bits_per_dim(nll_nats: torch.Tensor | np.ndarray, dim: int) -> np.ndarray:
     return np.asarray(nll_nats, dtype=np.float64) / (dim * LN2)
 
 
-def nll_bits_per_dim(model: Any, x: Any, context: Any = None, batch_size: int = 1024,
+def nll_bits_per_dim(model: Any, x: Any, context: Any = None, batch_size: int = EVAL_BATCH_SIZE,
                      progress: bool = False) -> np.ndarray:
     """-log2 p(x) / D for every example, ``(N, *shape)`` -> ``(N,)`` float64 (ensembles: the whole
     mixture)."""
@@ -89,12 +89,12 @@ def nll_bits_per_dim(model: Any, x: Any, context: Any = None, batch_size: int = 
 # ---------------------------------------------------------------------- scores
 
 
-def nll_score(model: Any, x: Any, *, context: Any = None, batch_size: int = 1024, progress: bool = False) -> np.ndarray:
+def nll_score(model: Any, x: Any, *, context: Any = None, batch_size: int = EVAL_BATCH_SIZE, progress: bool = False) -> np.ndarray:
     """Negative log-likelihood in bits/dim, ``(N, *shape)`` -> ``(N,)`` float64: -log p(x) / (D ln 2)."""
     return nll_bits_per_dim(model, x, context, batch_size, progress)
 
 
-def likelihood_ratio_score(model: Any, x: Any, *, background: Any, context: Any = None, batch_size: int = 1024,
+def likelihood_ratio_score(model: Any, x: Any, *, background: Any, context: Any = None, batch_size: int = EVAL_BATCH_SIZE,
                            progress: bool = False) -> np.ndarray:
     """Ren et al. (2019): -[log p(x) - log p_bg(x)] / (D ln 2), bits/dim, ``(N,)`` float64.
 
@@ -163,7 +163,7 @@ def code_length_bits(x: Any, num_values: int | None, compressor: str = "png") ->
 
 
 def input_complexity_score(model: Any, x: Any, *, compressor: str = "png", context: Any = None,
-                           batch_size: int = 1024, progress: bool = False) -> np.ndarray:
+                           batch_size: int = EVAL_BATCH_SIZE, progress: bool = False) -> np.ndarray:
     """Serrà et al. (2020): S(x) = NLL_bits(x) / D - L(x) / D, bits/dim, ``(N,)`` float64.
 
     L(x): the code length of x under ``compressor`` (:func:`code_length_bits`). A positive S means
@@ -173,14 +173,14 @@ def input_complexity_score(model: Any, x: Any, *, compressor: str = "png", conte
         code_length_bits(xv.cpu(), model.num_values, compressor) / model.dim
 
 
-def entropy_estimate(model: Any, reference: Any, context: Any = None, batch_size: int = 1024,
+def entropy_estimate(model: Any, reference: Any, context: Any = None, batch_size: int = EVAL_BATCH_SIZE,
                      progress: bool = False) -> float:
     """Ĥ: the mean NLL in bits/dim of held-out in-distribution data ``reference`` ``(M, *shape)``
     (e.g. the validation split), an estimate of the model's entropy rate."""
     return float(nll_bits_per_dim(model, reference, context, batch_size, progress).mean())
 
 
-def typicality_score(model: Any, x: Any, *, reference: Any, context: Any = None, batch_size: int = 1024,
+def typicality_score(model: Any, x: Any, *, reference: Any, context: Any = None, batch_size: int = EVAL_BATCH_SIZE,
                      progress: bool = False) -> np.ndarray:
     """Nalisnick et al. (2019b), per example: |NLL(x) - Ĥ| in bits/dim, ``(N,)`` float64.
 
@@ -242,7 +242,7 @@ def typicality_test_from_nll(nll_bits: np.ndarray, reference_nll_bits: np.ndarra
 
 
 def typicality_test(model: Any, x: Any, reference: Any, group_size: int, alpha: float = 0.01,
-                    num_bootstrap: int = 1000, seed: int = 0, batch_size: int = 1024) -> TypicalityTest:
+                    num_bootstrap: int = 1000, seed: int = 0, batch_size: int = EVAL_BATCH_SIZE) -> TypicalityTest:
     """Nalisnick et al. (2019b): are groups of ``group_size`` inputs typical of the model?
 
     ``x`` ``(N, *shape)`` is cut into N // M consecutive groups; ``reference`` ``(R, *shape)`` is
@@ -304,7 +304,7 @@ def check_compatible(model: Any, other: Any, what: str) -> None:
 # ---------------------------------------------------------------------- per-variable maps
 
 
-def nll_map(model: Any, x: Any, context: Any = None, bits: bool = True, batch_size: int = 1024,
+def nll_map(model: Any, x: Any, context: Any = None, bits: bool = True, batch_size: int = EVAL_BATCH_SIZE,
             member: int | None = None) -> np.ndarray:
     """-log p(x_j | the variables before x_j) for every variable, ``(N, *shape)`` -> ``(N, *shape)``
     float64, in bits (``bits=False``: nats). Each example's map sums to its NLL.

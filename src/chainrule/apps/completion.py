@@ -123,10 +123,12 @@ def load_mask(spec: str | Path, shape: Sequence[int], seed: int = 0) -> torch.Te
         if not path.is_file():
             raise InputError(f"mask file {path} does not exist")
         if suffix == ".npy":
+            from chainrule.data import read_npy  # never unpickles; one-line errors
+
             try:
-                a = np.load(path, allow_pickle=False)
-            except (OSError, ValueError, EOFError) as exc:
-                raise InputError(f"mask {path}: cannot read as a NumPy .npy file ({exc})") from None
+                a = read_npy(path, InputError)
+            except InputError as exc:
+                raise InputError(f"mask {exc}") from None
         else:
             a = (_read_image(path, None) != 0).any(0)  # (H, W): a pixel with any non-zero channel
         m = _as_bool_mask(torch.from_numpy(np.ascontiguousarray(a)), f"mask {path}")

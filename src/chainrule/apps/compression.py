@@ -598,10 +598,9 @@ def read_array_input(model: Any, path: str | Path) -> tuple[torch.Tensor | np.nd
     if is_image_path(p):
         return read_images([p], model.shape, model.num_values), str(p)
     if p.suffix.lower() == ".npy":
-        try:
-            return np.load(p, allow_pickle=False), str(p)
-        except (OSError, ValueError, EOFError) as exc:
-            raise InputError(f"{p}: cannot read as a NumPy .npy file ({exc})") from None
+        from chainrule.data import read_npy  # never unpickles; one-line errors
+
+        return read_npy(p, InputError), str(p)
     raise InputError(f"{p}: not a .npy array or an image (and this model has no tokenizer, so not text)")
 
 

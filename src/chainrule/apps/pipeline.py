@@ -9,6 +9,7 @@ samples (``samples.png`` for images, ``samples.txt`` for text, ``samples.wav`` f
 
 from __future__ import annotations
 
+import inspect
 import json
 import logging
 import math
@@ -22,12 +23,13 @@ import numpy as np
 import torch
 
 from chainrule.apps.plotting import image_grid, plot_training_curve, save_image_grid
-from chainrule.data import Dataset, load_dataset, mu_law_decode, write_wav
-from chainrule.errors import CheckpointError, InputError
-from chainrule.inference.likelihood import EvalResult, evaluate
+from chainrule.data import Dataset, ValueRangeError, load_dataset, mu_law_decode, write_wav
+from chainrule.errors import CheckpointError, DataError, InputError
+from chainrule.inference.likelihood import EvalResult, evaluate, token_unit
 from chainrule.inference.sampling import default_generator
 from chainrule.io.checkpoint import CONFIG_FILE, read_config
 from chainrule.models import create_model
+from chainrule.models.registry import get_model_class
 from chainrule.training import TrainConfig, Trainer
 
 log = logging.getLogger(__name__)
@@ -47,13 +49,22 @@ def parse_hyperparameters(pairs: list[str]) -> dict[str, Any]:
         if not sep or not key:
             raise InputError(f"hyperparameter {pair!r} must look like name=value (value in JSON, e.g. hidden_sizes=[500])")
         try:
-            out[key.replace("-", "_")] = json.loads(value)
+            parsed = json.loads(value)  # NaN / Infinity too: each model checks its own values
         except json.JSONDecodeError as exc:
             if _LOOKS_LIKE_JSON.match(value):
                 raise InputError(f"hyperparameter {key}: {value!r} is not valid JSON ({exc.msg}); e.g. "
                                  f"{key}=[500,500], {key}=0.1, {key}=true, {key}='\"text\"'") from None
-            out[key.replace("-", "_")] = value
+            parsed = value
+        except (ValueError, RecursionError) as exc:  # an integer of > 4300 digits, lists nested too deep
+            raise InputError(f"hyperparameter {key}: {value[:40]!r}{'...' if len(value) > 40 else ''} cannot be "
+                             f"read ({type(exc).__name__}: {str(exc)[:80]})") from None
+        try:  # what cannot be written as UTF-8 could not be stored in the run's config
+            json.dumps({key: parsed}, ensure_ascii=False).encode("utf-8")
+        except UnicodeEncodeError:
+            raise InputError(f"hyperparameter {key!r}: name or value is not valid Unicode text") from None
+        out[key.replace("-", "_")] = parsed
     return out
+
 
 
 def checkpoint_dir(run: str | Path) -> Path:
@@ -64,25 +75,175 @@ def checkpoint_dir(run: str | Path) -> Path:
     return run
 
 
+#: ``--num-values real``: the data are real-valued and the model is to fit real values (see
+#: :func:`check_data_fits_model`).
+REAL = "real"
+
+
+def parse_num_values(value: Any) -> int | str | None:
+    """``--num-values``: None (infer K), an integer K >= 2, or ``"real"`` (real-valued data for a
+    model that is discrete by default); anything else is an InputError."""
+    if value is None:
+        return None
+    if isinstance(value, str):
+        text = value.strip().lower()
+        if text == REAL:
+            return REAL
+        try:
+            value = int(text)
+        except ValueError:
+            raise InputError(f"--num-values must be an integer K >= 2 (the number of discrete values) or 'real', "
+                             f"got {value!r}") from None
+    if isinstance(value, bool) or not isinstance(value, int) or value < 2:
+        raise InputError(f"--num-values must be an integer K >= 2 (the number of discrete values) or 'real', "
+                         f"got {value!r}")
+    return value
+
+
+def _data_words(ds: Dataset) -> str:
+    """What ``ds`` holds, for errors: its value summary, or its K."""
+    if ds.values is not None:
+        return ds.values.what
+    if ds.dequantized_from is not None:
+        return f"dequantized values in [0, 1) (from K={ds.dequantized_from})"
+    return "real values" if ds.num_values is None else f"integers 0..{ds.num_values - 1}"
+
+
+def _default_num_values(cls: Any) -> int | None:
+    """The ``num_values`` a model class gets when none is given (FVSBN: 2, RNADE: None)."""
+    param = inspect.signature(cls.__init__).parameters.get("num_values")
+    if param is None or param.default is inspect.Parameter.empty:
+        return 2  # required: the image models, which are discrete only
+    return param.default
+
+
+def check_data_fits_model(model_name: str, ds: Dataset, *, real_values: bool = False,
+                          require_real_flag: bool = True) -> None:
+    """Refuse, with an InputError naming the model, the data and the fix, data that ``model_name``
+    cannot model as they are, before anything is built or written.
+
+    - real-valued data for a model that is discrete only (pixelcnn, histogram, ...), or discrete by
+      default (fvsbn, nade, made, ...: the ``num_values`` of their class defaults to a K, e.g.
+      ``FVSBN(shape)`` is binary) unless ``real_values`` (``--num-values real``), the data were
+      dequantized on purpose, or not ``require_real_flag`` (the API: a Dataset with
+      ``num_values=None`` says real values already);
+    - discrete data for a real-valued-only model (rnade): ``--dequantize``;
+    - ``real_values`` for discrete data (a density on integers is degenerate): ``--dequantize``.
+    """
+    cls = get_model_class(model_name)
+    data = f"{ds.name} holds {_data_words(ds)}"
+    if ds.num_values is None:
+        intensities = ds.values is not None and ds.values.kind == "intensities" and ds.dequantized_from is None
+        discrete = "pass --binarize threshold (x >= 0.5) or dynamic for binary data" if intensities else \
+            "quantize them to integers 0..K-1 for discrete data"
+        if not cls.supports_real:
+            raise InputError(f"{model_name} models discrete data only, but {data} (real-valued, K=None): {discrete}, "
+                             "or train a model that takes real values (rnade; fvsbn, nade, made, mlp with "
+                             "--num-values real)")
+        default = _default_num_values(cls)
+        if default is not None and require_real_flag and not real_values and ds.dequantized_from is None:
+            raise InputError(f"{model_name} is a discrete model by default (num_values={default}), but {data} "
+                             f"(real-valued, K=None): {discrete}, pass --num-values real to fit {model_name}'s "
+                             "real-valued (Gaussian) conditionals, or train a real-valued model such as rnade")
+        return
+    if real_values:
+        raise InputError(f"--num-values real: {data}, discrete data (K={ds.num_values}); a density on integer "
+                         "values is degenerate: pass --dequantize to model them as continuous, or leave "
+                         "--num-values out")
+    if not cls.supports_discrete:
+        raise InputError(f"{model_name} models real values only, but {data}, discrete data (K={ds.num_values}): "
+                         "pass --dequantize (uniform dequantization, (x + u) / K), or train a discrete model")
+
+
+def _run_data_num_values(config: dict[str, Any], binarize: str | None, dequantize: bool) -> int | None:
+    """The K of the data as the run read them (before binarize / dequantize), to read other data
+    alike; None to infer it (text and audio: their K is fixed)."""
+    extra = config.get("extra", {})
+    if extra.get("tokenizer") is not None or extra.get("sample_rate") is not None:
+        return None
+    if "data_num_values" in extra:
+        k = extra["data_num_values"]
+        return k if isinstance(k, int) and not isinstance(k, bool) else None
+    # a run written before the data's K was recorded: the model's, unless a transform changed it
+    k = config.get("num_values")
+    if binarize or dequantize or not isinstance(k, int) or isinstance(k, bool):
+        return None
+    return k
+
+
+def _check_run_values(ckpt: Path, config: dict[str, Any], ds: Dataset) -> None:
+    """Data the run's model cannot score: another event shape, values >= its K, or real / discrete
+    mismatch."""
+    if ds.is_text or ds.is_audio:
+        return
+    k = config.get("num_values")
+    run = f"the run {ckpt}"
+    shape = tuple(config.get("shape") or ds.shape)
+    if tuple(ds.shape) != shape:
+        raise DataError(f"{ds.name}: its examples have shape {tuple(ds.shape)} with num_values={ds.num_values}; "
+                        f"{run} models shape {shape} with num_values={k}")
+    if k is None and ds.num_values is not None:
+        raise DataError(f"{ds.name}: holds {_data_words(ds)}, discrete data (K={ds.num_values}), but {run} models "
+                        "real values (num_values=None): pass --dequantize if it was trained on dequantized data")
+    if k is not None and ds.num_values is None:
+        intensities = ds.values is not None and ds.values.kind == "intensities"
+        hint = " (pass --binarize threshold or dynamic for 0/1 data)" if intensities else ""
+        raise DataError(f"{ds.name}: holds {_data_words(ds)} (real-valued), but {run} models K={k} discrete "
+                        f"values{hint}")
+    if k is None:
+        return
+    splits = [x for s, x in (("train", ds.train), ("val", ds.val), ("test", ds.test))
+              if x.numel() and not (s == "train" and ds.train_transform is not None)]
+    high = max((int(x.max()) for x in splits), default=0)
+    if high >= k:
+        raise DataError(f"{ds.name}: holds the value {high}, but {run} models K={k} values (0..{k - 1}); a model of "
+                        f"{k} values cannot score it: train a run on these data")
+
+
 def dataset_of(ckpt: Path, dataset: str | None = None, data_dir: str | Path | None = None, download: bool = False,
                binarize: str | None = None, dequantize: bool = False) -> Dataset:
-    """The dataset a checkpoint was trained on (as its config records it), or ``dataset``."""
-    extra = read_config(ckpt).get("extra", {})
+    """The dataset a checkpoint was trained on (as its config records it), or ``dataset``, read as the
+    run read its data: the same binarize / dequantize and the same K (the run's, not one inferred
+    anew from other data); data with values the run's model cannot score are a DataError."""
+    config = read_config(ckpt)
+    extra = config.get("extra", {})
     name = dataset or extra.get("dataset")
     if not name:
         raise InputError(f"{ckpt} does not record a dataset; pass --dataset")
-    return load_dataset(name, data_dir or extra.get("data_dir"), download=download,
-                        binarize=binarize or extra.get("binarize"),
-                        dequantize=dequantize or bool(extra.get("dequantize")), seed=extra.get("data_seed", 0),
-                        block_size=extra.get("block_size", 256), level=extra.get("level", "char"))
+    binarize = binarize or extra.get("binarize")
+    dequantize = dequantize or bool(extra.get("dequantize"))
+    k = _run_data_num_values(config, binarize, dequantize)
+
+    def load(num_values: int | None) -> Dataset:
+        return load_dataset(name, data_dir or extra.get("data_dir"), download=download, binarize=binarize,
+                            dequantize=dequantize, seed=extra.get("data_seed", 0),
+                            block_size=extra.get("block_size", 256), level=extra.get("level", "char"),
+                            num_values=num_values)
+
+    try:
+        ds = load(k)
+    except ValueRangeError as exc:
+        _check_run_values(ckpt, config, load(None))  # another shape is the first thing to say
+        if exc.value is None:
+            raise DataError(f"{name}: holds {exc.data} (real-valued), but the run {ckpt} was trained on discrete "
+                            f"data of K={exc.num_values} values") from None
+        raise DataError(f"{name}: holds the value {exc.value}, outside the K={exc.num_values} values "
+                        f"0..{exc.num_values - 1} of the data the run {ckpt} was trained on; its model cannot score "
+                        "it: train a run on these data") from None
+    _check_run_values(ckpt, config, ds)
+    return ds
 
 
 def describe_eval(split: str, res: EvalResult, ds: Dataset) -> list[str]:
-    """The lines a person reads for an evaluation (units in every number)."""
-    line = f"{split}: NLL {res.nll_nats:.4f} nats/example | {res.bits_per_dim:.4f} bits/dim"
-    if not ds.is_image:
-        line += f" | {res.nll_nats / res.dim:.4f} nats/token | perplexity {res.perplexity:.4f} per token"
-    lines = [line + f" | {res.num_examples} examples"]
+    """The lines a person reads for an evaluation (units in every number): text and audio (a result
+    with a ``unit``) per character / byte / token first, images and vectors per example."""
+    if res.unit is not None:  # sequence data: per token first (bits/char), the window's total last
+        lines = [f"{split}: {res}"]
+    else:
+        line = f"{split}: NLL {res.nll_nats:.4f} nats/example | {res.bits_per_dim:.4f} bits/dim"
+        if not ds.is_image:
+            line += f" | {res.nll_nats / res.dim:.4f} nats/token | perplexity {res.perplexity:.4f} per token"
+        lines = [line + f" | {res.num_examples} examples"]
     if ds.dequantized_from:
         disc = res.nll_nats + ds.discrete_nll_offset_nats()
         lines.append(f"{split}: as discrete data ({ds.dequantized_from} values; -log p(y) + D log K, an upper bound): "
@@ -146,7 +307,7 @@ def save_samples(x: torch.Tensor, out: Path, num_values: int | None, is_image: b
 
 
 #: What a run directory holds that chainrule wrote (``--force`` removes these, and only these).
-RUN_DIRS = ("best", "last", "last.tmp", "last.old")
+RUN_DIRS = ("best", "last", "last.tmp", "last.old", "checkpoints", "tensorboard")
 RUN_FILES = ("log.csv", "curve.png", "results.json", "config.toml")
 SAMPLE_SUFFIXES = (".png", ".jpg", ".jpeg", ".npy", ".txt", ".wav")
 
@@ -231,6 +392,7 @@ def train_run(model_name: str, ds: Dataset, out: str | Path, hyperparameters: di
     check_run_dir(out, resume, force)
     config = config or TrainConfig()
     hp = dict(hyperparameters or {})
+    check_data_fits_model(model_name, ds, require_real_flag=False)  # a Dataset's num_values=None is explicit
     train_y = val_y = test_y = None
     if conditional:
         if ds.num_classes is None:
@@ -254,12 +416,12 @@ def train_run(model_name: str, ds: Dataset, out: str | Path, hyperparameters: di
                          train_context=train_y, val_context=val_y if has_val else None)
     note = ""
     if result.stopped_early:
-        note = f" (early stop; best epoch {result.best_epoch + 1})"
+        note = f" (early stop; best epoch {result.best_epoch})"
     elif result.stopped_by_time:
-        note = f" (time budget of {config.max_seconds:.0f} s reached; best epoch {result.best_epoch + 1})"
+        note = f" (time budget of {config.max_seconds:.0f} s reached; best epoch {result.best_epoch})"
     report(f"trained {result.epochs_run} epochs in {result.train_seconds:.1f} s{note}")
     t0 = time.perf_counter()
-    test = evaluate(model, ds.test, test_y, config.eval_batch_size)
+    test = evaluate(model, ds.test, test_y, config.eval_batch_size, unit=token_unit(ds))
     for line in describe_eval("test", test, ds):
         report(line)
     plot_training_curve(out / "log.csv", out / "curve.png", title=f"{model_name} on {ds.name}")

@@ -59,14 +59,17 @@ def save_image_grid(images: torch.Tensor, path: str | Path, num_values: int | No
 
 
 def plot_training_curve(log_csv: str | Path, path: str | Path, title: str = "") -> Path:
-    """Plot train and validation NLL (nats/example) per epoch from a trainer's ``log.csv``."""
+    """Plot train and validation NLL (nats/example) per epoch from a trainer's ``log.csv`` (whose
+    ``epoch`` column counts from 1, as the x axis does)."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
     rows = list(csv.DictReader(open(log_csv)))
-    epochs = np.array([int(r["epoch"]) for r in rows]) + 1
+    epochs = np.array([int(r["epoch"]) for r in rows])
+    if len(epochs) and epochs.min() == 0:  # a log of an older chainrule, which counted epochs from 0
+        epochs = epochs + 1
     fig, ax = plt.subplots(figsize=(6, 4), dpi=100)
     ax.plot(epochs, [float(r["train_nll_nats"]) for r in rows], label="train")
     val = [float(r["val_nll_nats"]) for r in rows if r.get("val_nll_nats")]

@@ -34,8 +34,41 @@ from chainrule.models.ensemble import Ensemble
 
 #: The inverse regularization strengths the probe tries; the validation split picks one.
 DEFAULT_CS: tuple[float, ...] = (0.01, 0.1, 1.0, 10.0)
-#: How :func:`extract` pools per-group features ``(B, G, F)`` into one vector per example.
+#: How :func:`extract` pools per-group features ``(B, G, F)`` into one vector per example; besides
+#: these, ``"grid:S"`` averages over an S x S grid of image regions (S segments of a sequence).
 POOLS: tuple[str, ...] = ("mean", "max")
+
+
+def _grid_size(pool: str) -> int | None:
+    """S of a ``"grid:S"`` pool (None for the global pools), or an InputError."""
+    if pool in POOLS:
+        return None
+    head, _, size = pool.partition(":")
+    if head == "grid" and size.isdigit() and int(size) >= 1:
+        return int(size)
+    raise InputError(f"pool must be one of {', '.join(POOLS)} or grid:S (S a positive integer: average over an "
+                     f"S x S grid of regions), got {pool!r}")
+
+
+def region_matrix(model: Any, size: int) -> torch.Tensor:
+    """``(G, R)`` averaging weights of the G groups over R regions: the spatial axes of the event
+    (H and W of a ``(C, H, W)`` or ``(H, W)`` image, the positions of a sequence) are cut into
+    ``size`` equal bands each; a group belongs to the region of its first variable. Column r holds
+    ``1 / (groups in r)`` for its groups, so ``features @ matrix`` is the mean per region."""
+    shape = tuple(model.shape)
+    axes = {1: (0,), 2: (0, 1), 3: (1, 2)}.get(len(shape))
+    if axes is None:
+        raise InputError(f"grid pooling needs a sequence, (H, W) or (C, H, W) event; {model.name} has shape {shape}")
+    if any(size > shape[a] for a in axes):
+        raise InputError(f"grid:{size} cuts axes of length {[shape[a] for a in axes]} into {size} bands; "
+                         f"use at most {min(shape[a] for a in axes)}")
+    first = model.groups.index[:, 0]  # (G,) the flat index of each group's first variable
+    coords = torch.unravel_index(first, shape)
+    region = torch.zeros_like(first)
+    for a in axes:  # row-major over the bands of every spatial axis
+        region = region * size + coords[a] * size // shape[a]
+    onehot = torch.nn.functional.one_hot(region, size ** len(axes)).float()  # (G, R)
+    return onehot / onehot.sum(0, keepdim=True)
 
 
 # ---------------------------------------------------------------------- which model, which layers
@@ -129,7 +162,9 @@ def extract(model: Any, data: torch.Tensor | np.ndarray, layer: int | None = Non
         batch_size: examples per forward pass.
         pool: per-group features ``(B, G, F)`` are pooled over the G groups: "mean" (iGPT's
             average pooling: every group's features, so the vector reads the whole input, since the
-            features of group g only see the groups before it) or "max". One-vector-per-example
+            features of group g only see the groups before it), "max", or "grid:S": the mean over
+            each of S x S image regions (S segments of a sequence), concatenated, ``(B, S*S*F)``
+            (:func:`region_matrix`), which keeps where a feature fired. One-vector-per-example
             features ``(B, F)`` (MADE) are taken as they are.
         context: the model's context for every example (``(N,)`` labels or ``(N, *context_shape)``),
             for conditional models; None otherwise.
@@ -138,8 +173,8 @@ def extract(model: Any, data: torch.Tensor | np.ndarray, layer: int | None = Non
     Runs in inference mode with the model in eval mode (restored afterwards); returns a CPU array.
     """
     inner = feature_model(model)
-    if pool not in POOLS:
-        raise InputError(f"pool must be one of {', '.join(POOLS)}, got {pool!r}")
+    grid = _grid_size(pool)
+    regions = None if grid is None else region_matrix(inner, grid).to(inner.device)
     if not isinstance(batch_size, int) or isinstance(batch_size, bool) or batch_size < 1:
         raise InputError(f"batch_size must be a positive integer, got {batch_size!r}")
     kwargs: dict[str, Any] = {}
@@ -165,7 +200,9 @@ def extract(model: Any, data: torch.Tensor | np.ndarray, layer: int | None = Non
                     f = inner.features(xb, cb, **kwargs)
                 except IndexError:  # a user's model that indexes its layers without checking the range
                     raise InputError(f"{inner.name}: layer {layer!r} is outside its {layer_count(inner)} feature layers") from None
-                if f.dim() == 3:
+                if f.dim() == 3 and regions is not None:
+                    f = torch.einsum("bgf,gr->brf", f.float(), regions).flatten(1)
+                elif f.dim() == 3:
                     f = f.mean(1) if pool == "mean" else f.amax(1)
                 elif f.dim() != 2:
                     raise InputError(f"{inner.name}: features returned shape {tuple(f.shape)}, expected (B, G, F) or (B, F)")
@@ -322,6 +359,7 @@ def probe(model: Any, ds: Dataset, layers: Sequence[int] | None = None, max_trai
                          "class-conditional model), so a probe would measure the context; probe an unconditional run")
     if tuple(ds.shape) != tuple(inner.shape):
         raise InputError(f"dataset {ds.name!r} has examples of shape {tuple(ds.shape)}; the model takes {tuple(inner.shape)}")
+    _grid_size(pool)  # a bad pool is an error before any feature is computed
     if max_train is not None and (not isinstance(max_train, int) or isinstance(max_train, bool) or max_train < 1):
         raise InputError(f"max_train must be a positive integer (or None: the whole training split), got {max_train!r}")
     count = layer_count(inner)

@@ -110,13 +110,15 @@ def _read_log(path: Path) -> tuple[list[int], list[float | None], list[float | N
         with open(path, newline="", encoding="utf-8") as f:
             for row in csv.DictReader(f):
                 try:
-                    epochs.append(int(row["epoch"]) + 1)
+                    epochs.append(int(row["epoch"]))  # counted from 1: the epochs completed
                 except (KeyError, TypeError, ValueError):
                     continue
                 train.append(_float(row.get("train_nll_nats")))
                 val.append(_float(row.get("val_nll_nats")))
     except OSError:
         pass
+    if epochs and min(epochs) == 0:  # a log of an older chainrule, which counted epochs from 0
+        epochs = [e + 1 for e in epochs]
     return epochs, train, val
 
 

@@ -66,6 +66,8 @@ _KIND_NAMES = {"bool": "a boolean (true or false)", "int": "an integer", "float"
 
 def _checked(key: str, value: Any, action: argparse.Action, where: str) -> Any:
     kind = _kind(action)
+    if action.dest == "num_values" and isinstance(value, int) and not isinstance(value, bool):
+        return value  # num-values = 2 (or the string "real"); checked with the command line's value
     if kind == "str" and key == "order" and isinstance(value, list) \
             and all(isinstance(v, int) and not isinstance(v, bool) for v in value):
         return json.dumps(value)  # order = [2, 0, 1]: a permutation, as --order '[2,0,1]'
@@ -74,7 +76,8 @@ def _checked(key: str, value: Any, action: argparse.Action, where: str) -> Any:
           "float": lambda v: isinstance(v, (int, float)) and not isinstance(v, bool),
           "str": lambda v: isinstance(v, str)}[kind](value)
     if not ok:
-        expected = _KIND_NAMES[kind] + (" or a list of integers (a permutation)" if key == "order" else "")
+        expected = _KIND_NAMES[kind] + (" or a list of integers (a permutation)" if key == "order" else
+                                        " (\"real\") or an integer K" if action.dest == "num_values" else "")
         raise InputError(f"{where}: {key} must be {expected}, got {value!r} ({_toml_type(value)})")
     if kind == "float":
         value = float(value)

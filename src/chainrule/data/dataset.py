@@ -1,7 +1,8 @@
 """The :class:`Dataset` type: three splits of examples, optionally with class labels.
 
-This module is the base of :mod:`chainrule.data`: it imports nothing else of the package, and
-every other module of it may import :class:`Dataset` from here.
+This module is the base of :mod:`chainrule.data`: it imports nothing else of the package (but
+the type of ``Dataset.values``, for type checkers), and every other module of it may import
+:class:`Dataset` from here.
 """
 
 from __future__ import annotations
@@ -9,12 +10,15 @@ from __future__ import annotations
 import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
 
 from chainrule.errors import DataError
+
+if TYPE_CHECKING:
+    from chainrule.data.values import ValueSummary
 
 #: Names of the three splits, in order; ``Dataset.<split>`` and ``Dataset.<split>_labels``.
 SPLITS: tuple[str, str, str] = ("train", "val", "test")
@@ -28,8 +32,8 @@ class Dataset:
         name: registered name, or the path the data was read from.
         train, val, test: ``(N, *shape)`` tensors; ``torch.long`` with values in
             ``0..num_values-1`` for discrete data, ``float32`` for real-valued data.
-            Exception: with dynamic binarization ``train`` holds intensities ``0..255`` and
-            ``train_transform`` turns each mini-batch into 0/1.
+            Exception: with dynamic binarization ``train`` holds intensities (``0..255``, or
+            floats in [0, 1]) and ``train_transform`` turns each mini-batch into 0/1.
         shape: event shape of one example, e.g. ``(1, 28, 28)`` or ``(64,)``.
         num_values: number of values K of discrete data, ``None`` for real-valued data.
         is_image: True when ``shape`` is ``(C, H, W)`` with 1 or 3 channels.
@@ -48,6 +52,9 @@ class Dataset:
         num_classes: number of classes C of the labels, None when there are no labels.
         class_names: ``C`` names of the classes, ``class_names[c]`` for label ``c``; None when
             unknown or unlabelled.
+        values: for the user's files, how their values were read (inferred K, or real-valued)
+            and what a transform did next; ``values.line()`` is the line ``chainrule train``
+            prints. None for the registered datasets, text and audio (their K is fixed).
     """
 
     name: str
@@ -67,6 +74,7 @@ class Dataset:
     test_labels: torch.Tensor | None = None
     num_classes: int | None = None
     class_names: tuple[str, ...] | None = None
+    values: ValueSummary | None = None
 
     @property
     def is_audio(self) -> bool:
@@ -103,7 +111,8 @@ class Dataset:
                     f"dataset {self.name!r}: {split} has examples of shape {tuple(x.shape[1:])}, "
                     f"expected {tuple(self.shape)}"
                 )
-            if self.num_values is not None and x.dtype != torch.long:
+            dynamic = split == "train" and self.train_transform is not None  # turned into values per batch
+            if self.num_values is not None and x.dtype != torch.long and not dynamic:
                 raise DataError(f"dataset {self.name!r}: discrete {split} is {x.dtype}, expected torch.long")
             if self.num_values is None and not x.dtype.is_floating_point:
                 raise DataError(f"dataset {self.name!r}: real-valued {split} is {x.dtype}, expected a float dtype")
@@ -190,9 +199,11 @@ def _to_dataset(
     labels: Sequence[np.ndarray] | None = None,
     num_classes: int | None = None,
     class_names: Sequence[str] | None = None,
+    values: ValueSummary | None = None,
 ) -> Dataset:
     """Build a Dataset from numpy splits already shaped ``(N, *shape)`` and, optionally, their
-    labels ``(train (N_train,), val (N_val,), test (N_test,))`` of integers ``0..num_classes-1``."""
+    labels ``(train (N_train,), val (N_val,), test (N_test,))`` of integers ``0..num_classes-1``
+    and the summary of how their values were read (``values``)."""
     splits = {"train": train, "val": val, "test": test}
     dtype = np.int64 if num_values is not None else np.float32
     tensors = {split: torch.from_numpy(np.array(x, dtype=dtype)) for split, x in splits.items()}
@@ -210,4 +221,5 @@ def _to_dataset(
         description=description,
         num_classes=num_classes,
         class_names=None if class_names is None else tuple(class_names),
+        values=values,
     )

@@ -19,6 +19,7 @@ import logging
 import math
 import pickle
 import struct
+import zipfile
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, NamedTuple
@@ -26,7 +27,8 @@ from typing import Any, NamedTuple
 import numpy as np
 
 from chainrule.data.splits import _random_split, _split_indices
-from chainrule.errors import DataError
+from chainrule.data.values import summarize_values
+from chainrule.errors import ChainruleError, DataError
 
 logger = logging.getLogger(__name__)
 
@@ -454,6 +456,38 @@ def _read_npz(path: Path, arrays: dict[str, np.ndarray]) -> _UserData:
     return _UserData([data[split] for split in _SPLITS], [y[split] for split in _SPLITS], None)  # type: ignore[misc]
 
 
+def _npy_error(exc: BaseException) -> str:
+    """numpy's reason, except its advice to unpickle (the file is refused, not to be loaded unsafely)."""
+    text = str(exc)
+    if "pickle" in text.lower() or "object arrays" in text.lower():
+        return ("it holds pickled Python objects, or is no NumPy file at all; pickles are never loaded "
+                "(unpickling can run code): save a numeric array, np.save(path, np.asarray(x, dtype=np.float32))")
+    if isinstance(exc, OSError) and exc.strerror:
+        return exc.strerror
+    return text or type(exc).__name__
+
+
+def read_npy(path: str | Path, error: type[ChainruleError] = DataError) -> np.ndarray:
+    """Read the array of a ``.npy`` file, never unpickling (``allow_pickle=False``): an empty,
+    unreadable, truncated or pickled file, or an ``.npz`` under a ``.npy`` name, raises ``error``
+    (a one-line message naming the file and the problem)."""
+    path = Path(path)
+    try:
+        size = path.stat().st_size
+    except OSError as exc:
+        raise error(f"{path}: cannot read it ({exc.strerror or exc})") from None
+    if size == 0:
+        raise error(f"{path}: the file is empty (0 bytes); expected a NumPy .npy file")
+    try:
+        loaded = np.load(path, allow_pickle=False)
+    except (ValueError, EOFError, OSError) as exc:
+        raise error(f"{path}: cannot read as a NumPy .npy file ({_npy_error(exc)})") from None
+    if not isinstance(loaded, np.ndarray):  # np.load opens an .npz archive whatever the name
+        loaded.close()
+        raise error(f"{path}: is an .npz archive, not a .npy array; rename it to .npz")
+    return loaded
+
+
 def _read_user_splits(path: Path) -> _UserData:
     """Read a user file or folder into ``(train, val, test)`` numpy arrays and their labels.
 
@@ -465,7 +499,10 @@ def _read_user_splits(path: Path) -> _UserData:
     flat or one subfolder per class (see :func:`_read_png_folder`), split like ``.npy``.
     """
     if path.is_dir():
-        images, labels, class_names = _read_png_folder(path)
+        try:
+            images, labels, class_names = _read_png_folder(path)
+        except PermissionError as exc:  # a folder that cannot be listed
+            raise DataError(f"{exc.filename or path}: cannot read it ({exc.strerror or exc})") from None
         splits, split_labels = _carve(images, labels, 2, path, "labels")
         return _UserData(splits, split_labels, class_names)
     suffix = path.suffix.lower()
@@ -473,37 +510,30 @@ def _read_user_splits(path: Path) -> _UserData:
         raise DataError(
             f"{path}: unsupported file type {suffix!r}; expected a .npy or .npz file or a folder of PNG images"
         )
+    if suffix == ".npy":
+        return _UserData(_random_split(read_npy(path), 2, path), None, None)
+    try:
+        size = path.stat().st_size
+    except OSError as exc:
+        raise DataError(f"{path}: cannot read it ({exc.strerror or exc})") from None
+    if size == 0:
+        raise DataError(f"{path}: the file is empty (0 bytes); expected a NumPy .npz file")
+    # allow_pickle=False always: a pickle (an object array, or a file that is no NumPy file at all)
+    # can run code when loaded, so it is refused, never unpickled.
     try:
         loaded = np.load(path, allow_pickle=False)
-    except (OSError, ValueError, EOFError) as exc:
-        raise DataError(f"{path}: cannot read as a NumPy {suffix} file ({exc})") from exc
-    if suffix == ".npy":
-        return _UserData(_random_split(loaded, 2, path), None, None)
-    with loaded:
-        arrays = {key: loaded[key] for key in loaded.files}
+        if isinstance(loaded, np.ndarray):  # a .npy under an .npz name: the single array
+            return _UserData(_random_split(loaded, 2, path), None, None)
+        with loaded:
+            arrays = {key: loaded[key] for key in loaded.files}
+    except (ValueError, EOFError, OSError, zipfile.BadZipFile, KeyError) as exc:
+        raise DataError(f"{path}: cannot read as a NumPy .npz file ({_npy_error(exc)})") from None
     return _read_npz(path, arrays)
 
 
 def _infer_num_values(splits: Sequence[np.ndarray], path: Path) -> int | None:
-    """Discrete K (max + 1, or 256 for uint8 images) or None for real-valued arrays."""
-    dtype = np.result_type(*splits)
-    if dtype.kind == "f":
-        if not all(np.isfinite(x).all() for x in splits):
-            raise DataError(f"{path}: the array contains NaN or inf; expected finite values")
-        integral = all(x.min() >= 0 and np.array_equal(x, np.round(x)) for x in splits)
-        if not integral:
-            return None
-    elif dtype.kind not in "biu":
-        raise DataError(f"{path}: array of dtype {dtype}; expected integers, booleans or floats")
-    low = min(int(x.min()) for x in splits)
-    if low < 0:
-        raise DataError(f"{path}: discrete (integer) array has negative value {low}; expected values 0..K-1")
-    if dtype == np.uint8 and splits[0].ndim >= 3:
-        return 256  # 8-bit images: the full range, whatever the maximum seen
-    k = max(int(x.max()) for x in splits) + 1
-    if k > 2**16:
-        logger.warning("%s: %d discrete values; is this really categorical data?", path, k)
-    return max(k, 2)  # a constant dataset still needs two values for a Bernoulli or categorical
+    """Discrete K or None for real-valued arrays, by the rules of :func:`~chainrule.data.values.summarize_values`."""
+    return summarize_values(splits, path)[0].num_values
 
 
 def _infer_num_classes(labels: Sequence[np.ndarray]) -> int:

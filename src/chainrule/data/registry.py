@@ -23,7 +23,6 @@ from chainrule.data.dataset import Dataset, _to_dataset
 from chainrule.data.formats import (
     _event_shaped,
     _infer_num_classes,
-    _infer_num_values,
     _parse_amat,
     _parse_cifar_batch,
     _parse_cifar_meta,
@@ -45,7 +44,8 @@ from chainrule.data.sources import (
     default_data_dir,
 )
 from chainrule.data.splits import _split_indices
-from chainrule.data.transforms import BINARIZE_CHOICES, _binarize, _dequantize
+from chainrule.data.transforms import BINARIZE_CHOICES, _binarize, _dequantize, _with_num_values
+from chainrule.data.values import summarize_values
 from chainrule.errors import DataError, UnknownNameError
 
 logger = logging.getLogger(__name__)
@@ -310,10 +310,15 @@ def dataset_info() -> list[tuple[str, str]]:
 # User files: .npy, .npz, folder of PNGs
 
 
-def _load_user_path(path: Path) -> Dataset:
+def _load_user_path(path: Path, num_values: int | None = None) -> Dataset:
+    """A user file or folder as a Dataset; K inferred from its values (see
+    :mod:`chainrule.data.values`) unless ``num_values`` gives it."""
     user = _read_user_splits(path)
     splits = user.splits
     for split, x in zip(("train", "val", "test"), splits):
+        if x.ndim == 0:
+            raise DataError(f"{path}: the {split} array is a single number (a 0-d array); expected an array "
+                            "(N, ...) of N examples")
         if x.size == 0:
             raise DataError(f"{path}: the {split} array is empty (shape {x.shape}); expected at least one example")
     if len({x.shape[1:] for x in splits}) != 1:
@@ -321,7 +326,8 @@ def _load_user_path(path: Path) -> Dataset:
             f"{path}: train, val and test have examples of different shapes "
             f"{[x.shape[1:] for x in splits]}; expected one shape"
         )
-    num_values = _infer_num_values(splits, path)
+    summary, splits = summarize_values(splits, path, num_values=num_values)
+    num_values = summary.num_values
     splits = [_event_shaped(x) for x in splits]
     shape = splits[0].shape[1:]
     if len(shape) == 3 and shape[0] not in (1, 3) and shape[-1] in (1, 3):
@@ -346,7 +352,7 @@ def _load_user_path(path: Path) -> Dataset:
         kind += f", {num_classes} classes"
     return _to_dataset(
         str(path), *splits, num_values, f"user data from {path} ({kind})",
-        labels=user.labels, num_classes=num_classes, class_names=user.class_names,
+        labels=user.labels, num_classes=num_classes, class_names=user.class_names, values=summary,
     )
 
 
@@ -364,6 +370,7 @@ def load_dataset(
     seed: int = 0,
     block_size: int = 256,
     level: str = "char",
+    num_values: int | None = None,
 ) -> Dataset:
     """Load a registered dataset, or the user's own data.
 
@@ -373,8 +380,11 @@ def load_dataset(
             PNG images (grey or RGB, all the same size). A registered name wins over a file of
             the same name: write ``./digits`` for the file. A single array is split 80/10/10 by a
             fixed permutation; a missing ``val`` or ``test`` is carved out of ``train`` likewise.
-            Integer arrays are discrete with K = max + 1 (256 for uint8 images); float arrays are
-            real-valued unless every value is a non-negative integer. ``(N, D)`` gives shape
+            The number of values K is inferred from the values present and recorded with how in
+            ``Dataset.values`` (rules: :mod:`chainrule.data.values`): integers (and floats whose
+            values are all integers) are discrete, K = 2 for 0/1 values, 256 for uint8 images,
+            else the largest value + 1; other floats are real-valued (K = None), read as grey
+            intensities when they lie in [0, 1] (``binarize`` makes them 0/1). ``(N, D)`` gives shape
             ``(D,)``, ``(N, H, W)`` gives ``(1, H, W)``, ``(N, C, H, W)`` is kept (e.g. uint8
             ``(N, 3, H, W)``: RGB images ``(3, H, W)``, num_values 256). Channels-last
             ``(N, H, W, C)`` with C 1 or 3 (PIL / TensorFlow layout) is transposed to
@@ -400,7 +410,8 @@ def load_dataset(
             unlabelled, with a warning.
         binarize: for 8-bit data: None (256 values), ``"threshold"`` (x >= 128) or
             ``"dynamic"`` (Bernoulli(x/255): val/test drawn once from ``seed``, train re-drawn
-            per mini-batch by ``Dataset.train_transform``). Labels are kept.
+            per mini-batch by ``Dataset.train_transform``); for real values in [0, 1] (grey
+            intensities) likewise ``x >= 0.5`` or Bernoulli(x). Labels are kept.
         dequantize: make discrete data continuous, ``(x + u) / K`` in [0, 1) (for real-valued
             models such as ``rnade``): val/test noise drawn once from ``seed``, train noise drawn
             per mini-batch. ``Dataset.discrete_nll_offset_nats()`` converts NLLs back. Labels are
@@ -409,6 +420,11 @@ def load_dataset(
         block_size, level: for text (``tinyshakespeare``, or any file that is not ``.npy``,
             ``.npz`` or ``.wav``) and audio: window length in tokens (samples), and ``"char"`` or
             ``"byte"`` tokens (see :func:`text_dataset`).
+        num_values: K of discrete data instead of the K inferred (or fixed by a registered
+            dataset), applied before ``binarize`` / ``dequantize``: every value must be below it
+            (a :class:`~chainrule.data.values.ValueRangeError` names the largest value
+            otherwise); a larger K than the values need is allowed. Not for real-valued data,
+            text or audio (their K is the tokenizer's / 256).
 
     Returns:
         the :class:`Dataset`, tensors ``(N, *shape)``; labels ``(N,)`` per split
@@ -417,7 +433,9 @@ def load_dataset(
 
     Raises:
         UnknownNameError: ``name`` is neither registered nor an existing path.
-        DataError: a file is missing, corrupt or malformed, or ``binarize`` is not valid.
+        DataError: a file is missing, unreadable, empty, corrupt or malformed (NaN or inf
+            values, an object array: never unpickled), ``binarize`` is not valid, or
+            ``num_values`` does not fit the data.
     """
     if binarize not in BINARIZE_CHOICES:
         raise DataError(
@@ -433,6 +451,7 @@ def load_dataset(
             ds = entry.loader(root, download, level=level, block_size=block_size)  # type: ignore[call-arg]
         else:
             ds = entry.loader(root, download)
+        ds = _with_num_values(ds, num_values)
     else:
         path = Path(name).expanduser()
         if not path.exists():
@@ -443,12 +462,16 @@ def load_dataset(
             )
         suffix = path.suffix.lower()
         if path.is_file() and suffix == ".wav":
-            ds = wav_dataset(path, block_size)
+            ds = _with_num_values(wav_dataset(path, block_size), num_values)
         elif path.is_file() and suffix not in (".npy", ".npz"):
             # any other file is text (UTF-8 for level="char"; any bytes for level="byte")
-            ds = text_dataset(path.read_bytes(), str(path), path, level, block_size)
+            try:
+                raw = path.read_bytes()
+            except OSError as exc:
+                raise DataError(f"{path}: cannot read it ({exc.strerror or exc})") from None
+            ds = _with_num_values(text_dataset(raw, str(path), path, level, block_size), num_values)
         else:
-            ds = _load_user_path(path)
+            ds = _load_user_path(path, num_values)
     ds = _binarize(ds, binarize, seed)
     if dequantize:
         ds = _dequantize(ds, seed)

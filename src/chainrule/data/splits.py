@@ -17,7 +17,9 @@ _SPLIT_SEED = 0
 def _split_indices(x: np.ndarray, n_held_out: int, source: object) -> list[np.ndarray]:
     """Indices splitting ``x`` (N, ...) by a fixed permutation into ``[rest, part_1, ..., part_n]``,
     each held-out part holding 10% of the examples (at least one). ``source`` names x in errors."""
-    if x.ndim == 0 or x.size == 0:
+    if x.ndim == 0:
+        raise DataError(f"{source}: holds a single number (a 0-d array); expected an array (N, ...) of N examples")
+    if x.size == 0:
         raise DataError(f"{source}: the array is empty (shape {x.shape}); expected at least one example")
     n = len(x)
     k = max(1, n // 10)

@@ -15,8 +15,8 @@ from typing import Any
 
 import torch
 
-from chainrule.errors import InputError
-from chainrule.inference.sampling import check_prefix, check_sequence_model
+from chainrule.errors import InputError, renamed_parameters, warn_deprecated
+from chainrule.inference.sampling import check_prompt, check_sequence_model
 from chainrule.inference.state import index_state
 
 
@@ -28,14 +28,21 @@ class Hypothesis:
     tokens: list[int]
     log_prob: float
     score: float
-    prefix_log_prob: float = 0.0  # log-probability of the given prefix (not part of log_prob)
+    prompt_log_prob: float = 0.0  # log-probability of the given prompt (not part of log_prob)
+
+    @property
+    def prefix_log_prob(self) -> float:
+        """Deprecated spelling of :attr:`prompt_log_prob`."""
+        warn_deprecated("Hypothesis.prefix_log_prob", "Hypothesis.prompt_log_prob", stacklevel=3)
+        return self.prompt_log_prob
 
 
 StepFn = Callable[[Any, torch.Tensor | None, int], tuple[torch.Tensor, Any]]
 
 
+@renamed_parameters(prefix="prompt")
 def beam_search(step: StepFn, init_state: Any, beam_width: int, max_length: int, eos_id: int | None = None,
-                length_penalty: float = 0.0, prefix: Sequence[int] = ()) -> list[Hypothesis]:
+                length_penalty: float = 0.0, prompt: Sequence[int] = ()) -> list[Hypothesis]:
     """Beam search over a left-to-right model.
 
     Args:
@@ -43,12 +50,13 @@ def beam_search(step: StepFn, init_state: Any, beam_width: int, max_length: int,
             next-token log-probabilities of each of n partial sequences (i = position).
         init_state: the state for one sequence (batch of 1).
         beam_width: hypotheses kept per step (a beam as wide as V**max_length is exhaustive).
-        max_length: tokens to generate (after the prefix).
+        max_length: tokens to generate (after the prompt).
         eos_id: a token that ends a hypothesis (it is kept, and counts in its length).
         length_penalty: alpha in ``score = log_prob / length ** alpha``; 0 ranks by raw
             log-probability, 1 by the per-token average.
-        prefix: tokens fed before generation (their log-probability is reported separately, as
-            ``Hypothesis.prefix_log_prob``, and not part of ``log_prob`` or ``score``).
+        prompt: tokens fed before generation (their log-probability is reported separately, as
+            ``Hypothesis.prompt_log_prob``, and not part of ``log_prob`` or ``score``). Formerly
+            ``prefix=`` (deprecated).
 
     Returns:
         the finished hypotheses, best score first (at most ``beam_width``).
@@ -57,12 +65,12 @@ def beam_search(step: StepFn, init_state: Any, beam_width: int, max_length: int,
         raise InputError(f"beam width must be an integer >= 1, got {beam_width!r}")
     if max_length < 1:
         raise InputError(f"max_length must be >= 1, got {max_length}")
-    state, last, prefix_lp = init_state, None, 0.0
-    for pos, tok in enumerate(prefix):
+    state, last, prompt_lp = init_state, None, 0.0
+    for pos, tok in enumerate(prompt):
         logp, state = step(state, last, pos)
-        prefix_lp += float(logp[0, tok])
+        prompt_lp += float(logp[0, tok])
         last = torch.tensor([tok])
-    pos = len(prefix)
+    pos = len(prompt)
     seqs: list[list[int]] = [[]]
     scores = torch.zeros(1, dtype=torch.float64)
     finished: list[Hypothesis] = []
@@ -82,7 +90,7 @@ def beam_search(step: StepFn, init_state: Any, beam_width: int, max_length: int,
                 continue
             seq = seqs[b] + [tok]
             if eos_id is not None and tok == eos_id:
-                finished.append(Hypothesis(seq, s, score(s, len(seq)), prefix_lp))
+                finished.append(Hypothesis(seq, s, score(s, len(seq)), prompt_lp))
             else:
                 new_seqs.append(seq)
                 keep.append(b)
@@ -93,21 +101,22 @@ def beam_search(step: StepFn, init_state: Any, beam_width: int, max_length: int,
         state = index_state(state, idx)
         seqs, scores, last = new_seqs, torch.tensor(new_scores, dtype=torch.float64), torch.tensor([s[-1] for s in new_seqs])
     else:
-        finished.extend(Hypothesis(s, float(lp), score(float(lp), len(s)), prefix_lp) for s, lp in zip(seqs, scores))
+        finished.extend(Hypothesis(s, float(lp), score(float(lp), len(s)), prompt_lp) for s, lp in zip(seqs, scores))
     finished.sort(key=lambda h: h.score, reverse=True)
     return finished[:beam_width]
 
 
+@renamed_parameters(prefix="prompt")
 @torch.no_grad()
-def search_model(model: Any, beam_width: int, context: Any = None, prefix: Any = None, length_penalty: float = 0.0,
+def search_model(model: Any, beam_width: int, context: Any = None, prompt: Any = None, length_penalty: float = 0.0,
                  order: Any = None, member: int | None = None, **options: Any) -> list[tuple[torch.Tensor, float, float]]:
     """The most probable whole examples of a discrete model found by beam search.
 
     Returns up to ``beam_width`` triples ``(x (*shape), log_prob_nats, score)``, best first;
     ``score = log_prob / D ** length_penalty`` (every example has D variables, so the ranking
-    equals the raw log-probability's). ``prefix`` fixes the first groups in the order (as in
-    :func:`chainrule.inference.sampling.sample`); its probability is included in ``log_prob``, so
-    that it equals ``model.log_prob(x)``. An ensemble needs ``member=k``.
+    equals the raw log-probability's). ``prompt`` fixes the first groups in the order (as in
+    :func:`chainrule.inference.sampling.sample`; formerly ``prefix=``); its probability is included
+    in ``log_prob``, so that it equals ``model.log_prob(x)``. An ensemble needs ``member=k``.
     """
     if not model.head.discrete:
         raise InputError("beam search needs a discrete model")
@@ -121,10 +130,10 @@ def search_model(model: Any, beam_width: int, context: Any = None, prefix: Any =
         ctx = model.normalize_context(context, 1)
         s, g = model.group_size, model.num_groups
         tokens: list[int] = []
-        if prefix is not None:
-            tokens = check_prefix(model, 1, prefix)[0].reshape(-1).tolist()
+        if prompt is not None:
+            tokens = check_prompt(model, 1, prompt)[0].reshape(-1).tolist()
         if len(tokens) >= g * s:
-            raise InputError(f"the prefix fixes all {model.dim} variables: nothing is left to search")
+            raise InputError(f"the prompt fixes all {model.dim} variables: nothing is left to search")
 
         def step(state: Any, last: torch.Tensor | None, t: int) -> tuple[torch.Tensor, Any]:
             mstate, params, partial = state
@@ -141,12 +150,12 @@ def search_model(model: Any, beam_width: int, context: Any = None, prefix: Any =
                   torch.zeros(1, s, dtype=torch.long, device=model.device))
         order_t = model.resolve_order(**call)
         results = []
-        for h in beam_search(step, state0, beam_width, g * s - len(tokens), length_penalty=length_penalty, prefix=tokens):
+        for h in beam_search(step, state0, beam_width, g * s - len(tokens), length_penalty=length_penalty, prompt=tokens):
             xg = torch.tensor(tokens + h.tokens, dtype=torch.long, device=model.device).reshape(g, s)
             grouped = torch.empty_like(xg)
             grouped[order_t] = xg
             x = model.groups.scatter(grouped.unsqueeze(0))[0].reshape(model.shape)
-            lp = h.log_prob + h.prefix_log_prob
+            lp = h.log_prob + h.prompt_log_prob
             results.append((x.clone(), lp, lp / model.dim ** length_penalty))
         return results
     finally:
@@ -169,6 +178,6 @@ def generate_beam(model: Any, prompt: Sequence[int], max_new_tokens: int, beam_w
             return model.head(params).variable_logits(None, 0), state
 
         return beam_search(step, model.init_state(1, model.normalize_context(context, 1)), beam_width, max_new_tokens,
-                           eos_id=eos_id, length_penalty=length_penalty, prefix=list(prompt))
+                           eos_id=eos_id, length_penalty=length_penalty, prompt=list(prompt))
     finally:
         model.train(was_training)

@@ -6,6 +6,12 @@ unit in every name.
 - ``perplexity``: exp(nats per variable), the per-token perplexity for sequences (each example a
   window of D tokens, every token counted once).
 
+Sequence data is compared per token, not per window: an evaluation given a ``unit`` (what one
+variable is: ``"char"``, ``"byte"``, ``"token"`` for word / BPE tokens, ``"sample"`` for audio;
+:func:`token_unit` finds it from a dataset or tokenizer) leads with nats and bits per token and the
+perplexity, named by that unit (``bits/char``), and keeps nats per example (the window) as the last
+figure; images and other data keep nats per example and bits/dim, their convention.
+
 An ensemble's likelihood averages its members' *probabilities*, log (1/K) sum_k p_k(x) — itself a
 normalized likelihood (averaging logits, as some code does, is not one); ``member=k`` scores one
 member, ``member=[0, 2]`` the smaller ensemble of those.
@@ -24,6 +30,42 @@ from tqdm.auto import tqdm
 from chainrule.errors import InputError
 
 Member = int | Sequence[int] | None
+
+#: Examples per forward pass when evaluating. Small on purpose: on a CPU, batches whose activations
+#: run to hundreds of MB are dominated by page faults (glibc hands blocks above 32 MB back to the
+#: kernel at every free). Measured (``benchmarks/eval_batch.py``, BENCHMARKS.md §7): NADE-500 on
+#: 28x28 images evaluates 581 images/s at 64 against 231 at 1024, a small Gated PixelCNN 139 against 52.
+EVAL_BATCH_SIZE = 64
+
+#: What one variable of a text run is, by tokenizer kind (any other tokenizer: ``"token"``).
+_UNIT_OF_TOKENIZER = {"char": "char", "byte": "byte"}
+
+
+def token_unit(source: Any) -> str | None:
+    """What one variable of sequence data is, for the per-token figures of an evaluation.
+
+    ``source``: a :class:`~chainrule.data.Dataset`, a tokenizer, or None. Text is recognized by its
+    tokenizer (a dataset's ``tokenizer``, as the run's checkpoint also stores it): ``"char"`` for a
+    character tokenizer, ``"byte"`` for a byte tokenizer, ``"token"`` for word, BPE or any other
+    tokenizer; audio datasets (a ``sample_rate``) give ``"sample"``; anything else (images, vectors,
+    None) gives None, which keeps the per-example convention.
+    """
+    if source is None:
+        return None
+    if hasattr(source, "encode") and hasattr(source, "kind"):  # a tokenizer itself
+        return _UNIT_OF_TOKENIZER.get(source.kind, "token")
+    tokenizer = getattr(source, "tokenizer", None)
+    if tokenizer is not None:
+        return _UNIT_OF_TOKENIZER.get(getattr(tokenizer, "kind", None), "token")
+    if getattr(source, "sample_rate", None) is not None:
+        return "sample"
+    return None
+
+
+def _check_unit(unit: Any) -> str | None:
+    if unit is not None and (not isinstance(unit, str) or not unit.isidentifier()):
+        raise InputError(f"unit must be None or a word naming one variable (\"char\", \"byte\", \"token\"), got {unit!r}")
+    return unit
 
 
 def member_calls(model: Any, member: Member = None, order: Any = None, **options: Any) -> list[dict[str, Any]]:
@@ -100,20 +142,48 @@ def log_prob_per_variable(model: Any, x: Any, context: Any = None, member: int |
 
 @dataclass(frozen=True)
 class EvalResult:
-    """Result of :func:`evaluate`. Every field name carries its unit."""
+    """Result of :func:`evaluate`. Every field name carries its unit.
+
+    ``unit`` (sequence data: ``"char"``, ``"byte"``, ``"token"``, ``"sample"``; see
+    :func:`token_unit`) names one variable; with it the summary leads with the per-token figures
+    (``nats_per_token``, ``bits_per_token``, ``perplexity``) and :meth:`as_dict` adds them and the
+    unit to the per-example keys, which stay as they were.
+    """
 
     nll_nats: float  # per example
     bits_per_dim: float
     perplexity: float  # per variable (token)
     num_examples: int
     dim: int
+    unit: str | None = None  # what one variable is (text: "char", "byte", "token"); None: not a sequence
 
-    def as_dict(self) -> dict[str, float | int]:
-        return asdict(self)
+    @property
+    def nats_per_token(self) -> float:
+        """Mean -log p(x_i | x_<i) per variable (token), nats: the cross-entropy of sequence data."""
+        return self.nll_nats / self.dim
+
+    @property
+    def bits_per_token(self) -> float:
+        """The same in bits (equal to ``bits_per_dim``): bits/char for a character-level run."""
+        return self.bits_per_dim
+
+    def as_dict(self) -> dict[str, Any]:
+        out: dict[str, Any] = asdict(self)
+        if self.unit is None:
+            del out["unit"]  # images and vectors: exactly the keys they always had
+        else:
+            out.update(nats_per_token=self.nats_per_token, bits_per_token=self.bits_per_token)
+        return out
 
     def __str__(self) -> str:
-        return (f"NLL {self.nll_nats:.4f} nats/example | {self.bits_per_dim:.4f} bits/dim | "
-                f"perplexity {self.perplexity:.4f} per variable | {self.num_examples} examples x {self.dim} variables")
+        u = self.unit
+        if u is None:
+            return (f"NLL {self.nll_nats:.4f} nats/example | {self.bits_per_dim:.4f} bits/dim | "
+                    f"perplexity {self.perplexity:.4f} per variable | {self.num_examples} examples x {self.dim} variables")
+        # per token first: that is the figure text models are compared by (a window's total is not)
+        return (f"{self.nats_per_token:.4f} nats/{u} | {self.bits_per_token:.4f} bits/{u} | "
+                f"perplexity {self.perplexity:.4f} per {u} | NLL {self.nll_nats:.2f} nats/example "
+                f"({self.num_examples} examples x {self.dim} {u}s)")
 
 
 def context_rows(context: Any, rows: slice | torch.Tensor, n: int) -> Any:
@@ -125,7 +195,7 @@ def context_rows(context: Any, rows: slice | torch.Tensor, n: int) -> Any:
     return t[rows] if t.dim() >= 1 and t.shape[0] == n else t
 
 
-def per_example_nll(model: Any, data: Any, context: Any = None, batch_size: int = 1024, progress: bool = False,
+def per_example_nll(model: Any, data: Any, context: Any = None, batch_size: int = EVAL_BATCH_SIZE, progress: bool = False,
                     desc: str = "eval", member: Member = None) -> torch.Tensor:
     """-log p(x) in nats for every example of ``data`` ``(N, *shape)`` -> ``(N,)`` float64 (on CPU).
 
@@ -150,23 +220,26 @@ def per_example_nll(model: Any, data: Any, context: Any = None, batch_size: int 
     return torch.cat(out)
 
 
-def summarize(nll: torch.Tensor, dim: int) -> EvalResult:
-    """Turn per-example NLLs (nats) into an :class:`EvalResult`."""
+def summarize(nll: torch.Tensor, dim: int, unit: str | None = None) -> EvalResult:
+    """Turn per-example NLLs (nats) into an :class:`EvalResult` (``unit``: see :func:`evaluate`)."""
     mean = float(nll.mean())
     return EvalResult(nll_nats=mean, bits_per_dim=mean / (dim * math.log(2)),
-                      perplexity=math.exp(mean / dim), num_examples=len(nll), dim=dim)
+                      perplexity=math.exp(mean / dim), num_examples=len(nll), dim=dim, unit=_check_unit(unit))
 
 
-def evaluate(model: Any, data: Any, context: Any = None, batch_size: int = 1024, progress: bool = False,
-             member: Member = None) -> EvalResult:
+def evaluate(model: Any, data: Any, context: Any = None, batch_size: int = EVAL_BATCH_SIZE, progress: bool = False,
+             member: Member = None, unit: str | None = None) -> EvalResult:
     """Exact NLL of ``model`` on ``data`` ``(N, *shape)``: nats/example, bits/dim, perplexity.
 
     ``context``: the labels ``(N,)`` (or context tensors) of a conditional model. For an ensemble,
-    ``member=k`` evaluates member k alone (a sequence: the ensemble of those members)."""
-    return summarize(per_example_nll(model, data, context, batch_size, progress, member=member), model.dim)
+    ``member=k`` evaluates member k alone (a sequence: the ensemble of those members). ``unit``:
+    for sequence data, what one variable is (``token_unit(ds)``: ``"char"``, ``"byte"``,
+    ``"token"``), so that the result reads per token (``bits/char``) rather than per window."""
+    unit = _check_unit(unit)
+    return summarize(per_example_nll(model, data, context, batch_size, progress, member=member), model.dim, unit)
 
 
-def class_log_likelihoods(model: Any, data: Any, batch_size: int = 1024, progress: bool = False) -> torch.Tensor:
+def class_log_likelihoods(model: Any, data: Any, batch_size: int = EVAL_BATCH_SIZE, progress: bool = False) -> torch.Tensor:
     """log p(x | y) in nats for every example and every class of a class-conditional model,
     ``(N, *shape)`` -> ``(N, Y)`` float64 (one pass over the data per class)."""
     if not getattr(model, "num_classes", None):
@@ -190,7 +263,7 @@ class ClassifierResult:
         return {k: v for k, v in asdict(self).items() if k != "log_posterior"}
 
 
-def bayes_classify(model: Any, data: Any, labels: Any = None, prior: Any = None, batch_size: int = 1024,
+def bayes_classify(model: Any, data: Any, labels: Any = None, prior: Any = None, batch_size: int = EVAL_BATCH_SIZE,
                    progress: bool = False) -> ClassifierResult:
     """A class-conditional model as a generative classifier: p(y | x) ∝ p(x | y) p(y).
 
@@ -222,7 +295,8 @@ def bayes_classify(model: Any, data: Any, labels: Any = None, prior: Any = None,
 
 @dataclass(frozen=True)
 class StreamResult:
-    """Result of :func:`evaluate_stream`: per-token figures over a whole token stream."""
+    """Result of :func:`evaluate_stream`: per-token figures over a whole token stream (``unit``:
+    what a token is, as in :class:`EvalResult`)."""
 
     nats_per_token: float
     bits_per_token: float
@@ -230,21 +304,32 @@ class StreamResult:
     num_tokens: int
     window: int
     stride: int
+    unit: str | None = None
 
-    def as_dict(self) -> dict[str, float | int]:
-        return asdict(self)
+    def as_dict(self) -> dict[str, Any]:
+        out: dict[str, Any] = asdict(self)
+        if self.unit is None:
+            del out["unit"]
+        return out
+
+    def __str__(self) -> str:
+        u = self.unit or "token"
+        return (f"{self.nats_per_token:.4f} nats/{u} | {self.bits_per_token:.4f} bits/{u} | "
+                f"perplexity {self.perplexity:.4f} per {u} | {self.num_tokens} {u}s, window {self.window}, "
+                f"stride {self.stride}")
 
 
 def evaluate_stream(model: Any, stream: torch.Tensor, stride: int | None = None, batch_size: int = 256,
-                    progress: bool = False) -> StreamResult:
+                    progress: bool = False, unit: str | None = None) -> StreamResult:
     """Token-weighted cross-entropy of a sequence model over a long 1-D ``stream`` of token ids.
 
     Windows of the model's length T start every ``stride`` tokens; the first window scores all its
     tokens, every later window only its last ``stride`` tokens, so each token is scored exactly
     once and (after the first window) with at least ``T - stride`` tokens of context. ``stride = T``
     scores independent windows; smaller strides give more context at more cost. Tokens past the
-    last full window are not scored.
+    last full window are not scored. ``unit``: what a token is (``"char"``, ...), for the summary.
     """
+    unit = _check_unit(unit)
     if model.shape != (model.dim,):
         raise InputError(f"evaluate_stream needs a sequence model of shape (T,), got {model.shape}")
     t = model.dim
@@ -271,4 +356,4 @@ def evaluate_stream(model: Any, stream: torch.Tensor, stride: int | None = None,
         model.train(was_training)
     mean = total / count
     return StreamResult(nats_per_token=mean, bits_per_token=mean / math.log(2), perplexity=math.exp(mean),
-                        num_tokens=count, window=t, stride=stride)
+                        num_tokens=count, window=t, stride=stride, unit=unit)

@@ -1,13 +1,15 @@
-"""The one sampling loop: ancestral sampling, with a prefix or observed values, and text generation.
+"""The one sampling loop: ancestral sampling, with a prompt (the first values) or observed values, and text generation.
 
     for i in 0..G-1:   params_i, state = model.step(state, i, x_{o(i-1)})     (the model's cache)
                        x_{o(i)} ~ head(params_i)                                (or the given value)
 
 Every way of drawing from a model goes through :func:`sample_with_state`, so ``model.sample(n,
-prefix=p)`` and ``generate(model, p, ...)`` make the same draws from the same generator. The
-generator must live on the model's device (:func:`default_generator` makes one there).
+prompt=p)`` and ``generate(model, p, ...)`` make the same draws from the same generator. The
+generator must live on the model's device (:func:`default_generator` makes one there; the command
+line's ``--seed S`` is ``generator=default_generator(model, S)``).
 
-- ``prefix``: the values of the first k groups *in the model's order*, kept fixed;
+- ``prompt``: the values of the first k groups *in the model's order*, kept fixed (for text: the
+  token ids to continue; ``prefix=`` is its deprecated spelling);
 - ``observed=(values, mask)``: any observed subset. Models that take any order put the observed
   groups first (:func:`chainrule.orderings.observed_first`) and sample the rest exactly from the
   conditional of that order; the others need the observed part to be a prefix of their order.
@@ -22,7 +24,7 @@ from typing import Any
 
 import torch
 
-from chainrule.errors import InputError
+from chainrule.errors import InputError, renamed_parameters, warn_deprecated
 from chainrule.inference.processors import choose, processors
 from chainrule.orderings import observed_first
 
@@ -54,13 +56,14 @@ def draw(dist: Any, chain: Sequence[Callable], generator: torch.Generator | None
     return vals
 
 
+@renamed_parameters(prefix="prompt")
 def sample_with_state(model: Any, n: int, context: Any, call: dict[str, Any], generator: torch.Generator | None,
-                      prefix: torch.Tensor | None = None, chain: Sequence[Callable] = (),
+                      prompt: torch.Tensor | None = None, chain: Sequence[Callable] = (),
                       num_steps: int | None = None) -> torch.Tensor:
     """The loop itself, for one member / order (``call``): returns the groups ``(n, G, S)``.
 
-    ``prefix`` ``(n, k, S)``: values of the first k groups in the order (primed through the cache);
-    ``num_steps``: stop after this many groups (the rest stays 0).
+    ``prompt`` ``(n, k, S)``: values of the first k groups in the order (primed through the cache,
+    as :func:`check_prompt` returns them); ``num_steps``: stop after this many groups (the rest stays 0).
     """
     order = model.resolve_order(**call).tolist()
     g, s = model.num_groups, model.group_size
@@ -68,18 +71,19 @@ def sample_with_state(model: Any, n: int, context: Any, call: dict[str, Any], ge
     dtype = torch.long if model.head.discrete else model._float_dtype()
     xg = torch.zeros(n, g, s, dtype=dtype, device=model.device)
     state = model.init_state(n, context, **call)
-    k = 0 if prefix is None else prefix.shape[1]
+    k = 0 if prompt is None else prompt.shape[1]
     prev = None
     for i in range(steps):
         params, state = model.step(state, i, prev)
-        vals = prefix[:, i] if i < k else draw(model.head(params), chain, generator).to(dtype)
+        vals = prompt[:, i] if i < k else draw(model.head(params), chain, generator).to(dtype)
         xg[:, order[i]] = vals
         prev = vals
     return xg
 
 
+@renamed_parameters(prefix="prompt")
 def sample(model: Any, n: int, context: Any = None, generator: torch.Generator | None = None, *,
-           prefix: torch.Tensor | None = None, observed: tuple[Any, Any] | None = None,
+           prompt: torch.Tensor | None = None, observed: tuple[Any, Any] | None = None,
            temperature: float = 1.0, top_k: int | None = None, top_p: float | None = None,
            chain: Sequence[Callable] | None = None, order: Any = None, member: int | None = None,
            **options: Any) -> torch.Tensor:
@@ -89,8 +93,9 @@ def sample(model: Any, n: int, context: Any = None, generator: torch.Generator |
         n: number of samples.
         context: a conditional model's class label(s) (one for all, or ``(n,)``) or context tensor.
         generator: a ``torch.Generator`` on the model's device, for reproducible draws.
-        prefix: values of the first k groups in the model's order: ``(k,)`` or ``(n, k)`` for one
-            variable per group, ``(k, S)`` or ``(n, k, S)`` otherwise; sampling continues after them.
+        prompt: values of the first k groups in the model's order: ``(k,)`` or ``(n, k)`` for one
+            variable per group, ``(k, S)`` or ``(n, k, S)`` otherwise; sampling continues after them
+            (a text model's prompt: its token ids). Formerly ``prefix=`` (deprecated).
         observed: ``(values, mask)``: ``values`` ``(*shape)`` or ``(n, *shape)`` and a boolean
             ``mask`` of the same shape (True = observed). See the module docstring.
         temperature, top_k, top_p: decoding filters for discrete data (temperature 0 = greedy); the
@@ -104,8 +109,8 @@ def sample(model: Any, n: int, context: Any = None, generator: torch.Generator |
     chain = list(chain) if chain is not None else processors(temperature, top_k, top_p)
     if chain and not model.head.discrete:
         raise InputError("temperature/top-k/top-p apply to discrete data; this model is real-valued")
-    if prefix is not None and observed is not None:
-        raise InputError("give prefix= or observed=, not both")
+    if prompt is not None and observed is not None:
+        raise InputError("give prompt= or observed=, not both")
     was_training = model.training
     model.eval()
     try:
@@ -116,7 +121,7 @@ def sample(model: Any, n: int, context: Any = None, generator: torch.Generator |
                 if order is not None or observed is not None:
                     raise InputError("an ensemble's members have their own orders: pass member=k together with "
                                      "order= or observed=")
-                xg = _sample_mixture(model, n, ctx, generator, prefix, chain)
+                xg = _sample_mixture(model, n, ctx, generator, prompt, chain)
             else:
                 call = {"order": order, **options} if members == 1 else {"member": member, "order": order, **options}
                 if members == 1 and member not in (None, 0):
@@ -124,7 +129,7 @@ def sample(model: Any, n: int, context: Any = None, generator: torch.Generator |
                 if observed is not None:
                     xg = _sample_observed(model, n, ctx, call, generator, observed, chain)
                 else:
-                    pre = None if prefix is None else check_prefix(model, n, prefix)
+                    pre = None if prompt is None else check_prompt(model, n, prompt)
                     xg = sample_with_state(model, n, ctx, call, generator, pre, chain)
             x = model.groups.scatter(xg).reshape(n, *model.shape)
     finally:
@@ -134,11 +139,11 @@ def sample(model: Any, n: int, context: Any = None, generator: torch.Generator |
 
 
 def _sample_mixture(model: Any, n: int, ctx: torch.Tensor | None, generator: torch.Generator | None,
-                    prefix: Any, chain: Sequence[Callable]) -> torch.Tensor:
+                    prompt: Any, chain: Sequence[Callable]) -> torch.Tensor:
     """Each sample picks a member uniformly, then is drawn from that member."""
     k = model.num_members
     which = torch.randint(k, (n,), generator=generator, device=model.device)
-    pre = None if prefix is None else check_prefix(model, n, prefix)
+    pre = None if prompt is None else check_prompt(model, n, prompt)
     dtype = torch.long if model.head.discrete else model._float_dtype()
     out = torch.zeros(n, model.num_groups, model.group_size, dtype=dtype, device=model.device)
     for m in range(k):
@@ -149,27 +154,33 @@ def _sample_mixture(model: Any, n: int, ctx: torch.Tensor | None, generator: tor
     return out
 
 
-def check_prefix(model: Any, n: int, prefix: Any) -> torch.Tensor:
-    """A prefix of group values as ``(n, k, S)``, checked against the model's values."""
+def check_prompt(model: Any, n: int, prompt: Any) -> torch.Tensor:
+    """A prompt (the values of the first k groups) as ``(n, k, S)``, checked against the model's values."""
     s = model.group_size
     try:
-        p = torch.as_tensor(prefix, device=model.device)
+        p = torch.as_tensor(prompt, device=model.device)
     except (TypeError, ValueError, RuntimeError):
-        raise InputError(f"prefix must be a tensor of values, got {type(prefix).__name__}") from None
+        raise InputError(f"prompt must be a tensor of values, got {type(prompt).__name__}") from None
     if s == 1 and p.dim() in (1, 2):
         p = p.unsqueeze(-1)
     if p.dim() == 2:
         p = p.unsqueeze(0).expand(n, -1, -1)
     if p.dim() != 3 or p.shape[0] != n or p.shape[2] != s:
         want = "(k,) or (n, k)" if s == 1 else f"(k, {s}) or (n, k, {s})"
-        raise InputError(f"prefix must have shape {want} with n = {n}, got {tuple(torch.as_tensor(prefix).shape)}")
+        raise InputError(f"prompt must have shape {want} with n = {n}, got {tuple(torch.as_tensor(prompt).shape)}")
     if p.shape[1] > model.num_groups:
-        raise InputError(f"prefix has {p.shape[1]} groups but an example has only {model.num_groups}")
+        raise InputError(f"prompt has {p.shape[1]} groups but an example has only {model.num_groups}")
     # validate the values as data: pad to full examples with zeros
     full = torch.zeros(n, model.num_groups, s, dtype=p.dtype, device=model.device)
     full[:, : p.shape[1]] = p
     model.validate(model.groups.scatter(full).reshape(n, *model.shape))
     return p.long() if model.head.discrete else p.to(model._float_dtype())
+
+
+def check_prefix(model: Any, n: int, prefix: Any) -> torch.Tensor:
+    """Deprecated spelling of :func:`check_prompt`."""
+    warn_deprecated("check_prefix", "check_prompt")
+    return check_prompt(model, n, prefix)
 
 
 def _sample_observed(model: Any, n: int, ctx: torch.Tensor | None, call: dict[str, Any],
@@ -230,7 +241,7 @@ def generate(model: Any, prompt: Sequence[int] | torch.Tensor, max_new_tokens: i
              generator: torch.Generator | None = None, sliding: bool = False, context: Any = None) -> torch.Tensor:
     """Continue ``prompt`` (token ids) by ``max_new_tokens``; returns ``(num_samples, len(prompt) + new)`` on CPU.
 
-    Within the window this is exactly ``model.sample(num_samples, prefix=prompt)`` cut after the new
+    Within the window this is exactly ``model.sample(num_samples, prompt=prompt)`` cut after the new
     tokens (the same draws from the same generator). A continuation beyond the model's window T
     needs ``sliding=True``: each time the window fills, the model is re-primed with the last 3/4 of
     it, so tokens further back are forgotten (what a T-token model can see anyway).

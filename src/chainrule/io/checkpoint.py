@@ -10,13 +10,16 @@ module only reads and writes files.
 Format versions: 2 (this one) stores the order of a model as the buffer ``order`` and an
 ensemble's members under ``orders`` with the model's weights under ``model.``; version-1 files
 (chainrule 0.1, where every model held an ``orders`` buffer) are upgraded on load by
-:func:`upgrade_state`.
+:func:`upgrade_state`. A file of a newer format than this chainrule reads is refused with an error
+saying so (:func:`check_version`; the trainer's ``trainer_state.json`` has its own version, checked
+the same way).
 """
 
 from __future__ import annotations
 
 import json
 import os
+import shutil
 import tempfile
 from pathlib import Path
 from typing import Any
@@ -43,6 +46,33 @@ def atomic_write(path: Path, write: Any) -> None:
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+
+
+def check_version(found: Any, supported: int, where: str | Path, what: str = "format") -> int:
+    """``found``, the format version a file declares, if this chainrule reads it (``<= supported``);
+    otherwise a :class:`CheckpointError` naming ``where``: "written by a newer chainrule ... upgrade"
+    for a larger number, "damaged" for something that is no version number."""
+    if not isinstance(found, int) or isinstance(found, bool) or found < 0:
+        raise CheckpointError(f"{where}: {what} version {found!r} is not a version number; the checkpoint is damaged")
+    if found > supported:
+        raise CheckpointError(f"{where} was written by a newer chainrule ({what} version {found}, this one reads up "
+                              f"to {supported}); upgrade chainrule")
+    return found
+
+
+def link_or_copy_tree(src: str | Path, dst: str | Path) -> Path:
+    """Make ``dst`` (which must not exist) a copy of the flat directory ``src``: hard links where the
+    filesystem allows (checkpoint files are only ever replaced, never modified in place, so a link
+    is as good as a copy and costs no space), copies otherwise."""
+    src, dst = Path(src), Path(dst)
+    dst.mkdir(parents=True)
+    for f in src.iterdir():
+        if f.is_file():
+            try:
+                os.link(f, dst / f.name)
+            except OSError:  # no hard links here (another filesystem, FAT, some network mounts)
+                shutil.copy2(f, dst / f.name)
+    return dst
 
 
 def save_model(model: Any, directory: str | Path, extra: dict[str, Any] | None = None) -> Path:
@@ -77,10 +107,7 @@ def read_config(directory: str | Path) -> dict[str, Any]:
         raise CheckpointError(f"{cfg_path} is not valid JSON ({exc}); the checkpoint is damaged") from None
     if not isinstance(config, dict) or config.get("format") != "chainrule" or "model" not in config:
         raise CheckpointError(f"{cfg_path} is not a chainrule model config (no 'format': 'chainrule' / 'model' entry)")
-    version = config.get("format_version", 0)
-    if not isinstance(version, int) or version > FORMAT_VERSION:
-        raise CheckpointError(f"{directory} was written by a newer chainrule (format {version}, this one reads up to "
-                              f"{FORMAT_VERSION}); upgrade chainrule")
+    check_version(config.get("format_version", 0), FORMAT_VERSION, directory)
     return config
 
 

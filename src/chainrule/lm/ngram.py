@@ -113,7 +113,7 @@ from typing import Any
 import numpy as np
 from numpy.lib.stride_tricks import sliding_window_view
 
-from chainrule.errors import DataError, InputError
+from chainrule.errors import DataError, InputError, renamed_parameters
 
 logger = logging.getLogger(__name__)
 
@@ -925,15 +925,18 @@ class NgramLM:
         rows[:, -1] = np.arange(V)
         return _log(self._probs(rows))
 
-    def generate(self, num_tokens: int | None = None, context: Sequence[str] = (), temperature: float = 1.0,
+    @renamed_parameters(context="prompt")
+    def generate(self, num_tokens: int | None = None, prompt: Sequence[str] = (), temperature: float = 1.0,
                  top_k: int | None = None, top_p: float | None = None, generator: Any = None,
                  max_tokens: int = 10_000) -> list[str]:
         """Sample tokens left to right from the full next-token distribution (``chainrule.inference.processors``).
 
         ``num_tokens=None``: one sentence, until ``</s>`` (not returned) or ``max_tokens``.
         ``num_tokens=N``: exactly N tokens; a drawn ``</s>`` is returned and starts a new sentence
-        (the context restarts with the ``<s>`` padding). ``context``: a prompt continuing the
-        current sentence (it is padded with ``<s>`` on the left). ``temperature`` (0 = greedy),
+        (the context restarts with the ``<s>`` padding). ``prompt``: tokens the generated text
+        continues, in the current sentence (padded with ``<s>`` on the left; not returned; formerly
+        ``context=``, deprecated: ``context`` names what a probability is conditioned on, as in
+        :meth:`logprob`). ``temperature`` (0 = greedy),
         ``top_k``, ``top_p`` as in :func:`chainrule.inference.processors.processors`; ``generator`` a
         ``torch.Generator`` for reproducibility. ``<s>`` is never generated. If the context was
         never seen (only possible with ``"mle"``), the context is shortened until some token has
@@ -946,11 +949,11 @@ class NgramLM:
         self._require_fitted()
         if num_tokens is not None and (isinstance(num_tokens, bool) or not isinstance(num_tokens, (int, np.integer)) or num_tokens < 0):
             raise InputError(f"num_tokens must be an integer >= 0 or None (until </s>), got {num_tokens!r}")
-        if isinstance(context, str):
-            raise InputError(f"context must be a sequence of tokens, got the string {context!r}; use e.g. {context.split()!r}")
+        if isinstance(prompt, str):
+            raise InputError(f"prompt must be a sequence of tokens, got the string {prompt!r}; use e.g. {prompt.split()!r}")
         chain_ = processors(temperature, top_k, top_p)
         pad = [BOS_ID] * (self.order - 1)
-        hist = pad + self.encode(list(context)).tolist()
+        hist = pad + self.encode(list(prompt)).tolist()
         out: list[str] = []
         limit = num_tokens if num_tokens is not None else max_tokens
         while len(out) < limit:

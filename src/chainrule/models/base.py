@@ -43,7 +43,7 @@ import torch
 from torch import nn
 
 from chainrule.distributions import GroupDistribution, Head, output_head
-from chainrule.errors import InputError
+from chainrule.errors import InputError, renamed_parameters
 from chainrule.groups import GroupSpec, Grouping
 from chainrule.inference import beam as _beam
 from chainrule.inference import likelihood as _likelihood
@@ -440,19 +440,23 @@ class AutoregressiveModel(nn.Module):
         """log p(x_j | everything before it) for every variable j, ``(*batch, D)``, nats."""
         return _likelihood.log_prob_per_variable(self, x, context, order=order, **options)
 
+    @renamed_parameters(prefix="prompt")
     def sample(self, n: int, context: Any = None, generator: torch.Generator | None = None, *,
-               prefix: torch.Tensor | None = None, observed: tuple[torch.Tensor, torch.Tensor] | None = None,
+               prompt: torch.Tensor | None = None, observed: tuple[torch.Tensor, torch.Tensor] | None = None,
                temperature: float = 1.0, top_k: int | None = None, top_p: float | None = None,
                order: OrderSpec | None = None, **options: Any) -> torch.Tensor:
-        """``n`` ancestral samples ``(n, *shape)`` (see :func:`chainrule.inference.sampling.sample`)."""
-        return _sampling.sample(self, n, context, generator, prefix=prefix, observed=observed, temperature=temperature,
+        """``n`` ancestral samples ``(n, *shape)`` (see :func:`chainrule.inference.sampling.sample`);
+        ``prompt``: the first values in the model's order, kept (formerly ``prefix=``, deprecated)."""
+        return _sampling.sample(self, n, context, generator, prompt=prompt, observed=observed, temperature=temperature,
                                 top_k=top_k, top_p=top_p, order=order, **options)
 
-    def beam_search(self, beam_width: int, context: Any = None, prefix: torch.Tensor | None = None,
+    @renamed_parameters(prefix="prompt")
+    def beam_search(self, beam_width: int, context: Any = None, prompt: torch.Tensor | None = None,
                     length_penalty: float = 0.0, order: OrderSpec | None = None,
                     **options: Any) -> list[tuple[torch.Tensor, float, float]]:
-        """The most probable whole examples found by beam search (see :func:`chainrule.inference.beam.search_model`)."""
-        return _beam.search_model(self, beam_width, context, prefix=prefix, length_penalty=length_penalty,
+        """The most probable whole examples found by beam search (see :func:`chainrule.inference.beam.search_model`);
+        ``prompt`` fixes the first values (formerly ``prefix=``, deprecated)."""
+        return _beam.search_model(self, beam_width, context, prompt=prompt, length_penalty=length_penalty,
                                   order=order, **options)
 
     # ------------------------------------------------------------------ ensembles and persistence

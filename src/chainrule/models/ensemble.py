@@ -20,7 +20,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from chainrule.errors import InputError
+from chainrule.errors import InputError, renamed_parameters
 from chainrule.inference import beam as _beam
 from chainrule.inference import likelihood as _likelihood
 from chainrule.inference import sampling as _sampling
@@ -131,10 +131,13 @@ class Ensemble(nn.Module):
         x, _ = self.validate(x)
         return self.head(self(x, context, member, order, **options))
 
+    @renamed_parameters(prefix="prompt")
     def sample(self, n: int, context: Any = None, generator: torch.Generator | None = None, **kwargs: Any) -> torch.Tensor:
-        """Samples of the mixture (each picks a member uniformly), or of ``member=k``."""
+        """Samples of the mixture (each picks a member uniformly), or of ``member=k``; the keywords
+        (``prompt``, ``observed``, ``temperature``, ...) as :func:`chainrule.inference.sampling.sample`."""
         return _sampling.sample(self, n, context, generator, **kwargs)
 
+    @renamed_parameters(prefix="prompt")
     def beam_search(self, beam_width: int, context: Any = None, member: int | None = None, **kwargs: Any) -> list:
         return _beam.search_model(self, beam_width, context, member=member, **kwargs)
 

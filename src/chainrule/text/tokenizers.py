@@ -10,7 +10,12 @@ Every tokenizer turns a ``str`` into a list of integer ids in ``0..vocab_size-1`
   word counts (:meth:`WordTokenizer.fit`); decoding joins words with single spaces, so it is *not*
   lossless.
 - :class:`BPETokenizer`: byte-level BPE trained with the Hugging Face ``tokenizers`` library
-  (optional dependency: ``pip install "chainrule[bpe]"``); lossless for every string.
+  (:meth:`BPETokenizer.fit`; optional dependency: ``pip install "chainrule[bpe]"``); lossless for
+  every string.
+
+Every tokenizer that learns a vocabulary does so with the classmethod ``fit(text, ...)`` (as
+:meth:`chainrule.lm.ngram.NgramLM.fit` and the trainer's ``fit`` do); ``BPETokenizer.train`` is
+its deprecated spelling.
 
 Special tokens
 --------------
@@ -52,7 +57,7 @@ from collections.abc import Callable, Iterable, Iterator, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar
 
-from chainrule.errors import DataError, InputError, UnknownNameError
+from chainrule.errors import DataError, InputError, UnknownNameError, warn_deprecated
 
 if TYPE_CHECKING:  # pragma: no cover - only for type checkers
     import tokenizers as hf_tokenizers
@@ -734,7 +739,7 @@ def _import_hf() -> Any:
 class BPETokenizer(Tokenizer):
     """Byte-level BPE trained with the Hugging Face ``tokenizers`` library.
 
-    Create it with :meth:`train`. The text is split GPT-2 style (byte-level pre-tokenizer with
+    Create it with :meth:`fit`. The text is split GPT-2 style (byte-level pre-tokenizer with
     ``add_prefix_space=False``, no normalizer) and decoded by the byte-level decoder, so
     ``decode(encode(s)) == s`` exactly for every ``str`` without lone surrogates (which raise
     :class:`InputError`). Bytes that are not valid UTF-8 (possible in samples) decode to U+FFFD.
@@ -758,9 +763,9 @@ class BPETokenizer(Tokenizer):
         super().__init__(specials)
 
     @classmethod
-    def train(
+    def fit(
         cls,
-        text_or_iterator: str | Iterable[str],
+        text: str | Iterable[str],
         vocab_size: int = 1000,
         min_frequency: int = 2,
         specials: Sequence[str] = DEFAULT_SPECIALS,
@@ -768,7 +773,7 @@ class BPETokenizer(Tokenizer):
         """Train a byte-level BPE vocabulary on a text or an iterable of texts.
 
         Args:
-            text_or_iterator: a str, or an iterable of str (e.g. lines, documents).
+            text: a str, or an iterable of str (e.g. lines, documents).
             vocab_size: maximal total vocabulary size *including* the special tokens; at least
                 256 + len(specials). The result is smaller when the text offers too few merges
                 that occur ``min_frequency`` times.
@@ -788,12 +793,12 @@ class BPETokenizer(Tokenizer):
             )
         if isinstance(min_frequency, bool) or not isinstance(min_frequency, int) or min_frequency < 1:
             raise InputError(f"min_frequency must be an int >= 1, got {min_frequency!r}")
-        if isinstance(text_or_iterator, str):
-            texts: Iterable[str] = [text_or_iterator]
-        elif isinstance(text_or_iterator, Iterable) and not isinstance(text_or_iterator, (bytes, bytearray)):
-            texts = text_or_iterator
+        if isinstance(text, str):
+            texts: Iterable[str] = [text]
+        elif isinstance(text, Iterable) and not isinstance(text, (bytes, bytearray)):
+            texts = text
         else:
-            raise InputError(f"text_or_iterator must be a str or an iterable of str, got {type(text_or_iterator).__name__}")
+            raise InputError(f"text must be a str or an iterable of str, got {type(text).__name__}")
         tokenizers = _import_hf()
         from tokenizers import decoders, models, pre_tokenizers, trainers
 
@@ -803,7 +808,7 @@ class BPETokenizer(Tokenizer):
             nonlocal total
             for k, t in enumerate(texts):
                 if not isinstance(t, str):
-                    raise InputError(f"text_or_iterator must yield str, got {type(t).__name__} at item {k}")
+                    raise InputError(f"text must yield str, got {type(t).__name__} at item {k}")
                 total += len(t)
                 if t:
                     yield t
@@ -827,6 +832,18 @@ class BPETokenizer(Tokenizer):
             tok._size, tok._size - 256, len(specials), total,
         )
         return tok
+
+    @classmethod
+    def train(
+        cls,
+        text_or_iterator: str | Iterable[str],
+        vocab_size: int = 1000,
+        min_frequency: int = 2,
+        specials: Sequence[str] = DEFAULT_SPECIALS,
+    ) -> BPETokenizer:
+        """Deprecated spelling of :meth:`fit` (the same arguments and result)."""
+        warn_deprecated("BPETokenizer.train", "BPETokenizer.fit")
+        return cls.fit(text_or_iterator, vocab_size=vocab_size, min_frequency=min_frequency, specials=specials)
 
     @property
     def hf_tokenizer(self) -> hf_tokenizers.Tokenizer:
@@ -978,7 +995,7 @@ def _factory(kind: str) -> Callable[..., Tokenizer]:
         "char": CharTokenizer.fit,
         "byte": lambda text, **options: ByteTokenizer(**options),
         "word": WordTokenizer.fit,
-        "bpe": BPETokenizer.train,
+        "bpe": BPETokenizer.fit,
     }[kind]
 
 
@@ -995,7 +1012,7 @@ def make_tokenizer(kind: str, text: str, **options: Any) -> Tokenizer:
 
     ``"char"`` → :meth:`CharTokenizer.fit`, ``"byte"`` → :class:`ByteTokenizer` (``text`` is not
     needed and ignored), ``"word"`` → :meth:`WordTokenizer.fit`, ``"bpe"`` →
-    :meth:`BPETokenizer.train`; ``options`` are passed on.
+    :meth:`BPETokenizer.fit`; ``options`` are passed on.
 
     Raises:
         UnknownNameError: unknown ``kind`` (the message lists the kinds).

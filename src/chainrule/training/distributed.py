@@ -97,8 +97,9 @@ def init_from_env(device: str | torch.device | None = None, threads: int | None 
     """Join the process group torchrun describes in the environment; returns this rank's device.
 
     Does nothing (returns ``device`` unchanged) unless ``WORLD_SIZE`` > 1. Otherwise: the backend
-    is NCCL when ``device`` is CUDA (a bare ``"cuda"`` becomes ``cuda:LOCAL_RANK``, made the
-    current device) and gloo otherwise; CUDA is never touched for a CPU run. Unless ``threads``
+    is NCCL for CUDA tensors when ``device`` is CUDA (a bare ``"cuda"`` becomes ``cuda:LOCAL_RANK``,
+    made the current device), with gloo beside it for the trainer's small CPU collectives (the stop
+    decision, loss sums: NCCL refuses CPU tensors), and gloo alone otherwise; CUDA is never touched for a CPU run. Unless ``threads``
     was given (``--threads``), each rank gets ``cpu_count // LOCAL_WORLD_SIZE`` torch threads (at
     least 1), so the ranks of a machine do not oversubscribe its cores.
     """
@@ -118,7 +119,7 @@ def init_from_env(device: str | torch.device | None = None, threads: int | None 
         kwargs = {}
         if timeout_seconds is not None:
             kwargs["timeout"] = datetime.timedelta(seconds=timeout_seconds)
-        dist.init_process_group(backend="nccl" if cuda else "gloo", **kwargs)
+        dist.init_process_group(backend="cpu:gloo,cuda:nccl" if cuda else "gloo", **kwargs)
     return device
 
 

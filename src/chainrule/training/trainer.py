@@ -43,17 +43,37 @@ loss scaled so that DDP's gradient average is the gradient of the global batch's
 steps equal the single-process ones up to float reduction order (tested). Rank 0 validates and
 broadcasts the result (identical early stopping and schedules everywhere) and is the only rank
 that writes ``best/``, ``last/``, ``log.csv``, logs, or shows a progress bar; every rank waits
-for ``last/`` to be complete before the next epoch.
+for ``last/`` to be complete before the next epoch. ``last/`` also holds every rank's torch
+random-number generator state, so that each rank resumes with its own. torchrun forwards SIGINT /
+SIGTERM to the ranks (each in a session of its own), which agree on the step to stop after; a
+rank started by torchrun also stops so (``last/`` saved, exit 143) when the launcher is gone —
+killed with SIGKILL, say, which torchrun cannot forward — rather than train on as an orphan
+that a ``--resume`` would race for the run directory.
+
+Outputs besides ``best/`` and ``last/``: with ``keep_last = K > 1`` the K most recent checkpoints
+are also kept as ``RUN/checkpoints/step-000123/`` (the same files as ``last/``, written into a
+temporary directory and renamed; older ones that chainrule wrote are deleted). ``log.csv`` always;
+and when the ``tensorboard`` package is installed (``pip install 'chainrule[tensorboard]'``) event
+files in ``RUN/tensorboard/`` (``config.tensorboard``: None = when installed, False = never).
+
+Epochs are counted from 1 wherever a user sees them: the log lines and progress bars ("epoch 3"),
+``log.csv``'s ``epoch`` column and the history rows (the number of epochs completed when the row
+was written), :attr:`TrainResult.best_epoch` (and ``best_epoch`` in ``best/config.json`` and the
+CLI's ``results.json``). Internally (``range(epochs)``, the data order's ``derived_seed``) they
+stay 0-based.
 """
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import functools
 import json
 import logging
 import math
 import numbers
+import os
+import re
 import shutil
 import signal
 import sys
@@ -68,11 +88,12 @@ import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 from tqdm.auto import tqdm
+from tqdm.contrib.logging import logging_redirect_tqdm
 
 from chainrule.errors import CheckpointError, InputError
 from chainrule.training import distributed as dist_utils
-from chainrule.inference.likelihood import context_rows, evaluate
-from chainrule.io.checkpoint import read_config, save_model
+from chainrule.inference.likelihood import EVAL_BATCH_SIZE, context_rows, evaluate
+from chainrule.io.checkpoint import atomic_write, check_version, link_or_copy_tree, read_config, save_model
 from chainrule.models.base import AutoregressiveModel
 from chainrule.models.ensemble import Ensemble
 
@@ -83,8 +104,15 @@ log = logging.getLogger(__name__)
 OPTIMIZERS = {"adam": torch.optim.Adam, "adamw": torch.optim.AdamW, "adamax": torch.optim.Adamax}
 SCHEDULES = ("constant", "cosine", "plateau")
 LAST_DIR = "last"
+CHECKPOINTS_DIR = "checkpoints"  # RUN/checkpoints/step-000123/ with keep_last > 1
+TENSORBOARD_DIR = "tensorboard"
 STATE_TENSORS = "trainer_state.safetensors"
 STATE_JSON = "trainer_state.json"
+#: The version of ``trainer_state.json``: 1 (no ``version`` key) counted epochs from 0 in the
+#: history and ``best_epoch``; 2 counts them from 1 (upgraded on load).
+STATE_VERSION = 2
+_STEP_DIR = re.compile(r"step-(\d+)")
+LOG_FIELDS = ("epoch", "train_nll_nats", "val_nll_nats", "val_bits_per_dim", "val_nats_per_dim", "lr", "seconds")
 
 
 PRECISIONS = ("auto", "float32", "bfloat16", "float16")
@@ -143,6 +171,15 @@ class TrainConfig:
     ``fit(..., resume=True)`` can continue an interrupted run (needs an ``out_dir``).
     ``save_every``: also write ``RUN/last/`` every this-many optimizer steps, with the position
     inside the epoch, so that a resume continues mid-epoch (None: only at epoch ends).
+    ``keep_last``: 1 keeps only ``RUN/last/``; K > 1 also keeps the K most recent checkpoints (each
+    one written to ``last/``) as ``RUN/checkpoints/step-<step>/`` (same files; needs ``save_last``).
+    ``tensorboard``: write TensorBoard event files to ``RUN/tensorboard/`` (rank 0, needs an
+    ``out_dir``): None (the default) when the ``tensorboard`` package is installed, True always
+    (an error without the package), False never. ``log.csv`` is written either way. Scalars, at
+    the optimizer step: ``train/batch_nll_nats`` and ``train/lr`` (every step, or the mean of
+    every ``steps_per_epoch // 100`` steps on longer epochs; under DDP rank 0's share of the
+    batches), and per epoch ``train/nll_nats``, ``val/nll_nats``, ``val/bits_per_dim``,
+    ``val/nats_per_dim`` and ``epoch``.
     ``precision``: the arithmetic of the network's pass while training: "float32"; "bfloat16" or
     "float16" (autocast: matrix products and convolutions in that type); "auto" (the default):
     bfloat16 for architectures marked ``mixed_precision`` (the convolutional ones) on a device with
@@ -164,7 +201,7 @@ class TrainConfig:
     grad_clip: float | None = None
     patience: int | None = 20
     max_seconds: float | None = None
-    eval_batch_size: int = 1024
+    eval_batch_size: int = EVAL_BATCH_SIZE
     seed: int = 0
     steps_per_epoch: int | None = None
     max_steps: int | None = None
@@ -174,6 +211,8 @@ class TrainConfig:
     save_last: bool = True
     precision: str = "auto"
     save_every: int | None = None
+    keep_last: int = 1
+    tensorboard: bool | None = None
 
     def __post_init__(self) -> None:
         if self.optimizer not in OPTIMIZERS:
@@ -187,7 +226,7 @@ class TrainConfig:
                                 ("warmup_steps", 0, None), ("seed", None, None),
                                 ("steps_per_epoch", 1, "one pass over the training set"),
                                 ("max_steps", 1, "no limit"), ("patience", 0, "never stop early"),
-                                ("save_every", 1, "only at epoch ends"),
+                                ("save_every", 1, "only at epoch ends"), ("keep_last", 1, None),
                                 ("val_components", 1, "the whole ensemble")):
             v = getattr(self, name)
             if v is None and none is not None:
@@ -214,6 +253,12 @@ class TrainConfig:
             raise InputError(f"betas must be two numbers in [0, 1), e.g. (0.9, 0.999), got {betas!r}")
         if not isinstance(self.save_last, bool):
             raise InputError(f"save_last must be True or False, got {self.save_last!r}")
+        if self.keep_last > 1 and not self.save_last:
+            raise InputError(f"keep_last {self.keep_last} keeps copies of last/, which save_last=False turns off: "
+                             "use keep_last=1 or save_last=True")
+        if self.tensorboard is not None and not isinstance(self.tensorboard, bool):
+            raise InputError(f"tensorboard must be True, False or None (when the tensorboard package is "
+                             f"installed), got {self.tensorboard!r}")
 
 
 _MASK64 = (1 << 64) - 1
@@ -262,7 +307,7 @@ class TrainResult:
 
     history: list[dict[str, float]] = field(default_factory=list)
     best_val_nll_nats: float = math.inf
-    best_epoch: int = -1
+    best_epoch: int = 0  # the epoch (counted from 1) of the best validation NLL; 0: none yet
     epochs_run: int = 0
     train_seconds: float = 0.0  # wall time of fit(), validation included
     step_seconds: float = 0.0  # time inside training steps only (for throughput)
@@ -297,10 +342,13 @@ class Trainer:
     Args:
         model: the model (trained in place; at the end it holds the best validation weights).
         config: a :class:`TrainConfig`.
-        out_dir: where ``best/`` (the best model), ``last/`` and ``log.csv`` go; None keeps
-            everything in memory.
+        out_dir: where ``best/`` (the best model), ``last/``, ``log.csv`` (and ``checkpoints/``,
+            ``tensorboard/``) go; None keeps everything in memory.
         extra: JSON values stored in the checkpoint's config (dataset name, command line, ...).
-        progress: show a progress bar.
+        progress: show progress bars (rank 0 only): the epochs (out of ``config.epochs``, a ceiling
+            when early stopping or a time budget may end the run sooner, as its label says) and,
+            inside each epoch, its steps with the running training loss. Log records emitted
+            meanwhile are written through tqdm, above the bars.
         device: where to train ("cpu", "cuda", "cuda:1", a ``torch.device``); None keeps the
             model where it is. The model is moved there; batches follow.
     """
@@ -329,6 +377,8 @@ class Trainer:
         self.member_rng = torch.Generator().manual_seed(self.config.seed + 1)
         self._ddp: torch.nn.Module | None = None  # the DistributedDataParallel wrapper while fit() trains
         self._signal: int | None = None  # SIGINT / SIGTERM received while fit() trains
+        self._tb: Any = None  # the TensorBoard SummaryWriter while fit() trains (rank 0, when enabled)
+        self._launcher: int | None = None  # under torchrun: the launcher's pid, watched while fit() trains
         self.world_size = dist_utils.world_size() if dist_utils.is_distributed() else 1
         if self.config.batch_size % self.world_size:
             raise InputError(f"batch_size {self.config.batch_size} is the global batch of all {self.world_size} "
@@ -339,6 +389,10 @@ class Trainer:
     def is_main(self) -> bool:
         """True on the rank that writes files and logs (rank 0; always in a single process)."""
         return self.world_size == 1 or dist_utils.is_main()
+
+    @property
+    def _show_progress(self) -> bool:
+        return bool(self.progress) and self.is_main
 
     # ------------------------------------------------------------------ one step
     def _lr_factor(self, step: int, total_steps: int) -> float:
@@ -429,59 +483,82 @@ class Trainer:
         total_steps = steps_per_epoch * c.epochs
         if c.max_steps is not None:
             total_steps = min(total_steps, c.max_steps)
+        if c.tensorboard and _summary_writer() is None:  # on every rank, before any work
+            raise InputError("tensorboard=True needs the tensorboard package: pip install 'chainrule[tensorboard]' "
+                             "(or pass tensorboard=None to write event files only when it is installed)")
         st = self._load_last() if resume else TrainState()
+        if not resume:
+            self._clear_previous_outputs()
         val_members = None if c.val_components is None else range(min(c.val_components, model.num_members))
         if self.world_size > 1:
             self._ddp = self._wrap_ddp()
         start = time.perf_counter() - st.result.train_seconds  # the log's seconds continue a resumed run
         call_start = time.perf_counter()
-        log_file = self._open_log(append=resume)
-        # With early stopping or a time budget the epoch count is only a ceiling: no misleading ETA.
-        open_ended = (val is not None and c.patience is not None) or c.max_seconds is not None
+        # a resume rewrites log.csv from the checkpoint's history: rows written after it are redone
+        log_file = self._open_log(st.result.history if resume else None)
+        # TensorBoard hides the events logged after the checkpoint (those steps are redone); the
+        # checkpoint's own step was logged before it was written
+        self._tb = self._open_tensorboard(purge_step=st.step + 1 if resume else None)
+        show = self._show_progress
+        # With early stopping or a time budget the epoch count is only a ceiling: said in the bar.
+        may_stop = ("early stopping" if val is not None and c.patience is not None else
+                    "time budget" if c.max_seconds is not None else "")
         epochs = range(st.epoch, c.epochs) if not st.result.stopped_early else range(0)
-        bar = tqdm(iter(epochs) if open_ended else epochs, desc="train", unit="epoch",
-                   disable=not self.progress or not self.is_main)
+        bar = tqdm(total=c.epochs, initial=min(st.epoch, c.epochs), desc=f"train ({may_stop})" if may_stop else "train",
+                   unit="epoch", disable=not show)
         previous = self._install_signal_handlers()
+        # log lines go through tqdm.write while bars are shown, so they do not glue onto a bar
+        redirect = logging_redirect_tqdm(tqdm_class=tqdm) if show else contextlib.nullcontext()
         try:
-            for epoch in bar:
-                row = self._train_epoch(train, train_context, train_transform, st, steps_per_epoch, total_steps,
-                                        start, epoch)
-                row = {"epoch": epoch, **row}
-                if val is not None:
-                    self._validate(val, val_context, val_members, st, epoch, row)
-                st.result.history.append(row)
-                st.result.epochs_run = st.epoch = epoch + 1
-                self._write_log(log_file, row)
-                bar.set_postfix({k: f"{v:.4g}" for k, v in row.items() if k.endswith("nats")})
-                if self.is_main:
-                    log.info("epoch %d: %s", epoch, ", ".join(f"{k}={v:.5g}" for k, v in row.items() if k != "epoch"))
-                stop = 0  # 1: early stop, 2: time budget, 3: step budget
-                if val is not None and c.patience is not None and st.bad_epochs >= c.patience:
-                    stop = 1
-                elif c.max_seconds is not None and time.perf_counter() - call_start >= c.max_seconds:
-                    stop = 2
-                elif st.step >= total_steps:
-                    stop = 3
-                if self.world_size > 1:  # clocks differ between ranks: rank 0 decides for all
-                    stop = int(dist_utils.broadcast(torch.tensor([stop]))[0])
-                if stop == 1:
-                    st.result.stopped_early = True
-                elif stop == 2:
-                    st.result.stopped_by_time = epoch + 1 < c.epochs
-                st.result.train_seconds = time.perf_counter() - start
-                self._save_last(st)
-                dist_utils.barrier()  # last/ is complete before any rank goes on (or resumes from it)
-                signum = self._pending_signal()
-                if signum:
-                    self._interrupted(signum, st, steps_per_epoch)
-                if stop:
-                    break
+            with redirect:
+                for epoch in epochs:
+                    row = self._train_epoch(train, train_context, train_transform, st, steps_per_epoch, total_steps,
+                                            start, epoch)
+                    row = {"epoch": epoch + 1, **row}  # counted from 1: the epochs completed with this row
+                    if val is not None:
+                        self._validate(val, val_context, val_members, st, epoch + 1, row)
+                    st.result.history.append(row)
+                    st.result.epochs_run = st.epoch = epoch + 1
+                    self._write_log(log_file, row)
+                    self._tb_epoch(row, st.step)
+                    bar.set_postfix({k: f"{v:.4g}" for k, v in row.items() if k.endswith("nats")}, refresh=False)
+                    bar.update(1)  # after the epoch (not when the next begins): ends at the right count
+                    if self.is_main:
+                        log.info("epoch %d: %s", epoch + 1,
+                                 ", ".join(f"{k}={v:.5g}" for k, v in row.items() if k != "epoch"))
+                    stop = 0  # 1: early stop, 2: time budget, 3: step budget
+                    if val is not None and c.patience is not None and st.bad_epochs >= c.patience:
+                        stop = 1
+                    elif c.max_seconds is not None and time.perf_counter() - call_start >= c.max_seconds:
+                        stop = 2
+                    elif st.step >= total_steps:
+                        stop = 3
+                    if self.world_size > 1:  # clocks differ between ranks: rank 0 decides for all
+                        stop = int(dist_utils.broadcast(torch.tensor([stop]))[0])
+                    if stop == 1:
+                        st.result.stopped_early = True
+                        bar.set_description(f"train (stopped early; best epoch {st.result.best_epoch})")
+                    elif stop == 2:
+                        st.result.stopped_by_time = epoch + 1 < c.epochs
+                        if st.result.stopped_by_time:
+                            bar.set_description("train (time budget reached)")
+                    st.result.train_seconds = time.perf_counter() - start
+                    self._save_last(st)
+                    dist_utils.barrier()  # last/ is complete before any rank goes on (or resumes from it)
+                    signum = self._pending_signal()
+                    if signum:
+                        self._interrupted(signum, st, steps_per_epoch)
+                    if stop:
+                        break
         finally:
             self._restore_signal_handlers(previous)
             self._ddp = None
             bar.close()
             if log_file is not None:
                 log_file.close()
+            if self._tb is not None:
+                self._tb.close()
+                self._tb = None
         st.result.train_seconds = time.perf_counter() - start
         if st.best_state is not None:
             model.load_state_dict(st.best_state)
@@ -536,50 +613,67 @@ class Trainer:
         first = st.batch  # > 0: resumed from a mid-epoch checkpoint
         # the running loss of the batches before ``first`` (global sums, held by rank 0 alone under DDP)
         total, count = (st.epoch_nll_sum, st.epoch_count) if first and self.is_main else (0.0, 0)
-        for b in range(first, steps_per_epoch):
-            if st.step >= total_steps:
-                break
-            g = self._batch_rng(epoch, b)
-            if perm is None:
-                idx = torch.randint(len(train), (c.batch_size,), generator=g)
-            else:
-                idx = perm[b * c.batch_size:(b + 1) * c.batch_size]
-            global_size = len(idx)
-            if self.world_size > 1:  # this rank's disjoint slice of the global batch every rank drew
-                mine = self._shard(global_size)
-                if transform is not None:  # transformed whole: the same batch as one process's
-                    batch = transform(train[idx], g)[mine]
+        # the batches this epoch will have taken when it ends (fewer when max_steps runs out in it)
+        last_batch = min(steps_per_epoch, first + max(0, total_steps - st.step))
+        # TensorBoard's per-step curve: at most ~100 points an epoch, each the mean of the batches
+        # since the previous one (a scalar costs ~0.1-0.3 ms: 5% of a small model's step)
+        tb_every, tb_sum, tb_count = max(1, steps_per_epoch // 100), 0.0, 0
+        # closed when the epoch ends or is interrupted (leave=False: it disappears, the epoch bar stays)
+        with tqdm(total=last_batch, initial=first, desc=f"epoch {epoch + 1}", unit="step", leave=False,
+                  disable=not self._show_progress) as bar:
+            for b in range(first, steps_per_epoch):
+                if st.step >= total_steps:
+                    break
+                g = self._batch_rng(epoch, b)
+                if perm is None:
+                    idx = torch.randint(len(train), (c.batch_size,), generator=g)
                 else:
-                    batch = train[idx[mine]]
-                idx = idx[mine]
-            else:
-                batch = train[idx]
-                if transform is not None:
-                    batch = transform(batch, g)
-            x, _ = model.validate(batch)
-            ctx = context_rows(context, idx, len(train))
-            lr = c.lr * st.lr_scale * self._lr_factor(st.step, total_steps)
-            nll = self.train_step(x, ctx, lr, global_size=global_size if self.world_size > 1 else None)
-            st.step += 1
-            total += float(nll.sum())
-            count += len(x)
-            if b + 1 >= steps_per_epoch or st.step >= total_steps:
-                break  # the epoch is done: validation and the epoch's last/ follow (and a signal is seen there)
-            signum = self._pending_signal()
-            if signum or (c.save_every is not None and st.step % c.save_every == 0):
-                now = time.perf_counter()
-                st.result.step_seconds += now - seg_start
-                seg_start = now
-                st.batch = b + 1
-                st.epoch_nll_sum, st.epoch_count = total, count
-                if self.world_size > 1:  # the global running loss, as one process holds it
-                    sums = dist_utils.all_reduce_sum(torch.tensor([total, float(count)], dtype=torch.float64))
-                    st.epoch_nll_sum, st.epoch_count = float(sums[0]), int(sums[1])
-                st.result.train_seconds = now - start
-                self._save_last(st)
-                dist_utils.barrier()  # last/ is complete before any rank goes on
-                if signum:
-                    self._interrupted(signum, st, steps_per_epoch)
+                    idx = perm[b * c.batch_size:(b + 1) * c.batch_size]
+                global_size = len(idx)
+                if self.world_size > 1:  # this rank's disjoint slice of the global batch every rank drew
+                    mine = self._shard(global_size)
+                    if transform is not None:  # transformed whole: the same batch as one process's
+                        batch = transform(train[idx], g)[mine]
+                    else:
+                        batch = train[idx[mine]]
+                    idx = idx[mine]
+                else:
+                    batch = train[idx]
+                    if transform is not None:
+                        batch = transform(batch, g)
+                x, _ = model.validate(batch)
+                ctx = context_rows(context, idx, len(train))
+                lr = c.lr * st.lr_scale * self._lr_factor(st.step, total_steps)
+                nll = self.train_step(x, ctx, lr, global_size=global_size if self.world_size > 1 else None)
+                st.step += 1
+                batch_sum = float(nll.sum())
+                total += batch_sum
+                count += len(x)
+                if self._tb is not None:  # rank 0's share of the batches under DDP (the epoch's rows are global)
+                    tb_sum, tb_count = tb_sum + batch_sum, tb_count + len(x)
+                    if st.step % tb_every == 0 or b + 1 >= last_batch:
+                        self._tb.add_scalar("train/batch_nll_nats", tb_sum / max(tb_count, 1), st.step)
+                        self._tb.add_scalar("train/lr", lr, st.step)
+                        tb_sum, tb_count = 0.0, 0
+                bar.set_postfix({"train_nll_nats": f"{total / max(count, 1):.4g}"}, refresh=False)
+                bar.update(1)
+                if b + 1 >= steps_per_epoch or st.step >= total_steps:
+                    break  # the epoch is done: validation and the epoch's last/ follow (and a signal is seen there)
+                signum = self._pending_signal()
+                if signum or (c.save_every is not None and st.step % c.save_every == 0):
+                    now = time.perf_counter()
+                    st.result.step_seconds += now - seg_start
+                    seg_start = now
+                    st.batch = b + 1
+                    st.epoch_nll_sum, st.epoch_count = total, count
+                    if self.world_size > 1:  # the global running loss, as one process holds it
+                        sums = dist_utils.all_reduce_sum(torch.tensor([total, float(count)], dtype=torch.float64))
+                        st.epoch_nll_sum, st.epoch_count = float(sums[0]), int(sums[1])
+                    st.result.train_seconds = now - start
+                    self._save_last(st)
+                    dist_utils.barrier()  # last/ is complete before any rank goes on
+                    if signum:
+                        self._interrupted(signum, st, steps_per_epoch)
         st.batch, st.epoch_nll_sum, st.epoch_count = 0, 0.0, 0
         st.result.step_seconds += time.perf_counter() - seg_start
         if self.world_size > 1:  # the epoch's mean over the global batches, as one process reports it
@@ -594,6 +688,8 @@ class Trainer:
         """Catch SIGINT / SIGTERM (main thread only): the step in progress finishes, then
         :meth:`_interrupted` writes ``last/`` and stops. A second signal stops at once."""
         self._signal = None
+        # torchrun's agent sets TORCHELASTIC_RUN_ID; a rank whose parent changes has lost its launcher
+        self._launcher = os.getppid() if self.world_size > 1 and "TORCHELASTIC_RUN_ID" in os.environ else None
         if threading.current_thread() is not threading.main_thread():
             return None
 
@@ -616,7 +712,11 @@ class Trainer:
             signal.signal(sig, h if h is not None else signal.SIG_DFL)
 
     def _pending_signal(self) -> int:
-        """The signal received (0: none); under DDP agreed by every rank (any rank's signal counts)."""
+        """The signal received (0: none); under DDP agreed by every rank (any rank's signal counts).
+        A rank whose torchrun launcher is gone counts as having received SIGTERM."""
+        if self._launcher is not None and self._signal is None and os.getppid() != self._launcher:
+            self._signal = signal.SIGTERM
+            log.warning("the torchrun launcher (pid %d) is gone: stopping as on SIGTERM", self._launcher)
         sig = self._signal or 0
         if self.world_size > 1:
             flags = torch.tensor([float(sig == signal.SIGINT), float(sig == signal.SIGTERM)], dtype=torch.float64)
@@ -627,15 +727,18 @@ class Trainer:
     def _interrupted(self, signum: int, st: TrainState, steps_per_epoch: int) -> None:
         """Stop after a signal (``last/`` already written): one line on what was saved, then raise."""
         name = signal.Signals(signum).name
+        if self._launcher is not None and os.getppid() != self._launcher:
+            name = f"the torchrun launcher (pid {self._launcher}) is gone"
         if self.out_dir is not None and self.config.save_last:
-            where = (f"epoch {st.epoch}, batch {st.batch}/{steps_per_epoch}" if st.batch
+            where = (f"in epoch {st.epoch + 1} after batch {st.batch}/{steps_per_epoch}" if st.batch
                      else f"after epoch {st.epoch}")
             msg = (f"chainrule: {name}: stopped after step {st.step}; saved {self.out_dir / LAST_DIR} ({where}); "
                    f"continue with the same command and --resume (fit(..., resume=True))")
         else:
             msg = f"chainrule: {name}: stopped after step {st.step}; nothing saved (no out_dir or save_last=False)"
         if self.is_main:
-            print(msg, file=sys.stderr, flush=True)
+            tqdm.write(msg, file=sys.stderr)  # above the progress bars, not glued onto them
+            sys.stderr.flush()
         raise TrainingInterrupted(msg, signum)
 
     def _shard(self, n: int) -> slice:
@@ -673,9 +776,10 @@ class Trainer:
         data = train if train_transform is None else train_transform(train, self.data_rng)
         model = self.model.model if isinstance(self.model, Ensemble) else self.model
         model.fit_counts(data, train_context)
-        row: dict[str, float] = {"epoch": 0, "train_nll_nats": evaluate(self.model, data, train_context).nll_nats,
+        self._clear_previous_outputs()
+        row: dict[str, float] = {"epoch": 1, "train_nll_nats": evaluate(self.model, data, train_context).nll_nats,
                                  "lr": 0.0}
-        result = TrainResult(epochs_run=1, best_epoch=0)
+        result = TrainResult(epochs_run=1, best_epoch=1)
         if val is not None:
             res = evaluate(self.model, val, val_context, self.config.eval_batch_size)
             row.update(val_nll_nats=res.nll_nats, val_bits_per_dim=res.bits_per_dim, val_nats_per_dim=res.nll_nats / res.dim)
@@ -686,26 +790,129 @@ class Trainer:
         if log_file is not None:
             self._write_log(log_file, row)
             log_file.close()
+        self._tb = self._open_tensorboard(purge_step=None)
+        if self._tb is not None:
+            self._tb_epoch(row, 0)
+            self._tb.close()
+            self._tb = None
         self._save_best(result)
         self.model.eval()
         return result
 
     # ------------------------------------------------------------------ files
-    def _open_log(self, append: bool = False) -> Any:
+    def _open_log(self, history: list[dict[str, float]] | None = None) -> Any:
+        """``out_dir/log.csv`` open for appending rows (rank 0; None elsewhere or without an
+        ``out_dir``): a new, empty log, or with ``history`` (a resume) the log rewritten to hold
+        exactly those rows, so that a row written after the checkpoint (the process was killed
+        between the two) is not there twice once its epoch is redone."""
         if self.out_dir is None or not self.is_main:
             return None
         self.out_dir.mkdir(parents=True, exist_ok=True)
-        return open(self.out_dir / "log.csv", "a" if append else "w", newline="")
+        path = self.out_dir / "log.csv"
+        if history is None:
+            return open(path, "w", newline="")
 
-    def _write_log(self, f: Any, row: dict[str, float]) -> None:
+        def write(tmp: str) -> None:
+            with open(tmp, "w", newline="") as f:
+                for row in history:
+                    self._write_log(f, row)
+        atomic_write(path, write)
+        return open(path, "a", newline="")
+
+    @staticmethod
+    def _write_log(f: Any, row: dict[str, float]) -> None:
         if f is None:
             return
-        fields = ["epoch", "train_nll_nats", "val_nll_nats", "val_bits_per_dim", "val_nats_per_dim", "lr", "seconds"]
-        writer = csv.DictWriter(f, fieldnames=fields)
+        writer = csv.DictWriter(f, fieldnames=LOG_FIELDS)
         if f.tell() == 0:
             writer.writeheader()
         writer.writerow(row)
         f.flush()
+
+    def _open_tensorboard(self, purge_step: int | None) -> Any:
+        """A ``SummaryWriter`` on ``out_dir/tensorboard/`` (rank 0, with an ``out_dir``, unless
+        ``config.tensorboard`` is False or the package is missing in auto mode), else None.
+        ``purge_step``: a resume's first new step, from which TensorBoard hides the earlier
+        files' events."""
+        if self.out_dir is None or not self.is_main or self.config.tensorboard is False:
+            return None
+        writer = _summary_writer()
+        if writer is None:
+            return None
+        return writer(log_dir=str(self.out_dir / TENSORBOARD_DIR), purge_step=purge_step or None)
+
+    def _tb_epoch(self, row: dict[str, float], step: int) -> None:
+        """An epoch's log row as TensorBoard scalars at optimizer step ``step`` (and flushed: a
+        killed run keeps its finished epochs)."""
+        if self._tb is None:
+            return
+        tags = {"train_nll_nats": "train/nll_nats", "val_nll_nats": "val/nll_nats",
+                "val_bits_per_dim": "val/bits_per_dim", "val_nats_per_dim": "val/nats_per_dim"}
+        for key, tag in tags.items():
+            if key in row:
+                self._tb.add_scalar(tag, row[key], step)
+        self._tb.add_scalar("epoch", row["epoch"], step)
+        self._tb.flush()
+
+    def _clear_previous_outputs(self) -> None:
+        """A fresh (not resumed) run replaces what a previous run in ``out_dir`` left that it would
+        otherwise mix with its own (``best/``, ``last/`` and ``log.csv`` are overwritten anyway): the
+        checkpoints in ``checkpoints/`` and the event files in ``tensorboard/`` — only those, only
+        chainrule's (``step-N`` checkpoint directories, ``events.out.tfevents.*`` files)."""
+        if self.out_dir is None or not self.is_main:
+            return
+        root = self.out_dir / CHECKPOINTS_DIR
+        for path, _ in self._checkpoint_dirs(root):
+            shutil.rmtree(path, ignore_errors=True)
+        _remove_stale_temporaries(root)
+        tb = self.out_dir / TENSORBOARD_DIR
+        if tb.is_dir():
+            for f in tb.glob("events.out.tfevents.*"):
+                if f.is_file():
+                    f.unlink()
+        for d in (root, tb):
+            with contextlib.suppress(OSError):  # only when empty: anything else there stays
+                d.rmdir()
+
+    @staticmethod
+    def _checkpoint_dirs(root: Path) -> list[tuple[Path, int]]:
+        """The checkpoints chainrule wrote in ``root`` (``step-N/`` with a chainrule ``config.json``
+        and a ``trainer_state.json``) with their steps, oldest first."""
+        if not root.is_dir():
+            return []
+        found = []
+        for path in root.iterdir():
+            m = _STEP_DIR.fullmatch(path.name)
+            if m is None or path.is_symlink() or not path.is_dir() or not (path / STATE_JSON).is_file():
+                continue
+            try:
+                read_config(path)
+            except CheckpointError:  # not chainrule's: left alone
+                continue
+            found.append((path, int(m.group(1))))
+        return sorted(found, key=lambda pair: pair[1])
+
+    def _keep_checkpoint(self, step: int) -> None:
+        """Copy the ``last/`` just written to ``checkpoints/step-<step>/`` (hard links where possible;
+        into a temporary directory, then renamed) and delete the older ones beyond ``keep_last``.
+
+        Kept: the ``keep_last`` highest steps up to ``step``. A checkpoint of a *later* step (left by
+        a run that went further before ``last/`` was replaced by hand) is not this run's past and
+        is left alone."""
+        assert self.out_dir is not None
+        root = self.out_dir / CHECKPOINTS_DIR
+        root.mkdir(exist_ok=True)
+        _remove_stale_temporaries(root)  # a previous write killed half-way
+        name = f"step-{step:06d}"
+        tmp, dst, old = root / f".{name}.tmp", root / name, root / f".{name}.old"
+        link_or_copy_tree(self.out_dir / LAST_DIR, tmp)
+        if dst.exists():  # the same step again (a resumed run re-saving it): replaced
+            dst.rename(old)
+        tmp.rename(dst)
+        shutil.rmtree(old, ignore_errors=True)
+        past = [path for path, s in self._checkpoint_dirs(root) if s <= step]
+        for path in past[:max(0, len(past) - self.config.keep_last)]:
+            shutil.rmtree(path, ignore_errors=True)
 
     def _save_best(self, result: TrainResult) -> None:
         if self.out_dir is None or not self.is_main:
@@ -720,8 +927,15 @@ class Trainer:
         Written into ``last.tmp/`` and swapped in by renames, so an interruption while writing
         leaves the previous ``last/`` (or ``last.old/``) intact. Written after every epoch and, with
         ``save_every`` or on a signal, mid-epoch (``batch`` > 0: the batches of epoch ``epochs_done``
-        already taken, with their running loss)."""
-        if self.out_dir is None or not self.config.save_last or not self.is_main:
+        already taken, with their running loss). With ``keep_last`` > 1 also kept as
+        ``checkpoints/step-<step>/`` (:meth:`_keep_checkpoint`).
+
+        Under DDP every rank calls this (at the same points): the ranks' torch generators are
+        gathered to rank 0, which alone writes."""
+        if not self.config.save_last:
+            return
+        rank_rngs = self._gather_rng_states()  # a collective: before the non-writing ranks return
+        if self.out_dir is None or not self.is_main:
             return
         tmp = self.out_dir / f"{LAST_DIR}.tmp"
         shutil.rmtree(tmp, ignore_errors=True)
@@ -740,10 +954,14 @@ class Trainer:
         tensors["rng.trainer"] = self.data_rng.get_state()
         tensors["rng.members"] = self.member_rng.get_state()
         tensors["rng.torch"] = torch.get_rng_state()
+        for r, state in enumerate(rank_rngs[1:], start=1):  # the other ranks' (dropout draws differ per rank)
+            tensors[f"rng.torch.{r}"] = state
+        if self._cuda_device() is not None:  # dropout on a GPU draws from the device's generator
+            tensors["rng.cuda"] = torch.cuda.get_rng_state(self._cuda_device())
         save_file(tensors, str(tmp / STATE_TENSORS))
         res = asdict(st.result)
         res["best_val_nll_nats"] = None if math.isinf(st.result.best_val_nll_nats) else st.result.best_val_nll_nats
-        state_json = {"epochs_done": st.epoch, "step": st.step, "lr_scale": st.lr_scale, "bad_epochs": st.bad_epochs,
+        state_json = {"version": STATE_VERSION, "epochs_done": st.epoch, "step": st.step, "lr_scale": st.lr_scale, "bad_epochs": st.bad_epochs,
                       "batch": st.batch, "epoch_nll_sum": st.epoch_nll_sum, "epoch_count": st.epoch_count,
                       "has_best": st.best_state is not None,
                       "optimizer": {"param_groups": opt["param_groups"], "scalars": scalars}, "result": res}
@@ -754,6 +972,26 @@ class Trainer:
             last.rename(old)
         tmp.rename(last)
         shutil.rmtree(old, ignore_errors=True)
+        if self.config.keep_last > 1:
+            self._keep_checkpoint(st.step)
+
+    def _cuda_device(self) -> torch.device | None:
+        """The model's CUDA device (None on any other device)."""
+        p = next(self.model.parameters(), None)
+        return p.device if p is not None and p.device.type == "cuda" else None
+
+    def _gather_rng_states(self) -> list[torch.Tensor]:
+        """Every rank's torch (CPU) generator state, on rank 0 (one entry per rank; on the other
+        ranks only their own); a single process: its own. Every rank must call it."""
+        state = torch.get_rng_state()
+        if self.world_size == 1:
+            return [state]
+        # NCCL moves only CUDA tensors; gloo takes CPU ones
+        dev = self._cuda_device() if torch.distributed.get_backend() == "nccl" else None
+        mine = state.to(dev) if dev is not None else state
+        out = [torch.empty_like(mine) for _ in range(self.world_size)]
+        torch.distributed.all_gather(out, mine)
+        return [t.cpu() for t in out] if self.is_main else [state]
 
     def _load_last(self) -> TrainState:
         """Restore model, optimizer and generators from ``out_dir/last/``; returns the loop state."""
@@ -772,9 +1010,16 @@ class Trainer:
                                       f"this trainer's: {model.config.get(key)!r}); resume with the same model")
         try:
             state = json.loads((last / STATE_JSON).read_text())
+        except (OSError, json.JSONDecodeError, UnicodeDecodeError) as exc:
+            raise CheckpointError(f"{last} is damaged ({exc}); cannot resume from it") from None
+        if not isinstance(state, dict):
+            raise CheckpointError(f"{last / STATE_JSON} is damaged (not a JSON object); cannot resume from it")
+        # before anything else is read: a newer layout may mean anything
+        version = check_version(state.get("version", 1), STATE_VERSION, last / STATE_JSON, "trainer state")
+        try:
             tensors = load_file(str(last / STATE_TENSORS))
             weights = load_file(str(last / "model.safetensors"))
-        except (SafetensorError, OSError, json.JSONDecodeError) as exc:
+        except (SafetensorError, OSError) as exc:
             raise CheckpointError(f"{last} is damaged ({exc}); cannot resume from it") from None
         model.load_state_dict(weights)
         opt_state: dict[int, dict[str, Any]] = {}
@@ -788,18 +1033,50 @@ class Trainer:
         self.data_rng.set_state(tensors["rng.trainer"])
         if "rng.members" in tensors:
             self.member_rng.set_state(tensors["rng.members"])
-        torch.set_rng_state(tensors["rng.torch"])
+        # this rank's own generator (a checkpoint from before they were all saved: rank 0's)
+        torch.set_rng_state(tensors.get(f"rng.torch.{dist_utils.rank()}", tensors["rng.torch"]))
+        if "rng.cuda" in tensors and self._cuda_device() is not None and self.world_size == 1:
+            torch.cuda.set_rng_state(tensors["rng.cuda"], self._cuda_device())
         best = {k[len("best."):]: v for k, v in tensors.items() if k.startswith("best.")} if state["has_best"] else None
         res = state["result"]
         if res["best_val_nll_nats"] is None:
             res["best_val_nll_nats"] = math.inf
+        if version < 2:  # version 1 counted epochs from 0 (best_epoch -1: none yet)
+            res["history"] = [{**row, "epoch": row["epoch"] + 1} for row in res["history"]]
+            res["best_epoch"] += 1
         if self.is_main:
-            log.info("resuming %s at epoch %d, batch %d (step %d)", self.out_dir, state["epochs_done"],
-                     state.get("batch", 0), state["step"])
+            batch = state.get("batch", 0)
+            where = (f"in epoch {state['epochs_done'] + 1} after batch {batch}" if batch
+                     else f"after epoch {state['epochs_done']}")
+            log.info("resuming %s %s (step %d)", self.out_dir, where, state["step"])
         return TrainState(epoch=state["epochs_done"], step=state["step"], lr_scale=state["lr_scale"],
                           bad_epochs=state["bad_epochs"], batch=state.get("batch", 0),
                           epoch_nll_sum=state.get("epoch_nll_sum", 0.0), epoch_count=state.get("epoch_count", 0),
                           result=TrainResult(**res), best_state=best)
+
+
+def _summary_writer() -> Any:
+    """``torch.utils.tensorboard.SummaryWriter``, or None when the tensorboard package is missing
+    (or broken: a warning, and training goes on with ``log.csv`` only)."""
+    try:
+        from torch.utils.tensorboard import SummaryWriter
+    except ImportError:
+        return None
+    except Exception as exc:  # e.g. a protobuf mismatch inside tensorboard: not worth failing a run over
+        log.warning("tensorboard is installed but cannot be imported (%s); writing log.csv only", exc)
+        return None
+    return SummaryWriter
+
+
+def _remove_stale_temporaries(root: Path) -> None:
+    """The ``.step-N.tmp`` / ``.step-N.old`` directories of ``checkpoints/`` that a write killed
+    half-way left behind."""
+    if not root.is_dir():
+        return
+    for path in root.iterdir():
+        if (path.name.startswith(".step-") and path.name.endswith((".tmp", ".old")) and path.is_dir()
+                and not path.is_symlink()):
+            shutil.rmtree(path, ignore_errors=True)
 
 
 def _json_roundtrip(v: Any) -> Any:
