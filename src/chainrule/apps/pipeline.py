@@ -66,7 +66,6 @@ def parse_hyperparameters(pairs: list[str]) -> dict[str, Any]:
     return out
 
 
-
 def checkpoint_dir(run: str | Path) -> Path:
     """Accept either a run directory (with ``best/``) or a checkpoint directory itself."""
     run = Path(run)

@@ -467,17 +467,22 @@ def _npy_error(exc: BaseException) -> str:
     return text or type(exc).__name__
 
 
-def read_npy(path: str | Path, error: type[ChainruleError] = DataError) -> np.ndarray:
-    """Read the array of a ``.npy`` file, never unpickling (``allow_pickle=False``): an empty,
-    unreadable, truncated or pickled file, or an ``.npz`` under a ``.npy`` name, raises ``error``
-    (a one-line message naming the file and the problem)."""
-    path = Path(path)
+def _check_not_empty(path: Path, kind: str, error: type[ChainruleError]) -> None:
+    """``error`` naming ``path`` when it cannot be read or holds 0 bytes (``kind``: the file type expected)."""
     try:
         size = path.stat().st_size
     except OSError as exc:
         raise error(f"{path}: cannot read it ({exc.strerror or exc})") from None
     if size == 0:
-        raise error(f"{path}: the file is empty (0 bytes); expected a NumPy .npy file")
+        raise error(f"{path}: the file is empty (0 bytes); expected a NumPy {kind} file")
+
+
+def read_npy(path: str | Path, error: type[ChainruleError] = DataError) -> np.ndarray:
+    """Read the array of a ``.npy`` file, never unpickling (``allow_pickle=False``): an empty,
+    unreadable, truncated or pickled file, or an ``.npz`` under a ``.npy`` name, raises ``error``
+    (a one-line message naming the file and the problem)."""
+    path = Path(path)
+    _check_not_empty(path, ".npy", error)
     try:
         loaded = np.load(path, allow_pickle=False)
     except (ValueError, EOFError, OSError) as exc:
@@ -512,12 +517,7 @@ def _read_user_splits(path: Path) -> _UserData:
         )
     if suffix == ".npy":
         return _UserData(_random_split(read_npy(path), 2, path), None, None)
-    try:
-        size = path.stat().st_size
-    except OSError as exc:
-        raise DataError(f"{path}: cannot read it ({exc.strerror or exc})") from None
-    if size == 0:
-        raise DataError(f"{path}: the file is empty (0 bytes); expected a NumPy .npz file")
+    _check_not_empty(path, ".npz", DataError)
     # allow_pickle=False always: a pickle (an object array, or a file that is no NumPy file at all)
     # can run code when loaded, so it is refused, never unpickled.
     try:
