@@ -104,6 +104,8 @@ import json
 import logging
 import math
 import os
+import zipfile
+import zlib
 from collections.abc import Iterable, Sequence
 from dataclasses import asdict, dataclass
 from itertools import chain, repeat
@@ -1051,6 +1053,22 @@ class NgramLM:
             bow = _log(self._arpa_bow(rows)) / _LOG10 if k < n else None
             sections.append((rows, lp, bow))
         words = np.array(self.vocab, dtype=object)
+        # Written to a temporary file next to ``path`` and renamed: a failed write leaves no half file.
+        tmp = path.with_name(f".{path.name}.tmp")
+        try:
+            self._write_arpa(tmp, sections, words)
+            os.replace(tmp, path)
+        except OSError as exc:
+            if tmp.parent.is_dir():
+                tmp.unlink(missing_ok=True)
+            raise InputError(f"cannot write the ARPA file {path}: {exc.strerror or exc}") from None
+        logger.info("wrote %s (%s)", path, ", ".join(f"{k}-grams: {s[0].shape[0]}" for k, s in enumerate(sections, 1)))
+        return path
+
+    @staticmethod
+    def _write_arpa(path: Path, sections: list[tuple[np.ndarray, np.ndarray, np.ndarray | None]],
+                    words: np.ndarray) -> None:
+        """The ARPA text of :meth:`to_arpa`'s ``sections`` (per order: n-gram rows, log10 p, log10 bow)."""
         with open(path, "w", encoding="utf-8") as fh:
             fh.write("\\data\\\n")
             for k, (rows, _, _) in enumerate(sections, 1):
@@ -1071,8 +1089,6 @@ class NgramLM:
                     fh.write("\n".join(lines.tolist()))
                     fh.write("\n")
             fh.write("\n\\end\\\n")
-        logger.info("wrote %s (%s)", path, ", ".join(f"{k}-grams: {s[0].shape[0]}" for k, s in enumerate(sections, 1)))
-        return path
 
     def _arpa_bow(self, ctx: np.ndarray) -> np.ndarray:
         """ARPA backoff weights of contexts ``ctx`` (N, k), k < n: the order-(k+1) level's gamma
@@ -1360,11 +1376,12 @@ class NgramLM:
         model = cls(config["order"], config["smoothing"], padding=padding, **config.get("options", {}))
         model.metadata = dict(config.get("metadata", {}))
         model._set_vocab(list(config["vocab"]))
-        try:
+        try:  # a truncated or overwritten archive fails in zipfile or zlib, not only in numpy
             with np.load(path / _ARRAYS, allow_pickle=False) as data:
                 arrays = {name: data[name] for name in data.files}
-        except (OSError, ValueError) as exc:
-            raise DataError(f"cannot read {path / _ARRAYS}: {exc}") from exc
+        except (OSError, ValueError, EOFError, zipfile.BadZipFile, zlib.error) as exc:
+            raise DataError(f"cannot read {path / _ARRAYS} ({type(exc).__name__}: {exc}); the file is damaged or "
+                            "is not an n-gram model's arrays: fit and save the model again") from None
         n = model.order
         try:
             model._keys = [arrays[f"keys_{k}"].astype(np.int64) for k in range(1, n + 1)]
