@@ -77,3 +77,14 @@ def test_sample_needs_a_positive_integer(n):
     model = chainrule.create_model("nade", (1, 4, 4), 2, hidden_size=8)
     with pytest.raises(InputError, match="n must be a positive integer"):
         model.sample(n)
+
+
+def test_order_takes_the_permutation_its_error_message_offers(bits, tmp_path, capsys):
+    perm = list(range(15, -1, -1))
+    assert main(["train", "fvsbn", "--dataset", str(bits), "--order", str(perm), "--epochs", "1", "--out",
+                 str(tmp_path / "run"), "--no-progress", "--threads", "1", "--num-samples", "1"]) == 0
+    capsys.readouterr()
+    assert main(["train", "fvsbn", "--dataset", str(bits), "--order", "[2, 0, 1]", "--epochs", "1", "--out",
+                 str(tmp_path / "bad"), "--no-progress", "--threads", "1"]) == 2
+    err = capsys.readouterr().err
+    assert "permutation of range(16)" in err and not (tmp_path / "bad").exists()
