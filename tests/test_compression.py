@@ -114,21 +114,22 @@ def test_the_thread_count_changes_nothing(key):
     assert torch.equal(back_1, x) and torch.equal(back_2, x)
 
 
-def test_constriction_codes_the_exact_integer_model():
-    """Tables f/2^16 passed as float64 are quantized by constriction to the integer model
-    cdf_k = floor(C_k (2^24 - K) / 2^16) + k, with no float rounding: coding 50000 copies of a
-    symbol costs what that model predicts (q = 257 here: 280 bits less than the naive f * 2^8 = 256)."""
+@pytest.mark.parametrize("bits", [16, 24])
+def test_constriction_codes_the_exact_integer_model(bits):
+    """Tables f/2^b passed as float64 are quantized by constriction to the integer model
+    cdf_k = floor(C_k (2^24 - K) / 2^b) + k, with no float rounding: coding 50000 copies of a
+    symbol costs what that model predicts (b = 16: q = 257, 280 bits less than the naive f * 2^8)."""
     import constriction
 
     k, n = 256, 50000
     f = np.ones(k, np.int64)
-    f[-1] = (1 << 16) - (k - 1)
+    f[-1] = (1 << bits) - (k - 1)
     c = np.concatenate([[0], np.cumsum(f)])
-    cdf = (c * ((1 << 24) - k)) // (1 << 16) + np.arange(k + 1)
+    cdf = (c * ((1 << 24) - k)) // (1 << bits) + np.arange(k + 1)
     cdf[-1] = 1 << 24
     q = np.diff(cdf)
-    probs = cz._probabilities(torch.from_numpy(np.tile(f, (n, 1))))
-    assert probs.dtype == np.float64 and np.array_equal(probs * (1 << 16), np.tile(f, (n, 1)).astype(np.float64))
+    probs = cz._probabilities(torch.from_numpy(np.tile(f, (n, 1))), bits)
+    assert probs.dtype == np.float64 and np.array_equal(probs * (1 << bits), np.tile(f, (n, 1)).astype(np.float64))
     for sym in (100, 0):
         enc = constriction.stream.queue.RangeEncoder()
         x = np.full(n, sym, np.int32)
@@ -137,7 +138,28 @@ def test_constriction_codes_the_exact_integer_model():
         assert predicted - 1 <= enc.num_bits() <= predicted + 64
         dec = constriction.stream.queue.RangeDecoder(enc.get_compressed())
         assert np.array_equal(dec.decode(cz._family(), probs), x)
-    assert q[100] == 257 and q[0] == 256
+    if bits == 16:
+        assert q[100] == 257 and q[0] == 256
+    else:
+        assert q[100] == 2 and q[0] == 1  # floor(k (1 - K / 2^24)) = k - 1 for k >= 1: cdf_k = 2k - 1
+
+
+def test_version_1_files_with_16_bit_tables_still_decode(monkeypatch):
+    """Format version 1 coded with 16-bit tables; version 2 (written now) with 24-bit ones, whose
+    floor of one count per value costs K / 2^24 of the mass instead of K / 2^16."""
+    model = build("nade")
+    x, y = model_data(model)
+    assert cz.FORMAT_VERSION == 2 and cz.PRECISION == 24 and cz.TABLE_BITS == {1: 16, 2: 24}
+    with monkeypatch.context() as m:
+        m.setattr(cz, "PRECISION", 16)
+        old = compress(model, x, y)
+    head, payload = cz.read_header(old)
+    head.version = 1  # what chainrule 0.2 wrote: the same layout, version 1
+    v1 = head.pack() + payload
+    assert cz.read_header(v1)[0].version == 1
+    assert torch.equal(decompress(model, v1), x)
+    new = compress(model, x, y)
+    assert cz.read_header(new)[0].version == 2 and torch.equal(decompress(model, new), x)
 
 
 def test_another_models_file_is_refused_before_decoding(tmp_path, monkeypatch):

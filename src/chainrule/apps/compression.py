@@ -1,38 +1,42 @@
 """Lossless compression with any discrete chainrule model: arithmetic (range) coding of the model's
 own conditionals, ``p(x) = prod_j p(x_j | x_<j, c)``, so an example costs about ``-log2 p(x | c)``
-bits (plus the coder's ~32 bits of flush per file and the 16-bit quantization of the tables).
+bits (plus the coder's ~32 bits of flush per file and the 24-bit quantization of the tables).
 
 How the stream is made
 ----------------------
 - The tables are :func:`chainrule.inference.coding.frequency_tables`: integer frequencies
-  ``(n, K)`` (every symbol >= 1, rows summing to ``2**16``), computed the same way at encoding and
+  ``(n, K)`` (every symbol >= 1, rows summing to ``2**24``), computed the same way at encoding and
   decoding time, whatever the batch size or thread count. Nothing else of the model is used.
 - The coder is ``constriction``'s :class:`~constriction.stream.queue.RangeEncoder` /
   ``RangeDecoder`` (a *queue*: symbols are decoded in the order they were encoded) with the model
   family ``constriction.stream.model.Categorical(perfect=False)``, parameterized per symbol.
 - **Exact quantization.** constriction takes float probabilities and re-quantizes them to 24 bits
   (``LazyContiguousCategoricalEntropyModel::from_floating_point_probabilities_fast``, constriction
-  0.4 / 0.5): with ``P_k = f_k / 2**16`` and cumulative sums ``S_k`` it computes
+  0.4 / 0.5): with ``P_k = f_k / 2**24`` and cumulative sums ``S_k`` it computes
   ``cdf_k = floor(S_k * (2**24 - K) / sum(P)) + k`` (``cdf_K = 2**24``), the same formula in the
-  encoder and the decoder. We pass the tables as **float64** ``f / 2**16``: every ``P_k``, every
-  partial sum ``S_k`` (a multiple of ``2**-16`` not above 1), their total (exactly 1.0) and every
-  product ``S_k * (2**24 - K)`` (below ``2**40``) is exact in float64, so the 24-bit model is an
+  encoder and the decoder. We pass the tables as **float64** ``f / 2**24``: every ``P_k``, every
+  partial sum ``S_k`` (a multiple of ``2**-24`` not above 1), their total (exactly 1.0) and every
+  product ``S_k * (2**24 - K)`` (below ``2**48``) is exact in float64, so the 24-bit model is an
   exact integer function of our integer table — no float rounding anywhere, on any platform.
   (float32 would not do: the products would round; measured, a float32 stream differs.) The cost
-  over coding ``f / 2**16`` directly is below ``K / 2**24`` bits per symbol.
+  over coding ``f / 2**24`` directly is below ``2 K / 2**24`` bits per symbol.
+- **Why 24 bits.** Every symbol's frequency is at least 1, so a table of ``2**b`` reserves at least
+  ``K / 2**b`` of the mass for values the model deems impossible. At b = 16 (format version 1)
+  that is 0.4% for K = 256 and cost 8-bit MNIST 0.24% over the ideal code length (BENCHMARKS.md
+  §6); at b = 24 it is 0.0015%. Version-1 files (16-bit tables) are still read.
 - **One stream per file**: the examples are coded in chunks of at most ``chunk`` examples (stored
   in the header; :data:`CHUNK_EXAMPLES` by default, so the model's incremental state stays
   small); inside a chunk variable by variable in the order the generator yields them (the model's
   order; inside a group its variables one at a time), the chunk's examples in index order for each
   variable.
 
-Container format (version 1; all integers little-endian)
+Container format (version 2; all integers little-endian)
 --------------------------------------------------------
 ====== ======== ==========================================================================
 offset bytes    field
 ====== ======== ==========================================================================
 0      4        magic ``b"CRZ1"``
-4      2        format version, uint16 (= 1)
+4      2        format version, uint16 (= 2; 1: the same layout with 16-bit tables)
 6      1        content kind, uint8: 0 = array of model values, 1 = text (tokens of a file)
 7      1        context kind, uint8: 0 = none, 1 = class labels, 2 = context tensor
 8      32       model fingerprint: SHA-256 of the model's JSON config and weights
@@ -108,9 +112,11 @@ from chainrule.inference.coding import frequency_tables
 from chainrule.io.checkpoint import atomic_write
 
 MAGIC = b"CRZ1"
-FORMAT_VERSION = 1
-#: Bits of the integer frequency tables (rows sum to ``2**PRECISION``).
-PRECISION = 16
+FORMAT_VERSION = 2
+#: Bits of the frequency tables of each format version this chainrule reads.
+TABLE_BITS = {1: 16, 2: 24}
+#: Bits of the integer frequency tables this chainrule writes (rows sum to ``2**PRECISION``).
+PRECISION = TABLE_BITS[FORMAT_VERSION]
 #: Examples per chunk of the stream by default (bounds the model's incremental state).
 CHUNK_EXAMPLES = 1024
 CONTENT_ARRAY, CONTENT_TEXT = 0, 1
@@ -158,6 +164,7 @@ class Header:
     payload_length: int
     payload_crc32: int
     header_length: int = 0
+    version: int = FORMAT_VERSION
 
     def pack(self) -> bytes:
         ctx = b""
@@ -166,7 +173,7 @@ class Header:
             np.save(buf, np.ascontiguousarray(self.context), allow_pickle=False)
             ctx = buf.getvalue()
         meta = json.dumps(self.meta, sort_keys=True, separators=(",", ":")).encode()
-        out = _FIXED.pack(MAGIC, FORMAT_VERSION, self.content_kind, self.context_kind, self.fingerprint,
+        out = _FIXED.pack(MAGIC, self.version, self.content_kind, self.context_kind, self.fingerprint,
                           self.num_examples, self.num_values, self.chunk, len(self.shape))
         out += struct.pack(f"<{len(self.shape)}I", *self.shape)
         out += struct.pack("<I", len(meta)) + meta + struct.pack("<I", len(ctx)) + ctx
@@ -199,9 +206,9 @@ def read_header(data: bytes) -> tuple[Header, bytes]:
     if data[:4] != MAGIC:
         raise InputError(f"not a chainrule compressed file (expected the magic bytes {MAGIC!r}, got {data[:4]!r})")
     magic, version, content, context, fp, n, k, chunk, rank = _FIXED.unpack(r.take(_FIXED.size, "fixed fields"))
-    if version != FORMAT_VERSION:
-        raise InputError(f"compressed file format version {version}; this chainrule reads version {FORMAT_VERSION}"
-                         + (" (upgrade chainrule)" if version > FORMAT_VERSION else ""))
+    if version not in TABLE_BITS:
+        raise InputError(f"compressed file format version {version}; this chainrule reads versions "
+                         f"{', '.join(map(str, TABLE_BITS))}" + (" (upgrade chainrule)" if version > FORMAT_VERSION else ""))
     shape = struct.unpack(f"<{rank}I", r.take(4 * rank, "event shape"))
     (m,) = struct.unpack("<I", r.take(4, "metadata length"))
     meta_raw = r.take(m, "metadata")
@@ -226,7 +233,7 @@ def read_header(data: bytes) -> tuple[Header, bytes]:
                          f"{len(payload)} follow it")
     if plen % 4:
         raise InputError(f"the compressed file is corrupted: a payload of {plen} bytes is not a whole number of 32-bit words")
-    head = Header(content, context, fp, n, k, chunk, tuple(shape), meta, ctx, sha, plen, pcrc, r.pos)
+    head = Header(content, context, fp, n, k, chunk, tuple(shape), meta, ctx, sha, plen, pcrc, r.pos, version)
     return head, payload
 
 
@@ -252,9 +259,9 @@ def _family() -> Any:
     return constriction.stream.model.Categorical(perfect=False)
 
 
-def _probabilities(freq: torch.Tensor) -> np.ndarray:
-    """Integer tables ``(n, K)`` as the float64 probabilities ``f / 2**16`` (exact), C-contiguous."""
-    return np.ascontiguousarray(freq.cpu().numpy().astype(np.float64) / float(1 << PRECISION))
+def _probabilities(freq: torch.Tensor, bits: int) -> np.ndarray:
+    """Integer tables ``(n, K)`` as the float64 probabilities ``f / 2**bits`` (exact), C-contiguous."""
+    return np.ascontiguousarray(freq.cpu().numpy().astype(np.float64) / float(1 << bits))
 
 
 def _encode(model: Any, x: torch.Tensor, ctx: torch.Tensor | None, member: int | None, chunk: int,
@@ -279,7 +286,7 @@ def _encode(model: Any, x: torch.Tensor, ctx: torch.Tensor | None, member: int |
                 pick = free[a:b, j]
                 x[a:b, j][pick] = freq[pick].argmax(1)
             vals = x[a:b, j]
-            enc.encode(vals.numpy().astype(np.int32), family, _probabilities(freq))
+            enc.encode(vals.numpy().astype(np.int32), family, _probabilities(freq, PRECISION))
             bits -= float(torch.log2(freq[rows, vals].double() / (1 << PRECISION)).sum())
             try:
                 j, freq = gen.send(vals)
@@ -289,8 +296,10 @@ def _encode(model: Any, x: torch.Tensor, ctx: torch.Tensor | None, member: int |
     return words.astype("<u4").tobytes(), x, bits
 
 
-def _decode(model: Any, payload: bytes, n: int, ctx: torch.Tensor | None, member: int | None, chunk: int) -> torch.Tensor:
-    """Decode ``n`` examples ``(n, D)`` long from a payload, in the order :func:`_encode` wrote them."""
+def _decode(model: Any, payload: bytes, n: int, ctx: torch.Tensor | None, member: int | None, chunk: int,
+            bits: int = PRECISION) -> torch.Tensor:
+    """Decode ``n`` examples ``(n, D)`` long from a payload, in the order :func:`_encode` wrote them
+    with ``bits``-bit tables (:data:`TABLE_BITS` of the file's format version)."""
     import constriction
 
     out = torch.zeros(n, model.dim, dtype=torch.long)
@@ -304,11 +313,11 @@ def _decode(model: Any, payload: bytes, n: int, ctx: torch.Tensor | None, member
     family = _family()
     for a in range(0, n, chunk):
         b = min(a + chunk, n)
-        gen = frequency_tables(model, b - a, None if ctx is None else ctx[a:b], PRECISION, member=member)
+        gen = frequency_tables(model, b - a, None if ctx is None else ctx[a:b], bits, member=member)
         j, freq = next(gen)
         while True:
             try:
-                vals = dec.decode(family, _probabilities(freq))
+                vals = dec.decode(family, _probabilities(freq, bits))
             except Exception as exc:
                 raise InputError(f"the compressed payload is corrupted: decoding failed ({exc})") from None
             vals = torch.from_numpy(vals.astype(np.int64))
@@ -358,7 +367,7 @@ class _Coded:
     data: bytes
     header: Header
     values: torch.Tensor  # (N, D) the values coded (text: with the padding chosen)
-    table_bits: float  # sum of -log2(f / 2^16) of the coded symbols
+    table_bits: float  # sum of -log2(f / 2^PRECISION) of the coded symbols
     context: torch.Tensor | None
 
 
@@ -390,7 +399,8 @@ def _decompress_values(model: Any, data: bytes) -> tuple[Header, torch.Tensor, t
     if zlib.crc32(payload) != head.payload_crc32:
         raise InputError("the compressed file is corrupted: its payload fails the CRC-32 check")
     ctx = _header_context(head, model)
-    values = _decode(model, payload, head.num_examples, ctx, head.meta.get("member"), head.chunk)
+    values = _decode(model, payload, head.num_examples, ctx, head.meta.get("member"), head.chunk,
+                     TABLE_BITS[head.version])
     return head, values.reshape(head.num_examples, *model.shape), ctx
 
 
@@ -532,7 +542,7 @@ class CompressionReport:
     file_bytes: int
     header_bytes: int
     payload_bytes: int
-    table_bits: float  # sum of -log2(f / 2^16) over the coded values (the ideal under the quantized tables)
+    table_bits: float  # sum of -log2(f / 2^24) over the coded values (the ideal under the quantized tables)
     model_bits: float  # sum of -log2 p(x) from model.log_prob (the ideal code length)
     extra: dict[str, Any] = field(default_factory=dict)
 
@@ -560,7 +570,7 @@ class CompressionReport:
             f"(ratio {ratio:.2f}) -> {self.output}",
             f"achieved: {self.bits_per_dim:.4f} bits/dim (payload), {self.file_bits_per_dim:.4f} bits/dim (whole file)",
             f"model -log2 p(x): {self.model_bits_per_dim:.4f} bits/dim (the ideal code length, {self.model_bits:.1f} bits); "
-            f"payload - ideal = {over:+.1f} bits; 16-bit tables: {self.table_bits / max(self.dims, 1):.4f} bits/dim",
+            f"payload - ideal = {over:+.1f} bits; 24-bit tables: {self.table_bits / max(self.dims, 1):.4f} bits/dim",
         ]
 
 
