@@ -10,7 +10,7 @@ pixel and, for 0/1 images, on the bits packed 8 per byte (the smallest raw form)
 8-bit grey) and lossless WebP per image, summed (each file pays its own header, as a user storing
 images would). Encoding and decoding are timed (images/s).
 
-    python benchmarks/compression_mnist.py runs/binarized_mnist_pixelcnn --threads 1 [--limit N]
+    python benchmarks/compression_mnist.py runs/binarized_mnist_pixelcnn --threads 1 [--limit N] [--every K]
     python benchmarks/compression_mnist.py runs/mnist8_gated --dataset mnist --threads 1
 """
 
@@ -64,12 +64,15 @@ def main() -> None:
                     help="the fixed-binarization test set, or 8-bit MNIST's")
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--limit", type=int, default=None, help="only the first N test images")
+    ap.add_argument("--every", type=int, default=1,
+                    help="only every K-th test image (a sample spread over the whole file, which is sorted by class)")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     model = chainrule.load(checkpoint_dir(args.run)).eval()
     ds = load_dataset(args.dataset, data_dir())
     binary = args.dataset == "binarized-mnist"
-    x = ds.test if args.limit is None else ds.test[: args.limit]
+    x = ds.test[:: args.every]
+    x = x if args.limit is None else x[: args.limit]
     n = len(x)
     t0 = time.perf_counter()
     blob = compress(model, x)
