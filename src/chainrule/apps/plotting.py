@@ -58,25 +58,53 @@ def save_image_grid(images: torch.Tensor, path: str | Path, num_values: int | No
     return path
 
 
+def _finite(value: Any) -> float | None:
+    try:
+        out = float(value)
+    except (TypeError, ValueError):
+        return None
+    return out if math.isfinite(out) else None
+
+
+def read_training_log(path: str | Path) -> tuple[list[int], list[float | None], list[float | None]]:
+    """A trainer's ``log.csv``: epochs (counted from 1, the epochs completed; an older chainrule's
+    0-based log is shifted), training and validation NLL per epoch (None where missing or not
+    finite). Rows without an epoch are skipped; an unreadable file gives empty lists."""
+    epochs: list[int] = []
+    train: list[float | None] = []
+    val: list[float | None] = []
+    try:
+        with open(path, newline="", encoding="utf-8") as f:
+            for row in csv.DictReader(f):
+                try:
+                    epochs.append(int(row["epoch"]))
+                except (KeyError, TypeError, ValueError):
+                    continue
+                train.append(_finite(row.get("train_nll_nats")))
+                val.append(_finite(row.get("val_nll_nats")))
+    except OSError:
+        pass
+    if epochs and min(epochs) == 0:  # a log of an older chainrule, which counted epochs from 0
+        epochs = [e + 1 for e in epochs]
+    return epochs, train, val
+
+
 def plot_training_curve(log_csv: str | Path, path: str | Path, title: str = "") -> Path:
-    """Plot train and validation NLL (nats/example) per epoch from a trainer's ``log.csv`` (whose
-    ``epoch`` column counts from 1, as the x axis does)."""
+    """Plot train and validation NLL (nats/example) per epoch from a trainer's ``log.csv``
+    (:func:`read_training_log`)."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    rows = list(csv.DictReader(open(log_csv)))
-    epochs = np.array([int(r["epoch"]) for r in rows])
-    if len(epochs) and epochs.min() == 0:  # a log of an older chainrule, which counted epochs from 0
-        epochs = epochs + 1
+    epochs, train, val = read_training_log(log_csv)
     fig, ax = plt.subplots(figsize=(6, 4), dpi=100)
-    ax.plot(epochs, [float(r["train_nll_nats"]) for r in rows], label="train")
-    val = [float(r["val_nll_nats"]) for r in rows if r.get("val_nll_nats")]
-    if val:
-        ax.plot(epochs[: len(val)], val, label="validation")
-        best = int(np.argmin(val))
-        ax.scatter([epochs[best]], [val[best]], color="C1", zorder=3, label=f"best {val[best]:.2f}")
+    ax.plot(epochs, [math.nan if v is None else v for v in train], label="train")
+    pts = [(e, v) for e, v in zip(epochs, val) if v is not None]
+    if pts:
+        ax.plot([e for e, _ in pts], [v for _, v in pts], label="validation")
+        best = min(pts, key=lambda p: p[1])
+        ax.scatter([best[0]], [best[1]], color="C1", zorder=3, label=f"best {best[1]:.2f}")
     ax.set_xlabel("epoch")
     ax.set_ylabel("NLL (nats per example)")
     ax.set_title(title)

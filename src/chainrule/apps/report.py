@@ -12,7 +12,6 @@ page can be mailed or archived as one file. No weights are loaded. Pieces a run 
 from __future__ import annotations
 
 import base64
-import csv
 import html
 import io
 import json
@@ -25,6 +24,7 @@ from typing import Any
 
 from chainrule._version import __version__
 from chainrule.apps.pipeline import holds_run
+from chainrule.apps.plotting import read_training_log
 from chainrule.errors import CheckpointError, InputError
 from chainrule.io.checkpoint import CONFIG_FILE, read_config
 
@@ -102,26 +102,6 @@ def _count_parameters(cfg: dict[str, Any]) -> int | None:
         return None
 
 
-def _read_log(path: Path) -> tuple[list[int], list[float | None], list[float | None]]:
-    epochs: list[int] = []
-    train: list[float | None] = []
-    val: list[float | None] = []
-    try:
-        with open(path, newline="", encoding="utf-8") as f:
-            for row in csv.DictReader(f):
-                try:
-                    epochs.append(int(row["epoch"]))  # counted from 1: the epochs completed
-                except (KeyError, TypeError, ValueError):
-                    continue
-                train.append(_float(row.get("train_nll_nats")))
-                val.append(_float(row.get("val_nll_nats")))
-    except OSError:
-        pass
-    if epochs and min(epochs) == 0:  # a log of an older chainrule, which counted epochs from 0
-        epochs = [e + 1 for e in epochs]
-    return epochs, train, val
-
-
 def read_run(path: str | Path, name: str | None = None) -> RunInfo:
     """Everything the report shows of the run directory ``path``; an InputError when it is not one."""
     path = Path(path)
@@ -144,7 +124,7 @@ def read_run(path: str | Path, name: str | None = None) -> RunInfo:
         info.dataset = info.dataset or extra.get("dataset")
         if info.parameters is None:
             info.parameters = _count_parameters(cfg)
-    info.epochs_logged, info.train_nll, info.val_nll = _read_log(path / "log.csv")
+    info.epochs_logged, info.train_nll, info.val_nll = read_training_log(path / "log.csv")
     vals = [v for v in info.val_nll if v is not None]
     if info.best_val_nll_nats is None:
         info.best_val_nll_nats = min(vals) if vals else _float(extra.get("best_val_nll_nats"))
