@@ -297,10 +297,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
             print(json.dumps({"split": args.split, **cls.as_dict()}))
         return 0
     res = evaluate(model, data, labels, args.batch_size, progress=not args.no_progress, unit=token_unit(ds))
-    lines = describe_eval(args.split, res, ds)
-    if res.unit is not None:  # text / audio: per token (bits/char) first, the window's total last
-        lines[0] = f"{args.split}: {res}"
-    for line in lines:
+    for line in describe_eval(args.split, res, ds):  # text / audio: per token (bits/char) first
         print(line)
     if args.json:
         print(json.dumps({"split": args.split, **res.as_dict()}))
