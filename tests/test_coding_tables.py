@@ -11,12 +11,13 @@ import torch
 
 import chainrule
 from chainrule.errors import InputError
-from chainrule.inference.coding import BLOCK_ROWS, encoding_tables, frequency_tables
+from chainrule.inference.coding import encoding_tables, frequency_tables
 from chainrule.models.registry import get_model_class
 from test_registry import TINY, make
 
 DISCRETE = [n for n in chainrule.list_models() if get_model_class(n).supports_discrete]
 SPACES = [((12,), 5), ((3, 2, 2), 4)]
+BLOCK = 5  # rows per block in these tests (compression's default, 128, would only make them slower)
 
 
 def decode_tables(model, x: torch.Tensor, context=None, **call) -> list[torch.Tensor]:
@@ -47,21 +48,21 @@ def test_encoder_and_decoder_meet_the_same_tables(name, shape, num_values):
         shape = (6,) if len(shape) == 1 else shape
     model = make(name, shape, num_values, seed=3)
     shape = model.shape  # image models read a vector space as a (1, 1, D) image
-    n = BLOCK_ROWS + 5  # more than one block, the last one padded
+    n = 2 * BLOCK + 3  # three blocks, the last one padded
     x = torch.randint(num_values, (n, *shape), generator=torch.Generator().manual_seed(0))
     threads = torch.get_num_threads()
     try:
         torch.set_num_threads(2)
-        _, enc = encoding_tables(model, x)  # (D, n, K), batch n, 2 threads asked for
+        _, enc = encoding_tables(model, x, block_rows=BLOCK)  # (D, n, K), batch n, 2 threads asked for
         torch.set_num_threads(1)
-        dec = decode_tables(model, x)  # batch 1, 1 thread
+        dec = decode_tables(model, x, block_rows=BLOCK)  # batch 1, 1 thread
     finally:
         torch.set_num_threads(threads)
     assert torch.get_num_threads() == threads  # the path restores the thread count
     for i in range(n):
         assert torch.equal(enc[:, i], dec[i]), f"{name}: example {i}: tables differ between encoding and decoding"
     # the tables are the model's conditionals: they code x at its log-likelihood, up to quantization
-    idx, _ = encoding_tables(model, x)
+    idx, _ = encoding_tables(model, x, block_rows=BLOCK)
     flat = x.reshape(n, -1)
     bits = -(torch.stack([enc[k, torch.arange(n), flat[:, j]] for k, j in enumerate(idx)], 1).double() / (1 << 16)).log2()
     nll_bits = -model.log_prob_per_variable(x).detach().double()[:, idx] / math.log(2)  # (n, D), in coding order
@@ -77,9 +78,9 @@ def test_grouped_and_conditional_models_code_variable_by_variable():
     model = make("made", (3, 2, 2), 4, group_shape="pixel", num_classes=3)
     x = torch.randint(4, (7, 3, 2, 2))
     y = torch.tensor([0, 1, 2, 0, 1, 2, 0])
-    idx, enc = encoding_tables(model, x, y)
+    idx, enc = encoding_tables(model, x, y, block_rows=BLOCK)
     assert sorted(idx) == list(range(12)) and idx[:3] == [0, 4, 8]  # pixel 0's R, G, B first
-    dec = decode_tables(model, x, y)
+    dec = decode_tables(model, x, y, block_rows=BLOCK)
     assert all(torch.equal(enc[:, i], dec[i]) for i in range(7))
 
 
@@ -89,6 +90,9 @@ def test_coding_refuses_what_it_cannot_code():
     ens = chainrule.create_model("nade", (3,), 2, hidden_size=4, num_orders=2)
     with pytest.raises(InputError, match="member"):
         next(frequency_tables(ens, 2))
+    for bad in (0, 2.0, True):
+        with pytest.raises(InputError, match="block_rows must be a positive integer"):
+            next(frequency_tables(chainrule.create_model("fvsbn", (3,), 2), 2, block_rows=bad))
     gen = frequency_tables(chainrule.create_model("fvsbn", (3,), 2), 2)
     next(gen)
     with pytest.raises(InputError, match="0..1"):

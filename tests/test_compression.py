@@ -40,7 +40,7 @@ MODELS = {
     "pixelcnn": ("pixelcnn", (3, 2, 2), 4, {"channels": 12, "num_blocks": 1, "head_channels": 6, "first_kernel_size": 3}),
     "made-pixel-class": ("made", (3, 2, 2), 4, {"hidden_sizes": [16, 16], "group_shape": "pixel", "num_classes": 3}),
 }
-N = 21  # more than one 16-row block of the coding tables, the last one padded
+N = 21  # more than one 16-row block of the old formats' coding tables, the last one padded
 
 
 def build(key: str, seed: int = 0):
@@ -144,22 +144,44 @@ def test_constriction_codes_the_exact_integer_model(bits):
         assert q[100] == 2 and q[0] == 1  # floor(k (1 - K / 2^24)) = k - 1 for k >= 1: cdf_k = 2k - 1
 
 
-def test_version_1_files_with_16_bit_tables_still_decode(monkeypatch):
-    """Format version 1 coded with 16-bit tables; version 2 (written now) with 24-bit ones, whose
-    floor of one count per value costs K / 2^24 of the mass instead of K / 2^16."""
+@pytest.mark.parametrize("version", [1, 2])
+def test_older_format_versions_still_decode(monkeypatch, version):
+    """Version 1 coded with 16-bit tables, version 2 with 24-bit ones, both on blocks of 16 rows;
+    version 3 (written now) records its block size. 24 bits: the floor of one count per value
+    costs K / 2^24 of the mass instead of K / 2^16."""
     model = build("nade")
     x, y = model_data(model)
-    assert cz.FORMAT_VERSION == 2 and cz.PRECISION == 24 and cz.TABLE_BITS == {1: 16, 2: 24}
+    assert cz.FORMAT_VERSION == 3 and cz.PRECISION == 24 and cz.TABLE_BITS == {1: 16, 2: 24, 3: 24}
     with monkeypatch.context() as m:
-        m.setattr(cz, "PRECISION", 16)
+        m.setattr(cz, "PRECISION", cz.TABLE_BITS[version])
+        m.setattr(cz, "BLOCK_ROWS", cz.OLD_BLOCK_ROWS)
         old = compress(model, x, y)
     head, payload = cz.read_header(old)
-    head.version = 1  # what chainrule 0.2 wrote: the same layout, version 1
-    v1 = head.pack() + payload
-    assert cz.read_header(v1)[0].version == 1
-    assert torch.equal(decompress(model, v1), x)
+    head.version = version  # what chainrule 0.2 / 0.3 wrote: the same layout, no block_rows
+    del head.meta["block_rows"]
+    data = head.pack() + payload
+    assert cz.read_header(data)[0].version == version
+    assert torch.equal(decompress(model, data), x)
     new = compress(model, x, y)
-    assert cz.read_header(new)[0].version == 2 and torch.equal(decompress(model, new), x)
+    head = cz.read_header(new)[0]
+    assert head.version == 3 and head.meta["block_rows"] == N and torch.equal(decompress(model, new), x)
+
+
+def test_blocks_of_any_size_round_trip_and_are_checked(monkeypatch):
+    """The block size is the file's: a file made with blocks of 4 (6 blocks, the last padded)
+    decodes whatever this chainrule's default; a forged block size is refused."""
+    model = build("made-pixel-class")
+    x, y = model_data(model)
+    with monkeypatch.context() as m:
+        m.setattr(cz, "BLOCK_ROWS", 4)
+        data = compress(model, x, y)
+    head, payload = cz.read_header(data)
+    assert head.meta["block_rows"] == 4 and cz.BLOCK_ROWS == 128
+    assert torch.equal(decompress(model, data), x)
+    for bad in (0, True, "4", head.chunk + 1):
+        head.meta["block_rows"] = bad
+        with pytest.raises(InputError, match="block_rows"):
+            decompress(model, head.pack() + payload)
 
 
 def test_another_models_file_is_refused_before_decoding(tmp_path, monkeypatch):

@@ -29,14 +29,18 @@ How the stream is made
   small); inside a chunk variable by variable in the order the generator yields them (the model's
   order; inside a group its variables one at a time), the chunk's examples in index order for each
   variable.
+- **Blocks.** The tables are computed on blocks of exactly ``block_rows`` examples (the last one
+  padded; :mod:`chainrule.inference.coding`), recorded in the metadata since version 3: the
+  decoder must use the encoder's. :func:`compress` takes ``min(128, chunk, N)``; 128 rows code
+  3-5x faster than the 16 of versions 1 and 2 (BENCHMARKS.md §6).
 
-Container format (version 2; all integers little-endian)
+Container format (version 3; all integers little-endian)
 --------------------------------------------------------
 ====== ======== ==========================================================================
 offset bytes    field
 ====== ======== ==========================================================================
 0      4        magic ``b"CRZ1"``
-4      2        format version, uint16 (= 2; 1: the same layout with 16-bit tables)
+4      2        format version, uint16 (= 3; 2: no ``block_rows``, blocks of 16; 1: as 2, 16-bit tables)
 6      1        content kind, uint8: 0 = array of model values, 1 = text (tokens of a file)
 7      1        context kind, uint8: 0 = none, 1 = class labels, 2 = context tensor
 8      32       model fingerprint: SHA-256 of the model's JSON config and weights
@@ -50,7 +54,8 @@ a      4        length M of the metadata, uint32
 a+4    M        metadata: a UTF-8 JSON object. Arrays: ``dtype`` (the NumPy dtype string of the
                 input, restored by :func:`decompress_file`), ``single`` (the input was one
                 example without a batch axis). Text: ``tokens`` (the true token count),
-                ``tokenizer`` (its kind), ``tokenizer_sha256``. Always: ``member`` (the
+                ``tokenizer`` (its kind), ``tokenizer_sha256``. Always: ``block_rows`` (the
+                rows of every block of the tables, see above; version >= 3), ``member`` (the
                 ensemble member coded with, or null) and the ``chainrule`` / ``torch`` /
                 ``constriction`` versions of the compressor (for error messages only).
 b      4        length L of the context, uint32 (0 when there is none)
@@ -108,13 +113,15 @@ import torch
 from chainrule._version import __version__
 from chainrule.apps.completion import is_image_path, read_images
 from chainrule.errors import InputError
-from chainrule.inference.coding import frequency_tables
+from chainrule.inference.coding import BLOCK_ROWS, frequency_tables
 from chainrule.io.checkpoint import atomic_write
 
 MAGIC = b"CRZ1"
-FORMAT_VERSION = 2
+FORMAT_VERSION = 3
 #: Bits of the frequency tables of each format version this chainrule reads.
-TABLE_BITS = {1: 16, 2: 24}
+TABLE_BITS = {1: 16, 2: 24, 3: 24}
+#: Rows per block of the tables in versions 1 and 2 (version 3 records its own).
+OLD_BLOCK_ROWS = 16
 #: Bits of the integer frequency tables this chainrule writes (rows sum to ``2**PRECISION``).
 PRECISION = TABLE_BITS[FORMAT_VERSION]
 #: Examples per chunk of the stream by default (bounds the model's incremental state).
@@ -249,6 +256,17 @@ def _check_model(head: Header, model: Any) -> None:
                          f"{tuple(model.shape)}, K={model.num_values}")
     if head.chunk < 1:
         raise InputError("the compressed file is corrupted: chunk size 0")
+    _block_rows(head)
+
+
+def _block_rows(head: Header) -> int:
+    """The rows per block the file's tables were computed with (module docstring, "Blocks")."""
+    if head.version < 3:
+        return OLD_BLOCK_ROWS
+    b = head.meta.get("block_rows")
+    if not isinstance(b, int) or isinstance(b, bool) or not 1 <= b <= max(head.chunk, 1):
+        raise InputError(f"the compressed file is corrupted: block_rows {b!r} (expected an integer in 1..{head.chunk})")
+    return b
 
 
 # ---------------------------------------------------------------------- the coder
@@ -265,7 +283,7 @@ def _probabilities(freq: torch.Tensor, bits: int) -> np.ndarray:
 
 
 def _encode(model: Any, x: torch.Tensor, ctx: torch.Tensor | None, member: int | None, chunk: int,
-            free: torch.Tensor | None = None) -> tuple[bytes, torch.Tensor, float]:
+            block: int, free: torch.Tensor | None = None) -> tuple[bytes, torch.Tensor, float]:
     """Range-code ``x`` ``(N, D)`` (long) into one stream. ``free`` ``(N, D)`` bool marks positions
     whose value the encoder may choose (padding): it takes the most probable symbol there.
     Returns the payload, the values coded ``(N, D)`` and their table cost in bits."""
@@ -277,7 +295,8 @@ def _encode(model: Any, x: torch.Tensor, ctx: torch.Tensor | None, member: int |
     bits = 0.0
     for a in range(0, len(x), chunk):
         b = min(a + chunk, len(x))
-        gen = frequency_tables(model, b - a, None if ctx is None else ctx[a:b], PRECISION, member=member)
+        gen = frequency_tables(model, b - a, None if ctx is None else ctx[a:b], PRECISION, member=member,
+                               block_rows=block)
         rows = torch.arange(b - a)
         j, freq = next(gen)
         while True:
@@ -297,9 +316,10 @@ def _encode(model: Any, x: torch.Tensor, ctx: torch.Tensor | None, member: int |
 
 
 def _decode(model: Any, payload: bytes, n: int, ctx: torch.Tensor | None, member: int | None, chunk: int,
-            bits: int = PRECISION) -> torch.Tensor:
+            block: int, bits: int = PRECISION) -> torch.Tensor:
     """Decode ``n`` examples ``(n, D)`` long from a payload, in the order :func:`_encode` wrote them
-    with ``bits``-bit tables (:data:`TABLE_BITS` of the file's format version)."""
+    with ``bits``-bit tables (:data:`TABLE_BITS` of the file's format version) on blocks of
+    ``block`` rows."""
     import constriction
 
     out = torch.zeros(n, model.dim, dtype=torch.long)
@@ -313,7 +333,8 @@ def _decode(model: Any, payload: bytes, n: int, ctx: torch.Tensor | None, member
     family = _family()
     for a in range(0, n, chunk):
         b = min(a + chunk, n)
-        gen = frequency_tables(model, b - a, None if ctx is None else ctx[a:b], bits, member=member)
+        gen = frequency_tables(model, b - a, None if ctx is None else ctx[a:b], bits, member=member,
+                               block_rows=block)
         j, freq = next(gen)
         while True:
             try:
@@ -381,12 +402,13 @@ def _compress_values(model: Any, x: torch.Tensor, context: Any, member: int | No
     flat = x.reshape(len(x), model.dim).cpu().long()
     n = len(flat)
     kind, ctx_np, ctx = _context_header(model, context, n)
+    block = max(1, min(BLOCK_ROWS, chunk, n))
     if n:
-        payload, coded, bits = _encode(model, flat, ctx, member, chunk, free)
+        payload, coded, bits = _encode(model, flat, ctx, member, chunk, block, free)
     else:
         payload, coded, bits = b"", flat, 0.0
     head = Header(content_kind, kind, model_fingerprint(model), n, int(model.num_values), chunk,
-                  tuple(model.shape), {**meta, "member": member, **_versions()}, ctx_np,
+                  tuple(model.shape), {**meta, "block_rows": block, "member": member, **_versions()}, ctx_np,
                   content_sha if content_sha is not None else _content_hash_values(coded), len(payload),
                   zlib.crc32(payload))
     return _Coded(head.pack() + payload, head, coded, bits, ctx)
@@ -400,7 +422,7 @@ def _decompress_values(model: Any, data: bytes) -> tuple[Header, torch.Tensor, t
         raise InputError("the compressed file is corrupted: its payload fails the CRC-32 check")
     ctx = _header_context(head, model)
     values = _decode(model, payload, head.num_examples, ctx, head.meta.get("member"), head.chunk,
-                     TABLE_BITS[head.version])
+                     _block_rows(head), TABLE_BITS[head.version])
     return head, values.reshape(head.num_examples, *model.shape), ctx
 
 

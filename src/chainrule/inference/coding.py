@@ -9,8 +9,10 @@ such difference by construction:
 
 - encoding and decoding both run the **incremental step** (never the teacher-forced pass), in the
   model's order, one variable at a time (inside a group through the head's conditionals);
-- examples are processed in blocks of exactly ``BLOCK_ROWS`` rows (the last block padded), so every
-  matrix product has the same shape whatever the number of examples;
+- examples are processed in blocks of exactly ``block_rows`` rows (the last block padded), so every
+  matrix product has the same shape whatever the number of examples; encoder and decoder must
+  pass the same ``block_rows`` (a compressed file records it). Larger blocks amortize the
+  per-step overhead: 128 rows code 3-5x faster than 16 (BENCHMARKS.md §6);
 - torch runs with **one thread** while a table is computed (restored afterwards);
 - probabilities become integer frequencies row by row in float64
   (:func:`chainrule.distributions.quantize_logits`: every symbol >= 1, rows sum to 2**precision).
@@ -39,8 +41,8 @@ import torch
 from chainrule.distributions import quantize_logits
 from chainrule.errors import InputError
 
-#: Rows per block: every step runs on exactly this many rows.
-BLOCK_ROWS = 16
+#: Rows per block by default: every step runs on exactly this many rows.
+BLOCK_ROWS = 128
 
 
 @contextlib.contextmanager
@@ -56,17 +58,21 @@ def single_thread() -> Iterator[None]:
 
 
 def frequency_tables(model: Any, n: int, context: Any = None, precision: int = 16, member: int | None = None,
-                     order: Any = None, **options: Any) -> Generator[tuple[int, torch.Tensor], torch.Tensor, None]:
+                     order: Any = None, block_rows: int = BLOCK_ROWS,
+                     **options: Any) -> Generator[tuple[int, torch.Tensor], torch.Tensor, None]:
     """Yield ``(variable index, frequencies (n, K) int64)`` for every variable of ``n`` examples in
     the model's order, receiving each variable's ``n`` values by ``send`` (see the module docstring).
 
     Works for every discrete model; an ensemble needs ``member=k`` (its mixture's conditionals
-    under different orders have no closed form).
+    under different orders have no closed form). The tables depend on ``block_rows`` (the rows of
+    every step, the last block padded): decode with the ``block_rows`` you encoded with.
     """
     if not model.head.discrete:
         raise InputError(f"{model.name}: entropy coding needs a discrete model (num_values=K); this one is real-valued")
     if not isinstance(n, int) or isinstance(n, bool) or n < 1:
         raise InputError(f"n must be a positive integer, got {n!r}")
+    if not isinstance(block_rows, int) or isinstance(block_rows, bool) or block_rows < 1:
+        raise InputError(f"block_rows must be a positive integer, got {block_rows!r}")
     members = getattr(model, "num_members", 1)
     if members > 1 and member is None:
         raise InputError("coding with an ensemble needs one member: pass member=k")
@@ -75,14 +81,14 @@ def frequency_tables(model: Any, n: int, context: Any = None, precision: int = 1
     with torch.inference_mode():
         ctx = model.normalize_context(context, n)
         blocks = []
-        for start in range(0, n, BLOCK_ROWS):
-            rows = min(BLOCK_ROWS, n - start)
+        for start in range(0, n, block_rows):
+            rows = min(block_rows, n - start)
             c = None
             if ctx is not None:  # pad the block's context with copies of its first row
                 c = ctx[start:start + rows]
-                c = torch.cat([c, c[:1].expand(BLOCK_ROWS - rows, *c.shape[1:])]) if rows < BLOCK_ROWS else c
+                c = torch.cat([c, c[:1].expand(block_rows - rows, *c.shape[1:])]) if rows < block_rows else c
             with single_thread():
-                blocks.append([start, rows, model.init_state(BLOCK_ROWS, c, **call)])
+                blocks.append([start, rows, model.init_state(block_rows, c, **call)])
         order_list = model.resolve_order(**call).tolist()
         index = model.groups.index.tolist()
         s = model.group_size
@@ -94,7 +100,7 @@ def frequency_tables(model: Any, n: int, context: Any = None, precision: int = 1
                     start, rows, state = blk
                     prev = None
                     if i:
-                        prev = torch.zeros(BLOCK_ROWS, s, dtype=torch.long, device=model.device)
+                        prev = torch.zeros(block_rows, s, dtype=torch.long, device=model.device)
                         prev[:rows] = last_group[start:start + rows]
                     params, blk[2] = model.step(state, i, prev)
                     dists.append(model.head(params))
@@ -103,7 +109,7 @@ def frequency_tables(model: Any, n: int, context: Any = None, precision: int = 1
                 with single_thread():
                     for blk, dist in zip(blocks, dists):
                         start, rows, _ = blk
-                        part = torch.zeros(BLOCK_ROWS, s, dtype=torch.long, device=model.device)
+                        part = torch.zeros(block_rows, s, dtype=torch.long, device=model.device)
                         part[:rows] = partial[start:start + rows]
                         tables.append(quantize_logits(dist.variable_logits(part, j)[:rows], precision))
                 values = yield index[g][j], torch.cat(tables)
