@@ -138,3 +138,20 @@ def test_report_renders_in_a_headless_browser(runs, tmp_path):
     assert colours is None or len(colours) > 50  # text, tables and figures: far from a blank page
     lo, hi = img.convert("L").getextrema()
     assert hi - lo > 100
+
+
+def test_text_run_report_leads_with_its_unit(tmp_path):
+    """A character-level run shows nats and bits per character (as `chainrule eval` prints them),
+    not only nats per window."""
+    text = tmp_path / "t.txt"
+    text.write_text("the cat sat on the mat. " * 60)
+    out = tmp_path / "run_text"
+    assert main(["train", "lstm", "--dataset", str(text), "--block-size", "16", "--epochs", "1", "--out", str(out),
+                 "-p", "hidden_size=8", "--no-progress", "--threads", "1", "--num-samples", "2"]) == 0
+    assert main(["report", str(out)]) == 0
+    page = (out / "report.html").read_text(encoding="utf-8")
+    test = json.loads((out / "results.json").read_text())["test"]
+    assert test["unit"] == "char"
+    assert f"<th>NLL (nats/char)</th><td class=\"num\">{test['nats_per_token']:.4f}</td>" in page
+    assert f"<th>bits/char</th><td class=\"num\">{test['bits_per_token']:.4f}</td>" in page
+    assert "perplexity (per char)" in page and "<th>bits/dim</th>" not in page

@@ -273,10 +273,14 @@ def render_html(runs: list[RunInfo], title: str | None = None) -> str:
                    f"<tr><th>model</th>{_cell(r.model)}</tr><tr><th>parameters</th>{_cell(r.parameters)}</tr>"
                    f"<tr><th>dataset</th>{_cell(r.dataset)}</tr><tr><th>epochs</th>{_cell(r.epochs)}</tr>"
                    f"<tr><th>best val NLL (nats/example)</th>{_cell(r.best_val_nll_nats)}</tr></table>")
-        out.append("<h3>Test evaluation</h3><table class=\"eval\">"
+        unit = r.test.get("unit") if r.test and isinstance(r.test.get("unit"), str) else None
+        # text runs lead with their unit (char, byte, token), as `chainrule eval` prints them
+        per_unit = (f"<tr><th>NLL (nats/{html.escape(unit)})</th>{_cell(_test(r, 'nats_per_token'))}</tr>"
+                    f"<tr><th>bits/{html.escape(unit)}</th>{_cell(_test(r, 'bits_per_token'))}</tr>") if unit else ""
+        out.append("<h3>Test evaluation</h3><table class=\"eval\">" + per_unit +
                    f"<tr><th>NLL (nats/example)</th>{_cell(_test(r, 'nll_nats'))}</tr>"
-                   f"<tr><th>bits/dim</th>{_cell(_test(r, 'bits_per_dim'))}</tr>"
-                   f"<tr><th>perplexity (per variable)</th>{_cell(_test(r, 'perplexity'))}</tr>"
+                   + ("" if unit else f"<tr><th>bits/dim</th>{_cell(_test(r, 'bits_per_dim'))}</tr>") +
+                   f"<tr><th>perplexity (per {html.escape(unit or 'variable')})</th>{_cell(_test(r, 'perplexity'))}</tr>"
                    f"<tr><th>examples</th>{_cell(r.test.get('num_examples') if r.test else None)}</tr></table></div>")
         out.append("<div><h3>Samples</h3>")
         if r.samples_png is not None:
