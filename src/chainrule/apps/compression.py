@@ -23,7 +23,7 @@ How the stream is made
 - **Why 24 bits.** Every symbol's frequency is at least 1, so a table of ``2**b`` reserves at least
   ``K / 2**b`` of the mass for values the model deems impossible. At b = 16 (format version 1)
   that is 0.4% for K = 256 and cost 8-bit MNIST 0.24% over the ideal code length (BENCHMARKS.md
-  §6); at b = 24 it is 0.0015%. Version-1 files (16-bit tables) are still read.
+  §5); at b = 24 it is 0.0015%. Version-1 files (16-bit tables) are still read.
 - **One stream per file**: the examples are coded in chunks of at most ``chunk`` examples (stored
   in the header; :data:`CHUNK_EXAMPLES` by default, so the model's incremental state stays
   small); inside a chunk variable by variable in the order the generator yields them (the model's
@@ -32,7 +32,7 @@ How the stream is made
 - **Blocks.** The tables are computed on blocks of exactly ``block_rows`` examples (the last one
   padded; :mod:`chainrule.inference.coding`), recorded in the metadata since version 3: the
   decoder must use the encoder's. :func:`compress` takes ``min(128, chunk, N)``; 128 rows code
-  3-5x faster than the 16 of versions 1 and 2 (BENCHMARKS.md §6).
+  3-5x faster than the 16 of versions 1 and 2 (BENCHMARKS.md §5).
 
 Container format (version 3; all integers little-endian)
 --------------------------------------------------------

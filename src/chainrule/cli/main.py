@@ -665,17 +665,23 @@ def _background_model(args: argparse.Namespace, ckpt: Path, model: Any) -> Any:
             raise InputError(f"--train-background is the perturbation rate, a number in (0, 1] (e.g. 0.2), got {rate}")
         if args.background_epochs < 1:
             raise InputError(f"--background-epochs must be a positive integer, got {args.background_epochs}")
+        steps = args.background_steps_per_epoch
+        if steps is not None and steps < 1:
+            raise InputError(f"--background-steps-per-epoch must be a positive integer, got {steps}")
         extra = read_config(ckpt).get("extra", {})
         ds = dataset_of(ckpt, None, args.data_dir, args.download)  # the run's training data, as it saw them
         fields = TrainConfig.__dataclass_fields__
         tc = {k: v for k, v in (extra.get("train_config") or {}).items() if k in fields}
         tc.update(epochs=args.background_epochs, max_steps=None, max_seconds=None)
+        if steps is not None:
+            tc["steps_per_epoch"] = steps
         if "betas" in tc:
             tc["betas"] = tuple(tc["betas"])
         config = TrainConfig(**tc)
         if run_files(own):
             clear_run_dir(own)
-        print(f"training a background model ({model.name}, the run's configuration) for {config.epochs} epoch(s) on "
+        per_epoch = f" of {config.steps_per_epoch} steps" if config.steps_per_epoch else ""
+        print(f"training a background model ({model.name}, the run's configuration) for {config.epochs} epoch(s){per_epoch} on "
               f"the training split of {ds.name}, each value replaced w.p. {rate} (Ren et al. 2019) -> {own}")
         keep = ("dataset", "binarize", "dequantize", "data_seed", "data_dir", "block_size", "level")
         bg = train_background(model.config, ds.train, rate, config, val_data=ds.val if len(ds.val) else None,
@@ -1132,6 +1138,8 @@ def build_parser() -> argparse.ArgumentParser:
                         help="likelihood-ratio: first train a background model with the run's configuration on its "
                              "training data, each value replaced w.p. RATE (e.g. 0.2), into RUN/background/")
         sp.add_argument("--background-epochs", type=int, default=3, help="epochs of --train-background")
+        sp.add_argument("--background-steps-per-epoch", type=int, default=None, metavar="N",
+                        help="--train-background: N steps per epoch instead of the run's (a shorter background)")
         sp.add_argument("--batch-size", type=int, default=EVAL_BATCH_SIZE,
                         help="examples per forward pass (default: %(default)s)")
         sp.add_argument("--data-dir", help="folder with the dataset files (default: $CHAINRULE_DATA)")

@@ -12,7 +12,7 @@ such difference by construction:
 - examples are processed in blocks of exactly ``block_rows`` rows (the last block padded), so every
   matrix product has the same shape whatever the number of examples; encoder and decoder must
   pass the same ``block_rows`` (a compressed file records it). Larger blocks amortize the
-  per-step overhead: 128 rows code 3-5x faster than 16 (BENCHMARKS.md §6);
+  per-step overhead: 128 rows code 3-5x faster than 16 (BENCHMARKS.md §5);
 - torch runs with **one thread** while a table is computed (restored afterwards);
 - probabilities become integer frequencies row by row in float64
   (:func:`chainrule.distributions.quantize_logits`: every symbol >= 1, rows sum to 2**precision).
