@@ -76,3 +76,30 @@ def test_cli_eval_bayes(tmp_path, capsys):
     capsys.readouterr()
     assert main(["eval", str(uncond), "--bayes", "--no-progress"]) == 2
     assert "class-conditional" in capsys.readouterr().err
+
+
+def test_class_conditional_samples_have_one_column_per_class(tmp_path, capsys):
+    """`sample` draws every class in turn; the grid puts each class in its own column."""
+    from PIL import Image
+
+    from chainrule.apps.pipeline import class_columns
+    from chainrule.apps.plotting import image_grid
+
+    g = torch.Generator().manual_seed(0)
+    x = (torch.rand(60, 1, 4, 4, generator=g) < 0.4).long()
+    y = torch.arange(60) % 3
+    np.savez(tmp_path / "img.npz", train=x[:40].numpy(), val=x[40:50].numpy(), test=x[50:].numpy(),
+             train_labels=y[:40].numpy(), val_labels=y[40:50].numpy(), test_labels=y[50:].numpy())
+    run = tmp_path / "run"
+    assert main(["train", "made", "--dataset", str(tmp_path / "img.npz"), "--class-conditional", "-p", "hidden_sizes=[8]",
+                 "--epochs", "1", "--out", str(run), "--no-progress", "--num-samples", "12"]) == 0
+    # the run's own samples too: 3 columns of 4, not the square-ish 4 x 3 of unlabelled samples
+    assert Image.open(run / "samples.png").size == image_grid(x[:12], 2, ncol=3).size != image_grid(x[:12], 2).size
+    capsys.readouterr()
+    assert main(["sample", str(run), "-n", "12", "--seed", "1", "--out", str(tmp_path / "s.png")]) == 0
+    assert "one column per class, 0..2" in capsys.readouterr().out
+    assert main(["sample", str(run), "-n", "12", "--seed", "1", "--out", str(tmp_path / "s.npy")]) == 0
+    drawn = torch.from_numpy(np.load(tmp_path / "s.npy"))
+    assert np.array_equal(np.asarray(Image.open(tmp_path / "s.png").convert("L")),
+                          np.asarray(image_grid(drawn, 2, ncol=3).convert("L")))
+    assert class_columns(3, 5) is None and class_columns(None, 40) is None and class_columns(10, 40) == 10

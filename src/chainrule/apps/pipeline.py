@@ -284,9 +284,10 @@ def check_samples_path(out: str | Path, is_image: bool, tokenizer: Any = None, s
 
 
 def save_samples(x: torch.Tensor, out: Path, num_values: int | None, is_image: bool,
-                 tokenizer: Any = None, sample_rate: int | None = None) -> Path:
+                 tokenizer: Any = None, sample_rate: int | None = None, ncol: int | None = None) -> Path:
     """Write samples to exactly ``out``, in the format its extension names (see :func:`samples_formats`):
-    decoded text, a WAV, a PNG/JPEG grid, or the array as .npy. Returns ``out``."""
+    decoded text, a WAV, a PNG/JPEG grid (``ncol`` columns, default about square), or the array as
+    .npy. Returns ``out``."""
     out = check_samples_path(out, is_image, tokenizer, sample_rate)
     out.parent.mkdir(parents=True, exist_ok=True)
     suffix = out.suffix.lower()
@@ -299,9 +300,9 @@ def save_samples(x: torch.Tensor, out: Path, num_values: int | None, is_image: b
         gap = torch.zeros(sample_rate // 4)
         write_wav(out, torch.cat([torch.cat([mu_law_decode(r.cpu()), gap]) for r in x]), sample_rate)
     elif suffix == ".png":
-        save_image_grid(x, out, num_values)
+        save_image_grid(x, out, num_values, ncol)
     else:  # .jpg / .jpeg
-        image_grid(x, num_values).save(out, format="JPEG", quality=95)
+        image_grid(x, num_values, ncol).save(out, format="JPEG", quality=95)
     return out
 
 
@@ -366,6 +367,12 @@ def is_quickstart_run(out: str | Path) -> bool:
     return False
 
 
+def class_columns(num_classes: int | None, n: int) -> int | None:
+    """Grid columns for ``n`` samples drawn every class in turn (:func:`sample_labels`): one column
+    per class, so each column shows one class, when there are at least two rows of them."""
+    return num_classes if num_classes and n >= 2 * num_classes else None
+
+
 def sample_labels(num_classes: int, n: int) -> torch.Tensor:
     """Labels 0, 1, ..., num_classes-1, 0, 1, ... for ``n`` samples of a class-conditional model."""
     return torch.arange(n) % num_classes
@@ -427,7 +434,8 @@ def train_run(model_name: str, ds: Dataset, out: str | Path, hyperparameters: di
     labels = sample_labels(ds.num_classes, num_samples) if conditional else None
     x = model.sample(num_samples, labels, generator=default_generator(model, config.seed))
     samples = save_samples(x, out / default_samples_name(ds.is_image, ds.tokenizer, ds.sample_rate), model.num_values,
-                           ds.is_image, ds.tokenizer, ds.sample_rate)
+                           ds.is_image, ds.tokenizer, ds.sample_rate, class_columns(ds.num_classes, num_samples)
+                           if conditional else None)
     summary = {"model": model_name, "dataset": ds.name, "parameters": model.num_parameters(),
                "epochs_run": result.epochs_run, "best_epoch": result.best_epoch,
                "train_seconds": result.train_seconds, "best_val_nll_nats": result.best_val_nll_nats,

@@ -31,12 +31,14 @@ from chainrule.apps.pipeline import (
     check_run_dir,
     check_samples_path,
     checkpoint_dir,
+    class_columns,
     dataset_of,
     default_samples_name,
     describe_eval,
     is_quickstart_run,
     parse_hyperparameters,
     parse_num_values,
+    sample_labels,
     save_samples,
     train_run,
 )
@@ -317,13 +319,14 @@ def cmd_sample(args: argparse.Namespace) -> int:
     ckpt, model = _load_run(args)
     tok = _tokenizer_of(ckpt)
     is_image = len(model.shape) == 3 and model.shape[0] in (1, 3)
-    labels = None
+    labels = ncol = None
     if args.label is not None:
         if not model.conditional:
             raise InputError(f"--class: {ckpt} is not class-conditional (trained without --class-conditional)")
         labels = args.label
     elif model.conditional:
-        labels = torch.arange(args.n) % model.num_classes  # every class in turn
+        labels = sample_labels(model.num_classes, args.n)  # every class in turn
+        ncol = class_columns(model.num_classes, args.n)
     rate = read_config(ckpt).get("extra", {}).get("sample_rate")
     # the file asked for, or the run's default; an extension this run cannot be written as fails before sampling
     out = Path(args.out or (Path(args.run) / default_samples_name(is_image, tok, rate)))
@@ -339,8 +342,8 @@ def cmd_sample(args: argparse.Namespace) -> int:
             print(tok.decode(row.tolist()))
             print("----------")
         return 0
-    out = save_samples(x, out, model.num_values, is_image, tok, rate)
-    print(f"wrote {args.n} samples to {out}")
+    out = save_samples(x, out, model.num_values, is_image, tok, rate, ncol)
+    print(f"wrote {args.n} samples to {out}" + (f" (one column per class, 0..{ncol - 1})" if ncol and is_image else ""))
     return 0
 
 
