@@ -58,7 +58,9 @@ def save_image_grid(images: torch.Tensor, path: str | Path, num_values: int | No
     return path
 
 
-def _finite(value: Any) -> float | None:
+def finite_float(value: Any) -> float | None:
+    """``value`` as a finite float, or None (not a number, NaN or infinite): what a log or
+    results file may hold in a cell."""
     try:
         out = float(value)
     except (TypeError, ValueError):
@@ -80,8 +82,8 @@ def read_training_log(path: str | Path) -> tuple[list[int], list[float | None], 
                     epochs.append(int(row["epoch"]))
                 except (KeyError, TypeError, ValueError):
                     continue
-                train.append(_finite(row.get("train_nll_nats")))
-                val.append(_finite(row.get("val_nll_nats")))
+                train.append(finite_float(row.get("train_nll_nats")))
+                val.append(finite_float(row.get("val_nll_nats")))
     except OSError:
         pass
     if epochs and min(epochs) == 0:  # a log of an older chainrule, which counted epochs from 0

@@ -24,7 +24,7 @@ from typing import Any
 
 from chainrule._version import __version__
 from chainrule.apps.pipeline import holds_run
-from chainrule.apps.plotting import read_training_log
+from chainrule.apps.plotting import finite_float, read_training_log
 from chainrule.errors import CheckpointError, InputError
 from chainrule.io.checkpoint import CONFIG_FILE, read_config
 
@@ -60,14 +60,6 @@ def is_run_dir(path: str | Path) -> bool:
     """True when ``path`` is a run directory: it holds ``best/``, ``last/``, ``log.csv`` or ``results.json``."""
     path = Path(path)
     return path.is_dir() and (holds_run(path) or (path / "results.json").is_file())
-
-
-def _float(value: Any) -> float | None:
-    try:
-        out = float(value)
-    except (TypeError, ValueError):
-        return None
-    return out if math.isfinite(out) else None
 
 
 def _read_json(path: Path) -> dict[str, Any] | None:
@@ -117,7 +109,7 @@ def read_run(path: str | Path, name: str | None = None) -> RunInfo:
         info.dataset = results.get("dataset")
         info.parameters = results.get("parameters") if isinstance(results.get("parameters"), int) else None
         info.test = results.get("test") if isinstance(results.get("test"), dict) else None
-        info.best_val_nll_nats = _float(results.get("best_val_nll_nats"))
+        info.best_val_nll_nats = finite_float(results.get("best_val_nll_nats"))
         info.epochs = results.get("epochs_run") if isinstance(results.get("epochs_run"), int) else None
     if cfg is not None:
         info.model = info.model or cfg.get("model")
@@ -127,7 +119,7 @@ def read_run(path: str | Path, name: str | None = None) -> RunInfo:
     info.epochs_logged, info.train_nll, info.val_nll = read_training_log(path / "log.csv")
     vals = [v for v in info.val_nll if v is not None]
     if info.best_val_nll_nats is None:
-        info.best_val_nll_nats = min(vals) if vals else _float(extra.get("best_val_nll_nats"))
+        info.best_val_nll_nats = min(vals) if vals else finite_float(extra.get("best_val_nll_nats"))
     if info.epochs is None and info.epochs_logged:
         info.epochs = len(info.epochs_logged)
     if (path / "config.toml").is_file():
@@ -169,7 +161,7 @@ def _fmt(value: Any, digits: int = 4) -> str:
 
 
 def _test(info: RunInfo, key: str) -> float | None:
-    return _float(info.test.get(key)) if info.test else None
+    return finite_float(info.test.get(key)) if info.test else None
 
 
 def _data_uri(png: bytes) -> str:
