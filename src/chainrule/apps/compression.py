@@ -256,7 +256,6 @@ def _check_model(head: Header, model: Any) -> None:
                          f"{tuple(model.shape)}, K={model.num_values}")
     if head.chunk < 1:
         raise InputError("the compressed file is corrupted: chunk size 0")
-    _block_rows(head)
 
 
 def _block_rows(head: Header) -> int:
@@ -418,11 +417,12 @@ def _decompress_values(model: Any, data: bytes) -> tuple[Header, torch.Tensor, t
     """Header checks (model first), then the decoded values ``(N, *shape)`` long and the context."""
     head, payload = read_header(data)
     _check_model(head, model)
+    block = _block_rows(head)
     if zlib.crc32(payload) != head.payload_crc32:
         raise InputError("the compressed file is corrupted: its payload fails the CRC-32 check")
     ctx = _header_context(head, model)
     values = _decode(model, payload, head.num_examples, ctx, head.meta.get("member"), head.chunk,
-                     _block_rows(head), TABLE_BITS[head.version])
+                     block, TABLE_BITS[head.version])
     return head, values.reshape(head.num_examples, *model.shape), ctx
 
 
