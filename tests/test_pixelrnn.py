@@ -135,7 +135,7 @@ def test_features_are_the_residual_stream(name):
     f = model.features(x, torch.tensor([0, 1]))
     assert f.shape == (2, 27, 12)  # (B, G, 2h)
     assert model.features(x, 0, layer=0).shape == (2, 27, 12)
-    with pytest.raises(InputError, match="layer must be in"):
+    with pytest.raises(InputError, match="layer must be an integer in"):
         model.features(x, 0, layer=3)
 
 

@@ -6,6 +6,7 @@ features and for unlabelled data, and the command line end to end on a tiny save
 from __future__ import annotations
 
 import dataclasses
+import functools
 import json
 
 import numpy as np
@@ -16,6 +17,7 @@ import chainrule
 from chainrule.apps.probe import (
     ProbeResult,
     extract,
+    extract_layers,
     feature_layers,
     fit_probe,
     layer_count,
@@ -91,6 +93,36 @@ def test_extract_pools_per_group_features_batch_by_batch(digits):
         extract(model, x, 1, pool="sum")
     with pytest.raises(InputError, match="layer"):
         extract(model, x, 2)  # the output layer is not a feature layer
+
+
+def test_extract_layers_reads_every_layer_from_one_pass(digits, monkeypatch):
+    """extract_layers(...) == [extract(..., l) for l in layers], with one features call per batch."""
+    model = tiny("causalconv")
+    x = digits.test[:10]
+    calls = []
+    features = type(model).features
+
+    @functools.wraps(features)  # keeps the signature: extract sees the layer argument
+    def counted(self, *args, **kwargs):
+        calls.append(kwargs.get("layer"))
+        return features(self, *args, **kwargs)
+
+    single = [extract(model, x, l, batch_size=4, pool="grid:2") for l in (1, 0)]
+    default = extract(model, x, None, batch_size=4)
+    monkeypatch.setattr(type(model), "features", counted)
+    many = extract_layers(model, x, [1, 0, None], batch_size=4, pool="grid:2")
+    assert calls == [[1, 0, -1]] * 3  # 10 examples in batches of 4: three passes for all three layers
+    for got, want in zip(many, single):
+        np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-6)
+    assert many[2].shape == (10, 4 * 8)
+    np.testing.assert_allclose(extract_layers(model, x, [None], batch_size=4)[0], default, rtol=1e-5, atol=1e-6)
+    with pytest.raises(InputError, match="empty"):
+        extract_layers(model, x, [])
+    nade = tiny("nade")  # one feature layer, no layer argument: every entry is it
+    a, b = extract_layers(nade, x, [0, -1])
+    np.testing.assert_allclose(a, b)
+    with pytest.raises(InputError, match="one layer"):
+        extract_layers(nade, x, [0, 1])
 
 
 def test_grid_pool_is_the_mean_over_each_image_region(digits):

@@ -9,6 +9,7 @@ predicted jointly), samples in the support and distributed as ``exp(log_prob)`` 
 
 from __future__ import annotations
 
+import inspect
 import itertools
 import math
 
@@ -559,6 +560,35 @@ def test_features_are_causal_hidden_states(name, shape):
     f2 = model.features(x2.reshape(x.shape), y)
     assert torch.allclose(f[:, o[:k + 1]], f2[:, o[:k + 1]], atol=1e-6)
     assert not torch.allclose(f[:, o[k + 1:]], f2[:, o[k + 1:]], atol=1e-6)
+
+
+LAYERED_FEATURE_MODELS = [n for n in FEATURE_MODELS if "layer" in inspect.signature(get_model_class(n).features).parameters]
+
+
+@pytest.mark.parametrize("name", LAYERED_FEATURE_MODELS)
+def test_features_of_several_layers_come_from_one_pass(name):
+    """features(x, layer=[...]) is the list of the single-layer features, in the order asked
+    (repeats and negative layers included); a bad entry, or an empty list, is refused."""
+    num_values = 3 if get_model_class(name).supports_discrete else None
+    model = make(name, (1, 2, 3), num_values).eval()
+    x = some_data(model, 4)
+    with torch.no_grad():
+        count = 0
+        while True:
+            try:
+                model.features(x, layer=count)
+            except InputError:
+                break
+            count += 1
+        assert count >= 1
+        wanted = [count - 1, 0, -1, 0]
+        got = model.features(x, layer=wanted)
+        assert isinstance(got, list) and len(got) == len(wanted)
+        for layer, f in zip(wanted, got):
+            torch.testing.assert_close(f, model.features(x, layer=layer))
+        for bad in ([0, count], [True], [], ["0"]):
+            with pytest.raises(InputError, match="layer"):
+                model.features(x, layer=bad)
 
 
 def test_models_without_hidden_states_have_no_features():

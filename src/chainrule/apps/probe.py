@@ -10,7 +10,8 @@ predicting the next pixel. A probe on the raw pixels (the flattened input scaled
 the same way in the same run, is the baseline every layer is compared with.
 
 - :func:`layer_count` / :func:`feature_layers`: the layers a model's ``features`` accepts.
-- :func:`extract`: ``(N, F)`` pooled features of one layer; :func:`pixels`: the raw-pixel baseline.
+- :func:`extract`: ``(N, F)`` pooled features of one layer; :func:`extract_layers`: several from one
+  pass; :func:`pixels`: the raw-pixel baseline.
 - :func:`fit_probe`: standardized features + logistic regression, ``C`` chosen on the validation split.
 - :func:`probe`: every layer and the pixels of a labelled :class:`~chainrule.data.Dataset`, a :class:`ProbeResult`.
 """
@@ -171,24 +172,53 @@ def extract(model: Any, data: torch.Tensor | np.ndarray, layer: int | None = Non
         progress: show a progress bar over the batches.
 
     Runs in inference mode with the model in eval mode (restored afterwards); returns a CPU array.
+    Several layers at once: :func:`extract_layers` (one forward pass for all of them).
+    """
+    return extract_layers(model, data, [layer], batch_size, pool, context, progress)[0]
+
+
+def extract_layers(model: Any, data: torch.Tensor | np.ndarray, layers: Sequence[int | None], batch_size: int = 256,
+                   pool: str = "mean", context: Any = None, progress: bool = False) -> list[np.ndarray]:
+    """:func:`extract` for several layers from one forward pass per batch: a list of ``(N, F_l)``
+    float32 arrays, one per entry of ``layers`` (in that order). The arguments are those of
+    :func:`extract`; a probe of every layer costs one pass over the data instead of one per layer.
     """
     inner = feature_model(model)
     grid = _grid_size(pool)
     regions = None if grid is None else region_matrix(inner, grid).to(inner.device)
     if not isinstance(batch_size, int) or isinstance(batch_size, bool) or batch_size < 1:
         raise InputError(f"batch_size must be a positive integer, got {batch_size!r}")
+    layers = list(layers)
+    if not layers:
+        raise InputError("layers is empty: give at least one layer")
     kwargs: dict[str, Any] = {}
     if takes_layer(inner):
-        if layer is not None:
-            kwargs["layer"] = layer  # the model checks the range itself (its message names it)
-    elif layer not in (None, 0, -1):
-        raise InputError(f"{inner.name}: features has one layer (it takes no layer argument); use layer 0, got {layer!r}")
+        if any(l is None for l in layers):  # None: the model's own default
+            default = inspect.signature(inner.features).parameters["layer"].default
+            layers = [default if l is None else l for l in layers]
+        kwargs["layer"] = layers  # the model checks the range itself (its message names it)
+        picked = list(range(len(layers)))
+    else:
+        bad = [l for l in layers if l not in (None, 0, -1)]
+        if bad:
+            raise InputError(f"{inner.name}: features has one layer (it takes no layer argument); use layer 0, got {bad[0]!r}")
+        picked = [0] * len(layers)  # every entry is the one layer
     x = torch.as_tensor(data)
     n = len(x)
     ctx = None if context is None else torch.as_tensor(context)
     if ctx is not None and ctx.dim() > 0 and len(ctx) != n:
         raise InputError(f"context has {len(ctx)} rows for {n} examples")
-    out: list[np.ndarray] = []
+
+    def pooled(f: torch.Tensor) -> np.ndarray:
+        if f.dim() == 3 and regions is not None:
+            f = torch.einsum("bgf,gr->brf", f.float(), regions).flatten(1)
+        elif f.dim() == 3:
+            f = f.mean(1) if pool == "mean" else f.amax(1)
+        elif f.dim() != 2:
+            raise InputError(f"{inner.name}: features returned shape {tuple(f.shape)}, expected (B, G, F) or (B, F)")
+        return f.float().cpu().numpy()
+
+    out: list[list[np.ndarray]] = [[] for _ in layers]
     was_training = inner.training
     inner.eval()  # dropout off: a probe reads the deterministic features
     try:
@@ -197,21 +227,22 @@ def extract(model: Any, data: torch.Tensor | np.ndarray, layer: int | None = Non
                 xb = x[start:start + batch_size].to(inner.device)
                 cb = ctx if ctx is None or ctx.dim() == 0 else ctx[start:start + batch_size].to(inner.device)
                 try:
-                    f = inner.features(xb, cb, **kwargs)
+                    fs = inner.features(xb, cb, **kwargs)
                 except IndexError:  # a user's model that indexes its layers without checking the range
-                    raise InputError(f"{inner.name}: layer {layer!r} is outside its {layer_count(inner)} feature layers") from None
-                if f.dim() == 3 and regions is not None:
-                    f = torch.einsum("bgf,gr->brf", f.float(), regions).flatten(1)
-                elif f.dim() == 3:
-                    f = f.mean(1) if pool == "mean" else f.amax(1)
-                elif f.dim() != 2:
-                    raise InputError(f"{inner.name}: features returned shape {tuple(f.shape)}, expected (B, G, F) or (B, F)")
-                out.append(f.float().cpu().numpy())
+                    raise InputError(f"{inner.name}: layers {layers!r} are not all inside its {layer_count(inner)} "
+                                     "feature layers") from None
+                if not isinstance(fs, (list, tuple)):  # no layer argument: the one layer
+                    fs = [fs]
+                if len(fs) < max(picked) + 1:
+                    raise InputError(f"{inner.name}: features(layer={layers!r}) returned {len(fs)} tensors, expected "
+                                     f"one per layer")
+                for slot, i in enumerate(picked):
+                    out[slot].append(pooled(fs[i]))
     finally:
         inner.train(was_training)
-    if not out:
-        return np.zeros((0, 0), dtype=np.float32)
-    return np.concatenate(out).astype(np.float32, copy=False)
+    if n == 0:
+        return [np.zeros((0, 0), dtype=np.float32) for _ in layers]
+    return [np.concatenate(o).astype(np.float32, copy=False) for o in out]
 
 
 def pixels(data: torch.Tensor | np.ndarray, num_values: int | None) -> np.ndarray:
@@ -386,11 +417,14 @@ def probe(model: Any, ds: Dataset, layers: Sequence[int] | None = None, max_trai
         return row
 
     baseline = run(None, {s: pixels(x, ds.num_values) for s, (x, _) in splits.items()})
+    # one forward pass per split gives every layer's features (the big arrays: 50k x S*S*F per layer)
+    args = chosen if takes_layer(inner) else [None]
+    feats = {s: extract_layers(inner, x, args, batch_size, pool, progress=progress) for s, (x, _) in splits.items()}
     rows = []
-    for layer in chosen:
-        arg = layer if takes_layer(inner) else None
-        feats = {s: extract(inner, x, arg, batch_size, pool, progress=progress) for s, (x, _) in splits.items()}
-        rows.append(run(layer, feats))
+    for i, layer in enumerate(chosen):
+        rows.append(run(layer, {s: f[i] for s, f in feats.items()}))
+        for f in feats.values():
+            f[i] = None  # type: ignore[call-overload]  # free a layer once probed
     return ProbeResult(model=inner.name, dataset=ds.name, rows=rows, baseline=baseline, num_classes=int(ds.num_classes),
                        num_train=len(xtr), num_val=len(splits["val"][0]), num_test=len(splits["test"][0]), pool=pool,
                        Cs=tuple(float(c) for c in Cs))

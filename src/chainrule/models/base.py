@@ -502,6 +502,29 @@ class AutoregressiveModel(nn.Module):
         return f"shape={self.shape}, num_values={self.num_values}{groups}"
 
 
+def select_layers(hs: Sequence[torch.Tensor], layer: int | Sequence[int], what: str,
+                  transform: Any = None) -> torch.Tensor | list[torch.Tensor]:
+    """What a model's ``features(x, layer=...)`` returns, from the hidden states ``hs`` its one
+    forward pass computed (one entry per feature layer).
+
+    ``layer``: an integer (negative ones count from the end) gives ``transform(hs[layer])``; a
+    sequence of integers gives the list ``[transform(hs[l]) for l in layer]`` in that order, so a
+    caller who wants several layers (a linear probe of every layer) pays for one pass, not one per
+    layer. ``what`` describes the layers for the error message (e.g. "0 = the first layer");
+    ``transform`` (default: none) maps a layer's states to the features the model returns.
+    """
+    single = not isinstance(layer, Sequence) or isinstance(layer, str)
+    wanted = [layer] if single else list(layer)
+    n = len(hs)
+    for l in wanted:
+        if not isinstance(l, int) or isinstance(l, bool) or not -n <= l < n:
+            raise InputError(f"layer must be an integer in {-n}..{n - 1} ({what}) or a sequence of them, got {l!r}")
+    if not wanted:
+        raise InputError("layer is an empty sequence: give at least one layer")
+    out = [hs[l] if transform is None else transform(hs[l]) for l in wanted]
+    return out[0] if single else out
+
+
 def _is_identity(order: torch.Tensor) -> bool:
     return bool(torch.equal(order, torch.arange(order.numel(), device=order.device)))
 

@@ -16,7 +16,7 @@ import torch
 from torch import nn
 
 from chainrule.errors import InputError
-from chainrule.models.base import AutoregressiveModel
+from chainrule.models.base import AutoregressiveModel, select_layers
 from chainrule.models.registry import register
 from chainrule.nn import CausalConv1d
 
@@ -79,16 +79,13 @@ class CausalConvARM(AutoregressiveModel):
         params[:, order] = seq
         return params
 
-    def features(self, x: torch.Tensor, context: Any = None, layer: int = -1, order: Any = None) -> torch.Tensor:
+    def features(self, x: torch.Tensor, context: Any = None, layer: int | Sequence[int] = -1,
+                 order: Any = None) -> torch.Tensor | list[torch.Tensor]:
         """The activations of hidden layer ``layer`` (0..num_layers-2; default the last) that
-        predict each group, ``(B, G, C)`` (group index order; the output layer is not a feature)."""
+        predict each group, ``(B, G, C)`` (group index order; the output layer is not a feature);
+        a sequence of layers gives a list of them from one pass (:func:`select_layers`)."""
         x, _ = self.validate(x)
-        n = len(self.convs) - 1
-        if not isinstance(layer, int) or not -n <= layer < n:
-            raise InputError(f"layer must be in {-n}..{n - 1} (an integer; the hidden layers), got {layer!r}")
         o = self.resolve_order(order)
         hs = self._hidden(self.group_features(self.embed(x)), o, self.context_features(context, x.shape[0]))[:-1]
-        seq = hs[layer].transpose(1, 2)
-        out = torch.empty_like(seq)
-        out[:, o] = seq
-        return out
+        return select_layers(hs, layer, "the hidden layers",
+                             lambda h: self.from_generation_order(h.transpose(1, 2), o))

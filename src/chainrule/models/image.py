@@ -16,13 +16,14 @@ with channel ``p * Gc + g`` parameter p of channel group g (Gc = C or 1).
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any, ClassVar
 
 import torch
 import torch.nn.functional as F
 
 from chainrule.errors import InputError
-from chainrule.models.base import AutoregressiveModel
+from chainrule.models.base import AutoregressiveModel, select_layers
 from chainrule.nn.pixel import Pointwise
 
 
@@ -67,14 +68,14 @@ class ImageModel(AutoregressiveModel):
     def forward_embedded(self, e: torch.Tensor, order: torch.Tensor, context: torch.Tensor | None) -> torch.Tensor:
         return self.params_from_maps(self.output(self.trunk(e, context)[-1]))
 
-    def features(self, x: torch.Tensor, context: Any = None, layer: int = -1) -> torch.Tensor:
+    def features(self, x: torch.Tensor, context: Any = None,
+                 layer: int | Sequence[int] = -1) -> torch.Tensor | list[torch.Tensor]:
         """The hidden maps after layer ``layer`` of :meth:`trunk` (default the last) as the
-        features that predict each group, ``(B, G, F)`` (see :meth:`features_per_group`)."""
+        features that predict each group, ``(B, G, F)`` (see :meth:`features_per_group`); a
+        sequence of layers gives a list of them from one pass (:func:`select_layers`)."""
         x, _ = self.validate(x)
         hs = self.trunk(self.group_features(self.embed(x)), self.context_features(context, x.shape[0]))
-        if not isinstance(layer, int) or not -len(hs) <= layer < len(hs):
-            raise InputError(f"layer must be in {-len(hs)}..{len(hs) - 1} (an integer; 0 = the first layer), got {layer!r}")
-        return self.features_per_group(hs[layer])
+        return select_layers(hs, layer, "0 = the first layer", self.features_per_group)
 
     # ------------------------------------------------------------------ layout
     def image_features(self, e: torch.Tensor) -> torch.Tensor:

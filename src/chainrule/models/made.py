@@ -27,7 +27,7 @@ import torch
 from torch import nn
 
 from chainrule.errors import InputError
-from chainrule.models.base import AutoregressiveModel
+from chainrule.models.base import AutoregressiveModel, select_layers
 from chainrule.models.registry import register
 from chainrule.nn import MaskedLinear
 from chainrule.orderings import inverse, make_ordering
@@ -159,15 +159,15 @@ class MADE(AutoregressiveModel):
             out = out + self.context_out(context)
         return out.reshape(b, self.num_groups, self.head.num_params)  # (B, G, P)
 
-    def features(self, x: torch.Tensor, context: Any = None, layer: int = -1, order: Any = None,
-                 mask: int = 0) -> torch.Tensor:
+    def features(self, x: torch.Tensor, context: Any = None, layer: int | Sequence[int] = -1, order: Any = None,
+                 mask: int = 0) -> torch.Tensor | list[torch.Tensor]:
         """The activations of hidden layer ``layer`` (default the last), ``(B, H_l)``: one vector per
         example, since MADE's hidden units are shared by all the conditionals (each unit's degree
-        says which groups it reads)."""
+        says which groups it reads); a sequence of layers gives a list of them from one pass
+        (:func:`select_layers`)."""
         x, _ = self.validate(x)
-        if not -len(self.hidden) <= layer < len(self.hidden):
-            raise InputError(f"layer must be in {-len(self.hidden)}..{len(self.hidden) - 1} (hidden layers), got {layer}")
+        select_layers(range(len(self.hidden)), layer, "the hidden layers")  # a bad layer fails before the pass
         o = self.resolve_order(order)
         e = self.group_features(self.embed(x))
         hs = self._hidden_layers(e.reshape(e.shape[0], -1), self.masks(o, mask), self.context_features(context, x.shape[0]))
-        return hs[layer]
+        return select_layers(hs, layer, "the hidden layers")

@@ -23,7 +23,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from chainrule.errors import InputError
-from chainrule.models.base import AutoregressiveModel
+from chainrule.models.base import AutoregressiveModel, select_layers
 from chainrule.models.registry import register
 
 
@@ -92,15 +92,17 @@ class FiniteMemoryMLP(AutoregressiveModel):
         seq = self._mlp(self._windows(e, order), slice(None), context)  # (B, G, P)
         return self.from_generation_order(seq, order)
 
-    def features(self, x: torch.Tensor, context: Any = None, layer: int = -1, order: Any = None) -> torch.Tensor:
+    def features(self, x: torch.Tensor, context: Any = None, layer: int | Sequence[int] = -1,
+                 order: Any = None) -> torch.Tensor | list[torch.Tensor]:
         """The activations of hidden layer ``layer`` (default the last) that predict each group,
-        ``(B, G, H_l)`` (group index order)."""
+        ``(B, G, H_l)`` (group index order); a sequence of layers gives a list of them from one
+        pass (:func:`select_layers`)."""
         x, _ = self.validate(x)
-        if not -len(self.layers) <= layer < len(self.layers):
-            raise InputError(f"layer must be in {-len(self.layers)}..{len(self.layers) - 1} (hidden layers), got {layer}")
+        select_layers(range(len(self.layers)), layer, "the hidden layers")  # a bad layer fails before the pass
         o = self.resolve_order(order)
         win = self._windows(self.group_features(self.embed(x)), o)
-        return self.from_generation_order(self._hidden(win, slice(None), self.context_features(context, x.shape[0]))[layer], o)
+        hs = self._hidden(win, slice(None), self.context_features(context, x.shape[0]))
+        return select_layers(hs, layer, "the hidden layers", lambda h: self.from_generation_order(h, o))
 
     def new_state(self, n: int, order: torch.Tensor, context: torch.Tensor | None) -> Any:
         window = torch.zeros(n, self.memory, self.in_features + 1, device=self.device, dtype=self._float_dtype())

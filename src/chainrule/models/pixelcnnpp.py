@@ -68,6 +68,7 @@ The weights are normalized once per sampling run (the state holds them).
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any
 
 import torch
@@ -77,6 +78,7 @@ from torch import nn
 from chainrule.distributions import output_head
 from chainrule.errors import InputError
 from chainrule.inference.state import Static
+from chainrule.models.base import select_layers
 from chainrule.models.image import ImageModel
 from chainrule.models.registry import register
 from chainrule.nn.pixel import Pointwise, down_shift
@@ -225,8 +227,10 @@ class PixelCNNPlusPlus(ImageModel):
         out = torch.stack([nin(F.elu(h[:, :, g])) for g, nin in enumerate(self.out)], 2)  # (B, P, Gc, H, W)
         return self.params_from_maps(out.flatten(1, 2))  # channel p * Gc + g
 
-    def features(self, x: torch.Tensor, context: Any = None, layer: int = -1) -> torch.Tensor:
-        """Hidden features of every group's conditional, ``(B, G, filters)``.
+    def features(self, x: torch.Tensor, context: Any = None,
+                 layer: int | Sequence[int] = -1) -> torch.Tensor | list[torch.Tensor]:
+        """Hidden features of every group's conditional, ``(B, G, filters)``; a sequence of layers
+        gives a list of them from one pass (:func:`select_layers`).
 
         ``layer`` indexes the full-resolution ``ul`` maps (shared by the sub-pixels of a pixel):
         0 the first convolutions, 1..num_resnets the down-pass blocks, then the up-pass blocks at
@@ -239,16 +243,16 @@ class PixelCNNPlusPlus(ImageModel):
         maps = self._streams(xin, self.context_features(context, x.shape[0]))
         if self.subpixel is not None:
             maps.append(self._hidden(maps[-1], xin))
-        if not isinstance(layer, int) or isinstance(layer, bool) or not -len(maps) <= layer < len(maps):
-            raise InputError(f"layer must be an integer in {-len(maps)}..{len(maps) - 1} (0 = the first "
-                             f"convolutions), got {layer!r}")
-        h = maps[layer]
-        if h.dim() == 4:  # (B, F, H, W): one vector per pixel
-            h = h.unsqueeze(2).expand(-1, -1, self.channel_groups, -1, -1)
-        h = h.flatten(2)  # (B, F, Gc * H * W): channel group c, pixel p at c * H * W + p
         hw = self.height * self.width
         col = self._group_pixel + (self._var_channel[:, 0] * hw if self.subpixel is not None else 0)
-        return h[:, :, col.to(h.device)].transpose(1, 2)
+
+        def per_group(h: torch.Tensor) -> torch.Tensor:
+            if h.dim() == 4:  # (B, F, H, W): one vector per pixel
+                h = h.unsqueeze(2).expand(-1, -1, self.channel_groups, -1, -1)
+            h = h.flatten(2)  # (B, F, Gc * H * W): channel group c, pixel p at c * H * W + p
+            return h[:, :, col.to(h.device)].transpose(1, 2)
+
+        return select_layers(maps, layer, "0 = the first convolutions", per_group)
 
     # ------------------------------------------------------------------ cached sampling
     def new_state(self, n: int, order: torch.Tensor, context: torch.Tensor | None) -> Any:

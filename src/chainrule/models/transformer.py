@@ -17,13 +17,14 @@ learned vector added to every position.
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from typing import Any
 
 import torch
 from torch import nn
 
 from chainrule.errors import InputError
-from chainrule.models.base import AutoregressiveModel
+from chainrule.models.base import AutoregressiveModel, select_layers
 from chainrule.models.registry import register
 from chainrule.nn import CausalSelfAttentionBlock
 
@@ -117,16 +118,17 @@ class Transformer(AutoregressiveModel):
         h = self._hidden(self.to_generation_order(e, order), context)[-1]
         return self.from_generation_order(self._logits(h), order)  # (B, G, P)
 
-    def features(self, x: torch.Tensor, context: Any = None, layer: int = -1) -> torch.Tensor:
+    def features(self, x: torch.Tensor, context: Any = None,
+                 layer: int | Sequence[int] = -1) -> torch.Tensor | list[torch.Tensor]:
         """The residual stream after block ``layer`` (0: the embeddings; -1: the last block) at the
-        position that predicts each group, ``(B, G, C)`` (group index order). iGPT (Chen et al.
-        2020) finds the best linear-probe features in the middle layers."""
+        position that predicts each group, ``(B, G, C)`` (group index order); a sequence of layers
+        gives a list of them from one pass (:func:`select_layers`). iGPT (Chen et al. 2020) finds
+        the best linear-probe features in the middle layers."""
         x, _ = self.validate(x)
         e = self.to_generation_order(self.group_features(self.embed(x)), self.order)
         hs = self._hidden(e, self.context_features(context, x.shape[0]))
-        if not -len(hs) <= layer < len(hs):
-            raise InputError(f"layer must be in {-len(hs)}..{len(hs) - 1} (0 = embeddings, {len(hs) - 1} = last block), got {layer}")
-        return self.from_generation_order(hs[layer], self.order)
+        return select_layers(hs, layer, f"0 = embeddings, {len(hs) - 1} = last block",
+                             lambda h: self.from_generation_order(h, self.order))
 
     # ------------------------------------------------------------------ key/value cache
     def new_state(self, n: int, order: torch.Tensor, context: torch.Tensor | None) -> Any:
