@@ -287,12 +287,17 @@ def test_cli_trains_a_background_model_and_reuses_it(tmp_path, capsys):
     np.save(tmp_path / "noise.npy", rng.integers(0, 17, (40, 1, 8, 8)))
     argv = ["detect", run, "--out", str(tmp_path / "noise.npy"), "--limit", "60", "--score", "likelihood-ratio",
             "--bootstrap", "20", "--threads", "1", "--no-progress"]
-    assert main(argv + ["--train-background", "0.2", "--background-epochs", "2", "--background-steps-per-epoch", "3"]) == 0
+    assert main(argv + ["--train-background", "0.2", "--background-epochs", "2", "--background-steps-per-epoch", "3",
+                        "--background-weight-decay", "0.001"]) == 0
     printed = capsys.readouterr().out
     assert "training a background model" in printed and "2 epoch(s) of 3 steps" in printed and "AUROC" in printed
     assert (tmp_path / "run" / "background" / "best" / "config.json").is_file()
     state = json.loads((tmp_path / "run" / "background" / "last" / "trainer_state.json").read_text())
     assert state["step"] == 6  # 2 epochs of 3 steps, not the run's whole epochs
+    saved = json.loads((tmp_path / "run" / "background" / "best" / "config.json").read_text())["extra"]["train_config"]
+    assert saved["weight_decay"] == 0.001  # the background's own L2, not the run's 0
+    assert main(argv + ["--train-background", "0.2", "--background-weight-decay", "-1"]) == 2
+    assert "--background-weight-decay must be a number >= 0" in capsys.readouterr().err
     assert main(argv + ["--train-background", "0.2", "--background-steps-per-epoch", "0"]) == 2
     assert "--background-steps-per-epoch must be a positive integer" in capsys.readouterr().err
     assert main(argv) == 0  # RUN/background is found on its own

@@ -78,6 +78,16 @@ def test_top_p_keeps_the_argmax_when_probabilities_tie():
     assert kept.tolist() == [False, True]
 
 
+@pytest.mark.parametrize("p", [0.3, 0.9, 1.0])
+def test_top_p_keeps_only_infinite_logits(p):
+    """A +inf logit holds all the mass: top-p keeps the +inf tokens and drops the rest (log_softmax
+    alone would give NaN); rows without one are filtered as usual."""
+    logits = torch.tensor([[1.0, math.inf, 3.0, math.inf], [2.0, 1.0, 0.0, -1.0]])
+    out = TopP(p)(None, logits)
+    assert (out[0] == -math.inf).tolist() == [True, False, True, False]
+    assert torch.equal(out[1], TopP(p)(None, logits[1:])[0])
+
+
 def _exact_top_p(logits: list[float], p: float) -> tuple[list[bool], Fraction | None]:
     """The documented top-p rule in (all but) exact arithmetic: ranks by logit (stable), and keeps
     token k (k >= 1 in rank) unless the mass ranked above it reaches p, i.e. unless

@@ -678,6 +678,10 @@ def _background_model(args: argparse.Namespace, ckpt: Path, model: Any) -> Any:
         tc.update(epochs=args.background_epochs, max_steps=None, max_seconds=None)
         if steps is not None:
             tc["steps_per_epoch"] = steps
+        if args.background_weight_decay is not None:
+            if not args.background_weight_decay >= 0:
+                raise InputError(f"--background-weight-decay must be a number >= 0, got {args.background_weight_decay}")
+            tc["weight_decay"] = args.background_weight_decay
         if "betas" in tc:
             tc["betas"] = tuple(tc["betas"])
         config = TrainConfig(**tc)
@@ -962,7 +966,9 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--warmup-steps", type=int, default=0, help="steps of linear learning-rate warm-up")
     t.add_argument("--grad-clip", type=float, default=None, help="clip the gradient norm to this")
     t.add_argument("--patience", type=int, default=20, help="early-stopping patience in epochs (0: off)")
-    t.add_argument("--max-seconds", type=float, default=None, help="wall-clock budget for training")
+    t.add_argument("--max-seconds", type=float, default=None,
+                   help="wall-clock budget for training, checked after each epoch; with --resume it counts from "
+                        "the resume (log.csv's seconds are the whole run's)")
     t.add_argument("--steps-per-epoch", type=int, default=None,
                    help="batches of random examples per epoch (validation after each); default: one pass")
     t.add_argument("--max-steps", type=int, default=None, help="stop after this many optimizer steps")
@@ -1143,6 +1149,9 @@ def build_parser() -> argparse.ArgumentParser:
         sp.add_argument("--background-epochs", type=int, default=3, help="epochs of --train-background")
         sp.add_argument("--background-steps-per-epoch", type=int, default=None, metavar="N",
                         help="--train-background: N steps per epoch instead of the run's (a shorter background)")
+        sp.add_argument("--background-weight-decay", type=float, default=None, metavar="L2",
+                        help="--train-background: the optimizer's weight decay (an L2 penalty; Ren et al. 2019 "
+                             "regularize the background so) instead of the run's")
         sp.add_argument("--batch-size", type=int, default=EVAL_BATCH_SIZE,
                         help="examples per forward pass (default: %(default)s)")
         sp.add_argument("--data-dir", help="folder with the dataset files (default: $CHAINRULE_DATA)")

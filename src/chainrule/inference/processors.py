@@ -93,16 +93,20 @@ def _top_p_drop_sorted(sorted_logits: torch.Tensor, p: float) -> torch.Tensor:
     Computing ``before_k`` as a forward cumsum near p = 1 would instead round the last ~1e-7
     (float32) or ~1e-16 (float64) of the mass away and drop tokens whose tail still exceeds
     ``1 - p``. ``p == 1`` drops only tokens of probability 0 (logit -inf), which the tail test
-    cannot decide once ``exp`` underflows (logit gaps beyond ~745).
+    cannot decide once ``exp`` underflows (logit gaps beyond ~745). In a row with +inf logits
+    those tokens share all the mass: every other token is dropped.
     """
     if p >= 1.0:
-        return sorted_logits == -math.inf
-    probs = sorted_logits.log_softmax(-1).exp()
-    if p <= 0.5:
-        before = F.pad(probs[..., :-1].cumsum(-1), (1, 0))
-        return before >= p
-    tail = probs.flip(-1).cumsum(-1).flip(-1)
-    return tail <= 1.0 - p
+        drop = sorted_logits == -math.inf
+    else:
+        probs = sorted_logits.log_softmax(-1).exp()
+        if p <= 0.5:
+            drop = F.pad(probs[..., :-1].cumsum(-1), (1, 0)) >= p
+        else:
+            drop = probs.flip(-1).cumsum(-1).flip(-1) <= 1.0 - p
+    # A +inf logit holds all the mass (log_softmax would give NaN there): keep only the +inf tokens.
+    posinf = sorted_logits == math.inf
+    return torch.where(posinf.any(-1, keepdim=True), ~posinf, drop)
 
 
 def processors(temperature: float = 1.0, top_k: int | None = None, top_p: float | None = None) -> list[Callable]:
