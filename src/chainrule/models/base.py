@@ -502,8 +502,8 @@ class AutoregressiveModel(nn.Module):
         return f"shape={self.shape}, num_values={self.num_values}{groups}"
 
 
-def select_layers(hs: Sequence[torch.Tensor], layer: int | Sequence[int], what: str,
-                  transform: Any = None) -> torch.Tensor | list[torch.Tensor]:
+def select_layers(hs: Sequence[Any], layer: int | Sequence[int], what: str,
+                  transform: Any = None) -> Any:
     """What a model's ``features(x, layer=...)`` returns, from the hidden states ``hs`` its one
     forward pass computed (one entry per feature layer).
 
@@ -512,6 +512,8 @@ def select_layers(hs: Sequence[torch.Tensor], layer: int | Sequence[int], what: 
     caller who wants several layers (a linear probe of every layer) pays for one pass, not one per
     layer. ``what`` describes the layers for the error message (e.g. "0 = the first layer");
     ``transform`` (default: none) maps a layer's states to the features the model returns.
+    ``hs`` may be any sequence: ``select_layers(range(L), layer, ...)`` checks ``layer`` before
+    the pass.
     """
     single = not isinstance(layer, Sequence) or isinstance(layer, str)
     wanted = [layer] if single else list(layer)
