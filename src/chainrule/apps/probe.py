@@ -237,8 +237,9 @@ def extract_layers(model: Any, data: torch.Tensor | np.ndarray, layers: Sequence
                 if len(fs) < max(picked) + 1:
                     raise InputError(f"{inner.name}: features(layer={layers!r}) returned {len(fs)} tensors, expected "
                                      f"one per layer")
+                done = {i: pooled(fs[i]) for i in set(picked)}  # each returned layer pooled once
                 for slot, i in enumerate(picked):
-                    out[slot].append(pooled(fs[i]))
+                    out[slot].append(done[i])
     finally:
         inner.train(was_training)
     if n == 0:
