@@ -7,7 +7,9 @@ pytorch-generative stores the masked-out kernel weights as parameters, chainrule
 the rows below the centre, so its parameter count is lower for the same network (both counts are
 reported). One training step (forward, Bernoulli NLL, backward, Adam) on a batch of binarized
 MNIST-shaped images; the two alternate step by step so that the machine's load hits both alike.
-chainrule is also measured under bf16 autocast (``precision="bfloat16"``).
+chainrule is also measured under bf16 autocast (``precision="bfloat16"``), and in float32 with its
+feature maps left in the contiguous (NCHW) layout instead of channels-last
+(:func:`chainrule.nn.pixel.cpu_layout`), to show what the layout is worth.
 
     git clone https://github.com/EugenHotaj/pytorch-generative /tmp/pg   # or a snapshot of it
     python benchmarks/pixelcnn_throughput.py --pg /tmp/pg --threads 1
@@ -32,6 +34,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import machine, write_result  # noqa: E402
 
 import chainrule  # noqa: E402
+import chainrule.nn.pixel as pixel_layers  # noqa: E402
 from chainrule.training import TrainConfig, Trainer  # noqa: E402
 
 
@@ -77,7 +80,15 @@ def main() -> None:
         loss.backward()
         opt.step()
 
+    def step_nchw() -> None:  # the same step with MaskedConv2d's outputs left contiguous
+        layout, pixel_layers.cpu_layout = pixel_layers.cpu_layout, lambda maps: maps
+        try:
+            trainers["float32"].train_step(x, None, 1e-3)
+        finally:
+            pixel_layers.cpu_layout = layout
+
     runs = {"chainrule float32": lambda: trainers["float32"].train_step(x, None, 1e-3),
+            "chainrule float32 NCHW": step_nchw,
             "chainrule bfloat16": lambda: trainers["bfloat16"].train_step(x, None, 1e-3),
             "pytorch-generative": step_theirs}
     times: dict[str, list[float]] = {k: [] for k in runs}
@@ -97,6 +108,7 @@ def main() -> None:
         "images_per_second": {k: round(v, 1) for k, v in ips.items()},
         "ratio_chainrule_float32_over_pytorch_generative": round(ips["chainrule float32"] / ips["pytorch-generative"], 2),
         "ratio_bfloat16_over_float32": round(ips["chainrule bfloat16"] / ips["chainrule float32"], 2),
+        "ratio_channels_last_over_nchw": round(ips["chainrule float32"] / ips["chainrule float32 NCHW"], 2),
         "cpu_flags_bf16": sorted(f for f in open("/proc/cpuinfo").read().split() if "bf16" in f or f.startswith("amx"))[:4],
     }
     print(result)

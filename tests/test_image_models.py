@@ -116,3 +116,38 @@ def test_discretized_logistic_mixture_over_the_pixel(name):
     s = model.sample(50, generator=torch.Generator().manual_seed(0))
     assert s.shape == (50, 3, 1, 2) and 0 <= s.min() and s.max() <= 2
     assert torch.isfinite(model.log_prob(s)).all()
+
+
+@pytest.mark.parametrize("name", ["pixelcnn", "gated_pixelcnn", "row_lstm", "pixelcnnpp"])
+def test_channels_last_maps_change_no_value(name, monkeypatch):
+    """On a CPU the convolutions write channels-last maps (``cpu_layout``, for speed); the
+    likelihood and its gradients are those of the contiguous layout."""
+    import chainrule.nn.pixel as pixel
+    import chainrule.nn.pixelcnnpp as pixelcnnpp
+
+    kw = {"pixelcnn": {}, "gated_pixelcnn": {}, "row_lstm": {"hidden_channels": 6, "num_layers": 2, "head_channels": 6},
+          "pixelcnnpp": {"filters": 8, "num_resnets": 1, "num_mixture_components": 2}}[name]
+    if name in IMAGE_MODELS:
+        model = tiny(name, (3, 6, 5), 4)
+    else:
+        torch.manual_seed(0)
+        model = chainrule.create_model(name, (3, 6, 5), 4, **kw)
+    x = torch.randint(0, 4, (3, 3, 6, 5))
+    out = MaskedConv2d(4, 6, 3, "B")(torch.randn(2, 4, 5, 5))
+    assert out.is_contiguous(memory_format=torch.channels_last) and not out.is_contiguous()
+    h = model.features(x)  # the maps the layers wrote, read back as (B, G, F)
+
+    def nll_and_grads():
+        model.zero_grad()
+        nll = -model.log_prob(x).sum()
+        nll.backward()
+        return nll.detach(), [p.grad.clone() for p in model.parameters() if p.grad is not None]
+
+    fast, fast_grads = nll_and_grads()
+    monkeypatch.setattr(pixel, "cpu_layout", lambda t: t)
+    monkeypatch.setattr(pixelcnnpp, "cpu_layout", lambda t: t)
+    plain, plain_grads = nll_and_grads()
+    torch.testing.assert_close(fast, plain, rtol=1e-5, atol=1e-4)
+    for a, b in zip(fast_grads, plain_grads):
+        torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-4)
+    torch.testing.assert_close(model.features(x), h, rtol=1e-5, atol=1e-5)

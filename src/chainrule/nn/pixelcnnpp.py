@@ -40,6 +40,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from chainrule.nn.pixel import cpu_layout
+
 #: module -> the forms of its weight the cached passes use (see :func:`sampling_weights`)
 WeightCache = dict[nn.Module, dict[str, torch.Tensor]]
 
@@ -143,7 +145,7 @@ class ShiftedConv2d(_WeightNormed):
         self._init_weight_norm(torch.empty(out_channels, in_channels, kh, kw), in_channels * kh * kw)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return F.conv2d(F.pad(x, (*self.sides, self.kh - 1, 0)), self.weight(), self.bias, self.stride)
+        return cpu_layout(F.conv2d(F.pad(x, (*self.sides, self.kh - 1, 0)), self.weight(), self.bias, self.stride))
 
     def cached_forms(self) -> dict[str, torch.Tensor]:
         w = self.weight()
