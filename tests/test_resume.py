@@ -109,6 +109,45 @@ def test_signal_saves_and_resume_is_exact(tmp_path, monkeypatch):
         assert torch.equal(a, b), k
 
 
+def test_resume_with_changed_options(tmp_path, monkeypatch, caplog):
+    """A resume with other training options: what cannot continue the run is refused before
+    anything is touched (another optimizer; inside an epoch, another batch size or seed), the
+    rest goes on and is said in one warning (a lower learning rate, more epochs)."""
+    import dataclasses
+    import logging
+
+    data = torch.randint(2, (40, 6))  # 5 batches of 8 per epoch
+    config = TrainConfig(epochs=2, batch_size=8, lr=3e-2, patience=None, seed=5, save_every=3)
+    with monkeypatch.context() as m:
+        def kill():
+            raise _Kill
+        _interrupt_at(m, 4, kill)  # after the step-3 checkpoint: inside epoch 1, batch 3
+        with pytest.raises(_Kill):
+            Trainer(_model(0), config, out_dir=tmp_path, progress=False).fit(data, data[:16])
+    last = tmp_path / "last"
+    saved = {p.name: p.read_bytes() for p in last.iterdir()}
+    for change, says in (({"optimizer": "adamw"}, "--optimizer adam"), ({"batch_size": 4}, "--batch-size 8"),
+                         ({"seed": 6}, "--seed 5")):
+        bad = dataclasses.replace(config, **change)
+        with pytest.raises(chainrule.InputError, match="resume with " + says):
+            Trainer(_model(1), bad, out_dir=tmp_path, progress=False).fit(data, data[:16], resume=True)
+        assert {p.name: p.read_bytes() for p in last.iterdir()} == saved  # nothing was written
+    # a lower rate and two more epochs: allowed, said, and the run ends at 4 epochs with the new rate
+    more = dataclasses.replace(config, epochs=4, lr=1e-2, max_seconds=100.0)
+    with caplog.at_level(logging.WARNING, logger="chainrule.training.trainer"):
+        result = Trainer(_model(1), more, out_dir=tmp_path, progress=False).fit(data, data[:16], resume=True)
+    said = [r.getMessage() for r in caplog.records if "changed training options" in r.getMessage()]
+    assert len(said) == 1 and "epochs 2 -> 4" in said[0] and "lr 0.03 -> 0.01" in said[0]
+    assert "max_seconds" not in said[0]  # a budget counted from the resume is not a change of the run
+    # (epoch 1 was resumed inside itself: its row, written at its end, has the new rate too)
+    assert result.epochs_run == 4 and [row["lr"] for row in result.history] == [1e-2] * 4
+    # at an epoch's end the batch size may change
+    caplog.clear()
+    wider = dataclasses.replace(more, epochs=5, batch_size=16)
+    Trainer(_model(1), wider, out_dir=tmp_path, progress=False).fit(data, data[:16], resume=True)
+    assert any("batch_size 8 -> 16" in r.getMessage() for r in caplog.records)
+
+
 def test_data_order_is_a_function_of_seed_and_epoch():
     t = Trainer(_model(0), TrainConfig(seed=3, batch_size=8), progress=False)
     assert torch.equal(t._epoch_order(50, 2), t._epoch_order(50, 2))

@@ -985,7 +985,8 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--min-lr", type=float, default=0.0, help="floor of the cosine schedule")
     t.add_argument("--resume", action="store_true",
                    help="continue the interrupted run in --out from its last/ checkpoint (same model and data; "
-                        "raise --epochs or give a new --max-seconds to train longer)")
+                        "raise --epochs or give a new --max-seconds to train longer; other changed options are "
+                        "listed in a warning, and refused where they cannot continue the run)")
     t.add_argument("--force", action="store_true",
                    help="--out already holds a run: replace it (removes only the files chainrule writes: best/, "
                         "last/, log.csv, curve.png, results.json, samples.*; other files stay)")

@@ -993,6 +993,40 @@ class Trainer:
         torch.distributed.all_gather(out, mine)
         return [t.cpu() for t in out] if self.is_main else [state]
 
+    def _check_resumed_config(self, saved: Any, batch: int, last: Path) -> None:
+        """Compare the training options of the run being resumed (``saved``, the ``asdict`` of its
+        :class:`TrainConfig`; None for checkpoints that do not record it) with this trainer's.
+
+        A change that cannot continue the run is refused: another optimizer (the saved state is
+        the old one's), or, resuming inside an epoch (after ``batch`` batches), another batch size,
+        epoch length or seed (the position is counted in the old batches of the old data order).
+        Any other change (a lower learning rate to go on with, another schedule, more epochs) is
+        allowed and said once, so that a run resumed with different options is never mistaken for
+        the uninterrupted one. Budgets and bookkeeping (max_seconds, which counts from the resume,
+        save_every, keep_last, tensorboard, eval_batch_size) are not reported."""
+        if not isinstance(saved, dict):
+            return
+        now = _json_roundtrip(asdict(self.config))
+        quiet = {"max_seconds", "save_every", "keep_last", "tensorboard", "eval_batch_size"}
+        changed = {k: (saved[k], v) for k, v in now.items() if k in saved and saved[k] != v and k not in quiet}
+        flag = {"batch_size": "--batch-size", "steps_per_epoch": "--steps-per-epoch", "seed": "--seed",
+                "optimizer": "--optimizer"}
+        if "optimizer" in changed:
+            old, new = changed["optimizer"]
+            raise InputError(f"{last} was trained with optimizer {old!r}, whose state it holds; resuming with "
+                             f"{new!r} cannot use it: resume with --optimizer {old} (optimizer={old!r})")
+        if batch:
+            for key in ("batch_size", "steps_per_epoch", "seed"):
+                if key in changed:
+                    old, new = changed[key]
+                    raise InputError(f"{last} stopped inside an epoch, after batch {batch} of {key} {old} (the data "
+                                     f"order depends on it); resuming there with {key} {new} would skip or repeat "
+                                     f"examples: resume with {flag[key]} {old} ({key}={old!r}), and change it once "
+                                     "an epoch has ended")
+        if changed and self.is_main:
+            log.warning("resuming %s with changed training options: %s", self.out_dir,
+                        ", ".join(f"{k} {old!r} -> {new!r}" for k, (old, new) in changed.items()))
+
     def _load_last(self) -> TrainState:
         """Restore model, optimizer and generators from ``out_dir/last/``; returns the loop state."""
         if self.out_dir is None:
@@ -1016,6 +1050,7 @@ class Trainer:
             raise CheckpointError(f"{last / STATE_JSON} is damaged (not a JSON object); cannot resume from it")
         # before anything else is read: a newer layout may mean anything
         version = check_version(state.get("version", 1), STATE_VERSION, last / STATE_JSON, "trainer state")
+        self._check_resumed_config(saved.get("extra", {}).get("train_config"), state.get("batch", 0), last)
         try:
             tensors = load_file(str(last / STATE_TENSORS))
             weights = load_file(str(last / "model.safetensors"))
