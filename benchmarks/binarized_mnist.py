@@ -74,7 +74,7 @@ def main() -> None:
     try:
         result = trainer.fit(ds.train, ds.val, train_transform=ds.train_transform, resume=args.resume)
     except TrainingInterrupted as exc:  # SIGINT / SIGTERM: last/ is saved; say how to continue, no traceback
-        sys.exit(f"{exc} (here: this command plus --resume)")
+        sys.exit(exc.exit_code)  # the trainer has said what it saved and how to continue
     t0 = time.perf_counter()
     test = evaluate(model, ds.test)
     single = evaluate(model, ds.test, member=0).nll_nats if model.num_members > 1 else None

@@ -1,0 +1,136 @@
+"""What the ``chainrule`` commands share: threads, devices, orders, loading a run and the labels of its data."""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from chainrule.apps.pipeline import checkpoint_dir, dataset_of
+from chainrule.data import Dataset, read_npy
+from chainrule.errors import InputError
+from chainrule.io.checkpoint import read_config
+from chainrule.models import load
+
+
+def set_threads(n: int | None) -> None:
+    """``--threads``: None keeps torch's default; anything else must be a positive integer."""
+    if n is None:
+        return
+    if n < 1:
+        raise InputError(f"--threads must be a positive integer (torch CPU threads), got {n}")
+    torch.set_num_threads(n)
+
+
+def order_arg(value: str | None) -> Any:
+    """``--order``: a name (raster, reversed, random:SEED, snake, planar) or a JSON permutation."""
+    if value is None:
+        return None
+    if value.lstrip().startswith("["):
+        try:
+            return json.loads(value)
+        except (ValueError, RecursionError):  # JSONDecodeError, an int of > 4300 digits, nesting too deep
+            raise InputError(f"--order {value[:60]!r}: a permutation must be a JSON list, e.g. [2,0,1]") from None
+    return value
+
+
+def device_of(args: argparse.Namespace) -> str:
+    d = getattr(args, "device", None) or "auto"
+    if d == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    return d
+
+
+def load_run(args: argparse.Namespace, threads: bool = True) -> tuple[Path, Any]:
+    """``--threads`` applied (unless the caller did), and the run's checkpoint directory and model on ``--device``."""
+    if threads:
+        set_threads(args.threads)
+    ckpt = checkpoint_dir(args.run)
+    return ckpt, load(ckpt, device_of(args))
+
+
+def checked_index(index: list[int], n: int, what: str) -> list[int]:
+    bad = [i for i in index if not 0 <= i < n]
+    if bad:
+        raise InputError(f"--index {bad[0]} is outside {what} (0..{n - 1})")
+    return index
+
+
+def tokenizer_of(ckpt: Path) -> Any:
+    spec = read_config(ckpt).get("extra", {}).get("tokenizer")
+    if spec is None:
+        return None
+    from chainrule.text.tokenizers import tokenizer_from_dict
+
+    return tokenizer_from_dict(spec)
+
+
+def model_and_split(args: argparse.Namespace) -> tuple[Any, Dataset, Any, Any]:
+    """The run's model, its dataset, the split ``args.split`` (training data as the model saw it:
+    dynamic binarization / dequantization drawn once with seed 0) and the split's labels when the
+    model is class-conditional."""
+    ckpt, model = load_run(args)
+    ds = dataset_of(ckpt, getattr(args, "dataset", None), args.data_dir, args.download,
+                    getattr(args, "binarize", None), args.dequantize)
+    data, labels = ds.split(args.split)
+    if ds.train_transform is not None and args.split == "train":
+        data = ds.train_transform(data, torch.Generator().manual_seed(0))
+    if model.conditional and labels is None:
+        raise InputError(f"{ckpt} is class-conditional but the {args.split} split of {ds.name!r} has no labels")
+    return model, ds, data, labels if model.conditional else None
+
+
+def run_and_labels(args: argparse.Namespace, per_example: str, api: str) -> tuple[Path, Any, Any]:
+    """Threads, the run's checkpoint and model, and the ``--class`` labels a command needs: required
+    for a class-conditional run, refused for an unconditional one; a context-tensor run is pointed
+    to the API (``api``)."""
+    ckpt, model = load_run(args)
+    labels = None
+    if args.label is not None:
+        if not model.conditional:
+            raise InputError(f"--class: {ckpt} is not class-conditional (trained without --class-conditional)")
+        labels = args.label[0] if len(args.label) == 1 else args.label
+    elif model.num_classes:
+        raise InputError(f"{ckpt} is class-conditional: pass --class Y (a label in 0..{model.num_classes - 1}, "
+                         f"{per_example})")
+    elif model.conditional:
+        raise InputError(f"{ckpt} is conditioned on a context tensor; use the Python API: {api}")
+    return ckpt, model, labels
+
+
+def completion_inputs(args: argparse.Namespace, ckpt: Path, model: Any, whole_split: bool = False) -> tuple[torch.Tensor, str]:
+    """``--input``: image files, one ``.npy`` array ``(N, *shape)`` or ``(*shape)``, or a dataset
+    (a name or path; the run's preprocessing) with ``--split`` and ``--index``. Returns the batch
+    and a short description of where it came from."""
+    from chainrule.apps.completion import is_image_path, read_images
+
+    inputs = args.input
+    if all(is_image_path(p) for p in inputs):
+        return read_images(inputs, model.shape, model.num_values), f"{len(inputs)} image file(s)"
+    if len(inputs) != 1:
+        raise InputError("--input: give one .npy file or dataset name, or one or more image files")
+    src = inputs[0]
+    if src.lower().endswith(".npy"):
+        try:
+            x = torch.from_numpy(read_npy(src, InputError))
+        except InputError as exc:
+            raise InputError(f"--input {exc}") from None
+        if tuple(x.shape) == tuple(model.shape):
+            x = x.unsqueeze(0)
+        if args.index is not None:
+            x = x[checked_index(args.index, len(x), src)]
+        return x, src
+    ds = dataset_of(ckpt, src, args.data_dir, args.download)
+    data, _ = ds.split(args.split)
+    if args.index is None and whole_split:
+        x, where = data, f"the {args.split} split of {ds.name} ({len(data)} examples)"
+    else:
+        index = args.index if args.index is not None else list(range(min(4, len(data))))
+        x = data[checked_index(index, len(data), f"the {args.split} split of {ds.name!r}")]
+        where = f"{ds.name} {args.split} examples {', '.join(map(str, index))}"
+    if ds.train_transform is not None and args.split == "train":  # dynamic binarization, drawn once
+        x = ds.train_transform(x, torch.Generator().manual_seed(0))
+    return x, where
