@@ -24,9 +24,10 @@ from torch import nn
 
 def cpu_layout(maps: torch.Tensor) -> torch.Tensor:
     """Feature maps ``(B, C, H, W)`` in the memory layout convolutions run fastest on: on a CPU,
-    channels-last (oneDNN's convolutions and the elementwise work between them ran 1.16x faster on
-    a PixelCNN, 1.21x on a Gated PixelCNN, 1.06x on a Row LSTM, float32 training steps, BENCHMARKS
-    section 5); elsewhere unchanged. The values are the same, only the strides differ; convolutions,
+    channels-last (float32 training steps of oneDNN's convolutions and the elementwise work between
+    them ran 1.31x faster on a PixelCNN, 1.09-1.17x on Gated PixelCNNs, 1.08x on PixelCNN++ and
+    within the noise on the PixelRNNs: ``benchmarks/image_layout.py``, BENCHMARKS.md section 5);
+    elsewhere unchanged (on a GPU the layout is left to the user). The values are the same, only the strides differ; convolutions,
     activations, padding and sums of channels-last maps stay channels-last, so converting each
     layer's output costs one copy in the first layer and nothing after it."""
     if maps.device.type == "cpu" and maps.dim() == 4:
