@@ -116,6 +116,13 @@ NOT_RUN: dict[str, str] = {
     "chainrule generate --prompt": "an option's name in prose",
     "chainrule ngram generate --prompt": "an option's name in prose",
     "chainrule complete RUN --input INPUT --mask MASK": "a synopsis; the concrete `chainrule complete` commands run",
+    # the pictures of a benchmark run: runs/binarized_mnist_row_lstm is written by
+    # benchmarks/binarized_mnist.py (3 CPU-hours), not by a README command
+    "chainrule sample runs/binarized_mnist_row_lstm -n 64 --seed 0":
+        "how a picture of the README was made, from a 3-CPU-hour benchmark run; the same command runs on runs/pixelcnn",
+    "chainrule complete runs/binarized_mnist_row_lstm --input binarized-mnist --split test --index 1500 3500 5500 "
+    "8500 --mask top-half --num 6 --seed 0":
+        "how a picture of the README was made, from a 3-CPU-hour benchmark run; the same command runs on runs/pixelcnn",
 }
 
 # inline synopses run as a concrete command: README text -> (the command run, reason)
