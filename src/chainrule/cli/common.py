@@ -38,6 +38,7 @@ def order_arg(value: str | None) -> Any:
 
 
 def device_of(args: argparse.Namespace) -> str:
+    """The device of ``--device``: "auto" is a GPU when CUDA has one, else the CPU."""
     d = getattr(args, "device", None) or "auto"
     if d == "auto":
         return "cuda" if torch.cuda.is_available() else "cpu"
@@ -53,6 +54,7 @@ def load_run(args: argparse.Namespace, threads: bool = True) -> tuple[Path, Any]
 
 
 def checked_index(index: list[int], n: int, what: str) -> list[int]:
+    """``--index`` values, each checked to lie in 0..n-1 of ``what`` (an error names the first that does not)."""
     bad = [i for i in index if not 0 <= i < n]
     if bad:
         raise InputError(f"--index {bad[0]} is outside {what} (0..{n - 1})")
@@ -60,6 +62,7 @@ def checked_index(index: list[int], n: int, what: str) -> list[int]:
 
 
 def tokenizer_of(ckpt: Path) -> Any:
+    """The tokenizer a text run was trained with (stored in its config), or None for other data."""
     spec = read_config(ckpt).get("extra", {}).get("tokenizer")
     if spec is None:
         return None

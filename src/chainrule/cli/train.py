@@ -53,6 +53,7 @@ def checked_config(**kwargs: Any) -> TrainConfig:
 
 
 def train_config(args: argparse.Namespace) -> TrainConfig:
+    """The :class:`TrainConfig` of `chainrule train`'s options (errors name the option)."""
     if args.patience < 0:
         raise InputError(f"--patience must be an integer >= 0 (0: no early stopping), got {args.patience}")
     return checked_config(epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, optimizer=args.optimizer,

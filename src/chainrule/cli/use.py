@@ -26,6 +26,7 @@ from chainrule.io.checkpoint import read_config
 
 
 def cmd_eval(args: argparse.Namespace) -> int:
+    """``chainrule eval``: NLL, bits/dim (and perplexity for text) on a split, or the Bayes classifier."""
     model, ds, data, labels = model_and_split(args)
     if args.stride is not None:
         if not hasattr(data, "stream"):
@@ -57,6 +58,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
 
 
 def cmd_sample(args: argparse.Namespace) -> int:
+    """``chainrule sample``: draw ``-n`` examples (cached, with the decoding filters) and write them."""
     ckpt, model = load_run(args)
     tok = tokenizer_of(ckpt)
     is_image = len(model.shape) == 3 and model.shape[0] in (1, 3)
