@@ -24,12 +24,13 @@ from torch import nn
 
 def cpu_layout(maps: torch.Tensor) -> torch.Tensor:
     """Feature maps ``(B, C, H, W)`` in the memory layout convolutions run fastest on: on a CPU,
-    channels-last (float32 training steps of oneDNN's convolutions and the elementwise work between
-    them ran 1.31x faster on a PixelCNN, 1.09-1.17x on Gated PixelCNNs, 1.08x on PixelCNN++ and
-    within the noise on the PixelRNNs: ``benchmarks/image_layout.py``, BENCHMARKS.md section 5);
-    elsewhere unchanged (on a GPU the layout is left to the user). The values are the same, only the strides differ; convolutions,
-    activations, padding and sums of channels-last maps stay channels-last, so converting each
-    layer's output costs one copy in the first layer and nothing after it."""
+    channels-last (float32 training steps of oneDNN's convolutions and the elementwise work
+    between them ran 1.31x faster on a PixelCNN, 1.09-1.17x on Gated PixelCNNs, 1.08x on PixelCNN++
+    and within the noise on the PixelRNNs: ``benchmarks/image_layout.py``, BENCHMARKS.md
+    section 5); elsewhere unchanged (on a GPU the layout is left to the user). The values are the
+    same, only the strides differ; convolutions, activations, padding and sums of channels-last
+    maps stay channels-last, so converting each layer's output costs one copy in the first layer
+    and nothing after it."""
     if maps.device.type == "cpu" and maps.dim() == 4:
         return maps.contiguous(memory_format=torch.channels_last)
     return maps

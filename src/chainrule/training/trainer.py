@@ -1009,8 +1009,7 @@ class Trainer:
         now = _json_roundtrip(asdict(self.config))
         quiet = {"max_seconds", "save_every", "keep_last", "tensorboard", "eval_batch_size"}
         changed = {k: (saved[k], v) for k, v in now.items() if k in saved and saved[k] != v and k not in quiet}
-        flag = {"batch_size": "--batch-size", "steps_per_epoch": "--steps-per-epoch", "seed": "--seed",
-                "optimizer": "--optimizer"}
+        flag = {"batch_size": "--batch-size", "steps_per_epoch": "--steps-per-epoch", "seed": "--seed"}
         if "optimizer" in changed:
             old, new = changed["optimizer"]
             raise InputError(f"{last} was trained with optimizer {old!r}, whose state it holds; resuming with "
