@@ -22,6 +22,7 @@ import chainrule
 from chainrule.checks import (
     all_configurations,
     check_autoregressive,
+    check_context,
     check_step_matches_forward,
     normalization_total,
 )
@@ -402,6 +403,7 @@ def test_class_conditional_models(name, shape, num_values, tmp_path):
     lp = model.log_prob(x, y)
     assert lp.shape == (6,) and torch.isfinite(lp).all()
     assert not torch.allclose(model.log_prob(x, 0), model.log_prob(x, 1))  # the label matters
+    check_context(model)
     if num_values is not None:
         for label in range(3):
             assert abs(normalization_total(model, label) - 1.0) < 1e-5
@@ -426,6 +428,7 @@ def test_tensor_context(name):
     c = torch.randn(5, 2)
     assert check_autoregressive(model) == 4
     check_step_matches_forward(model)
+    check_context(model)  # the tensor matters
     if model.num_values is not None:
         assert abs(normalization_total(model, c[0]) - 1.0) < 1e-5
     assert model.log_prob(some_data(model, 5), c).shape == (5,)

@@ -6,7 +6,9 @@
 - :func:`normalization_total`: sum of exp(log_prob) over every configuration of a tiny space;
 - :func:`check_step_matches_forward`: the incremental (cached) step gives the same conditionals as
   the teacher-forced pass;
-- :func:`dependencies`: which groups each conditional reads (receptive fields, blind spots).
+- :func:`dependencies`: which groups each conditional reads (receptive fields, blind spots);
+- :func:`check_context`: a conditional model's conditionals change with its context (a model
+  that accepts a label or context tensor and ignores it would pass every other check).
 
 Each raises :class:`AssertionError` with the offending positions when the property fails.
 """
@@ -119,6 +121,37 @@ def all_configurations(model: Model, limit: int = 200_000) -> torch.Tensor:
         raise ValueError(f"space has {size} configurations, more than limit={limit}")
     grid = torch.tensor(list(itertools.product(range(model.num_values), repeat=model.dim)))
     return grid.reshape(size, *model.shape)
+
+
+@torch.no_grad()
+def check_context(model: Model, n: int = 4, seed: int = 0, atol: float = 1e-6) -> None:
+    """Assert that a conditional model's conditionals depend on the context: for every member,
+    two different random contexts give conditional parameters differing somewhere on a random batch.
+
+    Run on a model with random (non-zero) weights; a freshly built model whose context weights
+    start at zero legitimately ignores the context until trained.
+    """
+    if not model.conditional:
+        raise ValueError(f"{model.name}: check_context needs a conditional model (num_classes or context_shape)")
+    was_training = model.training
+    model.eval()
+    g = torch.Generator().manual_seed(seed)
+    x, _ = model.validate(_random_batch(model, n, g))
+    if model.num_classes:
+        if model.num_classes < 2:
+            raise ValueError(f"{model.name}: check_context needs at least 2 classes")
+        c1 = torch.randint(model.num_classes, (n,), generator=g)
+        c2 = (c1 + 1 + torch.randint(model.num_classes - 1, (n,), generator=g)) % model.num_classes  # always another label
+    else:
+        c1, c2 = random_context(model, n, g), random_context(model, n, g)
+    try:
+        for label, net, call in _passes(model):
+            a, b = net(x, c1, **call), net(x, c2, **call)  # (n, G, P)
+            if torch.allclose(a, b, atol=atol, rtol=0):
+                raise AssertionError(f"{model.name}: {label + ', ' if label else ''}the conditionals do not change "
+                                     "with the context: the model accepts a context and ignores it")
+    finally:
+        model.train(was_training)
 
 
 @torch.no_grad()

@@ -68,7 +68,7 @@ def sample_with_state(model: Any, n: int, context: Any, call: dict[str, Any], ge
     order = model.resolve_order(**call).tolist()
     g, s = model.num_groups, model.group_size
     steps = g if num_steps is None else num_steps
-    dtype = torch.long if model.head.discrete else model._float_dtype()
+    dtype = torch.long if model.head.discrete else model.float_dtype
     xg = torch.zeros(n, g, s, dtype=dtype, device=model.device)
     state = model.init_state(n, context, **call)
     k = 0 if prompt is None else prompt.shape[1]
@@ -144,7 +144,7 @@ def _sample_mixture(model: Any, n: int, ctx: torch.Tensor | None, generator: tor
     k = model.num_members
     which = torch.randint(k, (n,), generator=generator, device=model.device)
     pre = None if prompt is None else check_prompt(model, n, prompt)
-    dtype = torch.long if model.head.discrete else model._float_dtype()
+    dtype = torch.long if model.head.discrete else model.float_dtype
     out = torch.zeros(n, model.num_groups, model.group_size, dtype=dtype, device=model.device)
     for m in range(k):
         idx = (which == m).nonzero().squeeze(-1)
@@ -174,7 +174,7 @@ def check_prompt(model: Any, n: int, prompt: Any) -> torch.Tensor:
     full = torch.zeros(n, model.num_groups, s, dtype=p.dtype, device=model.device)
     full[:, : p.shape[1]] = p
     model.validate(model.groups.scatter(full).reshape(n, *model.shape))
-    return p.long() if model.head.discrete else p.to(model._float_dtype())
+    return p.long() if model.head.discrete else p.to(model.float_dtype)
 
 
 def check_prefix(model: Any, n: int, prefix: Any) -> torch.Tensor:
@@ -205,7 +205,7 @@ def _sample_observed(model: Any, n: int, ctx: torch.Tensor | None, call: dict[st
     gmask = model.groups.group_mask(mask.reshape(n, -1))  # (n, G)
     vg = model.groups.gather(values.reshape(n, -1))  # (n, G, S)
     base = model.resolve_order(**call)
-    dtype = torch.long if model.head.discrete else model._float_dtype()
+    dtype = torch.long if model.head.discrete else model.float_dtype
     out = torch.zeros(n, model.num_groups, model.group_size, dtype=dtype, device=model.device)
     patterns, which = torch.unique(gmask, dim=0, return_inverse=True)
     for p, pattern in enumerate(patterns):

@@ -83,8 +83,10 @@ class AutoregressiveModel(nn.Module):
     fixed_order: ClassVar[str | None] = None  # the only order the architecture can read in (PixelCNN: "raster")
     image_only: ClassVar[bool] = False  # events must be images (C, H, W)
     mixed_precision: ClassVar[bool] = False  # trained under bf16 autocast by precision="auto" (measured parity)
-    supports_context: ClassVar[bool] = True
-    supports_tensor_context: ClassVar[bool] = True
+    # Capabilities are opt-in: a model that does not read a context must never be built with one
+    # (the registry suite checks that a model claiming a context is changed by it).
+    supports_context: ClassVar[bool] = False  # class labels (num_classes)
+    supports_tensor_context: ClassVar[bool] = False  # context tensors (context_shape)
     supports_groups: ClassVar[bool] = True
     closed_form: ClassVar[bool] = False  # fitted by counting (``fit_counts``), not by gradient steps
     call_options: ClassVar[tuple[str, ...]] = ()  # extra call-time arguments (MADE: "mask")
@@ -241,10 +243,13 @@ class AutoregressiveModel(nn.Module):
         if c is None:
             return None
         if self.num_classes:
-            return torch.nn.functional.one_hot(c, self.num_classes).to(self._float_dtype())
-        return c.reshape(n, -1).to(self._float_dtype())
+            return torch.nn.functional.one_hot(c, self.num_classes).to(self.float_dtype)
+        return c.reshape(n, -1).to(self.float_dtype)
 
-    def _float_dtype(self) -> torch.dtype:
+    @property
+    def float_dtype(self) -> torch.dtype:
+        """The dtype of the model's floating-point weights (float32 unless converted): real values,
+        features and one-hot encodings are made in it."""
         for p in self.parameters():
             if p.is_floating_point():
                 return p.dtype
@@ -274,7 +279,7 @@ class AutoregressiveModel(nn.Module):
             raise InputError(f"{self.name}: unknown argument(s) {', '.join(unknown)}; it accepts: {accepted}")
 
     # ------------------------------------------------------------------ the contract
-    def _set_input_encoding(self, encoding: str) -> int:
+    def set_input_encoding(self, encoding: str) -> int:
         """Choose how :meth:`embed` encodes a variable and return the feature size E.
 
         ``"value"``: the value itself (E=1; discrete values scaled to [0, 1]); ``"onehot"``: a
@@ -292,10 +297,10 @@ class AutoregressiveModel(nn.Module):
     def encode_values(self, v: torch.Tensor) -> torch.Tensor:
         """Encode values ``(...)`` into features ``(..., E)`` by ``input_encoding``."""
         if self.num_values is None:
-            return v.to(self._float_dtype()).unsqueeze(-1)
+            return v.to(self.float_dtype).unsqueeze(-1)
         if self.input_encoding == "onehot":
-            return torch.nn.functional.one_hot(v.long(), self.num_values).to(self._float_dtype())
-        return (v.to(self._float_dtype()) / (self.num_values - 1)).unsqueeze(-1)
+            return torch.nn.functional.one_hot(v.long(), self.num_values).to(self.float_dtype)
+        return (v.to(self.float_dtype) / (self.num_values - 1)).unsqueeze(-1)
 
     def embed(self, x: torch.Tensor) -> torch.Tensor:
         """Per-variable input features: ``(B, *shape)`` -> ``(B, D, E)``, each variable on its own."""
@@ -346,7 +351,7 @@ class AutoregressiveModel(nn.Module):
 
     def new_state(self, n: int, order: torch.Tensor, context: torch.Tensor | None, **options: Any) -> Any:
         """Architectures with a cache override this and :meth:`step`. Default: the partial sample."""
-        x = torch.zeros(n, self.dim, dtype=torch.long if self.num_values else self._float_dtype(), device=self.device)
+        x = torch.zeros(n, self.dim, dtype=torch.long if self.num_values else self.float_dtype, device=self.device)
         return {"x": x, "order": Static(order), "context": context, "options": Static(options)}
 
     def step(self, state: Any, i: int, x_prev: torch.Tensor | None) -> tuple[torch.Tensor, Any]:
@@ -405,7 +410,7 @@ class AutoregressiveModel(nn.Module):
                 x = x.float()
             if not torch.isfinite(x).all():
                 raise InputError(f"{self.name}: data contains NaN or infinite values")
-            return x.to(self.device, self._float_dtype()), batch
+            return x.to(self.device, self.float_dtype), batch
         if x.is_floating_point():
             if not torch.isfinite(x).all():
                 raise InputError(f"{self.name}: data contains NaN or infinite values; expected integers 0..{self.num_values - 1}")

@@ -36,6 +36,8 @@ class CausalConvARM(AutoregressiveModel):
     """
 
     name = "causalconv"
+    supports_context = True
+    supports_tensor_context = True
     supports_real = True
     any_order = True
 
@@ -51,7 +53,7 @@ class CausalConvARM(AutoregressiveModel):
         dilations = list(dilations) if dilations is not None else [1] * num_layers
         if len(dilations) != num_layers or any(not isinstance(d, int) or d < 1 for d in dilations):
             raise InputError(f"dilations must be {num_layers} positive integers (one per layer), got {dilations}")
-        e = self._set_input_encoding(input_encoding) * self.group_size
+        e = self.set_input_encoding(input_encoding) * self.group_size
         sizes = [e] + [channels] * (num_layers - 1) + [self.head.num_params]
         self.convs = nn.ModuleList(
             CausalConv1d(sizes[i], sizes[i + 1], kernel_size, dilation=dilations[i], exclusive=(i == 0))

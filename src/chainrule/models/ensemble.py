@@ -84,8 +84,9 @@ class Ensemble(nn.Module):
     def context_features(self, context: Any, n: int) -> torch.Tensor | None:
         return self.model.context_features(context, n)
 
-    def _float_dtype(self) -> torch.dtype:
-        return self.model._float_dtype()
+    @property
+    def float_dtype(self) -> torch.dtype:
+        return self.model.float_dtype
 
     def _member(self, member: int | None) -> int:
         m = 0 if member is None else member

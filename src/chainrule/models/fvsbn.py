@@ -36,13 +36,15 @@ class FVSBN(AutoregressiveModel):
     """
 
     name = "fvsbn"
+    supports_context = True
+    supports_tensor_context = True
     supports_real = True
     any_order = True
 
     def __init__(self, shape: tuple[int, ...], num_values: int | None = 2, num_orders: int = 1, seed: int = 0,
                  input_encoding: str = "auto", **common: Any) -> None:
         super().__init__(shape, num_values, **common)
-        self.embed_size = self._set_input_encoding(input_encoding)
+        self.embed_size = self.set_input_encoding(input_encoding)
         g, f, p = self.num_groups, self.embed_size * self.group_size, self.head.num_params
         self.in_features = f
         self.linear = MaskedLinear(g * f, g * p)

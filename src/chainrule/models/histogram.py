@@ -41,7 +41,7 @@ class Histogram(AutoregressiveModel):
     closed_form = True  # the trainer fits it by counting, not by gradient steps
     any_order = True
     supports_groups = False
-    supports_tensor_context = False
+    supports_context = True  # class labels only
 
     def __init__(self, shape: tuple[int, ...], num_values: int | None = 2, alpha: float = 1.0,
                  max_configurations: int = MAX_CONFIGURATIONS, **common: Any) -> None:

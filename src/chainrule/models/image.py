@@ -32,6 +32,8 @@ class ImageModel(AutoregressiveModel):
 
     image_only: ClassVar[bool] = True
     fixed_order: ClassVar[str | None] = "raster"
+    supports_context: ClassVar[bool] = True  # each architecture conditions its layers on it
+    supports_tensor_context: ClassVar[bool] = True
 
     def __init__(self, shape: tuple[int, ...], num_values: int | None, input_encoding: str = "value",
                  **common: Any) -> None:
@@ -41,7 +43,7 @@ class ImageModel(AutoregressiveModel):
                              f"must be None or 'pixel', got {self.groups.group_shape}")
         self.channels, self.height, self.width = self.shape
         self.channel_groups = self.channels if self.groups.trivial else 1
-        self.embed_size = self._set_input_encoding(input_encoding)
+        self.embed_size = self.set_input_encoding(input_encoding)
         self.in_maps = self.embed_size * self.channels
         # for the step: the flat variables of every group as (channel, row, col), and their input maps
         var = self.groups.index  # (G, S)

@@ -50,6 +50,8 @@ class MADE(AutoregressiveModel):
     """
 
     name = "made"
+    supports_context = True
+    supports_tensor_context = True
     supports_real = True
     any_order = True
     call_options = ("mask",)
@@ -69,7 +71,7 @@ class MADE(AutoregressiveModel):
         if activation not in acts:
             raise InputError(f"activation must be one of {', '.join(acts)}, got {activation!r}")
         hidden_sizes = [int(h) for h in hidden_sizes]
-        self.embed_size = e = self._set_input_encoding(input_encoding)
+        self.embed_size = e = self.set_input_encoding(input_encoding)
         self.in_features = f = e * self.group_size
         p, g = self.head.num_params, self.num_groups
         sizes = [g * f] + hidden_sizes

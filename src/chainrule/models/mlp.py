@@ -41,6 +41,8 @@ class FiniteMemoryMLP(AutoregressiveModel):
     """
 
     name = "mlp"
+    supports_context = True
+    supports_tensor_context = True
     supports_real = True
     any_order = True
 
@@ -55,7 +57,7 @@ class FiniteMemoryMLP(AutoregressiveModel):
             raise InputError(f"hidden_sizes must be a non-empty list of positive integers, got {hidden_sizes!r}")
         hidden_sizes = [int(h) for h in hidden_sizes]
         self.memory = memory
-        self.embed_size = e = self._set_input_encoding(input_encoding)
+        self.embed_size = e = self.set_input_encoding(input_encoding)
         self.in_features = f = e * self.group_size
         sizes = [memory * (f + 1)] + hidden_sizes
         self.layers = nn.ModuleList(nn.Linear(sizes[i], sizes[i + 1]) for i in range(len(hidden_sizes)))
@@ -105,7 +107,7 @@ class FiniteMemoryMLP(AutoregressiveModel):
         return select_layers(hs, layer, "the hidden layers", lambda h: self.from_generation_order(h, o))
 
     def new_state(self, n: int, order: torch.Tensor, context: torch.Tensor | None) -> Any:
-        window = torch.zeros(n, self.memory, self.in_features + 1, device=self.device, dtype=self._float_dtype())
+        window = torch.zeros(n, self.memory, self.in_features + 1, device=self.device, dtype=self.float_dtype)
         return {"window": window, "context": context}
 
     def step(self, state: Any, i: int, x_prev: torch.Tensor | None) -> tuple[torch.Tensor, Any]:

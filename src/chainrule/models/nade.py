@@ -151,6 +151,8 @@ class NADE(AutoregressiveModel):
     """
 
     name = "nade"
+    supports_context = True
+    supports_tensor_context = True
     supports_real = True
     any_order = True
 
@@ -163,7 +165,7 @@ class NADE(AutoregressiveModel):
         if not isinstance(hidden_size, int) or isinstance(hidden_size, bool) or hidden_size < 1:
             raise InputError(f"hidden_size must be a positive integer, got {hidden_size!r}")
         self.activation, self.act = activation, _ACTIVATIONS[activation]
-        self.embed_size = self._set_input_encoding(input_encoding)
+        self.embed_size = self.set_input_encoding(input_encoding)
         f, p, g = self.embed_size * self.group_size, self.head.num_params, self.num_groups
         bound = 1.0 / math.sqrt(g * f)
         self.W = nn.Parameter(torch.empty(g, hidden_size, f).uniform_(-bound, bound))  # input weights per group

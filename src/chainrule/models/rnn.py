@@ -39,6 +39,8 @@ class _Recurrent(AutoregressiveModel):
 
     cell: ClassVar[type[nn.RNNBase]]
     supports_real = True
+    supports_context = True
+    supports_tensor_context = True
 
     def __init__(self, shape: tuple[int, ...], num_values: int | None = 256, hidden_size: int = 256,
                  num_layers: int = 2, embedding_size: int = 64, dropout: float = 0.0, tbptt: int | None = None,
@@ -63,7 +65,7 @@ class _Recurrent(AutoregressiveModel):
 
     def encode_values(self, v: torch.Tensor) -> torch.Tensor:
         if self.num_values is None:
-            return self.embedding(v.to(self._float_dtype()).unsqueeze(-1))
+            return self.embedding(v.to(self.float_dtype).unsqueeze(-1))
         return self.embedding(v.long())
 
     def features(self, x: torch.Tensor, context: Any = None) -> torch.Tensor:
@@ -101,7 +103,7 @@ class _Recurrent(AutoregressiveModel):
     # layers' cells directly (torch.lstm_cell & co., the same arithmetic as the full pass): calling
     # the fused multi-layer module for a single time step costs ~50x more on the CPU.
     def new_state(self, n: int, order: torch.Tensor, context: torch.Tensor | None) -> Any:
-        h = torch.zeros(n, self.rnn.num_layers, self.rnn.hidden_size, device=self.device, dtype=self._float_dtype())
+        h = torch.zeros(n, self.rnn.num_layers, self.rnn.hidden_size, device=self.device, dtype=self.float_dtype)
         extra = None if self.context is None else self.context(context)  # (n, F), added to every input
         return ((h, h.clone()) if isinstance(self.rnn, nn.LSTM) else h), extra
 

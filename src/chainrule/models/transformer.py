@@ -44,6 +44,8 @@ class Transformer(AutoregressiveModel):
     """
 
     name = "transformer"
+    supports_context = True
+    supports_tensor_context = True
     supports_real = True
 
     def __init__(self, shape: tuple[int, ...], num_values: int | None = 256, num_layers: int = 4,
@@ -85,7 +87,7 @@ class Transformer(AutoregressiveModel):
 
     def encode_values(self, v: torch.Tensor) -> torch.Tensor:
         if self.num_values is None:
-            return self.tok(v.to(self._float_dtype()).unsqueeze(-1))
+            return self.tok(v.to(self.float_dtype).unsqueeze(-1))
         return self.tok(v.long())
 
     def _tokens(self, e: torch.Tensor) -> torch.Tensor:

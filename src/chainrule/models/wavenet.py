@@ -44,6 +44,8 @@ class WaveNet(AutoregressiveModel):
     """
 
     name = "wavenet"
+    supports_context = True
+    supports_tensor_context = True
     supports_real = True
 
     def __init__(self, shape: tuple[int, ...], num_values: int | None = 256, dilations: Sequence[int] | None = None,
@@ -83,7 +85,7 @@ class WaveNet(AutoregressiveModel):
 
     def encode_values(self, v: torch.Tensor) -> torch.Tensor:
         if self.num_values is None:
-            return self.embedding(v.to(self._float_dtype()).unsqueeze(-1))
+            return self.embedding(v.to(self.float_dtype).unsqueeze(-1))
         return self.embedding(v.long())
 
     def _gate(self, a: torch.Tensor) -> torch.Tensor:
@@ -119,7 +121,7 @@ class WaveNet(AutoregressiveModel):
     def new_state(self, n: int, order: torch.Tensor, context: torch.Tensor | None) -> Any:
         r = self.input.out_channels
         # one ring buffer per layer, (n, R, (k-1) d), zeros = the left padding of the full pass
-        buffers = [torch.zeros(n, r, (self.kernel_size - 1) * d, device=self.device, dtype=self._float_dtype())
+        buffers = [torch.zeros(n, r, (self.kernel_size - 1) * d, device=self.device, dtype=self.float_dtype)
                    for d in self.dilations]
         extra = None if self.context is None else self.context(context)  # (n, R)
         return buffers, Static(0), extra
