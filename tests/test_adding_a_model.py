@@ -98,3 +98,18 @@ def test_context_is_opt_in(scratch_registry):
 
     with pytest.raises(InputError, match="takes no context"):
         NoContext((3,), 2, num_classes=2)
+
+
+def test_models_and_ensembles_satisfy_the_contract_type():
+    """Generic code is typed with chainrule.contract.ARModel; every model and an ensemble satisfy it."""
+    from chainrule.contract import ARModel
+
+    nade = chainrule.create_model("nade", (4,), 2, hidden_size=4)
+    ensemble = chainrule.create_model("nade", (4,), 2, hidden_size=4, num_orders=3)
+    for model in (nade, ensemble):
+        assert isinstance(model, ARModel)
+        assert model.base_model.num_members == 1 and model.float_dtype == torch.float32
+    assert ensemble.num_members == 3 and ensemble.base_model is not ensemble
+    calls = [ensemble.member_call(k) for k in range(3)]
+    assert all(sorted(c) == ["order"] for c in calls) and not torch.equal(calls[0]["order"], calls[1]["order"])
+    assert torch.equal(nade.member_call(0)["order"], nade.order)

@@ -12,7 +12,7 @@ ROOT = Path(chainrule.__file__).resolve().parent
 
 LAYERS: list[list[str]] = [
     ["_version", "errors"],
-    ["groups", "orderings", "distributions", "text", "io"],
+    ["groups", "orderings", "distributions", "text", "io", "contract"],
     ["nn", "data"],
     ["inference"],
     ["models"],

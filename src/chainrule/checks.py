@@ -21,10 +21,10 @@ from typing import Any
 
 import torch
 
+from chainrule.contract import ARModel
 from chainrule.models.base import AutoregressiveModel
-from chainrule.models.ensemble import Ensemble
 
-Model = AutoregressiveModel | Ensemble
+Model = ARModel  # a model or an ensemble: anything with the contract's face
 
 
 def _random_batch(model: Model, n: int, generator: torch.Generator) -> torch.Tensor:
@@ -44,11 +44,8 @@ def random_context(model: Model, n: int, generator: torch.Generator) -> torch.Te
 
 def _passes(model: Model, order: Any = None) -> Iterator[tuple[str, AutoregressiveModel, dict[str, Any]]]:
     """(label, the model doing the work, its call arguments) for every member."""
-    if isinstance(model, Ensemble):
-        for k in range(model.num_members):
-            yield f"member {k}", model.model, model.member_call(k, order)
-    else:
-        yield "", model, {"order": model.resolve_order(order)}
+    for k in range(model.num_members):
+        yield (f"member {k}" if model.num_members > 1 else ""), model.base_model, model.member_call(k, order)
 
 
 def check_autoregressive(model: Model, n: int = 3, seed: int = 0, order: Any = None) -> int:

@@ -32,7 +32,6 @@ from tqdm.auto import tqdm
 
 from chainrule.data.dataset import Dataset
 from chainrule.errors import InputError
-from chainrule.models.ensemble import Ensemble
 
 #: The inverse regularization strengths the probe tries; the validation split picks one.
 DEFAULT_CS: tuple[float, ...] = (0.01, 0.1, 1.0, 10.0)
@@ -78,7 +77,7 @@ def feature_model(model: Any) -> Any:
     """The module whose ``features`` a probe reads: the model itself, or an ensemble's single
     underlying model (its features at the model's own default order; the members share its
     weights). Raises :class:`InputError` for models without hidden states (fvsbn, histogram)."""
-    inner = model.model if isinstance(model, Ensemble) else model
+    inner = model.base_model
     if not callable(getattr(inner, "features", None)):
         raise InputError(f"model {getattr(inner, 'name', type(inner).__name__)!r} has no features (no hidden states: "
                          "fvsbn is logistic regressions on the inputs, the histogram a table); nothing to probe")

@@ -272,6 +272,18 @@ class AutoregressiveModel(nn.Module):
                              "histogram, ...)")
         return o
 
+    @property
+    def base_model(self) -> AutoregressiveModel:
+        """The model doing the work: the model itself (an ensemble's is the model it wraps)."""
+        return self
+
+    def member_call(self, member: int = 0, order: OrderSpec | None = None, **options: Any) -> dict[str, Any]:
+        """The call arguments of member ``member`` (a single model has one, member 0): the resolved
+        order and ``options`` — the same face as :meth:`Ensemble.member_call`."""
+        if member != 0:
+            raise InputError(f"{self.name}: member must be 0 (a single model has one member), got {member!r}")
+        return {"order": self.resolve_order(order), **options}
+
     def check_options(self, options: dict[str, Any]) -> None:
         unknown = sorted(set(options) - set(self.call_options))
         if unknown:

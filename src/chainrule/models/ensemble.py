@@ -95,7 +95,12 @@ class Ensemble(nn.Module):
                              f"got {member!r}")
         return m
 
-    def resolve_order(self, member: int | None = None, order: Any = None, **options: Any) -> torch.Tensor:
+    @property
+    def base_model(self) -> AutoregressiveModel:
+        """The model the members call."""
+        return self.model
+
+    def resolve_order(self, order: Any = None, member: int | None = None, **options: Any) -> torch.Tensor:
         """Member ``member``'s order, or ``order`` itself for models that take any order."""
         if order is not None:
             return self.model.resolve_order(order)
@@ -104,7 +109,7 @@ class Ensemble(nn.Module):
     def member_call(self, member: int, order: Any = None, **options: Any) -> dict[str, Any]:
         """The arguments ``self.model`` is called with for ``member`` (its order and options)."""
         m = self._member(member)
-        return {"order": self.resolve_order(m, order), **self.member_options[m], **options}
+        return {"order": self.resolve_order(order, member=m), **self.member_options[m], **options}
 
     # ------------------------------------------------------------------ passes
     def forward(self, x: torch.Tensor, context: Any = None, member: int | None = 0, order: Any = None,

@@ -147,7 +147,7 @@ def autocast_dtype(model: Model, precision: str) -> torch.dtype | None:
         return None
     if precision in ("bfloat16", "float16"):
         return getattr(torch, precision)
-    inner = model.model if isinstance(model, Ensemble) else model
+    inner = model.base_model
     if getattr(inner, "mixed_precision", False) and fast_bfloat16(inner.device):
         return torch.bfloat16
     return None
@@ -774,7 +774,7 @@ class Trainer:
         ``fit_counts(data, context)`` method: the histogram) are fitted in one pass, then validated."""
         start = time.perf_counter()
         data = train if train_transform is None else train_transform(train, self.data_rng)
-        model = self.model.model if isinstance(self.model, Ensemble) else self.model
+        model = self.model.base_model
         model.fit_counts(data, train_context)
         self._clear_previous_outputs()
         row: dict[str, float] = {"epoch": 1, "train_nll_nats": evaluate(self.model, data, train_context).nll_nats,
