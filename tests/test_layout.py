@@ -124,3 +124,16 @@ def test_the_check_catches_an_upward_import(tmp_path):
     found = imports_of(path, "chainrule.models.bad")
     assert {"chainrule.training", "chainrule.cli"} <= found
     assert layer("chainrule.training") > layer("chainrule.models.bad")
+
+
+def test_lazy_names_are_visible_to_type_checkers():
+    """``import chainrule`` imports its public names lazily; the TYPE_CHECKING block imports each one
+    from the same module, so IDEs and type checkers see them."""
+    tree = ast.parse((ROOT / "__init__.py").read_text())
+    seen = {}
+    for node in ast.walk(tree):
+        if isinstance(node, ast.If) and "TYPE_CHECKING" in ast.unparse(node.test):
+            for imp in ast.walk(node):
+                if isinstance(imp, ast.ImportFrom):
+                    seen.update({a.name: imp.module for a in imp.names})
+    assert seen == chainrule._LAZY

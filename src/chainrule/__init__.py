@@ -19,15 +19,23 @@ models) does not pay for the neural-network layers.
 from __future__ import annotations
 
 import importlib
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from chainrule._version import __version__
+
+if TYPE_CHECKING:  # the lazy names below, visible to type checkers and IDEs
+    from chainrule.contract import ARModel
+    from chainrule.data import Dataset, list_datasets, load_dataset
+    from chainrule.errors import ChainruleError, CheckpointError, DataError, InputError, UnknownNameError
+    from chainrule.inference.likelihood import EvalResult, evaluate
+    from chainrule.models import AutoregressiveModel, Ensemble, create_model, list_models, load, register
+    from chainrule.training import TrainConfig, Trainer
 
 _LAZY = {
     "load": "chainrule.models",
     "ChainruleError": "chainrule.errors", "CheckpointError": "chainrule.errors", "DataError": "chainrule.errors",
     "InputError": "chainrule.errors", "UnknownNameError": "chainrule.errors",
-    "AutoregressiveModel": "chainrule.models", "Ensemble": "chainrule.models", "create_model": "chainrule.models",
+    "ARModel": "chainrule.contract", "AutoregressiveModel": "chainrule.models", "Ensemble": "chainrule.models", "create_model": "chainrule.models",
     "list_models": "chainrule.models", "register": "chainrule.models",
     "Dataset": "chainrule.data", "list_datasets": "chainrule.data", "load_dataset": "chainrule.data",
     "EvalResult": "chainrule.inference.likelihood", "evaluate": "chainrule.inference.likelihood",

@@ -56,7 +56,6 @@ def draw(dist: Any, chain: Sequence[Callable], generator: torch.Generator | None
     return vals
 
 
-@renamed_parameters(prefix="prompt")
 def sample_with_state(model: Any, n: int, context: Any, call: dict[str, Any], generator: torch.Generator | None,
                       prompt: torch.Tensor | None = None, chain: Sequence[Callable] = (),
                       num_steps: int | None = None) -> torch.Tensor:
