@@ -13,7 +13,34 @@ from chainrule.apps.pipeline import checkpoint_dir, dataset_of
 from chainrule.data import Dataset, read_npy
 from chainrule.errors import InputError
 from chainrule.io.checkpoint import read_config
+from chainrule.io.outputs import check_output
 from chainrule.models import load
+
+
+def input_paths(args: argparse.Namespace) -> list[str]:
+    """The files and folders a command reads (its run, ``input``, ``--input``, ``--in``, ``--out`` of
+    detect, ``--mask``, ``runs``): an output may be none of them."""
+    found: list[str] = []
+    for name in ("run", "runs", "input", "inputs_in", "inputs_out", "mask", "background", "text_file"):
+        v = getattr(args, name, None)
+        if isinstance(v, str):
+            found.append(v)
+        elif isinstance(v, (list, tuple)):
+            found.extend(x for x in v if isinstance(x, str))
+    return found
+
+
+def output_path(args: argparse.Namespace, explicit: str | Path | None, default: str | Path | None,
+                option: str) -> Path:
+    """The output of a command, checked by the one policy (:mod:`chainrule.io.outputs`) before any
+    work: a path the user gave (``explicit``) may replace an existing file only with ``--force``; the
+    ``default`` name chainrule picks inside the run directory (``RUN/samples.png``,
+    ``RUN/probe.json``, ...) is the run's own output and is replaced. Neither is ever an input, a
+    directory or inside a checkpoint."""
+    if explicit:
+        return check_output(explicit, force=getattr(args, "force", False), inputs=input_paths(args), option=option)
+    assert default is not None
+    return check_output(default, force=True, inputs=input_paths(args), option=option)
 
 
 def set_threads(n: int | None) -> None:

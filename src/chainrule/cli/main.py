@@ -79,7 +79,7 @@ def cmd_report(args: argparse.Namespace) -> int:
     """Write one self-contained HTML page for a run, or a comparison of several runs."""
     from chainrule.apps.report import write_report
 
-    path = write_report(args.runs, args.out, args.title)
+    path = write_report(args.runs, args.out, args.title, overwrite=True if args.force else None)
     print(f"wrote {path}")
     return 0
 
@@ -139,6 +139,12 @@ def build_parser() -> argparse.ArgumentParser:
         sp.add_argument("--temperature", type=float, default=1.0, help="0 = greedy")
         sp.add_argument("--top-k", type=int, default=None)
         sp.add_argument("--top-p", type=float, default=None)
+
+    def force_arg(sp: argparse.ArgumentParser, what: str = "--out") -> None:
+        """``--force``: the one spelling, in every command that writes a file, of "replace it"."""
+        sp.add_argument("--force", action="store_true",
+                        help=f"{what} exists: replace it (without, an existing file is refused; inputs and "
+                             "checkpoints are never written over)")
 
     def common(sp: argparse.ArgumentParser) -> None:
         sp.add_argument("--threads", type=int, help="torch CPU threads")
@@ -243,6 +249,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--class", dest="label", type=int, default=None,
                    help="class-conditional models: sample this class (default: every class in turn)")
     decoding_args(s)
+    force_arg(s)
     common(s)
     s.set_defaults(func=cmd_sample)
 
@@ -272,6 +279,7 @@ def build_parser() -> argparse.ArgumentParser:
     data_args(i)
     i.add_argument("--out", help="output PNG (default RUN/inspect-SPLIT-INDEX.png, or RUN/inspect-text.png); "
                                  "text runs also .html: a page whose characters show their bits on hover")
+    force_arg(i)
     common(i)
     i.set_defaults(func=cmd_inspect)
 
@@ -297,6 +305,7 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--out", help="output PNG (images) or .npy; default RUN/completions.png; the .npy goes next to it")
     c.add_argument("--data-dir", help="folder with the dataset files (default: $CHAINRULE_DATA)")
     c.add_argument("--download", action="store_true", help="download missing dataset files (checksummed)")
+    force_arg(c, "--out (or the .npy next to it)")
     common(c)
     c.set_defaults(func=cmd_complete)
 
@@ -314,6 +323,7 @@ def build_parser() -> argparse.ArgumentParser:
     z.add_argument("--member", type=int, default=None, help="ensembles: code with this member")
     z.add_argument("--data-dir", help="folder with the dataset files (default: $CHAINRULE_DATA)")
     z.add_argument("--download", action="store_true", help="download missing dataset files (checksummed)")
+    force_arg(z, "OUTPUT")
     common(z)
     z.set_defaults(func=cmd_compress)
 
@@ -321,6 +331,7 @@ def build_parser() -> argparse.ArgumentParser:
     u.add_argument("run", help="run directory or checkpoint directory (the one that compressed the file)")
     u.add_argument("input", help="the compressed file")
     u.add_argument("output", help="where to write: .npy (arrays), .png (image models), or the text file")
+    force_arg(u, "OUTPUT")
     common(u)
     u.set_defaults(func=cmd_decompress)
 
@@ -343,6 +354,7 @@ def build_parser() -> argparse.ArgumentParser:
     pr.add_argument("--seed", type=int, default=0, help="seed of the --max-train subset and the solver")
     pr.add_argument("--out", help="JSON of the results (default RUN/probe.json); the plot goes next to it as .png")
     pr.add_argument("--no-plot", action="store_true", help="no accuracy-vs-layer plot")
+    force_arg(pr, "--out (or its .png)")
     common(pr)
     pr.set_defaults(func=cmd_probe)
 
@@ -386,6 +398,7 @@ def build_parser() -> argparse.ArgumentParser:
     sc.add_argument("--out", help="CSV of index,score (default RUN/scores-INPUT-SCORE.csv)")
     sc.add_argument("--maps", help="PNG of the most anomalous inputs next to their per-variable NLL maps")
     sc.add_argument("--num-maps", type=int, default=8, help="how many inputs --maps shows")
+    force_arg(sc, "--out or --maps")
     anomaly_args(sc)
     sc.set_defaults(func=cmd_score)
 
@@ -405,6 +418,7 @@ def build_parser() -> argparse.ArgumentParser:
                     help="typicality: the batch test on groups of M inputs (Nalisnick et al. 2019b)")
     de.add_argument("--alpha", type=float, default=0.01, help="--group-size: level of the typicality test")
     de.add_argument("--json", action="store_true", help="also print the result as JSON")
+    force_arg(de, "--report")
     anomaly_args(de)
     de.set_defaults(func=cmd_detect)
 
@@ -418,6 +432,7 @@ def build_parser() -> argparse.ArgumentParser:
     rp.add_argument("runs", nargs="+", metavar="RUN", help="run directories (written by `chainrule train`)")
     rp.add_argument("--out", help="the HTML file (default: RUN/report.html for one run, ./report.html for several)")
     rp.add_argument("--title", help="the page's title")
+    force_arg(rp)
     rp.set_defaults(func=cmd_report)
 
     q = sub.add_parser("quickstart", help="train a Gated PixelCNN on the bundled 8x8 digits (under two minutes)")
