@@ -16,6 +16,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import os
 import sys
 
 from chainrule._version import __version__
@@ -465,11 +466,41 @@ def main(argv: list[str] | None = None) -> int:
     except ChainruleError as exc:
         print(f"chainrule: error: {exc}", file=sys.stderr)
         return 2
+    except FloatingPointError as exc:  # the training loss became NaN / inf
+        print(f"chainrule: error: {exc}", file=sys.stderr)
+        return 1
+    except OSError as exc:  # a full disk, a read-only file system, a permission: one line naming the file
+        print(f"chainrule: error: {_os_error(exc)}", file=sys.stderr)
+        return 1
+    except MemoryError:
+        print("chainrule: error: out of memory; use a smaller --batch-size, -n or model", file=sys.stderr)
+        return 1
+    except Exception as exc:  # noqa: BLE001 - the last net: one line (the traceback with CHAINRULE_DEBUG=1)
+        if os.environ.get("CHAINRULE_DEBUG"):
+            raise
+        from safetensors import SafetensorError
+
+        if isinstance(exc, SafetensorError):
+            print(f"chainrule: error: a safetensors file cannot be read or written ({exc})", file=sys.stderr)
+            return 1
+        print(f"chainrule: internal error: {type(exc).__name__}: {str(exc)[:300]} (this is a bug of chainrule: "
+              "please report it; CHAINRULE_DEBUG=1 shows the traceback)", file=sys.stderr)
+        return 1
     except KeyboardInterrupt as exc:
         code = getattr(exc, "exit_code", None)  # a TrainingInterrupted: its line (what was saved) is printed
         if code is None:
             print("chainrule: interrupted", file=sys.stderr)
         return code or 130
+
+
+def _os_error(exc: OSError) -> str:
+    """An OSError as one line: what failed on which file, and the reason with its errno name."""
+    import errno
+
+    name = errno.errorcode.get(exc.errno or 0, "")
+    reason = exc.strerror or str(exc) or type(exc).__name__
+    where = f" {exc.filename}" if exc.filename else ""
+    return f"cannot access{where}: {reason}" + (f" ({name})" if name else "")
 
 
 if __name__ == "__main__":
