@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 from pathlib import Path
 from typing import Any
 
@@ -41,6 +42,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
         if not hasattr(data, "stream"):
             raise InputError("--stride applies to text and audio datasets (a token stream)")
         sres = evaluate_stream(model, data.stream, args.stride, progress=not args.no_progress, unit=token_unit(ds))
+        _check_finite(sres.nats_per_token, args)
         print(f"{args.split}: {sres}")
         if args.json:
             print(json.dumps({"split": args.split, **sres.as_dict()}))
@@ -59,11 +61,19 @@ def cmd_eval(args: argparse.Namespace) -> int:
             print(json.dumps({"split": args.split, **cls.as_dict()}))
         return 0
     res = evaluate(model, data, labels, args.batch_size, progress=not args.no_progress, unit=token_unit(ds))
+    _check_finite(res.nll_nats, args)
     for line in describe_eval(args.split, res, ds):  # text / audio: per token (bits/char) first
         print(line)
     if args.json:
         print(json.dumps({"split": args.split, **res.as_dict()}))
     return 0
+
+
+def _check_finite(nll: float, args: argparse.Namespace) -> None:
+    """An NLL that is NaN or infinite is no result to print (exit 0 with "NLL nan"): an error saying so."""
+    if not math.isfinite(nll):
+        raise InputError(f"the {args.split} NLL of {args.run} is {nll} (the model gives NaN or zero probability "
+                         "to some examples): its weights or these data are broken; nothing to report")
 
 
 def cmd_sample(args: argparse.Namespace) -> int:
