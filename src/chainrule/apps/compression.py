@@ -114,7 +114,7 @@ from chainrule._version import __version__
 from chainrule.apps.completion import is_image_path, read_images
 from chainrule.errors import InputError
 from chainrule.inference.coding import BLOCK_ROWS, frequency_tables
-from chainrule.io.checkpoint import atomic_write
+from chainrule.io.outputs import check_output, output_file
 
 MAGIC = b"CRZ1"
 FORMAT_VERSION = 3
@@ -128,6 +128,12 @@ PRECISION = TABLE_BITS[FORMAT_VERSION]
 CHUNK_EXAMPLES = 1024
 CONTENT_ARRAY, CONTENT_TEXT = 0, 1
 CONTEXT_NONE, CONTEXT_LABELS, CONTEXT_TENSOR = 0, 1, 2
+
+#: Sane limits of a header's fields (a file beyond them is corrupted or forged).
+MAX_RANK = 32
+MAX_NUM_VALUES = 1 << 24  # a 24-bit table must give every value a frequency >= 1
+#: Bits a range coder's payload may hold fewer than the information it decodes to (its final state).
+PAYLOAD_SLACK_BITS = 256
 
 _FIXED = struct.Struct("<4sHBB32sQIIB")  # magic .. rank (57 bytes)
 _TAIL = struct.Struct("<32sQI")  # content SHA-256, payload length, payload CRC-32
@@ -216,6 +222,8 @@ def read_header(data: bytes) -> tuple[Header, bytes]:
     if version not in TABLE_BITS:
         raise InputError(f"compressed file format version {version}; this chainrule reads versions "
                          f"{', '.join(map(str, TABLE_BITS))}" + (" (upgrade chainrule)" if version > FORMAT_VERSION else ""))
+    if rank > MAX_RANK:
+        raise InputError(f"the compressed file is corrupted: an event shape of rank {rank} (at most {MAX_RANK})")
     shape = struct.unpack(f"<{rank}I", r.take(4 * rank, "event shape"))
     (m,) = struct.unpack("<I", r.take(4, "metadata length"))
     meta_raw = r.take(m, "metadata")
@@ -230,9 +238,24 @@ def read_header(data: bytes) -> tuple[Header, bytes]:
         raise InputError(f"the compressed file has an unknown content kind {content} or context kind {context}")
     try:
         meta = json.loads(meta_raw.decode("utf-8"))
-        ctx = np.load(io.BytesIO(ctx_raw), allow_pickle=False) if lc else None
-    except (ValueError, UnicodeDecodeError, OSError, EOFError) as exc:
+    except (ValueError, UnicodeDecodeError, RecursionError) as exc:
         raise InputError(f"the compressed file's header cannot be read ({exc})") from None
+    if not isinstance(meta, dict):
+        raise InputError(f"the compressed file is corrupted: its metadata is a JSON {type(meta).__name__}, "
+                         "not an object")
+    ctx = None
+    if lc:
+        from chainrule.data.formats import npy_header
+
+        # the context's .npy header is checked against its bytes before numpy allocates what it declares
+        ctx_shape, ctx_dtype = npy_header(io.BytesIO(ctx_raw), lc, "the compressed file's context", InputError)
+        if ctx_dtype.kind not in "biuf" or not ctx_shape or ctx_shape[0] != n:
+            raise InputError(f"the compressed file is corrupted: its context is {ctx_dtype} of shape {ctx_shape} "
+                             f"(expected numbers, one row per example of the {n})")
+        try:
+            ctx = np.load(io.BytesIO(ctx_raw), allow_pickle=False)
+        except (ValueError, OSError, EOFError) as exc:
+            raise InputError(f"the compressed file's header cannot be read ({exc})") from None
     payload = data[r.pos:]
     if len(payload) != plen:
         what = "truncated" if len(payload) < plen else "followed by extra bytes"
@@ -240,8 +263,34 @@ def read_header(data: bytes) -> tuple[Header, bytes]:
                          f"{len(payload)} follow it")
     if plen % 4:
         raise InputError(f"the compressed file is corrupted: a payload of {plen} bytes is not a whole number of 32-bit words")
+    _check_claims(n, k, shape, plen, TABLE_BITS[version])
     head = Header(content, context, fp, n, k, chunk, tuple(shape), meta, ctx, sha, plen, pcrc, r.pos, version)
     return head, payload
+
+
+def _min_bits(k: int, bits: int) -> float:
+    """The fewest bits one symbol of K values can cost with ``bits``-bit tables: every value has a
+    frequency of at least 1, so the likeliest has at most ``2**bits - (K - 1)``."""
+    return -math.log2(1 - (k - 1) / (1 << bits)) if k >= 2 else 0.0
+
+
+def _check_claims(n: int, k: int, shape: Sequence[int], plen: int, bits: int) -> None:
+    """The header's counts checked against the payload's size and this machine's memory, before
+    anything is allocated or decoded: a file of a few hundred bytes that claims millions of
+    examples is refused at once (never a gigabyte allocation or an hour of decoding)."""
+    from chainrule.data.formats import memory_bytes
+
+    if not 1 <= k <= MAX_NUM_VALUES:
+        raise InputError(f"the compressed file is corrupted: K={k} values (expected 1..{MAX_NUM_VALUES})")
+    d = math.prod(shape)
+    symbols = n * d
+    if symbols and _min_bits(k, bits) * symbols > 8 * plen + PAYLOAD_SLACK_BITS:
+        raise InputError(f"the compressed file is corrupted or forged: it claims {n} examples of {d} values, which "
+                         f"cannot fit in a payload of {plen} bytes")
+    memory = memory_bytes()
+    if memory is not None and symbols * 8 > memory:
+        raise InputError(f"the compressed file claims {n} examples of {d} values ({symbols * 8 / 1e9:.3g} GB "
+                         f"decoded), more than this machine's memory ({memory / 1e9:.3g} GB)")
 
 
 def _check_model(head: Header, model: Any) -> None:
@@ -321,17 +370,24 @@ def _decode(model: Any, payload: bytes, n: int, ctx: torch.Tensor | None, member
     ``block`` rows."""
     import constriction
 
-    out = torch.zeros(n, model.dim, dtype=torch.long)
     if n == 0:
-        return out
+        return torch.zeros(n, model.dim, dtype=torch.long)
     words = np.frombuffer(payload, dtype="<u4").astype(np.uint32)
     try:
         dec = constriction.stream.queue.RangeDecoder(words)
     except Exception as exc:  # constriction raises plain ValueError / RuntimeError on bad data
         raise InputError(f"the compressed payload is corrupted ({exc})") from None
     family = _family()
+    # A genuine stream decodes to at most its own length in information (plus the coder's final
+    # state); a forged one (a header claiming more examples than were coded) decodes to noise,
+    # whose information soon exceeds it: refused then, not after decoding everything.
+    budget = 8.0 * len(payload) + PAYLOAD_SLACK_BITS
+    info = 0.0
+    chunks = []  # allocated chunk by chunk, as they decode
     for a in range(0, n, chunk):
         b = min(a + chunk, n)
+        out = torch.zeros(b - a, model.dim, dtype=torch.long)
+        rows = torch.arange(b - a)
         gen = frequency_tables(model, b - a, None if ctx is None else ctx[a:b], bits, member=member,
                                block_rows=block)
         j, freq = next(gen)
@@ -341,12 +397,17 @@ def _decode(model: Any, payload: bytes, n: int, ctx: torch.Tensor | None, member
             except Exception as exc:
                 raise InputError(f"the compressed payload is corrupted: decoding failed ({exc})") from None
             vals = torch.from_numpy(vals.astype(np.int64))
-            out[a:b, j] = vals
+            out[:, j] = vals
+            info -= float(torch.log2(freq.cpu()[rows, vals].double() / (1 << bits)).sum())
+            if info > budget:
+                raise InputError(f"the compressed file is corrupted or forged: its {len(payload)}-byte payload "
+                                 f"decodes to more information ({info / 8:.0f} bytes) than it holds")
             try:
                 j, freq = gen.send(vals)
             except StopIteration:
                 break
-    return out
+        chunks.append(out)
+    return torch.cat(chunks)
 
 
 def _content_hash_values(x: torch.Tensor) -> bytes:
@@ -391,6 +452,17 @@ class _Coded:
     context: torch.Tensor | None
 
 
+def _check_member(model: Any, member: Any) -> None:
+    """``member`` (the ensemble member to code with) is None, or a member of an ensemble."""
+    if member is None:
+        return
+    members = getattr(model, "num_members", 1)
+    if members == 1:
+        raise InputError(f"member {member}: {model.name} is a single model, not an ensemble (give no member)")
+    if not isinstance(member, int) or isinstance(member, bool) or not 0 <= member < members:
+        raise InputError(f"member must be an integer in 0..{members - 1} (the ensemble's members), got {member!r}")
+
+
 def _compress_values(model: Any, x: torch.Tensor, context: Any, member: int | None, content_kind: int,
                      meta: dict[str, Any], content_sha: bytes | None = None, free: torch.Tensor | None = None,
                      chunk: int = CHUNK_EXAMPLES) -> _Coded:
@@ -398,6 +470,7 @@ def _compress_values(model: Any, x: torch.Tensor, context: Any, member: int | No
         raise InputError(f"{model.name}: compression needs a discrete model (num_values=K); this one is real-valued")
     if not isinstance(chunk, int) or isinstance(chunk, bool) or chunk < 1:
         raise InputError(f"chunk must be a positive integer, got {chunk!r}")
+    _check_member(model, member)
     flat = x.reshape(len(x), model.dim).cpu().long()
     n = len(flat)
     kind, ctx_np, ctx = _context_header(model, context, n)
@@ -417,6 +490,10 @@ def _decompress_values(model: Any, data: bytes) -> tuple[Header, torch.Tensor, t
     """Header checks (model first), then the decoded values ``(N, *shape)`` long and the context."""
     head, payload = read_header(data)
     _check_model(head, model)
+    try:
+        _check_member(model, head.meta.get("member"))
+    except InputError as exc:
+        raise InputError(f"the compressed file is corrupted: its {exc}") from None
     block = _block_rows(head)
     if zlib.crc32(payload) != head.payload_crc32:
         raise InputError("the compressed file is corrupted: its payload fails the CRC-32 check")
@@ -596,13 +673,43 @@ class CompressionReport:
         ]
 
 
-def _dtype_str(x: Any) -> str:
-    """The NumPy dtype string of an input (restored by :func:`decompress_file`); int64 if unknown."""
+def _dtype_str(x: Any, k: int | None = None) -> str:
+    """The NumPy dtype string of an input (restored by :func:`decompress_file`). Values chainrule
+    read itself (images, a dataset: ``k`` given, a tensor of int64 values) are recorded as the
+    smallest unsigned type that holds K values (uint8 for binary or 8-bit images), not int64."""
     if isinstance(x, np.ndarray):
         return x.dtype.str
+    if k is not None and isinstance(x, torch.Tensor) and x.dtype == torch.long:
+        return smallest_dtype(k).str
     if isinstance(x, torch.Tensor) and x.dtype != torch.bfloat16:
         return torch.empty(0, dtype=x.dtype).numpy().dtype.str
     return "<i8"
+
+
+def smallest_dtype(k: int) -> np.dtype:
+    """The smallest unsigned NumPy integer type holding the values 0..K-1."""
+    for t in (np.uint8, np.uint16, np.uint32):
+        if k - 1 <= np.iinfo(t).max:
+            return np.dtype(t)
+    return np.dtype(np.int64)
+
+
+def _stored_dtype(meta: dict[str, Any], k: int) -> np.dtype:
+    """The dtype an array file records (int64 for files without one), checked: a boolean or integer
+    type that holds every value 0..K-1 (a forged header's object / string / float / too-narrow
+    types are refused, never written)."""
+    name = meta.get("dtype", "<i8")
+    try:
+        dtype = np.dtype(name) if isinstance(name, str) and len(name) <= 8 else None
+    except (TypeError, ValueError):
+        dtype = None
+    if dtype is None or dtype.kind not in "biu" or dtype.hasobject:
+        raise InputError(f"the compressed file is corrupted: its dtype {str(name)[:40]!r} is not a boolean or integer "
+                         "NumPy type")
+    high = 1 if dtype.kind == "b" else int(np.iinfo(dtype).max)
+    if k - 1 > high:
+        raise InputError(f"the compressed file is corrupted: its dtype {dtype} cannot hold its K={k} values")
+    return dtype
 
 
 def _model_bits(model: Any, x: torch.Tensor, ctx: torch.Tensor | None, member: int | None, batch: int = 256) -> float:
@@ -638,15 +745,21 @@ def read_array_input(model: Any, path: str | Path) -> tuple[torch.Tensor | np.nd
 
 def compress_file(model: Any, source: str | Path | torch.Tensor | np.ndarray, output: str | Path,
                   context: Any = None, tokenizer: Any = None, *, member: int | None = None,
-                  description: str | None = None) -> CompressionReport:
+                  description: str | None = None, overwrite: bool = True) -> CompressionReport:
     """Compress ``source`` — a ``.npy`` file, image file(s) / a folder of images, a text file (with
     a text model's ``tokenizer``) or values already loaded — into ``output``; returns the report.
 
     Original size: text — the input file's bytes; arrays — ``N * D * ceil(log2 K) / 8`` (the values
     packed at ``ceil(log2 K)`` bits each), with the input file's size in the description.
+
+    ``output`` follows :mod:`chainrule.io.outputs`: never the input itself, never a directory or
+    inside a checkpoint, written atomically; an existing file is replaced only with ``overwrite``
+    (the command line's ``--force``).
     """
-    output = Path(output)
+    output = check_output(output, force=overwrite, inputs=[source] if isinstance(source, (str, Path)) else [],
+                          option="OUTPUT")
     k = model.num_values
+    _check_member(model, member)
     if k is None:
         raise InputError(f"{model.name}: compression needs a discrete model (num_values=K); this one is real-valued")
     is_text = (tokenizer is not None and isinstance(source, (str, Path)) and Path(source).is_file()
@@ -664,7 +777,7 @@ def compress_file(model: Any, source: str | Path | torch.Tensor | np.ndarray, ou
             arr, src, file_size = source, "values given", None
         src = description or src
         xv, batch = model.validate(arr)
-        meta = {"dtype": _dtype_str(arr), "single": len(batch) == 0}
+        meta = {"dtype": _dtype_str(arr, k), "single": len(batch) == 0}
         coded = _compress_values(model, xv, context, member, CONTENT_ARRAY, meta)
         original = math.ceil(xv.numel() * math.ceil(math.log2(k)) / 8)
         what = f"{xv.numel()} values x ceil(log2 {k}) = {math.ceil(math.log2(k))} bits"
@@ -674,65 +787,86 @@ def compress_file(model: Any, source: str | Path | torch.Tensor | np.ndarray, ou
     head = coded.header
     x_coded = coded.values.reshape(head.num_examples, *model.shape)
     model_bits = _model_bits(model, x_coded, coded.context, member) if head.num_examples else 0.0
-    output.parent.mkdir(parents=True, exist_ok=True)
-    atomic_write(output, lambda p: Path(p).write_bytes(coded.data))
+    with output_file(output, force=overwrite) as tmp:
+        tmp.write_bytes(coded.data)
     return CompressionReport(output, src, kind, head.num_examples, int(x_coded.numel()), original, what,
                              len(coded.data), len(coded.data) - head.payload_length,
                              head.payload_length, coded.table_bits, model_bits)
 
 
-def decompress_file(model: Any, source: str | Path, output: str | Path, tokenizer: Any = None) -> list[Path]:
+def decompress_file(model: Any, source: str | Path, output: str | Path, tokenizer: Any = None, *,
+                    overwrite: bool = True) -> list[Path]:
     """Decompress the file ``source`` with ``model`` into ``output``: the text's exact bytes; an
     array as ``.npy`` (the input's dtype and shape) or, for an image model and an output ending in
-    ``.png``, PNG file(s). Returns the paths written."""
+    ``.png``, PNG file(s). Returns the paths written.
+
+    Every output follows :mod:`chainrule.io.outputs` (checked before anything is decoded): never the
+    input, a directory or inside a checkpoint; an existing file is replaced only with ``overwrite``."""
     source, output = Path(source), Path(output)
+    check_output(output, force=overwrite, inputs=[source], option="OUTPUT")  # before reading: costs nothing
     try:
         data = source.read_bytes()
     except OSError as exc:
         raise InputError(f"cannot read {source} ({exc})") from None
+    head, payload = read_header(data)
+    _check_model(head, model)
+    png = head.content_kind != CONTENT_TEXT and output.suffix.lower() == ".png"
+    if head.content_kind == CONTENT_TEXT:
+        outputs = [output]
+    elif png:
+        _png_shape(model)
+        outputs = _png_paths(output, head.num_examples)
+    else:
+        dtype = _stored_dtype(head.meta, model.num_values)
+        if output.suffix.lower() != ".npy":
+            output = output.with_name(output.name + ".npy")
+        outputs = [output]
+    for p in outputs:
+        check_output(p, force=overwrite, inputs=[source], option="OUTPUT")
     head, values, ctx = _decompress_values(model, data)
-    output.parent.mkdir(parents=True, exist_ok=True)
     if head.content_kind == CONTENT_TEXT:
         raw = _text_of(head, values, tokenizer)
-        atomic_write(output, lambda p: Path(p).write_bytes(raw))
+        with output_file(output, force=overwrite) as tmp:
+            tmp.write_bytes(raw)
         return [output]
     if _content_hash_values(values) != head.content_sha256:
         raise _mismatch(head)
-    if output.suffix.lower() == ".png":
-        return _write_pngs(values, output, model)
-    try:
-        dtype = np.dtype(head.meta.get("dtype", "<i8"))
-    except TypeError:
-        dtype = np.dtype("<i8")
+    if png:
+        return _write_pngs(values, outputs, model, overwrite)
     a = values.numpy().astype(dtype)
     if head.meta.get("single") and len(a) == 1:
         a = a[0]
-    if output.suffix.lower() != ".npy":
-        output = output.with_name(output.name + ".npy")
-
-    def write(p: str) -> None:
-        with open(p, "wb") as f:
+    with output_file(output, force=overwrite) as tmp:
+        with open(tmp, "wb") as f:
             np.save(f, a, allow_pickle=False)
-
-    atomic_write(output, write)
     return [output]
 
 
-def _write_pngs(values: torch.Tensor, output: Path, model: Any) -> list[Path]:
-    """Images ``(N, C, H, W)`` in 0..K-1 as 8-bit PNGs (one per example)."""
-    from PIL import Image
-
-    shape, k = tuple(model.shape), model.num_values
+def _png_shape(model: Any) -> tuple[int, ...]:
+    shape = tuple(model.shape)
     if len(shape) != 3 or shape[0] not in (1, 3):
         raise InputError(f"PNG output needs an image model (shape (1 or 3, H, W)); this one has shape {shape}: "
                          "write a .npy instead")
+    return shape
+
+
+def _png_paths(output: Path, n: int) -> list[Path]:
+    """``output`` for one image; ``OUTPUT-000.png``, ``OUTPUT-001.png``, ... for several."""
+    return [output] if n == 1 else [output.with_name(f"{output.stem}-{i:03d}.png") for i in range(n)]
+
+
+def _write_pngs(values: torch.Tensor, paths: list[Path], model: Any, overwrite: bool = True) -> list[Path]:
+    """Images ``(N, C, H, W)`` in 0..K-1 as 8-bit PNGs (one per example) at ``paths``."""
+    from PIL import Image
+
+    shape, k = _png_shape(model), model.num_values
     v = values.numpy().astype(np.float64)
     v = v if k == 256 else v * 255.0 / (k - 1)
     img = np.rint(v).clip(0, 255).astype(np.uint8)
-    paths = [output] if len(img) == 1 else [output.with_name(f"{output.stem}-{i:03d}.png") for i in range(len(img))]
     for a, p in zip(img, paths):
         pic = Image.fromarray(a[0] if shape[0] == 1 else a.transpose(1, 2, 0))
-        atomic_write(p, lambda t, pic=pic: pic.save(t, format="PNG"))
+        with output_file(p, force=overwrite) as tmp:
+            pic.save(tmp, format="PNG")
     return paths
 
 

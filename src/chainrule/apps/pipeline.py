@@ -324,22 +324,136 @@ def run_files(out: str | Path) -> list[Path]:
     return found
 
 
+#: Where ``--force`` moves the run it replaces until the new run has written its first checkpoint.
+REPLACED_DIR = ".replaced"
+
+
 def holds_run(out: str | Path) -> bool:
-    """True when ``out`` holds a training run (a ``best/``, ``last/`` or ``log.csv``)."""
+    """True when ``out`` holds a training run: a checkpoint (``best/``, or ``last/`` / ``last.old/`` /
+    a complete ``last.tmp/`` of an interrupted write). A run killed before its first checkpoint (a
+    ``log.csv`` and nothing else) holds nothing to keep: it is simply started again."""
+    from chainrule.training.trainer import _complete_checkpoint
+
     out = Path(out)
-    return (any((out / d).is_dir() for d in ("best", "last", "last.old")) or (out / "log.csv").is_file())
+    return (any((out / d).is_dir() for d in ("best", "last", "last.old"))
+            or _complete_checkpoint(out / "last.tmp"))
+
+
+def started_run(out: str | Path) -> bool:
+    """True when ``out`` shows a run was started there (``log.csv``, ``tensorboard/``, a lock file)."""
+    from chainrule.io.lock import LOCK_FILE
+
+    out = Path(out)
+    return any((out / f).exists() for f in ("log.csv", "tensorboard", LOCK_FILE, "last.tmp"))
 
 
 def check_run_dir(out: str | Path, resume: bool = False, force: bool = False) -> None:
     """Refuse to train into ``out`` when it already holds a run, unless ``resume`` (continue it) or
-    ``force`` (replace it: :func:`clear_run_dir`). Writes nothing."""
+    ``force`` (replace it, once the new run has its first checkpoint), or while another process
+    trains in it (its lock). Writes nothing."""
+    from chainrule.io.lock import lock_holder
+    from chainrule.io.outputs import _in_checkpoint
+
     out = Path(out)
     if resume and force:
         raise InputError("--resume continues the run in the directory and --force replaces it: pass one of them")
     if out.exists() and not out.is_dir():
         raise InputError(f"{out} is a file, not a run directory: give a directory for the run")
+    ckpt = _in_checkpoint(out.resolve())
+    if ckpt is not None:
+        raise InputError(f"{out} is inside the checkpoint directory {ckpt}: give a run directory of its own")
+    holder = lock_holder(out)
+    if holder is not None:
+        who = f"PID {holder}" if holder > 0 else "another process"
+        raise InputError(f"{out} is in use: {who} is training in it; wait for it to finish or stop it, or give "
+                         "another --out")
     if not resume and not force and holds_run(out):
         raise InputError(f"{out} already holds a run: pass --resume to continue it or --force to replace it")
+
+
+class _Replacement:
+    """What a (non-resumed) run does to the directory it trains in, so that nothing is lost:
+
+    - ``begin``: with ``force``, the previous run's files (:func:`run_files`) are moved into
+      ``RUN/.replaced/`` (renames: nothing is deleted);
+    - ``commit`` (the trainer's first checkpoint): ``.replaced/`` is removed;
+    - ``rollback`` (the new run failed before its first checkpoint: NaN loss, full disk, an
+      interrupt): what the new run wrote is removed and the previous run moved back; a directory
+      the run created is removed again when it is left empty.
+
+    A process killed between ``begin`` and ``commit`` leaves ``.replaced/``: :func:`finish_replacement`
+    completes or undoes it the next time a run starts there."""
+
+    def __init__(self, out: Path, force: bool, created: bool) -> None:
+        self.out, self.force, self.created = out, force, created
+        self.saved = out / REPLACED_DIR
+        self.committed = False
+
+    def begin(self) -> list[Path]:
+        moved = run_files(self.out) if self.force else []
+        if moved:
+            self.saved.mkdir()
+            for p in moved:
+                p.rename(self.saved / p.name)
+        return moved
+
+    def commit(self) -> None:
+        if self.committed:
+            return
+        self.committed = True
+        if self.saved.is_dir():
+            import shutil
+
+            shutil.rmtree(self.saved)
+
+    def rollback(self) -> None:
+        if self.committed:
+            return
+        _undo_replacement(self.out)
+        if self.created:
+            from chainrule.io.lock import LOCK_FILE
+
+            leftovers = [p for p in self.out.iterdir() if p.name != LOCK_FILE] if self.out.is_dir() else []
+            if not leftovers:
+                (self.out / LOCK_FILE).unlink(missing_ok=True)
+                self.out.rmdir()
+
+
+def _undo_replacement(out: Path) -> None:
+    """Remove what a run that never wrote a checkpoint left in ``out`` and move the run it was
+    replacing (``.replaced/``) back."""
+    for p in run_files(out):
+        clear = p.is_symlink() or p.is_file()
+        if clear:
+            p.unlink()
+        else:
+            import shutil
+
+            shutil.rmtree(p)
+    saved = out / REPLACED_DIR
+    if saved.is_dir():
+        for p in saved.iterdir():
+            p.rename(out / p.name)
+        saved.rmdir()
+
+
+def finish_replacement(out: str | Path, report: Callable[[str], None] = log.info) -> None:
+    """A ``--force`` run killed before :class:`_Replacement` could commit or roll back left
+    ``RUN/.replaced/``: when the new run had written a checkpoint, the replaced run is removed;
+    otherwise the new run's traces go and the replaced run comes back."""
+    out = Path(out)
+    saved = out / REPLACED_DIR
+    if not saved.is_dir():
+        return
+    if holds_run(out):
+        import shutil
+
+        shutil.rmtree(saved)
+        report(f"{out}: removed the run replaced by the previous --force run (which had written its checkpoint)")
+    else:
+        _undo_replacement(out)
+        report(f"{out}: the previous --force run was stopped before its first checkpoint; the run it was "
+               "replacing is back")
 
 
 def clear_run_dir(out: str | Path) -> list[Path]:
@@ -394,8 +508,32 @@ def train_run(model_name: str, ds: Dataset, out: str | Path, hyperparameters: di
     ``resume`` (continue it) or ``force``: replace it, removing the previous run's files (only
     those chainrule writes, see :func:`run_files`) once the model has been built.
     """
+    from chainrule.io.lock import RunLock
+
     out = Path(out)
     check_run_dir(out, resume, force)
+    created = not out.exists()
+    with RunLock(out):  # one process trains in a run directory at a time
+        try:
+            finish_replacement(out, report)  # a --force run killed before its first checkpoint
+            check_run_dir(out, resume, force)  # again, under the lock
+            if resume and not holds_run(out) and started_run(out):  # killed before its first checkpoint
+                report(f"{out}: the run was stopped before its first checkpoint: nothing to resume, starting it again")
+                resume = False
+            return _train_run(model_name, ds, out, hyperparameters, config, extra, progress, num_samples, resume,
+                              conditional, device, report, force, created)
+        except BaseException:
+            if created and out.is_dir() and not any(p.name != ".lock" for p in out.iterdir()):
+                (out / ".lock").unlink(missing_ok=True)
+                out.rmdir()
+            raise
+
+
+def _train_run(model_name: str, ds: Dataset, out: Path, hyperparameters: dict[str, Any] | None,
+               config: TrainConfig | None, extra: dict[str, Any] | None, progress: bool, num_samples: int,
+               resume: bool, conditional: bool, device: str | torch.device | None,
+               report: Callable[[str], None], force: bool, created: bool) -> dict[str, Any]:
+    """:func:`train_run` inside the run directory's lock."""
     config = config or TrainConfig()
     hp = dict(hyperparameters or {})
     check_data_fits_model(model_name, ds, require_real_flag=False)  # a Dataset's num_values=None is explicit
@@ -412,14 +550,28 @@ def train_run(model_name: str, ds: Dataset, out: str | Path, hyperparameters: di
            + (f", {ds.num_classes} classes (conditional)" if conditional else ""))
     trainer = Trainer(model, config, out_dir=out, extra={**(extra or {}), "conditional": conditional},
                       progress=progress, device=device)
+    replacement = None
     if resume:
         report(f"resuming from {out / 'last'}")
-    elif force and run_files(out):
-        removed = clear_run_dir(out)
-        report(f"replacing the previous run in {out}: removed {', '.join(p.name for p in removed)}")
+    else:
+        # the previous run (with --force) is moved aside, and removed only once this one has written
+        # its first checkpoint; a failure before that puts it back (and removes this run's traces)
+        replacement = _Replacement(out, force, created)
+        moved = replacement.begin()
+        if moved:
+            report(f"replacing the previous run in {out} ({', '.join(p.name for p in moved)}): removed once "
+                   "this run has written its first checkpoint")
+        trainer.on_checkpoint = replacement.commit
     has_val = len(ds.val) > 0
-    result = trainer.fit(ds.train, ds.val if has_val else None, train_transform=ds.train_transform, resume=resume,
-                         train_context=train_y, val_context=val_y if has_val else None)
+    try:
+        result = trainer.fit(ds.train, ds.val if has_val else None, train_transform=ds.train_transform, resume=resume,
+                             train_context=train_y, val_context=val_y if has_val else None)
+    except BaseException:
+        if replacement is not None:
+            replacement.rollback()
+        raise
+    if replacement is not None:
+        replacement.commit()
     note = ""
     if result.stopped_early:
         note = f" (early stop; best epoch {result.best_epoch})"

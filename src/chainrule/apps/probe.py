@@ -85,8 +85,8 @@ def feature_model(model: Any) -> Any:
 
 
 def takes_layer(model: Any) -> bool:
-    """Whether the model's ``features`` has a ``layer`` argument (nade, rnade, the RNNs and WaveNet
-    have one feature layer and take none)."""
+    """Whether the model's ``features`` has a ``layer`` argument (every model with features here
+    has one: NADE's single hidden layer is ``layer=0``; a user's model may take none)."""
     return "layer" in inspect.signature(feature_model(model).features).parameters
 
 

@@ -27,6 +27,7 @@ from chainrule.apps.pipeline import holds_run
 from chainrule.apps.plotting import finite_float, read_training_log
 from chainrule.errors import CheckpointError, InputError
 from chainrule.io.checkpoint import CONFIG_FILE, read_config
+from chainrule.io.outputs import check_output, output_file
 
 #: What is shown for a value a run does not (yet) have.
 MISSING = "—"
@@ -299,21 +300,25 @@ def default_report_path(runs: list[str | Path]) -> Path:
     return Path(runs[0]) / "report.html" if len(runs) == 1 else Path("report.html")
 
 
-def write_report(runs: list[str | Path], out: str | Path | None = None, title: str | None = None) -> Path:
+def write_report(runs: list[str | Path], out: str | Path | None = None, title: str | None = None, *,
+                 overwrite: bool | None = None) -> Path:
     """Write the report of the run directories ``runs`` to ``out`` (default :func:`default_report_path`).
 
     Runs with the same folder name are told apart by their parent folder. Returns the path written.
+    The file follows :mod:`chainrule.io.outputs`; an existing one is replaced with ``overwrite``
+    (default: only the one-run default ``RUN/report.html``, the run's own file).
     """
     if not runs:
         raise InputError("give at least one run directory")
     paths = [Path(r) for r in runs]
+    target = Path(out) if out is not None else default_report_path(paths)
+    if overwrite is None:
+        overwrite = out is None and len(paths) == 1
+    check_output(target, force=overwrite, inputs=paths, option="--out")
     names = [p.resolve().name for p in paths]
     labels = [f"{p.resolve().parent.name}/{n}" if names.count(n) > 1 else n for p, n in zip(paths, names)]
     infos = [read_run(p, label) for p, label in zip(paths, labels)]
-    target = Path(out) if out is not None else default_report_path(paths)
-    if target.is_dir():
-        raise InputError(f"--out {target} is a directory: give a file name such as {target / 'report.html'}")
     page = render_html(infos, title)
-    target.parent.mkdir(parents=True, exist_ok=True)
-    target.write_text(page, encoding="utf-8")
+    with output_file(target, force=overwrite) as tmp:
+        tmp.write_text(page, encoding="utf-8")
     return target

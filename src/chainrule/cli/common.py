@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 from pathlib import Path
 from typing import Any
 
@@ -13,7 +14,86 @@ from chainrule.apps.pipeline import checkpoint_dir, dataset_of
 from chainrule.data import Dataset, read_npy
 from chainrule.errors import InputError
 from chainrule.io.checkpoint import read_config
+from chainrule.io.outputs import check_output
 from chainrule.models import load
+
+
+#: Ceilings of counts given on the command line (a typo such as -n 1e12 fails at once, in one line).
+MAX_COUNT = 100_000
+MAX_SEED = (1 << 63) - 1  # torch.manual_seed takes 64-bit seeds
+
+
+def int_in(low: int, high: int | None = None, what: str = "") -> Any:
+    """An argparse ``type``: an integer in ``low..high`` (``high`` None: no ceiling); anything else is
+    a one-line usage error naming the range (``what`` says what the number counts)."""
+    def parse(text: str) -> int:
+        try:
+            value = int(text, 10)
+        except ValueError:
+            try:  # 1e3: accepted when it is an integer within the range
+                f = float(text)
+                value = int(f) if f.is_integer() else None
+            except (ValueError, OverflowError):
+                value = None
+            if value is None:
+                raise argparse.ArgumentTypeError(f"expected an integer{_range(low, high)}{what}, got {text!r}") from None
+        if value < low or (high is not None and value > high):
+            raise argparse.ArgumentTypeError(f"must be an integer{_range(low, high)}{what}, got {text}")
+        return value
+    parse.__name__ = "integer"
+    return parse
+
+
+def float_in(low: float | None = None, high: float | None = None, what: str = "") -> Any:
+    """An argparse ``type``: a finite number in ``[low, high]`` (either bound may be None); NaN, inf
+    and anything outside is a one-line usage error."""
+    def parse(text: str) -> float:
+        try:
+            value = float(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected a number{what}, got {text!r}") from None
+        if not math.isfinite(value) or (low is not None and value < low) or (high is not None and value > high):
+            bounds = (f" >= {low:g}" if high is None else f" in [{low:g}, {high:g}]") if low is not None else \
+                (f" <= {high:g}" if high is not None else "")
+            raise argparse.ArgumentTypeError(f"must be a finite number{bounds}{what}, got {text}")
+        return value
+    parse.__name__ = "number"
+    return parse
+
+
+def _range(low: int, high: int | None) -> str:
+    if high is None:
+        return f" >= {low}"
+    return f" in {low}..2**63-1" if high == MAX_SEED else f" in {low}..{high:,}"
+
+
+SEED = int_in(0, MAX_SEED, " (a seed)")
+
+
+def input_paths(args: argparse.Namespace) -> list[str]:
+    """The files and folders a command reads (its run, ``input``, ``--input``, ``--in``, ``--out`` of
+    detect, ``--mask``, ``runs``): an output may be none of them."""
+    found: list[str] = []
+    for name in ("run", "runs", "input", "inputs_in", "inputs_out", "mask", "background", "text_file"):
+        v = getattr(args, name, None)
+        if isinstance(v, str):
+            found.append(v)
+        elif isinstance(v, (list, tuple)):
+            found.extend(x for x in v if isinstance(x, str))
+    return found
+
+
+def output_path(args: argparse.Namespace, explicit: str | Path | None, default: str | Path | None,
+                option: str) -> Path:
+    """The output of a command, checked by the one policy (:mod:`chainrule.io.outputs`) before any
+    work: a path the user gave (``explicit``) may replace an existing file only with ``--force``; the
+    ``default`` name chainrule picks inside the run directory (``RUN/samples.png``,
+    ``RUN/probe.json``, ...) is the run's own output and is replaced. Neither is ever an input, a
+    directory or inside a checkpoint."""
+    if explicit:
+        return check_output(explicit, force=getattr(args, "force", False), inputs=input_paths(args), option=option)
+    assert default is not None
+    return check_output(default, force=True, inputs=input_paths(args), option=option)
 
 
 def set_threads(n: int | None) -> None:

@@ -12,10 +12,11 @@ import numpy as np
 import torch
 
 from chainrule.apps.pipeline import checkpoint_dir, dataset_of
-from chainrule.cli.common import completion_inputs, device_of, load_run, run_and_labels, tokenizer_of
+from chainrule.cli.common import completion_inputs, device_of, load_run, output_path, run_and_labels, tokenizer_of
 from chainrule.data import read_npy
 from chainrule.errors import InputError
 from chainrule.io.checkpoint import read_config
+from chainrule.io.outputs import check_output, output_file
 from chainrule.models import load
 from chainrule.training import TrainConfig
 
@@ -26,6 +27,7 @@ def cmd_compress(args: argparse.Namespace) -> int:
     """Lossless compression by range coding with the run's model (:mod:`chainrule.apps.compression`)."""
     from chainrule.apps.compression import compress_file
 
+    check_output(args.output, force=args.force, inputs=[args.input, args.run], option="OUTPUT")  # before any work
     ckpt, model, labels = run_and_labels(args, "or one per example; it is stored in the compressed file",
                                           "chainrule.apps.compression.compress(model, x, context=...)")
     source: Any = args.input
@@ -37,7 +39,7 @@ def cmd_compress(args: argparse.Namespace) -> int:
     elif args.index is not None:
         raise InputError("--index applies to dataset inputs; for a file, compress the whole file")
     report = compress_file(model, source, args.output, labels, tokenizer_of(ckpt), member=args.member,
-                           description=description)
+                           description=description, overwrite=args.force)
     for line in report.lines():
         print(line)
     return 0
@@ -47,8 +49,9 @@ def cmd_decompress(args: argparse.Namespace) -> int:
     """Decode a file written by ``chainrule compress`` with the same run."""
     from chainrule.apps.compression import decompress_file
 
+    check_output(args.output, force=args.force, inputs=[args.input, args.run], option="OUTPUT")
     ckpt, model = load_run(args)
-    paths = decompress_file(model, args.input, args.output, tokenizer_of(ckpt))
+    paths = decompress_file(model, args.input, args.output, tokenizer_of(ckpt), overwrite=args.force)
     print(f"decompressed {args.input} (checksum verified) to {', '.join(map(str, paths))}")
     return 0
 
@@ -57,6 +60,9 @@ def cmd_probe(args: argparse.Namespace) -> int:
     """Linear probes of a run's features, layer by layer, against raw pixels (:mod:`chainrule.apps.probe`)."""
     from chainrule.apps.probe import probe
 
+    out = output_path(args, args.out, Path(args.run) / "probe.json", "--out")
+    figure = None if args.no_plot else output_path(args, out.with_suffix(".png") if args.out else None,
+                                                    out.with_suffix(".png"), "--out (its figure)")
     ckpt, model = load_run(args)
     ds = dataset_of(ckpt, args.dataset, args.data_dir, args.download, args.binarize, args.dequantize)
     res = probe(model, ds, args.layer, args.max_train, args.batch_size, pool=args.pool, seed=args.seed,
@@ -64,17 +70,17 @@ def cmd_probe(args: argparse.Namespace) -> int:
                 report=log.info)
     for line in res.lines():
         print(line)
-    out = Path(args.out or Path(args.run) / "probe.json")
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps({"run": str(args.run), **res.as_dict()}, indent=2) + "\n")
+    with output_file(out, force=True) as tmp:
+        tmp.write_text(json.dumps({"run": str(args.run), **res.as_dict()}, indent=2) + "\n")
     print(f"wrote {out}")
-    if not args.no_plot and len(res.rows) > 1:
+    if figure is not None and len(res.rows) > 1:
         from chainrule.apps.plotting import plot_probe
 
-        fig = plot_probe([r.layer for r in res.rows], [r.val_accuracy for r in res.rows],
-                         [r.test_accuracy for r in res.rows], out.with_suffix(".png"), res.baseline.test_accuracy,
-                         title=f"{res.model} on {res.dataset}: linear probes")
-        print(f"wrote figure {fig}")
+        with output_file(figure, force=True) as tmp:
+            plot_probe([r.layer for r in res.rows], [r.val_accuracy for r in res.rows],
+                       [r.test_accuracy for r in res.rows], tmp, res.baseline.test_accuracy,
+                       title=f"{res.model} on {res.dataset}: linear probes")
+        print(f"wrote figure {figure}")
     return 0
 
 
@@ -226,12 +232,19 @@ def cmd_score(args: argparse.Namespace) -> int:
 
     from chainrule.apps.anomaly import SCORES, compute_score, nll_map, summary_statistics
 
+    if args.num_maps < 1:
+        raise InputError(f"--num-maps must be a positive integer (how many inputs --maps shows), got {args.num_maps}")
+    if args.out:
+        output_path(args, args.out, None, "--out")
+    if args.maps:
+        output_path(args, args.maps, None, "--maps")
     ckpt, model = load_run(args)
     _refuse_conditional(model, ckpt, "score")
     is_image = len(model.shape) == 3 and model.shape[0] in (1, 3)
     if args.maps and not is_image:
         raise InputError(f"--maps draws images; this run models shape {tuple(model.shape)} (not images)")
     x, label = _anomaly_data(args.input, ckpt, model, args, "INPUT")
+    out = output_path(args, args.out, Path(args.run) / f"scores-{label}-{args.score}.csv", "--out")
     opts, _ = _score_options(args, ckpt, model)
     s = compute_score(args.score, model, x, **opts)
     st = summary_statistics(s)
@@ -240,9 +253,7 @@ def cmd_score(args: argparse.Namespace) -> int:
           f"median {st['median']:.4f} | 75% {st['q75']:.4f} | max {st['max']:.4f}")
     top = np.argsort(-s, kind="stable")
     print("  most anomalous: " + ", ".join(f"#{i} ({s[i]:.4f})" for i in top[:5]))
-    out = Path(args.out or Path(args.run) / f"scores-{label}-{args.score}.csv")
-    out.parent.mkdir(parents=True, exist_ok=True)
-    with open(out, "w", newline="") as f:
+    with output_file(out, force=True) as tmp, open(tmp, "w", newline="") as f:
         w = csv.writer(f)
         w.writerow(["index", "score"])
         w.writerows((i, repr(float(v))) for i, v in enumerate(s))
@@ -252,9 +263,11 @@ def cmd_score(args: argparse.Namespace) -> int:
 
         idx = torch.as_tensor(top[: max(1, args.num_maps)].copy())
         maps = nll_map(model, x[idx.to(x.device)], batch_size=args.batch_size)
-        fig = plot_nll_maps(x[idx.to(x.device)].cpu(), maps, args.maps, model.num_values,
-                            labels=[f"#{int(i)}: {s[int(i)]:.3f}" for i in idx],
-                            title=f"{model.name}: the {len(idx)} highest {args.score} scores of {label}")
+        with output_file(args.maps, force=args.force) as tmp:
+            plot_nll_maps(x[idx.to(x.device)].cpu(), maps, tmp, model.num_values,
+                          labels=[f"#{int(i)}: {s[int(i)]:.3f}" for i in idx],
+                          title=f"{model.name}: the {len(idx)} highest {args.score} scores of {label}")
+        fig = args.maps
         print(f"wrote NLL maps of the {len(idx)} most anomalous inputs to {fig}")
     return 0
 
@@ -264,6 +277,8 @@ def cmd_detect(args: argparse.Namespace) -> int:
     from chainrule.apps.anomaly import compute_score, detection_metrics, nll_bits_per_dim, typicality_test_from_nll
     from chainrule.apps.plotting import plot_score_histograms
 
+    if args.report:
+        output_path(args, args.report, None, "--report")
     ckpt, model = load_run(args)
     _refuse_conditional(model, ckpt, "detect")
     if args.group_size is not None and args.score != "typicality":
@@ -303,11 +318,12 @@ def cmd_detect(args: argparse.Namespace) -> int:
         print("note: AUROC below 0.5 — the OOD inputs look *less* anomalous than the in-distribution ones"
               + (", the failure of raw likelihood of Nalisnick et al. (2019)" if args.score == "nll" else "")
               + f"; try --score {others}")
-    out = Path(args.report or Path(args.run) / f"detect-{in_label}-vs-{out_label}-{name}.png")
-    fig = plot_score_histograms(s_in, s_out, out, f"in: {in_label}", f"out: {out_label}", f"{name} (bits/dim)",
-                                title=f"{model.name}: {in_label} vs {out_label}",
-                                note=f"AUROC {res['auroc']}\nFPR@95%TPR {res['fpr_at_95_tpr']}")
-    print(f"wrote {fig}")
+    out = output_path(args, args.report, Path(args.run) / f"detect-{in_label}-vs-{out_label}-{name}.png", "--report")
+    with output_file(out, force=True if not args.report else args.force) as tmp:
+        plot_score_histograms(s_in, s_out, tmp, f"in: {in_label}", f"out: {out_label}", f"{name} (bits/dim)",
+                              title=f"{model.name}: {in_label} vs {out_label}",
+                              note=f"AUROC {res['auroc']}\nFPR@95%TPR {res['fpr_at_95_tpr']}")
+    print(f"wrote {out}")
     if args.json:
         print(json.dumps({"in": in_label, "out": out_label, **res.as_dict()}))
     return 0

@@ -16,15 +16,18 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import os
 import sys
 
 from chainrule._version import __version__
+from chainrule.cli.common import MAX_COUNT, SEED, float_in, int_in
 from chainrule.cli.config import HYPERPARAMETERS, load_train_config
 from chainrule.cli.likelihood import cmd_compress, cmd_decompress, cmd_detect, cmd_probe, cmd_score
 from chainrule.cli.train import QUICKSTART, QUICKSTART_OUT, cmd_quickstart, cmd_train
 from chainrule.cli.use import cmd_complete, cmd_eval, cmd_generate, cmd_inspect, cmd_sample
 from chainrule.data import BINARIZE_CHOICES, dataset_info
 from chainrule.errors import ChainruleError
+from chainrule.inference.beam import MAX_BEAM_WIDTH
 from chainrule.inference.likelihood import EVAL_BATCH_SIZE
 from chainrule.models import AutoregressiveModel
 from chainrule.models.registry import get_model_class, list_models
@@ -79,7 +82,7 @@ def cmd_report(args: argparse.Namespace) -> int:
     """Write one self-contained HTML page for a run, or a comparison of several runs."""
     from chainrule.apps.report import write_report
 
-    path = write_report(args.runs, args.out, args.title)
+    path = write_report(args.runs, args.out, args.title, overwrite=True if args.force else None)
     print(f"wrote {path}")
     return 0
 
@@ -136,12 +139,18 @@ def build_parser() -> argparse.ArgumentParser:
                         help="uniform dequantization (x + u) / K, for real-valued models (rnade, Gaussian heads)")
 
     def decoding_args(sp: argparse.ArgumentParser) -> None:
-        sp.add_argument("--temperature", type=float, default=1.0, help="0 = greedy")
-        sp.add_argument("--top-k", type=int, default=None)
-        sp.add_argument("--top-p", type=float, default=None)
+        sp.add_argument("--temperature", type=float_in(0.0), default=1.0, help="0 = greedy")
+        sp.add_argument("--top-k", type=int_in(1), default=None)
+        sp.add_argument("--top-p", type=float_in(0.0, 1.0), default=None)
+
+    def force_arg(sp: argparse.ArgumentParser, what: str = "--out") -> None:
+        """``--force``: the one spelling, in every command that writes a file, of "replace it"."""
+        sp.add_argument("--force", action="store_true",
+                        help=f"{what} exists: replace it (without, an existing file is refused; inputs and "
+                             "checkpoints are never written over)")
 
     def common(sp: argparse.ArgumentParser) -> None:
-        sp.add_argument("--threads", type=int, help="torch CPU threads")
+        sp.add_argument("--threads", type=int_in(1, 4096), help="torch CPU threads")
         sp.add_argument("--device", default="auto", help="cpu, cuda, cuda:N, or auto (a GPU when there is one)")
         sp.add_argument("--no-progress", action="store_true", help="no progress bar")
 
@@ -161,7 +170,7 @@ def build_parser() -> argparse.ArgumentParser:
                         "configuration is written to RUN/config.toml")
     t.add_argument("--dataset", help="dataset name (see `chainrule datasets`) or a .npy/.npz/PNG-folder path")
     data_args(t)
-    t.add_argument("--data-seed", type=int, default=0, help="seed of data splits / dynamic binarization of val and test")
+    t.add_argument("--data-seed", type=SEED, default=0, help="seed of data splits / dynamic binarization of val and test")
     t.add_argument("--num-values", metavar="K",
                    help="number of discrete values K of the data, instead of the K inferred from the values "
                         "(must exceed the largest value; a larger K is allowed); 'real': real-valued data for a "
@@ -208,12 +217,12 @@ def build_parser() -> argparse.ArgumentParser:
                         "last/, log.csv, curve.png, results.json, samples.*; other files stay)")
     t.add_argument("--val-components", type=int, default=None,
                    help="ensembles: validate each epoch with the first N orderings/masks (default: all)")
-    t.add_argument("--seed", type=int, default=0, help="seed of initialization, batches and samples")
+    t.add_argument("--seed", type=SEED, default=0, help="seed of initialization, batches and samples")
     t.add_argument("--precision", choices=list(PRECISIONS), default="auto",
                    help="arithmetic of the training pass: auto (bfloat16 autocast for convolutional models on a "
                         "CPU with AMX or a GPU with bf16, else float32), float32, bfloat16, float16; the "
                         "likelihood and loss stay float32")
-    t.add_argument("--num-samples", type=int, default=64, help="samples drawn after training")
+    t.add_argument("--num-samples", type=int_in(1, MAX_COUNT, " (samples drawn after training)"), default=64, help="samples drawn after training")
     common(t)
     t.set_defaults(func=cmd_train)
 
@@ -235,27 +244,28 @@ def build_parser() -> argparse.ArgumentParser:
 
     s = sub.add_parser("sample", help="draw samples: a PNG grid (images), text (text runs), WAV (audio), else .npy")
     s.add_argument("run", help="run directory or checkpoint directory")
-    s.add_argument("-n", type=int, default=64, help="number of samples")
+    s.add_argument("-n", type=int_in(1, MAX_COUNT, " (samples)"), default=64, help="number of samples")
     s.add_argument("--out", help="output file, written as its extension says: image runs .png, .jpg, .jpeg (a grid) "
                                  "or .npy; text runs .txt or .npy (token ids); audio runs .wav or .npy (mu-law codes); "
                                  "others .npy. Default RUN/samples.png, .wav or .npy (text runs: printed)")
-    s.add_argument("--seed", type=int, default=0)
+    s.add_argument("--seed", type=SEED, default=0)
     s.add_argument("--class", dest="label", type=int, default=None,
                    help="class-conditional models: sample this class (default: every class in turn)")
     decoding_args(s)
+    force_arg(s)
     common(s)
     s.set_defaults(func=cmd_sample)
 
     gen = sub.add_parser("generate", help="continue a text prompt (sequence models trained on text)")
     gen.add_argument("run", help="run directory or checkpoint directory")
     gen.add_argument("--prompt", default="", help="text to continue (its characters must be in the vocabulary)")
-    gen.add_argument("--max-new-tokens", type=int, default=200)
-    gen.add_argument("-n", type=int, default=1, help="number of continuations")
-    gen.add_argument("--seed", type=int, default=0)
+    gen.add_argument("--max-new-tokens", type=int_in(1, 1_000_000), default=200)
+    gen.add_argument("-n", type=int_in(1, MAX_COUNT, " (continuations)"), default=1, help="number of continuations")
+    gen.add_argument("--seed", type=SEED, default=0)
     decoding_args(gen)
-    gen.add_argument("--beam", type=int, default=None,
+    gen.add_argument("--beam", type=int_in(1, MAX_BEAM_WIDTH, " (the beam width)"), default=None,
                      help="beam search with this width (>= 1) instead of sampling")
-    gen.add_argument("--length-penalty", type=float, default=0.0, help="beam score = log p / length**penalty")
+    gen.add_argument("--length-penalty", type=float_in(), default=0.0, help="beam score = log p / length**penalty")
     gen.add_argument("--sliding-window", action="store_true",
                      help="allow prompt + new tokens beyond the model's context window (older tokens drop out of view)")
     common(gen)
@@ -272,6 +282,7 @@ def build_parser() -> argparse.ArgumentParser:
     data_args(i)
     i.add_argument("--out", help="output PNG (default RUN/inspect-SPLIT-INDEX.png, or RUN/inspect-text.png); "
                                  "text runs also .html: a page whose characters show their bits on hover")
+    force_arg(i)
     common(i)
     i.set_defaults(func=cmd_inspect)
 
@@ -289,14 +300,15 @@ def build_parser() -> argparse.ArgumentParser:
                    help="observed variables: top-half, bottom-half, left-half, right-half (that half observed), "
                         "center (a centred square hidden), random:P (each pixel observed with probability P), "
                         "a .npy (bool or 0/1, event shape or (N, *shape)) or a PNG (non-zero = observed)")
-    c.add_argument("--num", type=int, default=4, help="completions per input")
-    c.add_argument("--seed", type=int, default=0, help="seed of the draws (and of random:P masks)")
+    c.add_argument("--num", type=int_in(1, MAX_COUNT, " (completions per input)"), default=4, help="completions per input")
+    c.add_argument("--seed", type=SEED, default=0, help="seed of the draws (and of random:P masks)")
     c.add_argument("--class", dest="label", type=int, nargs="+", default=None,
                    help="class-conditional runs (required there): the label, or one per input")
-    c.add_argument("--temperature", type=float, default=1.0, help="0 = greedy")
+    c.add_argument("--temperature", type=float_in(0.0), default=1.0, help="0 = greedy")
     c.add_argument("--out", help="output PNG (images) or .npy; default RUN/completions.png; the .npy goes next to it")
     c.add_argument("--data-dir", help="folder with the dataset files (default: $CHAINRULE_DATA)")
     c.add_argument("--download", action="store_true", help="download missing dataset files (checksummed)")
+    force_arg(c, "--out (or the .npy next to it)")
     common(c)
     c.set_defaults(func=cmd_complete)
 
@@ -314,6 +326,7 @@ def build_parser() -> argparse.ArgumentParser:
     z.add_argument("--member", type=int, default=None, help="ensembles: code with this member")
     z.add_argument("--data-dir", help="folder with the dataset files (default: $CHAINRULE_DATA)")
     z.add_argument("--download", action="store_true", help="download missing dataset files (checksummed)")
+    force_arg(z, "OUTPUT")
     common(z)
     z.set_defaults(func=cmd_compress)
 
@@ -321,6 +334,7 @@ def build_parser() -> argparse.ArgumentParser:
     u.add_argument("run", help="run directory or checkpoint directory (the one that compressed the file)")
     u.add_argument("input", help="the compressed file")
     u.add_argument("output", help="where to write: .npy (arrays), .png (image models), or the text file")
+    force_arg(u, "OUTPUT")
     common(u)
     u.set_defaults(func=cmd_decompress)
 
@@ -340,9 +354,10 @@ def build_parser() -> argparse.ArgumentParser:
     pr.add_argument("--pool", default="mean",
                     help="how per-pixel features become one vector: mean, max, or grid:S (the mean over each of "
                          "S x S image regions, concatenated; keeps where a feature fired) (default: mean)")
-    pr.add_argument("--seed", type=int, default=0, help="seed of the --max-train subset and the solver")
+    pr.add_argument("--seed", type=SEED, default=0, help="seed of the --max-train subset and the solver")
     pr.add_argument("--out", help="JSON of the results (default RUN/probe.json); the plot goes next to it as .png")
     pr.add_argument("--no-plot", action="store_true", help="no accuracy-vs-layer plot")
+    force_arg(pr, "--out (or its .png)")
     common(pr)
     pr.set_defaults(func=cmd_probe)
 
@@ -385,7 +400,8 @@ def build_parser() -> argparse.ArgumentParser:
     sc.add_argument("input", nargs="+", help=".npy, image file(s), or a dataset name/path")
     sc.add_argument("--out", help="CSV of index,score (default RUN/scores-INPUT-SCORE.csv)")
     sc.add_argument("--maps", help="PNG of the most anomalous inputs next to their per-variable NLL maps")
-    sc.add_argument("--num-maps", type=int, default=8, help="how many inputs --maps shows")
+    sc.add_argument("--num-maps", type=int_in(1, 10_000), default=8, help="how many inputs --maps shows")
+    force_arg(sc, "--out or --maps")
     anomaly_args(sc)
     sc.set_defaults(func=cmd_score)
 
@@ -399,12 +415,13 @@ def build_parser() -> argparse.ArgumentParser:
     de.add_argument("--out", dest="inputs_out", nargs="+", required=True, help="out-of-distribution inputs")
     de.add_argument("--report", help="histogram PNG of the two score distributions "
                                      "(default RUN/detect-IN-vs-OUT-SCORE.png)")
-    de.add_argument("--bootstrap", type=int, default=1000, help="bootstrap resamples of the 95%% intervals")
-    de.add_argument("--seed", type=int, default=0, help="seed of the bootstrap")
+    de.add_argument("--bootstrap", type=int_in(1, 1_000_000), default=1000, help="bootstrap resamples of the 95%% intervals")
+    de.add_argument("--seed", type=SEED, default=0, help="seed of the bootstrap")
     de.add_argument("--group-size", type=int, default=None, metavar="M",
                     help="typicality: the batch test on groups of M inputs (Nalisnick et al. 2019b)")
-    de.add_argument("--alpha", type=float, default=0.01, help="--group-size: level of the typicality test")
+    de.add_argument("--alpha", type=float_in(0.0, 1.0), default=0.01, help="--group-size: level of the typicality test")
     de.add_argument("--json", action="store_true", help="also print the result as JSON")
+    force_arg(de, "--report")
     anomaly_args(de)
     de.set_defaults(func=cmd_detect)
 
@@ -418,6 +435,7 @@ def build_parser() -> argparse.ArgumentParser:
     rp.add_argument("runs", nargs="+", metavar="RUN", help="run directories (written by `chainrule train`)")
     rp.add_argument("--out", help="the HTML file (default: RUN/report.html for one run, ./report.html for several)")
     rp.add_argument("--title", help="the page's title")
+    force_arg(rp)
     rp.set_defaults(func=cmd_report)
 
     q = sub.add_parser("quickstart", help="train a Gated PixelCNN on the bundled 8x8 digits (under two minutes)")
@@ -427,7 +445,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="gated_pixelcnn (default, ~82 nats in 100 s) or causalconv (the book's ARM, ~85 nats, minutes)")
     q.add_argument("--epochs", type=int, default=1000, help="maximum epochs (early stopping usually ends sooner)")
     q.add_argument("--max-seconds", type=float, default=90, help="wall-clock budget for training")
-    q.add_argument("--seed", type=int, default=0)
+    q.add_argument("--seed", type=SEED, default=0)
     q.add_argument("--force", action="store_true",
                    help="--out holds a run that quickstart did not write: replace it (only chainrule's files)")
     common(q)
@@ -450,11 +468,41 @@ def main(argv: list[str] | None = None) -> int:
     except ChainruleError as exc:
         print(f"chainrule: error: {exc}", file=sys.stderr)
         return 2
+    except FloatingPointError as exc:  # the training loss became NaN / inf
+        print(f"chainrule: error: {exc}", file=sys.stderr)
+        return 1
+    except OSError as exc:  # a full disk, a read-only file system, a permission: one line naming the file
+        print(f"chainrule: error: {_os_error(exc)}", file=sys.stderr)
+        return 1
+    except MemoryError:
+        print("chainrule: error: out of memory; use a smaller --batch-size, -n or model", file=sys.stderr)
+        return 1
+    except Exception as exc:  # noqa: BLE001 - the last net: one line (the traceback with CHAINRULE_DEBUG=1)
+        if os.environ.get("CHAINRULE_DEBUG"):
+            raise
+        from safetensors import SafetensorError
+
+        if isinstance(exc, SafetensorError):
+            print(f"chainrule: error: a safetensors file cannot be read or written ({exc})", file=sys.stderr)
+            return 1
+        print(f"chainrule: internal error: {type(exc).__name__}: {str(exc)[:300]} (this is a bug of chainrule: "
+              "please report it; CHAINRULE_DEBUG=1 shows the traceback)", file=sys.stderr)
+        return 1
     except KeyboardInterrupt as exc:
         code = getattr(exc, "exit_code", None)  # a TrainingInterrupted: its line (what was saved) is printed
         if code is None:
             print("chainrule: interrupted", file=sys.stderr)
         return code or 130
+
+
+def _os_error(exc: OSError) -> str:
+    """An OSError as one line: what failed on which file, and the reason with its errno name."""
+    import errno
+
+    name = errno.errorcode.get(exc.errno or 0, "")
+    reason = exc.strerror or str(exc) or type(exc).__name__
+    where = f" {exc.filename}" if exc.filename else ""
+    return f"cannot access{where}: {reason}" + (f" ({name})" if name else "")
 
 
 if __name__ == "__main__":

@@ -6,11 +6,30 @@ import argparse
 import math
 from typing import Any
 
+from chainrule.cli.common import SEED
 from chainrule.errors import DataError, InputError
 from chainrule.lm.ngram import NgramLM, PADDINGS, SMOOTHERS, read_text_sentences
 
 
+def _check_model_dir(args: argparse.Namespace) -> None:
+    """``ngram fit --out DIR``: a directory that holds a saved model is replaced only with ``--force``;
+    a file, a checkpoint directory or the training text itself is refused (:mod:`chainrule.io.outputs`)."""
+    from pathlib import Path
+
+    from chainrule.io.outputs import check_output
+
+    out = Path(args.out)
+    if out.exists() and not out.is_dir():
+        raise InputError(f"--out {out} is a file; the n-gram model is a directory")
+    if (out / "ngram.json").exists() or (out / "ngram.npz").exists():
+        for name in ("ngram.json", "ngram.npz"):
+            check_output(out / name, force=args.force, inputs=[args.text_file], option="--out")
+    else:
+        check_output(out / "ngram.json", force=True, inputs=[args.text_file], option="--out")
+
+
 def _cmd_fit(args: argparse.Namespace) -> int:
+    _check_model_dir(args)
     sents = read_text_sentences(args.text_file, args.lowercase)
     if not sents:
         raise DataError(f"{args.text_file} has no non-empty lines to train on")
@@ -79,6 +98,9 @@ def _cmd_generate(args: argparse.Namespace) -> int:
 
 
 def _cmd_export_arpa(args: argparse.Namespace) -> int:
+    from chainrule.io.outputs import check_output
+
+    check_output(args.out, force=args.force, inputs=[args.model_dir], option="OUT")
     model = _load_model(args.model_dir)
     out = model.to_arpa(args.out)
     note = "" if model.padding == "srilm" else f" (padding {model.padding!r}: sentence starts written collapsed to one <s>)"
@@ -110,6 +132,7 @@ def register_cli(subparsers: Any) -> argparse.ArgumentParser:
                    help="srilm (default): one <s> per sentence, shorter n-grams at its start, as SRILM/KenLM; "
                         "nltk: n-1 <s>, as NLTK's pad_both_ends")
     f.add_argument("--out", "-o", required=True, help="model directory to write")
+    f.add_argument("--force", action="store_true", help="--out already holds an n-gram model: replace it")
     f.set_defaults(func=_cmd_fit)
 
     e = sub.add_parser("eval", help="perplexity of a saved model on a text file")
@@ -126,11 +149,12 @@ def register_cli(subparsers: Any) -> argparse.ArgumentParser:
     g.add_argument("--temperature", type=float, default=1.0, help="0 = greedy (default 1)")
     g.add_argument("--top-k", type=int, help="sample among the k most probable tokens")
     g.add_argument("--top-p", type=float, help="nucleus sampling threshold")
-    g.add_argument("--seed", type=int, help="random seed")
+    g.add_argument("--seed", type=SEED, help="random seed")
     g.set_defaults(func=_cmd_generate)
 
     a = sub.add_parser("export-arpa", help="write a saved model as an ARPA file (KenLM/SRILM scoring convention)")
     a.add_argument("model_dir")
     a.add_argument("out", help="ARPA file to write")
+    a.add_argument("--force", action="store_true", help="OUT exists: replace it")
     a.set_defaults(func=_cmd_export_arpa)
     return p

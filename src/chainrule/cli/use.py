@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 from pathlib import Path
 from typing import Any
 
@@ -18,11 +19,20 @@ from chainrule.apps.pipeline import (
     sample_labels,
     save_samples,
 )
-from chainrule.cli.common import completion_inputs, load_run, model_and_split, run_and_labels, set_threads, tokenizer_of
+from chainrule.cli.common import (
+    completion_inputs,
+    load_run,
+    model_and_split,
+    output_path,
+    run_and_labels,
+    set_threads,
+    tokenizer_of,
+)
 from chainrule.errors import InputError
 from chainrule.inference.likelihood import bayes_classify, evaluate, evaluate_stream, token_unit
 from chainrule.inference.sampling import default_generator
 from chainrule.io.checkpoint import read_config
+from chainrule.io.outputs import output_file
 
 
 def cmd_eval(args: argparse.Namespace) -> int:
@@ -32,6 +42,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
         if not hasattr(data, "stream"):
             raise InputError("--stride applies to text and audio datasets (a token stream)")
         sres = evaluate_stream(model, data.stream, args.stride, progress=not args.no_progress, unit=token_unit(ds))
+        _check_finite(sres.nats_per_token, args)
         print(f"{args.split}: {sres}")
         if args.json:
             print(json.dumps({"split": args.split, **sres.as_dict()}))
@@ -50,11 +61,19 @@ def cmd_eval(args: argparse.Namespace) -> int:
             print(json.dumps({"split": args.split, **cls.as_dict()}))
         return 0
     res = evaluate(model, data, labels, args.batch_size, progress=not args.no_progress, unit=token_unit(ds))
+    _check_finite(res.nll_nats, args)
     for line in describe_eval(args.split, res, ds):  # text / audio: per token (bits/char) first
         print(line)
     if args.json:
         print(json.dumps({"split": args.split, **res.as_dict()}))
     return 0
+
+
+def _check_finite(nll: float, args: argparse.Namespace) -> None:
+    """An NLL that is NaN or infinite is no result to print (exit 0 with "NLL nan"): an error saying so."""
+    if not math.isfinite(nll):
+        raise InputError(f"the {args.split} NLL of {args.run} is {nll} (the model gives NaN or zero probability "
+                         "to some examples): its weights or these data are broken; nothing to report")
 
 
 def cmd_sample(args: argparse.Namespace) -> int:
@@ -78,6 +97,7 @@ def cmd_sample(args: argparse.Namespace) -> int:
             check_samples_path(out, is_image, tok, rate)
         except InputError as exc:
             raise InputError(f"--out {exc}") from None
+        output_path(args, args.out, out, "--out")
     x = model.sample(args.n, labels, generator=default_generator(model, args.seed), temperature=args.temperature,
                      top_k=args.top_k, top_p=args.top_p)
     if tok is not None and not args.out:
@@ -85,7 +105,8 @@ def cmd_sample(args: argparse.Namespace) -> int:
             print(tok.decode(row.tolist()))
             print("----------")
         return 0
-    out = save_samples(x, out, model.num_values, is_image, tok, rate, ncol)
+    with output_file(out, force=bool(args.force or not args.out)) as tmp:
+        save_samples(x, tmp, model.num_values, is_image, tok, rate, ncol)
     print(f"wrote {args.n} samples to {out}" + (f" (one column per class, 0..{ncol - 1})" if ncol and is_image else ""))
     return 0
 
@@ -122,6 +143,8 @@ def cmd_inspect(args: argparse.Namespace) -> int:
     """Per-variable conditionals of one example as a figure (the NADE paper's conditional maps)."""
     from chainrule.apps.inspection import inspect_example, plot_inspection
 
+    if args.out:  # checked before any work
+        output_path(args, args.out, None, "--out")
     if args.text is not None:  # a text of the user's: the run's tokenizer is enough, no dataset needed
         ckpt, model = load_run(args)
         tok = tokenizer_of(ckpt)
@@ -137,8 +160,9 @@ def cmd_inspect(args: argparse.Namespace) -> int:
                              f"{args.split} example {args.index}",
                              Path(args.run) / f"inspect-{args.split}-{args.index}.png")
     ins = inspect_example(model, x, None if labels is None else labels[args.index])
-    out = Path(args.out or Path(args.run) / f"inspect-{args.split}-{args.index}.png")
-    plot_inspection(ins, out, model.num_values, title=f"{model.name}: {args.split} example {args.index}")
+    out = output_path(args, args.out, Path(args.run) / f"inspect-{args.split}-{args.index}.png", "--out")
+    with output_file(out, force=bool(args.force or not args.out)) as tmp:
+        plot_inspection(ins, tmp, model.num_values, title=f"{model.name}: {args.split} example {args.index}")
     worst = ins.nll.reshape(-1).topk(min(5, model.dim))
     print(f"{args.split} example {args.index}: NLL {ins.total_nll_nats:.3f} nats; most surprising variables "
           + ", ".join(f"{int(i)} ({float(v):.2f} nats)" for v, i in zip(worst.values, worst.indices)))
@@ -152,12 +176,13 @@ def _inspect_text(args: argparse.Namespace, model: Any, tok: Any, text: Any, lab
     from chainrule.apps.inspection import inspect_text, plot_text_surprisal, write_text_surprisal_html
 
     ins = inspect_text(model, tok, text, label)
-    out = Path(args.out or default_out)
+    out = output_path(args, args.out, default_out, "--out")
     title = f"{model.name}: {what}"
-    if out.suffix.lower() in (".html", ".htm"):
-        write_text_surprisal_html(ins, out, title)
-    else:
-        plot_text_surprisal(ins, out, title=title)
+    with output_file(out, force=bool(args.force or not args.out)) as tmp:
+        if out.suffix.lower() in (".html", ".htm"):
+            write_text_surprisal_html(ins, tmp, title)
+        else:
+            plot_text_surprisal(ins, tmp, title=title)
     print(ins.summary(what))
     print(f"wrote {out}")
     return 0
@@ -168,6 +193,12 @@ def cmd_complete(args: argparse.Namespace) -> int:
     from chainrule.apps.completion import complete, is_prefix_of_order, load_mask
     from chainrule.apps.plotting import plot_completions
 
+    if args.num < 1:
+        raise InputError(f"--num must be a positive integer (completions per input), got {args.num}")
+    if args.out:  # the figure and the .npy next to it: checked before any work
+        output_path(args, args.out, None, "--out")
+        if Path(args.out).suffix.lower() != ".npy":
+            output_path(args, Path(args.out).with_suffix(".npy"), None, "--out (its .npy)")
     ckpt, model, labels = run_and_labels(args, "or one per input", "chainrule.apps.completion.complete(model, x, mask, context=...)")
     x, source = completion_inputs(args, ckpt, model)
     mask = load_mask(args.mask, model.shape, args.seed)
@@ -181,17 +212,20 @@ def cmd_complete(args: argparse.Namespace) -> int:
         print(f"note: {model.name} was trained in one order; this mask conditions it in an order it never saw, "
               "so completions may be poor (an order-agnostic ensemble, -p num_orders=K, is trained for this)")
     is_image = len(shape) == 3 and shape[0] in (1, 3)
-    out = Path(args.out or Path(args.run) / ("completions.png" if is_image else "completions.npy"))
-    out.parent.mkdir(parents=True, exist_ok=True)
-    npy = out.with_suffix(".npy")
-    np.save(npy, comp.cpu().numpy())
+    out = output_path(args, args.out, Path(args.run) / ("completions.png" if is_image else "completions.npy"), "--out")
+    npy = output_path(args, out.with_suffix(".npy") if args.out else None, out.with_suffix(".npy"), "--out")
+    force = bool(args.force or not args.out)
+    with output_file(npy, force=force) as tmp, open(tmp, "wb") as f:
+        np.save(f, comp.cpu().numpy())
     print(f"wrote completions {tuple(comp.shape)} (inputs, completions, *shape) to {npy}")
     if is_image and out.suffix.lower() == ".png":
         try:  # the original as given; placeholders at hidden positions (-1, NaN) shown as 0
             xin, _ = model.validate(x)
         except InputError:
             xin, _ = model.validate(torch.where(full_mask.cpu(), x.reshape(n, *shape), torch.zeros((), dtype=x.dtype)))
-        plot_completions(xin, full_mask, comp, out, model.num_values, title=f"{model.name}: completions, mask {args.mask}")
+        with output_file(out, force=force) as tmp:
+            plot_completions(xin, full_mask, comp, tmp, model.num_values,
+                             title=f"{model.name}: completions, mask {args.mask}")
         print(f"wrote figure {out}")
     if is_image:
         return 0

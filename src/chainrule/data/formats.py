@@ -477,12 +477,101 @@ def _check_not_empty(path: Path, kind: str, error: type[ChainruleError]) -> None
         raise error(f"{path}: the file is empty (0 bytes); expected a NumPy {kind} file")
 
 
+def memory_bytes() -> int | None:
+    """This machine's physical memory in bytes (None where the OS does not say): no array larger
+    than it is ever allocated from a file's word."""
+    import os
+
+    try:
+        return int(os.sysconf("SC_PAGE_SIZE")) * int(os.sysconf("SC_PHYS_PAGES"))
+    except (AttributeError, ValueError, OSError):
+        return None
+
+
+def npy_header(fp: Any, total: int | None, source: object,
+               error: type[ChainruleError] = DataError) -> tuple[tuple[int, ...], np.dtype]:
+    """Read and check the header of a ``.npy`` stream ``fp`` (positioned at its start) *before* any
+    data is allocated: numpy's own reader allocates what the header declares first, so an 8-byte
+    file declaring 8 TB would be a MemoryError (or a 2 GB allocation) instead of an error. Refused:
+    object (pickled) dtypes, a declared size larger than what the
+    ``total`` bytes of the stream hold after the header, or than this machine's memory. Returns the
+    shape and dtype."""
+    fmt = np.lib.format
+    try:
+        version = fmt.read_magic(fp)
+        if version == (1, 0):
+            shape, _, dtype = fmt.read_array_header_1_0(fp)
+        elif version == (2, 0):
+            shape, _, dtype = fmt.read_array_header_2_0(fp)
+        else:  # version 3 (utf-8 field names): numpy's own reader of it
+            shape, _, dtype = fmt._read_array_header(fp, version)
+    except (ValueError, EOFError, OSError, SyntaxError, TypeError) as exc:
+        raise error(f"{source}: cannot read as a NumPy .npy file ({_npy_error(exc)})") from None
+    if dtype.hasobject:
+        raise error(f"{source}: cannot read as a NumPy .npy file ({_npy_error(ValueError('object arrays'))})")
+    declared = math.prod(int(d) for d in shape) * dtype.itemsize
+    available = None if total is None else total - fp.tell()
+    if available is not None and declared > available:
+        raise error(f"{source}: the .npy header declares {_nbytes(declared)} of data ({'x'.join(map(str, shape))} "
+                    f"{dtype}) but the file holds {_nbytes(available)} after it: the file is truncated or forged")
+    memory = memory_bytes()
+    if memory is not None and declared > memory:
+        raise error(f"{source}: the array declares {_nbytes(declared)} ({'x'.join(map(str, shape))} {dtype}), more "
+                    f"than this machine's memory ({_nbytes(memory)})")
+    return tuple(int(d) for d in shape), dtype
+
+
+def _nbytes(n: int) -> str:
+    for unit, size in (("TB", 1e12), ("GB", 1e9), ("MB", 1e6), ("KB", 1e3)):
+        if n >= size:
+            return f"{n / size:.3g} {unit}"
+    return f"{n} bytes"
+
+
+def check_npy_file(path: Path, error: type[ChainruleError] = DataError) -> None:
+    """:func:`npy_header` of a ``.npy`` file (an ``.npz`` under a ``.npy`` name is let through:
+    :func:`read_npy` names it)."""
+    try:
+        with open(path, "rb") as f:
+            if f.read(2) == b"PK":
+                return
+            f.seek(0)
+            npy_header(f, path.stat().st_size, path, error)
+    except OSError as exc:
+        raise error(f"{path}: cannot read it ({exc.strerror or exc})") from None
+
+
+def check_npz_members(path: Path, error: type[ChainruleError] = DataError) -> None:
+    """:func:`npy_header` of every member of an ``.npz`` archive, against the member's size in the
+    archive's directory (and the machine's memory), before numpy allocates any of them."""
+    try:
+        with zipfile.ZipFile(path) as z:
+            total = 0
+            for info in z.infolist():
+                if not info.filename.endswith(".npy"):
+                    continue
+                with z.open(info) as f:
+                    head = io.BytesIO(f.read(65536 + 16))  # a header is at most ~64 KB (numpy's limit)
+                shape, dtype = npy_header(head, info.file_size, f"{path}[{info.filename[:-4]}]", error)
+                total += math.prod(shape) * dtype.itemsize
+            memory = memory_bytes()
+            if memory is not None and total > memory:
+                raise error(f"{path}: its arrays declare {_nbytes(total)}, more than this machine's memory "
+                            f"({_nbytes(memory)})")
+    except (zipfile.BadZipFile, OSError, EOFError, ValueError, NotImplementedError, RuntimeError) as exc:
+        if isinstance(exc, ChainruleError):
+            raise
+        raise error(f"{path}: cannot read as a NumPy .npz file ({_npy_error(exc)})") from None
+
+
 def read_npy(path: str | Path, error: type[ChainruleError] = DataError) -> np.ndarray:
     """Read the array of a ``.npy`` file, never unpickling (``allow_pickle=False``): an empty,
-    unreadable, truncated or pickled file, or an ``.npz`` under a ``.npy`` name, raises ``error``
-    (a one-line message naming the file and the problem)."""
+    unreadable, truncated or pickled file, an ``.npz`` under a ``.npy`` name, or a header that
+    declares more data than the file holds (:func:`npy_header`, checked before anything is
+    allocated) raises ``error`` (a one-line message naming the file and the problem)."""
     path = Path(path)
     _check_not_empty(path, ".npy", error)
+    check_npy_file(path, error)
     try:
         loaded = np.load(path, allow_pickle=False)
     except (ValueError, EOFError, OSError) as exc:
@@ -518,6 +607,10 @@ def _read_user_splits(path: Path) -> _UserData:
     if suffix == ".npy":
         return _UserData(_random_split(read_npy(path), 2, path), None, None)
     _check_not_empty(path, ".npz", DataError)
+    if zipfile.is_zipfile(path):
+        check_npz_members(path)
+    else:
+        check_npy_file(path)
     # allow_pickle=False always: a pickle (an object array, or a file that is no NumPy file at all)
     # can run code when loaded, so it is refused, never unpickled.
     try:

@@ -154,6 +154,10 @@ def _integral(x: np.ndarray) -> tuple[bool, float]:
     return True, worst
 
 
+#: The most discrete values K data may have (the models' and the entropy coder's ceiling).
+MAX_NUM_VALUES = 1 << 24
+
+
 def summarize_values(splits: Sequence[np.ndarray], source: object = "data", *, image: bool | None = None,
                      num_values: int | None = None) -> tuple[ValueSummary, list[np.ndarray]]:
     """Read the values of ``splits`` (arrays ``(N, ...)``, e.g. train, val, test) by the rules of
@@ -234,6 +238,10 @@ def summarize_values(splits: Sequence[np.ndarray], source: object = "data", *, i
         k, kind = 256, "8-bit"
     else:
         k, kind = max(ihigh + 1, 2), "max+1"
+    if k > MAX_NUM_VALUES:
+        raise DataError(f"{source}: holds the value {ihigh}, so K = {k:,} discrete values; at most {MAX_NUM_VALUES:,} "
+                        "(2**24) are supported (no model or coder fits more): are these categorical data? Save "
+                        "continuous data as floats (a real-valued model), or map the values to 0..K-1")
     summary = ValueSummary(k, str(dtype), low, high, kind, integral_floats, rounded)
     if k > MANY_VALUES:
         logger.warning("%s: %d discrete values; is this really categorical data?", source, k)

@@ -40,6 +40,10 @@ class Hypothesis:
 StepFn = Callable[[Any, torch.Tensor | None, int], tuple[torch.Tensor, Any]]
 
 
+#: The widest beam accepted: every hypothesis holds a model state, so a width of 10**9 would not fit.
+MAX_BEAM_WIDTH = 4096
+
+
 @renamed_parameters(prefix="prompt")
 def beam_search(step: StepFn, init_state: Any, beam_width: int, max_length: int, eos_id: int | None = None,
                 length_penalty: float = 0.0, prompt: Sequence[int] = ()) -> list[Hypothesis]:
@@ -61,8 +65,11 @@ def beam_search(step: StepFn, init_state: Any, beam_width: int, max_length: int,
     Returns:
         the finished hypotheses, best score first (at most ``beam_width``).
     """
-    if not isinstance(beam_width, int) or beam_width < 1:
-        raise InputError(f"beam width must be an integer >= 1, got {beam_width!r}")
+    if not isinstance(beam_width, int) or isinstance(beam_width, bool) or not 1 <= beam_width <= MAX_BEAM_WIDTH:
+        raise InputError(f"beam width must be an integer in 1..{MAX_BEAM_WIDTH}, got {beam_width!r}")
+    if not isinstance(length_penalty, (int, float)) or isinstance(length_penalty, bool) \
+            or not math.isfinite(length_penalty):
+        raise InputError(f"length_penalty must be a finite number, got {length_penalty!r}")
     if max_length < 1:
         raise InputError(f"max_length must be >= 1, got {max_length}")
     state, last, prompt_lp = init_state, None, 0.0

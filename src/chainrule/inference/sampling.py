@@ -81,6 +81,18 @@ def sample_with_state(model: Any, n: int, context: Any, call: dict[str, Any], ge
 
 
 @renamed_parameters(prefix="prompt")
+def _check_memory(model: Any, n: int) -> None:
+    """Refuse ``n`` samples whose values alone (int64) would not fit this machine's memory, before
+    anything is allocated (``n = 10**12`` is a typo, not a request): draw them in batches."""
+    from chainrule.data.formats import memory_bytes
+
+    memory = memory_bytes()
+    need = n * int(getattr(model, "dim", 1)) * 8
+    if memory is not None and need > memory // 2:
+        raise InputError(f"n={n:,} samples of {model.dim:,} values need {need / 1e9:.3g} GB, more than this machine's "
+                         f"memory allows ({memory / 1e9:.3g} GB); draw them in batches of fewer")
+
+
 def sample(model: Any, n: int, context: Any = None, generator: torch.Generator | None = None, *,
            prompt: torch.Tensor | None = None, observed: tuple[Any, Any] | None = None,
            temperature: float = 1.0, top_k: int | None = None, top_p: float | None = None,
@@ -104,6 +116,7 @@ def sample(model: Any, n: int, context: Any = None, generator: torch.Generator |
     """
     if not isinstance(n, int) or isinstance(n, bool) or n < 1:
         raise InputError(f"n must be a positive integer, got {n!r}")
+    _check_memory(model, n)
     _check_generator(model, generator)
     chain = list(chain) if chain is not None else processors(temperature, top_k, top_p)
     if chain and not model.head.discrete:

@@ -30,6 +30,7 @@ from safetensors.torch import load_file, save_file
 
 from chainrule._version import __version__
 from chainrule.errors import CheckpointError
+from chainrule.io.outputs import umask_mode
 
 CONFIG_FILE = "config.json"
 WEIGHTS_FILE = "model.safetensors"
@@ -42,6 +43,7 @@ def atomic_write(path: Path, write: Any) -> None:
     os.close(fd)
     try:
         write(tmp)
+        os.chmod(tmp, umask_mode())  # the mode open() would give, not mkstemp's 0600
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
@@ -81,14 +83,20 @@ def save_model(model: Any, directory: str | Path, extra: dict[str, Any] | None =
     ``extra`` is stored under ``"extra"`` in ``config.json`` (JSON values only).
     """
     directory = Path(directory)
+    created = not directory.exists()
     directory.mkdir(parents=True, exist_ok=True)
     config = {"format": "chainrule", "format_version": FORMAT_VERSION, "chainrule_version": __version__,
               **model.config, "extra": extra or {}}
     text = json.dumps(config, indent=2)
     # safetensors refuses shared or non-contiguous storage: store plain contiguous copies.
     tensors = {k: v.detach().cpu().contiguous().clone() for k, v in model.state_dict().items()}
-    atomic_write(directory / WEIGHTS_FILE, lambda p: save_file(tensors, p, metadata={"format": "pt"}))
-    atomic_write(directory / CONFIG_FILE, lambda p: Path(p).write_text(text))
+    try:
+        atomic_write(directory / WEIGHTS_FILE, lambda p: save_file(tensors, p, metadata={"format": "pt"}))
+        atomic_write(directory / CONFIG_FILE, lambda p: Path(p).write_text(text))
+    except BaseException:
+        if created:  # a failed first save (full disk, read-only) leaves no empty or half checkpoint
+            shutil.rmtree(directory, ignore_errors=True)
+        raise
     return directory
 
 

@@ -143,6 +143,8 @@ PADDINGS = ("srilm", "nltk")
 _FORMAT = "chainrule-ngram-2"  # 2: + "padding" (format-1 models have NLTK padding)
 _FORMATS_READ = ("chainrule-ngram-1", _FORMAT)
 _CONFIG = "ngram.json"
+#: The largest n-gram order accepted (KenLM's builds stop at 6 by default; SRILM's practice is below 10).
+MAX_ORDER = 32
 _ARRAYS = "ngram.npz"
 _LOG10 = math.log(10.0)
 _ARPA_ZERO = -99.0  # log10 of "probability 0" in ARPA files (SRILM's convention)
@@ -348,8 +350,9 @@ class NgramLM:
     """
 
     def __init__(self, order: int, smoothing: str = "kneser-ney", *, padding: str = "srilm", **options: Any) -> None:
-        if not isinstance(order, (int, np.integer)) or isinstance(order, bool) or order < 1:
-            raise InputError(f"order must be an integer n >= 1 (1 = unigram), got {order!r}")
+        if not isinstance(order, (int, np.integer)) or isinstance(order, bool) or not 1 <= order <= MAX_ORDER:
+            raise InputError(f"order must be an integer n in 1..{MAX_ORDER} (1 = unigram; beyond {MAX_ORDER} words of "
+                             f"context every n-gram of a text is unique), got {order!r}")
         if not isinstance(smoothing, str) or smoothing not in SMOOTHERS + ("arpa",):
             raise InputError(f"unknown smoothing {smoothing!r}; choose one of: {', '.join(SMOOTHERS)}")
         if not isinstance(padding, str) or padding not in PADDINGS:

@@ -156,7 +156,8 @@ class AutoregressiveModel(nn.Module):
                              f"{'discrete' if self.head.discrete else 'real-valued'} heads need "
                              f"{'num_values=K' if self.head.discrete else 'num_values=None'}")
         self.register_buffer("order", make_ordering(order, self.groups.grid), persistent=True)
-        if self.fixed_order is not None and not torch.equal(self.order, make_ordering(self.fixed_order, self.groups.grid)):
+        if self.fixed_order is not None and self.order.device.type != "meta" \
+                and not torch.equal(self.order, make_ordering(self.fixed_order, self.groups.grid)):
             raise InputError(f"model {self.name!r} reads its variables in {self.fixed_order!r} order only (on images: "
                              "pixels row by row, R -> G -> B inside each pixel); it cannot be built with another order")
         self._init_context(num_classes, context_shape)
@@ -405,6 +406,9 @@ class AutoregressiveModel(nn.Module):
                 x = torch.as_tensor(x)
             except (TypeError, ValueError, RuntimeError) as exc:
                 raise InputError(f"{self.name}: expected a tensor or array of shape (batch, *{self.shape}), got {type(x).__name__}: {exc}") from None
+        if x.device.type == "meta":
+            raise InputError(f"{self.name}: the data are a tensor on the meta device (a shape without values); "
+                             f"pass a tensor with values (the model is on {self.device})")
         n = len(self.shape)
         if x.dim() < n or tuple(x.shape[x.dim() - n:]) != self.shape:
             raise InputError(

@@ -46,10 +46,17 @@ class Histogram(AutoregressiveModel):
     def __init__(self, shape: tuple[int, ...], num_values: int | None = 2, alpha: float = 1.0,
                  max_configurations: int = MAX_CONFIGURATIONS, **common: Any) -> None:
         super().__init__(shape, num_values, **common)
-        size = self.num_values ** self.dim  # type: ignore[operator]
-        if size * (self.num_classes or 1) > max_configurations:
+        if not isinstance(max_configurations, int) or isinstance(max_configurations, bool) or max_configurations < 1:
+            raise InputError(f"max_configurations must be a positive integer, got {max_configurations!r}")
+        # compared in logarithms first: K**D of a large image is an integer of millions of digits
+        log10_size = self.dim * math.log10(self.num_values)  # type: ignore[arg-type]
+        too_big = log10_size + math.log10(self.num_classes or 1) > math.log10(max_configurations) + 1e-9
+        size = self.num_values ** self.dim if not too_big else 0  # type: ignore[operator]
+        if too_big or size * (self.num_classes or 1) > max_configurations:
+            exponent = math.floor(log10_size)
+            shown = f"{10 ** (log10_size - exponent):.3g}e+{exponent:02d}"  # a float cannot hold 2**10000
             raise InputError(
-                f"histogram: the space has {self.num_values}^{self.dim} = {size:.3g} configurations"
+                f"histogram: the space has {self.num_values}^{self.dim} = {shown} configurations"
                 f"{f' x {self.num_classes} classes' if self.num_classes else ''}, more than "
                 f"max_configurations={max_configurations:,}; a table cannot be estimated (or stored) for it — "
                 "use a model that shares parameters (fvsbn, nade, made, ...)"

@@ -27,6 +27,7 @@ is tested against.
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from typing import Any
 
 import torch
@@ -34,7 +35,7 @@ from torch import nn
 
 from chainrule.errors import InputError
 from chainrule.inference.state import Static
-from chainrule.models.base import AutoregressiveModel
+from chainrule.models.base import AutoregressiveModel, select_layers
 from chainrule.models.registry import register
 
 _ACTIVATIONS = {"sigmoid": torch.sigmoid, "relu": torch.relu}
@@ -186,8 +187,15 @@ class NADE(AutoregressiveModel):
         params[:, order] = seq
         return params
 
-    def features(self, x: torch.Tensor, context: Any = None, order: Any = None) -> torch.Tensor:
-        """The hidden layer h_i of every group's conditional, ``(B, G, H)`` (group index order)."""
+    def features(self, x: torch.Tensor, context: Any = None, order: Any = None,
+                 layer: int | Sequence[int] = -1) -> torch.Tensor | list[torch.Tensor]:
+        """The hidden layer h_i of every group's conditional, ``(B, G, H)`` (group index order).
+        NADE has one hidden layer: ``layer`` is 0 or -1 (or a sequence of them, giving a list), as
+        for the models with several (:func:`~chainrule.models.base.select_layers`)."""
+        select_layers(range(1), layer, "NADE's one hidden layer: 0 or -1")  # a bad layer fails before the pass
+        return select_layers([self._hidden_features(x, context, order)], layer, "NADE's one hidden layer: 0 or -1")
+
+    def _hidden_features(self, x: torch.Tensor, context: Any, order: Any) -> torch.Tensor:
         x, _ = self.validate(x)
         o = self.resolve_order(order)
         ctx = self.context_features(context, x.shape[0])

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import inspect
+import math
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -115,6 +116,70 @@ def check_hyperparameters(name: str, hyperparameters: dict[str, Any]) -> None:
         raise InputError(f"model {name!r} has no hyperparameter(s) {', '.join(unknown)}; it accepts: {', '.join(accepted)}")
 
 
+#: The largest integer a size-like hyperparameter (channels, hidden units, layers, K, components)
+#: may take: beyond it no model fits a machine, and a typo (1e11) fails here, not in an allocation.
+MAX_SIZE = 1 << 24
+#: Seeds are 64-bit (torch.manual_seed): 0 .. 2**63 - 1.
+MAX_SEED = (1 << 63) - 1
+
+
+def _check_hyperparameter_values(name: str, num_values: Any, hyperparameters: dict[str, Any]) -> None:
+    """Bounds every model shares, checked before a constructor allocates anything: a ``seed`` is an
+    integer in 0..2**63-1; every other integer (also inside lists) is at most :data:`MAX_SIZE` in
+    magnitude; K (``num_values``) too. Each model checks the meaning of its own values."""
+    if num_values is not None and isinstance(num_values, int) and not isinstance(num_values, bool) \
+            and num_values > MAX_SIZE:
+        raise InputError(f"num_values={num_values}: at most {MAX_SIZE:,} discrete values (2**24) are supported")
+    for key, value in hyperparameters.items():
+        if key.startswith("max_"):  # a ceiling (histogram's max_configurations), checked by its model
+            continue
+        if key == "seed" or key.endswith("_seed"):
+            if not isinstance(value, int) or isinstance(value, bool) or not 0 <= value <= MAX_SEED:
+                raise InputError(f"model {name!r}: {key} must be an integer in 0..2**63-1, got {value!r}")
+            continue
+        stack = [value]
+        while stack:
+            v = stack.pop()
+            if isinstance(v, (list, tuple)):
+                stack.extend(v)
+            elif isinstance(v, dict):
+                stack.extend(v.values())
+            elif isinstance(v, int) and not isinstance(v, bool) and abs(v) > MAX_SIZE:
+                raise InputError(f"model {name!r}: {key}={_short(value)} holds {v}, beyond any model this library "
+                                 f"can build (sizes are at most {MAX_SIZE:,})")
+            elif isinstance(v, float) and not math.isfinite(v) and key != "order":
+                raise InputError(f"model {name!r}: {key}={_short(value)} is not a finite number")
+
+
+def _short(v: Any) -> str:
+    text = repr(v)
+    return text if len(text) <= 60 else text[:57] + "..."
+
+
+def _check_size(cls: type[AutoregressiveModel], name: str, shape: Any, num_values: Any,
+                hyperparameters: dict[str, Any]) -> None:
+    """Build the model on the meta device (no memory) and refuse it when its parameters and
+    buffers would not fit this machine's memory; a constructor that cannot run on meta tensors
+    (data-dependent steps) is simply built for real."""
+    from chainrule.data.formats import memory_bytes
+
+    memory = memory_bytes()
+    if memory is None:
+        return
+    try:
+        with torch.device("meta"):
+            probe = cls(shape, num_values, **hyperparameters)
+    except InputError:
+        raise
+    except Exception:  # noqa: BLE001 - not buildable on meta: no estimate, the real build decides
+        return
+    n = sum(t.numel() * t.element_size() for t in (*probe.parameters(), *probe.buffers()))
+    if n > memory // 2:
+        count = sum(p.numel() for p in probe.parameters())
+        raise InputError(f"model {name!r}: these hyperparameters give {count:,} parameters ({n / 1e9:.3g} GB), more "
+                         f"than this machine's memory allows ({memory / 1e9:.3g} GB); choose smaller sizes")
+
+
 def create_model(name: str, shape: tuple[int, ...] | list[int] | int, num_values: int | None = None,
                  **hyperparameters: Any) -> Model:
     """Build a registered model for events of ``shape`` with ``num_values`` values per variable.
@@ -125,10 +190,16 @@ def create_model(name: str, shape: tuple[int, ...] | list[int] | int, num_values
     :class:`InputError` listing the accepted ones.
     """
     check_hyperparameters(name, hyperparameters)
+    _check_hyperparameter_values(name, num_values, hyperparameters)
+    cls = get_model_class(name)
+    _check_size(cls, name, shape, num_values, hyperparameters)
     try:
-        model = get_model_class(name)(shape, num_values, **hyperparameters)
+        model = cls(shape, num_values, **hyperparameters)
     except TypeError as exc:  # a value of the wrong type deep in a constructor
         raise InputError(f"model {name!r}: a hyperparameter has the wrong type ({exc})") from None
+    except (MemoryError, OverflowError, RuntimeError) as exc:  # sizes beyond this machine (or beyond int64)
+        raise InputError(f"model {name!r}: cannot be built with these hyperparameters on this machine "
+                         f"({type(exc).__name__}: {str(exc).splitlines()[0][:160]})") from None
     members = model.ensemble_members()
     return Ensemble(model, members) if members else model
 
@@ -151,4 +222,25 @@ def load(directory: str | Path, map_location: str | torch.device = "cpu") -> Mod
         model.load_state_dict(state)
     except RuntimeError as exc:
         raise CheckpointError(f"{directory / WEIGHTS_FILE} does not match the config ({exc})") from None
+    check_loaded_state(model, directory / WEIGHTS_FILE)
     return model.to(map_location).eval()
+
+
+def check_loaded_state(model: Model, where: str | Path) -> None:
+    """What a checkpoint's tensors must satisfy beyond their shapes, checked on load: every stored
+    order (the buffers ``order`` / ``orders``) is a permutation of the groups (an order of zeros
+    would silently give wrong likelihoods), and every weight is finite (NaN weights give NaN for
+    everything)."""
+    for name, buf in model.named_buffers():
+        if name.rsplit(".", 1)[-1] not in ("order", "orders") or buf.numel() == 0:
+            continue
+        rows = buf.reshape(-1, buf.shape[-1])
+        g = rows.shape[-1]
+        if rows.is_floating_point() or not torch.equal(rows.sort(dim=-1).values.cpu(),
+                                                        torch.arange(g).expand(rows.shape[0], g)):
+            raise CheckpointError(f"{where}: the stored {name} is not a permutation of 0..{g - 1} (the order of the "
+                                  "model's variables); the checkpoint is damaged")
+    for name, t in model.state_dict().items():  # what the file held (not masks built from the config)
+        if t.is_floating_point() and not bool(torch.isfinite(t).all()):
+            raise CheckpointError(f"{where}: the tensor {name} holds NaN or infinite values; the checkpoint is "
+                                  "damaged (or was saved from a run whose training diverged)")

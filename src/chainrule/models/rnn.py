@@ -13,13 +13,14 @@ input.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any, ClassVar
 
 import torch
 from torch import nn
 
 from chainrule.errors import InputError
-from chainrule.models.base import AutoregressiveModel
+from chainrule.models.base import AutoregressiveModel, select_layers
 from chainrule.models.registry import register
 
 
@@ -68,15 +69,29 @@ class _Recurrent(AutoregressiveModel):
             return self.embedding(v.to(self.float_dtype).unsqueeze(-1))
         return self.embedding(v.long())
 
-    def features(self, x: torch.Tensor, context: Any = None) -> torch.Tensor:
-        """The top layer's hidden state that predicts each group, ``(B, G, H)`` (group index order)."""
+    def features(self, x: torch.Tensor, context: Any = None,
+                 layer: int | Sequence[int] = -1) -> torch.Tensor | list[torch.Tensor]:
+        """The hidden state of recurrent layer ``layer`` (default the top one) that predicts each
+        group, ``(B, G, H)`` (group index order); a sequence of layers gives a list of them from
+        one pass (:func:`~chainrule.models.base.select_layers`)."""
+        what = f"the {self.rnn.num_layers} recurrent layers"
+        select_layers(range(self.rnn.num_layers), layer, what)  # a bad layer fails before the pass
         x, _ = self.validate(x)
         e = self.to_generation_order(self.group_features(self.embed(x)), self.order)
         inp = torch.cat([self.start.expand(e.shape[0], 1, -1), e[:, :-1]], 1)
         if self.context is not None:
             inp = inp + self.context(self.context_features(context, x.shape[0])).unsqueeze(1)
-        out, _ = self.rnn(inp)
-        return self.from_generation_order(out, self.order)
+        if layer == -1 or layer == self.rnn.num_layers - 1:  # the top layer: the stacked module's own output
+            out, _ = self.rnn(inp)
+            return self.from_generation_order(out, self.order)
+        hs = []
+        for k in range(self.rnn.num_layers):  # layer by layer with the stack's weights (nn.RNNBase keeps only the top)
+            single = self.cell(inp.shape[-1], self.rnn.hidden_size, 1, batch_first=True).to(inp.device, inp.dtype)
+            weights = {f"{name}_l0": getattr(self.rnn, f"{name}_l{k}")
+                       for name in ("weight_ih", "weight_hh", "bias_ih", "bias_hh") if hasattr(self.rnn, f"{name}_l{k}")}
+            inp, _ = torch.func.functional_call(single, weights, (inp,))
+            hs.append(inp)
+        return select_layers(hs, layer, what, lambda h: self.from_generation_order(h, self.order))
 
     def forward_embedded(self, e: torch.Tensor, order: torch.Tensor, context: torch.Tensor | None) -> torch.Tensor:
         e = self.to_generation_order(e, order)

@@ -25,7 +25,7 @@ from torch import nn
 
 from chainrule.errors import InputError
 from chainrule.inference.state import Static
-from chainrule.models.base import AutoregressiveModel
+from chainrule.models.base import AutoregressiveModel, select_layers
 from chainrule.models.registry import register
 from chainrule.nn import CausalConv1d
 
@@ -92,8 +92,10 @@ class WaveNet(AutoregressiveModel):
         f, g = a.chunk(2, dim=1)
         return torch.tanh(f) * torch.sigmoid(g)
 
-    def _stack(self, e: torch.Tensor, context: torch.Tensor | None) -> torch.Tensor:
-        """The skip sum ``(B, S_k, T)`` of a sequence of group features ``(B, T, F)`` in generation order."""
+    def _stack(self, e: torch.Tensor, context: torch.Tensor | None, partial: list[torch.Tensor] | None = None
+               ) -> torch.Tensor:
+        """The skip sum ``(B, S_k, T)`` of a sequence of group features ``(B, T, F)`` in generation
+        order (``partial``, when given, receives the running skip sum after every layer)."""
         inp = torch.cat([self.start.expand(e.shape[0], 1, -1), e[:, :-1]], 1)  # (B, T, F), shifted right
         h = self.input(inp.transpose(1, 2))  # (B, R, T)
         if self.context is not None:
@@ -103,6 +105,8 @@ class WaveNet(AutoregressiveModel):
             z = self._gate(conv(h))
             h = h + res(z)
             skip = skip + sk(z)
+            if partial is not None:
+                partial.append(skip)
         return skip
 
     def forward_embedded(self, e: torch.Tensor, order: torch.Tensor, context: torch.Tensor | None) -> torch.Tensor:
@@ -110,12 +114,20 @@ class WaveNet(AutoregressiveModel):
         out = self.out2(F.relu(self.out1(F.relu(skip))))  # (B, P, T)
         return self.from_generation_order(out.transpose(1, 2), order)
 
-    def features(self, x: torch.Tensor, context: Any = None) -> torch.Tensor:
-        """The skip-connection sum that predicts each group, ``(B, G, skip_channels)`` (group index order)."""
+    def features(self, x: torch.Tensor, context: Any = None,
+                 layer: int | Sequence[int] = -1) -> torch.Tensor | list[torch.Tensor]:
+        """The skip-connection sum over the dilated layers 0..``layer`` (default all: the sum the
+        output reads) that predicts each group, ``(B, G, skip_channels)`` (group index order); a
+        sequence of layers gives a list of them from one pass
+        (:func:`~chainrule.models.base.select_layers`)."""
+        what = f"the {len(self.dilated)} dilated layers"
+        select_layers(range(len(self.dilated)), layer, what)  # a bad layer fails before the pass
         x, _ = self.validate(x)
         e = self.to_generation_order(self.group_features(self.embed(x)), self.order)
-        skip = self._stack(e, self.context_features(context, x.shape[0]))
-        return self.from_generation_order(skip.transpose(1, 2), self.order)
+        partial: list[torch.Tensor] = []
+        self._stack(e, self.context_features(context, x.shape[0]), partial)
+        return select_layers(partial, layer, what,
+                             lambda skip: self.from_generation_order(skip.transpose(1, 2), self.order))
 
     # ------------------------------------------------------------------ Fast WaveNet cache
     def new_state(self, n: int, order: torch.Tensor, context: torch.Tensor | None) -> Any:

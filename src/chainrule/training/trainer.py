@@ -336,6 +336,66 @@ class TrainState:
     best_state: dict[str, torch.Tensor] | None = None
 
 
+def _complete_checkpoint(d: Path) -> bool:
+    """True when ``d`` holds every file of a ``last/`` checkpoint; ``trainer_state.json`` is written
+    last (and atomically), so its presence means the others were written before it."""
+    return all((d / f).is_file() for f in (STATE_JSON, STATE_TENSORS, "config.json", "model.safetensors"))
+
+
+def recover_last(out_dir: str | Path) -> Path | None:
+    """Bring ``out_dir/last/`` back after a write of it was interrupted; returns it, or None when
+    the run has no complete checkpoint to resume.
+
+    :meth:`Trainer._save_last` writes ``last.tmp/`` (``trainer_state.json`` last), then renames
+    ``last/`` to ``last.old/`` and ``last.tmp/`` to ``last/``, then removes ``last.old/``. A process
+    killed anywhere leaves one of these states, each recovered here:
+
+    1. ``last/`` complete (with or without a partial or complete ``last.tmp/``, a ``last.old/``):
+       ``last/`` is the checkpoint; the others are removed.
+    2. no ``last/``, ``last.tmp/`` complete (killed between the two renames; or, after a resume from
+       ``last.old/``, killed again once ``last.old/`` was removed): ``last.tmp/`` is the newest
+       checkpoint and becomes ``last/``.
+    3. no ``last/``, ``last.tmp/`` partial or absent, ``last.old/`` complete: ``last.old/`` becomes
+       ``last/``.
+    4. nothing complete (killed before the first checkpoint was written): None; the run starts again.
+    """
+    out_dir = Path(out_dir)
+    last, tmp, old = out_dir / LAST_DIR, out_dir / f"{LAST_DIR}.tmp", out_dir / f"{LAST_DIR}.old"
+    if _complete_checkpoint(last):
+        for d in (tmp, old):
+            if d.is_dir() and not d.is_symlink():
+                shutil.rmtree(d, ignore_errors=True)
+        return last
+    for chosen in (tmp, old):
+        if chosen.is_dir() and not chosen.is_symlink() and _complete_checkpoint(chosen):
+            if last.is_dir() and not last.is_symlink():  # a damaged last/ (never left by the protocol)
+                shutil.rmtree(last)
+            chosen.rename(last)
+            for d in (tmp, old):
+                if d.is_dir() and not d.is_symlink():
+                    shutil.rmtree(d, ignore_errors=True)
+            return last
+    return None
+
+
+def _check_trainer_state(state: dict[str, Any], where: Path) -> None:
+    """The counters of a ``trainer_state.json``, checked before they are used: a forged or damaged
+    file (a negative step, an epoch count that is not an integer) is refused, never continued."""
+    def bad(key: str, expected: str) -> CheckpointError:
+        return CheckpointError(f"{where}: {key} {state.get(key)!r} is not {expected}; the checkpoint is damaged")
+
+    for key in ("epochs_done", "step", "bad_epochs", "batch", "epoch_count"):
+        v = state.get(key, 0)
+        if not _is_int(v) or v < 0:
+            raise bad(key, "an integer >= 0")
+    for key in ("lr_scale", "epoch_nll_sum"):
+        v = state.get(key, 0.0 if key == "epoch_nll_sum" else 1.0)
+        if not _is_real(v) or not math.isfinite(v) or (key == "lr_scale" and v <= 0):
+            raise bad(key, "a finite number" + (" > 0" if key == "lr_scale" else ""))
+    if not isinstance(state.get("optimizer"), dict) or not isinstance(state.get("result"), dict):
+        raise CheckpointError(f"{where}: no optimizer / result entry; the checkpoint is damaged")
+
+
 class Trainer:
     """Fit any model (or :class:`~chainrule.models.ensemble.Ensemble`) by maximum likelihood.
 
@@ -352,6 +412,10 @@ class Trainer:
         device: where to train ("cpu", "cuda", "cuda:1", a ``torch.device``); None keeps the
             model where it is. The model is moved there; batches follow.
     """
+
+    #: Called (no arguments) after every checkpoint written to ``out_dir`` (``last/`` or ``best/``):
+    #: :func:`chainrule.apps.pipeline.train_run` removes a replaced run only once the new one has one.
+    on_checkpoint: Callable[[], None] | None = None
 
     def __init__(self, model: Model, config: TrainConfig | None = None, out_dir: str | Path | None = None,
                  extra: dict[str, Any] | None = None, progress: bool = True,
@@ -920,6 +984,8 @@ class Trainer:
         extra = {**self.extra, "train_config": asdict(self.config), "best_epoch": result.best_epoch,
                  "best_val_nll_nats": None if math.isinf(result.best_val_nll_nats) else result.best_val_nll_nats}
         save_model(self.model, self.out_dir / "best", extra=extra)
+        if self.on_checkpoint is not None:
+            self.on_checkpoint()
 
     def _save_last(self, st: TrainState) -> None:
         """Write ``out_dir/last/``: everything :meth:`_load_last` needs to continue the run.
@@ -958,14 +1024,15 @@ class Trainer:
             tensors[f"rng.torch.{r}"] = state
         if self._cuda_device() is not None:  # dropout on a GPU draws from the device's generator
             tensors["rng.cuda"] = torch.cuda.get_rng_state(self._cuda_device())
-        save_file(tensors, str(tmp / STATE_TENSORS))
+        atomic_write(tmp / STATE_TENSORS, lambda p: save_file(tensors, p))
         res = asdict(st.result)
         res["best_val_nll_nats"] = None if math.isinf(st.result.best_val_nll_nats) else st.result.best_val_nll_nats
         state_json = {"version": STATE_VERSION, "epochs_done": st.epoch, "step": st.step, "lr_scale": st.lr_scale, "bad_epochs": st.bad_epochs,
                       "batch": st.batch, "epoch_nll_sum": st.epoch_nll_sum, "epoch_count": st.epoch_count,
                       "has_best": st.best_state is not None,
                       "optimizer": {"param_groups": opt["param_groups"], "scalars": scalars}, "result": res}
-        (tmp / STATE_JSON).write_text(json.dumps(state_json, indent=1))
+        # written last and atomically: its presence marks a complete checkpoint (recover_last)
+        atomic_write(tmp / STATE_JSON, lambda p: Path(p).write_text(json.dumps(state_json, indent=1)))
         last, old = self.out_dir / LAST_DIR, self.out_dir / f"{LAST_DIR}.old"
         shutil.rmtree(old, ignore_errors=True)
         if last.exists():
@@ -974,6 +1041,8 @@ class Trainer:
         shutil.rmtree(old, ignore_errors=True)
         if self.config.keep_last > 1:
             self._keep_checkpoint(st.step)
+        if self.on_checkpoint is not None:
+            self.on_checkpoint()
 
     def _cuda_device(self) -> torch.device | None:
         """The model's CUDA device (None on any other device)."""
@@ -1031,8 +1100,9 @@ class Trainer:
         if self.out_dir is None:
             raise InputError("resume needs the run directory: give the Trainer an out_dir")
         last = self.out_dir / LAST_DIR
-        if not (last / STATE_JSON).is_file() and (self.out_dir / f"{LAST_DIR}.old" / STATE_JSON).is_file():
-            last = self.out_dir / f"{LAST_DIR}.old"  # interrupted between the two renames
+        if self.is_main:  # rank 0 alone renames; the others wait at the barrier, then read last/
+            recover_last(self.out_dir)  # whatever an interrupted write left (its docstring: every state)
+        dist_utils.barrier()
         if not (last / STATE_JSON).is_file():
             raise CheckpointError(f"nothing to resume in {self.out_dir}: no {LAST_DIR}/{STATE_JSON} "
                                   "(written after every epoch by runs with save_last=True)")
@@ -1049,6 +1119,7 @@ class Trainer:
             raise CheckpointError(f"{last / STATE_JSON} is damaged (not a JSON object); cannot resume from it")
         # before anything else is read: a newer layout may mean anything
         version = check_version(state.get("version", 1), STATE_VERSION, last / STATE_JSON, "trainer state")
+        _check_trainer_state(state, last / STATE_JSON)
         self._check_resumed_config(saved.get("extra", {}).get("train_config"), state.get("batch", 0), last)
         try:
             tensors = load_file(str(last / STATE_TENSORS))
