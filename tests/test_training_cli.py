@@ -255,3 +255,46 @@ def test_the_run_records_where_its_data_came_from(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     monkeypatch.delenv("CHAINRULE_DATA")
     assert main(["eval", str(tmp_path / "run"), "--no-progress"]) == 0
+
+
+def test_cli_time_budget_covers_a_huge_epoch_and_the_bars_follow_it(tmp_path, capsys):
+    """--max-seconds is checked every step: an epoch of 10^9 steps ends at the budget (plus a step
+    and the evaluation), the epoch's bar ends where the budget does, and validation, test and
+    sampling each show a bar of their own."""
+    import time
+
+    run = tmp_path / "run"
+    t0 = time.perf_counter()
+    assert main(["train", "made", "--dataset", "digits", "-p", "hidden_sizes=[16]", "--max-seconds", "2",
+                 "--steps-per-epoch", "1000000000", "--threads", "1", "--num-samples", "4", "--out", str(run)]) == 0
+    wall = time.perf_counter() - t0
+    out, err = capsys.readouterr()
+    results = json.loads((run / "results.json").read_text())
+    assert wall < 2 + 10  # the budget, a step (milliseconds here) and the evaluation, with room for a busy machine
+    assert results["command_seconds"] <= wall
+    assert "time budget of 2 s reached" in out
+    rows = list(csv.DictReader(open(run / "log.csv")))
+    assert len(rows) == 1 and 0 < float(rows[0]["epoch"]) < 1e-3 and float(rows[0]["val_nll_nats"]) > 0
+    state = json.loads((run / "last" / "trainer_state.json").read_text())
+    assert state["epochs_done"] == 0 and state["batch"] == state["step"] > 0  # resumable where it stopped
+    for bar in ("validation", "test", "sampling 4"):
+        assert bar in err, bar
+
+
+def test_the_bars_end_where_the_time_budget_does(monkeypatch, capsys):
+    """With a time budget the step bar's total is the steps the budget holds, and the epoch bar's
+    total the epochs it holds, not --steps-per-epoch / --epochs (the quick start's bar said 38
+    minutes for a 90-second run). A clock that holds 10 steps: no sleeping in a test."""
+    monkeypatch.setattr(Trainer, "_seconds_left", lambda self: (10 - self._step_time[1]) * self._mean_step_seconds())
+    x = _toy_data(64)
+    config = TrainConfig(epochs=1, batch_size=8, patience=None, max_seconds=1000.0, steps_per_epoch=10**6)
+    trainer = Trainer(chainrule.create_model("fvsbn", (8,), 2), config, progress=True)
+    res = trainer.fit(x)
+    err = capsys.readouterr().err
+    assert res.stopped_by_time and res.history[-1]["epoch"] == pytest.approx(10 / 10**6)
+    assert "epoch 1 (time budget)" in err and "/10 [" in err
+    config = TrainConfig(epochs=1000, batch_size=8, patience=None, max_seconds=1000.0, steps_per_epoch=2)
+    res = Trainer(chainrule.create_model("fvsbn", (8,), 2), config, progress=True).fit(x)
+    renders = [r for r in capsys.readouterr().err.replace("\r", "\n").splitlines() if r.startswith("train (")]
+    assert res.stopped_by_time and res.epochs_run <= 5
+    assert "/1000 " not in renders[-1]  # the epochs the budget holds

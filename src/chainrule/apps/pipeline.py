@@ -378,11 +378,22 @@ def sample_labels(num_classes: int, n: int) -> torch.Tensor:
     return torch.arange(n) % num_classes
 
 
+def sampling_cost_examples(model: Any, n: int) -> int:
+    """About how many examples' evaluation drawing ``n`` samples costs: ``n`` with a cached step
+    (each step computes one group's share), ``n x G`` for a model whose step is a full pass."""
+    from chainrule.models import AutoregressiveModel
+
+    inner = getattr(model, "model", model)  # an ensemble's network
+    cached = type(inner).step is not AutoregressiveModel.step
+    return n if cached else n * model.num_groups
+
+
 def train_run(model_name: str, ds: Dataset, out: str | Path, hyperparameters: dict[str, Any] | None = None,
               config: TrainConfig | None = None, extra: dict[str, Any] | None = None, progress: bool = True,
               num_samples: int = 64, resume: bool = False, conditional: bool = False,
               device: str | torch.device | None = None,
-              report: Callable[[str], None] = log.info, force: bool = False) -> dict[str, Any]:
+              report: Callable[[str], None] = log.info, force: bool = False,
+              started: float | None = None) -> dict[str, Any]:
     """Build ``model_name`` for ``ds``, train it, evaluate it on the test split, draw samples and
     write the run directory ``out``; returns the summary also written to ``results.json``.
 
@@ -393,7 +404,14 @@ def train_run(model_name: str, ds: Dataset, out: str | Path, hyperparameters: di
     An ``out`` that already holds a run (``best/``, ``last/`` or ``log.csv``) is refused unless
     ``resume`` (continue it) or ``force``: replace it, removing the previous run's files (only
     those chainrule writes, see :func:`run_files`) once the model has been built.
+
+    ``config.max_seconds`` is the budget of the whole call (from ``started``, a ``time.perf_counter()``
+    value such as the command's start; default: now): checked after every training step, it stops
+    training early enough for the closing validation, the test evaluation and the samples to fit
+    (their cost estimated from the validations' measured speed). ``progress``: bars for training,
+    validation, the test evaluation and the sampling.
     """
+    started = time.perf_counter() if started is None else started
     out = Path(out)
     check_run_dir(out, resume, force)
     config = config or TrainConfig()
@@ -412,6 +430,9 @@ def train_run(model_name: str, ds: Dataset, out: str | Path, hyperparameters: di
            + (f", {ds.num_classes} classes (conditional)" if conditional else ""))
     trainer = Trainer(model, config, out_dir=out, extra={**(extra or {}), "conditional": conditional},
                       progress=progress, device=device)
+    trainer.unit = token_unit(ds)  # text: the bars show the loss per character / token
+    trainer.budget_start = started
+    trainer.reserve_examples = len(ds.test) + sampling_cost_examples(model, num_samples)
     if resume:
         report(f"resuming from {out / 'last'}")
     elif force and run_files(out):
@@ -424,15 +445,17 @@ def train_run(model_name: str, ds: Dataset, out: str | Path, hyperparameters: di
     if result.stopped_early:
         note = f" (early stop; best epoch {result.best_epoch})"
     elif result.stopped_by_time:
-        note = f" (time budget of {config.max_seconds:.0f} s reached; best epoch {result.best_epoch})"
-    report(f"trained {result.epochs_run} epochs in {result.train_seconds:.1f} s{note}")
+        note = f" (time budget of {config.max_seconds:g} s reached; best epoch {result.best_epoch:g})"
+    done = result.history[-1]["epoch"] if result.history else result.epochs_run
+    report(f"trained {done:g} epochs in {result.train_seconds:.1f} s{note}")
     t0 = time.perf_counter()
-    test = evaluate(model, ds.test, test_y, config.eval_batch_size, unit=token_unit(ds))
+    test = evaluate(model, ds.test, test_y, config.eval_batch_size, progress=progress, unit=token_unit(ds),
+                    desc="test")
     for line in describe_eval("test", test, ds):
         report(line)
     plot_training_curve(out / "log.csv", out / "curve.png", title=f"{model_name} on {ds.name}")
     labels = sample_labels(ds.num_classes, num_samples) if conditional else None
-    x = model.sample(num_samples, labels, generator=default_generator(model, config.seed))
+    x = model.sample(num_samples, labels, generator=default_generator(model, config.seed), progress=progress)
     samples = save_samples(x, out / default_samples_name(ds.is_image, ds.tokenizer, ds.sample_rate), model.num_values,
                            ds.is_image, ds.tokenizer, ds.sample_rate, class_columns(ds.num_classes, num_samples)
                            if conditional else None)
@@ -440,6 +463,7 @@ def train_run(model_name: str, ds: Dataset, out: str | Path, hyperparameters: di
                "epochs_run": result.epochs_run, "best_epoch": result.best_epoch,
                "train_seconds": result.train_seconds, "best_val_nll_nats": result.best_val_nll_nats,
                "test": test.as_dict(), "eval_seconds": time.perf_counter() - t0,
+               "command_seconds": time.perf_counter() - started,
                "torch_threads": torch.get_num_threads(), "conditional": conditional,
                "examples_per_second": result.examples_per_second}
     (out / "results.json").write_text(json.dumps(summary, indent=2))

@@ -6,6 +6,7 @@ from __future__ import annotations
 import argparse
 import logging
 import sys
+import time
 from pathlib import Path
 from typing import Any
 
@@ -79,6 +80,7 @@ def cmd_train(args: argparse.Namespace) -> int:
 
 
 def _train_command(args: argparse.Namespace, device: Any) -> int:
+    started = time.perf_counter()  # --max-seconds covers the whole command: loading, training, test, samples
     for name, what in (("model", "the model: `chainrule train MODEL`"), ("dataset", "--dataset")):
         if not getattr(args, name, None):
             raise InputError(f"no {name}: give {what} or `{name} = \"...\"` in a --config file")
@@ -129,7 +131,7 @@ def _train_command(args: argparse.Namespace, device: Any) -> int:
               f"({torch.distributed.get_backend()})")
     train_run(args.model, ds, out, hparams, config, extra, not args.no_progress, args.num_samples,
               resume=args.resume, conditional=args.class_conditional, device=device, report=print,
-              force=args.force)
+              force=args.force, started=started)
     _store_train_config(out, resolved)
     return 0
 
@@ -185,6 +187,7 @@ def cmd_quickstart(args: argparse.Namespace) -> int:
 
     Its output directory is its own: a previous quickstart run there (the default runs/quickstart,
     or any run marked as quickstart's) is replaced without asking; another run is refused unless --force."""
+    started = time.perf_counter()
     set_threads(args.threads)
     what, hparams, opt = QUICKSTART[args.model]
     config = checked_config(epochs=args.epochs, batch_size=64, max_seconds=args.max_seconds, seed=args.seed, **opt)
@@ -195,7 +198,7 @@ def cmd_quickstart(args: argparse.Namespace) -> int:
     print(f"chainrule quickstart: {what} on scikit-learn's 8x8 digits (17 grey levels)")
     extra = {"dataset": "digits", "command": sys.argv, "quickstart": True}
     summary = train_run(args.model, ds, out, hparams, config, extra, not args.no_progress, 64, report=print,
-                        force=args.force or own)
+                        force=args.force or own, started=started)
     t = summary["test"]
     print(f"\nTest NLL: {t['nll_nats']:.2f} nats per image = {t['bits_per_dim']:.4f} bits/dim "
           f"(uniform guessing: {64 * np.log(17):.1f} nats)")

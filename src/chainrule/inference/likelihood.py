@@ -228,15 +228,17 @@ def summarize(nll: torch.Tensor, dim: int, unit: str | None = None) -> EvalResul
 
 
 def evaluate(model: Any, data: Any, context: Any = None, batch_size: int = EVAL_BATCH_SIZE, progress: bool = False,
-             member: Member = None, unit: str | None = None) -> EvalResult:
+             member: Member = None, unit: str | None = None, desc: str = "eval") -> EvalResult:
     """Exact NLL of ``model`` on ``data`` ``(N, *shape)``: nats/example, bits/dim, perplexity.
 
     ``context``: the labels ``(N,)`` (or context tensors) of a conditional model. For an ensemble,
     ``member=k`` evaluates member k alone (a sequence: the ensemble of those members). ``unit``:
     for sequence data, what one variable is (``token_unit(ds)``: ``"char"``, ``"byte"``,
-    ``"token"``), so that the result reads per token (``bits/char``) rather than per window."""
+    ``"token"``), so that the result reads per token (``bits/char``) rather than per window.
+    ``progress``: a progress bar over the batches, labelled ``desc``."""
     unit = _check_unit(unit)
-    return summarize(per_example_nll(model, data, context, batch_size, progress, member=member), model.dim, unit)
+    return summarize(per_example_nll(model, data, context, batch_size, progress, desc=desc, member=member),
+                     model.dim, unit)
 
 
 def class_log_likelihoods(model: Any, data: Any, batch_size: int = EVAL_BATCH_SIZE, progress: bool = False) -> torch.Tensor:
