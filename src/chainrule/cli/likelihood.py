@@ -36,11 +36,29 @@ def cmd_compress(args: argparse.Namespace) -> int:
         source, description = completion_inputs(ns, ckpt, model, whole_split=True)
     elif args.index is not None:
         raise InputError("--index applies to dataset inputs; for a file, compress the whole file")
-    report = compress_file(model, source, args.output, labels, tokenizer_of(ckpt), member=args.member,
-                           description=description)
+    tok = tokenizer_of(ckpt)
+    try:
+        report = compress_file(model, source, args.output, labels, tok, member=args.member, description=description)
+    except InputError as exc:
+        raise _compress_cli_error(exc, args, tok) from None
     for line in report.lines():
         print(line)
     return 0
+
+
+def _compress_cli_error(exc: InputError, args: argparse.Namespace, tok: Any) -> InputError:
+    """The library's error, with the command-line fix in place of the Python one where they differ."""
+    msg = str(exc)
+    if msg.startswith("CharTokenizer cannot encode"):  # characters outside the run's vocabulary
+        what = msg.split("; to fix", 1)[0]
+        return InputError(f"{args.input}: the run {args.run} reads characters only: {what}; compress it with a run "
+                          "trained with --level byte (bytes code any file), or train on a text that holds these "
+                          "characters")
+    if tok is None and "this model has no tokenizer" in msg:
+        return InputError(f"{args.input}: not a .npy array or an image, and {args.run} was not trained on text; to "
+                          f"compress text, train a run on text first (e.g. chainrule train transformer --dataset "
+                          f"{args.input} --level byte --out runs/text) and compress with it")
+    return exc
 
 
 def cmd_decompress(args: argparse.Namespace) -> int:

@@ -216,6 +216,8 @@ def build_parser() -> argparse.ArgumentParser:
                         "CPU with AMX or a GPU with bf16, else float32), float32, bfloat16, float16; the "
                         "likelihood and loss stay float32")
     t.add_argument("--num-samples", type=int, default=64, help="samples drawn after training")
+    t.add_argument("--limit", type=int, default=None, metavar="N",
+                   help="only the first N examples of each split (train, val, test): a quick trial of a command")
     common(t)
     t.set_defaults(func=cmd_train)
 
@@ -226,6 +228,7 @@ def build_parser() -> argparse.ArgumentParser:
     data_args(e)
     e.add_argument("--batch-size", type=int, default=EVAL_BATCH_SIZE, help="examples per forward pass (default: %(default)s)")
     e.add_argument("--json", action="store_true", help="also print the result as JSON")
+    e.add_argument("--limit", type=int, default=None, metavar="N", help="only the first N examples of the split")
     e.add_argument("--bayes", action="store_true",
                    help="class-conditional runs: classify by argmax_y p(x|y)p(y) (one pass per class) and report "
                         "the accuracy, the NLL given the label and the marginal NLL")

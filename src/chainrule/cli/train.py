@@ -103,6 +103,10 @@ def _train_command(args: argparse.Namespace, device: Any) -> int:
                       num_values=num_values if isinstance(num_values, int) else None)
     if ds.values is not None and distributed.is_main():  # how K was read from the values: never silently
         print(ds.values.line())
+    if getattr(args, "limit", None) is not None:
+        if args.limit < 1:
+            raise InputError(f"--limit must be a positive integer (examples per split), got {args.limit}")
+        ds = ds.limited(args.limit)
     check_data_fits_model(args.model, ds, real_values=num_values == "real")
     out = Path(args.out or f"runs/{args.model}-{Path(ds.name).stem}")
     torch.manual_seed(args.seed)

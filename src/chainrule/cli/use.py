@@ -28,6 +28,14 @@ from chainrule.io.checkpoint import read_config
 def cmd_eval(args: argparse.Namespace) -> int:
     """``chainrule eval``: NLL, bits/dim (and perplexity for text) on a split, or the Bayes classifier."""
     model, ds, data, labels = model_and_split(args)
+    if args.limit is not None:
+        if args.limit < 1:
+            raise InputError(f"--limit must be a positive integer (examples of the split), got {args.limit}")
+        if args.stride is not None:
+            raise InputError("--stride scores the whole token stream of the split; --limit takes its first N windows: "
+                             "pass one of them")
+        data = data[:args.limit]
+        labels = None if labels is None else labels[:args.limit]
     if args.stride is not None:
         if not hasattr(data, "stream"):
             raise InputError("--stride applies to text and audio datasets (a token stream)")
@@ -103,6 +111,11 @@ def cmd_generate(args: argparse.Namespace) -> int:
     if tok is None:
         raise InputError(f"{ckpt} was not trained on text (no tokenizer in its config); use `chainrule sample`")
     prompt = tok.encode(args.prompt)
+    if len(prompt) + args.max_new_tokens > model.dim and not args.sliding_window and args.beam is None:
+        raise InputError(f"the prompt ({len(prompt)} tokens) plus --max-new-tokens {args.max_new_tokens} exceed the "
+                         f"model's window of {model.dim} tokens (it was trained on windows of {model.dim}): pass "
+                         f"--sliding-window (the model keeps the most recent tokens in view) or --max-new-tokens "
+                         f"{max(1, model.dim - len(prompt))} or fewer")
     if args.beam is not None:
         hyps = generate_beam(model, prompt, args.max_new_tokens, args.beam, length_penalty=args.length_penalty)
         for h in hyps:
