@@ -35,11 +35,20 @@ from chainrule.training import OPTIMIZERS, PRECISIONS, SCHEDULES
 def cmd_models(args: argparse.Namespace) -> int:
     if args.name:
         return _describe_model(args.name)
+    import inspect as _inspect
+
+    rows = []
     for name in list_models():
         cls = get_model_class(name)
-        doc = (cls.__doc__ or "").strip().splitlines()[0]
+        # the docstring's whole first paragraph (a first line may stop mid-sentence)
+        doc = " ".join(_inspect.cleandoc(cls.__doc__ or "").split("\n\n")[0].split())
         kinds = ", ".join(k for k, ok in (("discrete", cls.supports_discrete), ("real", cls.supports_real)) if ok)
-        print(f"{name:12s} {doc}  [{kinds}]")
+        rows.append((name, kinds, doc))
+    wide = max(len(r[0]) for r in rows)  # columns aligned on the longest name
+    kind_wide = max(len(r[1]) for r in rows)
+    print(f"{'model':{wide}s}  {'data':{kind_wide}s}  description (chainrule models NAME: its hyperparameters)")
+    for name, kinds, doc in rows:
+        print(f"{name:{wide}s}  {kinds:{kind_wide}s}  {doc}")
     return 0
 
 
@@ -137,8 +146,10 @@ def build_parser() -> argparse.ArgumentParser:
 
     def decoding_args(sp: argparse.ArgumentParser) -> None:
         sp.add_argument("--temperature", type=float, default=1.0, help="0 = greedy")
-        sp.add_argument("--top-k", type=int, default=None)
-        sp.add_argument("--top-p", type=float, default=None)
+        sp.add_argument("--top-k", type=int, default=None,
+                        help="draw among the K most probable values only (default: all)")
+        sp.add_argument("--top-p", type=float, default=None,
+                        help="nucleus sampling: draw among the most probable values whose probabilities sum to P")
 
     def common(sp: argparse.ArgumentParser) -> None:
         sp.add_argument("--threads", type=int, help="torch CPU threads")
@@ -223,7 +234,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     e = sub.add_parser("eval", help="exact NLL of a trained model (nats, bits/dim, perplexity)")
     e.add_argument("run", help="run directory or checkpoint directory")
-    e.add_argument("--split", choices=["train", "val", "test"], default="test")
+    e.add_argument("--split", choices=["train", "val", "test"], default="test", help="the split to evaluate")
     e.add_argument("--dataset", help="evaluate on another dataset than the one trained on")
     data_args(e)
     e.add_argument("--batch-size", type=int, default=EVAL_BATCH_SIZE, help="examples per forward pass (default: %(default)s)")
@@ -244,7 +255,8 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--out", help="output file, written as its extension says: image runs .png, .jpg, .jpeg (a grid) "
                                  "or .npy; text runs .txt or .npy (token ids); audio runs .wav or .npy (mu-law codes); "
                                  "others .npy. Default RUN/samples.png, .wav or .npy (text runs: printed)")
-    s.add_argument("--seed", type=int, default=0)
+    s.add_argument("--seed", type=int, default=0,
+                   help="seed of the draws: the same seed, the same samples (leave it out: seed 0)")
     s.add_argument("--class", dest="label", type=int, default=None,
                    help="class-conditional models: sample this class (default: every class in turn)")
     decoding_args(s)
@@ -254,9 +266,12 @@ def build_parser() -> argparse.ArgumentParser:
     gen = sub.add_parser("generate", help="continue a text prompt (sequence models trained on text)")
     gen.add_argument("run", help="run directory or checkpoint directory")
     gen.add_argument("--prompt", default="", help="text to continue (its characters must be in the vocabulary)")
-    gen.add_argument("--max-new-tokens", type=int, default=200)
+    gen.add_argument("--max-new-tokens", type=int, default=200,
+                     help="tokens to add after the prompt (prompt + new tokens fit the model's window unless "
+                          "--sliding-window)")
     gen.add_argument("-n", type=int, default=1, help="number of continuations")
-    gen.add_argument("--seed", type=int, default=0)
+    gen.add_argument("--seed", type=int, default=0,
+                     help="seed of the draws: the same seed, the same text (leave it out: seed 0)")
     decoding_args(gen)
     gen.add_argument("--beam", type=int, default=None,
                      help="beam search with this width (>= 1) instead of sampling")
@@ -269,7 +284,7 @@ def build_parser() -> argparse.ArgumentParser:
     i = sub.add_parser("inspect", help="figure of one example's per-variable conditionals and NLL "
                                        "(text runs: the text, each character coloured by its surprisal in bits)")
     i.add_argument("run", help="run directory or checkpoint directory")
-    i.add_argument("--split", choices=["train", "val", "test"], default="test")
+    i.add_argument("--split", choices=["train", "val", "test"], default="test", help="the split of --index")
     i.add_argument("--index", type=int, default=0, help="which example of the split")
     i.add_argument("--dataset", help="take the example from another dataset than the one trained on")
     i.add_argument("--text", help="text runs: score this text instead of an example of the split (one longer than "
@@ -433,7 +448,7 @@ def build_parser() -> argparse.ArgumentParser:
     q.add_argument("--epochs", type=int, default=1000, help="maximum epochs (early stopping usually ends sooner)")
     q.add_argument("--max-seconds", type=float, default=90,
                    help="wall-clock budget of the whole command (training, test evaluation, samples)")
-    q.add_argument("--seed", type=int, default=0)
+    q.add_argument("--seed", type=int, default=0, help="seed of initialization, batches and samples")
     q.add_argument("--force", action="store_true",
                    help="--out holds a run that quickstart did not write: replace it (only chainrule's files)")
     common(q)
