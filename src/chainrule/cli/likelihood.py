@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -282,6 +283,15 @@ def cmd_detect(args: argparse.Namespace) -> int:
     from chainrule.apps.anomaly import compute_score, detection_metrics, nll_bits_per_dim, typicality_test_from_nll
     from chainrule.apps.plotting import plot_score_histograms
 
+    if getattr(args, "inputs_out_deprecated", None) is not None:
+        if args.inputs_out is not None:
+            raise InputError("--out is the deprecated spelling of --ood: pass --ood only")
+        print("chainrule: warning: `detect --out` is deprecated (every other command's --out is an output file): "
+              "use --ood for the out-of-distribution inputs", file=sys.stderr)
+        args.inputs_out = args.inputs_out_deprecated
+    if args.inputs_out is None:
+        raise InputError("detect needs the out-of-distribution inputs: --ood DATA (a dataset name/path, .npy, or "
+                         "image files)")
     ckpt, model = load_run(args)
     _refuse_conditional(model, ckpt, "detect")
     if args.group_size is not None and args.score != "typicality":
@@ -295,7 +305,7 @@ def cmd_detect(args: argparse.Namespace) -> int:
             raise InputError(f"{ckpt} records no dataset: pass --in (the in-distribution inputs)")
         src_in = [recorded]
     x_in, in_label = _anomaly_data(src_in, ckpt, model, args, "--in")
-    x_out, out_label = _anomaly_data(args.inputs_out, ckpt, model, args, "--out")
+    x_out, out_label = _anomaly_data(args.inputs_out, ckpt, model, args, "--ood")
     opts, ref = _score_options(args, ckpt, model)
     name = args.score
     if args.group_size is not None:

@@ -410,13 +410,17 @@ def build_parser() -> argparse.ArgumentParser:
     sc.set_defaults(func=cmd_score)
 
     de = sub.add_parser("detect", help="OOD detection: AUROC, AUPR, FPR at 95%% TPR of a score, in vs out",
-                        description="Example: chainrule detect runs/nade-fashion --in fashion-mnist --out mnist "
-                                    "--score input-complexity. IN / OUT: dataset names/paths (the run's "
+                        description="Example: chainrule detect runs/nade-fashion --in fashion-mnist --ood mnist "
+                                    "--score input-complexity. IN / OOD: dataset names/paths (the run's "
                                     "preprocessing), .npy arrays or image files. In-distribution = negatives.")
     de.add_argument("run", help="run directory or checkpoint directory")
     de.add_argument("--in", dest="inputs_in", nargs="+", default=None,
                     help="in-distribution inputs (default: the run's own dataset)")
-    de.add_argument("--out", dest="inputs_out", nargs="+", required=True, help="out-of-distribution inputs")
+    de.add_argument("--ood", dest="inputs_out", nargs="+", default=None,
+                    help="the out-of-distribution inputs (required)")
+    # --out names an output file in every other command: here it was the OOD data, a deprecated spelling
+    de.add_argument("--out", dest="inputs_out_deprecated", nargs="+", default=None, metavar="OOD",
+                    help="deprecated spelling of --ood (every other command's --out is an output file)")
     de.add_argument("--report", help="histogram PNG of the two score distributions "
                                      "(default RUN/detect-IN-vs-OUT-SCORE.png)")
     de.add_argument("--bootstrap", type=int, default=1000, help="bootstrap resamples of the 95%% intervals")
