@@ -312,7 +312,8 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--num", type=int, default=4, help="completions per input")
     c.add_argument("--seed", type=int, default=0, help="seed of the draws (and of random:P masks)")
     c.add_argument("--class", dest="label", type=int, nargs="+", default=None,
-                   help="class-conditional runs (required there): the label, or one per input")
+                   help="class-conditional runs: the label, or one per input (default: the labels of a labelled "
+                        "dataset --input; required for other inputs)")
     c.add_argument("--temperature", type=float, default=1.0, help="0 = greedy")
     c.add_argument("--out", help="output PNG (images) or .npy; default RUN/completions.png; the .npy goes next to it")
     c.add_argument("--data-dir", help="folder with the dataset files (default: $CHAINRULE_DATA)")

@@ -181,8 +181,16 @@ def cmd_complete(args: argparse.Namespace) -> int:
     from chainrule.apps.completion import complete, is_prefix_of_order, load_mask
     from chainrule.apps.plotting import plot_completions
 
-    ckpt, model, labels = run_and_labels(args, "or one per input", "chainrule.apps.completion.complete(model, x, mask, context=...)")
-    x, source = completion_inputs(args, ckpt, model)
+    ckpt, model, labels = run_and_labels(args, "or one per input", "chainrule.apps.completion.complete(model, x, mask, context=...)",
+                                         dataset_labels=True)
+    found: list[Any] = []
+    x, source = completion_inputs(args, ckpt, model, labels=found)
+    if model.num_classes and labels is None:  # class-conditional: the dataset's own labels, else --class
+        if not found:
+            raise InputError(f"{ckpt} is class-conditional and {source} has no labels: pass --class Y (a label in "
+                             f"0..{model.num_classes - 1}, or one per input)")
+        labels = found[0]
+        source += f" (their labels {', '.join(map(str, labels.tolist()[:8]))}{', ...' if len(labels) > 8 else ''})"
     mask = load_mask(args.mask, model.shape, args.seed)
     comp = complete(model, x, mask, args.num, labels, default_generator(model, args.seed), args.temperature)
     n, shape = comp.shape[0], tuple(model.shape)
