@@ -181,6 +181,11 @@ def build_parser() -> argparse.ArgumentParser:
                    help="model hyperparameter, value in JSON (repeatable), e.g. -p hidden_sizes=[500,500]")
     t.add_argument("--order", help="ordering: raster (pixel-major on images), planar, reversed, random:SEED, snake, "
                                   "or a permutation as a JSON list, e.g. [2,0,1]")
+    t.add_argument("--standardize", action="store_true",
+                   help="real-valued data: train on (x - mean) / std per dimension (the training split's statistics, "
+                        "stored in the run: eval, sample and complete apply and invert them; NLLs stay the data's "
+                        "own, log p(x) = log p(z) - sum log std). Worth it when the coordinates' scales differ or "
+                        "are far from 1 (train says so)")
     t.add_argument("--class-conditional", action="store_true",
                    help="train p(x | label) on the dataset's labels (the model gets num_classes)")
     t.add_argument("--out", help="run directory (default runs/MODEL-DATASET)")

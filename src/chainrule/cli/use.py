@@ -12,9 +12,12 @@ import torch
 
 from chainrule.apps.pipeline import (
     check_samples_path,
+    checkpoint_dir,
     class_columns,
     default_samples_name,
     describe_eval,
+    in_data_units,
+    run_standardization,
     sample_labels,
     save_samples,
 )
@@ -58,6 +61,9 @@ def cmd_eval(args: argparse.Namespace) -> int:
             print(json.dumps({"split": args.split, **cls.as_dict()}))
         return 0
     res = evaluate(model, data, labels, args.batch_size, progress=not args.no_progress, unit=token_unit(ds))
+    st = run_standardization(checkpoint_dir(args.run))
+    if st is not None:  # the model read standardized data: the NLL of the data in their own units
+        res = in_data_units(res, st.log_det)
     for line in describe_eval(args.split, res, ds):  # text / audio: per token (bits/char) first
         print(line)
     if args.json:
@@ -87,7 +93,10 @@ def cmd_sample(args: argparse.Namespace) -> int:
         except InputError as exc:
             raise InputError(f"--out {exc}") from None
     x = model.sample(args.n, labels, generator=default_generator(model, args.seed), temperature=args.temperature,
-                     top_k=args.top_k, top_p=args.top_p)
+                     top_k=args.top_k, top_p=args.top_p, progress=not args.no_progress)
+    st = run_standardization(ckpt)
+    if st is not None:  # trained on standardized data: samples in the data's units
+        x = st.invert(x)
     if tok is not None and not args.out:
         for row in x:
             print(tok.decode(row.tolist()))
@@ -192,7 +201,12 @@ def cmd_complete(args: argparse.Namespace) -> int:
         labels = found[0]
         source += f" (their labels {', '.join(map(str, labels.tolist()[:8]))}{', ...' if len(labels) > 8 else ''})"
     mask = load_mask(args.mask, model.shape, args.seed)
+    st = run_standardization(ckpt)
+    if st is not None and (len(args.input) > 1 or args.input[0].lower().endswith(".npy")):
+        x = st.apply(torch.as_tensor(x))  # a file in the data's units (a dataset input is standardized already)
     comp = complete(model, x, mask, args.num, labels, default_generator(model, args.seed), args.temperature)
+    if st is not None:  # trained on standardized data: completions (and the inputs) in the data's units
+        comp, x = st.invert(comp), st.invert(torch.as_tensor(x))
     n, shape = comp.shape[0], tuple(model.shape)
     full_mask = mask.expand(n, *shape).to(comp.device)  # check_mask already accepted the shape
     observed = int(full_mask[0].sum())

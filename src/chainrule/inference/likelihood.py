@@ -224,7 +224,12 @@ def summarize(nll: torch.Tensor, dim: int, unit: str | None = None) -> EvalResul
     """Turn per-example NLLs (nats) into an :class:`EvalResult` (``unit``: see :func:`evaluate`)."""
     mean = float(nll.mean())
     return EvalResult(nll_nats=mean, bits_per_dim=mean / (dim * math.log(2)),
-                      perplexity=math.exp(mean / dim), num_examples=len(nll), dim=dim, unit=_check_unit(unit))
+                      perplexity=_exp(mean / dim), num_examples=len(nll), dim=dim, unit=_check_unit(unit))
+
+
+def _exp(v: float) -> float:
+    """exp(v), infinity past float64's range (a density's NLL of badly scaled data can exceed 709 nats/dim)."""
+    return math.exp(v) if v < 709.0 else math.inf
 
 
 def evaluate(model: Any, data: Any, context: Any = None, batch_size: int = EVAL_BATCH_SIZE, progress: bool = False,
@@ -357,5 +362,5 @@ def evaluate_stream(model: Any, stream: torch.Tensor, stride: int | None = None,
     finally:
         model.train(was_training)
     mean = total / count
-    return StreamResult(nats_per_token=mean, bits_per_token=mean / math.log(2), perplexity=math.exp(mean),
+    return StreamResult(nats_per_token=mean, bits_per_token=mean / math.log(2), perplexity=_exp(mean),
                         num_tokens=count, window=t, stride=stride, unit=unit)

@@ -395,6 +395,10 @@ class Trainer:
         #: :func:`chainrule.inference.likelihood.token_unit`): the bars then show the loss per token
         #: (``train_nats_per_char``), the figure text models are compared by, instead of per window.
         self.unit: str | None = None
+        #: Added to every NLL the trainer reports (log.csv, bars, ``best_val_nll_nats``; the decisions are
+        #: unchanged by a constant): ``sum_d log std_d`` of data standardized before training, so that the
+        #: figures are the NLL of the data in their own units (see :class:`chainrule.data.Standardization`).
+        self.nll_offset: float = 0.0
         self.world_size = dist_utils.world_size() if dist_utils.is_distributed() else 1
         if self.config.batch_size % self.world_size:
             raise InputError(f"batch_size {self.config.batch_size} is the global batch of all {self.world_size} "
@@ -412,7 +416,7 @@ class Trainer:
 
     def _loss_postfix(self, total: float, count: int) -> dict[str, str]:
         """The step bar's running training loss: per token for sequence data (:attr:`unit`), else per example."""
-        mean = total / max(count, 1)
+        mean = total / max(count, 1) + self.nll_offset
         if self.unit:
             return {f"train_nats_per_{self.unit}": f"{mean / self.model.dim:.4g}"}
         return {"train_nll_nats": f"{mean:.4g}"}
@@ -784,7 +788,7 @@ class Trainer:
         if self._budget_stop:  # st keeps the position (as last/ does) for the closing validation's row
             st.result.step_seconds += time.perf_counter() - seg_start
             st.result.examples_seen += st.epoch_count  # after last/ was written: for the throughput only
-            return {"train_nll_nats": st.epoch_nll_sum / max(st.epoch_count, 1),
+            return {"train_nll_nats": st.epoch_nll_sum / max(st.epoch_count, 1) + self.nll_offset,
                     "lr": self.optimizer.param_groups[0]["lr"], "seconds": time.perf_counter() - start}
         st.batch, st.epoch_nll_sum, st.epoch_count = 0, 0.0, 0
         st.result.step_seconds += time.perf_counter() - seg_start
@@ -792,7 +796,7 @@ class Trainer:
             sums = dist_utils.all_reduce_sum(torch.tensor([total, float(count)], dtype=torch.float64))
             total, count = float(sums[0]), int(sums[1])
         st.result.examples_seen += count  # the whole epoch's (a resumed one's earlier batches included)
-        return {"train_nll_nats": total / max(count, 1), "lr": self.optimizer.param_groups[0]["lr"],
+        return {"train_nll_nats": total / max(count, 1) + self.nll_offset, "lr": self.optimizer.param_groups[0]["lr"],
                 "seconds": time.perf_counter() - start}
 
     # ------------------------------------------------------------------ signals
@@ -874,6 +878,9 @@ class Trainer:
             res = evaluate(self.model, val, context, c.eval_batch_size, member=members, progress=show, desc="validation")
             nll_nats, bpd, npd = res.nll_nats, res.bits_per_dim, res.nll_nats / res.dim
         self._eval_seconds_per_example = (time.perf_counter() - t0) / len(val)  # the time budget's estimate
+        if self.nll_offset:  # standardized data: the NLL of the data in their own units
+            nll_nats += self.nll_offset
+            bpd, npd = nll_nats / (self.model.dim * math.log(2)), nll_nats / self.model.dim
         row.update(val_nll_nats=nll_nats, val_bits_per_dim=bpd, val_nats_per_dim=npd)
         if nll_nats < st.result.best_val_nll_nats:
             st.result.best_val_nll_nats, st.result.best_epoch, st.bad_epochs = nll_nats, epoch, 0
