@@ -248,7 +248,7 @@ def test_cli_detect_prints_the_metrics_and_writes_the_histogram(sparse_model, tm
     run = _run(sparse_model, tmp_path / "run")
     np.save(tmp_path / "in.npy", _bernoulli(100, 0.1, 20).numpy())
     np.save(tmp_path / "out.npy", _bernoulli(80, 0.5, 21).numpy())
-    argv = ["detect", run, "--in", str(tmp_path / "in.npy"), "--out", str(tmp_path / "out.npy"), "--bootstrap", "50",
+    argv = ["detect", run, "--in", str(tmp_path / "in.npy"), "--ood", str(tmp_path / "out.npy"), "--bootstrap", "50",
             "--threads", "1", "--no-progress"]
     assert main(argv) == 0
     printed = capsys.readouterr().out
@@ -264,16 +264,16 @@ def test_cli_mismatched_inputs_exit_2_with_one_line(sparse_model, tmp_path, caps
     np.save(tmp_path / "in.npy", _bernoulli(10, 0.1, 0).numpy())
     np.save(tmp_path / "bad.npy", np.zeros((5, 1, 5, 5), dtype=np.int64))
     capsys.readouterr()
-    assert main(["detect", run, "--in", str(tmp_path / "in.npy"), "--out", str(tmp_path / "bad.npy")]) == 2
+    assert main(["detect", run, "--in", str(tmp_path / "in.npy"), "--ood", str(tmp_path / "bad.npy")]) == 2
     err = capsys.readouterr().err.strip()
-    assert err.startswith("chainrule: error: --out") and "bad.npy" in err and len(err.splitlines()) == 1
+    assert err.startswith("chainrule: error: --ood") and "bad.npy" in err and len(err.splitlines()) == 1
     # a dataset of another shape and number of values (the 8x8 digits, 17 levels)
-    assert main(["detect", run, "--in", str(tmp_path / "in.npy"), "--out", "digits"]) == 2
+    assert main(["detect", run, "--in", str(tmp_path / "in.npy"), "--ood", "digits"]) == 2
     err = capsys.readouterr().err.strip()
     assert "(1, 8, 8)" in err and "num_values=17" in err and len(err.splitlines()) == 1
     assert main(["score", run, str(tmp_path / "bad.npy")]) == 2
     assert capsys.readouterr().err.startswith("chainrule: error: INPUT")
-    assert main(["detect", run, "--in", str(tmp_path / "in.npy"), "--out", str(tmp_path / "in.npy"),
+    assert main(["detect", run, "--in", str(tmp_path / "in.npy"), "--ood", str(tmp_path / "in.npy"),
                  "--score", "likelihood-ratio"]) == 2
     assert "background" in capsys.readouterr().err
 
@@ -285,7 +285,7 @@ def test_cli_trains_a_background_model_and_reuses_it(tmp_path, capsys):
                train_config={"epochs": 50, "batch_size": 128, "lr": 0.01, "patience": 5})
     rng = np.random.default_rng(0)
     np.save(tmp_path / "noise.npy", rng.integers(0, 17, (40, 1, 8, 8)))
-    argv = ["detect", run, "--out", str(tmp_path / "noise.npy"), "--limit", "60", "--score", "likelihood-ratio",
+    argv = ["detect", run, "--ood", str(tmp_path / "noise.npy"), "--limit", "60", "--score", "likelihood-ratio",
             "--bootstrap", "20", "--threads", "1", "--no-progress"]
     assert main(argv + ["--train-background", "0.2", "--background-epochs", "2", "--background-steps-per-epoch", "3",
                         "--background-weight-decay", "0.001"]) == 0
@@ -302,3 +302,24 @@ def test_cli_trains_a_background_model_and_reuses_it(tmp_path, capsys):
     assert "--background-steps-per-epoch must be a positive integer" in capsys.readouterr().err
     assert main(argv) == 0  # RUN/background is found on its own
     assert "using the background model" in capsys.readouterr().out
+
+
+def test_cli_detect_out_is_a_deprecated_spelling_of_ood(sparse_model, tmp_path, capsys):
+    """--out names an output file in every other command; detect's OOD data are --ood, and the old
+    --out still works with a warning (both at once, or neither: a one-line error)."""
+    run = _run(sparse_model, tmp_path / "run")
+    np.save(tmp_path / "in.npy", _bernoulli(30, 0.1, 20).numpy())
+    np.save(tmp_path / "out.npy", _bernoulli(30, 0.5, 21).numpy())
+    common = ["detect", run, "--in", str(tmp_path / "in.npy"), "--bootstrap", "10", "--threads", "1", "--no-progress"]
+    assert main(common + ["--ood", str(tmp_path / "out.npy")]) == 0
+    new_out, new_err = capsys.readouterr()
+    assert "deprecated" not in new_err
+    assert main(common + ["--out", str(tmp_path / "out.npy")]) == 0
+    old_out, old_err = capsys.readouterr()
+    assert "`detect --out` is deprecated" in old_err and "--ood" in old_err
+    auroc = [next(ln for ln in o.splitlines() if ln.startswith("AUROC")) for o in (new_out, old_out)]
+    assert auroc[0] == auroc[1]
+    assert main(common + ["--out", str(tmp_path / "out.npy"), "--ood", str(tmp_path / "out.npy")]) == 2
+    assert "pass --ood only" in capsys.readouterr().err
+    assert main(common) == 2
+    assert "--ood DATA" in capsys.readouterr().err

@@ -245,3 +245,29 @@ def test_cli_complete_fixed_order_refuses_left_half(tmp_path, capsys):
     assert "raster prefix" in err and "\n" not in err
     assert main(base + ["--mask", "top-half"]) == 0
     assert np.load(tmp_path / "run" / "completions.npy").shape == (1, 2, *SHAPE)
+
+
+def test_cli_complete_a_class_conditional_run_takes_the_dataset_labels(tmp_path, capsys, monkeypatch):
+    """A labelled dataset as --input: its examples' own labels condition the completions (no --class
+    needed); --class still overrides them, and an input without labels still needs --class."""
+    import chainrule.apps.completion as completion
+
+    torch.manual_seed(0)
+    model = chainrule.create_model("nade", (1, 8, 8), 17, hidden_size=8, num_classes=10)
+    model.save(tmp_path / "run" / "best", extra={"dataset": "digits"})
+    seen = []
+    original = completion.complete
+    monkeypatch.setattr(completion, "complete", lambda m, x, mask, num, ctx, *a, **k: (
+        seen.append(ctx), original(m, x, mask, num, ctx, *a, **k))[1])
+    args = ["complete", str(tmp_path / "run"), "--input", "digits", "--index", "3", "7", "--mask", "top-half",
+            "--num", "2", "--out", str(tmp_path / "c.npy"), "--threads", "1"]
+    assert main(args) == 0
+    y = load_dataset("digits").test_labels[[3, 7]]
+    assert torch.equal(torch.as_tensor(seen[-1]), y)
+    assert f"their labels {y[0]}, {y[1]}" in capsys.readouterr().out
+    assert main(args + ["--class", "4"]) == 0
+    assert seen[-1] == 4
+    np.save(tmp_path / "x.npy", load_dataset("digits").test[:2].numpy())
+    args[3] = str(tmp_path / "x.npy")
+    assert main(args[:4] + args[7:]) == 2
+    assert "has no labels: pass --class" in capsys.readouterr().err

@@ -45,3 +45,36 @@ def test_cli_models_name(capsys):
     assert main(["models", "nosuch"]) == 2
     assert "registered models" in capsys.readouterr().err
     assert inspect.Parameter.empty not in [d for _, d, _ in hyperparameter_help("made")]
+
+
+def test_every_command_line_option_has_a_help_text():
+    """Every option and argument of every command (and the ngram actions) says what it does in --help."""
+    import argparse
+
+    from chainrule.cli.main import build_parser
+
+    def walk(parser, path):
+        for action in parser._actions:
+            if isinstance(action, argparse._SubParsersAction):
+                for name, sub in action.choices.items():
+                    yield from walk(sub, [*path, name])
+            elif not isinstance(action, (argparse._HelpAction, argparse._VersionAction)):
+                if not (action.help or "").strip():
+                    yield " ".join(path) + " " + (action.option_strings[0] if action.option_strings else action.dest)
+
+    missing = list(walk(build_parser(), ["chainrule"]))
+    assert not missing, f"options without a help text: {missing}"
+
+
+def test_models_list_is_aligned_and_whole(capsys):
+    """`chainrule models`: one row per model, the columns aligned on the longest name, and every
+    description its docstring's whole first paragraph (no line cut mid-sentence)."""
+    assert main(["models"]) == 0
+    rows = capsys.readouterr().out.splitlines()
+    names = chainrule.list_models()
+    assert len(rows) == 1 + len(names)
+    assert [row.split()[0] for row in rows[1:]] == names
+    # the data column starts at the same place on every row
+    assert len({row.find(row.split()[1], len(row.split()[0])) for row in rows[1:]}) == 1
+    row_lstm = next(r for r in rows if r.startswith("row_lstm "))
+    assert row_lstm.rstrip().endswith("receptive field.")

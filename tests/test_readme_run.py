@@ -164,9 +164,9 @@ EXTRA_ARGS: dict[str, tuple[list[str], str]] = {
     "chainrule train nade --dataset fashion-mnist --binarize threshold -p hidden_size=100 --epochs 5 --out runs/fnade":
         (["-p", "hidden_size=8"], "`detect --train-background` trains a background model of the run's size for whole "
                                   "epochs over 50,000 images: 155 s at hidden_size=100"),
-    "chainrule detect runs/fnade --out mnist --score input-complexity --compressor bz2":
+    "chainrule detect runs/fnade --ood mnist --score input-complexity --compressor bz2":
         (["--bootstrap", "100"], "1000 bootstrap resamples of three metrics over 20,000 scores: 25 s of scikit-learn"),
-    "chainrule detect runs/fnade --out mnist --score likelihood-ratio --train-background 0.2":
+    "chainrule detect runs/fnade --ood mnist --score likelihood-ratio --train-background 0.2":
         (["--bootstrap", "100", "--background-epochs", "1"],
          "as above; and one epoch of the background model (over 50,000 images) instead of 3"),
     "chainrule compress runs/pixelcnn binarized-mnist mnist-test.crz":

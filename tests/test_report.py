@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from chainrule.apps.report import MISSING, read_run, write_report
+from chainrule.apps.report import MISSING, read_run, render_html, write_report
 from chainrule.cli import main
 
 BROWSERS = ("chromium", "chromium-browser", "google-chrome", "google-chrome-stable", "chrome")
@@ -83,7 +83,7 @@ def test_comparison_report_and_missing_pieces(runs, tmp_path, monkeypatch):
     table = page.split('id="comparison"', 1)[1].split("</table>", 1)[0]
     for run in (a, b):
         res = json.loads((run / "results.json").read_text())
-        assert run.name in table and res["model"] in table
+        assert run.name in table and res["model"] in table and "<th>dataset</th>" in table and "toy.npy" in table
         assert f"{res['test']['nll_nats']:.4f}" in table and f"{res['best_val_nll_nats']:.4f}" in table
         assert f">{res['epochs_run']}<" in table
     # the unfinished run: escaped name, missing test numbers as "—", parameters from its config (meta device)
@@ -155,3 +155,15 @@ def test_text_run_report_leads_with_its_unit(tmp_path):
     assert f"<th>NLL (nats/char)</th><td class=\"num\">{test['nats_per_token']:.4f}</td>" in page
     assert f"<th>bits/char</th><td class=\"num\">{test['bits_per_token']:.4f}</td>" in page
     assert "perplexity (per char)" in page and "<th>bits/dim</th>" not in page
+    config = page.split("<h3>Configuration", 1)[1]
+    assert "<th>level</th>" in config and "<th>block-size</th>" in config  # the text options of a text run
+
+
+def test_image_runs_show_no_text_options(runs):
+    """An image run's configuration leaves out the options of text runs (--level, --block-size)."""
+    _, a, _ = runs
+    assert "block-size" in (a / "config.toml").read_text()  # recorded, as every option is
+    info = read_run(a)
+    page = render_html([info])
+    config = page.split("<h3>Configuration", 1)[1]
+    assert "<th>level</th>" not in config and "<th>block-size</th>" not in config and "<th>epochs</th>" in config

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import signal
@@ -231,3 +232,45 @@ def test_sigterm_saves_last_and_exits_143(tmp_path, tiny):
     st = _state(run)
     assert st is not None and st["step"] >= 4 and st["epochs_done"] < 50
     assert "stopped after step " + str(st["step"]) in err
+
+
+def test_time_budget_stops_mid_epoch_and_resume_is_exact(tmp_path, monkeypatch):
+    """The time budget is checked after every step: a run whose budget runs out inside an epoch
+    writes last/ at that position, validates the weights reached (a row with the fraction of epochs
+    done) and a resume ends bit-identical to the uninterrupted run, history included."""
+    data = torch.randint(2, (40, 6))  # 5 batches of 8 per epoch
+    config = dataclasses.replace(_config(None), save_every=None)
+    ref = _model(0)
+    ref_result = Trainer(ref, config, out_dir=tmp_path / "a", progress=False).fit(data, data[:16], _flip)
+
+    # the clock runs out after the 7th step of the call (epoch 2, batch 2): no sleeping in a test
+    monkeypatch.setattr(Trainer, "_seconds_left", lambda self: 1e9 if self._step_time[1] < 7 else -1.0)
+    budget = dataclasses.replace(config, max_seconds=1000.0)
+    stopped = Trainer(_model(0), budget, out_dir=tmp_path / "b", progress=False).fit(data, data[:16], _flip)
+    monkeypatch.undo()
+    assert stopped.stopped_by_time and stopped.history[-1]["epoch"] == pytest.approx(1.4)
+    assert "val_nll_nats" in stopped.history[-1]
+    state = json.loads((tmp_path / "b" / "last" / "trainer_state.json").read_text())
+    assert (state["step"], state["epochs_done"], state["batch"]) == (7, 1, 2)
+    rows = (tmp_path / "b" / "log.csv").read_text().splitlines()
+    assert len(rows) == 3 and rows[-1].startswith("1.4,")  # header, epoch 1, the 0.4 of epoch 2
+    assert (tmp_path / "b" / "best" / "model.safetensors").is_file()
+
+    resumed = _model(1)
+    result = Trainer(resumed, config, out_dir=tmp_path / "b", progress=False).fit(data, data[:16], _flip, resume=True)
+    for (k, a), b in zip(ref.state_dict().items(), resumed.state_dict().values()):
+        assert torch.equal(a, b), k
+    assert _strip(result.history) == _strip(ref_result.history)  # the budget's row is not the run's
+    assert result.best_epoch == ref_result.best_epoch
+
+
+def test_time_budget_without_validation_keeps_the_weights_reached(tmp_path, monkeypatch):
+    """No validation data and no epoch finished: best/ holds the weights the budget stopped at."""
+    data = torch.randint(2, (40, 6))
+    monkeypatch.setattr(Trainer, "_seconds_left", lambda self: 1e9 if self._step_time[1] < 2 else -1.0)
+    model = _model(0)
+    config = TrainConfig(epochs=3, batch_size=8, patience=None, max_seconds=1000.0, steps_per_epoch=10**9)
+    result = Trainer(model, config, out_dir=tmp_path, progress=False).fit(data, None)
+    assert result.stopped_by_time and result.history[-1]["epoch"] == pytest.approx(2e-9)
+    best = chainrule.load(tmp_path / "best")
+    assert torch.equal(best.log_prob(data), model.log_prob(data))

@@ -205,3 +205,51 @@ def test_cli_inspect_text_on_a_run_without_text_is_refused(tmp_path, capsys):
     chainrule.create_model("fvsbn", (4,), 2).save(tmp_path / "vec")
     assert main(["inspect", str(tmp_path / "vec"), "--text", "hello"]) == 2
     assert "not trained on text" in capsys.readouterr().err
+
+
+def test_a_window_of_t_tokens_holds_t_predictions_and_per_char_divides_by_t():
+    """The GPT reads a start token before the window, so a window of T tokens holds T predictions:
+    the first from no context, then T - 1 with 1..T-1 tokens of context (a 65-token window: 65
+    predictions, 64 of them with context, as nanoGPT's 64-token blocks). Per-token figures divide the
+    window's NLL by exactly those T predictions."""
+    torch.manual_seed(0)
+    model = chainrule.create_model("transformer", (9,), 6, num_layers=1, num_heads=2, embed_dim=8)
+    x = torch.randint(6, (4, 9))
+    per = -model.log_prob_per_variable(x).detach().double()  # (4, 9): one term per prediction
+    assert per.shape == (4, 9)
+    assert torch.allclose(per.sum(1), -model.log_prob(x).detach().double(), atol=1e-5)
+    # the first prediction has no context: the same for every window
+    other = x.clone()
+    other[:, 1:] = (other[:, 1:] + 1) % 6
+    assert torch.allclose(-model.log_prob_per_variable(other).detach().double()[:, 0], per[:, 0])
+    res = evaluate(model, x, unit="char")
+    assert res.nats_per_token == pytest.approx(float(per.sum(1).mean()) / 9, rel=1e-6)
+    assert res.nats_per_token == pytest.approx(float(per.mean()), rel=1e-6)
+
+
+def test_the_training_bar_of_a_text_run_shows_the_loss_per_character(tmp_path, capsys):
+    """A text run's bars show nats per character (about 1.9 for a trained tiny-Shakespeare GPT), not
+    the window's total (about 65 x that); images and vectors keep nats per example."""
+    (tmp_path / "t.txt").write_text(TEXT, encoding="utf-8")
+    assert main(["train", "lstm", "--dataset", str(tmp_path / "t.txt"), "--block-size", "16", "-p", "hidden_size=8",
+                 "--epochs", "1", "--steps-per-epoch", "3", "--batch-size", "4", "--num-samples", "1",
+                 "--threads", "1", "--out", str(tmp_path / "run")]) == 0
+    err = capsys.readouterr().err
+    assert "train_nats_per_char=" in err and "val_nats_per_char=" in err and "train_nll_nats" not in err
+    row = json.loads((tmp_path / "run" / "results.json").read_text())
+    shown = [float(p.split("=")[1].split(",")[0].split("]")[0]) for p in err.replace("\r", "\n").split()
+             if p.startswith("val_nats_per_char=")]
+    assert shown and shown[-1] == pytest.approx(row["best_val_nll_nats"] / 16, rel=1e-3)
+    assert math.log(4) < shown[-1] < math.log(40)  # near uniform over the ~30 characters after 3 steps
+
+
+def test_compress_of_a_text_reports_bits_per_character(tmp_path, capsys):
+    """`compress` of a text prints bits per character of the file (its tokens), not bits/dim."""
+    ckpt, _ = text_run(tmp_path)
+    (tmp_path / "in.txt").write_text(TEXT[:100], encoding="utf-8")
+    assert main(["compress", str(ckpt), str(tmp_path / "in.txt"), str(tmp_path / "in.crz"), "--threads", "1"]) == 0
+    out = capsys.readouterr().out
+    assert "bits/dim" not in out and "bits/char (payload)" in out
+    payload = int(out.split("payload ")[1].split()[0])
+    achieved = float(out.split("achieved: ")[1].split()[0])
+    assert achieved == pytest.approx(8 * payload / 100, abs=1e-3)  # over the file's 100 characters

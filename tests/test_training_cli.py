@@ -255,3 +255,103 @@ def test_the_run_records_where_its_data_came_from(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     monkeypatch.delenv("CHAINRULE_DATA")
     assert main(["eval", str(tmp_path / "run"), "--no-progress"]) == 0
+
+
+def test_cli_time_budget_covers_a_huge_epoch_and_the_bars_follow_it(tmp_path, capsys):
+    """--max-seconds is checked every step: an epoch of 10^9 steps ends at the budget (plus a step
+    and the evaluation), the epoch's bar ends where the budget does, and validation, test and
+    sampling each show a bar of their own."""
+    import time
+
+    run = tmp_path / "run"
+    t0 = time.perf_counter()
+    assert main(["train", "made", "--dataset", "digits", "-p", "hidden_sizes=[16]", "--max-seconds", "2",
+                 "--steps-per-epoch", "1000000000", "--threads", "1", "--num-samples", "4", "--out", str(run)]) == 0
+    wall = time.perf_counter() - t0
+    out, err = capsys.readouterr()
+    results = json.loads((run / "results.json").read_text())
+    assert wall < 2 + 10  # the budget, a step (milliseconds here) and the evaluation, with room for a busy machine
+    assert results["command_seconds"] <= wall
+    assert "time budget of 2 s reached" in out
+    rows = list(csv.DictReader(open(run / "log.csv")))
+    assert len(rows) == 1 and 0 < float(rows[0]["epoch"]) < 1e-3 and float(rows[0]["val_nll_nats"]) > 0
+    state = json.loads((run / "last" / "trainer_state.json").read_text())
+    assert state["epochs_done"] == 0 and state["batch"] == state["step"] > 0  # resumable where it stopped
+    for bar in ("validation", "test", "sampling 4"):
+        assert bar in err, bar
+
+
+def test_the_bars_end_where_the_time_budget_does(monkeypatch, capsys):
+    """With a time budget the step bar's total is the steps the budget holds, and the epoch bar's
+    total the epochs it holds, not --steps-per-epoch / --epochs (the quick start's bar said 38
+    minutes for a 90-second run). A clock that holds 10 steps: no sleeping in a test."""
+    monkeypatch.setattr(Trainer, "_seconds_left", lambda self: (10 - self._step_time[1]) * self._mean_step_seconds())
+    x = _toy_data(64)
+    config = TrainConfig(epochs=1, batch_size=8, patience=None, max_seconds=1000.0, steps_per_epoch=10**6)
+    trainer = Trainer(chainrule.create_model("fvsbn", (8,), 2), config, progress=True)
+    res = trainer.fit(x)
+    err = capsys.readouterr().err
+    assert res.stopped_by_time and res.history[-1]["epoch"] == pytest.approx(10 / 10**6)
+    assert "epoch 1 (time budget)" in err and "/10 [" in err
+    config = TrainConfig(epochs=1000, batch_size=8, patience=None, max_seconds=1000.0, steps_per_epoch=2)
+    res = Trainer(chainrule.create_model("fvsbn", (8,), 2), config, progress=True).fit(x)
+    renders = [r for r in capsys.readouterr().err.replace("\r", "\n").splitlines() if r.startswith("train (")]
+    assert res.stopped_by_time and res.epochs_run <= 5
+    assert "/1000 " not in renders[-1]  # the epochs the budget holds
+
+
+def _moons(n=300, seed=0):
+    """Two interleaved half circles in 2-D with noise: real-valued vectors of order 1."""
+    g = torch.Generator().manual_seed(seed)
+    t = torch.rand(n, generator=g) * math.pi
+    upper = torch.rand(n, generator=g) < 0.5
+    x = torch.stack([torch.where(upper, t.cos(), 1 - t.cos()), torch.where(upper, t.sin(), 0.5 - t.sin())], 1)
+    return (x + 0.1 * torch.randn(n, 2, generator=g)).to(torch.float32)
+
+
+def test_standardize_reports_the_data_nll_through_the_jacobian(tmp_path, capsys):
+    """--standardize trains on z = (x - mean) / std with the training split's statistics; the run
+    reports log p(x) = log p(z) - sum_d log std_d: data scaled by c give the same z, hence the same
+    model, and NLLs exactly D log c apart. eval and sample apply / invert the stored statistics;
+    vectors are reported per dimension, not per token; without --standardize, data of a large scale
+    get a note saying when to use it."""
+    x = _moons().numpy()
+    scale = np.array([100.0, 0.01], dtype=np.float32)
+    np.save(tmp_path / "a.npy", x + 5)
+    np.save(tmp_path / "b.npy", (x + 5) * scale)
+    common = ["rnade", "-p", "hidden_size=8", "-p", "num_mixture_components=2", "--epochs", "2", "--batch-size", "32",
+              "--no-progress", "--threads", "1", "--num-samples", "50"]
+    results = {}
+    for name in ("a", "b"):
+        assert main(["train", *common, "--dataset", str(tmp_path / f"{name}.npy"), "--standardize",
+                     "--out", str(tmp_path / name)]) == 0
+        out = capsys.readouterr().out
+        assert "standardizing" in out and "nats/dim" in out and "per token" not in out
+        results[name] = json.loads((tmp_path / name / "results.json").read_text())["test"]["nll_nats"]
+    assert results["b"] - results["a"] == pytest.approx(float(np.log(scale).sum()), abs=1e-4)
+    # eval: the stored statistics applied, the NLL of x in its own units = -(log p(z) - sum log std)
+    run = tmp_path / "b"
+    assert main(["eval", str(run), "--json", "--no-progress"]) == 0
+    got = json.loads(capsys.readouterr().out.splitlines()[-1])["nll_nats"]
+    assert got == pytest.approx(results["b"], rel=1e-6)
+    from chainrule.apps.pipeline import dataset_of, run_standardization
+
+    st = run_standardization(run / "best")
+    raw = chainrule.load_dataset(str(tmp_path / "b.npy")).test
+    model = chainrule.load(run / "best")
+    with torch.no_grad():
+        manual = -(model.log_prob(st.apply(raw)).double() - st.log_det).mean()
+    assert got == pytest.approx(float(manual), rel=1e-5)
+    train = chainrule.load_dataset(str(tmp_path / "b.npy")).train
+    assert torch.allclose(st.mean, train.double().mean(0)) and torch.allclose(st.std, train.double().std(0))
+    assert torch.allclose(dataset_of(run / "best").test, st.apply(raw))
+    # samples in the data's units
+    assert main(["sample", str(run), "-n", "200", "--out", str(tmp_path / "s.npy"), "--no-progress"]) == 0
+    s = np.load(tmp_path / "s.npy")
+    assert abs(np.log(s[:, 0].std() / s[:, 1].std()) - np.log(1e4)) < 1.5
+    # without --standardize: a note on when to use it
+    assert main(["train", *common, "--dataset", str(tmp_path / "b.npy"), "--out", str(tmp_path / "c")]) == 0
+    assert "--standardize" in capsys.readouterr().out
+    np.save(tmp_path / "unit.npy", x)
+    assert main(["train", *common, "--dataset", str(tmp_path / "unit.npy"), "--out", str(tmp_path / "d")]) == 0
+    assert "--standardize" not in capsys.readouterr().out  # scales of order 1 about 0: no note

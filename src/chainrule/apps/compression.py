@@ -658,18 +658,25 @@ class CompressionReport:
         return self.model_bits / max(self.dims, 1)
 
     def lines(self) -> list[str]:
+        """The report as lines: rates per dimension for arrays; for text per token of the file
+        (``bits/char``, ``bits/byte``: the bits over the file's own tokens, ``extra["tokens"]``, the
+        last window's padding costing what it costs), the unit text is compared in."""
         ratio = self.original_bytes / self.file_bytes if self.file_bytes else float("nan")
         over = 8 * self.payload_bytes - self.model_bits
         source = self.source if len(self.source) <= 100 else self.source[:97] + "..."
+        unit, per = "dim", max(self.dims, 1)
+        if self.kind == "text" and self.extra.get("tokens"):
+            unit, per = self.extra.get("unit") or "token", self.extra["tokens"]
         return [
             f"{self.kind}: {self.num_examples} {'window(s)' if self.kind == 'text' else 'example(s)'} from {source}; "
             f"{self.dims} values coded",
             f"original: {self.original_bytes} bytes ({self.original_what})",
             f"compressed: {self.file_bytes} bytes = header {self.header_bytes} + payload {self.payload_bytes} "
             f"(ratio {ratio:.2f}) -> {self.output}",
-            f"achieved: {self.bits_per_dim:.4f} bits/dim (payload), {self.file_bits_per_dim:.4f} bits/dim (whole file)",
-            f"model -log2 p(x): {self.model_bits_per_dim:.4f} bits/dim (the ideal code length, {self.model_bits:.1f} bits); "
-            f"payload - ideal = {over:+.1f} bits; 24-bit tables: {self.table_bits / max(self.dims, 1):.4f} bits/dim",
+            f"achieved: {8 * self.payload_bytes / per:.4f} bits/{unit} (payload), "
+            f"{8 * self.file_bytes / per:.4f} bits/{unit} (whole file)",
+            f"model -log2 p(x): {self.model_bits / per:.4f} bits/{unit} (the ideal code length, {self.model_bits:.1f} bits); "
+            f"payload - ideal = {over:+.1f} bits; 24-bit tables: {self.table_bits / per:.4f} bits/{unit}",
         ]
 
 
@@ -789,9 +796,14 @@ def compress_file(model: Any, source: str | Path | torch.Tensor | np.ndarray, ou
     model_bits = _model_bits(model, x_coded, coded.context, member) if head.num_examples else 0.0
     with output_file(output, force=overwrite) as tmp:
         tmp.write_bytes(coded.data)
+    extra: dict[str, Any] = {}
+    if is_text:  # the report's rates per token of the file (bits/char)
+        from chainrule.inference.likelihood import token_unit
+
+        extra = {"tokens": count, "unit": token_unit(tokenizer)}
     return CompressionReport(output, src, kind, head.num_examples, int(x_coded.numel()), original, what,
                              len(coded.data), len(coded.data) - head.payload_length,
-                             head.payload_length, coded.table_bits, model_bits)
+                             head.payload_length, coded.table_bits, model_bits, extra)
 
 
 def decompress_file(model: Any, source: str | Path, output: str | Path, tokenizer: Any = None, *,

@@ -9,6 +9,7 @@ samples (``samples.png`` for images, ``samples.txt`` for text, ``samples.wav`` f
 
 from __future__ import annotations
 
+import dataclasses
 import inspect
 import json
 import logging
@@ -23,7 +24,7 @@ import numpy as np
 import torch
 
 from chainrule.apps.plotting import image_grid, plot_training_curve, save_image_grid
-from chainrule.data import Dataset, ValueRangeError, load_dataset, mu_law_decode, write_wav
+from chainrule.data import Dataset, Standardization, ValueRangeError, load_dataset, mu_law_decode, write_wav
 from chainrule.errors import CheckpointError, DataError, InputError
 from chainrule.inference.likelihood import EvalResult, evaluate, token_unit
 from chainrule.inference.sampling import default_generator
@@ -230,6 +231,8 @@ def dataset_of(ckpt: Path, dataset: str | None = None, data_dir: str | Path | No
                         f"0..{exc.num_values - 1} of the data the run {ckpt} was trained on; its model cannot score "
                         "it: train a run on these data") from None
     _check_run_values(ckpt, config, ds)
+    if extra.get(STANDARDIZE) is not None:  # the run's model reads standardized data: as it was trained
+        ds = Standardization.from_dict(extra[STANDARDIZE]).dataset(ds)
     return ds
 
 
@@ -238,10 +241,12 @@ def describe_eval(split: str, res: EvalResult, ds: Dataset) -> list[str]:
     with a ``unit``) per character / byte / token first, images and vectors per example."""
     if res.unit is not None:  # sequence data: per token first (bits/char), the window's total last
         lines = [f"{split}: {res}"]
-    else:
+    else:  # images and vectors: per example and per dimension (a vector's coordinates are no tokens)
         line = f"{split}: NLL {res.nll_nats:.4f} nats/example | {res.bits_per_dim:.4f} bits/dim"
         if not ds.is_image:
-            line += f" | {res.nll_nats / res.dim:.4f} nats/token | perplexity {res.perplexity:.4f} per token"
+            line += f" | {res.nll_nats / res.dim:.4f} nats/dim"
+            if ds.num_values is not None:  # a density's exp(nats/dim) is no perplexity
+                line += f" | perplexity {res.perplexity:.4f} per dim"
         lines = [line + f" | {res.num_examples} examples"]
     if ds.dequantized_from:
         disc = res.nll_nats + ds.discrete_nll_offset_nats()
@@ -492,11 +497,42 @@ def sample_labels(num_classes: int, n: int) -> torch.Tensor:
     return torch.arange(n) % num_classes
 
 
+#: The key of a run's config (``extra``) that holds its :class:`Standardization` (``--standardize``).
+STANDARDIZE = "standardize"
+
+
+def run_standardization(ckpt: Path) -> Standardization | None:
+    """The standardization a run was trained with (``train --standardize``), or None."""
+    spec = read_config(ckpt).get("extra", {}).get(STANDARDIZE)
+    return None if spec is None else Standardization.from_dict(spec)
+
+
+def in_data_units(res: EvalResult, offset: float) -> EvalResult:
+    """An evaluation of standardized data as the NLL of the data themselves: ``offset`` (``sum_d
+    log std_d``, the log-Jacobian of x -> z) added per example, bits/dim and perplexity with it."""
+    if not offset:
+        return res
+    nll = res.nll_nats + offset
+    return dataclasses.replace(res, nll_nats=nll, bits_per_dim=nll / (res.dim * math.log(2)),
+                               perplexity=math.exp(nll / res.dim) if nll / res.dim < 709 else math.inf)
+
+
+def sampling_cost_examples(model: Any, n: int) -> int:
+    """About how many examples' evaluation drawing ``n`` samples costs: ``n`` with a cached step
+    (each step computes one group's share), ``n x G`` for a model whose step is a full pass."""
+    from chainrule.models import AutoregressiveModel
+
+    inner = getattr(model, "model", model)  # an ensemble's network
+    cached = type(inner).step is not AutoregressiveModel.step
+    return n if cached else n * model.num_groups
+
+
 def train_run(model_name: str, ds: Dataset, out: str | Path, hyperparameters: dict[str, Any] | None = None,
               config: TrainConfig | None = None, extra: dict[str, Any] | None = None, progress: bool = True,
               num_samples: int = 64, resume: bool = False, conditional: bool = False,
               device: str | torch.device | None = None,
-              report: Callable[[str], None] = log.info, force: bool = False) -> dict[str, Any]:
+              report: Callable[[str], None] = log.info, force: bool = False,
+              started: float | None = None, standardization: Standardization | None = None) -> dict[str, Any]:
     """Build ``model_name`` for ``ds``, train it, evaluate it on the test split, draw samples and
     write the run directory ``out``; returns the summary also written to ``results.json``.
 
@@ -507,10 +543,25 @@ def train_run(model_name: str, ds: Dataset, out: str | Path, hyperparameters: di
     An ``out`` that already holds a run (``best/``, ``last/`` or ``log.csv``) is refused unless
     ``resume`` (continue it) or ``force``: replace it, removing the previous run's files (only
     those chainrule writes, see :func:`run_files`) once the model has been built.
+
+    ``config.max_seconds`` is the budget of the whole call (from ``started``, a ``time.perf_counter()``
+    value such as the command's start; default: now): checked after every training step, it stops
+    training early enough for the closing validation, the test evaluation and the samples to fit
+    (their cost estimated from the validations' measured speed). ``progress``: bars for training,
+    validation, the test evaluation and the sampling.
+
+    ``standardization`` (real-valued data; fitted on the training split, e.g.
+    ``Standardization.fit(ds.train)``): the model is trained on the standardized data, the run
+    records the statistics (later commands apply and invert them), every NLL reported is the
+    data's own (the model's plus ``sum_d log std_d``) and the samples are in the data's units.
     """
     from chainrule.io.lock import RunLock
 
+    started = time.perf_counter() if started is None else started
     out = Path(out)
+    if standardization is not None:
+        ds = standardization.dataset(ds)
+        extra = {**(extra or {}), STANDARDIZE: standardization.to_dict()}
     check_run_dir(out, resume, force)
     created = not out.exists()
     with RunLock(out):  # one process trains in a run directory at a time
@@ -521,7 +572,7 @@ def train_run(model_name: str, ds: Dataset, out: str | Path, hyperparameters: di
                 report(f"{out}: the run was stopped before its first checkpoint: nothing to resume, starting it again")
                 resume = False
             return _train_run(model_name, ds, out, hyperparameters, config, extra, progress, num_samples, resume,
-                              conditional, device, report, force, created)
+                              conditional, device, report, force, created, started, standardization)
         except BaseException:
             if created and out.is_dir() and not any(p.name != ".lock" for p in out.iterdir()):
                 (out / ".lock").unlink(missing_ok=True)
@@ -532,7 +583,8 @@ def train_run(model_name: str, ds: Dataset, out: str | Path, hyperparameters: di
 def _train_run(model_name: str, ds: Dataset, out: Path, hyperparameters: dict[str, Any] | None,
                config: TrainConfig | None, extra: dict[str, Any] | None, progress: bool, num_samples: int,
                resume: bool, conditional: bool, device: str | torch.device | None,
-               report: Callable[[str], None], force: bool, created: bool) -> dict[str, Any]:
+               report: Callable[[str], None], force: bool, created: bool, started: float,
+               standardization: Standardization | None) -> dict[str, Any]:
     """:func:`train_run` inside the run directory's lock."""
     config = config or TrainConfig()
     hp = dict(hyperparameters or {})
@@ -550,6 +602,11 @@ def _train_run(model_name: str, ds: Dataset, out: Path, hyperparameters: dict[st
            + (f", {ds.num_classes} classes (conditional)" if conditional else ""))
     trainer = Trainer(model, config, out_dir=out, extra={**(extra or {}), "conditional": conditional},
                       progress=progress, device=device)
+    trainer.unit = token_unit(ds)  # text: the bars show the loss per character / token
+    offset = standardization.log_det if standardization is not None else 0.0
+    trainer.nll_offset = offset
+    trainer.budget_start = started
+    trainer.reserve_examples = len(ds.test) + sampling_cost_examples(model, num_samples)
     replacement = None
     if resume:
         report(f"resuming from {out / 'last'}")
@@ -576,15 +633,19 @@ def _train_run(model_name: str, ds: Dataset, out: Path, hyperparameters: dict[st
     if result.stopped_early:
         note = f" (early stop; best epoch {result.best_epoch})"
     elif result.stopped_by_time:
-        note = f" (time budget of {config.max_seconds:.0f} s reached; best epoch {result.best_epoch})"
-    report(f"trained {result.epochs_run} epochs in {result.train_seconds:.1f} s{note}")
+        note = f" (time budget of {config.max_seconds:g} s reached; best epoch {result.best_epoch:g})"
+    done = result.history[-1]["epoch"] if result.history else result.epochs_run
+    report(f"trained {done:g} epochs in {result.train_seconds:.1f} s{note}")
     t0 = time.perf_counter()
-    test = evaluate(model, ds.test, test_y, config.eval_batch_size, unit=token_unit(ds))
+    test = in_data_units(evaluate(model, ds.test, test_y, config.eval_batch_size, progress=progress,
+                                  unit=token_unit(ds), desc="test"), offset)
     for line in describe_eval("test", test, ds):
         report(line)
     plot_training_curve(out / "log.csv", out / "curve.png", title=f"{model_name} on {ds.name}")
     labels = sample_labels(ds.num_classes, num_samples) if conditional else None
-    x = model.sample(num_samples, labels, generator=default_generator(model, config.seed))
+    x = model.sample(num_samples, labels, generator=default_generator(model, config.seed), progress=progress)
+    if standardization is not None:  # samples in the data's units
+        x = standardization.invert(x)
     samples = save_samples(x, out / default_samples_name(ds.is_image, ds.tokenizer, ds.sample_rate), model.num_values,
                            ds.is_image, ds.tokenizer, ds.sample_rate, class_columns(ds.num_classes, num_samples)
                            if conditional else None)
@@ -592,6 +653,7 @@ def _train_run(model_name: str, ds: Dataset, out: Path, hyperparameters: dict[st
                "epochs_run": result.epochs_run, "best_epoch": result.best_epoch,
                "train_seconds": result.train_seconds, "best_val_nll_nats": result.best_val_nll_nats,
                "test": test.as_dict(), "eval_seconds": time.perf_counter() - t0,
+               "command_seconds": time.perf_counter() - started,
                "torch_threads": torch.get_num_threads(), "conditional": conditional,
                "examples_per_second": result.examples_per_second}
     (out / "results.json").write_text(json.dumps(summary, indent=2))

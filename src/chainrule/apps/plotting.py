@@ -68,20 +68,24 @@ def finite_float(value: Any) -> float | None:
     return out if math.isfinite(out) else None
 
 
-def read_training_log(path: str | Path) -> tuple[list[int], list[float | None], list[float | None]]:
+def read_training_log(path: str | Path) -> tuple[list[int | float], list[float | None], list[float | None]]:
     """A trainer's ``log.csv``: epochs (counted from 1, the epochs completed; an older chainrule's
-    0-based log is shifted), training and validation NLL per epoch (None where missing or not
-    finite). Rows without an epoch are skipped; an unreadable file gives empty lists."""
-    epochs: list[int] = []
+    0-based log is shifted; a run stopped by its time budget inside an epoch ends with a fraction,
+    e.g. 3.25), training and validation NLL per epoch (None where missing or not finite). Rows
+    without an epoch are skipped; an unreadable file gives empty lists."""
+    epochs: list[int | float] = []
     train: list[float | None] = []
     val: list[float | None] = []
     try:
         with open(path, newline="", encoding="utf-8") as f:
             for row in csv.DictReader(f):
                 try:
-                    epochs.append(int(row["epoch"]))
+                    e = float(row["epoch"])
                 except (KeyError, TypeError, ValueError):
                     continue
+                if not math.isfinite(e):
+                    continue
+                epochs.append(int(e) if e.is_integer() else e)
                 train.append(finite_float(row.get("train_nll_nats")))
                 val.append(finite_float(row.get("val_nll_nats")))
     except OSError:

@@ -55,6 +55,19 @@ class RunInfo:
     val_nll: list[float | None] = field(default_factory=list)
     samples_png: bytes | None = None
     samples_text: str | None = None
+    data_kind: str | None = None  # "text", "audio", or None (images, vectors): which options mean something
+
+
+#: Options that only mean something for text runs (``level``) or for text and audio runs (the window);
+#: the configuration table of other runs leaves them out.
+TEXT_OPTIONS = frozenset({"level"})
+SEQUENCE_OPTIONS = frozenset({"block-size", "block_size"})
+
+
+def _shown_options(config: dict[str, Any], data_kind: str | None) -> list[tuple[str, Any]]:
+    """The configuration rows of a run: without the text options on image or vector runs."""
+    hidden = set() if data_kind == "text" else TEXT_OPTIONS | (set() if data_kind == "audio" else SEQUENCE_OPTIONS)
+    return [(k, v) for k, v in _flatten(config) if k not in hidden]
 
 
 def is_run_dir(path: str | Path) -> bool:
@@ -112,6 +125,8 @@ def read_run(path: str | Path, name: str | None = None) -> RunInfo:
         info.test = results.get("test") if isinstance(results.get("test"), dict) else None
         info.best_val_nll_nats = finite_float(results.get("best_val_nll_nats"))
         info.epochs = results.get("epochs_run") if isinstance(results.get("epochs_run"), int) else None
+    info.data_kind = ("text" if extra.get("tokenizer") is not None else
+                      "audio" if extra.get("sample_rate") is not None else None)
     if cfg is not None:
         info.model = info.model or cfg.get("model")
         info.dataset = info.dataset or extra.get("dataset")
@@ -244,11 +259,12 @@ def render_html(runs: list[RunInfo], title: str | None = None) -> str:
            f'<p class="meta">written {html.escape(time.strftime("%Y-%m-%d %H:%M"))} by chainrule '
            f"{html.escape(__version__)}</p>"]
     if len(runs) > 1:
-        out.append('<h2>Comparison</h2><table id="comparison"><tr><th>run</th><th>model</th><th>parameters</th>'
-                   "<th>best val NLL (nats/example)</th><th>test NLL (nats/example)</th><th>test bits/dim</th>"
-                   "<th>epochs</th></tr>")
-        for r in runs:
-            out.append(f"<tr><td>{html.escape(r.name)}</td>{_cell(r.model)}{_cell(r.parameters)}"
+        out.append('<h2>Comparison</h2><table id="comparison"><tr><th>run</th><th>model</th><th>dataset</th>'
+                   "<th>parameters</th><th>best val NLL (nats/example)</th><th>test NLL (nats/example)</th>"
+                   "<th>test bits/dim</th><th>epochs</th></tr>")
+        for r in runs:  # the dataset's file name (its folder is in each run's own section)
+            data = Path(r.dataset).name if r.dataset and ("/" in r.dataset or "\\" in r.dataset) else r.dataset
+            out.append(f"<tr><td>{html.escape(r.name)}</td>{_cell(r.model)}{_cell(data)}{_cell(r.parameters)}"
                        f"{_cell(r.best_val_nll_nats)}{_cell(_test(r, 'nll_nats'))}{_cell(_test(r, 'bits_per_dim'))}"
                        f"{_cell(r.epochs)}</tr>")
         out.append("</table>")
@@ -287,7 +303,8 @@ def render_html(runs: list[RunInfo], title: str | None = None) -> str:
         out.append(f"<h3>Configuration{source}</h3>")
         if r.config:
             out.append('<table class="config">' + "".join(f"<tr><th>{html.escape(k)}</th>{_cell(v, -6)}</tr>"
-                                                         for k, v in _flatten(r.config)) + "</table>")
+                                                         for k, v in _shown_options(r.config, r.data_kind))
+                       + "</table>")
         else:
             out.append(f'<p class="missing">{MISSING}</p>')
         out.append("</div>")

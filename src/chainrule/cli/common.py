@@ -166,10 +166,12 @@ def model_and_split(args: argparse.Namespace) -> tuple[Any, Dataset, Any, Any]:
     return model, ds, data, labels if model.conditional else None
 
 
-def run_and_labels(args: argparse.Namespace, per_example: str, api: str) -> tuple[Path, Any, Any]:
+def run_and_labels(args: argparse.Namespace, per_example: str, api: str,
+                   dataset_labels: bool = False) -> tuple[Path, Any, Any]:
     """Threads, the run's checkpoint and model, and the ``--class`` labels a command needs: required
-    for a class-conditional run, refused for an unconditional one; a context-tensor run is pointed
-    to the API (``api``)."""
+    for a class-conditional run (unless ``dataset_labels``: then None, and the command takes the
+    labels of a labelled dataset input, see :func:`completion_inputs`), refused for an
+    unconditional one; a context-tensor run is pointed to the API (``api``)."""
     ckpt, model = load_run(args)
     labels = None
     if args.label is not None:
@@ -177,17 +179,20 @@ def run_and_labels(args: argparse.Namespace, per_example: str, api: str) -> tupl
             raise InputError(f"--class: {ckpt} is not class-conditional (trained without --class-conditional)")
         labels = args.label[0] if len(args.label) == 1 else args.label
     elif model.num_classes:
-        raise InputError(f"{ckpt} is class-conditional: pass --class Y (a label in 0..{model.num_classes - 1}, "
-                         f"{per_example})")
+        if not dataset_labels:
+            raise InputError(f"{ckpt} is class-conditional: pass --class Y (a label in 0..{model.num_classes - 1}, "
+                             f"{per_example})")
     elif model.conditional:
         raise InputError(f"{ckpt} is conditioned on a context tensor; use the Python API: {api}")
     return ckpt, model, labels
 
 
-def completion_inputs(args: argparse.Namespace, ckpt: Path, model: Any, whole_split: bool = False) -> tuple[torch.Tensor, str]:
+def completion_inputs(args: argparse.Namespace, ckpt: Path, model: Any, whole_split: bool = False,
+                      labels: list[Any] | None = None) -> tuple[torch.Tensor, str]:
     """``--input``: image files, one ``.npy`` array ``(N, *shape)`` or ``(*shape)``, or a dataset
     (a name or path; the run's preprocessing) with ``--split`` and ``--index``. Returns the batch
-    and a short description of where it came from."""
+    and a short description of where it came from; ``labels``, a list, receives the examples'
+    class labels ``(N,)`` when the input is a labelled dataset."""
     from chainrule.apps.completion import is_image_path, read_images
 
     inputs = args.input
@@ -208,12 +213,16 @@ def completion_inputs(args: argparse.Namespace, ckpt: Path, model: Any, whole_sp
         return x, src
     ds = dataset_of(ckpt, src, args.data_dir, args.download)
     data, _ = ds.split(args.split)
+    y = ds.labels(args.split)
     if args.index is None and whole_split:
         x, where = data, f"the {args.split} split of {ds.name} ({len(data)} examples)"
     else:
         index = args.index if args.index is not None else list(range(min(4, len(data))))
         x = data[checked_index(index, len(data), f"the {args.split} split of {ds.name!r}")]
         where = f"{ds.name} {args.split} examples {', '.join(map(str, index))}"
+        y = None if y is None else y[torch.as_tensor(index)]
+    if labels is not None and y is not None:
+        labels.append(y)
     if ds.train_transform is not None and args.split == "train":  # dynamic binarization, drawn once
         x = ds.train_transform(x, torch.Generator().manual_seed(0))
     return x, where

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -38,11 +39,30 @@ def cmd_compress(args: argparse.Namespace) -> int:
         source, description = completion_inputs(ns, ckpt, model, whole_split=True)
     elif args.index is not None:
         raise InputError("--index applies to dataset inputs; for a file, compress the whole file")
-    report = compress_file(model, source, args.output, labels, tokenizer_of(ckpt), member=args.member,
-                           description=description, overwrite=args.force)
+    tok = tokenizer_of(ckpt)
+    try:
+        report = compress_file(model, source, args.output, labels, tok, member=args.member, description=description,
+                               overwrite=args.force)
+    except InputError as exc:
+        raise _compress_cli_error(exc, args, tok) from None
     for line in report.lines():
         print(line)
     return 0
+
+
+def _compress_cli_error(exc: InputError, args: argparse.Namespace, tok: Any) -> InputError:
+    """The library's error, with the command-line fix in place of the Python one where they differ."""
+    msg = str(exc)
+    if msg.startswith("CharTokenizer cannot encode"):  # characters outside the run's vocabulary
+        what = msg.split("; to fix", 1)[0]
+        return InputError(f"{args.input}: the run {args.run} reads characters only: {what}; compress it with a run "
+                          "trained with --level byte (bytes code any file), or train on a text that holds these "
+                          "characters")
+    if tok is None and "this model has no tokenizer" in msg:
+        return InputError(f"{args.input}: not a .npy array or an image, and {args.run} was not trained on text; to "
+                          f"compress text, train a run on text first (e.g. chainrule train transformer --dataset "
+                          f"{args.input} --level byte --out runs/text) and compress with it")
+    return exc
 
 
 def cmd_decompress(args: argparse.Namespace) -> int:
@@ -279,6 +299,15 @@ def cmd_detect(args: argparse.Namespace) -> int:
 
     if args.report:
         output_path(args, args.report, None, "--report")
+    if getattr(args, "inputs_out_deprecated", None) is not None:
+        if args.inputs_out is not None:
+            raise InputError("--out is the deprecated spelling of --ood: pass --ood only")
+        print("chainrule: warning: `detect --out` is deprecated (every other command's --out is an output file): "
+              "use --ood for the out-of-distribution inputs", file=sys.stderr)
+        args.inputs_out = args.inputs_out_deprecated
+    if args.inputs_out is None:
+        raise InputError("detect needs the out-of-distribution inputs: --ood DATA (a dataset name/path, .npy, or "
+                         "image files)")
     ckpt, model = load_run(args)
     _refuse_conditional(model, ckpt, "detect")
     if args.group_size is not None and args.score != "typicality":
@@ -292,7 +321,7 @@ def cmd_detect(args: argparse.Namespace) -> int:
             raise InputError(f"{ckpt} records no dataset: pass --in (the in-distribution inputs)")
         src_in = [recorded]
     x_in, in_label = _anomaly_data(src_in, ckpt, model, args, "--in")
-    x_out, out_label = _anomaly_data(args.inputs_out, ckpt, model, args, "--out")
+    x_out, out_label = _anomaly_data(args.inputs_out, ckpt, model, args, "--ood")
     opts, ref = _score_options(args, ckpt, model)
     name = args.score
     if args.group_size is not None:

@@ -38,11 +38,20 @@ from chainrule.training import OPTIMIZERS, PRECISIONS, SCHEDULES
 def cmd_models(args: argparse.Namespace) -> int:
     if args.name:
         return _describe_model(args.name)
+    import inspect as _inspect
+
+    rows = []
     for name in list_models():
         cls = get_model_class(name)
-        doc = (cls.__doc__ or "").strip().splitlines()[0]
+        # the docstring's whole first paragraph (a first line may stop mid-sentence)
+        doc = " ".join(_inspect.cleandoc(cls.__doc__ or "").split("\n\n")[0].split())
         kinds = ", ".join(k for k, ok in (("discrete", cls.supports_discrete), ("real", cls.supports_real)) if ok)
-        print(f"{name:12s} {doc}  [{kinds}]")
+        rows.append((name, kinds, doc))
+    wide = max(len(r[0]) for r in rows)  # columns aligned on the longest name
+    kind_wide = max(len(r[1]) for r in rows)
+    print(f"{'model':{wide}s}  {'data':{kind_wide}s}  description (chainrule models NAME: its hyperparameters)")
+    for name, kinds, doc in rows:
+        print(f"{name:{wide}s}  {kinds:{kind_wide}s}  {doc}")
     return 0
 
 
@@ -140,8 +149,10 @@ def build_parser() -> argparse.ArgumentParser:
 
     def decoding_args(sp: argparse.ArgumentParser) -> None:
         sp.add_argument("--temperature", type=float_in(0.0), default=1.0, help="0 = greedy")
-        sp.add_argument("--top-k", type=int_in(1), default=None)
-        sp.add_argument("--top-p", type=float_in(0.0, 1.0), default=None)
+        sp.add_argument("--top-k", type=int_in(1), default=None,
+                        help="draw among the K most probable values only (default: all)")
+        sp.add_argument("--top-p", type=float_in(0.0, 1.0), default=None,
+                        help="nucleus sampling: draw among the most probable values whose probabilities sum to P")
 
     def force_arg(sp: argparse.ArgumentParser, what: str = "--out") -> None:
         """``--force``: the one spelling, in every command that writes a file, of "replace it"."""
@@ -179,6 +190,11 @@ def build_parser() -> argparse.ArgumentParser:
                    help="model hyperparameter, value in JSON (repeatable), e.g. -p hidden_sizes=[500,500]")
     t.add_argument("--order", help="ordering: raster (pixel-major on images), planar, reversed, random:SEED, snake, "
                                   "or a permutation as a JSON list, e.g. [2,0,1]")
+    t.add_argument("--standardize", action="store_true",
+                   help="real-valued data: train on (x - mean) / std per dimension (the training split's statistics, "
+                        "stored in the run: eval, sample and complete apply and invert them; NLLs stay the data's "
+                        "own, log p(x) = log p(z) - sum log std). Worth it when the coordinates' scales differ or "
+                        "are far from 1 (train says so)")
     t.add_argument("--class-conditional", action="store_true",
                    help="train p(x | label) on the dataset's labels (the model gets num_classes)")
     t.add_argument("--out", help="run directory (default runs/MODEL-DATASET)")
@@ -192,7 +208,9 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--grad-clip", type=float, default=None, help="clip the gradient norm to this")
     t.add_argument("--patience", type=int, default=20, help="early-stopping patience in epochs (0: off)")
     t.add_argument("--max-seconds", type=float, default=None,
-                   help="wall-clock budget for training, checked after each epoch; with --resume it counts from "
+                   help="wall-clock budget of the whole command (training, validation, test evaluation, samples), "
+                        "checked after every step: training stops early enough for the rest to fit; a stop inside "
+                        "an epoch saves RUN/last/ there (--resume continues exactly). With --resume it counts from "
                         "the resume (log.csv's seconds are the whole run's)")
     t.add_argument("--steps-per-epoch", type=int, default=None,
                    help="batches of random examples per epoch (validation after each); default: one pass")
@@ -223,16 +241,19 @@ def build_parser() -> argparse.ArgumentParser:
                         "CPU with AMX or a GPU with bf16, else float32), float32, bfloat16, float16; the "
                         "likelihood and loss stay float32")
     t.add_argument("--num-samples", type=int_in(1, MAX_COUNT, " (samples drawn after training)"), default=64, help="samples drawn after training")
+    t.add_argument("--limit", type=int_in(1, MAX_COUNT, " (examples per split)"), default=None, metavar="N",
+                   help="only the first N examples of each split (train, val, test): a quick trial of a command")
     common(t)
     t.set_defaults(func=cmd_train)
 
     e = sub.add_parser("eval", help="exact NLL of a trained model (nats, bits/dim, perplexity)")
     e.add_argument("run", help="run directory or checkpoint directory")
-    e.add_argument("--split", choices=["train", "val", "test"], default="test")
+    e.add_argument("--split", choices=["train", "val", "test"], default="test", help="the split to evaluate")
     e.add_argument("--dataset", help="evaluate on another dataset than the one trained on")
     data_args(e)
     e.add_argument("--batch-size", type=int, default=EVAL_BATCH_SIZE, help="examples per forward pass (default: %(default)s)")
     e.add_argument("--json", action="store_true", help="also print the result as JSON")
+    e.add_argument("--limit", type=int, default=None, metavar="N", help="only the first N examples of the split")
     e.add_argument("--bayes", action="store_true",
                    help="class-conditional runs: classify by argmax_y p(x|y)p(y) (one pass per class) and report "
                         "the accuracy, the NLL given the label and the marginal NLL")
@@ -248,7 +269,8 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--out", help="output file, written as its extension says: image runs .png, .jpg, .jpeg (a grid) "
                                  "or .npy; text runs .txt or .npy (token ids); audio runs .wav or .npy (mu-law codes); "
                                  "others .npy. Default RUN/samples.png, .wav or .npy (text runs: printed)")
-    s.add_argument("--seed", type=SEED, default=0)
+    s.add_argument("--seed", type=SEED, default=0,
+                   help="seed of the draws: the same seed, the same samples (leave it out: seed 0)")
     s.add_argument("--class", dest="label", type=int, default=None,
                    help="class-conditional models: sample this class (default: every class in turn)")
     decoding_args(s)
@@ -259,9 +281,12 @@ def build_parser() -> argparse.ArgumentParser:
     gen = sub.add_parser("generate", help="continue a text prompt (sequence models trained on text)")
     gen.add_argument("run", help="run directory or checkpoint directory")
     gen.add_argument("--prompt", default="", help="text to continue (its characters must be in the vocabulary)")
-    gen.add_argument("--max-new-tokens", type=int_in(1, 1_000_000), default=200)
+    gen.add_argument("--max-new-tokens", type=int_in(1, 1_000_000), default=200,
+                     help="tokens to add after the prompt (prompt + new tokens fit the model's window unless "
+                          "--sliding-window)")
     gen.add_argument("-n", type=int_in(1, MAX_COUNT, " (continuations)"), default=1, help="number of continuations")
-    gen.add_argument("--seed", type=SEED, default=0)
+    gen.add_argument("--seed", type=SEED, default=0,
+                     help="seed of the draws: the same seed, the same text (leave it out: seed 0)")
     decoding_args(gen)
     gen.add_argument("--beam", type=int_in(1, MAX_BEAM_WIDTH, " (the beam width)"), default=None,
                      help="beam search with this width (>= 1) instead of sampling")
@@ -274,7 +299,7 @@ def build_parser() -> argparse.ArgumentParser:
     i = sub.add_parser("inspect", help="figure of one example's per-variable conditionals and NLL "
                                        "(text runs: the text, each character coloured by its surprisal in bits)")
     i.add_argument("run", help="run directory or checkpoint directory")
-    i.add_argument("--split", choices=["train", "val", "test"], default="test")
+    i.add_argument("--split", choices=["train", "val", "test"], default="test", help="the split of --index")
     i.add_argument("--index", type=int, default=0, help="which example of the split")
     i.add_argument("--dataset", help="take the example from another dataset than the one trained on")
     i.add_argument("--text", help="text runs: score this text instead of an example of the split (one longer than "
@@ -303,7 +328,8 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--num", type=int_in(1, MAX_COUNT, " (completions per input)"), default=4, help="completions per input")
     c.add_argument("--seed", type=SEED, default=0, help="seed of the draws (and of random:P masks)")
     c.add_argument("--class", dest="label", type=int, nargs="+", default=None,
-                   help="class-conditional runs (required there): the label, or one per input")
+                   help="class-conditional runs: the label, or one per input (default: the labels of a labelled "
+                        "dataset --input; required for other inputs)")
     c.add_argument("--temperature", type=float_in(0.0), default=1.0, help="0 = greedy")
     c.add_argument("--out", help="output PNG (images) or .npy; default RUN/completions.png; the .npy goes next to it")
     c.add_argument("--data-dir", help="folder with the dataset files (default: $CHAINRULE_DATA)")
@@ -406,13 +432,17 @@ def build_parser() -> argparse.ArgumentParser:
     sc.set_defaults(func=cmd_score)
 
     de = sub.add_parser("detect", help="OOD detection: AUROC, AUPR, FPR at 95%% TPR of a score, in vs out",
-                        description="Example: chainrule detect runs/nade-fashion --in fashion-mnist --out mnist "
-                                    "--score input-complexity. IN / OUT: dataset names/paths (the run's "
+                        description="Example: chainrule detect runs/nade-fashion --in fashion-mnist --ood mnist "
+                                    "--score input-complexity. IN / OOD: dataset names/paths (the run's "
                                     "preprocessing), .npy arrays or image files. In-distribution = negatives.")
     de.add_argument("run", help="run directory or checkpoint directory")
     de.add_argument("--in", dest="inputs_in", nargs="+", default=None,
                     help="in-distribution inputs (default: the run's own dataset)")
-    de.add_argument("--out", dest="inputs_out", nargs="+", required=True, help="out-of-distribution inputs")
+    de.add_argument("--ood", dest="inputs_out", nargs="+", default=None,
+                    help="the out-of-distribution inputs (required)")
+    # --out names an output file in every other command: here it was the OOD data, a deprecated spelling
+    de.add_argument("--out", dest="inputs_out_deprecated", nargs="+", default=None, metavar="OOD",
+                    help="deprecated spelling of --ood (every other command's --out is an output file)")
     de.add_argument("--report", help="histogram PNG of the two score distributions "
                                      "(default RUN/detect-IN-vs-OUT-SCORE.png)")
     de.add_argument("--bootstrap", type=int_in(1, 1_000_000), default=1000, help="bootstrap resamples of the 95%% intervals")
@@ -444,8 +474,9 @@ def build_parser() -> argparse.ArgumentParser:
     q.add_argument("--model", choices=list(QUICKSTART), default="gated_pixelcnn",
                    help="gated_pixelcnn (default, ~82 nats in 100 s) or causalconv (the book's ARM, ~85 nats, minutes)")
     q.add_argument("--epochs", type=int, default=1000, help="maximum epochs (early stopping usually ends sooner)")
-    q.add_argument("--max-seconds", type=float, default=90, help="wall-clock budget for training")
-    q.add_argument("--seed", type=SEED, default=0)
+    q.add_argument("--max-seconds", type=float, default=90,
+                   help="wall-clock budget of the whole command (training, test evaluation, samples)")
+    q.add_argument("--seed", type=SEED, default=0, help="seed of initialization, batches and samples")
     q.add_argument("--force", action="store_true",
                    help="--out holds a run that quickstart did not write: replace it (only chainrule's files)")
     common(q)

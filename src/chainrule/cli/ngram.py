@@ -28,9 +28,24 @@ def _check_model_dir(args: argparse.Namespace) -> None:
         check_output(out / "ngram.json", force=True, inputs=[args.text_file], option="--out")
 
 
+#: ``--level char``: a space is this token (SentencePiece's mark), so that every token is one visible symbol
+SPACE = "\u2581"
+#: ``ngram generate``: above this share of ``<unk>`` among the words drawn, say why and what to do
+UNK_NOTE_SHARE = 0.2
+
+
+def _sentences(path: str, lowercase: bool, level: str) -> list[list[str]]:
+    """The sentences of a text file: whitespace-separated words (``level="word"``), or the characters
+    of each line, a space being the token ``▁`` (``"char"``)."""
+    sents = read_text_sentences(path, lowercase)
+    if level == "char":
+        sents = [list(SPACE.join(words)) for words in sents]
+    return sents
+
+
 def _cmd_fit(args: argparse.Namespace) -> int:
     _check_model_dir(args)
-    sents = read_text_sentences(args.text_file, args.lowercase)
+    sents = _sentences(args.text_file, args.lowercase, args.level)
     if not sents:
         raise DataError(f"{args.text_file} has no non-empty lines to train on")
     options: dict[str, Any] = {}
@@ -48,6 +63,7 @@ def _cmd_fit(args: argparse.Namespace) -> int:
     model = NgramLM(args.order, args.smoothing, padding=args.padding, **options)
     model.fit(sents, min_count=args.min_count)
     model.metadata["lowercase"] = bool(args.lowercase)
+    model.metadata["level"] = args.level
     model.metadata["train_file"] = str(args.text_file)
     out = model.save(args.out)
     print(f"fitted {model} on {len(sents)} sentences -> {out}")
@@ -61,7 +77,7 @@ def _load_model(path: str) -> NgramLM:
 def _cmd_eval(args: argparse.Namespace) -> int:
     model = _load_model(args.model_dir)
     lower = model.metadata.get("lowercase", False) if args.lowercase is None else args.lowercase
-    sents = read_text_sentences(args.text_file, lower)
+    sents = _sentences(args.text_file, lower, model.metadata.get("level", "word"))
     if not sents:
         raise DataError(f"{args.text_file} has no non-empty lines to evaluate")
     res = model.perplexity(sents)
@@ -84,16 +100,28 @@ def _cmd_eval(args: argparse.Namespace) -> int:
 def _cmd_generate(args: argparse.Namespace) -> int:
     import torch
 
+    import sys
+
     model = _load_model(args.model_dir)
-    prompt = args.prompt.split() if args.prompt else []
-    if prompt and model.metadata.get("lowercase"):
-        prompt = [t.lower() for t in prompt]
-    gen = None
-    if args.seed is not None:
-        gen = torch.Generator().manual_seed(args.seed)
+    chars = model.metadata.get("level") == "char"
+    text = args.prompt.lower() if model.metadata.get("lowercase") else args.prompt
+    if chars:
+        prompt = list(SPACE.join(text.split()) + (SPACE if text.endswith(" ") else ""))
+    else:
+        prompt = text.split()
+    # one rule with `chainrule generate` and `sample`: without --seed the draws are seed 0's (the same
+    # command prints the same text); --seed S for others
+    gen = torch.Generator().manual_seed(args.seed)
     toks = model.generate(args.num_tokens, prompt=prompt, temperature=args.temperature, top_k=args.top_k,
                           top_p=args.top_p, generator=gen)
-    print(" ".join(prompt + toks))
+    print("".join(prompt + toks).replace(SPACE, " ") if chars else " ".join(prompt + toks))
+    unk = sum(t == "<unk>" for t in toks)
+    if toks and unk / len(toks) > UNK_NOTE_SHARE:
+        print(f"note: {unk} of the {len(toks)} tokens drawn are <unk>: every word seen fewer than --min-count "
+              f"times in the training text (or not at all) became <unk>, which is then one of the most probable "
+              f"'words' ({model.vocab_size} words in the "
+              "vocabulary); fit with --min-count 1, on more text, or a character model (ngram fit --level char), "
+              "whose vocabulary is every character", file=sys.stderr)
     return 0
 
 
@@ -131,29 +159,33 @@ def register_cli(subparsers: Any) -> argparse.ArgumentParser:
     f.add_argument("--padding", choices=PADDINGS, default="srilm",
                    help="srilm (default): one <s> per sentence, shorter n-grams at its start, as SRILM/KenLM; "
                         "nltk: n-1 <s>, as NLTK's pad_both_ends")
+    f.add_argument("--level", choices=["word", "char"], default="word",
+                   help="word: whitespace-separated words; char: the characters of each line (a space is the "
+                        "token \u2581), remembered for eval/generate")
     f.add_argument("--out", "-o", required=True, help="model directory to write")
     f.add_argument("--force", action="store_true", help="--out already holds an n-gram model: replace it")
     f.set_defaults(func=_cmd_fit)
 
     e = sub.add_parser("eval", help="perplexity of a saved model on a text file")
-    e.add_argument("model_dir")
-    e.add_argument("text_file")
+    e.add_argument("model_dir", help="a model directory written by `ngram fit`")
+    e.add_argument("text_file", help="UTF-8 text to score, one sentence per line")
     e.add_argument("--lowercase", action=argparse.BooleanOptionalAction, default=None,
                    help="override the lower-casing recorded at fit time")
     e.set_defaults(func=_cmd_eval)
 
     g = sub.add_parser("generate", help="sample a sentence (or --num-tokens tokens) from a saved model")
-    g.add_argument("model_dir")
+    g.add_argument("model_dir", help="a model directory written by `ngram fit`")
     g.add_argument("--prompt", default="", help="words the generated text continues")
     g.add_argument("--num-tokens", type=int, help="exactly this many tokens (default: one sentence, until </s>)")
     g.add_argument("--temperature", type=float, default=1.0, help="0 = greedy (default 1)")
     g.add_argument("--top-k", type=int, help="sample among the k most probable tokens")
     g.add_argument("--top-p", type=float, help="nucleus sampling threshold")
-    g.add_argument("--seed", type=SEED, help="random seed")
+    g.add_argument("--seed", type=SEED, default=0,
+                   help="seed of the draws: the same seed, the same text (as `chainrule generate` and `sample`)")
     g.set_defaults(func=_cmd_generate)
 
     a = sub.add_parser("export-arpa", help="write a saved model as an ARPA file (KenLM/SRILM scoring convention)")
-    a.add_argument("model_dir")
+    a.add_argument("model_dir", help="a model directory written by `ngram fit`")
     a.add_argument("out", help="ARPA file to write")
     a.add_argument("--force", action="store_true", help="OUT exists: replace it")
     a.set_defaults(func=_cmd_export_arpa)

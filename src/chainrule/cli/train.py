@@ -6,6 +6,7 @@ from __future__ import annotations
 import argparse
 import logging
 import sys
+import time
 from pathlib import Path
 from typing import Any
 
@@ -22,7 +23,7 @@ from chainrule.apps.pipeline import (
 )
 from chainrule.cli.common import device_of, order_arg, set_threads
 from chainrule.cli.config import dumps_train_config, resolved_train_config
-from chainrule.data import Dataset, default_data_dir, load_dataset
+from chainrule.data import Dataset, Standardization, default_data_dir, load_dataset
 from chainrule.errors import InputError
 from chainrule.models import create_model
 from chainrule.models.registry import check_hyperparameters
@@ -79,6 +80,7 @@ def cmd_train(args: argparse.Namespace) -> int:
 
 
 def _train_command(args: argparse.Namespace, device: Any) -> int:
+    started = time.perf_counter()  # --max-seconds covers the whole command: loading, training, test, samples
     for name, what in (("model", "the model: `chainrule train MODEL`"), ("dataset", "--dataset")):
         if not getattr(args, name, None):
             raise InputError(f"no {name}: give {what} or `{name} = \"...\"` in a --config file")
@@ -101,7 +103,22 @@ def _train_command(args: argparse.Namespace, device: Any) -> int:
                       num_values=num_values if isinstance(num_values, int) else None)
     if ds.values is not None and distributed.is_main():  # how K was read from the values: never silently
         print(ds.values.line())
+    if getattr(args, "limit", None) is not None:
+        if args.limit < 1:
+            raise InputError(f"--limit must be a positive integer (examples per split), got {args.limit}")
+        ds = ds.limited(args.limit)
     check_data_fits_model(args.model, ds, real_values=num_values == "real")
+    standardization = None
+    if getattr(args, "standardize", False):
+        standardization = Standardization.fit(ds.train)  # the training split's statistics only
+        if distributed.is_main():
+            print(f"standardizing: z = (x - mean) / std per dimension, from the {len(ds.train)} training examples "
+                  f"(std {float(standardization.std.min()):.4g}..{float(standardization.std.max()):.4g}); NLLs are "
+                  "reported for x (log p(x) = log p(z) - sum log std)")
+    elif distributed.is_main():
+        hint = standardize_hint(ds)
+        if hint:
+            print(hint)
     out = Path(args.out or f"runs/{args.model}-{Path(ds.name).stem}")
     torch.manual_seed(args.seed)
     # where the data came from, as later commands (eval, sample, complete, ...) must find it again:
@@ -122,16 +139,39 @@ def _train_command(args: argparse.Namespace, device: Any) -> int:
         extra["class_names"] = list(ds.class_names)
     extra["run_config"] = resolved  # the options as RUN/config.toml holds them (train_config: the TrainConfig)
     if not distributed.is_main():  # a rank > 0: train only; rank 0 writes, evaluates and samples
-        _train_follower(args, ds, out, hparams, config, extra, device)
+        _train_follower(args, ds if standardization is None else standardization.dataset(ds), out, hparams, config,
+                        extra, device)
         return 0
     if ranks > 1:
         print(f"DDP: {ranks} ranks x {config.batch_size // ranks} = global batch {config.batch_size} "
               f"({torch.distributed.get_backend()})")
     train_run(args.model, ds, out, hparams, config, extra, not args.no_progress, args.num_samples,
               resume=args.resume, conditional=args.class_conditional, device=device, report=print,
-              force=args.force)
+              force=args.force, started=started, standardization=standardization)
     _store_train_config(out, resolved)
     return 0
+
+
+def standardize_hint(ds: Dataset) -> str | None:
+    """A line saying when ``--standardize`` would help: real-valued data (not intensities in [0, 1],
+    not dequantized) whose coordinates' standard deviations are far from 1 or from each other, or
+    whose means are far from 0 on their scale. None otherwise."""
+    if ds.num_values is not None or ds.dequantized_from is not None or ds.is_text or ds.is_audio or len(ds.train) < 2:
+        return None
+    if ds.values is not None and ds.values.kind == "intensities":
+        return None
+    x = ds.train.reshape(len(ds.train), -1).to(torch.float64)
+    std, mean = x.std(0), x.mean(0)
+    live = std > 0
+    if not live.any():
+        return None
+    low, high = float(std[live].min()), float(std[live].max())
+    offset = float((mean[live].abs() / std[live]).max())
+    if 0.2 <= low and high <= 5 and high / low <= 5 and offset <= 5:
+        return None
+    return (f"note: the data's coordinates have standard deviations {low:.3g}..{high:.3g} and means up to "
+            f"{offset:.3g} of them from 0; the models' initializations and learning rates assume values of order "
+            "1: --standardize trains on (x - mean) / std (NLLs stay the data's own)")
 
 
 def _train_follower(args: argparse.Namespace, ds: Dataset, out: Path, hparams: dict[str, Any], config: TrainConfig,
@@ -185,6 +225,7 @@ def cmd_quickstart(args: argparse.Namespace) -> int:
 
     Its output directory is its own: a previous quickstart run there (the default runs/quickstart,
     or any run marked as quickstart's) is replaced without asking; another run is refused unless --force."""
+    started = time.perf_counter()
     set_threads(args.threads)
     what, hparams, opt = QUICKSTART[args.model]
     config = checked_config(epochs=args.epochs, batch_size=64, max_seconds=args.max_seconds, seed=args.seed, **opt)
@@ -195,7 +236,7 @@ def cmd_quickstart(args: argparse.Namespace) -> int:
     print(f"chainrule quickstart: {what} on scikit-learn's 8x8 digits (17 grey levels)")
     extra = {"dataset": "digits", "command": sys.argv, "quickstart": True}
     summary = train_run(args.model, ds, out, hparams, config, extra, not args.no_progress, 64, report=print,
-                        force=args.force or own)
+                        force=args.force or own, started=started)
     t = summary["test"]
     print(f"\nTest NLL: {t['nll_nats']:.2f} nats per image = {t['bits_per_dim']:.4f} bits/dim "
           f"(uniform guessing: {64 * np.log(17):.1f} nats)")

@@ -13,9 +13,12 @@ import torch
 
 from chainrule.apps.pipeline import (
     check_samples_path,
+    checkpoint_dir,
     class_columns,
     default_samples_name,
     describe_eval,
+    in_data_units,
+    run_standardization,
     sample_labels,
     save_samples,
 )
@@ -38,6 +41,14 @@ from chainrule.io.outputs import output_file
 def cmd_eval(args: argparse.Namespace) -> int:
     """``chainrule eval``: NLL, bits/dim (and perplexity for text) on a split, or the Bayes classifier."""
     model, ds, data, labels = model_and_split(args)
+    if args.limit is not None:
+        if args.limit < 1:
+            raise InputError(f"--limit must be a positive integer (examples of the split), got {args.limit}")
+        if args.stride is not None:
+            raise InputError("--stride scores the whole token stream of the split; --limit takes its first N windows: "
+                             "pass one of them")
+        data = data[:args.limit]
+        labels = None if labels is None else labels[:args.limit]
     if args.stride is not None:
         if not hasattr(data, "stream"):
             raise InputError("--stride applies to text and audio datasets (a token stream)")
@@ -62,6 +73,9 @@ def cmd_eval(args: argparse.Namespace) -> int:
         return 0
     res = evaluate(model, data, labels, args.batch_size, progress=not args.no_progress, unit=token_unit(ds))
     _check_finite(res.nll_nats, args)
+    st = run_standardization(checkpoint_dir(args.run))
+    if st is not None:  # the model read standardized data: the NLL of the data in their own units
+        res = in_data_units(res, st.log_det)
     for line in describe_eval(args.split, res, ds):  # text / audio: per token (bits/char) first
         print(line)
     if args.json:
@@ -99,7 +113,10 @@ def cmd_sample(args: argparse.Namespace) -> int:
             raise InputError(f"--out {exc}") from None
         output_path(args, args.out, out, "--out")
     x = model.sample(args.n, labels, generator=default_generator(model, args.seed), temperature=args.temperature,
-                     top_k=args.top_k, top_p=args.top_p)
+                     top_k=args.top_k, top_p=args.top_p, progress=not args.no_progress)
+    st = run_standardization(ckpt)
+    if st is not None:  # trained on standardized data: samples in the data's units
+        x = st.invert(x)
     if tok is not None and not args.out:
         for row in x:
             print(tok.decode(row.tolist()))
@@ -124,6 +141,11 @@ def cmd_generate(args: argparse.Namespace) -> int:
     if tok is None:
         raise InputError(f"{ckpt} was not trained on text (no tokenizer in its config); use `chainrule sample`")
     prompt = tok.encode(args.prompt)
+    if len(prompt) + args.max_new_tokens > model.dim and not args.sliding_window and args.beam is None:
+        raise InputError(f"the prompt ({len(prompt)} tokens) plus --max-new-tokens {args.max_new_tokens} exceed the "
+                         f"model's window of {model.dim} tokens (it was trained on windows of {model.dim}): pass "
+                         f"--sliding-window (the model keeps the most recent tokens in view) or --max-new-tokens "
+                         f"{max(1, model.dim - len(prompt))} or fewer")
     if args.beam is not None:
         hyps = generate_beam(model, prompt, args.max_new_tokens, args.beam, length_penalty=args.length_penalty)
         for h in hyps:
@@ -199,10 +221,23 @@ def cmd_complete(args: argparse.Namespace) -> int:
         output_path(args, args.out, None, "--out")
         if Path(args.out).suffix.lower() != ".npy":
             output_path(args, Path(args.out).with_suffix(".npy"), None, "--out (its .npy)")
-    ckpt, model, labels = run_and_labels(args, "or one per input", "chainrule.apps.completion.complete(model, x, mask, context=...)")
-    x, source = completion_inputs(args, ckpt, model)
+    ckpt, model, labels = run_and_labels(args, "or one per input", "chainrule.apps.completion.complete(model, x, mask, context=...)",
+                                         dataset_labels=True)
+    found: list[Any] = []
+    x, source = completion_inputs(args, ckpt, model, labels=found)
+    if model.num_classes and labels is None:  # class-conditional: the dataset's own labels, else --class
+        if not found:
+            raise InputError(f"{ckpt} is class-conditional and {source} has no labels: pass --class Y (a label in "
+                             f"0..{model.num_classes - 1}, or one per input)")
+        labels = found[0]
+        source += f" (their labels {', '.join(map(str, labels.tolist()[:8]))}{', ...' if len(labels) > 8 else ''})"
     mask = load_mask(args.mask, model.shape, args.seed)
+    st = run_standardization(ckpt)
+    if st is not None and (len(args.input) > 1 or args.input[0].lower().endswith(".npy")):
+        x = st.apply(torch.as_tensor(x))  # a file in the data's units (a dataset input is standardized already)
     comp = complete(model, x, mask, args.num, labels, default_generator(model, args.seed), args.temperature)
+    if st is not None:  # trained on standardized data: completions (and the inputs) in the data's units
+        comp, x = st.invert(comp), st.invert(torch.as_tensor(x))
     n, shape = comp.shape[0], tuple(model.shape)
     full_mask = mask.expand(n, *shape).to(comp.device)  # check_mask already accepted the shape
     observed = int(full_mask[0].sum())

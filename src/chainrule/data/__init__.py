@@ -58,7 +58,13 @@ from chainrule.data.registry import (
 )
 from chainrule.data.sequences import TEXT_LEVELS, WindowedSequence, text_dataset
 from chainrule.data.sources import CHECKSUMS, MIRRORS, default_data_dir
-from chainrule.data.transforms import BINARIZE_CHOICES, bernoulli_binarize, dynamic_binarize, uniform_dequantize
+from chainrule.data.transforms import (
+    BINARIZE_CHOICES,
+    Standardization,
+    bernoulli_binarize,
+    dynamic_binarize,
+    uniform_dequantize,
+)
 from chainrule.data.values import ValueRangeError, ValueSummary, summarize_values
 from chainrule.errors import DataError, UnknownNameError
 
@@ -75,6 +81,7 @@ __all__ = [
     "MIRRORS",
     "MNIST_VAL_SIZE",
     "SPLITS",
+    "Standardization",
     "TEXT_LEVELS",
     "UnknownNameError",
     "Dataset",

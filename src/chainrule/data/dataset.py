@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -91,6 +91,34 @@ class Dataset:
         if self.dequantized_from is None:
             return 0.0
         return math.prod(self.shape) * math.log(self.dequantized_from)
+
+    def values_line(self) -> str:
+        """The one line saying how the values were read — :attr:`values`'s for the user's files (what
+        ``chainrule train`` prints), and for the registered datasets, text and audio, whose K is fixed,
+        a line of the same form."""
+        if self.values is not None:
+            return self.values.line()
+        if self.num_values is None:
+            what = "real values" + (f" (dequantized from K={self.dequantized_from})" if self.dequantized_from else "")
+        else:
+            kind = ("tokens" if self.is_text else "mu-law codes" if self.is_audio else "values")
+            what = f"{kind} 0..{self.num_values - 1} -> K={self.num_values}"
+        return f"data: {self.name}: {what} (fixed by the dataset)"
+
+    def limited(self, n: int | None) -> Dataset:
+        """The dataset with only the first ``n`` examples of each split (and their labels); None: all.
+        ``chainrule train --limit N`` / ``eval --limit N`` (a quick trial of a command)."""
+        if n is None:
+            return self
+        if isinstance(n, bool) or not isinstance(n, int) or n < 1:
+            raise DataError(f"limit must be a positive integer (examples per split), got {n!r}")
+        parts: dict[str, Any] = {}
+        for split in SPLITS:
+            x, y = self.split(split)
+            parts[split] = x if len(x) <= n else x[:n]
+            if y is not None:
+                parts[f"{split}_labels"] = y[:n]
+        return replace(self, **parts)
 
     def labels(self, split: str) -> torch.Tensor | None:
         """The ``(N,)`` long class labels of ``split`` (``"train"``, ``"val"`` or ``"test"``),

@@ -224,19 +224,26 @@ def summarize(nll: torch.Tensor, dim: int, unit: str | None = None) -> EvalResul
     """Turn per-example NLLs (nats) into an :class:`EvalResult` (``unit``: see :func:`evaluate`)."""
     mean = float(nll.mean())
     return EvalResult(nll_nats=mean, bits_per_dim=mean / (dim * math.log(2)),
-                      perplexity=math.exp(mean / dim), num_examples=len(nll), dim=dim, unit=_check_unit(unit))
+                      perplexity=_exp(mean / dim), num_examples=len(nll), dim=dim, unit=_check_unit(unit))
+
+
+def _exp(v: float) -> float:
+    """exp(v), infinity past float64's range (a density's NLL of badly scaled data can exceed 709 nats/dim)."""
+    return math.exp(v) if v < 709.0 else math.inf
 
 
 def evaluate(model: Any, data: Any, context: Any = None, batch_size: int = EVAL_BATCH_SIZE, progress: bool = False,
-             member: Member = None, unit: str | None = None) -> EvalResult:
+             member: Member = None, unit: str | None = None, desc: str = "eval") -> EvalResult:
     """Exact NLL of ``model`` on ``data`` ``(N, *shape)``: nats/example, bits/dim, perplexity.
 
     ``context``: the labels ``(N,)`` (or context tensors) of a conditional model. For an ensemble,
     ``member=k`` evaluates member k alone (a sequence: the ensemble of those members). ``unit``:
     for sequence data, what one variable is (``token_unit(ds)``: ``"char"``, ``"byte"``,
-    ``"token"``), so that the result reads per token (``bits/char``) rather than per window."""
+    ``"token"``), so that the result reads per token (``bits/char``) rather than per window.
+    ``progress``: a progress bar over the batches, labelled ``desc``."""
     unit = _check_unit(unit)
-    return summarize(per_example_nll(model, data, context, batch_size, progress, member=member), model.dim, unit)
+    return summarize(per_example_nll(model, data, context, batch_size, progress, desc=desc, member=member),
+                     model.dim, unit)
 
 
 def class_log_likelihoods(model: Any, data: Any, batch_size: int = EVAL_BATCH_SIZE, progress: bool = False) -> torch.Tensor:
@@ -355,5 +362,5 @@ def evaluate_stream(model: Any, stream: torch.Tensor, stride: int | None = None,
     finally:
         model.train(was_training)
     mean = total / count
-    return StreamResult(nats_per_token=mean, bits_per_token=mean / math.log(2), perplexity=math.exp(mean),
+    return StreamResult(nats_per_token=mean, bits_per_token=mean / math.log(2), perplexity=_exp(mean),
                         num_tokens=count, window=t, stride=stride, unit=unit)

@@ -23,6 +23,7 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 import torch
+from tqdm.auto import tqdm
 
 from chainrule.errors import InputError, renamed_parameters, warn_deprecated
 from chainrule.inference.processors import choose, processors
@@ -58,11 +59,12 @@ def draw(dist: Any, chain: Sequence[Callable], generator: torch.Generator | None
 
 def sample_with_state(model: Any, n: int, context: Any, call: dict[str, Any], generator: torch.Generator | None,
                       prompt: torch.Tensor | None = None, chain: Sequence[Callable] = (),
-                      num_steps: int | None = None) -> torch.Tensor:
+                      num_steps: int | None = None, progress: bool = False) -> torch.Tensor:
     """The loop itself, for one member / order (``call``): returns the groups ``(n, G, S)``.
 
     ``prompt`` ``(n, k, S)``: values of the first k groups in the order (primed through the cache,
-    as :func:`check_prompt` returns them); ``num_steps``: stop after this many groups (the rest stays 0).
+    as :func:`check_prompt` returns them); ``num_steps``: stop after this many groups (the rest stays 0);
+    ``progress``: a progress bar over the groups.
     """
     order = model.resolve_order(**call).tolist()
     g, s = model.num_groups, model.group_size
@@ -72,7 +74,7 @@ def sample_with_state(model: Any, n: int, context: Any, call: dict[str, Any], ge
     state = model.init_state(n, context, **call)
     k = 0 if prompt is None else prompt.shape[1]
     prev = None
-    for i in range(steps):
+    for i in tqdm(range(steps), desc=f"sampling {n}", unit="step", disable=not progress, leave=False):
         params, state = model.step(state, i, prev)
         vals = prompt[:, i] if i < k else draw(model.head(params), chain, generator).to(dtype)
         xg[:, order[i]] = vals
@@ -97,7 +99,7 @@ def sample(model: Any, n: int, context: Any = None, generator: torch.Generator |
            prompt: torch.Tensor | None = None, observed: tuple[Any, Any] | None = None,
            temperature: float = 1.0, top_k: int | None = None, top_p: float | None = None,
            chain: Sequence[Callable] | None = None, order: Any = None, member: int | None = None,
-           **options: Any) -> torch.Tensor:
+           progress: bool = False, **options: Any) -> torch.Tensor:
     """Draw ``n`` samples by ancestral sampling, ``(n, *shape)``.
 
     Args:
@@ -113,6 +115,7 @@ def sample(model: Any, n: int, context: Any = None, generator: torch.Generator |
             defaults sample the model's own distribution exactly. ``chain``: a processor list instead.
         order: an order over groups (models that take any order). ``member``: for an ensemble, draw
             from that member only; by default each sample picks a member uniformly.
+        progress: show a progress bar over the sampling steps (tqdm, on stderr).
     """
     if not isinstance(n, int) or isinstance(n, bool) or n < 1:
         raise InputError(f"n must be a positive integer, got {n!r}")
@@ -133,16 +136,16 @@ def sample(model: Any, n: int, context: Any = None, generator: torch.Generator |
                 if order is not None or observed is not None:
                     raise InputError("an ensemble's members have their own orders: pass member=k together with "
                                      "order= or observed=")
-                xg = _sample_mixture(model, n, ctx, generator, prompt, chain)
+                xg = _sample_mixture(model, n, ctx, generator, prompt, chain, progress)
             else:
                 call = {"order": order, **options} if members == 1 else {"member": member, "order": order, **options}
                 if members == 1 and member not in (None, 0):
                     raise InputError(f"member= applies to ensembles; {model.name!r} is a single model")
                 if observed is not None:
-                    xg = _sample_observed(model, n, ctx, call, generator, observed, chain)
+                    xg = _sample_observed(model, n, ctx, call, generator, observed, chain, progress)
                 else:
                     pre = None if prompt is None else check_prompt(model, n, prompt)
-                    xg = sample_with_state(model, n, ctx, call, generator, pre, chain)
+                    xg = sample_with_state(model, n, ctx, call, generator, pre, chain, progress=progress)
             x = model.groups.scatter(xg).reshape(n, *model.shape)
     finally:
         model.train(was_training)
@@ -151,7 +154,7 @@ def sample(model: Any, n: int, context: Any = None, generator: torch.Generator |
 
 
 def _sample_mixture(model: Any, n: int, ctx: torch.Tensor | None, generator: torch.Generator | None,
-                    prompt: Any, chain: Sequence[Callable]) -> torch.Tensor:
+                    prompt: Any, chain: Sequence[Callable], progress: bool = False) -> torch.Tensor:
     """Each sample picks a member uniformly, then is drawn from that member."""
     k = model.num_members
     which = torch.randint(k, (n,), generator=generator, device=model.device)
@@ -162,7 +165,7 @@ def _sample_mixture(model: Any, n: int, ctx: torch.Tensor | None, generator: tor
         idx = (which == m).nonzero().squeeze(-1)
         if idx.numel():
             out[idx] = sample_with_state(model, idx.numel(), None if ctx is None else ctx[idx], {"member": m},
-                                         generator, None if pre is None else pre[idx], chain)
+                                         generator, None if pre is None else pre[idx], chain, progress=progress)
     return out
 
 
@@ -197,7 +200,7 @@ def check_prefix(model: Any, n: int, prefix: Any) -> torch.Tensor:
 
 def _sample_observed(model: Any, n: int, ctx: torch.Tensor | None, call: dict[str, Any],
                      generator: torch.Generator | None, observed: tuple[Any, Any],
-                     chain: Sequence[Callable]) -> torch.Tensor:
+                     chain: Sequence[Callable], progress: bool = False) -> torch.Tensor:
     try:
         values, mask = observed
     except (TypeError, ValueError):
@@ -232,7 +235,7 @@ def _sample_observed(model: Any, n: int, ctx: torch.Tensor | None, call: dict[st
                                  f"prefix of that order (here: the first {k} groups in its order); models that take "
                                  "any order (nade, made, fvsbn, ...) accept any observed subset")
         out[rows] = sample_with_state(model, rows.numel(), None if ctx is None else ctx[rows], {**call, "order": order},
-                                      generator, vg[rows][:, order[:k]], chain)
+                                      generator, vg[rows][:, order[:k]], chain, progress=progress)
     return out
 
 

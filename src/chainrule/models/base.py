@@ -465,11 +465,12 @@ class AutoregressiveModel(nn.Module):
     def sample(self, n: int, context: Any = None, generator: torch.Generator | None = None, *,
                prompt: torch.Tensor | None = None, observed: tuple[torch.Tensor, torch.Tensor] | None = None,
                temperature: float = 1.0, top_k: int | None = None, top_p: float | None = None,
-               order: OrderSpec | None = None, **options: Any) -> torch.Tensor:
+               order: OrderSpec | None = None, progress: bool = False, **options: Any) -> torch.Tensor:
         """``n`` ancestral samples ``(n, *shape)`` (see :func:`chainrule.inference.sampling.sample`);
-        ``prompt``: the first values in the model's order, kept (formerly ``prefix=``, deprecated)."""
+        ``prompt``: the first values in the model's order, kept (formerly ``prefix=``, deprecated);
+        ``progress``: a progress bar over the steps."""
         return _sampling.sample(self, n, context, generator, prompt=prompt, observed=observed, temperature=temperature,
-                                top_k=top_k, top_p=top_p, order=order, **options)
+                                top_k=top_k, top_p=top_p, order=order, progress=progress, **options)
 
     @renamed_parameters(prefix="prompt")
     def beam_search(self, beam_width: int, context: Any = None, prompt: torch.Tensor | None = None,

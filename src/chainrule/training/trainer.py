@@ -158,7 +158,10 @@ class TrainConfig:
     """Training settings (all stored in the checkpoint's config.json).
 
     ``patience``: epochs without validation improvement before stopping (None: never stop early).
-    ``max_seconds``: wall-clock budget for training; stops after the epoch that crosses it.
+    ``max_seconds``: wall-clock budget, checked after every step (see :meth:`Trainer.fit`): training
+    stops when what is left would not hold another step, the closing validation and what the caller
+    evaluates after ``fit`` (:attr:`Trainer.reserve_examples`); a stop inside an epoch writes
+    ``last/`` at that position (an exact resume), then validates the weights reached.
     ``grad_clip``: max global gradient norm (None: no clipping).
     ``schedule``: "constant", "cosine" (to ``min_lr`` over all steps, after ``warmup_steps``) or
     "plateau" (halve the rate after ``patience // 2`` epochs without improvement).
@@ -443,6 +446,23 @@ class Trainer:
         self._signal: int | None = None  # SIGINT / SIGTERM received while fit() trains
         self._tb: Any = None  # the TensorBoard SummaryWriter while fit() trains (rank 0, when enabled)
         self._launcher: int | None = None  # under torchrun: the launcher's pid, watched while fit() trains
+        # The time budget (config.max_seconds) counts from budget_start (a time.perf_counter() value; None:
+        # from the call of fit), and keeps the estimated cost of evaluating reserve_examples more examples
+        # after fit (a test split, the samples) out of the training: set by the caller, e.g. train_run.
+        self.budget_start: float | None = None
+        self.reserve_examples: int = 0
+        self._budget_stop = False  # fit: the budget ended training inside an epoch
+        self._eval_seconds_per_example: float | None = None  # measured by the validations
+        self._step_time = (0.0, 0)  # (seconds, steps) of this fit call's training steps
+        self._val_examples = 0  # the validation set's size (its cost is part of the budget)
+        #: What one variable of sequence data is ("char", "byte", "token"; see
+        #: :func:`chainrule.inference.likelihood.token_unit`): the bars then show the loss per token
+        #: (``train_nats_per_char``), the figure text models are compared by, instead of per window.
+        self.unit: str | None = None
+        #: Added to every NLL the trainer reports (log.csv, bars, ``best_val_nll_nats``; the decisions are
+        #: unchanged by a constant): ``sum_d log std_d`` of data standardized before training, so that the
+        #: figures are the NLL of the data in their own units (see :class:`chainrule.data.Standardization`).
+        self.nll_offset: float = 0.0
         self.world_size = dist_utils.world_size() if dist_utils.is_distributed() else 1
         if self.config.batch_size % self.world_size:
             raise InputError(f"batch_size {self.config.batch_size} is the global batch of all {self.world_size} "
@@ -457,6 +477,69 @@ class Trainer:
     @property
     def _show_progress(self) -> bool:
         return bool(self.progress) and self.is_main
+
+    def _loss_postfix(self, total: float, count: int) -> dict[str, str]:
+        """The step bar's running training loss: per token for sequence data (:attr:`unit`), else per example."""
+        mean = total / max(count, 1) + self.nll_offset
+        if self.unit:
+            return {f"train_nats_per_{self.unit}": f"{mean / self.model.dim:.4g}"}
+        return {"train_nll_nats": f"{mean:.4g}"}
+
+    def _epoch_postfix(self, row: dict[str, float]) -> dict[str, str]:
+        """The epoch bar's figures of a log row: nats per example, or per token (:attr:`unit`)."""
+        out = {}
+        for k, v in row.items():
+            if k.endswith("nll_nats"):
+                if self.unit:
+                    out[f"{k[:-len('nll_nats')]}nats_per_{self.unit}"] = f"{v / self.model.dim:.4g}"
+                else:
+                    out[k] = f"{v:.4g}"
+        return out
+
+    # ------------------------------------------------------------------ the time budget
+    def _seconds_left(self) -> float | None:
+        """Seconds of ``config.max_seconds`` left (None: no budget), counted from :attr:`budget_start`."""
+        if self.config.max_seconds is None:
+            return None
+        return self.config.max_seconds - (time.perf_counter() - self._budget_origin)
+
+    def _mean_step_seconds(self) -> float:
+        seconds, steps = self._step_time
+        return seconds / steps if steps else 0.0
+
+    def _eval_cost(self, examples: int) -> float:
+        """Estimated seconds to evaluate ``examples`` examples exactly: at the rate the validations
+        measured, else at a third of a training step's time per example (a forward pass without
+        gradients)."""
+        if examples <= 0:
+            return 0.0
+        rate = self._eval_seconds_per_example
+        if rate is None:
+            rate = self._mean_step_seconds() / (3 * self.config.batch_size)
+        return examples * rate
+
+    def _budget_binds(self, *, validation: bool) -> bool:
+        """True when the time left would not hold one more training step plus (``validation``) the
+        closing validation plus the evaluation of :attr:`reserve_examples` after ``fit``. Under DDP
+        rank 0's clock decides for every rank."""
+        left = self._seconds_left()
+        if left is None:
+            return False
+        need = self._mean_step_seconds() + self._eval_cost(self.reserve_examples
+                                                           + (self._val_examples if validation else 0))
+        stop = int(left < need)
+        if self.world_size > 1:
+            stop = int(dist_utils.broadcast(torch.tensor([stop]))[0])
+        return bool(stop)
+
+    def _budget_steps(self, done: int, remaining_in_epoch: int) -> int | None:
+        """The steps this epoch can still take within the budget (None: no budget, or not yet
+        measured), for the progress bar's total."""
+        left, step = self._seconds_left(), self._mean_step_seconds()
+        if left is None or step <= 0:
+            return None
+        fit = max(0, int((left - self._eval_cost(self.reserve_examples + self._val_examples)) / step))
+        return done + min(fit, remaining_in_epoch)
 
     # ------------------------------------------------------------------ one step
     def _lr_factor(self, step: int, total_steps: int) -> float:
@@ -558,6 +641,10 @@ class Trainer:
             self._ddp = self._wrap_ddp()
         start = time.perf_counter() - st.result.train_seconds  # the log's seconds continue a resumed run
         call_start = time.perf_counter()
+        self._budget_origin = call_start if self.budget_start is None else self.budget_start
+        self._budget_stop, self._step_time = False, (0.0, 0)
+        self._val_examples = 0 if val is None else len(val)
+        self._train_size = len(train)
         # a resume rewrites log.csv from the checkpoint's history: rows written after it are redone
         log_file = self._open_log(st.result.history if resume else None)
         # TensorBoard hides the events logged after the checkpoint (those steps are redone); the
@@ -570,14 +657,19 @@ class Trainer:
         epochs = range(st.epoch, c.epochs) if not st.result.stopped_early else range(0)
         bar = tqdm(total=c.epochs, initial=min(st.epoch, c.epochs), desc=f"train ({may_stop})" if may_stop else "train",
                    unit="epoch", disable=not show)
+        epoch_seconds: list[float] = []  # of this call's epochs: the bar's total follows the time budget
         previous = self._install_signal_handlers()
         # log lines go through tqdm.write while bars are shown, so they do not glue onto a bar
         redirect = logging_redirect_tqdm(tqdm_class=tqdm) if show else contextlib.nullcontext()
         try:
             with redirect:
                 for epoch in epochs:
+                    epoch_start = time.perf_counter()
                     row = self._train_epoch(train, train_context, train_transform, st, steps_per_epoch, total_steps,
                                             start, epoch)
+                    if self._budget_stop:  # inside the epoch: last/ holds the position; validate what was reached
+                        self._closing_validation(val, val_context, val_members, st, epoch, row, log_file, bar)
+                        break
                     row = {"epoch": epoch + 1, **row}  # counted from 1: the epochs completed with this row
                     if val is not None:
                         self._validate(val, val_context, val_members, st, epoch + 1, row)
@@ -585,7 +677,7 @@ class Trainer:
                     st.result.epochs_run = st.epoch = epoch + 1
                     self._write_log(log_file, row)
                     self._tb_epoch(row, st.step)
-                    bar.set_postfix({k: f"{v:.4g}" for k, v in row.items() if k.endswith("nats")}, refresh=False)
+                    bar.set_postfix(self._epoch_postfix(row), refresh=False)
                     bar.update(1)  # after the epoch (not when the next begins): ends at the right count
                     if self.is_main:
                         log.info("epoch %d: %s", epoch + 1,
@@ -593,12 +685,19 @@ class Trainer:
                     stop = 0  # 1: early stop, 2: time budget, 3: step budget
                     if val is not None and c.patience is not None and st.bad_epochs >= c.patience:
                         stop = 1
-                    elif c.max_seconds is not None and time.perf_counter() - call_start >= c.max_seconds:
-                        stop = 2
+                    elif c.max_seconds is not None and self._budget_binds(validation=val is not None):
+                        stop = 2  # (already agreed by every rank)
                     elif st.step >= total_steps:
                         stop = 3
                     if self.world_size > 1:  # clocks differ between ranks: rank 0 decides for all
                         stop = int(dist_utils.broadcast(torch.tensor([stop]))[0])
+                    epoch_seconds.append(time.perf_counter() - epoch_start)
+                    left = self._seconds_left()
+                    if left is not None and not stop:  # the epochs the budget still holds: the bar's real end
+                        more = max(1, int(left / (sum(epoch_seconds) / len(epoch_seconds))))
+                        if st.epoch + more < c.epochs:
+                            bar.total = st.epoch + more
+                            bar.refresh()
                     if stop == 1:
                         st.result.stopped_early = True
                         bar.set_description(f"train (stopped early; best epoch {st.result.best_epoch})")
@@ -688,6 +787,7 @@ class Trainer:
             for b in range(first, steps_per_epoch):
                 if st.step >= total_steps:
                     break
+                step_start = time.perf_counter()
                 g = self._batch_rng(epoch, b)
                 if perm is None:
                     idx = torch.randint(len(train), (c.batch_size,), generator=g)
@@ -719,12 +819,21 @@ class Trainer:
                         self._tb.add_scalar("train/batch_nll_nats", tb_sum / max(tb_count, 1), st.step)
                         self._tb.add_scalar("train/lr", lr, st.step)
                         tb_sum, tb_count = 0.0, 0
-                bar.set_postfix({"train_nll_nats": f"{total / max(count, 1):.4g}"}, refresh=False)
+                seconds, steps = self._step_time
+                self._step_time = (seconds + time.perf_counter() - step_start, steps + 1)
+                bar.set_postfix(self._loss_postfix(total, count), refresh=False)
+                if c.max_seconds is not None:  # the bar ends where the budget will (not at a 10^9-step epoch's end)
+                    budget = self._budget_steps(b + 1, last_batch - b - 1)
+                    if budget is not None and budget < last_batch and abs(bar.total - budget) > 0.01 * budget:
+                        bar.total = budget
+                        bar.set_description(f"epoch {epoch + 1} (time budget)")
                 bar.update(1)
                 if b + 1 >= steps_per_epoch or st.step >= total_steps:
                     break  # the epoch is done: validation and the epoch's last/ follow (and a signal is seen there)
                 signum = self._pending_signal()
-                if signum or (c.save_every is not None and st.step % c.save_every == 0):
+                # checked every step: a stop inside the epoch saves last/ at this position (exact resume)
+                self._budget_stop = c.max_seconds is not None and self._budget_binds(validation=True)
+                if signum or self._budget_stop or (c.save_every is not None and st.step % c.save_every == 0):
                     now = time.perf_counter()
                     st.result.step_seconds += now - seg_start
                     seg_start = now
@@ -738,13 +847,20 @@ class Trainer:
                     dist_utils.barrier()  # last/ is complete before any rank goes on
                     if signum:
                         self._interrupted(signum, st, steps_per_epoch)
+                    if self._budget_stop:
+                        break
+        if self._budget_stop:  # st keeps the position (as last/ does) for the closing validation's row
+            st.result.step_seconds += time.perf_counter() - seg_start
+            st.result.examples_seen += st.epoch_count  # after last/ was written: for the throughput only
+            return {"train_nll_nats": st.epoch_nll_sum / max(st.epoch_count, 1) + self.nll_offset,
+                    "lr": self.optimizer.param_groups[0]["lr"], "seconds": time.perf_counter() - start}
         st.batch, st.epoch_nll_sum, st.epoch_count = 0, 0.0, 0
         st.result.step_seconds += time.perf_counter() - seg_start
         if self.world_size > 1:  # the epoch's mean over the global batches, as one process reports it
             sums = dist_utils.all_reduce_sum(torch.tensor([total, float(count)], dtype=torch.float64))
             total, count = float(sums[0]), int(sums[1])
         st.result.examples_seen += count  # the whole epoch's (a resumed one's earlier batches included)
-        return {"train_nll_nats": total / max(count, 1), "lr": self.optimizer.param_groups[0]["lr"],
+        return {"train_nll_nats": total / max(count, 1) + self.nll_offset, "lr": self.optimizer.param_groups[0]["lr"],
                 "seconds": time.perf_counter() - start}
 
     # ------------------------------------------------------------------ signals
@@ -813,15 +929,22 @@ class Trainer:
 
     def _validate(self, val: Any, context: Any, members: Any, st: TrainState, epoch: int, row: dict[str, float]) -> None:
         c = self.config
+        t0 = time.perf_counter()
+        show = self._show_progress  # a bar of its own: validating 10k images takes minutes on a CPU
         if self.world_size > 1:  # rank 0 evaluates, every rank gets its numbers: identical decisions
             nums = torch.zeros(3, dtype=torch.float64)
             if self.is_main:
-                res = evaluate(self.model, val, context, c.eval_batch_size, member=members)
+                res = evaluate(self.model, val, context, c.eval_batch_size, member=members, progress=show,
+                               desc="validation")
                 nums[:] = torch.tensor([res.nll_nats, res.bits_per_dim, res.nll_nats / res.dim], dtype=torch.float64)
             nll_nats, bpd, npd = (float(v) for v in dist_utils.broadcast(nums))
         else:
-            res = evaluate(self.model, val, context, c.eval_batch_size, member=members)
+            res = evaluate(self.model, val, context, c.eval_batch_size, member=members, progress=show, desc="validation")
             nll_nats, bpd, npd = res.nll_nats, res.bits_per_dim, res.nll_nats / res.dim
+        self._eval_seconds_per_example = (time.perf_counter() - t0) / len(val)  # the time budget's estimate
+        if self.nll_offset:  # standardized data: the NLL of the data in their own units
+            nll_nats += self.nll_offset
+            bpd, npd = nll_nats / (self.model.dim * math.log(2)), nll_nats / self.model.dim
         row.update(val_nll_nats=nll_nats, val_bits_per_dim=bpd, val_nats_per_dim=npd)
         if nll_nats < st.result.best_val_nll_nats:
             st.result.best_val_nll_nats, st.result.best_epoch, st.bad_epochs = nll_nats, epoch, 0
@@ -831,6 +954,30 @@ class Trainer:
             st.bad_epochs += 1
             if c.schedule == "plateau" and c.patience and st.bad_epochs % max(1, c.patience // 2) == 0:
                 st.lr_scale *= 0.5
+
+    def _closing_validation(self, val: Any, context: Any, members: Any, st: TrainState, epoch: int,
+                            row: dict[str, float], log_file: Any, bar: Any) -> None:
+        """After the time budget stopped training inside epoch ``epoch`` (0-based; ``last/`` already
+        holds the position, so a resume continues exactly as if nothing had happened): validate the
+        weights reached, keep them as the best model if they are (or when there is no best yet), and
+        log the row with the fraction of epochs completed (``epoch + batches / steps per epoch``)."""
+        steps_per_epoch = self.config.steps_per_epoch or math.ceil(self._train_size / self.config.batch_size)
+        done = epoch + st.batch / steps_per_epoch
+        row = {"epoch": done, **row}
+        if val is not None:
+            self._validate(val, context, members, st, done, row)
+        elif st.best_state is None:
+            self._save_best(st.result)
+        st.result.history.append(row)
+        st.result.stopped_by_time = True
+        self._write_log(log_file, row)
+        self._tb_epoch(row, st.step)
+        bar.set_postfix(self._epoch_postfix(row), refresh=False)
+        bar.set_description(f"train (time budget reached in epoch {epoch + 1})")
+        if self.is_main:
+            log.info("time budget reached in epoch %d after batch %d of %d (saved %s): %s", epoch + 1, st.batch,
+                     steps_per_epoch, self.out_dir / LAST_DIR if self.out_dir else "nothing",
+                     ", ".join(f"{k}={v:.5g}" for k, v in row.items() if k != "epoch"))
 
     def _fit_closed_form(self, train: Any, val: Any, train_transform: Any, train_context: Any,
                          val_context: Any) -> TrainResult:
