@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 from pathlib import Path
 from typing import Any
 
@@ -14,11 +15,17 @@ from chainrule.data import Dataset, read_npy
 from chainrule.errors import InputError
 from chainrule.io.checkpoint import read_config
 from chainrule.models import load
+from chainrule.training.threads import apply_default_threads
 
 
 def set_threads(n: int | None) -> None:
-    """``--threads``: None keeps torch's default; anything else must be a positive integer."""
+    """``--threads``: None uses the cores that are free now (the cores minus the load average, at
+    least 1: :func:`chainrule.training.threads.free_threads`, said in one log line; under torchrun
+    the launcher's ranks share them, see :func:`chainrule.training.distributed.init_from_env`);
+    anything else must be a positive integer."""
     if n is None:
+        if int(os.environ.get("WORLD_SIZE", "1")) <= 1:
+            apply_default_threads()
         return
     if n < 1:
         raise InputError(f"--threads must be a positive integer (torch CPU threads), got {n}")
