@@ -474,7 +474,8 @@ class Trainer:
         # Validate the whole training set once up front: a bad value is reported before hours of
         # work (a lazily indexed set, such as the windows of a text, is checked on a sample).
         if isinstance(train, torch.Tensor) and train_transform is None:
-            model.validate(train)
+            for start in range(0, len(train), 8192):  # in chunks: no int64 copy of a whole uint8 set
+                model.validate(train[start:start + 8192])
         else:
             probe = train[torch.arange(min(len(train), 1024))]
             model.validate(probe if train_transform is None else train_transform(probe, torch.Generator().manual_seed(c.seed)))
