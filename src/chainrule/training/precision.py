@@ -54,6 +54,7 @@ log = logging.getLogger(__name__)
 
 PRECISIONS = ("auto", "float32", "bfloat16", "float16")
 MEASURE_SECONDS = 1.5  # the measurement's budget (each candidate takes at least one warm-up and one timed step)
+MIN_ROUNDS = 2  # timed steps per candidate at least (one more warms up)
 MAX_ROUNDS = 5  # timed steps per candidate at most
 MARGIN = 0.05  # bf16 / NCHW must be this much faster than float32 channels-last to be chosen
 # A float32 step faster than this is bound by Python and dispatch, not arithmetic: autocast's casts
@@ -216,7 +217,7 @@ def measure(model: Any, x: torch.Tensor, context: Any, optimizer: Callable[[Any]
 
     Candidates take turns, one step each per round; the first round warms up (oneDNN builds its
     kernels on the first call) and is not counted; rounds go on while the budget lasts (at least
-    one timed round, at most ``MAX_ROUNDS``). The minimum is robust to a loaded machine's spikes.
+    ``MIN_ROUNDS`` timed rounds, at most ``MAX_ROUNDS``). The minimum is robust to a loaded machine's spikes.
     A candidate whose step fails (an operation without bf16 support) or gives a non-finite loss is
     left out (its time is infinite). ``model`` and the random streams are left untouched."""
     devices = [x.device] if x.device.type == "cuda" else []
@@ -248,7 +249,7 @@ def measure(model: Any, x: torch.Tensor, context: Any, optimizer: Callable[[Any]
                     continue
                 if rnd > 0:
                     best[c] = min(best[c], time.perf_counter() - t0)
-            if rnd >= 1 and time.perf_counter() - start >= budget:
+            if rnd >= min(MIN_ROUNDS, MAX_ROUNDS) and time.perf_counter() - start >= budget:
                 break
     return best
 
@@ -285,7 +286,7 @@ def choose(model: Any, precision: str, x: torch.Tensor, context: Any = None,
             return choice
     cands = _candidates(_layout_applies(model), bf16=x.device.type == "cpu")
     make_opt = optimizer or (lambda m: torch.optim.Adam(m.parameters()))
-    times = measure(model, x, context, make_opt, cands[:1], call, budget=0.0)  # one warm-up, one timed step
+    times = measure(model, x, context, make_opt, cands[:1], call, budget=0.0)  # a warm-up and MIN_ROUNDS steps
     if len(cands) > 1 and MIN_STEP_SECONDS <= next(iter(times.values())) < float("inf"):
         times = measure(model, x, context, make_opt, cands, call)
     if all(t == float("inf") for t in times.values()):  # nothing ran (the run's own step will say why)
