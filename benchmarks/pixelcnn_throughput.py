@@ -7,14 +7,17 @@ pytorch-generative stores the masked-out kernel weights as parameters, chainrule
 the rows below the centre, so its parameter count is lower for the same network (both counts are
 reported). One training step (forward, Bernoulli NLL, backward, Adam) on a batch of binarized
 MNIST-shaped images; the two alternate step by step so that the machine's load hits both alike.
-chainrule is also measured under bf16 autocast (``precision="bfloat16"``), and in float32 with its
-feature maps left in the contiguous (NCHW) layout instead of channels-last
-(:func:`chainrule.nn.pixel.cpu_layout`), to show what the layout is worth.
+chainrule is measured at its default ``precision="auto"`` (which times float32 / bf16 and the two
+layouts at its first step, inside the warm-up rounds, and trains in the fastest), and at each
+fixed arm: float32 and bf16 autocast, each with channels-last and with NCHW feature maps
+(:func:`chainrule.nn.pixel.feature_layout`), to show what each is worth and that ``auto`` is not
+slower than the fastest of them.
 
     git clone https://github.com/EugenHotaj/pytorch-generative /tmp/pg   # or a snapshot of it
     python benchmarks/pixelcnn_throughput.py --pg /tmp/pg --threads 1
 
-Target (issue 10): chainrule >= 2x pytorch-generative's images/s.
+Targets: chainrule >= 2x pytorch-generative's images/s (issues 10, 21); ``auto`` within 5% of the
+fastest fixed arm (issue 21).
 """
 
 from __future__ import annotations
@@ -67,7 +70,7 @@ def main() -> None:
     x = (torch.rand(args.batch_size, 1, 28, 28) < 0.2).long()
     ours = chainrule.create_model("pixelcnn", (1, 28, 28), 2, channels=2 * args.h, num_blocks=args.blocks,
                                   head_channels=args.head)
-    trainers = {p: Trainer(ours, TrainConfig(precision=p), progress=False) for p in ("float32", "bfloat16")}
+    trainers = {p: Trainer(ours, TrainConfig(precision=p), progress=False) for p in ("auto", "float32", "bfloat16")}
     theirs = PGPixelCNN(in_channels=1, out_channels=1, n_residual=args.blocks, residual_channels=args.h,
                         head_channels=args.head)
     opt = torch.optim.Adam(theirs.parameters(), lr=1e-3)
@@ -80,16 +83,17 @@ def main() -> None:
         loss.backward()
         opt.step()
 
-    def step_nchw() -> None:  # the same step with MaskedConv2d's outputs left contiguous
-        layout, pixel_layers.cpu_layout = pixel_layers.cpu_layout, lambda maps: maps
-        try:
-            trainers["float32"].train_step(x, None, 1e-3)
-        finally:
-            pixel_layers.cpu_layout = layout
+    def nchw(precision: str):  # the same step with MaskedConv2d's outputs left contiguous
+        def step() -> None:
+            with pixel_layers.feature_layout(False):
+                trainers[precision].train_step(x, None, 1e-3)
+        return step
 
-    runs = {"chainrule float32": lambda: trainers["float32"].train_step(x, None, 1e-3),
-            "chainrule float32 NCHW": step_nchw,
+    runs = {"chainrule auto": lambda: trainers["auto"].train_step(x, None, 1e-3),
+            "chainrule float32": lambda: trainers["float32"].train_step(x, None, 1e-3),
+            "chainrule float32 NCHW": nchw("float32"),
             "chainrule bfloat16": lambda: trainers["bfloat16"].train_step(x, None, 1e-3),
+            "chainrule bfloat16 NCHW": nchw("bfloat16"),
             "pytorch-generative": step_theirs}
     times: dict[str, list[float]] = {k: [] for k in runs}
     for k in range(args.steps + 2):
@@ -106,6 +110,11 @@ def main() -> None:
         "parameters": {"chainrule": ours.num_parameters(), "pytorch-generative": sum(p.numel() for p in theirs.parameters())},
         "median_step_seconds": {k: round(v, 4) for k, v in med.items()},
         "images_per_second": {k: round(v, 1) for k, v in ips.items()},
+        "auto_chose": trainers["auto"].choose_precision(x).label,
+        "auto_measured_ms": {k: round(v * 1000, 1) for k, v in trainers["auto"].choose_precision(x).seconds.items()},
+        "ratio_auto_over_pytorch_generative": round(ips["chainrule auto"] / ips["pytorch-generative"], 2),
+        "ratio_auto_over_fastest_fixed_arm": round(ips["chainrule auto"] / max(v for k, v in ips.items()
+                                                                                if k.startswith("chainrule") and k != "chainrule auto"), 3),
         "ratio_chainrule_float32_over_pytorch_generative": round(ips["chainrule float32"] / ips["pytorch-generative"], 2),
         "ratio_bfloat16_over_float32": round(ips["chainrule bfloat16"] / ips["chainrule float32"], 2),
         "ratio_channels_last_over_nchw": round(ips["chainrule float32"] / ips["chainrule float32 NCHW"], 2),

@@ -114,7 +114,7 @@ def test_dataset_checks_shapes_and_dtypes() -> None:
     x = torch.zeros(3, 4, dtype=torch.long)
     with pytest.raises(DataError, match="shape"):
         Dataset("bad", x, x, torch.zeros(3, 5, dtype=torch.long), (4,), 2, False)
-    with pytest.raises(DataError, match="torch.long"):
+    with pytest.raises(DataError, match="expected an integer type"):
         Dataset("bad", x.float(), x, x, (4,), 2, False)
     assert "train=3" in repr(Dataset("ok", x, x, x, (4,), 2, False))
 
@@ -128,7 +128,7 @@ def test_digits_split_of_the_book() -> None:
     ds = load_dataset("digits")
     assert (len(ds.train), len(ds.val), len(ds.test)) == (1000, 350, 447)
     assert ds.shape == (1, 8, 8) and ds.num_values == 17 and ds.is_image
-    assert ds.train.dtype == torch.long and int(ds.train.max()) == 16 and int(ds.train.min()) == 0
+    assert ds.train.dtype == torch.uint8 and int(ds.train.max()) == 16 and int(ds.train.min()) == 0
     raw = load_digits().data
     assert torch.equal(ds.val[0].flatten(), torch.from_numpy(raw[1000]).long())
     assert torch.equal(ds.test[-1].flatten(), torch.from_numpy(raw[-1]).long())
@@ -174,7 +174,7 @@ def test_idx_parse_and_split(fake_mnist: tuple[Path, np.ndarray, np.ndarray], na
     root, train, test = fake_mnist
     ds = load_dataset(name, root)
     assert ds.name == name and ds.shape == (1, 4, 4) and ds.num_values == 256 and ds.is_image
-    assert ds.train.dtype == torch.long and ds.train_transform is None
+    assert ds.train.dtype == torch.uint8 and ds.train_transform is None
     assert torch.equal(ds.train[:, 0], torch.from_numpy(train[:10]).long())
     assert torch.equal(ds.val[:, 0], torch.from_numpy(train[10:]).long())
     assert torch.equal(ds.test[:, 0], torch.from_numpy(test).long())
@@ -212,7 +212,7 @@ def test_dynamic_binarization(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -
     assert ds.num_values == 2 and ds.train_transform is not None
     assert int(ds.train.max()) == 128 + 127  # train keeps intensities
     for split in (ds.val, ds.test):
-        assert split.dtype == torch.long and set(split.unique().tolist()) == {0, 1}
+        assert split.dtype == torch.uint8 and set(split.unique().tolist()) == {0, 1}
         assert (split[:, 0, 0, 0] == 0).all() and (split[:, 0, 0, 1] == 1).all()
     batch = ds.train[:8]
     a, b = ds.train_transform(batch, None), ds.train_transform(batch, None)
@@ -374,7 +374,7 @@ def test_npy_integer_table(tmp_path: Path) -> None:
     x[:, 0] = np.arange(50)  # row id
     ds = load_dataset(str(_save(tmp_path / "x.npy", x)))
     assert (len(ds.train), len(ds.val), len(ds.test)) == (40, 5, 5)
-    assert ds.shape == (6,) and ds.num_values == 50 and not ds.is_image and ds.train.dtype == torch.long
+    assert ds.shape == (6,) and ds.num_values == 50 and not ds.is_image and ds.train.dtype == torch.uint8
     ids = torch.cat([ds.train, ds.val, ds.test])[:, 0]
     assert sorted(ids.tolist()) == list(range(50))
     assert torch.equal(load_dataset(tmp_path / "x.npy").val, ds.val)  # fixed split
@@ -384,7 +384,7 @@ def test_npy_type_inference(tmp_path: Path) -> None:
     real = load_dataset(str(_save(tmp_path / "real.npy", np.linspace(-1, 1, 40).reshape(20, 2))))
     assert real.num_values is None and real.train.dtype == torch.float32
     integral = load_dataset(str(_save(tmp_path / "int.npy", np.array([[0.0, 3.0]] * 10))))
-    assert integral.num_values == 4 and integral.train.dtype == torch.long
+    assert integral.num_values == 4 and integral.train.dtype == torch.uint8
     images = load_dataset(str(_save(tmp_path / "img.npy", np.zeros((10, 5, 6), np.uint8))))
     assert images.shape == (1, 5, 6) and images.num_values == 256 and images.is_image
     chw = load_dataset(str(_save(tmp_path / "chw.npy", np.ones((10, 3, 4, 4), np.int64))))
@@ -792,3 +792,23 @@ def test_real_label_checksums_are_the_published_ones() -> None:
     for sub in ("mnist", "fashion-mnist"):
         for f in (IDX_TRAIN, IDX_TEST, IDX_TRAIN_LABELS, IDX_TEST_LABELS):
             assert data.CHECKSUMS[f"{sub}/{f}"] == published[f"{sub}/{f}"]
+
+
+def test_discrete_data_are_stored_at_their_natural_width() -> None:
+    """Discrete splits take the narrowest integer type that holds K values (uint8 for K <= 256: 8x
+    less memory than int64); any integer type is accepted, and a batch becomes int64 in the model."""
+    from chainrule.data.dataset import _to_dataset, storage_dtype
+
+    assert [storage_dtype(k) for k in (2, 256, 257, 32768, 32769, 2**31, 2**31 + 1)] == [
+        torch.uint8, torch.uint8, torch.int16, torch.int16, torch.int32, torch.int32, torch.int64]
+    x = np.arange(40 * 3).reshape(40, 3) % 300
+    ds = _to_dataset("wide", x[:30], x[30:35], x[35:], 300, "values up to 299")
+    assert ds.train.dtype == torch.int16 and torch.equal(ds.train.long(), torch.from_numpy(x[:30]))
+    for dtype in (torch.uint8, torch.int32, torch.long):  # a caller's own integer tensors are kept as given
+        t = torch.zeros(3, 4, dtype=dtype)
+        assert Dataset("ok", t, t, t, (4,), 2, False).train.dtype == dtype
+    from chainrule import create_model
+
+    model = create_model("made", (3,), 300, hidden_sizes=[8])
+    xb, _ = model.validate(ds.train[:4])
+    assert xb.dtype == torch.long and torch.equal(xb, torch.from_numpy(x[:4]))

@@ -57,7 +57,7 @@ def test_float_pixels_0_255_are_discrete_k256(tmp_path, capsys):
     """A float32 .npy of MNIST-like pixel values 0.0..255.0: discrete with K=256, not a Gaussian."""
     path = _save(tmp_path / "f.npy", _pixels().astype(np.float32))
     ds = load_dataset(path)
-    assert ds.num_values == 256 and ds.train.dtype == torch.long
+    assert ds.num_values == 256 and ds.train.dtype == torch.uint8
     assert ds.values.kind == "8-bit" and ds.values.integral_floats
     line = ds.values.line()
     assert line == ("data: float32 images, values 0..255, all integers -> discrete, K=256 (8-bit pixels); "

@@ -1,14 +1,30 @@
-"""Training precision: bf16 autocast for the network's pass, the likelihood always in float32."""
+"""Training precision: ``auto`` measures float32 against bf16 autocast (and the image models' two
+layouts) on the model's own batch, caches the verdict, and says it in one log line; the likelihood
+stays in float32 whatever the pass runs in."""
 
 from __future__ import annotations
+
+import json
+import logging
 
 import pytest
 import torch
 
 import chainrule
+import chainrule.nn.pixel as pixel
 from chainrule.errors import InputError
-from chainrule.training import TrainConfig, Trainer, autocast_dtype
-from chainrule.training import trainer as trainer_module
+from chainrule.training import TrainConfig, Trainer
+from chainrule.training import precision as prec
+
+F32, BF16 = None, torch.bfloat16
+
+
+@pytest.fixture(autouse=True)
+def cache(tmp_path, monkeypatch):
+    """A fresh, empty cache (file and memory) for every test."""
+    monkeypatch.setenv("CHAINRULE_CACHE_DIR", str(tmp_path / "cache"))
+    monkeypatch.setattr(prec, "_memory", {})
+    return tmp_path / "cache" / prec.CACHE_FILE
 
 
 def _pixelcnn():
@@ -16,17 +32,162 @@ def _pixelcnn():
     return chainrule.create_model("pixelcnn", (1, 6, 6), 2, channels=8, num_blocks=1, head_channels=8, first_kernel_size=3)
 
 
-def test_auto_precision_follows_the_model_and_the_cpu(monkeypatch):
-    conv, mlp = _pixelcnn(), chainrule.create_model("nade", (4,), 2, hidden_size=4)
-    monkeypatch.setattr(trainer_module, "_cpu_flags", lambda: frozenset({"avx512f", "amx_bf16"}))
-    assert autocast_dtype(conv, "auto") == torch.bfloat16
-    assert autocast_dtype(mlp, "auto") is None  # not marked mixed_precision: float32
-    assert autocast_dtype(conv, "float32") is None and autocast_dtype(mlp, "bfloat16") == torch.bfloat16
-    # AVX-512 BF16 without AMX ran bf16 convolutions slower than float32 here: auto stays float32
-    monkeypatch.setattr(trainer_module, "_cpu_flags", lambda: frozenset({"avx512f", "avx512_bf16"}))
-    assert autocast_dtype(conv, "auto") is None
+def _made():
+    torch.manual_seed(0)
+    return chainrule.create_model("made", (6,), 2, hidden_sizes=[8])
+
+
+def _batch(shape=(1, 6, 6), n=16):
+    return (torch.rand(n, *shape, generator=torch.Generator().manual_seed(1)) < 0.5).long()
+
+
+def _fake_measure(seconds, calls):
+    """A stand-in for prec.measure: the given seconds per candidate name (the probe of the first
+    candidate alone gets 1 s, above MIN_STEP_SECONDS, so every candidate is then tried)."""
+    def measure(model, x, context, optimizer, candidates, call=None, budget=prec.MEASURE_SECONDS):
+        calls.append([prec._name(*c) for c in candidates])
+        if len(candidates) == 1:
+            return {candidates[0]: 1.0}
+        return {c: seconds[prec._name(*c)] for c in candidates}
+    return measure
+
+
+@pytest.mark.parametrize("seconds, expected", [
+    ({"float32": 1.0, "bfloat16": 0.5}, (BF16, None)),
+    ({"float32": 1.0, "bfloat16": 1.5}, (F32, None)),
+    ({"float32": 1.0, "bfloat16": 0.97}, (F32, None)),  # within the 5% margin: the exact arithmetic stays
+])
+def test_auto_picks_the_faster_precision(monkeypatch, caplog, seconds, expected, cache):
+    calls = []
+    monkeypatch.setattr(prec, "measure", _fake_measure(seconds, calls))
+    t = Trainer(_made(), TrainConfig(), progress=False)
+    x = _batch((6,))
+    with caplog.at_level(logging.INFO, logger="chainrule.training.trainer"):
+        nll = t.train_step(x, None, 1e-3)
+    assert nll.dtype == torch.float32
+    choice = t.choose_precision(x)
+    assert (choice.dtype, choice.channels_last) == expected and choice.source == "measured"
+    assert t.autocast_dtype == expected[0]
+    assert calls == [["float32"], ["float32", "bfloat16"]]  # the probe, then both (no layouts: not an image model)
+    lines = [r.getMessage() for r in caplog.records if "precision auto" in r.getMessage()]
+    assert len(lines) == 1 and ("bfloat16 autocast" if expected[0] else "float32") in lines[0], lines
+    entry = next(iter(json.loads(cache.read_text())["entries"].values()))
+    assert entry["precision"] == ("bfloat16" if expected[0] else "float32")
+    assert entry["key"]["model"]["model"] == "made" and entry["key"]["batch"] == [16, 6]
+    assert entry["key"]["threads"] == torch.get_num_threads() and entry["key"]["torch"] == torch.__version__
+
+
+def test_image_models_also_measure_the_layout(monkeypatch):
+    calls = []
+    seconds = {"float32/channels_last": 1.0, "float32/nchw": 0.6, "bfloat16/channels_last": 0.8, "bfloat16/nchw": 0.9}
+    monkeypatch.setattr(prec, "measure", _fake_measure(seconds, calls))
+    t = Trainer(_pixelcnn(), TrainConfig(), progress=False)
+    layouts = []
+    conv = next(m for m in t.model.modules() if isinstance(m, pixel.MaskedConv2d))
+    conv.register_forward_hook(lambda m, i, out: layouts.append(out.is_contiguous()))
+    t.train_step(_batch(), None, 1e-3)
+    choice = t.choose_precision(_batch())
+    assert (choice.dtype, choice.channels_last) == (F32, False)
+    assert calls[1] == list(seconds)
+    assert layouts == [True]  # NCHW maps (channels-last ones are not contiguous) during the training step
+    layouts.clear()
+    t.model.log_prob(_batch())  # evaluation: the layers' default layout again
+    assert layouts == [False]
+
+
+def test_the_cache_is_reused_and_decides_alone(monkeypatch, cache):
+    calls = []
+    monkeypatch.setattr(prec, "measure", _fake_measure({"float32": 1.0, "bfloat16": 0.5}, calls))
+    Trainer(_made(), TrainConfig(), progress=False).train_step(_batch((6,)), None, 1e-3)
+    assert len(calls) == 2 and cache.is_file()
+
+    def fail(*a, **k):
+        raise AssertionError("measured again although cached")
+    monkeypatch.setattr(prec, "measure", fail)
+    prec._memory.clear()  # a new process: only the file
+    t = Trainer(_made(), TrainConfig(), progress=False)
+    t.train_step(_batch((6,)), None, 1e-3)
+    assert t.choose_precision(_batch((6,))).source == "cache" and t.autocast_dtype == BF16
+    # another batch size is another key: measured (here: refused by the stand-in)
+    with pytest.raises(AssertionError, match="measured again"):
+        Trainer(_made(), TrainConfig(), progress=False).train_step(_batch((6,), n=8), None, 1e-3)
+
+
+def test_a_prefilled_cache_forces_each_branch(monkeypatch, cache):
+    monkeypatch.setattr(prec, "measure", lambda *a, **k: pytest.fail("measured although cached"))
+    x = _batch()
+    key = prec.cache_key(_pixelcnn(), x, None)
+    for precision, channels_last in (("bfloat16", True), ("float32", False), ("float32", True), ("bfloat16", False)):
+        cache.parent.mkdir(parents=True, exist_ok=True)
+        cache.write_text(json.dumps({"version": prec.CACHE_VERSION, "entries": {
+            prec._digest(key): {"precision": precision, "channels_last": channels_last, "seconds": {}, "key": key}}}))
+        prec._memory.clear()
+        t = Trainer(_pixelcnn(), TrainConfig(), progress=False)
+        t.train_step(x, None, 1e-3)
+        assert t.autocast_dtype == getattr(torch, precision) if precision != "float32" else t.autocast_dtype is None
+        assert t.choose_precision(x).channels_last is channels_last
+
+
+def test_explicit_precision_bypasses_the_measurement(monkeypatch, cache):
+    monkeypatch.setattr(prec, "measure", lambda *a, **k: pytest.fail("measured an explicit precision"))
+    for precision, dtype in (("float32", None), ("bfloat16", torch.bfloat16)):
+        t = Trainer(_made(), TrainConfig(precision=precision), progress=False)
+        assert t.autocast_dtype == dtype  # known before any step
+        t.train_step(_batch((6,)), None, 1e-3)
+        assert t.autocast_dtype == dtype
+    assert not cache.exists()
     with pytest.raises(InputError, match="precision"):
         TrainConfig(precision="half")
+
+
+def test_a_real_measurement_leaves_the_run_untouched(cache):
+    """Unpatched: every candidate timed on a copy; the model's weights and torch's generator are as before."""
+    model = _pixelcnn()
+    x = _batch()
+    weights = {k: v.clone() for k, v in model.state_dict().items()}
+    rng = torch.get_rng_state()
+    opt = torch.optim.Adam(model.parameters())
+    times = prec.measure(model, x, None, lambda m: torch.optim.Adam(m.parameters()),
+                         prec._candidates(True, bf16=True), budget=0.0)
+    assert [prec._name(*c) for c in times] == ["float32/channels_last", "float32/nchw", "bfloat16/channels_last",
+                                               "bfloat16/nchw"]
+    assert all(0 < t < 60 for t in times.values())
+    assert all(torch.equal(v, weights[k]) for k, v in model.state_dict().items())
+    assert torch.equal(torch.get_rng_state(), rng) and not opt.state
+    # the whole choice, measured for real: one of the candidates, remembered in the file
+    choice = prec.choose(model, "auto", x)
+    assert choice.source == "measured" and choice.seconds
+    assert prec.choose(model, "auto", x).dtype == choice.dtype and cache.is_file()
+
+
+def test_small_steps_keep_float32_untried(monkeypatch):
+    calls = []
+
+    def measure(model, x, context, optimizer, candidates, call=None, budget=prec.MEASURE_SECONDS):
+        calls.append(len(candidates))
+        return {c: 0.001 for c in candidates}
+    monkeypatch.setattr(prec, "measure", measure)
+    choice = prec.choose(_made(), "auto", _batch((6,)))
+    assert choice.dtype is None and calls == [1]
+
+
+def test_a_gpu_is_not_timed(monkeypatch):
+    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda *a, **k: True)
+    assert prec.device_choice(torch.device("cuda")).dtype == torch.bfloat16
+    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda *a, **k: False)
+    choice = prec.device_choice(torch.device("cuda"))
+    assert choice.dtype == torch.float16 and choice.grad_scaler and "loss scaling" in prec.describe(choice)
+    assert prec.device_choice(torch.device("cpu")) is None
+
+
+def test_float16_trains_with_a_grad_scaler():
+    """float16 autocast with loss scaling (the GPU-without-bf16 path), run here on the CPU."""
+    model = _made()
+    before = [p.detach().clone() for p in model.parameters()]
+    t = Trainer(model, TrainConfig(precision="float16", grad_clip=1.0), progress=False)
+    nll = t.train_step(_batch((6,)), None, 1e-2)
+    assert t._scaler is not None and nll.dtype == torch.float32 and torch.isfinite(nll).all()
+    assert any(not torch.equal(a, b) for a, b in zip(before, model.parameters()))
 
 
 def test_bf16_training_keeps_the_loss_in_float32_and_matches_float32():

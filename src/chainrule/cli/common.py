@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
+import os
 from pathlib import Path
 from typing import Any
 
@@ -16,6 +16,7 @@ from chainrule.errors import InputError
 from chainrule.io.checkpoint import read_config
 from chainrule.io.outputs import check_output
 from chainrule.models import load
+from chainrule.training.threads import apply_default_threads
 
 
 #: Ceilings of counts given on the command line (a typo such as -n 1e12 fails at once, in one line).
@@ -97,8 +98,13 @@ def output_path(args: argparse.Namespace, explicit: str | Path | None, default: 
 
 
 def set_threads(n: int | None) -> None:
-    """``--threads``: None keeps torch's default; anything else must be a positive integer."""
+    """``--threads``: None uses the cores that are free now (the cores minus the load average, at
+    least 1: :func:`chainrule.training.threads.free_threads`, said in one log line; under torchrun
+    the launcher's ranks share them, see :func:`chainrule.training.distributed.init_from_env`);
+    anything else must be a positive integer."""
     if n is None:
+        if int(os.environ.get("WORLD_SIZE", "1")) <= 1:
+            apply_default_threads()
         return
     if n < 1:
         raise InputError(f"--threads must be a positive integer (torch CPU threads), got {n}")

@@ -237,9 +237,10 @@ def build_parser() -> argparse.ArgumentParser:
                    help="ensembles: validate each epoch with the first N orderings/masks (default: all)")
     t.add_argument("--seed", type=SEED, default=0, help="seed of initialization, batches and samples")
     t.add_argument("--precision", choices=list(PRECISIONS), default="auto",
-                   help="arithmetic of the training pass: auto (bfloat16 autocast for convolutional models on a "
-                        "CPU with AMX or a GPU with bf16, else float32), float32, bfloat16, float16; the "
-                        "likelihood and loss stay float32")
+                   help="arithmetic of the training pass: auto (on a CPU the faster of float32 and bfloat16 "
+                        "autocast, and of the image models' two layouts, timed on a few steps of this model and "
+                        "cached per machine and model; on a GPU bfloat16, or float16 where it has none), "
+                        "float32, bfloat16, float16; the likelihood and loss stay float32")
     t.add_argument("--num-samples", type=int_in(1, MAX_COUNT, " (samples drawn after training)"), default=64, help="samples drawn after training")
     t.add_argument("--limit", type=int_in(1, MAX_COUNT, " (examples per split)"), default=None, metavar="N",
                    help="only the first N examples of each split (train, val, test): a quick trial of a command")

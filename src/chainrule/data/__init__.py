@@ -1,7 +1,9 @@
 """Datasets for chainrule: a small registry of checksummed loaders, plus the user's own files.
 
-Every loader returns a :class:`Dataset` of three tensors ``(N, *shape)``: ``torch.long`` with
-values ``0..num_values-1`` for discrete data, ``float32`` for real-valued data; labelled data also
+Every loader returns a :class:`Dataset` of three tensors ``(N, *shape)``: integers
+``0..num_values-1`` at their natural width for discrete data (``uint8`` for K <= 256, see
+:func:`~chainrule.data.dataset.storage_dtype`; models widen each batch to ``int64``), ``float32``
+for real-valued data; labelled data also
 carry ``(N,)`` ``torch.long`` class labels per split (``train_labels``, ``val_labels``,
 ``test_labels``, ``num_classes``, ``class_names``; ``Dataset.split("test")`` gives examples and
 labels together).

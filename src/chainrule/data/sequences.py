@@ -11,7 +11,7 @@ from pathlib import Path
 
 import torch
 
-from chainrule.data.dataset import Dataset
+from chainrule.data.dataset import Dataset, storage_dtype
 from chainrule.errors import DataError
 
 #: Levels of the text datasets: one token per character, or per UTF-8 byte.
@@ -35,7 +35,9 @@ class WindowedSequence:
         if len(stream) < length:
             raise DataError(f"the text has {len(stream)} tokens, fewer than one window of {length}: "
                             "use a smaller --block-size or more text")
-        self.stream, self.length, self.stride = stream.long(), length, stride
+        # the tokens at their natural width (uint8 for characters and bytes); windows come out int64
+        width = storage_dtype(int(stream.max()) + 1 if stream.numel() else 1)
+        self.stream, self.length, self.stride = stream.to(width), length, stride
         self._offsets = torch.arange(length)
 
     def __len__(self) -> int:
@@ -57,7 +59,7 @@ class WindowedSequence:
             raise IndexError(f"window index out of range 0..{len(self) - 1}")
         idx = idx % len(self)
         starts = idx * self.stride
-        return self.stream[starts.unsqueeze(-1) + self._offsets]
+        return self.stream[starts.unsqueeze(-1) + self._offsets].long()
 
     def __repr__(self) -> str:
         return f"WindowedSequence({len(self)} windows of {self.length}, stride {self.stride}, {len(self.stream)} tokens)"

@@ -78,9 +78,9 @@ def _binarize(ds: Dataset, mode: str | None, seed: int) -> Dataset:
     if mode == "threshold":
         return replace(
             ds,
-            train=(ds.train >= cut).long(),
-            val=(ds.val >= cut).long(),
-            test=(ds.test >= cut).long(),
+            train=(ds.train >= cut).to(torch.uint8),
+            val=(ds.val >= cut).to(torch.uint8),
+            test=(ds.test >= cut).to(torch.uint8),
             num_values=2,
             description=f"{ds.description}; binarized: x >= {cut}",
             values=None if values is None else values.then(f"binarized (x >= {cut}) -> K=2"),
@@ -91,8 +91,8 @@ def _binarize(ds: Dataset, mode: str | None, seed: int) -> Dataset:
     p = "x" if intensities else "x / 255"
     return replace(
         ds,
-        val=draw(ds.val, generator),
-        test=draw(ds.test, generator),
+        val=draw(ds.val, generator).to(torch.uint8),
+        test=draw(ds.test, generator).to(torch.uint8),
         num_values=2,
         train_transform=draw,
         description=f"{ds.description}; dynamically binarized",

@@ -82,7 +82,7 @@ class AutoregressiveModel(nn.Module):
     any_order: ClassVar[bool] = False  # accepts an order at call time
     fixed_order: ClassVar[str | None] = None  # the only order the architecture can read in (PixelCNN: "raster")
     image_only: ClassVar[bool] = False  # events must be images (C, H, W)
-    mixed_precision: ClassVar[bool] = False  # trained under bf16 autocast by precision="auto" (measured parity)
+    mixed_precision: ClassVar[bool] = False  # bf16 training parity measured (precision="auto" times every model)
     # Capabilities are opt-in: a model that does not read a context must never be built with one
     # (the registry suite checks that a model claiming a context is changed by it).
     supports_context: ClassVar[bool] = False  # class labels (num_classes)

@@ -17,21 +17,43 @@ Every layer also has a cached form for sampling: its input is kept in a zero-pad
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import Iterator
+
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 
+_channels_last = True  # the CPU layout of cpu_layout; switched by feature_layout (the trainer's measured choice)
+
+
+@contextlib.contextmanager
+def feature_layout(channels_last: bool | None) -> Iterator[None]:
+    """Inside the block, :func:`cpu_layout` writes CPU feature maps channels-last (True) or leaves
+    them as the convolution returns them (False: NCHW); None changes nothing. Training with
+    ``precision="auto"`` measures both and trains in the faster (:mod:`chainrule.training.precision`)."""
+    global _channels_last
+    if channels_last is None:
+        yield
+        return
+    previous, _channels_last = _channels_last, bool(channels_last)
+    try:
+        yield
+    finally:
+        _channels_last = previous
+
+
 def cpu_layout(maps: torch.Tensor) -> torch.Tensor:
     """Feature maps ``(B, C, H, W)`` in the memory layout convolutions run fastest on: on a CPU,
-    channels-last (float32 training steps of oneDNN's convolutions and the elementwise work
-    between them ran 1.31x faster on a PixelCNN, 1.09-1.17x on Gated PixelCNNs, 1.08x on PixelCNN++
-    and within the noise on the PixelRNNs: ``benchmarks/image_layout.py``, BENCHMARKS.md
-    section 5); elsewhere unchanged (on a GPU the layout is left to the user). The values are the
-    same, only the strides differ; convolutions, activations, padding and sums of channels-last
-    maps stay channels-last, so converting each layer's output costs one copy in the first layer
-    and nothing after it."""
-    if maps.device.type == "cpu" and maps.dim() == 4:
+    channels-last by default (float32 training steps of oneDNN's convolutions and the elementwise
+    work between them ran 1.31x faster on a PixelCNN, 1.09-1.17x on Gated PixelCNNs, 1.08x on
+    PixelCNN++ and within the noise on the PixelRNNs: ``benchmarks/image_layout.py``, BENCHMARKS.md
+    section 5; :func:`feature_layout` turns it off); elsewhere unchanged (on a GPU the layout is
+    left to the user). The values are the same, only the strides differ; convolutions,
+    activations, padding and sums of channels-last maps stay channels-last, so converting each
+    layer's output costs one copy in the first layer and nothing after it."""
+    if _channels_last and maps.device.type == "cpu" and maps.dim() == 4:
         return maps.contiguous(memory_format=torch.channels_last)
     return maps
 
@@ -67,6 +89,8 @@ class MaskedConv2d(nn.Module):
 
     Shapes: ``x`` ``(B, C_in, H, W)`` -> ``(B, C_out, H, W)``.
     """
+
+    uses_cpu_layout = True  # its maps follow cpu_layout (the trainer measures the layouts)
 
     def __init__(self, in_channels: int, out_channels: int, kernel_size: int | tuple[int, int], mask_type: str,
                  groups: int = 1, bias: bool = True) -> None:

@@ -134,6 +134,8 @@ class ShiftedConv2d(_WeightNormed):
     Shapes: ``(B, C_in, H, W)`` -> ``(B, C_out, H, W)`` (stride 1).
     """
 
+    uses_cpu_layout = True  # its maps follow cpu_layout (the trainer measures the layouts)
+
     def __init__(self, in_channels: int, out_channels: int, kernel_size: tuple[int, int], right: bool = False,
                  stride: int = 1) -> None:
         super().__init__()

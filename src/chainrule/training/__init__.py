@@ -8,7 +8,7 @@ from chainrule.training.trainer import (
     Trainer,
     TrainResult,
     TrainState,
-    autocast_dtype,
 )
+from chainrule.training.precision import PrecisionChoice
 
-__all__ = ["OPTIMIZERS", "PRECISIONS", "SCHEDULES", "autocast_dtype", "TrainConfig", "TrainResult", "TrainState", "Trainer"]
+__all__ = ["OPTIMIZERS", "PRECISIONS", "SCHEDULES", "PrecisionChoice", "TrainConfig", "TrainResult", "TrainState", "Trainer"]

@@ -33,6 +33,8 @@ import os
 import torch
 import torch.distributed as dist
 
+from chainrule.training.threads import free_threads
+
 log = logging.getLogger(__name__)
 
 __all__ = ["init_from_env", "is_distributed", "rank", "local_rank", "world_size", "is_main", "barrier",
@@ -100,8 +102,9 @@ def init_from_env(device: str | torch.device | None = None, threads: int | None 
     is NCCL for CUDA tensors when ``device`` is CUDA (a bare ``"cuda"`` becomes ``cuda:LOCAL_RANK``,
     made the current device), with gloo beside it for the trainer's small CPU collectives (the stop
     decision, loss sums: NCCL refuses CPU tensors), and gloo alone otherwise; CUDA is never touched for a CPU run. Unless ``threads``
-    was given (``--threads``), each rank gets ``cpu_count // LOCAL_WORLD_SIZE`` torch threads (at
-    least 1), so the ranks of a machine do not oversubscribe its cores.
+    was given (``--threads``), each rank gets ``free cores // LOCAL_WORLD_SIZE`` torch threads (at
+    least 1; the free cores: :func:`chainrule.training.threads.free_threads`), so the ranks of a
+    machine do not oversubscribe its cores.
     """
     if int(os.environ.get("WORLD_SIZE", "1")) <= 1:
         return device
@@ -114,7 +117,7 @@ def init_from_env(device: str | torch.device | None = None, threads: int | None 
         device = dev
     if threads is None:
         per_node = int(os.environ.get("LOCAL_WORLD_SIZE", os.environ["WORLD_SIZE"]))
-        torch.set_num_threads(max(1, (os.cpu_count() or 1) // max(1, per_node)))
+        torch.set_num_threads(max(1, free_threads() // max(1, per_node)))
     if not dist.is_initialized():
         kwargs = {}
         if timeout_seconds is not None:

@@ -67,7 +67,6 @@ from __future__ import annotations
 
 import contextlib
 import csv
-import functools
 import json
 import logging
 import math
@@ -92,6 +91,8 @@ from tqdm.contrib.logging import logging_redirect_tqdm
 
 from chainrule.errors import CheckpointError, InputError
 from chainrule.training import distributed as dist_utils
+from chainrule.training import precision as precision_policy
+from chainrule.training.precision import PRECISIONS, PrecisionChoice
 from chainrule.inference.likelihood import EVAL_BATCH_SIZE, context_rows, evaluate
 from chainrule.io.checkpoint import atomic_write, check_version, link_or_copy_tree, read_config, save_model
 from chainrule.models.base import AutoregressiveModel
@@ -113,44 +114,6 @@ STATE_JSON = "trainer_state.json"
 STATE_VERSION = 2
 _STEP_DIR = re.compile(r"step-(\d+)")
 LOG_FIELDS = ("epoch", "train_nll_nats", "val_nll_nats", "val_bits_per_dim", "val_nats_per_dim", "lr", "seconds")
-
-
-PRECISIONS = ("auto", "float32", "bfloat16", "float16")
-
-
-def fast_bfloat16(device: torch.device) -> bool:
-    """True when ``device`` computes in bfloat16 faster than float32: a CPU with AMX (the ``amx_bf16``
-    flag), or a CUDA device that supports bfloat16. Asks CUDA nothing on a CPU device."""
-    if device.type == "cuda":
-        return torch.cuda.is_bf16_supported()
-    if device.type != "cpu":
-        return False
-    # AVX-512 BF16 alone is not enough: measured here, bf16 convolutions without AMX ran 1.5x slower
-    return "amx_bf16" in _cpu_flags()
-
-
-@functools.lru_cache(maxsize=1)
-def _cpu_flags() -> frozenset[str]:
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.startswith("flags"):
-                    return frozenset(line.split(":", 1)[1].split())
-    except OSError:
-        pass
-    return frozenset()
-
-
-def autocast_dtype(model: Model, precision: str) -> torch.dtype | None:
-    """The autocast type for training ``model`` at ``precision`` (see :class:`TrainConfig`), or None."""
-    if precision == "float32":
-        return None
-    if precision in ("bfloat16", "float16"):
-        return getattr(torch, precision)
-    inner = model.base_model
-    if getattr(inner, "mixed_precision", False) and fast_bfloat16(inner.device):
-        return torch.bfloat16
-    return None
 
 
 @dataclass(frozen=True)
@@ -184,9 +147,11 @@ class TrainConfig:
     batches), and per epoch ``train/nll_nats``, ``val/nll_nats``, ``val/bits_per_dim``,
     ``val/nats_per_dim`` and ``epoch``.
     ``precision``: the arithmetic of the network's pass while training: "float32"; "bfloat16" or
-    "float16" (autocast: matrix products and convolutions in that type); "auto" (the default):
-    bfloat16 for architectures marked ``mixed_precision`` (the convolutional ones) on a device with
-    fast bfloat16 (a CPU with AMX, a CUDA GPU that supports it), float32 otherwise.
+    "float16" (autocast: matrix products and convolutions in that type; float16 with a
+    ``GradScaler``); "auto" (the default): on a CPU, whichever of float32 and bfloat16 (and, for the
+    image models, channels-last or NCHW feature maps) ran a few training steps of this model on its
+    first batch faster, measured once per machine and model and cached; on a GPU bfloat16 where
+    supported, else float16 (:mod:`chainrule.training.precision`).
     The likelihood and the loss are always computed in float32, and evaluation runs in float32.
     ``val_components``: for an ensemble (MADE masks, EoNADE orderings), validate with the
     ensemble of its first this-many components (None: all). Scoring a 32-mask ensemble costs 32
@@ -435,7 +400,8 @@ class Trainer:
         params = [p for p in model.parameters() if p.requires_grad]
         groups = [{"params": [p for p in params if p.dim() >= 2], "weight_decay": self.config.weight_decay},
                   {"params": [p for p in params if p.dim() < 2], "weight_decay": 0.0}]
-        self._autocast: tuple[torch.dtype | None] | None = None  # see autocast_dtype
+        self._precision: PrecisionChoice | None = None  # decided at the first training step (choose_precision)
+        self._scaler: Any = None  # float16's GradScaler
         self.optimizer = OPTIMIZERS[self.config.optimizer]([g for g in groups if g["params"]], lr=self.config.lr,
                                                            betas=tuple(self.config.betas))
         # The order of the data and the ensemble member of each step come from the trainer's own
@@ -559,20 +525,48 @@ class Trainer:
         call = {}
         if model.num_members > 1:
             call["member"] = int(torch.randint(model.num_members, (1,), generator=self.member_rng))
-        dtype = self.autocast_dtype
-        with torch.autocast(x.device.type, dtype=dtype or torch.float32, enabled=dtype is not None):
-            net = self._ddp if self._ddp is not None else model
-            params = net(x, context, **call)  # (B, G, P): the call DDP hooks into
-        xg = model.groups.gather(x.reshape(x.shape[0], model.dim))
-        return -model.head(params.float()).log_prob(xg).sum(-1)  # the likelihood in float32
+        choice = self._precision or self.choose_precision(x, context)
+        # the module call DDP hooks into; the likelihood in float32
+        return precision_policy.network_nll(model, x, context, choice.dtype, choice.channels_last,
+                                            net=self._ddp, **call)
+
+    def choose_precision(self, x: torch.Tensor, context: Any = None) -> PrecisionChoice:
+        """Decide (once; the first training step calls it with its batch) how the training pass
+        runs: ``config.precision`` itself, or for "auto" the measured or cached choice
+        (:func:`chainrule.training.precision.choose`), said in one log line. Under DDP rank 0
+        decides and every rank follows."""
+        if self._precision is not None:
+            return self._precision
+        c, model = self.config, self.model
+        choice = None
+        if self.is_main or c.precision != "auto":
+            opt_class = OPTIMIZERS[c.optimizer]
+            call = {"member": 0} if model.num_members > 1 else {}
+            choice = precision_policy.choose(model, c.precision, x, context, call=call,
+                                             optimizer=lambda m: opt_class(m.parameters(), lr=c.lr, betas=tuple(c.betas)))
+        if c.precision == "auto" and self.world_size > 1:  # identical arithmetic on every rank
+            codes = {None: 0, torch.bfloat16: 1, torch.float16: 2}
+            mine = torch.tensor([codes[choice.dtype], {None: -1, False: 0, True: 1}[choice.channels_last]]
+                                if choice is not None else [0, -1])
+            got = [int(v) for v in dist_utils.broadcast(mine)]
+            if choice is None:
+                choice = PrecisionChoice({0: None, 1: torch.bfloat16, 2: torch.float16}[got[0]],
+                                         None if got[1] < 0 else bool(got[1]), "rank 0")
+        assert choice is not None
+        if c.precision == "auto" and self.is_main:
+            log.info(precision_policy.describe(choice))
+        if choice.grad_scaler:
+            self._scaler = torch.amp.GradScaler(x.device.type)
+        self._precision = choice
+        return choice
 
     @property
     def autocast_dtype(self) -> torch.dtype | None:
-        """The autocast type of the training pass (None: plain float32), from ``config.precision``
-        and the model's device, decided once (not on every step)."""
-        if self._autocast is None:
-            self._autocast = (autocast_dtype(self.model, self.config.precision),)
-        return self._autocast[0]
+        """The autocast type of the training pass (None: plain float32): ``config.precision``'s
+        when explicit; for "auto", the choice made at the first training step (None before it)."""
+        if self._precision is None and self.config.precision != "auto":
+            self._precision = precision_policy.explicit_choice(self.config.precision)
+        return self._precision.dtype if self._precision is not None else None
 
     def train_step(self, x: torch.Tensor, context: Any, lr: float, global_size: int | None = None) -> torch.Tensor:
         """One optimizer step on a validated batch at learning rate ``lr``; returns its NLLs ``(B,)``.
@@ -587,12 +581,19 @@ class Trainer:
         if not torch.isfinite(loss):
             raise FloatingPointError(f"training loss became {loss.item()}; try a lower learning rate or grad_clip")
         self.optimizer.zero_grad(set_to_none=True)
-        loss.backward()
+        scaler = self._scaler  # float16: the loss scaled up so that small gradients do not flush to zero
+        (scaler.scale(loss) if scaler is not None else loss).backward()
         if self.config.grad_clip is not None:
+            if scaler is not None:
+                scaler.unscale_(self.optimizer)
             torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.config.grad_clip)
         for group in self.optimizer.param_groups:
             group["lr"] = lr
-        self.optimizer.step()
+        if scaler is not None:
+            scaler.step(self.optimizer)  # skipped when the scaled gradients overflowed
+            scaler.update()
+        else:
+            self.optimizer.step()
         return nll.detach()
 
     # ------------------------------------------------------------------ the loop
@@ -620,7 +621,8 @@ class Trainer:
         # Validate the whole training set once up front: a bad value is reported before hours of
         # work (a lazily indexed set, such as the windows of a text, is checked on a sample).
         if isinstance(train, torch.Tensor) and train_transform is None:
-            model.validate(train)
+            for start in range(0, len(train), 8192):  # in chunks: no int64 copy of a whole uint8 set
+                model.validate(train[start:start + 8192])
         else:
             probe = train[torch.arange(min(len(train), 1024))]
             model.validate(probe if train_transform is None else train_transform(probe, torch.Generator().manual_seed(c.seed)))
