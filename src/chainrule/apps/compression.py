@@ -325,6 +325,10 @@ def _family() -> Any:
     return constriction.stream.model.Categorical(perfect=False)
 
 
+#: Table entries buffered before the encoder is called (bounds the buffer at 8 bytes each: 16 MB).
+_ENCODE_BATCH = 1 << 21
+
+
 def _probabilities(freq: torch.Tensor, bits: int) -> np.ndarray:
     """Integer tables ``(n, K)`` as the float64 probabilities ``f / 2**bits`` (exact), C-contiguous."""
     return np.ascontiguousarray(freq.cpu().numpy().astype(np.float64) / float(1 << bits))
@@ -341,6 +345,20 @@ def _encode(model: Any, x: torch.Tensor, ctx: torch.Tensor | None, member: int |
     family = _family()
     x = x.clone()
     bits = 0.0
+    # the coder is fed whole blocks of steps at once (one call per ~_ENCODE_BATCH table entries):
+    # the same symbols in the same order as one call per variable, so the same bits
+    symbols: list[np.ndarray] = []
+    probs: list[np.ndarray] = []
+    held = 0
+
+    def flush() -> None:
+        nonlocal held
+        if symbols:
+            enc.encode(np.concatenate(symbols), family, np.concatenate(probs))
+            symbols.clear()
+            probs.clear()
+            held = 0
+
     for a in range(0, len(x), chunk):
         b = min(a + chunk, len(x))
         gen = frequency_tables(model, b - a, None if ctx is None else ctx[a:b], PRECISION, member=member,
@@ -353,12 +371,17 @@ def _encode(model: Any, x: torch.Tensor, ctx: torch.Tensor | None, member: int |
                 pick = free[a:b, j]
                 x[a:b, j][pick] = freq[pick].argmax(1)
             vals = x[a:b, j]
-            enc.encode(vals.numpy().astype(np.int32), family, _probabilities(freq, PRECISION))
+            symbols.append(vals.numpy().astype(np.int32))
+            probs.append(_probabilities(freq, PRECISION))
+            held += freq.numel()
+            if held >= _ENCODE_BATCH:
+                flush()
             bits -= float(torch.log2(freq[rows, vals].double() / (1 << PRECISION)).sum())
             try:
                 j, freq = gen.send(vals)
             except StopIteration:
                 break
+    flush()
     words = enc.get_compressed()
     return words.astype("<u4").tobytes(), x, bits
 

@@ -92,30 +92,38 @@ def frequency_tables(model: Any, n: int, context: Any = None, precision: int = 1
         order_list = model.resolve_order(**call).tolist()
         index = model.groups.index.tolist()
         s = model.group_size
+        device = model.device  # looked up once: the property walks the parameters
         last_group = None
         for i, g in enumerate(order_list):
-            dists, partial = [], torch.zeros(n, s, dtype=torch.long, device=model.device)
+            dists, partial = [], torch.zeros(n, s, dtype=torch.long, device=device)
             with single_thread():
                 for blk in blocks:
                     start, rows, state = blk
                     prev = None
                     if i:
-                        prev = torch.zeros(block_rows, s, dtype=torch.long, device=model.device)
-                        prev[:rows] = last_group[start:start + rows]
+                        prev = _padded(last_group, start, rows, block_rows)
                     params, blk[2] = model.step(state, i, prev)
                     dists.append(model.head(params))
             for j in range(s):
-                tables = []
                 with single_thread():
-                    for blk, dist in zip(blocks, dists):
-                        start, rows, _ = blk
-                        part = torch.zeros(block_rows, s, dtype=torch.long, device=model.device)
-                        part[:rows] = partial[start:start + rows]
-                        tables.append(quantize_logits(dist.variable_logits(part, j)[:rows], precision))
-                values = yield index[g][j], torch.cat(tables)
+                    # the head runs on each block's fixed shape; the float64 quantization is row by
+                    # row (nothing in it depends on the batch), so the blocks share one call
+                    logits = [dist.variable_logits(None if j == 0 else _padded(partial, start, rows, block_rows), j)[:rows]
+                              for (start, rows, _), dist in zip(blocks, dists)]
+                    table = quantize_logits(logits[0] if len(logits) == 1 else torch.cat(logits), precision)
+                values = yield index[g][j], table
                 values = _check_values(values, n, model.num_values)
                 partial[:, j] = values.to(partial.device)
             last_group = partial
+
+
+def _padded(values: torch.Tensor, start: int, rows: int, block_rows: int) -> torch.Tensor:
+    """Rows ``start:start+rows`` of ``values`` ``(n, S)``, zero-padded to ``block_rows`` rows."""
+    if rows == block_rows:
+        return values[start:start + rows]
+    out = values.new_zeros(block_rows, values.shape[1])
+    out[:rows] = values[start:start + rows]
+    return out
 
 
 def _check_values(values: Any, n: int, k: int) -> torch.Tensor:

@@ -5,6 +5,12 @@ layer is exclusive (option A: position t sees inputs < t), the rest inclusive (o
 LeakyReLU between them and optional dilations (van den Oord et al. 2016, WaveNet). The output at
 sequence position t holds the parameters of the conditional of group o(t). The order is a
 call-time argument; a context (class label) adds a learned bias to the first layer's output.
+
+Incremental step (sampling, entropy coding), as in Fast WaveNet (Paine et al. 2016): every layer
+keeps a ring buffer of its last (kernel_size - 1) * dilation inputs, so the output at a new
+position is one product of the layer's weight with the k inputs it reads (O(layers) work per
+variable instead of a pass over the sequence). The first, exclusive layer reads the sequence
+shifted right by one: its input at position t is the group revealed at t - 1 (zeros at t = 0).
 """
 
 from __future__ import annotations
@@ -13,6 +19,7 @@ from collections.abc import Sequence
 from typing import Any
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from chainrule.errors import InputError
@@ -80,6 +87,35 @@ class CausalConvARM(AutoregressiveModel):
         params = torch.empty_like(seq)
         params[:, order] = seq
         return params
+
+    # ------------------------------------------------------------------ incremental pass
+    def new_state(self, n: int, order: torch.Tensor, context: torch.Tensor | None) -> Any:
+        # per layer a ring (n, C_in, (k-1) d) of its past inputs; zeros = the full pass's left padding
+        buffers = [torch.zeros(n, conv.conv.in_channels, (conv.conv.kernel_size[0] - 1) * conv.conv.dilation[0],
+                               device=self.device, dtype=self._float_dtype()) for conv in self.convs]
+        return {"buffers": buffers, "context": None if self.context is None else self.context(context)}
+
+    def step(self, state: Any, i: int, x_prev: torch.Tensor | None) -> tuple[torch.Tensor, Any]:
+        buffers, extra = state["buffers"], state["context"]
+        n = buffers[0].shape[0]
+        f = self.convs[0].conv.in_channels
+        # the first layer's input at position i: group order[i-1] (option A's shift), zeros at i = 0
+        u = buffers[0].new_zeros(n, f) if x_prev is None else self.encode_values(x_prev).reshape(n, -1)
+        last = len(self.convs) - 1
+        for layer, (conv, buf) in enumerate(zip(self.convs, buffers)):
+            w = conv.conv.weight  # (C_out, C_in, k); tap m reads the input at i - (k-1-m) d
+            k, d, size = w.shape[-1], conv.conv.dilation[0], buf.shape[-1]
+            if size:
+                past = buf[:, :, [(i - (k - 1 - m) * d) % size for m in range(k - 1)]]  # (n, C_in, k-1)
+                window = torch.cat([past, u.unsqueeze(-1)], -1)
+                buf[:, :, i % size] = u  # after reading: the slot of i - (k-1) d is no longer needed
+            else:
+                window = u.unsqueeze(-1)
+            h = F.linear(window.reshape(n, -1), w.reshape(w.shape[0], -1), conv.conv.bias)  # (n, C_out)
+            if layer == 0 and extra is not None:
+                h = h + extra
+            u = self.act(h) if layer < last else h
+        return u, state
 
     def features(self, x: torch.Tensor, context: Any = None, layer: int | Sequence[int] = -1,
                  order: Any = None) -> torch.Tensor | list[torch.Tensor]:

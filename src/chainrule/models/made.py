@@ -16,6 +16,12 @@ wraps MADE in an :class:`~chainrule.models.ensemble.Ensemble` whose member c has
 the likelihood averages the members' *probabilities*, log (1/C) sum_c p_c(x), a normalized
 likelihood (averaging logits, as some code does, is not one). With groups, "variable" reads
 "group"; a context (class label) enters the first hidden layer and the output.
+
+Incremental step (sampling, entropy coding): the first layer's pre-activation is a sum over the
+inputs, so, as in NADE, it is kept and grows by the masked weight columns of the group just
+revealed (O(H F) per step, not O(H D)); the layers above it are recomputed from it, and of the
+output layer only the rows of the group asked for (O(H P)). A one-hidden-layer MADE then costs
+what NADE costs per step.
 """
 
 from __future__ import annotations
@@ -24,9 +30,11 @@ from collections.abc import Sequence
 from typing import Any
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from chainrule.errors import InputError
+from chainrule.inference.state import Static
 from chainrule.models.base import AutoregressiveModel, select_layers
 from chainrule.models.registry import register
 from chainrule.nn import MaskedLinear
@@ -160,6 +168,43 @@ class MADE(AutoregressiveModel):
         if context is not None:
             out = out + self.context_out(context)
         return out.reshape(b, self.num_groups, self.head.num_params)  # (B, G, P)
+
+    # ------------------------------------------------------------------ incremental pass
+    def new_state(self, n: int, order: torch.Tensor, context: torch.Tensor | None, mask: int = 0) -> Any:
+        masks = self.masks(order, mask)
+        first = self.hidden[0]
+        a = first.bias.expand(n, -1).clone()  # the first layer's pre-activation with no input seen, (n, H_1)
+        if context is not None:
+            a = a + self.context_hidden(context)
+        state = {"a": a, "order": Static(order.tolist()), "masks": Static(masks),
+                 "out": None if context is None else self.context_out(context)}  # (n, G*P) or None
+        if self.direct is not None:
+            state["x"] = a.new_zeros(n, self.num_groups * self.in_features)  # the inputs seen so far
+        return state
+
+    def step(self, state: Any, i: int, x_prev: torch.Tensor | None) -> tuple[torch.Tensor, Any]:
+        order, masks, f, p = state["order"].value, state["masks"].value, self.in_features, self.head.num_params
+        a = state["a"]
+        state = dict(state)
+        if x_prev is not None:
+            j = order[i - 1]
+            ex = self.encode_values(x_prev).reshape(len(x_prev), -1)  # (n, F)
+            cols = slice(j * f, (j + 1) * f)
+            a = a + F.linear(ex, self.hidden[0].masked_weight(masks[0])[:, cols])  # add group j's columns
+            state["a"] = a
+            if self.direct is not None:
+                state["x"][:, cols] = ex  # in place: a step consumes its state
+        h = self.act(a)
+        for layer, m in zip(self.hidden[1:], masks[1:len(self.hidden)]):
+            h = self.act(layer(h, m))
+        k = order[i]
+        rows = slice(k * p, (k + 1) * p)
+        out = F.linear(h, self.out.masked_weight(masks[len(self.hidden)])[rows], self.out.bias[rows])  # (n, P)
+        if self.direct is not None:
+            out = out + F.linear(state["x"], self.direct.masked_weight(masks[-1])[rows])
+        if state["out"] is not None:
+            out = out + state["out"][:, rows]
+        return out, state
 
     def features(self, x: torch.Tensor, context: Any = None, layer: int | Sequence[int] = -1, order: Any = None,
                  mask: int = 0) -> torch.Tensor | list[torch.Tensor]:
