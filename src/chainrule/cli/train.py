@@ -22,7 +22,7 @@ from chainrule.apps.pipeline import (
 )
 from chainrule.cli.common import device_of, order_arg, set_threads
 from chainrule.cli.config import dumps_train_config, resolved_train_config
-from chainrule.data import Dataset, default_data_dir, load_dataset
+from chainrule.data import LATENTS_PREFIX, Dataset, default_data_dir, load_dataset
 from chainrule.errors import InputError
 from chainrule.models import create_model
 from chainrule.models.registry import check_hyperparameters
@@ -87,7 +87,15 @@ def _train_command(args: argparse.Namespace, device: Any) -> int:
     resolved = resolved_train_config(args, hparams, args.command_parser)  # RUN/config.toml
     if args.order:
         hparams["order"] = order_arg(args.order)
-    check_hyperparameters(args.model, hparams)  # unknown names fail before the data is loaded
+    vqvae = args.model == "vqvae"  # not an autoregressive model: chainrule.apps.latent trains it
+    if vqvae:
+        from chainrule.apps.latent import check_vqvae_hyperparameters
+
+        if args.order or args.class_conditional:
+            raise InputError("vqvae: --order and --class-conditional apply to the prior over its codes, not to the VQ-VAE")
+        check_vqvae_hyperparameters(hparams)
+    else:
+        check_hyperparameters(args.model, hparams)  # unknown names fail before the data is loaded
     config = train_config(args)  # so do bad training options
     ranks = distributed.world_size()
     if config.batch_size % ranks:
@@ -101,13 +109,20 @@ def _train_command(args: argparse.Namespace, device: Any) -> int:
                       num_values=num_values if isinstance(num_values, int) else None)
     if ds.values is not None and distributed.is_main():  # how K was read from the values: never silently
         print(ds.values.line())
-    check_data_fits_model(args.model, ds, real_values=num_values == "real")
+    if vqvae:
+        from chainrule.apps.latent import check_data_fits_vqvae
+
+        check_data_fits_vqvae(ds)
+    else:
+        check_data_fits_model(args.model, ds, real_values=num_values == "real")
     out = Path(args.out or f"runs/{args.model}-{Path(ds.name).stem}")
     torch.manual_seed(args.seed)
     # where the data came from, as later commands (eval, sample, complete, ...) must find it again:
     # a file's absolute path, and the data folder even when it was given by $CHAINRULE_DATA
     data_dir = args.data_dir or default_data_dir()
     dataset = str(Path(args.dataset).resolve()) if Path(args.dataset).exists() else args.dataset
+    if args.dataset.startswith(LATENTS_PREFIX):  # a VQ-VAE run's codes: its absolute path too
+        dataset = LATENTS_PREFIX + str(Path(args.dataset[len(LATENTS_PREFIX):]).resolve())
     extra = {"dataset": dataset, "binarize": args.binarize, "dequantize": args.dequantize, "data_seed": args.data_seed,
              "data_dir": str(data_dir) if data_dir else None, "command": sys.argv,
              "block_size": args.block_size, "level": args.level, "num_values": num_values,
@@ -127,6 +142,13 @@ def _train_command(args: argparse.Namespace, device: Any) -> int:
     if ranks > 1:
         print(f"DDP: {ranks} ranks x {config.batch_size // ranks} = global batch {config.batch_size} "
               f"({torch.distributed.get_backend()})")
+    if vqvae:
+        from chainrule.apps.latent import train_vqvae_run
+
+        train_vqvae_run(ds, out, hparams, config, extra, not args.no_progress, resume=args.resume, device=device,
+                        report=print, force=args.force)
+        _store_train_config(out, resolved)
+        return 0
     train_run(args.model, ds, out, hparams, config, extra, not args.no_progress, args.num_samples,
               resume=args.resume, conditional=args.class_conditional, device=device, report=print,
               force=args.force)
