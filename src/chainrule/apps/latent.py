@@ -535,11 +535,12 @@ def inspect_figure(model: VQVAE | LatentModel, x: torch.Tensor, out: Path, title
         z = vq.encode(xv)
         rec = vq.decode(z, "mean")
         per = -vq.decoder_distribution(z).log_prob_per_variable(vq.pixel_groups(xv)).sum(-1) / math.log(2)
+        prior_nll = -model.prior.log_prob(z[:, None], context).sum() if isinstance(model, LatentModel) else None
     h, w = vq.shape[1:]
     recon_bits = float(per.sum())
     lines = [f"-log2 p(x|z*) = {recon_bits:.1f} bits"]
     if isinstance(model, LatentModel):
-        prior_bits = float(-model.prior.log_prob(z[:, None], context).sum()) / math.log(2)
+        prior_bits = float(prior_nll) / math.log(2)
         lines.insert(0, f"-log2 p(z*) = {prior_bits:.1f} bits")
         lines.append(f"bound: {prior_bits + recon_bits:.1f} bits = {(prior_bits + recon_bits) / vq.dim:.4f} bits/dim "
                      "(>= -log2 p(x))")
@@ -547,7 +548,7 @@ def inspect_figure(model: VQVAE | LatentModel, x: torch.Tensor, out: Path, title
 
     def show(ax: Any, img: torch.Tensor, what: str, **kw: Any) -> None:
         a = img.cpu().float()
-        a = a[0] if a.shape[0] == 1 else a.permute(1, 2, 0) / (vq.num_values - 1)
+        a = (a[0] if a.shape[0] == 1 else a.permute(1, 2, 0) / (vq.num_values - 1)).numpy()
         im = ax.imshow(a, **kw)
         ax.set_title(what, fontsize=9)
         ax.axis("off")
@@ -555,13 +556,13 @@ def inspect_figure(model: VQVAE | LatentModel, x: torch.Tensor, out: Path, title
 
     show(axes[0], xv[0], "input", cmap="gray", vmin=0, vmax=vq.num_values - 1)
     show(axes[1], rec[0], "reconstruction (decoder mean)", cmap="gray", vmin=0, vmax=vq.num_values - 1)
-    im = axes[2].imshow(z[0].cpu(), cmap="tab20", vmin=0, vmax=vq.codebook_size - 1)
+    im = axes[2].imshow(z[0].cpu().numpy(), cmap="tab20", vmin=0, vmax=vq.codebook_size - 1)
     for (i, j), v in np.ndenumerate(z[0].cpu().numpy()):
         if vq.grid[0] * vq.grid[1] <= 64:
             axes[2].text(j, i, str(v), ha="center", va="center", fontsize=7)
     axes[2].set_title(f"code map {vq.grid[0]}x{vq.grid[1]} (K={vq.codebook_size})", fontsize=9)
     axes[2].axis("off")
-    im = axes[3].imshow(per[0].reshape(h, w).cpu(), cmap="magma")
+    im = axes[3].imshow(per[0].reshape(h, w).cpu().numpy(), cmap="magma")
     axes[3].set_title("-log2 p(x_i | z*) per pixel (bits)", fontsize=9)
     axes[3].axis("off")
     fig.colorbar(im, ax=axes[3], fraction=0.046)

@@ -26,7 +26,7 @@ def cmd_compose(args: argparse.Namespace) -> int:
     set_threads(args.threads)
     lat.compose(args.vq_run, args.prior_run, args.out, force=args.force, report=print)
     print(f"Next: chainrule sample {args.out}   |   chainrule eval {args.out}   |   "
-          f"chainrule compress {args.out} {Path(args.out) / 'best'}/../x.npy out.crz")
+          f"chainrule compress {args.out} IMAGES.npy OUT.crz   |   chainrule inspect {args.out}")
     return 0
 
 
