@@ -136,6 +136,9 @@ def _train_command(args: argparse.Namespace, device: Any) -> int:
     if ds.class_names is not None:
         extra["class_names"] = list(ds.class_names)
     extra["run_config"] = resolved  # the options as RUN/config.toml holds them (train_config: the TrainConfig)
+    if vqvae and ranks > 1:
+        raise InputError("vqvae trains in one process (its codebook updates are not synchronized across ranks); "
+                         "run it without torchrun")
     if not distributed.is_main():  # a rank > 0: train only; rank 0 writes, evaluates and samples
         _train_follower(args, ds, out, hparams, config, extra, device)
         return 0

@@ -17,9 +17,9 @@ trained by its own objective (:meth:`VQVAE.training_loss`, through the ordinary
   gradient reaches the encoder by the straight-through estimator;
 - k-means initialisation: the first training batch's encoder outputs are clustered (k-means++
   seeds, ``kmeans_iterations`` Lloyd steps) into the initial codebook;
-- dead-code restart: every ``restart_every`` training steps, codes whose moving-average usage fell
-  below ``restart_threshold`` assignments per step are moved onto random encoder outputs of the
-  current batch (their EMA statistics reset with them);
+- dead-code restart: every ``restart_every`` training steps, codes assigned fewer than
+  ``restart_threshold`` times per step on average over those steps (a code never chosen: 0) are
+  moved onto random encoder outputs of the current batch (their EMA statistics reset with them);
 - usage: the assignments of every training batch are counted; :meth:`epoch_metrics` reports the
   perplexity of the code frequencies exp(H) (K when all codes are used equally) and the share of
   codes used, and resets the counts (the trainer logs them every epoch).
@@ -84,7 +84,8 @@ class VQVAE(nn.Module):
         kmeans_iterations: Lloyd steps of the k-means initialisation on the first batch (0: random
             encoder outputs of the first batch).
         restart_every: training steps between dead-code restarts (0: never).
-        restart_threshold: a code used fewer than this many times per step on average is dead.
+        restart_threshold: a code assigned fewer than this many times per step, on average over the
+            last ``restart_every`` steps, is dead.
         head: the decoder's output distribution: None = Bernoulli for K=2, the discretized logistic
             mixture ("logistic_mixture") for K>2; or "categorical" (K logits per pixel).
         num_mixture_components: logistics per pixel of the logistic mixture (None: the head's default).
@@ -169,7 +170,8 @@ class VQVAE(nn.Module):
             self.register_buffer("codebook", init)
             self.register_buffer("ema_count", torch.ones(k))
             self.register_buffer("ema_sum", init.clone())
-        self.register_buffer("usage", torch.ones(k))  # moving average of assignments per step
+        self.register_buffer("usage", torch.zeros(k))  # assignments per code since the last restart check
+        self.register_buffer("usage_steps", torch.zeros((), dtype=torch.long))  # steps counted in ``usage``
         self.register_buffer("initialized", torch.zeros((), dtype=torch.bool))
         self.register_buffer("steps", torch.zeros((), dtype=torch.long))
         self.register_buffer("epoch_counts", torch.zeros(k), persistent=False)
@@ -330,7 +332,8 @@ class VQVAE(nn.Module):
         counts = torch.bincount(assign, minlength=k).to(self.usage.dtype)
         self.epoch_counts += counts
         decay = self.ema_decay
-        self.usage.mul_(decay).add_(counts, alpha=1 - decay)
+        self.usage += counts
+        self.usage_steps += 1
         if self.mode == "ema":
             sums = torch.zeros(k, self.code_dim, device=flat.device, dtype=flat.dtype).index_add_(0, assign, flat)
             self.ema_count.mul_(decay).add_(counts, alpha=1 - decay)
@@ -344,9 +347,13 @@ class VQVAE(nn.Module):
 
     @torch.no_grad()
     def restart_dead_codes(self, flat: torch.Tensor) -> int:
-        """Move the codes whose moving-average usage is below ``restart_threshold`` onto random
-        vectors of ``flat`` ``(N, d)`` (encoder outputs); returns how many were restarted."""
-        dead = (self.usage < self.restart_threshold).nonzero().reshape(-1)
+        """Move the codes assigned fewer than ``restart_threshold`` times per step since the last
+        check onto random vectors of ``flat`` ``(N, d)`` (encoder outputs), then start counting
+        anew; returns how many were restarted."""
+        per_step = self.usage / max(int(self.usage_steps), 1)
+        dead = (per_step < self.restart_threshold).nonzero().reshape(-1)
+        self.usage.zero_()
+        self.usage_steps.zero_()
         if len(dead) == 0:
             return 0
         g = torch.Generator().manual_seed(self.seed * 1000003 + int(self.steps))
@@ -356,7 +363,6 @@ class VQVAE(nn.Module):
         if self.mode == "ema":
             self.ema_sum[dead] = new
             self.ema_count[dead] = 1.0
-        self.usage[dead] = 1.0  # a fresh code gets time to be used before it can be restarted again
         self.restarted += len(dead)
         return len(dead)
 
