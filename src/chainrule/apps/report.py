@@ -56,6 +56,8 @@ class RunInfo:
     samples_png: bytes | None = None
     samples_text: str | None = None
     data_kind: str | None = None  # "text", "audio", or None (images, vectors): which options mean something
+    bound: dict[str, Any] | None = None  # a latent run's test bound and its terms (never an exact NLL)
+    reconstruction: dict[str, Any] | None = None  # a VQ-VAE run's test reconstruction NLL and codebook usage
 
 
 #: Options that only mean something for text runs (``level``) or for text and audio runs (the window);
@@ -125,6 +127,9 @@ def read_run(path: str | Path, name: str | None = None) -> RunInfo:
         info.test = results.get("test") if isinstance(results.get("test"), dict) else None
         info.best_val_nll_nats = finite_float(results.get("best_val_nll_nats"))
         info.epochs = results.get("epochs_run") if isinstance(results.get("epochs_run"), int) else None
+        info.bound = results.get("test_bound") if isinstance(results.get("test_bound"), dict) else None
+        info.reconstruction = results.get("test_reconstruction") if isinstance(results.get("test_reconstruction"),
+                                                                               dict) else None
     info.data_kind = ("text" if extra.get("tokenizer") is not None else
                       "audio" if extra.get("sample_rate") is not None else None)
     if cfg is not None:
@@ -291,6 +296,20 @@ def render_html(runs: list[RunInfo], title: str | None = None) -> str:
                    + ("" if unit else f"<tr><th>bits/dim</th>{_cell(_test(r, 'bits_per_dim'))}</tr>") +
                    f"<tr><th>perplexity (per {html.escape(unit or 'variable')})</th>{_cell(_test(r, 'perplexity'))}</tr>"
                    f"<tr><th>examples</th>{_cell(r.test.get('num_examples') if r.test else None)}</tr></table></div>")
+        if r.bound is not None:  # a latent run: its numbers are bounds, and say so
+            b = r.bound
+            out.append('<h3>Test upper bound</h3><table class="bound">'
+                       "<tr><th>NLL upper bound -log p(z*) - log p(x|z*) (nats/example; not the exact NLL)</th>"
+                       f"{_cell(b.get('nll_upper_bound_nats'))}</tr><tr><th>bits/dim upper bound</th>"
+                       f"{_cell(b.get('bits_per_dim_upper_bound'))}</tr><tr><th>codes under the prior -log p(z*) "
+                       f"(nats/example)</th>{_cell(b.get('prior_nll_nats'))}</tr><tr><th>pixels given the codes "
+                       f"-log p(x|z*) (nats/example)</th>{_cell(b.get('reconstruction_nll_nats'))}</tr></table>")
+        if r.reconstruction is not None:
+            c = r.reconstruction
+            out.append('<h3>Test reconstruction (VQ-VAE)</h3><table class="reconstruction">'
+                       f"<tr><th>-log p(x|z*) (nats/example)</th>{_cell(c.get('nll_nats'))}</tr>"
+                       f"<tr><th>codebook perplexity</th>{_cell(c.get('codebook_perplexity'))}</tr>"
+                       f"<tr><th>share of codes used</th>{_cell(c.get('codebook_used'))}</tr></table>")
         out.append("<div><h3>Samples</h3>")
         if r.samples_png is not None:
             out.append(f'<img class="samples" alt="samples of {html.escape(r.name)}" src="{_data_uri(r.samples_png)}">')

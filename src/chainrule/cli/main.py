@@ -469,6 +469,21 @@ def build_parser() -> argparse.ArgumentParser:
     force_arg(rp)
     rp.set_defaults(func=cmd_report)
 
+    from chainrule.cli.latent import cmd_compose
+
+    co = sub.add_parser("compose", help="a latent run: a VQ-VAE run's decoder under a prior run trained on its codes",
+                        description="Example: chainrule train vqvae --dataset digits --out runs/vq -p codebook_size=32; "
+                                    "chainrule train gated_pixelcnn --dataset latents:runs/vq --out runs/prior; "
+                                    "chainrule compose runs/vq runs/prior --out runs/latent. The result is a run that "
+                                    "sample, eval (an upper bound on the NLL), compress/decompress (a two-part code), "
+                                    "complete, inspect and report take.")
+    co.add_argument("vq_run", help="the VQ-VAE run (chainrule train vqvae)")
+    co.add_argument("prior_run", help="the prior's run (trained on --dataset latents:VQ_RUN)")
+    co.add_argument("--out", required=True, help="the latent run directory to write")
+    co.add_argument("--force", action="store_true", help="--out already holds a run: replace it")
+    common(co)
+    co.set_defaults(func=cmd_compose)
+
     q = sub.add_parser("quickstart", help="train a Gated PixelCNN on the bundled 8x8 digits (under two minutes)")
     q.add_argument("--out", default=QUICKSTART_OUT,
                    help=f"run directory (default {QUICKSTART_OUT}); a previous quickstart run there is replaced")
@@ -496,7 +511,9 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     try:
-        return args.func(args)
+        from chainrule.cli.latent import latent_command  # a VQ-VAE or latent run: its own handlers
+
+        return (latent_command(args) or args.func)(args)
     except ChainruleError as exc:
         print(f"chainrule: error: {exc}", file=sys.stderr)
         return 2

@@ -23,7 +23,7 @@ from chainrule.apps.pipeline import (
 )
 from chainrule.cli.common import device_of, order_arg, set_threads
 from chainrule.cli.config import dumps_train_config, resolved_train_config
-from chainrule.data import Dataset, Standardization, default_data_dir, load_dataset
+from chainrule.data import LATENTS_PREFIX, Dataset, Standardization, default_data_dir, load_dataset
 from chainrule.errors import InputError
 from chainrule.models import create_model
 from chainrule.models.registry import check_hyperparameters
@@ -89,7 +89,15 @@ def _train_command(args: argparse.Namespace, device: Any) -> int:
     resolved = resolved_train_config(args, hparams, args.command_parser)  # RUN/config.toml
     if args.order:
         hparams["order"] = order_arg(args.order)
-    check_hyperparameters(args.model, hparams)  # unknown names fail before the data is loaded
+    vqvae = args.model == "vqvae"  # not an autoregressive model: chainrule.apps.latent trains it
+    if vqvae:
+        from chainrule.apps.latent import check_vqvae_hyperparameters
+
+        if args.order or args.class_conditional:
+            raise InputError("vqvae: --order and --class-conditional apply to the prior over its codes, not to the VQ-VAE")
+        check_vqvae_hyperparameters(hparams)
+    else:
+        check_hyperparameters(args.model, hparams)  # unknown names fail before the data is loaded
     config = train_config(args)  # so do bad training options
     ranks = distributed.world_size()
     if config.batch_size % ranks:
@@ -107,7 +115,12 @@ def _train_command(args: argparse.Namespace, device: Any) -> int:
         if args.limit < 1:
             raise InputError(f"--limit must be a positive integer (examples per split), got {args.limit}")
         ds = ds.limited(args.limit)
-    check_data_fits_model(args.model, ds, real_values=num_values == "real")
+    if vqvae:
+        from chainrule.apps.latent import check_data_fits_vqvae
+
+        check_data_fits_vqvae(ds)
+    else:
+        check_data_fits_model(args.model, ds, real_values=num_values == "real")
     standardization = None
     if getattr(args, "standardize", False):
         standardization = Standardization.fit(ds.train)  # the training split's statistics only
@@ -125,6 +138,8 @@ def _train_command(args: argparse.Namespace, device: Any) -> int:
     # a file's absolute path, and the data folder even when it was given by $CHAINRULE_DATA
     data_dir = args.data_dir or default_data_dir()
     dataset = str(Path(args.dataset).resolve()) if Path(args.dataset).exists() else args.dataset
+    if args.dataset.startswith(LATENTS_PREFIX):  # a VQ-VAE run's codes: its absolute path too
+        dataset = LATENTS_PREFIX + str(Path(args.dataset[len(LATENTS_PREFIX):]).resolve())
     extra = {"dataset": dataset, "binarize": args.binarize, "dequantize": args.dequantize, "data_seed": args.data_seed,
              "data_dir": str(data_dir) if data_dir else None, "command": sys.argv,
              "block_size": args.block_size, "level": args.level, "num_values": num_values,
@@ -138,6 +153,9 @@ def _train_command(args: argparse.Namespace, device: Any) -> int:
     if ds.class_names is not None:
         extra["class_names"] = list(ds.class_names)
     extra["run_config"] = resolved  # the options as RUN/config.toml holds them (train_config: the TrainConfig)
+    if vqvae and ranks > 1:
+        raise InputError("vqvae trains in one process (its codebook updates are not synchronized across ranks); "
+                         "run it without torchrun")
     if not distributed.is_main():  # a rank > 0: train only; rank 0 writes, evaluates and samples
         _train_follower(args, ds if standardization is None else standardization.dataset(ds), out, hparams, config,
                         extra, device)
@@ -145,6 +163,13 @@ def _train_command(args: argparse.Namespace, device: Any) -> int:
     if ranks > 1:
         print(f"DDP: {ranks} ranks x {config.batch_size // ranks} = global batch {config.batch_size} "
               f"({torch.distributed.get_backend()})")
+    if vqvae:
+        from chainrule.apps.latent import train_vqvae_run
+
+        train_vqvae_run(ds, out, hparams, config, extra, not args.no_progress, resume=args.resume, device=device,
+                        report=print, force=args.force)
+        _store_train_config(out, resolved)
+        return 0
     train_run(args.model, ds, out, hparams, config, extra, not args.no_progress, args.num_samples,
               resume=args.resume, conditional=args.class_conditional, device=device, report=print,
               force=args.force, started=started, standardization=standardization)

@@ -51,12 +51,15 @@ from chainrule.data.formats import read_npy
 from chainrule.data.registry import (
     CIFAR10_CLASS_NAMES,
     CIFAR10_VAL_SIZE,
+    CODES_DIR,
     DIGIT_CLASS_NAMES,
     FASHION_MNIST_CLASS_NAMES,
+    LATENTS_PREFIX,
     MNIST_VAL_SIZE,
     dataset_info,
     list_datasets,
     load_dataset,
+    load_latents,
 )
 from chainrule.data.sequences import TEXT_LEVELS, WindowedSequence, text_dataset
 from chainrule.data.sources import CHECKSUMS, MIRRORS, default_data_dir
@@ -76,6 +79,9 @@ __all__ = [
     "BINARIZE_CHOICES",
     "CHECKSUMS",
     "CIFAR10_CLASS_NAMES",
+    "CODES_DIR",
+    "LATENTS_PREFIX",
+    "load_latents",
     "CIFAR10_VAL_SIZE",
     "DataError",
     "DIGIT_CLASS_NAMES",

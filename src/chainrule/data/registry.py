@@ -30,6 +30,7 @@ from chainrule.data.formats import (
     _parse_idx_labels,
     _parse_mnist5k_csv,
     _read_user_splits,
+    read_npy,
 )
 from chainrule.data.sequences import text_dataset
 from chainrule.data.sources import (
@@ -357,6 +358,52 @@ def _load_user_path(path: Path, num_values: int | None = None) -> Dataset:
 
 
 # --------------------------------------------------------------------------------------------
+# The codes of a VQ-VAE run: latents:RUN
+
+#: ``--dataset latents:RUN``: the code grids of the VQ-VAE run RUN (see :func:`load_latents`).
+LATENTS_PREFIX = "latents:"
+#: Where a VQ-VAE run keeps its codes: ``RUN/codes/{train,val,test}.npy`` (+ ``*_labels.npy``, ``meta.json``).
+CODES_DIR = "codes"
+
+
+def load_latents(run: str | Path) -> Dataset:
+    """The code grids of a VQ-VAE run as a dataset: shape ``(1, h, w)``, num_values = the codebook
+    size K (whatever codes the data use), the run's own train/val/test splits and labels.
+
+    The codes are computed once, when ``chainrule train vqvae`` ends (or by
+    :func:`chainrule.apps.latent.write_codes`), and cached in ``RUN/codes/``; this only reads them.
+    """
+    import json
+
+    root = Path(run).expanduser()
+    folder = root / CODES_DIR
+    meta_path = folder / "meta.json"
+    if not meta_path.is_file():
+        what = "is not a directory" if not root.is_dir() else f"has no cached codes ({meta_path} is missing)"
+        raise DataError(f"latents:{run}: {root} {what}; expected the run directory of `chainrule train vqvae`, "
+                        "which caches the codes of its train/val/test splits in RUN/codes/")
+    try:
+        meta = json.loads(meta_path.read_text())
+        k, grid = int(meta["codebook_size"]), [int(g) for g in meta["grid"]]
+    except (OSError, ValueError, KeyError, TypeError) as exc:
+        raise DataError(f"{meta_path} cannot be read ({exc}); retrain or rewrite the codes") from None
+    splits = [read_npy(folder / f"{s}.npy") for s in ("train", "val", "test")]
+    for s, z in zip(("train", "val", "test"), splits):
+        if z.ndim != 3 or list(z.shape[1:]) != grid:
+            raise DataError(f"{folder / (s + '.npy')}: expected code grids (N, {grid[0]}, {grid[1]}), got {z.shape}")
+        if z.size and (int(z.min()) < 0 or int(z.max()) >= k):
+            raise DataError(f"{folder / (s + '.npy')}: codes outside 0..{k - 1}")
+    labels = None
+    if all((folder / f"{s}_labels.npy").is_file() for s in ("train", "val", "test")):
+        labels = [read_npy(folder / f"{s}_labels.npy") for s in ("train", "val", "test")]
+    names = meta.get("class_names")
+    return _to_dataset(f"{LATENTS_PREFIX}{run}", *[z[:, None] for z in splits], k,
+                       f"codes of the VQ-VAE run {run}: {grid[0]}x{grid[1]} grids of K={k} codes",
+                       labels=labels, num_classes=meta.get("num_classes") if labels is not None else None,
+                       class_names=tuple(names) if names and labels is not None else None)
+
+
+# --------------------------------------------------------------------------------------------
 # Entry point
 
 
@@ -442,7 +489,9 @@ def load_dataset(
             f"unknown binarize={binarize!r}; choices are {', '.join(repr(c) for c in BINARIZE_CHOICES)}"
         )
     entry = _REGISTRY.get(name) if isinstance(name, str) else None
-    if entry is not None:
+    if isinstance(name, str) and name.startswith(LATENTS_PREFIX):
+        ds = _with_num_values(load_latents(name[len(LATENTS_PREFIX):]), num_values)
+    elif entry is not None:
         if data_dir is not None:
             root = Path(data_dir).expanduser()
         else:

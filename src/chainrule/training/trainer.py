@@ -56,6 +56,15 @@ temporary directory and renamed; older ones that chainrule wrote are deleted). `
 and when the ``tensorboard`` package is installed (``pip install 'chainrule[tensorboard]'``) event
 files in ``RUN/tensorboard/`` (``config.tensorboard``: None = when installed, False = never).
 
+Models with their own objective: a module that is not an autoregressive model but is trained the
+same way (the VQ-VAE of :mod:`chainrule.latent.vqvae`) sets ``own_objective = True`` and gives
+``validate(x)``, ``training_loss(x, context) -> (nats (B,), extra scalar)`` (the step minimizes
+mean(nats) / D + extra; the nats are what ``train_nll_nats`` logs), ``validation_nll(data, context,
+batch_size) -> (N,)`` (what the ``val_*`` columns and early stopping use), ``epoch_metrics()`` (a
+dict logged with every epoch's row, its keys listed in ``log_fields``: extra ``log.csv`` columns),
+``dim``, ``config`` and ``state_dict``. Everything else (batches, schedules, checkpoints, resume,
+signals, the log) is the same loop.
+
 Epochs are counted from 1 wherever a user sees them: the log lines and progress bars ("epoch 3"),
 ``log.csv``'s ``epoch`` column and the history rows (the number of epochs completed when the row
 was written), :attr:`TrainResult.best_epoch` (and ``best_epoch`` in ``best/config.json`` and the
@@ -93,7 +102,7 @@ from chainrule.errors import CheckpointError, InputError
 from chainrule.training import distributed as dist_utils
 from chainrule.training import precision as precision_policy
 from chainrule.training.precision import PRECISIONS, PrecisionChoice
-from chainrule.inference.likelihood import EVAL_BATCH_SIZE, context_rows, evaluate
+from chainrule.inference.likelihood import EVAL_BATCH_SIZE, context_rows, evaluate, summarize
 from chainrule.io.checkpoint import atomic_write, check_version, link_or_copy_tree, read_config, save_model
 from chainrule.models.base import AutoregressiveModel
 from chainrule.models.ensemble import Ensemble
@@ -388,7 +397,7 @@ class Trainer:
     def __init__(self, model: Model, config: TrainConfig | None = None, out_dir: str | Path | None = None,
                  extra: dict[str, Any] | None = None, progress: bool = True,
                  device: str | torch.device | None = None) -> None:
-        if not isinstance(model, (AutoregressiveModel, Ensemble)):
+        if not isinstance(model, (AutoregressiveModel, Ensemble)) and not getattr(model, "own_objective", False):
             raise InputError(f"Trainer needs a chainrule model, got {type(model).__name__}")
         if config is not None and not isinstance(config, TrainConfig):
             raise InputError(f"config must be a TrainConfig, got {type(config).__name__}")
@@ -573,11 +582,17 @@ class Trainer:
 
         ``global_size``: under DDP, the number of examples of the global batch ``x`` is this
         rank's slice of; the loss is scaled so that the ranks' average is the global mean."""
-        nll = self.nll(x, context)
+        extra = None
+        if getattr(self.model, "own_objective", False):  # e.g. the VQ-VAE: see "Models with their own objective"
+            nll, extra = self.model.training_loss(x, context)
+        else:
+            nll = self.nll(x, context)
         if global_size is None or global_size == len(x) * self.world_size:
             loss = nll.mean() / self.model.dim  # equal slices: the mean of the means is the global mean
         else:  # unequal slices (a last, short batch): sum * W / n, averaged by DDP = the global mean
             loss = nll.sum() * (self.world_size / global_size) / self.model.dim
+        if extra is not None:
+            loss = loss + extra
         if not torch.isfinite(loss):
             raise FloatingPointError(f"training loss became {loss.item()}; try a lower learning rate or grad_clip")
         self.optimizer.zero_grad(set_to_none=True)
@@ -673,6 +688,8 @@ class Trainer:
                         self._closing_validation(val, val_context, val_members, st, epoch, row, log_file, bar)
                         break
                     row = {"epoch": epoch + 1, **row}  # counted from 1: the epochs completed with this row
+                    if getattr(model, "own_objective", False):
+                        row.update(model.epoch_metrics())  # e.g. the VQ-VAE's codebook usage
                     if val is not None:
                         self._validate(val, val_context, val_members, st, epoch + 1, row)
                     st.result.history.append(row)
@@ -936,12 +953,11 @@ class Trainer:
         if self.world_size > 1:  # rank 0 evaluates, every rank gets its numbers: identical decisions
             nums = torch.zeros(3, dtype=torch.float64)
             if self.is_main:
-                res = evaluate(self.model, val, context, c.eval_batch_size, member=members, progress=show,
-                               desc="validation")
+                res = self._evaluate(val, context, members, show)
                 nums[:] = torch.tensor([res.nll_nats, res.bits_per_dim, res.nll_nats / res.dim], dtype=torch.float64)
             nll_nats, bpd, npd = (float(v) for v in dist_utils.broadcast(nums))
         else:
-            res = evaluate(self.model, val, context, c.eval_batch_size, member=members, progress=show, desc="validation")
+            res = self._evaluate(val, context, members, show)
             nll_nats, bpd, npd = res.nll_nats, res.bits_per_dim, res.nll_nats / res.dim
         self._eval_seconds_per_example = (time.perf_counter() - t0) / len(val)  # the time budget's estimate
         if self.nll_offset:  # standardized data: the NLL of the data in their own units
@@ -980,6 +996,14 @@ class Trainer:
             log.info("time budget reached in epoch %d after batch %d of %d (saved %s): %s", epoch + 1, st.batch,
                      steps_per_epoch, self.out_dir / LAST_DIR if self.out_dir else "nothing",
                      ", ".join(f"{k}={v:.5g}" for k, v in row.items() if k != "epoch"))
+
+    def _evaluate(self, val: Any, context: Any, members: Any, progress: bool) -> Any:
+        """The validation result: the exact NLL, or what a model with its own objective validates by
+        (``validation_nll``: the VQ-VAE's reconstruction NLL -log p(x | z*))."""
+        if getattr(self.model, "own_objective", False):
+            return summarize(self.model.validation_nll(val, context, self.config.eval_batch_size), self.model.dim)
+        return evaluate(self.model, val, context, self.config.eval_batch_size, member=members, progress=progress,
+                        desc="validation")
 
     def _fit_closed_form(self, train: Any, val: Any, train_transform: Any, train_context: Any,
                          val_context: Any) -> TrainResult:
@@ -1032,11 +1056,11 @@ class Trainer:
         atomic_write(path, write)
         return open(path, "a", newline="")
 
-    @staticmethod
-    def _write_log(f: Any, row: dict[str, float]) -> None:
+    def _write_log(self, f: Any, row: dict[str, float]) -> None:
         if f is None:
             return
-        writer = csv.DictWriter(f, fieldnames=LOG_FIELDS)
+        # a model with its own objective may log more columns (the VQ-VAE: codebook usage)
+        writer = csv.DictWriter(f, fieldnames=LOG_FIELDS + tuple(getattr(self.model, "log_fields", ())))
         if f.tell() == 0:
             writer.writeheader()
         writer.writerow(row)

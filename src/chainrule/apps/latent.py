@@ -1,0 +1,582 @@
+"""Runs of latent models (:mod:`chainrule.latent`): training a VQ-VAE run and caching its codes,
+``compose`` (a VQ-VAE run + a prior run -> a latent run), and what the commands do with a latent
+run: the bound, samples, the two-part code, completion and the inspection figure.
+
+A VQ-VAE run (``chainrule train vqvae --dataset mnist --out runs/vq``) holds what every run holds
+(``best/``, ``last/``, ``log.csv`` with the reconstruction NLL and the codebook usage per epoch,
+``curve.png``, ``results.json``), ``reconstructions.png`` (test images above their
+reconstructions) and ``codes/``: the code grids of the train, val and test splits, computed once
+when training ends — the dataset ``latents:runs/vq`` of the prior's run.
+
+The latent run (``chainrule compose runs/vq runs/prior --out runs/latent``) holds ``best/`` (one
+``model.safetensors`` with both models' tensors and a ``config.json`` with both configs, so it
+stands alone), ``results.json`` (the test split's bound and its two terms), ``samples.png`` and
+``reconstructions.png``.
+
+The two-part code (:func:`compress` / :func:`decompress`)
+---------------------------------------------------------
+Part 1 codes the encoder's grids z* with the prior (the ordinary range coder and frequency tables
+of :mod:`chainrule.apps.compression`); part 2 codes the pixels under the decoder's p(x | z*),
+every pixel's table computed from z* alone (known to the decoder once part 1 is decoded), on
+blocks of exactly ``block_rows`` grids in one thread, so encoder and decoder meet the same tables
+bit for bit. Its length is -log2 p(z*) - log2 p(x | z*) bits (the bound) plus the coder's
+overhead (~32 bits of flush per part and the 24-bit quantization of the tables).
+
+Container (all integers little-endian): magic ``b"CRZL"``, version uint16 (= 1), the latent
+model's fingerprint (32 bytes, :func:`~chainrule.apps.compression.model_fingerprint`), metadata
+length uint32 + UTF-8 JSON (N, shape, dtype, single, block_rows, chunk, versions), context length
+uint32 + ``.npy`` (class labels, or empty), content SHA-256 (32; of the values as int64), the two
+payload lengths (uint64 each), their CRC-32s (uint32 each), the CRC-32 of all of the above, then
+the two payloads.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import math
+import shutil
+import struct
+import time
+import zlib
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+import torch
+
+from chainrule.apps.compression import (
+    PRECISION,
+    _decode,
+    _encode,
+    _family,
+    _probabilities,
+    _versions,
+    model_fingerprint,
+    read_array_input,
+)
+from chainrule.apps.pipeline import check_run_dir, checkpoint_dir, clear_run_dir, run_files, save_samples
+from chainrule.apps.plotting import image_grid, plot_training_curve
+from chainrule.data import CODES_DIR, LATENTS_PREFIX, Dataset
+from chainrule.distributions import quantize_logits
+from chainrule.errors import DataError, InputError
+from chainrule.inference.coding import single_thread
+from chainrule.inference.sampling import default_generator
+from chainrule.io.checkpoint import atomic_write, read_config
+from chainrule.latent import VQVAE, LatentModel, is_latent_checkpoint
+from chainrule.latent import load as load_latent
+from chainrule.models import load as load_model
+from chainrule.training import TrainConfig, Trainer
+
+MAGIC = b"CRZL"
+FORMAT_VERSION = 1
+_TAIL = struct.Struct("<32sQQII")
+
+
+# ---------------------------------------------------------------------- training a VQ-VAE run
+def check_vqvae_hyperparameters(hyperparameters: dict[str, Any]) -> None:
+    """Unknown ``-p`` names of ``vqvae``: an InputError listing the accepted ones."""
+    import inspect
+
+    accepted = [p for p in inspect.signature(VQVAE.__init__).parameters if p not in ("self", "shape", "num_values")]
+    unknown = sorted(set(hyperparameters) - set(accepted))
+    if unknown:
+        raise InputError(f"model 'vqvae' has no hyperparameter(s) {', '.join(unknown)}; it accepts: {', '.join(accepted)}")
+
+
+def check_data_fits_vqvae(ds: Dataset) -> None:
+    """The VQ-VAE models discrete images (C, H, W)."""
+    if ds.num_values is None:
+        raise InputError(f"vqvae models discrete pixels, but {ds.name} is real-valued: quantize the data or pass --binarize")
+    if len(ds.shape) != 3 or ds.shape[0] not in (1, 3):
+        raise InputError(f"vqvae models images (C, H, W) with 1 or 3 channels, but {ds.name} has examples of shape {ds.shape}")
+
+
+def write_codes(model: VQVAE, ds: Dataset, out: str | Path) -> Path:
+    """Compute the code grids of ``ds``'s train/val/test splits (train as the model saw it: a dynamic
+    binarization drawn once with seed 0) and cache them in ``out/codes/`` (written into a temporary
+    folder and renamed: never half-written). Returns the folder."""
+    out = Path(out)
+    folder, tmp = out / CODES_DIR, out / (CODES_DIR + ".tmp")
+    if tmp.exists():
+        shutil.rmtree(tmp)
+    tmp.mkdir(parents=True)
+    dtype = np.uint16 if model.codebook_size <= 65536 else np.int64
+    for split in ("train", "val", "test"):
+        x, y = ds.split(split)
+        if split == "train" and ds.train_transform is not None:
+            x = ds.train_transform(x, torch.Generator().manual_seed(0))
+        z = model.encode_all(x) if len(x) else torch.zeros(0, *model.grid, dtype=torch.long)
+        np.save(tmp / f"{split}.npy", z.numpy().astype(dtype), allow_pickle=False)
+        if y is not None:
+            np.save(tmp / f"{split}_labels.npy", y.numpy().astype(np.int64), allow_pickle=False)
+    meta = {"codebook_size": model.codebook_size, "grid": list(model.grid), "dataset": ds.name,
+            "num_classes": ds.num_classes, "class_names": list(ds.class_names) if ds.class_names else None}
+    (tmp / "meta.json").write_text(json.dumps(meta, indent=2))
+    if folder.exists():
+        shutil.rmtree(folder)
+    tmp.rename(folder)
+    return folder
+
+
+def codebook_usage(codes: torch.Tensor, k: int) -> dict[str, float]:
+    """Perplexity exp(H) of the code frequencies and the share of the K codes used, of grids ``(N, h, w)``."""
+    counts = torch.bincount(codes.reshape(-1), minlength=k).double()
+    p = counts / counts.sum()
+    h = -float((p[p > 0] * p[p > 0].log()).sum())
+    return {"codebook_perplexity": math.exp(h), "codebook_used": float((counts > 0).double().mean())}
+
+
+def reconstructions_figure(model: VQVAE, x: torch.Tensor, path: Path, n: int = 16) -> Path:
+    """``path``: a PNG of ``n`` images (top row) above their reconstructions (the decoder's mean)."""
+    x = x[:n]
+    with torch.no_grad():
+        r = model.decode(model.encode(x).to(model.device), "mean").cpu()
+    atomic_write(path, lambda p: image_grid(torch.cat([x.cpu(), r]), model.num_values, ncol=len(x)).save(p, format="PNG"))
+    return path
+
+
+def train_vqvae_run(ds: Dataset, out: str | Path, hyperparameters: dict[str, Any] | None = None,
+                    config: TrainConfig | None = None, extra: dict[str, Any] | None = None, progress: bool = True,
+                    resume: bool = False, device: str | torch.device | None = None,
+                    report: Callable[[str], None] = print, force: bool = False) -> dict[str, Any]:
+    """Train a VQ-VAE on ``ds`` into the run directory ``out`` (with the ordinary trainer: its
+    objective is :meth:`~chainrule.latent.vqvae.VQVAE.training_loss`), evaluate the reconstruction
+    NLL and codebook usage on the test split, cache the codes of every split (``out/codes/``) and
+    write ``reconstructions.png``; returns the summary also written to ``results.json``."""
+    out = Path(out)
+    check_run_dir(out, resume, force)
+    check_data_fits_vqvae(ds)
+    config = config or TrainConfig()
+    hp = dict(hyperparameters or {})
+    check_vqvae_hyperparameters(hp)
+    torch.manual_seed(config.seed)
+    model = VQVAE(ds.shape, ds.num_values, **hp)
+    report(f"model vqvae: {model.num_parameters():,} parameters, codes {model.grid[0]}x{model.grid[1]} of "
+           f"K={model.codebook_size} ({model.mode} codebook); data {ds.name}: {len(ds.train)} train / {len(ds.val)} val / "
+           f"{len(ds.test)} test, shape {ds.shape}, num_values {ds.num_values}")
+    trainer = Trainer(model, config, out_dir=out, extra={**(extra or {}), "conditional": False},
+                      progress=progress, device=device)
+    if resume:
+        report(f"resuming from {out / 'last'}")
+    elif force and run_files(out):
+        removed = clear_run_dir(out)
+        if (out / CODES_DIR).exists():
+            shutil.rmtree(out / CODES_DIR)
+        report(f"replacing the previous run in {out}: removed {', '.join(p.name for p in removed)}")
+    has_val = len(ds.val) > 0
+    result = trainer.fit(ds.train, ds.val if has_val else None, train_transform=ds.train_transform, resume=resume)
+    report(f"trained {result.epochs_run} epochs in {result.train_seconds:.1f} s (best epoch {result.best_epoch})")
+    t0 = time.perf_counter()
+    recon = model.evaluate_reconstruction(ds.test)
+    rec = float(recon.mean())
+    folder = write_codes(model, ds, out)
+    test_codes = torch.from_numpy(np.load(folder / "test.npy").astype(np.int64))
+    usage = codebook_usage(test_codes, model.codebook_size)
+    h, w = model.grid
+    uniform = rec + h * w * math.log(model.codebook_size)
+    dim_bits = model.dim * math.log(2)
+    report(f"test: reconstruction NLL -log p(x|z*) {rec:.4f} nats/example = {rec / dim_bits:.4f} bits/dim | codebook "
+           f"perplexity {usage['codebook_perplexity']:.1f} of K={model.codebook_size}, "
+           f"{100 * usage['codebook_used']:.1f}% of the codes used")
+    report(f"test: upper bound on NLL with a uniform prior over the codes (no prior trained yet): {uniform:.2f} "
+           f"nats/example = {uniform / dim_bits:.4f} bits/dim")
+    plot_training_curve(out / "log.csv", out / "curve.png", title=f"vqvae on {ds.name} (reconstruction NLL)")
+    reconstructions_figure(model, ds.test[:16], out / "reconstructions.png")
+    summary = {"model": "vqvae", "dataset": ds.name, "parameters": model.num_parameters(),
+               "epochs_run": result.epochs_run, "best_epoch": result.best_epoch, "train_seconds": result.train_seconds,
+               "best_val_reconstruction_nll_nats": result.best_val_nll_nats,
+               "test_reconstruction": {"nll_nats": rec, "bits_per_dim": rec / dim_bits, "num_examples": len(recon),
+                                       "dim": model.dim, **usage},
+               "test_uniform_prior_bound": {"nll_upper_bound_nats": uniform,
+                                            "bits_per_dim_upper_bound": uniform / dim_bits},
+               "code_grid": [h, w], "codebook_size": model.codebook_size, "eval_seconds": time.perf_counter() - t0,
+               "torch_threads": torch.get_num_threads()}
+    (out / "results.json").write_text(json.dumps(summary, indent=2))
+    report(f"wrote {out / 'best'}, {out / 'log.csv'}, {out / 'reconstructions.png'}, {folder} (the dataset "
+           f"{LATENTS_PREFIX}{out} of a prior)")
+    return summary
+
+
+# ---------------------------------------------------------------------- compose
+def compose(vq_run: str | Path, prior_run: str | Path, out: str | Path, force: bool = False,
+            report: Callable[[str], None] = print, eval_batch_size: int = 256) -> dict[str, Any]:
+    """Write the latent run ``out``: the VQ-VAE of ``vq_run`` under the prior of ``prior_run``
+    (which must model that VQ-VAE's codes); evaluates the bound on the test split and draws samples."""
+    vq_dir, prior_dir, out = checkpoint_dir(vq_run), checkpoint_dir(prior_run), Path(out)
+    if is_latent_checkpoint(vq_dir) != "vqvae":
+        raise InputError(f"{vq_run} is not a VQ-VAE run (train one with `chainrule train vqvae --dataset ...`)")
+    if is_latent_checkpoint(prior_dir) is not None:
+        raise InputError(f"{prior_run} is not a prior run: give the run of a chainrule model trained on "
+                         f"--dataset {LATENTS_PREFIX}{vq_run}")
+    check_run_dir(out, force=force)
+    vq = load_latent(vq_dir)
+    prior = load_model(prior_dir)
+    model = LatentModel(vq, prior)  # checks the shapes and K
+    vq_cfg, prior_cfg = read_config(vq_dir), read_config(prior_dir)
+    trained_on = str(prior_cfg.get("extra", {}).get("dataset", ""))
+    if trained_on.startswith(LATENTS_PREFIX) and Path(trained_on[len(LATENTS_PREFIX):]).resolve() != \
+            Path(vq_run).resolve():
+        report(f"warning: the prior was trained on {trained_on}, not on {LATENTS_PREFIX}{vq_run}")
+    ve = vq_cfg.get("extra", {})
+    conditional = bool(prior_cfg.get("extra", {}).get("conditional")) and model.conditional
+    extra = {k: ve.get(k) for k in ("dataset", "binarize", "dequantize", "data_seed", "data_dir", "data_num_values",
+                                    "class_names")}
+    extra.update(vqvae_run=str(Path(vq_run).resolve()), prior_run=str(Path(prior_run).resolve()),
+                 conditional=conditional, composed=True)
+    if force and run_files(out):
+        clear_run_dir(out)
+    model.save(out / "best", extra)
+    from chainrule.apps.pipeline import dataset_of
+
+    ds = dataset_of(out / "best")
+    test, labels = ds.split("test")
+    terms = bound_of(model, test, labels if conditional else None, eval_batch_size)
+    for line in describe_bound("test", terms):
+        report(line)
+    samples = model.sample(64, _labels(model, 64) if conditional else None, generator=default_generator(model.vqvae, 0))
+    save_samples(samples, out / "samples.png", model.num_values, True)
+    reconstructions_figure(vq, test[:16], out / "reconstructions.png")
+    summary = {"model": "latent", "dataset": ds.name, "vqvae_run": extra["vqvae_run"], "prior_run": extra["prior_run"],
+               "prior": prior_cfg.get("model"), "parameters": model.num_parameters(), "conditional": conditional,
+               "test_bound": terms}
+    (out / "results.json").write_text(json.dumps(summary, indent=2))
+    report(f"wrote {out / 'best'}, {out / 'results.json'}, {out / 'samples.png'}, {out / 'reconstructions.png'}")
+    return summary
+
+
+def _labels(model: LatentModel, n: int) -> torch.Tensor | None:
+    return torch.arange(n) % model.num_classes if model.num_classes else None
+
+
+# ---------------------------------------------------------------------- the bound
+def bound_of(model: LatentModel, x: Any, context: Any = None, batch_size: int = 256) -> dict[str, Any]:
+    """The upper bound -log p(z*) - log p(x | z*) on -log p(x) over ``x`` ``(N, C, H, W)``: its mean
+    and its two terms, nats per example and bits/dim, and the test codes' usage."""
+    prior_nll, recon_nll = model.bound_terms(x, context, batch_size)
+    bound = prior_nll + recon_nll
+    bits = model.dim * math.log(2)
+    return {"nll_upper_bound_nats": float(bound.mean()), "bits_per_dim_upper_bound": float(bound.mean()) / bits,
+            "prior_nll_nats": float(prior_nll.mean()), "prior_bits_per_dim": float(prior_nll.mean()) / bits,
+            "reconstruction_nll_nats": float(recon_nll.mean()), "reconstruction_bits_per_dim": float(recon_nll.mean()) / bits,
+            "num_examples": len(bound), "dim": model.dim, "is_upper_bound": True}
+
+
+def describe_bound(split: str, t: dict[str, Any]) -> list[str]:
+    """The lines a person reads: the bound first, labelled as one, then its two terms."""
+    return [f"{split}: NLL upper bound (-log p(z*) - log p(x|z*) >= -log p(x); not the exact NLL): "
+            f"{t['nll_upper_bound_nats']:.4f} nats/example | {t['bits_per_dim_upper_bound']:.4f} bits/dim | "
+            f"{t['num_examples']} examples",
+            f"{split}:   codes under the prior -log p(z*): {t['prior_nll_nats']:.4f} nats/example "
+            f"({t['prior_bits_per_dim']:.4f} bits/dim) + pixels given the codes -log p(x|z*): "
+            f"{t['reconstruction_nll_nats']:.4f} nats/example ({t['reconstruction_bits_per_dim']:.4f} bits/dim)"]
+
+
+# ---------------------------------------------------------------------- the two-part code
+def _pixel_tables(vq: VQVAE, z: torch.Tensor, partial: torch.Tensor, channel: int) -> torch.Tensor:
+    """The integer tables ``(B, H*W, K)`` of channel ``channel`` of every pixel given the codes
+    ``(B, h, w)`` (a whole block) and the pixels' channels before it (``partial`` ``(B, H*W, C)``)."""
+    with single_thread(), torch.inference_mode():
+        dist = vq.decoder_distribution(z)
+        return quantize_logits(dist.variable_logits(partial, channel), PRECISION)
+
+
+def _code_pixels(vq: VQVAE, z: torch.Tensor, x: torch.Tensor | None, block: int, coder: Any) -> torch.Tensor:
+    """Encode (``x`` given, ``coder`` a RangeEncoder) or decode (``x`` None, a RangeDecoder) the
+    pixels of every example given its codes ``z`` ``(N, h, w)``, block by block (each block padded
+    to ``block`` grids with copies of its first), channel by channel. Returns the pixels ``(N, H*W, C)``."""
+    n, c = len(z), vq.shape[0]
+    groups = vq.shape[1] * vq.shape[2]
+    family = _family()
+    out = torch.zeros(n, groups, c, dtype=torch.long)
+    for a in range(0, n, block):
+        rows = min(block, n - a)
+        zb = z[a:a + rows]
+        if rows < block:
+            zb = torch.cat([zb, zb[:1].expand(block - rows, *zb.shape[1:])])
+        partial = torch.zeros(block, groups, c, dtype=torch.long, device=vq.device)
+        for s in range(c):
+            freq = _pixel_tables(vq, zb.to(vq.device), partial, s)[:rows].reshape(rows * groups, -1).cpu()
+            probs = _probabilities(freq, PRECISION)
+            if x is not None:
+                vals = x[a:a + rows, :, s].reshape(-1)
+                coder.encode(vals.numpy().astype(np.int32), family, probs)
+            else:
+                try:
+                    vals = torch.from_numpy(coder.decode(family, probs).astype(np.int64))
+                except Exception as exc:  # constriction raises plain ValueError / RuntimeError on bad data
+                    raise InputError(f"the compressed payload is corrupted: decoding failed ({exc})") from None
+            out[a:a + rows, :, s] = vals.reshape(rows, groups)
+            partial[:rows, :, s] = out[a:a + rows, :, s].to(partial.device)
+    return out
+
+
+def compress(model: LatentModel, x: Any, context: Any = None, *, block_rows: int = 64,
+             chunk: int = 1024, dtype: str = "<i8", single: bool = False) -> tuple[bytes, dict[str, float]]:
+    """The two-part code of images ``x`` ``(N, C, H, W)``; returns the file's bytes and the sizes
+    (``code_bits``, ``pixel_bits``: the payloads; ``ideal_code_bits``, ``ideal_pixel_bits``: the
+    bound's two terms in bits under the model's unquantized probabilities)."""
+    import constriction
+
+    vq, prior = model.vqvae, model.prior
+    xv, _ = vq.validate(x)
+    n = len(xv)
+    if n == 0:
+        raise InputError("nothing to compress: 0 examples")
+    ctx = prior.normalize_context(context, n) if model.conditional else None
+    if context is not None and not model.conditional:
+        raise InputError("this latent model is unconditional: it takes no class labels")
+    with torch.inference_mode():
+        z = torch.cat([vq.encode(xv[a:a + 256]) for a in range(0, n, 256)]).cpu()
+    block = max(1, min(block_rows, n))
+    code_payload, _, code_table_bits = _encode(prior, z.reshape(n, -1), None if ctx is None else ctx.cpu(), None,
+                                               chunk, max(1, min(128, chunk, n)))
+    enc = constriction.stream.queue.RangeEncoder()
+    _code_pixels(vq, z, vq.pixel_groups(xv).cpu(), block, enc)
+    pixel_payload = enc.get_compressed().astype("<u4").tobytes()
+    ctx_raw = b""
+    if ctx is not None:
+        buf = io.BytesIO()
+        np.save(buf, ctx.cpu().numpy(), allow_pickle=False)
+        ctx_raw = buf.getvalue()
+    meta = {"n": n, "shape": list(vq.shape), "dtype": dtype, "single": single, "block_rows": block, "chunk": chunk,
+            "code_block_rows": max(1, min(128, chunk, n)), **_versions()}
+    meta_raw = json.dumps(meta, sort_keys=True).encode()
+    sha = hashlib.sha256(xv.cpu().long().contiguous().numpy().astype("<i8").tobytes()).digest()
+    head = MAGIC + struct.pack("<H", FORMAT_VERSION) + model_fingerprint(model)
+    head += struct.pack("<I", len(meta_raw)) + meta_raw + struct.pack("<I", len(ctx_raw)) + ctx_raw
+    head += _TAIL.pack(sha, len(code_payload), len(pixel_payload), zlib.crc32(code_payload), zlib.crc32(pixel_payload))
+    head += struct.pack("<I", zlib.crc32(head))
+    prior_nll, recon_nll = model.bound_terms(xv, ctx)
+    sizes = {"header_bytes": len(head), "code_bits": 8 * len(code_payload), "pixel_bits": 8 * len(pixel_payload),
+             "ideal_code_bits": float(prior_nll.sum()) / math.log(2),
+             "ideal_pixel_bits": float(recon_nll.sum()) / math.log(2), "num_examples": n, "dim": vq.dim}
+    return head + code_payload + pixel_payload, sizes
+
+
+def decompress(model: LatentModel, data: bytes) -> tuple[torch.Tensor, dict[str, Any]]:
+    """Decode a two-part code written by :func:`compress` with the same latent model: the images
+    ``(N, C, H, W)`` long (checked against the stored SHA-256) and the metadata."""
+    import constriction
+
+    data = bytes(data)
+    if data[:4] != MAGIC:
+        raise InputError(f"not a two-part code of a latent model (expected the magic bytes {MAGIC!r}, got {data[:4]!r})")
+    try:
+        pos = 4
+        (version,) = struct.unpack_from("<H", data, pos)
+        pos += 2
+        fp = data[pos:pos + 32]
+        pos += 32
+        (m,) = struct.unpack_from("<I", data, pos)
+        meta = json.loads(data[pos + 4:pos + 4 + m].decode())
+        pos += 4 + m
+        (lc,) = struct.unpack_from("<I", data, pos)
+        ctx_raw = data[pos + 4:pos + 4 + lc]
+        pos += 4 + lc
+        sha, lcode, lpix, crc_code, crc_pix = _TAIL.unpack_from(data, pos)
+        pos += _TAIL.size
+        (crc,) = struct.unpack_from("<I", data, pos)
+    except (struct.error, ValueError, UnicodeDecodeError) as exc:
+        raise InputError(f"the compressed file is truncated or corrupted: its header cannot be read ({exc})") from None
+    if version != FORMAT_VERSION:
+        raise InputError(f"two-part code version {version}; this chainrule reads version {FORMAT_VERSION}")
+    if zlib.crc32(data[:pos]) != crc:
+        raise InputError("the compressed file is corrupted: its header fails the CRC-32 check")
+    if fp != model_fingerprint(model):
+        raise InputError("this file was compressed with a different latent model (weights + config); decompress it "
+                         "with the run it was compressed with")
+    pos += 4
+    code_payload, pixel_payload = data[pos:pos + lcode], data[pos + lcode:pos + lcode + lpix]
+    if len(data) != pos + lcode + lpix:
+        raise InputError("the compressed file is truncated or followed by extra bytes")
+    if zlib.crc32(code_payload) != crc_code or zlib.crc32(pixel_payload) != crc_pix:
+        raise InputError("the compressed file is corrupted: a payload fails its CRC-32 check")
+    n = int(meta["n"])
+    ctx = torch.from_numpy(np.load(io.BytesIO(ctx_raw), allow_pickle=False)) if lc else None
+    vq = model.vqvae
+    z = _decode(model.prior, code_payload, n, ctx, None, int(meta["chunk"]), int(meta["code_block_rows"]))
+    z = z.reshape(n, *vq.grid)
+    words = np.frombuffer(pixel_payload, dtype="<u4").astype(np.uint32)
+    dec = constriction.stream.queue.RangeDecoder(words)
+    g = _code_pixels(vq, z, None, int(meta["block_rows"]), dec)
+    x = vq.images_of_groups(g)
+    if hashlib.sha256(x.contiguous().numpy().astype("<i8").tobytes()).digest() != sha:
+        raise InputError("the decompressed content fails its SHA-256 check: the file is corrupted (or was made by "
+                         "another chainrule / torch version, whose tables may differ)")
+    return x, meta
+
+
+def compress_file(model: LatentModel, source: Any, output: str | Path, context: Any = None,
+                  description: str | None = None) -> list[str]:
+    """Compress a ``.npy`` / image file(s) / values already loaded into ``output``; returns the report lines."""
+    output = Path(output)
+    if isinstance(source, (str, Path)):
+        arr, src = read_array_input(model, source)
+    else:
+        arr, src = source, "values given"
+    src = description or src
+    dtype = arr.dtype.str if isinstance(arr, np.ndarray) else "<i8"
+    xt = torch.as_tensor(np.asarray(arr)) if isinstance(arr, np.ndarray) else torch.as_tensor(arr)
+    single = xt.dim() == len(model.shape)
+    if single:
+        xt = xt[None]
+    data, s = compress(model, xt, context, dtype=dtype, single=single)
+    output.parent.mkdir(parents=True, exist_ok=True)
+    atomic_write(output, lambda p: Path(p).write_bytes(data))
+    dims = s["num_examples"] * s["dim"]
+    ideal = s["ideal_code_bits"] + s["ideal_pixel_bits"]
+    payload = s["code_bits"] + s["pixel_bits"]
+    k = model.num_values
+    original = math.ceil(dims * math.ceil(math.log2(k)) / 8)
+    return [f"array: {s['num_examples']} example(s) from {src}; {dims} values coded as a two-part code "
+            "(codes with the prior, then pixels given the codes with the decoder)",
+            f"original: {original} bytes ({dims} values x ceil(log2 {k}) bits)",
+            f"compressed: {len(data)} bytes = header {s['header_bytes']} + codes {s['code_bits'] // 8} + pixels "
+            f"{s['pixel_bits'] // 8} (ratio {original / len(data):.2f}) -> {output}",
+            f"achieved: {payload / dims:.4f} bits/dim (payload), {8 * len(data) / dims:.4f} bits/dim (whole file)",
+            f"the bound -log2 p(z*) - log2 p(x|z*): {ideal / dims:.4f} bits/dim ({ideal:.1f} bits: codes "
+            f"{s['ideal_code_bits']:.1f} + pixels {s['ideal_pixel_bits']:.1f}); payload - bound = {payload - ideal:+.1f} bits"]
+
+
+def decompress_file(model: LatentModel, source: str | Path, output: str | Path) -> list[Path]:
+    """Decode ``source`` into ``output``: ``.npy`` (the input's dtype and shape) or PNG file(s)."""
+    from chainrule.apps.compression import _write_pngs
+
+    source, output = Path(source), Path(output)
+    try:
+        data = source.read_bytes()
+    except OSError as exc:
+        raise InputError(f"cannot read {source} ({exc})") from None
+    x, meta = decompress(model, data)
+    output.parent.mkdir(parents=True, exist_ok=True)
+    if output.suffix.lower() == ".png":
+        return _write_pngs(x, output, model)
+    a = x.numpy().astype(np.dtype(meta.get("dtype", "<i8")))
+    if meta.get("single") and len(a) == 1:
+        a = a[0]
+    if output.suffix.lower() != ".npy":
+        output = output.with_name(output.name + ".npy")
+
+    def write(p: str) -> None:
+        with open(p, "wb") as f:
+            np.save(f, a, allow_pickle=False)
+
+    atomic_write(output, write)
+    return [output]
+
+
+# ---------------------------------------------------------------------- completion and inspection
+def complete(model: LatentModel, x: torch.Tensor, mask: torch.Tensor, num: int = 4, context: Any = None,
+             generator: torch.Generator | None = None, temperature: float = 1.0) -> tuple[torch.Tensor, str]:
+    """Complete images ``(N, C, H, W)`` whose observed pixels ``mask`` (same shape, or the event
+    shape) are the top rows: the code rows whose pixels are all observed are encoded (from the
+    observed pixels alone, the rest set to 0) and kept as the prior's prompt, the other codes are
+    drawn from the prior, the decoder draws the pixels, and the observed pixels are kept as given.
+    Returns ``(N * num, C, H, W)`` and a line saying what was conditioned on. Other masks: an
+    InputError saying what a latent model cannot do."""
+    vq = model.vqvae
+    x, _ = vq.validate(x)
+    m = torch.as_tensor(mask).bool()
+    if m.shape == vq.shape:
+        m = m.expand(len(x), *vq.shape)
+    if tuple(m.shape) != tuple(x.shape):
+        raise InputError(f"the mask must have the event shape {vq.shape} or one per input {tuple(x.shape)}")
+    rows = m.all(1).all(2)  # (N, H): fully observed pixel rows
+    f = vq.shape[1] // vq.grid[0]
+    prefixes = set()
+    for i in range(len(x)):
+        r = int(rows[i].long().cumprod(0).sum())  # leading fully observed rows
+        if not torch.equal(m[i], _top_rows(vq.shape, r)):
+            raise InputError("a latent model completes masks that observe whole rows from the top (e.g. --mask "
+                             "top-half): the prior reads codes in raster order, so observed pixels can only fix a "
+                             "prefix of the code grid; scattered or lower observed pixels cannot condition it")
+        prefixes.add(r // f)
+    if len(prefixes) != 1:
+        raise InputError("give the same top-rows mask for every input")
+    code_rows = prefixes.pop()
+    if code_rows == 0:
+        raise InputError(f"the mask observes fewer than {f} full rows: no code row of the latent grid is observed, "
+                         "so nothing can condition the prior (observe more rows from the top)")
+    with torch.no_grad():
+        z = vq.encode(x * m)  # hidden pixels set to 0: the codes never see them
+        prompt = z[:, :code_rows].reshape(len(x), -1)
+        prompt = prompt.repeat_interleave(num, 0)
+        ctx = None if context is None else torch.as_tensor(context).reshape(-1).repeat_interleave(num, 0)
+        zs = model.prior.sample(len(prompt), ctx, generator=generator, prompt=prompt, temperature=temperature)
+        out = vq.decode(zs[:, 0], "sample", generator)
+        keep = m.repeat_interleave(num, 0)
+        out = torch.where(keep, x.repeat_interleave(num, 0), out)
+    note = (f"latent completion: the first {code_rows} of {vq.grid[0]} code rows (pixel rows 0..{code_rows * f - 1}, "
+            "encoded from the observed pixels) are the prior's prompt; the other codes are drawn from the prior and "
+            "the pixels from the decoder; observed pixels are kept as given")
+    return out, note
+
+
+def _top_rows(shape: tuple[int, ...], r: int) -> torch.Tensor:
+    m = torch.zeros(shape, dtype=torch.bool)
+    m[:, :r] = True
+    return m
+
+
+def inspect_figure(model: VQVAE | LatentModel, x: torch.Tensor, out: Path, title: str = "",
+                   context: Any = None) -> Path:
+    """A PNG for one image ``(C, H, W)``: the image, its reconstruction (decoder mean), its code map
+    (the code index of every cell), the per-pixel -log2 p(x | z*) and the terms of the bound."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    vq = model.vqvae if isinstance(model, LatentModel) else model
+    xv, _ = vq.validate(x[None] if x.dim() == 3 else x)
+    with torch.no_grad():
+        z = vq.encode(xv)
+        rec = vq.decode(z, "mean")
+        per = -vq.decoder_distribution(z).log_prob_per_variable(vq.pixel_groups(xv)).sum(-1) / math.log(2)
+        prior_nll = -model.prior.log_prob(z[:, None], context).sum() if isinstance(model, LatentModel) else None
+    h, w = vq.shape[1:]
+    recon_bits = float(per.sum())
+    lines = [f"-log2 p(x|z*) = {recon_bits:.1f} bits"]
+    if isinstance(model, LatentModel):
+        prior_bits = float(prior_nll) / math.log(2)
+        lines.insert(0, f"-log2 p(z*) = {prior_bits:.1f} bits")
+        lines.append(f"bound: {prior_bits + recon_bits:.1f} bits = {(prior_bits + recon_bits) / vq.dim:.4f} bits/dim "
+                     "(>= -log2 p(x))")
+    fig, axes = plt.subplots(1, 4, figsize=(13, 3.6))
+
+    def show(ax: Any, img: torch.Tensor, what: str, **kw: Any) -> None:
+        a = img.cpu().float()
+        a = (a[0] if a.shape[0] == 1 else a.permute(1, 2, 0) / (vq.num_values - 1)).numpy()
+        im = ax.imshow(a, **kw)
+        ax.set_title(what, fontsize=9)
+        ax.axis("off")
+        return im
+
+    show(axes[0], xv[0], "input", cmap="gray", vmin=0, vmax=vq.num_values - 1)
+    show(axes[1], rec[0], "reconstruction (decoder mean)", cmap="gray", vmin=0, vmax=vq.num_values - 1)
+    im = axes[2].imshow(z[0].cpu().numpy(), cmap="tab20", vmin=0, vmax=vq.codebook_size - 1)
+    for (i, j), v in np.ndenumerate(z[0].cpu().numpy()):
+        if vq.grid[0] * vq.grid[1] <= 64:
+            axes[2].text(j, i, str(v), ha="center", va="center", fontsize=7)
+    axes[2].set_title(f"code map {vq.grid[0]}x{vq.grid[1]} (K={vq.codebook_size})", fontsize=9)
+    axes[2].axis("off")
+    im = axes[3].imshow(per[0].reshape(h, w).cpu().numpy(), cmap="magma")
+    axes[3].set_title("-log2 p(x_i | z*) per pixel (bits)", fontsize=9)
+    axes[3].axis("off")
+    fig.colorbar(im, ax=axes[3], fraction=0.046)
+    fig.suptitle((title + "\n" if title else "") + " | ".join(lines), fontsize=9)
+    fig.tight_layout()
+    out.parent.mkdir(parents=True, exist_ok=True)
+    atomic_write(out, lambda p: fig.savefig(p, format="png", dpi=100))
+    plt.close(fig)
+    return out
+
+
+def load_run_model(run: str | Path, device: str = "cpu") -> tuple[Path, VQVAE | LatentModel]:
+    """The checkpoint directory and model of a VQ-VAE or latent run."""
+    ckpt = checkpoint_dir(run)
+    if is_latent_checkpoint(ckpt) is None:
+        raise DataError(f"{run} is not a VQ-VAE or latent run")
+    return ckpt, load_latent(ckpt, device)
