@@ -152,3 +152,60 @@ def test_training_mode_draws_a_random_order_per_example():
     torch.testing.assert_close(model(x), model(x, order="raster"))
     with pytest.raises(InputError, match="train_order"):
         chainrule.create_model("sigma_gpt", (4,), 2, train_order="left")
+
+
+# ---------------------------------------------------------------- command line
+TEXT = "To be, or not to be, that is the question: whether 'tis nobler in the mind to suffer " * 20
+
+
+def test_cli_text_run_any_order(tmp_path, capsys):
+    """train sigma_gpt on text; generate --order; complete any mask on text; sample --burst / --parallel-steps."""
+    from chainrule.cli import main
+
+    (tmp_path / "t.txt").write_text(TEXT)
+    run = tmp_path / "sg"
+    assert main(["train", "sigma_gpt", "--dataset", str(tmp_path / "t.txt"), "--block-size", "16", "--steps-per-epoch",
+                 "3", "--epochs", "1", "--out", str(run), "--no-progress", "--num-samples", "2",
+                 "-p", "num_layers=1", "-p", "embed_dim=16", "-p", "num_heads=2"]) == 0
+    capsys.readouterr()
+    assert main(["generate", str(run), "--prompt", "To be", "--max-new-tokens", "6", "--order", "reversed", "-n", "2"]) == 0
+    lines = [ln for ln in capsys.readouterr().out.splitlines() if ln and ln != "----------"]
+    assert len(lines) == 2 and all(ln.startswith("To be") and len(ln) == 11 for ln in lines)
+    assert main(["generate", str(run), "--prompt", "To be", "--max-new-tokens", "20", "--order", "random:1"]) == 2
+    assert "window of 16" in capsys.readouterr().err
+    mask = np.zeros(16, dtype=bool)
+    mask[[0, 1, 5, 9, 15]] = True
+    np.save(tmp_path / "mask.npy", mask)
+    np.save(tmp_path / "x.npy", load_text_ids(run, TEXT[:16]))
+    assert main(["complete", str(run), "--input", str(tmp_path / "x.npy"), "--mask", str(tmp_path / "mask.npy"),
+                 "--num", "2"]) == 0
+    out = capsys.readouterr().out
+    assert "observed: To___,___ _____o" in out  # the observed characters, '_' where hidden
+    assert "trained in one order" not in out  # sigma_gpt is trained on random orders
+    comp = np.load(run / "completions.npy")
+    assert comp.shape == (1, 2, 16) and (comp[0, :, mask] == np.load(tmp_path / "x.npy")[mask][:, None]).all()
+    assert main(["sample", str(run), "-n", "3", "--burst", "--burst-window", "4"]) == 0
+    assert "passes per sample" in capsys.readouterr().out
+    assert main(["sample", str(run), "-n", "3", "--parallel-steps", "4"]) == 0
+    assert "NOT the model's exact" in capsys.readouterr().out
+    assert main(["sample", str(run), "-n", "3", "--burst", "--temperature", "0.5"]) == 2
+    assert "--temperature" in capsys.readouterr().err
+
+
+def load_text_ids(run, text: str) -> np.ndarray:
+    from chainrule.cli.common import tokenizer_of, checkpoint_dir
+
+    return np.asarray(tokenizer_of(checkpoint_dir(run)).encode(text), dtype=np.int64)
+
+
+def test_cli_images_any_mask_and_burst(tmp_path, capsys):
+    from chainrule.cli import main
+
+    run = tmp_path / "img"
+    assert main(["train", "sigma_gpt", "--dataset", "digits", "--epochs", "1", "--steps-per-epoch", "2", "--num-samples",
+                 "2", "--no-progress", "--out", str(run), "-p", "num_layers=1", "-p", "embed_dim=16"]) == 0
+    capsys.readouterr()
+    assert main(["complete", str(run), "--input", "digits", "--index", "0", "--mask", "random:0.3", "--num", "2"]) == 0
+    assert (run / "completions.png").is_file()
+    assert main(["sample", str(run), "-n", "2", "--burst", "--order", "raster", "--out", str(tmp_path / "b.png")]) == 0
+    assert (tmp_path / "b.png").is_file()
