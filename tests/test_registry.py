@@ -44,6 +44,7 @@ TINY: dict[str, dict] = {
     "gru": {"hidden_size": 8, "num_layers": 2, "embedding_size": 4},
     "wavenet": {"dilations": [1, 2, 1], "residual_channels": 4, "skip_channels": 6, "embedding_size": 4},
     "transformer": {"num_layers": 2, "num_heads": 2, "embed_dim": 8},
+    "sigma_gpt": {"num_layers": 2, "num_heads": 2, "embed_dim": 8},
     "rnade": {"hidden_size": 8},
     "pixelcnn": {"channels": 12, "num_blocks": 2, "head_channels": 6, "first_kernel_size": 3},
     "gated_pixelcnn": {"channels": 6, "num_layers": 3, "head_channels": 6, "first_kernel_size": 3},

@@ -276,6 +276,20 @@ def build_parser() -> argparse.ArgumentParser:
                    help="class-conditional models: sample this class (default: every class in turn)")
     decoding_args(s)
     force_arg(s)
+    s.add_argument("--order", default=None,
+                   help="any-order models: the order to sample in (raster, reversed, random:SEED, snake, ...); with "
+                        "--burst / --parallel-steps the default is a fresh random order per sample")
+    par = s.add_mutually_exclusive_group()
+    par.add_argument("--burst", action="store_true",
+                     help="sigma_gpt: exact parallel sampling (token-based rejection): draft --burst-window variables "
+                          "at once and keep those the model confirms; the same distribution as ancestral sampling, "
+                          "fewer passes; prints the passes per sample")
+    par.add_argument("--parallel-steps", type=int, default=None, metavar="S",
+                     help="sigma_gpt: APPROXIMATE parallel decoding (MaskGIT/MAR style) in S passes, several variables "
+                          "drawn independently per pass: NOT the model's distribution (the fewer the steps, the further)")
+    s.add_argument("--burst-window", type=int, default=16, help="--burst: variables drafted per iteration")
+    s.add_argument("--schedule", choices=["cosine", "linear"], default="cosine",
+                   help="--parallel-steps: how many variables each step fills")
     common(s)
     s.set_defaults(func=cmd_sample)
 
@@ -294,6 +308,10 @@ def build_parser() -> argparse.ArgumentParser:
     gen.add_argument("--length-penalty", type=float_in(), default=0.0, help="beam score = log p / length**penalty")
     gen.add_argument("--sliding-window", action="store_true",
                      help="allow prompt + new tokens beyond the model's context window (older tokens drop out of view)")
+    gen.add_argument("--order", default=None,
+                     help="any-order models (sigma_gpt): write the new tokens in this order over the window instead "
+                          "of left to right (reversed, random:SEED, snake, or a permutation), the prompt fixed at "
+                          "its start; the window is sampled whole and cut after the new tokens (an exact marginal)")
     common(gen)
     gen.set_defaults(func=cmd_generate)
 

@@ -112,8 +112,7 @@ def cmd_sample(args: argparse.Namespace) -> int:
         except InputError as exc:
             raise InputError(f"--out {exc}") from None
         output_path(args, args.out, out, "--out")
-    x = model.sample(args.n, labels, generator=default_generator(model, args.seed), temperature=args.temperature,
-                     top_k=args.top_k, top_p=args.top_p, progress=not args.no_progress)
+    x = _draw_samples(args, model, labels)
     st = run_standardization(ckpt)
     if st is not None:  # trained on standardized data: samples in the data's units
         x = st.invert(x)
@@ -126,6 +125,31 @@ def cmd_sample(args: argparse.Namespace) -> int:
         save_samples(x, tmp, model.num_values, is_image, tok, rate, ncol)
     print(f"wrote {args.n} samples to {out}" + (f" (one column per class, 0..{ncol - 1})" if ncol and is_image else ""))
     return 0
+
+
+def _draw_samples(args: argparse.Namespace, model: Any, labels: Any) -> torch.Tensor:
+    """``sample``'s draws: ancestral (the default), exact burst sampling or approximate parallel steps."""
+    gen = default_generator(model, args.seed)
+    burst, steps = getattr(args, "burst", False), getattr(args, "parallel_steps", None)
+    if not burst and steps is None:
+        return model.sample(args.n, labels, generator=gen, temperature=args.temperature, top_k=args.top_k,
+                            top_p=args.top_p, progress=not args.no_progress,
+                            **({} if getattr(args, "order", None) is None else {"order": args.order}))
+    from chainrule.inference.parallel import burst_sample, parallel_sample
+
+    if args.temperature != 1.0 or args.top_k is not None or args.top_p is not None:
+        raise InputError("--burst and --parallel-steps draw from the model's conditionals as they are: "
+                         "leave out --temperature, --top-k and --top-p")
+    if burst:
+        x, st = burst_sample(model, args.n, labels, gen, order=args.order, window=args.burst_window, return_stats=True)
+        print(f"burst sampling (exact): {float(st['passes'].float().mean()):.1f} passes per sample on average "
+              f"(ancestral sampling: {model.num_groups}); {st['model_calls']} batched passes")
+        return x
+    x, st = parallel_sample(model, args.n, steps, labels, gen, order=args.order, schedule=args.schedule,
+                            return_stats=True)
+    print(f"approximate parallel decoding: {int(st['passes'].max())} passes per sample; NOT the model's exact "
+          f"distribution (ancestral sampling takes {model.num_groups} passes)")
+    return x
 
 
 def cmd_generate(args: argparse.Namespace) -> int:
@@ -151,14 +175,36 @@ def cmd_generate(args: argparse.Namespace) -> int:
         for h in hyps:
             print(f"[log p = {h.log_prob:.3f} nats, score {h.score:.4f}] {args.prompt}{tok.decode(h.tokens)}")
         return 0
-    out = generate(model, prompt, args.max_new_tokens, num_samples=args.n, temperature=args.temperature,
-                   top_k=args.top_k, top_p=args.top_p, generator=default_generator(model, args.seed),
-                   sliding=args.sliding_window)
+    if args.order is not None:
+        out = _generate_in_order(args, model, prompt)
+    else:
+        out = generate(model, prompt, args.max_new_tokens, num_samples=args.n, temperature=args.temperature,
+                       top_k=args.top_k, top_p=args.top_p, generator=default_generator(model, args.seed),
+                       sliding=args.sliding_window)
     for row in out:
         print(tok.decode(row.tolist()))
         if args.n > 1:
             print("----------")
     return 0
+
+
+def _generate_in_order(args: argparse.Namespace, model: Any, prompt: list[int]) -> torch.Tensor:
+    """``generate --order``: the window sampled in that order with the prompt observed at its start,
+    cut after the new tokens (dropping variables of an exact joint sample is an exact marginal)."""
+    if not model.any_order or len(model.shape) != 1 or getattr(model, "num_members", 1) > 1:
+        raise InputError(f"--order needs a single model of a sequence that takes any order (sigma_gpt); "
+                         f"{model.name!r} writes left to right only")
+    if args.sliding_window:
+        raise InputError("--order writes inside one window: leave out --sliding-window")
+    if args.max_new_tokens < 1 or len(prompt) + args.max_new_tokens > model.dim:
+        raise InputError(f"--order: the prompt ({len(prompt)} tokens) plus --max-new-tokens {args.max_new_tokens} must "
+                         f"fit the model's window of {model.dim} tokens")
+    values = torch.zeros(model.dim, dtype=torch.long)
+    values[:len(prompt)] = torch.as_tensor(prompt, dtype=torch.long)
+    mask = torch.arange(model.dim) < len(prompt)
+    x = model.sample(args.n, generator=default_generator(model, args.seed), observed=(values, mask),
+                     order=args.order, temperature=args.temperature, top_k=args.top_k, top_p=args.top_p)
+    return x[:, :len(prompt) + args.max_new_tokens].cpu()
 
 
 def cmd_inspect(args: argparse.Namespace) -> int:
@@ -243,7 +289,8 @@ def cmd_complete(args: argparse.Namespace) -> int:
     observed = int(full_mask[0].sum())
     print(f"{model.name}: {n} input(s) from {source}; mask {args.mask}: {observed} of {model.dim} variables "
           f"observed{' (example 0)' if tuple(mask.shape) != shape else ''}; {args.num} completions each")
-    if model.any_order and getattr(model, "num_members", 1) == 1 and not is_prefix_of_order(model, full_mask):
+    if model.any_order and getattr(model, "num_members", 1) == 1 and not is_prefix_of_order(model, full_mask) \
+            and model.hyperparameters.get("train_order") != "random":  # sigma_gpt trains on random orders
         print(f"note: {model.name} was trained in one order; this mask conditions it in an order it never saw, "
               "so completions may be poor (an order-agnostic ensemble, -p num_orders=K, is trained for this)")
     is_image = len(shape) == 3 and shape[0] in (1, 3)

@@ -198,9 +198,9 @@ def check_prefix(model: Any, n: int, prefix: Any) -> torch.Tensor:
     return check_prompt(model, n, prefix)
 
 
-def _sample_observed(model: Any, n: int, ctx: torch.Tensor | None, call: dict[str, Any],
-                     generator: torch.Generator | None, observed: tuple[Any, Any],
-                     chain: Sequence[Callable], progress: bool = False) -> torch.Tensor:
+def observed_groups(model: Any, n: int, observed: tuple[Any, Any]) -> tuple[torch.Tensor, torch.Tensor]:
+    """Check ``observed=(values, mask)`` for ``n`` samples and return the values by group ``(n, G, S)``
+    and which groups are observed ``(n, G)`` bool (see :func:`sample`)."""
     try:
         values, mask = observed
     except (TypeError, ValueError):
@@ -218,7 +218,13 @@ def _sample_observed(model: Any, n: int, ctx: torch.Tensor | None, call: dict[st
     if tuple(mask.shape) != (n, *model.shape):
         raise InputError(f"the observed mask must have the event shape {model.shape} (or (n, *shape)), got {tuple(mask.shape)}")
     gmask = model.groups.group_mask(mask.reshape(n, -1))  # (n, G)
-    vg = model.groups.gather(values.reshape(n, -1))  # (n, G, S)
+    return model.groups.gather(values.reshape(n, -1)), gmask  # (n, G, S), (n, G)
+
+
+def _sample_observed(model: Any, n: int, ctx: torch.Tensor | None, call: dict[str, Any],
+                     generator: torch.Generator | None, observed: tuple[Any, Any],
+                     chain: Sequence[Callable], progress: bool = False) -> torch.Tensor:
+    vg, gmask = observed_groups(model, n, observed)
     base = model.resolve_order(**call)
     dtype = torch.long if model.head.discrete else model.float_dtype
     out = torch.zeros(n, model.num_groups, model.group_size, dtype=dtype, device=model.device)

@@ -54,3 +54,22 @@ class CausalSelfAttentionBlock(nn.Module):
         cache_v[:, :, t] = v[:, :, 0]
         y = F.scaled_dot_product_attention(q, cache_k[:, :, :t + 1], cache_v[:, :, :t + 1])
         return self._finish(x, y)
+
+    def extend(self, x: torch.Tensor, cache_k: torch.Tensor, cache_v: torch.Tensor, start: torch.Tensor,
+               allowed: torch.Tensor) -> torch.Tensor:
+        """W new positions per example at once, after a cached prefix of a different length per example.
+
+        ``x`` ``(n, W, C)``; ``start`` ``(n,)`` long: example b's new positions take the cache slots
+        ``start[b] .. start[b] + W - 1`` (their keys/values are written there; the caches
+        ``(n, nh, T, hs)`` need T >= max(start) + W); ``allowed`` ``(n, W, T)`` bool: which slots each
+        new position attends to (the caller's pattern: causal, or draft queries that see the prefix
+        and themselves only). Used by any-order parallel decoding (:mod:`chainrule.inference.parallel`).
+        """
+        q, k, v = self._split(x)
+        w = x.shape[1]
+        slots = (start.unsqueeze(1) + torch.arange(w, device=x.device)).view(-1, 1, w, 1)
+        slots = slots.expand(-1, cache_k.shape[1], -1, cache_k.shape[3])
+        cache_k.scatter_(2, slots, k)
+        cache_v.scatter_(2, slots, v)
+        y = F.scaled_dot_product_attention(q, cache_k, cache_v, attn_mask=allowed.unsqueeze(1))
+        return self._finish(x, y)
