@@ -16,7 +16,7 @@ LAYERS: list[list[str]] = [
     ["nn", "data"],
     ["inference"],
     ["models"],
-    ["checks", "training", "lm", "latent"],
+    ["checks", "training", "lm", "latent", "interop"],
     ["apps"],
     ["cli", "__main__"],
 ]

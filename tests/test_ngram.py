@@ -16,8 +16,8 @@ from chainrule.errors import DataError, InputError
 from chainrule.cli.ngram import register_cli
 from chainrule.lm.ngram import BOS_ID, EOS_ID, PADDINGS, SMOOTHERS, UNK_ID, NgramLM, PerplexityResult, read_text_sentences
 
-NORMALIZED = ["laplace", "lidstone", "jelinek-mercer", "witten-bell", "katz", "kneser-ney"]
-ARPA = ["jelinek-mercer", "witten-bell", "katz", "kneser-ney", "kneser-ney-nltk"]
+NORMALIZED = ["laplace", "lidstone", "jelinek-mercer", "witten-bell", "katz", "kneser-ney", "absolute-discounting"]
+ARPA = ["jelinek-mercer", "witten-bell", "katz", "kneser-ney", "kneser-ney-nltk", "absolute-discounting"]
 TINY = [["a", "b"], ["a"]]
 
 
@@ -197,6 +197,41 @@ def test_kneser_ney_by_hand():
     assert nl.logprob("<unk>", ["a"]) == -math.inf
 
 
+def test_absolute_discounting_and_stupid_backoff_by_hand(tmp_path, capsys):
+    """Default definitions (event counts, one <s>): absolute discounting interpolates down to the
+    uniform 1/|P|; stupid backoff multiplies alpha per backed-off order, also for unseen contexts."""
+    lm = NgramLM(2, "absolute-discounting", discount=0.5).fit(TINY)  # <s> a b </s>, <s> a </s>
+    # unigrams over predicted tokens: a 2, b 1, </s> 2 (5 events, 3 types); |P| = 4 (<unk> a b </s>)
+    p1 = {w: max(c - 0.5, 0) / 5 + 0.5 * 3 / 5 / 4 for w, c in {"a": 2, "b": 1, "</s>": 2, "<unk>": 0}.items()}
+    assert sum(p1.values()) == pytest.approx(1.0)
+    assert math.exp(lm.logprob("b", ["a"])) == pytest.approx(0.5 / 2 + 0.5 * 2 / 2 * p1["b"])
+    assert math.exp(lm.logprob("a", ["b"])) == pytest.approx(0.5 * 1 / 1 * p1["a"])
+    assert math.exp(lm.logprob("b", ["<unk>"])) == pytest.approx(p1["b"])  # unseen context: defer
+    with pytest.raises(InputError, match=r"\(0, 1\]"):
+        NgramLM(2, "absolute-discounting", discount=1.5)
+    sb = NgramLM(3, "stupid-backoff").fit(TINY)
+    assert not sb.gives_probabilities and lm.gives_probabilities
+    assert math.exp(sb.logprob("b", ["<s>", "a"])) == pytest.approx(1 / 2)
+    assert math.exp(sb.logprob("b", ["b", "a"])) == pytest.approx(0.4 * 1 / 2)  # 'b a' unseen: 0.4 S(b | a)
+    assert math.exp(sb.logprob("a", ["a", "b"])) == pytest.approx(0.4 * 0.4 * 2 / 5)  # two back-offs to S(a)
+    assert math.exp(sb.logprob("a", ["a", "a"])) == pytest.approx(0.4 * 0.4 * 2 / 5)  # unseen contexts too
+    assert math.exp(NgramLM(3, "stupid-backoff", alpha=0.1).fit(TINY).logprob("a", ["a", "b"])) == pytest.approx(0.01 * 2 / 5)
+    with pytest.raises(InputError, match="scores, not probabilities"):
+        sb.perplexity(TINY)
+    with pytest.raises(InputError, match="alpha"):
+        NgramLM(3, "stupid-backoff", alpha=0)
+    assert len(sb.generate(5, generator=torch.Generator().manual_seed(0))) == 5
+    text = tmp_path / "t.txt"
+    text.write_text("a b\na\n", encoding="utf-8")
+    parser = _parser()
+    assert _run(parser, ["ngram", "fit", str(text), "--smoothing", "stupid-backoff", "--alpha", "0.3",
+                         "--out", str(tmp_path / "sb")]) == 0
+    assert "scores, not probabilities" in capsys.readouterr().out
+    assert NgramLM.load(tmp_path / "sb").options["alpha"] == 0.3
+    with pytest.raises(InputError, match="no perplexity"):
+        _run(parser, ["ngram", "eval", str(tmp_path / "sb"), str(text)])
+
+
 def test_jelinek_mercer_and_mle_by_hand():
     lm = NgramLM(2, "jelinek-mercer", lambdas=[0.5, 0.3, 0.2]).fit(TINY)
     assert math.exp(lm.logprob("b", ["a"])) == pytest.approx(0.5 * 1 / 2 + 0.3 * 1 / 5 + 0.2 / 4)
@@ -229,7 +264,11 @@ def test_srilm_padding_counts_by_hand():
     assert lm.ngram_rows([["a", "b"]]).tolist() == [[BOS_ID, BOS_ID, 3], [BOS_ID, 3, 4], [3, 4, EOS_ID]]
     nl = NgramLM(3, "mle", padding="nltk").fit(TINY)
     ev3 = {" ".join(words[r]): int(c) for r, c in zip(nl._rows(3), nl._counts["ev"][2]) if c}
-    assert ev3 == {"<s> <s> a": 2, "<s> a b": 1, "<s> a </s>": 1, "a b </s>": 1}
+    # NLTK's pad_both_ends: n-1 </s> too, so </s> also follows </s>
+    assert ev3 == {"<s> <s> a": 2, "<s> a b": 1, "<s> a </s>": 1, "a b </s>": 1, "a </s> </s>": 1, "b </s> </s>": 1}
+    # ... but a sentence's score is p(w_1 .. w_L </s>), L + 1 events, in both conventions
+    assert nl.ngram_rows([["a", "b"]]).tolist() == [[BOS_ID, BOS_ID, 3], [BOS_ID, 3, 4], [3, 4, EOS_ID]]
+    assert nl.sentence_logprob(["a", "b"]) == pytest.approx(math.log(0.5))
 
 
 def test_srilm_kneser_ney_by_hand():
@@ -275,7 +314,7 @@ def test_old_saved_model_loads_with_nltk_padding(tmp_path):
     lm.save(tmp_path / "old")
     cfg_path = tmp_path / "old" / "ngram.json"
     cfg = json.loads(cfg_path.read_text())
-    assert cfg["format"] == "chainrule-ngram-2" and cfg["padding"] == "nltk"
+    assert cfg["format"] == "chainrule-ngram-3" and cfg["padding"] == "nltk"
     del cfg["padding"]
     cfg["format"] = "chainrule-ngram-1"
     cfg_path.write_text(json.dumps(cfg))
@@ -323,7 +362,7 @@ def test_mle_zero_probability_gives_inf_with_warning(caplog):
     assert "kneser-ney" in caplog.text
 
 
-@pytest.mark.parametrize("smoothing", [s for s in SMOOTHERS if s not in ("mle", "kneser-ney-nltk")])
+@pytest.mark.parametrize("smoothing", [s for s in SMOOTHERS if s not in ("mle", "kneser-ney-nltk", "stupid-backoff")])
 def test_unseen_words_give_finite_perplexity(smoothing):
     rng = np.random.default_rng(7)
     lm = NgramLM(3, smoothing).fit(random_corpus(rng, 40), min_count=2)  # <unk> never seen in training
@@ -355,11 +394,14 @@ def test_generate():
 # ---------------------------------------------------------------------- NLTK agreement
 def _nltk_models(order: int, train: list[list[str]], min_count: int):
     pytest.importorskip("nltk")
-    from nltk.lm import MLE, KneserNeyInterpolated, Laplace, Lidstone, Vocabulary, WittenBellInterpolated
+    from nltk.lm import (MLE, AbsoluteDiscountingInterpolated, KneserNeyInterpolated, Laplace, Lidstone, StupidBackoff,
+                         Vocabulary, WittenBellInterpolated)
     from nltk.util import everygrams
 
+    from nltk.lm.preprocessing import pad_both_ends
+
     def pad(s):
-        return ["<s>"] * (order - 1) + list(s) + ["</s>"]
+        return list(pad_both_ends(s, order)) if order > 1 else list(s) + ["</s>"]  # our unigram keeps one </s>
 
     vocab = Vocabulary([t for s in train for t in pad(s)], unk_cutoff=min_count)
 
@@ -372,6 +414,11 @@ def _nltk_models(order: int, train: list[list[str]], min_count: int):
         ("laplace", (("nltk_compatible", True),)): fit(Laplace(order, vocabulary=vocab)),
         ("lidstone", (("k", 0.1), ("nltk_compatible", True))): fit(Lidstone(0.1, order, vocabulary=vocab)),
         ("witten-bell", (("nltk_compatible", True),)): fit(WittenBellInterpolated(order, vocabulary=vocab)),
+        ("absolute-discounting", (("nltk_compatible", True),)): fit(AbsoluteDiscountingInterpolated(order, vocabulary=vocab)),
+        ("absolute-discounting", (("discount", 0.3), ("nltk_compatible", True))):
+            fit(AbsoluteDiscountingInterpolated(order, discount=0.3, vocabulary=vocab)),
+        ("stupid-backoff", (("nltk_compatible", True),)): fit(StupidBackoff(order=order, vocabulary=vocab)),
+        ("stupid-backoff", (("alpha", 0.7), ("nltk_compatible", True))): fit(StupidBackoff(0.7, order=order, vocabulary=vocab)),
     }
     if order > 1:
         models[("kneser-ney-nltk", ())] = fit(KneserNeyInterpolated(order, vocabulary=vocab))

@@ -258,6 +258,8 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--bayes", action="store_true",
                    help="class-conditional runs: classify by argmax_y p(x|y)p(y) (one pass per class) and report "
                         "the accuracy, the NLL given the label and the marginal NLL")
+    e.add_argument("--text", help="text runs: score this UTF-8 file instead of a split, in bits per byte and per "
+                                  "token (windows every T/2 tokens, each token once)")
     e.add_argument("--stride", type=int, default=None,
                    help="text/audio: score the whole stream with windows every STRIDE tokens (each token once, "
                         "with at least window - stride tokens of context)")
@@ -477,6 +479,9 @@ def build_parser() -> argparse.ArgumentParser:
     from chainrule.cli.ngram import register_cli as register_ngram_cli  # the n-gram commands
 
     register_ngram_cli(sub)
+    from chainrule.cli.interop import register_cli as register_interop_cli  # import-hf / export-hf
+
+    register_interop_cli(sub, common)
 
     rp = sub.add_parser("report", help="one self-contained HTML page of a run, or a comparison of several runs",
                         description="Example: chainrule report runs/made runs/nade --out compare.html. Images and CSS are "

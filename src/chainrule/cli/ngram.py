@@ -58,6 +58,8 @@ def _cmd_fit(args: argparse.Namespace) -> int:
             raise InputError(f"--lambdas must be comma-separated numbers, got {args.lambdas!r}") from None
     if args.discount is not None:
         options["discount"] = args.discount
+    if args.alpha is not None:
+        options["alpha"] = args.alpha
     if args.nltk_compatible:
         options["nltk_compatible"] = True
     model = NgramLM(args.order, args.smoothing, padding=args.padding, **options)
@@ -66,7 +68,8 @@ def _cmd_fit(args: argparse.Namespace) -> int:
     model.metadata["level"] = args.level
     model.metadata["train_file"] = str(args.text_file)
     out = model.save(args.out)
-    print(f"fitted {model} on {len(sents)} sentences -> {out}")
+    note = "" if model.gives_probabilities else " (scores, not probabilities: no perplexity)"
+    print(f"fitted {model} on {len(sents)} sentences -> {out}{note}")
     return 0
 
 
@@ -149,16 +152,20 @@ def register_cli(subparsers: Any) -> argparse.ArgumentParser:
     f = sub.add_parser("fit", help="count n-grams of a text file and save the model")
     f.add_argument("text_file", help="UTF-8 training text, one sentence per line")
     f.add_argument("--order", "-n", type=int, default=3, help="n (default 3)")
-    f.add_argument("--smoothing", "-s", default="kneser-ney", help=f"one of {', '.join(SMOOTHERS)} (default kneser-ney)")
+    f.add_argument("--smoothing", "-s", default="kneser-ney",
+                   help=f"one of {', '.join(SMOOTHERS)} (default kneser-ney; stupid-backoff gives scores, "
+                        "not probabilities, so eval refuses it)")
     f.add_argument("--min-count", type=int, default=1, help="tokens seen fewer times become <unk> (default 1)")
     f.add_argument("--lowercase", action="store_true", help="lower-case the text (remembered for eval/generate)")
     f.add_argument("--k", type=float, help="lidstone: add-k pseudo-count")
     f.add_argument("--lambdas", help="jelinek-mercer: n+1 comma-separated weights, highest order first, then uniform")
-    f.add_argument("--discount", type=float, help="kneser-ney(-nltk): a single fixed discount")
-    f.add_argument("--nltk-compatible", action="store_true", help="mle/laplace/lidstone/witten-bell: NLTK's definition")
+    f.add_argument("--discount", type=float, help="kneser-ney(-nltk), absolute-discounting: a single fixed discount")
+    f.add_argument("--alpha", type=float, help="stupid-backoff: the factor of a backed-off score (default 0.4)")
+    f.add_argument("--nltk-compatible", action="store_true",
+                   help="mle/laplace/lidstone/witten-bell/absolute-discounting/stupid-backoff: NLTK's definition")
     f.add_argument("--padding", choices=PADDINGS, default="srilm",
                    help="srilm (default): one <s> per sentence, shorter n-grams at its start, as SRILM/KenLM; "
-                        "nltk: n-1 <s>, as NLTK's pad_both_ends")
+                        "nltk: n-1 <s> and n-1 </s>, as NLTK's pad_both_ends")
     f.add_argument("--level", choices=["word", "char"], default="word",
                    help="word: whitespace-separated words; char: the characters of each line (a space is the "
                         "token \u2581), remembered for eval/generate")

@@ -40,6 +40,8 @@ from chainrule.io.outputs import output_file
 
 def cmd_eval(args: argparse.Namespace) -> int:
     """``chainrule eval``: NLL, bits/dim (and perplexity for text) on a split, or the Bayes classifier."""
+    if getattr(args, "text", None) is not None:
+        return _eval_text(args)
     model, ds, data, labels = model_and_split(args)
     if args.limit is not None:
         if args.limit < 1:
@@ -88,6 +90,33 @@ def _check_finite(nll: float, args: argparse.Namespace) -> None:
     if not math.isfinite(nll):
         raise InputError(f"the {args.split} NLL of {args.run} is {nll} (the model gives NaN or zero probability "
                          "to some examples): its weights or these data are broken; nothing to report")
+def _eval_text(args: argparse.Namespace) -> int:
+    """``eval --text FILE``: a text file scored with the run's own tokenizer, in bits per byte (the
+    figure that compares models with different tokenizers) and per token."""
+    from chainrule.apps.inspection import inspect_text
+    from chainrule.errors import DataError
+
+    ckpt, model = load_run(args)
+    tok = tokenizer_of(ckpt)
+    if tok is None:
+        raise InputError(f"--text: {ckpt} was not trained on text (no tokenizer in its config)")
+    try:
+        raw = Path(args.text).read_bytes()
+    except OSError as exc:
+        raise DataError(f"--text: cannot read {args.text}: {exc.strerror or exc}") from None
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise DataError(f"--text {args.text}: not UTF-8 (byte {exc.start}); expected a UTF-8 text file") from None
+    ins = inspect_text(model, tok, text)
+    bpb = ins.total_bits / len(raw)
+    print(f"{args.text}: {bpb:.4f} bits/byte over {len(raw)} bytes | {ins.bits_per_token:.4f} bits/{ins.unit} over "
+          f"{len(ins.ids)} {ins.unit}s | {ins.total_bits:.1f} bits in all | window {model.dim}")
+    if args.json:
+        print(json.dumps({"text": str(args.text), "bits_per_byte": bpb, "bits_per_token": ins.bits_per_token,
+                          "total_bits": ins.total_bits, "num_bytes": len(raw), "num_tokens": len(ins.ids),
+                          "unit": ins.unit, "window": model.dim}))
+    return 0
 
 
 def cmd_sample(args: argparse.Namespace) -> int:

@@ -113,6 +113,9 @@ def read_config(directory: str | Path) -> dict[str, Any]:
         config = json.loads(cfg_path.read_text())
     except (json.JSONDecodeError, UnicodeDecodeError, OSError) as exc:
         raise CheckpointError(f"{cfg_path} is not valid JSON ({exc}); the checkpoint is damaged") from None
+    if isinstance(config, dict) and "model_type" in config and "format" not in config:
+        raise CheckpointError(f"{cfg_path} is a Hugging Face config (model_type {config['model_type']!r}), not a chainrule "
+                              f"checkpoint; a GPT-2 directory becomes a run with: chainrule import-hf {directory} --out RUN")
     if not isinstance(config, dict) or config.get("format") != "chainrule" or "model" not in config:
         raise CheckpointError(f"{cfg_path} is not a chainrule model config (no 'format': 'chainrule' / 'model' entry)")
     check_version(config.get("format_version", 0), FORMAT_VERSION, directory)

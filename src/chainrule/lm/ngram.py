@@ -17,9 +17,16 @@ in contexts and is never predicted. Two padding conventions (``NgramLM(..., padd
   the count-of-counts of their order, from which the discounts are estimated. These are exactly the
   log-probabilities that ``kenlm.Model(arpa).score(" ".join(s), bos=True, eos=True)`` gives on the
   file :meth:`NgramLM.to_arpa` writes.
-- ``"nltk"`` (NLTK's ``pad_both_ends``; the only convention of models saved before the option
-  existed): ``n - 1`` ``<s>`` on the left, ``<s> .. <s> w_1 .. w_L </s>``, and every token is
-  predicted by the order-n distribution (trigram: ``p(w_1 | <s> <s>) p(w_2 | <s> w_1) ..``).
+- ``"nltk"`` (exactly NLTK's ``pad_both_ends(s, n)``): ``n - 1`` ``<s>`` on the left and ``n - 1``
+  ``</s>`` on the right, ``<s> .. <s> w_1 .. w_L </s> .. </s>``, and every token is predicted by the
+  order-n distribution (trigram: ``p(w_1 | <s> <s>) p(w_2 | <s> w_1) ..``). Training counts every
+  k-gram of the padded sentence as NLTK does, so ``</s>`` also follows ``</s>`` (a unigram model keeps
+  one ``</s>``, where ``pad_both_ends(s, 1)`` adds none, so that it still predicts the end).
+  Sentence scores and perplexities are of ``p(w_1 .. w_L </s>)`` (``L + 1`` events) in both
+  conventions: the further ``</s>`` are continuations of a finished sentence, which NLTK multiplies in
+  only when a user scores the n-grams of the padded sentence (score those rows with
+  :meth:`NgramLM.logprobs`). Models saved before chainrule-ngram-3 were padded with one ``</s>``
+  and keep their counts.
 
 Scored n-grams are handled as rows of ``n`` ids over the sentence padded with ``n - 1`` ``<s>`` in
 both conventions (:meth:`NgramLM.ngram_rows`); with ``"srilm"`` every token of a context before its
@@ -29,7 +36,7 @@ Vocabulary (closed): the tokens seen at least ``min_count`` times in training (o
 plus ``<unk>`` (id 0), ``<s>`` (id 1) and ``</s>`` (id 2). Out-of-vocabulary tokens map to ``<unk>``
 both in training and in evaluation, so ``<unk>`` is an ordinary predicted token.
 
-**Which set sums to 1.** For every smoother except ``"mle"``, ``p(. | h) > 0`` on every token of
+**Which set sums to 1.** For every smoother except ``"mle"`` and ``"stupid-backoff"``, ``p(. | h) > 0`` on every token of
 the *predicted set* ``P = vocabulary \\ {<s>}`` (``|P| = V - 1``), for every context ``h``, seen or
 not, and ``sum_{w in P} p(w | h) = 1``; ``p(<s> | h) = 0``. The NLTK-compatible variants
 (``nltk_compatible=True``, ``"kneser-ney-nltk"``) reproduce NLTK's definitions instead, which give
@@ -87,6 +94,19 @@ first (oldest) token, ``n_r`` = number of n-grams of one order seen exactly r ti
 - ``"kneser-ney-nltk"``: NLTK's ``KneserNeyInterpolated`` (one fixed discount, default 0.1); with
   ``padding="srilm"``, n-grams beginning with ``<s>`` keep their raw counts as in ``"kneser-ney"``
   (NLTK's continuation count of such an n-gram would be 0).
+- ``"absolute-discounting"`` (interpolated; Ney, Essen & Kneser 1994; C&G Section 2.6):
+  ``p(w|h) = max(c(h w) - D, 0) / c(h .) + D N_{1+}(h .) / c(h .) p(w|h')`` with one discount
+  ``D`` in (0, 1] (default 0.75) at every order, raw counts at every order (unlike Kneser-Ney's
+  continuation counts); the unigram level interpolates with uniform ``1/|P|``. With
+  ``nltk_compatible=True``: NLTK's ``AbsoluteDiscountingInterpolated`` (padding-inclusive counts,
+  the unigram MLE as base, no uniform floor).
+- ``"stupid-backoff"`` (Brants et al., "Large language models in machine translation", EMNLP 2007):
+  **scores, not probabilities** — ``S(w|h) = c(h w) / c(h .)`` if ``c(h w) > 0``, else
+  ``alpha S(w|h')`` (default ``alpha = 0.4``, also for a context never seen), ``S(w) = c(w) / N``.
+  They do not sum to 1 over the tokens, so :meth:`NgramLM.perplexity` refuses them;
+  :meth:`NgramLM.logprobs`, ``sentence_logprob`` and friends return log-scores, and ``generate``
+  samples from the scores renormalized over the vocabulary. ``nltk_compatible=True`` uses NLTK's
+  padding-inclusive counts (NLTK's ``StupidBackoff``).
 
 Any context never seen in training contributes nothing: ``p(w|h) = p(w|h')`` (for "mle" 0, for
 Laplace/Lidstone uniform).
@@ -123,7 +143,10 @@ UNK, BOS, EOS = "<unk>", "<s>", "</s>"
 UNK_ID, BOS_ID, EOS_ID = 0, 1, 2
 SPECIALS = (UNK, BOS, EOS)
 
-SMOOTHERS = ("mle", "laplace", "lidstone", "jelinek-mercer", "witten-bell", "katz", "kneser-ney", "kneser-ney-nltk")
+SMOOTHERS = ("mle", "laplace", "lidstone", "jelinek-mercer", "witten-bell", "katz", "kneser-ney", "kneser-ney-nltk",
+             "absolute-discounting", "stupid-backoff")
+#: smoothers that give scores, not probabilities (no perplexity, no ARPA file)
+SCORE_SMOOTHERS = ("stupid-backoff",)
 #: options each smoother accepts
 _OPTIONS: dict[str, tuple[str, ...]] = {
     "mle": ("nltk_compatible",),
@@ -134,14 +157,16 @@ _OPTIONS: dict[str, tuple[str, ...]] = {
     "katz": ("max_discounted_count",),
     "kneser-ney": ("discount",),
     "kneser-ney-nltk": ("discount",),
+    "absolute-discounting": ("discount", "nltk_compatible"),
+    "stupid-backoff": ("alpha", "nltk_compatible"),
 }
 #: smoothers whose distributions can be written as an ARPA backoff model
-ARPA_SMOOTHERS = ("jelinek-mercer", "witten-bell", "katz", "kneser-ney", "kneser-ney-nltk", "arpa")
+ARPA_SMOOTHERS = ("jelinek-mercer", "witten-bell", "katz", "kneser-ney", "kneser-ney-nltk", "absolute-discounting", "arpa")
 #: sentence padding conventions (see the module docstring); the first is the default
 PADDINGS = ("srilm", "nltk")
 
-_FORMAT = "chainrule-ngram-2"  # 2: + "padding" (format-1 models have NLTK padding)
-_FORMATS_READ = ("chainrule-ngram-1", _FORMAT)
+_FORMAT = "chainrule-ngram-3"  # 2: + "padding" (format-1 models have NLTK padding); 3: nltk padding has n-1 </s>
+_FORMATS_READ = ("chainrule-ngram-1", "chainrule-ngram-2", _FORMAT)
 _CONFIG = "ngram.json"
 #: The largest n-gram order accepted (KenLM's builds stop at 6 by default; SRILM's practice is below 10).
 MAX_ORDER = 32
@@ -179,12 +204,14 @@ class PerplexityResult:
 class _Level:
     """Parameters of one order k: ``a`` per k-gram (table rank), ``g`` per context ((k-1)-gram rank;
     one entry for k = 1), ``has`` which k-grams are explicit (backoff levels), and the mode:
-    ``interp``: ``p_k = a + g p_{k-1}``; ``backoff``: ``p_k = a if has else g p_{k-1}``."""
+    ``interp``: ``p_k = a + g p_{k-1}``; ``backoff``: ``p_k = a if has else g p_{k-1}``;
+    ``g_unseen``: the ``g`` of a context absent from the table (1: defer to the lower order)."""
 
     a: np.ndarray
     g: np.ndarray
     mode: str = "interp"
     has: np.ndarray | None = None
+    g_unseen: float = 1.0
 
 
 # ---------------------------------------------------------------------- helpers
@@ -277,16 +304,17 @@ def _type_ids(flat: list[str], uniq: set[str], sort: bool = False) -> tuple[list
     return types, np.fromiter(map(index.__getitem__, flat), dtype=np.int64, count=len(flat))
 
 
-def _pad_stream(ids: np.ndarray, lengths: np.ndarray, num_bos: int) -> tuple[np.ndarray, np.ndarray]:
-    """Concatenate sentences as ``<s>^num_bos w_1..w_L </s>``; return (stream, offset in sentence)."""
-    sizes = lengths + num_bos + 1  # pads + L + 1
+def _pad_stream(ids: np.ndarray, lengths: np.ndarray, num_bos: int, num_eos: int = 1) -> tuple[np.ndarray, np.ndarray]:
+    """Concatenate sentences as ``<s>^num_bos w_1..w_L </s>^num_eos``; return (stream, offset in sentence)."""
+    sizes = lengths + num_bos + num_eos  # pads + L + end pads
     total = int(sizes.sum())
     starts = np.concatenate([[0], np.cumsum(sizes)[:-1]]).astype(np.int64)
     stream = np.full(total, BOS_ID, dtype=np.int64)
     word_start = np.concatenate([[0], np.cumsum(lengths)[:-1]]).astype(np.int64)
     pos = np.repeat(starts + num_bos - word_start, lengths) + np.arange(int(lengths.sum()), dtype=np.int64)
     stream[pos] = ids
-    stream[starts + sizes - 1] = EOS_ID
+    for j in range(1, num_eos + 1):
+        stream[starts + sizes - j] = EOS_ID
     offset = np.arange(total, dtype=np.int64) - np.repeat(starts, sizes)
     return stream, offset
 
@@ -307,23 +335,30 @@ class NgramLM:
         order: n >= 1 (1 = unigram model).
         smoothing: one of :data:`SMOOTHERS` (see the module docstring for every formula):
             ``"mle"``, ``"laplace"``, ``"lidstone"``, ``"jelinek-mercer"``, ``"witten-bell"``,
-            ``"katz"``, ``"kneser-ney"`` (interpolated modified KN) or ``"kneser-ney-nltk"``.
+            ``"katz"``, ``"kneser-ney"`` (interpolated modified KN), ``"kneser-ney-nltk"``,
+            ``"absolute-discounting"`` (interpolated) or ``"stupid-backoff"`` (scores, not
+            probabilities: no perplexity).
         padding: (keyword only) ``"srilm"`` (default): one ``<s>``, shorter n-grams at sentence
             starts, as SRILM and KenLM count and score them, so that exported ARPA files score the
-            same under KenLM's ``score(s, bos=True, eos=True)``; ``"nltk"``: ``n - 1`` ``<s>``, as
-            NLTK's ``pad_both_ends`` (use it to reproduce nltk.lm). See the module docstring.
+            same under KenLM's ``score(s, bos=True, eos=True)``; ``"nltk"``: ``n - 1`` ``<s>`` and
+            ``n - 1`` ``</s>``, exactly NLTK's ``pad_both_ends`` (use it to reproduce nltk.lm). See the
+            module docstring.
         **options:
             ``k`` (lidstone; > 0, default 0.5);
             ``lambdas`` (jelinek-mercer; n + 1 weights >= 0 for orders n..1 and uniform, highest
             first, summing to 1, the uniform one > 0; default all equal);
             ``discount`` (kneser-ney: a single fixed discount in (0, 1) at every order instead of
-            the three estimated ones; kneser-ney-nltk: NLTK's discount in [0, 1], default 0.1);
+            the three estimated ones; kneser-ney-nltk: NLTK's discount in [0, 1], default 0.1;
+            absolute-discounting: D in (0, 1], default 0.75);
+            ``alpha`` (stupid-backoff: the back-off factor > 0, default 0.4);
             ``max_discounted_count`` (katz: Good-Turing discounts counts <= this, default 5);
-            ``nltk_compatible`` (mle, laplace, lidstone, witten-bell: reproduce nltk.lm exactly).
+            ``nltk_compatible`` (mle, laplace, lidstone, witten-bell, absolute-discounting,
+            stupid-backoff: reproduce nltk.lm exactly).
 
     NLTK compatibility (checked against nltk 3.x ``nltk/lm/{models,smoothing,api}.py``; with
-    ``padding="nltk"``, NLTK fed the same padded sentences, i.e. ``everygrams`` of
-    ``<s>^(n-1) w_1..w_L </s>``, and the same vocabulary):
+    ``padding="nltk"``, NLTK fed the same padded sentences, i.e. ``padded_everygrams(n, s)``, the
+    ``everygrams`` of ``<s>^(n-1) w_1..w_L </s>^(n-1)``, and the same vocabulary; NLTK's own
+    ``nltk.lm`` unit tests, ported, are in ``tests/test_ngram_nltk.py``):
 
     - NLTK counts *every* k-gram of the padded sentence, including those that end inside the
       ``<s>`` padding (unigram ``<s>``, bigram ``<s> <s>`` ...). Our counts keep only k-grams that
@@ -346,7 +381,11 @@ class NgramLM:
       NLTK would divide by zero (a context seen only before padding) we defer to the lower order.
       This definition is not normalized in general and may give 0 to words without continuation.
 
-    The NLTK-compatible variants are therefore excluded from the "sums to 1, positive" guarantee.
+    - ``AbsoluteDiscountingInterpolated`` = ``"absolute-discounting"`` with ``nltk_compatible=True``;
+      ``StupidBackoff`` = ``"stupid-backoff"`` with ``nltk_compatible=True``.
+
+    The NLTK-compatible variants are therefore excluded from the "sums to 1, positive" guarantee, and
+    so is ``"stupid-backoff"`` (scores, see :attr:`gives_probabilities`).
     """
 
     def __init__(self, order: int, smoothing: str = "kneser-ney", *, padding: str = "srilm", **options: Any) -> None:
@@ -415,6 +454,16 @@ class NgramLM:
             if isinstance(d, bool) or not isinstance(d, (int, float, np.floating)) or not 0 < d < 1:
                 raise InputError(f"kneser-ney discount must be a number in (0, 1), got {d!r}")
             out["discount"] = float(d)
+        if smoothing == "absolute-discounting":
+            d = options.get("discount", 0.75)
+            if isinstance(d, bool) or not isinstance(d, (int, float, np.floating)) or not 0 < d <= 1:
+                raise InputError(f"absolute-discounting discount must be a number in (0, 1], got {d!r}")
+            out["discount"] = float(d)
+        if smoothing == "stupid-backoff":
+            a = options.get("alpha", 0.4)
+            if isinstance(a, bool) or not isinstance(a, (int, float, np.floating)) or not math.isfinite(a) or a <= 0:
+                raise InputError(f"stupid-backoff alpha (the factor of a backed-off score) must be a number > 0, got {a!r}")
+            out["alpha"] = float(a)
         if smoothing == "kneser-ney-nltk":
             d = options.get("discount", 0.1)
             if isinstance(d, bool) or not isinstance(d, (int, float, np.floating)) or not 0 <= d <= 1:
@@ -427,6 +476,16 @@ class NgramLM:
     @property
     def nltk_compatible(self) -> bool:
         return self.smoothing == "kneser-ney-nltk" or bool(self.options.get("nltk_compatible", False))
+
+    @property
+    def gives_probabilities(self) -> bool:
+        """False for ``"stupid-backoff"``, whose scores are not a probability distribution."""
+        return self.smoothing not in SCORE_SMOOTHERS
+
+    @property
+    def _num_eos(self) -> int:
+        """How many ``</s>`` training sentences end with: 1 (srilm) or n - 1 (nltk; at least 1)."""
+        return 1 if self.padding == "srilm" else max(1, self.order - 1)
 
     @property
     def _num_bos(self) -> int:
@@ -479,8 +538,8 @@ class NgramLM:
     def fit(self, sentences: Iterable[Sequence[str]], min_count: int = 1, vocabulary: Iterable[str] | None = None) -> NgramLM:
         """Count all k-grams (k = 1..n) of the training sentences and compute the smoother's parameters.
 
-        Each sentence is padded with one ``<s>`` (``padding="srilm"``) or ``n - 1`` ``<s>``
-        (``padding="nltk"``) on the left and one ``</s>`` on the right.
+        Each sentence is padded with one ``<s>`` and one ``</s>`` (``padding="srilm"``) or with
+        ``n - 1`` of each (``padding="nltk"``, NLTK's ``pad_both_ends``).
         The vocabulary is ``vocabulary`` if given, else the tokens seen ``>= min_count`` times, plus
         ``<unk>``, ``<s>``, ``</s>``; other tokens count as ``<unk>``. ``<s>``/``</s>`` may not
         appear inside a sentence. Returns ``self``.
@@ -522,7 +581,7 @@ class NgramLM:
         """Fill the per-order tables: sorted keys, event counts (k-grams ending on a predicted token),
         occurrence counts (every k-gram inside a padded sentence, NLTK's counts) and prefix ranks."""
         n, V = self.order, len(self.vocab)
-        stream, offset = _pad_stream(ids, lengths, self._num_bos)
+        stream, offset = _pad_stream(ids, lengths, self._num_bos, self._num_eos)
         ext = np.concatenate([np.full(n - 1, BOS_ID, dtype=np.int64), stream])
         windows = sliding_window_view(ext, n)  # windows[t] = the n tokens ending at stream position t
         event = offset >= self._num_bos  # k-grams that end on a predicted token
@@ -689,6 +748,29 @@ class NgramLM:
                 seen = (raw_tot > 0) & (tot > 0)
                 a = np.where(seen[prefix[k - 1]], _safe_div(np.maximum(c - d, 0.0), tot[prefix[k - 1]]), 0.0)
                 levels.append(_Level(a, np.where(seen, _safe_div(d * nplus, tot), 1.0)))
+        elif sm == "absolute-discounting":
+            d = self.options["discount"]
+            self._base = np.zeros(V) if nltk else uniform
+            for k in range(1, n + 1):
+                c = c_all[k - 1]
+                tot = ctx_sum(k, c)
+                if nltk and k == 1:  # NLTK's base: the unigram MLE, no uniform floor
+                    levels.append(_Level(_safe_div(c, tot[0]), np.zeros(1)))
+                    continue
+                nplus = ctx_sum(k, (c > 0).astype(np.float64))
+                a = _safe_div(np.maximum(c - d, 0.0), tot[prefix[k - 1]])
+                levels.append(_Level(a, np.where(tot > 0, _safe_div(d * nplus, tot), 1.0)))
+        elif sm == "stupid-backoff":
+            alpha = self.options["alpha"]
+            self._base = np.zeros(V)
+            for k in range(1, n + 1):
+                c = c_all[k - 1]
+                tot = ctx_sum(k, c)
+                rel = _safe_div(c, tot[prefix[k - 1]])
+                if k == 1:  # S(w) = c(w) / N
+                    levels.append(_Level(rel, np.zeros(1)))
+                else:  # a context never seen backs off with alpha too (Brants et al. 2007; NLTK)
+                    levels.append(_Level(rel, np.full(tot.size, alpha), mode="backoff", has=c > 0, g_unseen=alpha))
         elif sm == "katz":
             self._build_katz(uniform, quiet)
         else:  # pragma: no cover - arpa models set their levels when read
@@ -813,7 +895,8 @@ class NgramLM:
                 g = np.full(rows.shape[0], float(lev.g[0]))
             else:
                 cr = ctx[k - 2]
-                g = np.where(cr >= 0, lev.g[np.where(cr >= 0, cr, 0)], 1.0) if lev.g.size else np.ones(rows.shape[0])
+                g = (np.where(cr >= 0, lev.g[np.where(cr >= 0, cr, 0)], lev.g_unseen) if lev.g.size
+                     else np.full(rows.shape[0], lev.g_unseen))
             a = np.where(found, lev.a[rr], 0.0) if lev.a.size else np.zeros(rows.shape[0])
             if lev.mode == "interp":
                 p = a + g * p
@@ -829,7 +912,8 @@ class NgramLM:
         predicted token, the others its context (oldest first). Rows longer than n use their last n
         ids; shorter rows (m < n) are scored with the order-m distribution of the model. With
         ``padding="srilm"`` the context starts at its last ``<s>`` (so ``<s> <s> w`` is ``<s> w``).
-        Returns ``(N,)`` float64 (``-inf`` for probability 0).
+        Returns ``(N,)`` float64 (``-inf`` for probability 0); for ``"stupid-backoff"`` the log of
+        its scores, which are not probabilities.
         """
         self._require_fitted()
         arr = np.asarray(ids_ngrams)
@@ -891,15 +975,21 @@ class NgramLM:
         return float(self.logprobs(rows).sum())
 
     def sentence_logprobs(self, sentences: Iterable[Sequence[str]]) -> np.ndarray:
-        """Natural-log probability of each sentence (vectorized over all of them)."""
+        """Natural-log probability of each sentence (vectorized over all of them); log-scores for
+        ``"stupid-backoff"``."""
         self._require_fitted()
         rows, idx, _, num = self._sentence_rows(sentences, "sentences")
         return np.bincount(idx, weights=self.logprobs(rows), minlength=num) if rows.size else np.zeros(num)
 
     def perplexity(self, sentences: Iterable[Sequence[str]]) -> PerplexityResult:
         """Token-weighted perplexity ``exp(-sum log p / num_tokens)`` over all sentences; every word and
-        one ``</s>`` per sentence count as tokens. Infinite if some token has probability 0 (MLE)."""
+        one ``</s>`` per sentence count as tokens. Infinite if some token has probability 0 (MLE).
+        Refused for ``"stupid-backoff"``, whose scores are not probabilities."""
         self._require_fitted()
+        if not self.gives_probabilities:
+            raise InputError(f"{self.smoothing} gives scores, not probabilities (they do not sum to 1 over the tokens), "
+                             "so it has no perplexity; use sentence_logprobs for log-scores, or a smoother such as "
+                             "kneser-ney or absolute-discounting for a perplexity")
         rows, _, num_oov, num = self._sentence_rows(sentences, "the evaluation set")
         if num == 0:
             raise InputError("cannot compute a perplexity on 0 sentences")
@@ -931,7 +1021,7 @@ class NgramLM:
         return _log(self._probs(rows))
 
     @renamed_parameters(context="prompt")
-    def generate(self, num_tokens: int | None = None, prompt: Sequence[str] = (), temperature: float = 1.0,
+    def generate(self, num_tokens: int | None = None, prompt: Sequence[str] | None = (), temperature: float = 1.0,
                  top_k: int | None = None, top_p: float | None = None, generator: Any = None,
                  max_tokens: int = 10_000) -> list[str]:
         """Sample tokens left to right from the full next-token distribution (``chainrule.inference.processors``).
@@ -939,11 +1029,12 @@ class NgramLM:
         ``num_tokens=None``: one sentence, until ``</s>`` (not returned) or ``max_tokens``.
         ``num_tokens=N``: exactly N tokens; a drawn ``</s>`` is returned and starts a new sentence
         (the context restarts with the ``<s>`` padding). ``prompt``: tokens the generated text
-        continues, in the current sentence (padded with ``<s>`` on the left; not returned; formerly
+        continues, in the current sentence (padded with ``<s>`` on the left; not returned; ``None`` = none; formerly
         ``context=``, deprecated: ``context`` names what a probability is conditioned on, as in
         :meth:`logprob`). ``temperature`` (0 = greedy),
         ``top_k``, ``top_p`` as in :func:`chainrule.inference.processors.processors`; ``generator`` a
-        ``torch.Generator`` for reproducibility. ``<s>`` is never generated. If the context was
+        ``torch.Generator`` for reproducibility. ``<s>`` is never generated. ``"stupid-backoff"``
+        samples from its scores renormalized over the vocabulary. If the context was
         never seen (only possible with ``"mle"``), the context is shortened until some token has
         positive probability.
         """
@@ -956,6 +1047,7 @@ class NgramLM:
             raise InputError(f"num_tokens must be an integer >= 0 or None (until </s>), got {num_tokens!r}")
         if isinstance(prompt, str):
             raise InputError(f"prompt must be a sequence of tokens, got the string {prompt!r}; use e.g. {prompt.split()!r}")
+        prompt = () if prompt is None else prompt
         chain_ = processors(temperature, top_k, top_p)
         pad = [BOS_ID] * (self.order - 1)
         hist = pad + self.encode(list(prompt)).tolist()

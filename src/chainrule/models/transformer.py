@@ -39,6 +39,8 @@ class Transformer(AutoregressiveModel):
         bias: biases in linear layers and LayerNorms (nanoGPT's default is False).
         tie_weights: share the output projection with the token embedding (discrete data, one
             variable per group; for K = 2 the single logit is the difference of the two tokens' scores).
+        activation: the MLP's ``"gelu"`` (exact, default) or ``"gelu_new"`` (its tanh approximation,
+            as GPT-2's released weights use; :mod:`chainrule.interop.huggingface`).
         common options (order, group_shape, head, num_classes, ...): see
             :class:`~chainrule.models.base.AutoregressiveModel`.
     """
@@ -50,7 +52,7 @@ class Transformer(AutoregressiveModel):
 
     def __init__(self, shape: tuple[int, ...], num_values: int | None = 256, num_layers: int = 4,
                  num_heads: int = 4, embed_dim: int = 128, dropout: float = 0.0, bias: bool = False,
-                 tie_weights: bool = True, **common: Any) -> None:
+                 tie_weights: bool = True, activation: str = "gelu", **common: Any) -> None:
         super().__init__(shape, num_values, **common)
         for label, v in (("num_layers", num_layers), ("num_heads", num_heads), ("embed_dim", embed_dim)):
             if not isinstance(v, int) or isinstance(v, bool) or v < 1:
@@ -59,6 +61,8 @@ class Transformer(AutoregressiveModel):
             raise InputError(f"embed_dim={embed_dim} must be divisible by num_heads={num_heads}")
         if not isinstance(dropout, (int, float)) or not 0 <= dropout < 1:
             raise InputError(f"dropout must be in [0, 1), got {dropout!r}")
+        if activation not in ("gelu", "gelu_new"):
+            raise InputError(f"activation must be 'gelu' (exact) or 'gelu_new' (tanh approximation, GPT-2), got {activation!r}")
         self.num_heads, self.embed_dim = num_heads, embed_dim
         self.tok = nn.Embedding(num_values, embed_dim) if num_values is not None else nn.Linear(1, embed_dim)
         # a group of S variables: their embeddings side by side, projected to one token
@@ -67,7 +71,8 @@ class Transformer(AutoregressiveModel):
         self.start = nn.Parameter(torch.zeros(embed_dim))
         self.context = nn.Linear(self.context_dim, embed_dim, bias=False) if self.conditional else None
         self.drop = nn.Dropout(dropout)
-        self.blocks = nn.ModuleList(CausalSelfAttentionBlock(embed_dim, num_heads, dropout, bias) for _ in range(num_layers))
+        self.blocks = nn.ModuleList(CausalSelfAttentionBlock(embed_dim, num_heads, dropout, bias, activation)
+                                    for _ in range(num_layers))
         self.ln_f = nn.LayerNorm(embed_dim, bias=bias)
         self.tied = bool(tie_weights) and num_values is not None and self.group_size == 1 \
             and self.head.name in ("bernoulli", "categorical")

@@ -14,13 +14,17 @@ class CausalSelfAttentionBlock(nn.Module):
         x = x + Proj(Attn(LN1(x)))      Attn: softmax(q k^T / sqrt(hs)) v, position t sees 0..t
         x = x + FC_out(GELU(FC(LN2(x))))
 
+    ``activation``: ``"gelu"`` (exact, ``x Phi(x)``) or ``"gelu_new"`` (the tanh approximation
+    ``0.5 x (1 + tanh(sqrt(2/pi) (x + 0.044715 x^3)))`` of Hendrycks & Gimpel 2016, which GPT-2's
+    released weights were trained with; Hugging Face calls it ``gelu_new``).
     Attention is ``F.scaled_dot_product_attention(..., is_causal=True)`` (a boolean mask, no -1e4
     bias to learn around). Shapes: ``(B, T, C)`` -> ``(B, T, C)``.
     """
 
-    def __init__(self, dim: int, heads: int, dropout: float, bias: bool) -> None:
+    def __init__(self, dim: int, heads: int, dropout: float, bias: bool, activation: str = "gelu") -> None:
         super().__init__()
         self.heads = heads
+        self.approximate = {"gelu": "none", "gelu_new": "tanh"}[activation]
         self.ln1 = nn.LayerNorm(dim, bias=bias)
         self.qkv = nn.Linear(dim, 3 * dim, bias=bias)
         self.proj = nn.Linear(dim, dim, bias=bias)
@@ -39,7 +43,7 @@ class CausalSelfAttentionBlock(nn.Module):
     def _finish(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         b, _, t, _ = y.shape
         x = x + self.drop(self.proj(y.transpose(1, 2).reshape(b, t, -1)))
-        return x + self.drop(self.fc_out(F.gelu(self.fc(self.ln2(x)))))
+        return x + self.drop(self.fc_out(F.gelu(self.fc(self.ln2(x)), approximate=self.approximate)))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:  # (B, T, C) -> (B, T, C)
         q, k, v = self._split(x)
