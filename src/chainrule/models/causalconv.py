@@ -92,7 +92,7 @@ class CausalConvARM(AutoregressiveModel):
     def new_state(self, n: int, order: torch.Tensor, context: torch.Tensor | None) -> Any:
         # per layer a ring (n, C_in, (k-1) d) of its past inputs; zeros = the full pass's left padding
         buffers = [torch.zeros(n, conv.conv.in_channels, (conv.conv.kernel_size[0] - 1) * conv.conv.dilation[0],
-                               device=self.device, dtype=self._float_dtype()) for conv in self.convs]
+                               device=self.device, dtype=self.float_dtype) for conv in self.convs]
         return {"buffers": buffers, "context": None if self.context is None else self.context(context)}
 
     def step(self, state: Any, i: int, x_prev: torch.Tensor | None) -> tuple[torch.Tensor, Any]:
