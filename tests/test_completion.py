@@ -265,9 +265,9 @@ def test_cli_complete_a_class_conditional_run_takes_the_dataset_labels(tmp_path,
     y = load_dataset("digits").test_labels[[3, 7]]
     assert torch.equal(torch.as_tensor(seen[-1]), y)
     assert f"their labels {y[0]}, {y[1]}" in capsys.readouterr().out
-    assert main(args + ["--class", "4"]) == 0
+    assert main(args + ["--class", "4", "--force"]) == 0
     assert seen[-1] == 4
     np.save(tmp_path / "x.npy", load_dataset("digits").test[:2].numpy())
     args[3] = str(tmp_path / "x.npy")
-    assert main(args[:4] + args[7:]) == 2
+    assert main(args[:4] + args[7:] + ["--force"]) == 2
     assert "has no labels: pass --class" in capsys.readouterr().err

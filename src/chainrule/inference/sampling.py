@@ -82,7 +82,6 @@ def sample_with_state(model: Any, n: int, context: Any, call: dict[str, Any], ge
     return xg
 
 
-@renamed_parameters(prefix="prompt")
 def _check_memory(model: Any, n: int) -> None:
     """Refuse ``n`` samples whose values alone (int64) would not fit this machine's memory, before
     anything is allocated (``n = 10**12`` is a typo, not a request): draw them in batches."""
@@ -95,6 +94,7 @@ def _check_memory(model: Any, n: int) -> None:
                          f"memory allows ({memory / 1e9:.3g} GB); draw them in batches of fewer")
 
 
+@renamed_parameters(prefix="prompt")
 def sample(model: Any, n: int, context: Any = None, generator: torch.Generator | None = None, *,
            prompt: torch.Tensor | None = None, observed: tuple[Any, Any] | None = None,
            temperature: float = 1.0, top_k: int | None = None, top_p: float | None = None,
