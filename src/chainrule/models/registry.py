@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import inspect
-import math
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -147,8 +146,6 @@ def _check_hyperparameter_values(name: str, num_values: Any, hyperparameters: di
             elif isinstance(v, int) and not isinstance(v, bool) and abs(v) > MAX_SIZE:
                 raise InputError(f"model {name!r}: {key}={_short(value)} holds {v}, beyond any model this library "
                                  f"can build (sizes are at most {MAX_SIZE:,})")
-            elif isinstance(v, float) and not math.isfinite(v) and key != "order":
-                raise InputError(f"model {name!r}: {key}={_short(value)} is not a finite number")
 
 
 def _short(v: Any) -> str:
