@@ -347,10 +347,11 @@ def started_run(out: str | Path) -> bool:
     return any((out / f).exists() for f in ("log.csv", "tensorboard", LOCK_FILE, "last.tmp"))
 
 
-def check_run_dir(out: str | Path, resume: bool = False, force: bool = False) -> None:
+def check_run_dir(out: str | Path, resume: bool = False, force: bool = False, check_lock: bool = True) -> None:
     """Refuse to train into ``out`` when it already holds a run, unless ``resume`` (continue it) or
     ``force`` (replace it, once the new run has its first checkpoint), or while another process
-    trains in it (its lock). Writes nothing."""
+    trains in it (its lock; ``check_lock=False`` on the ranks > 0 of a distributed run, whose rank 0
+    holds it). Writes nothing."""
     from chainrule.io.lock import lock_holder
     from chainrule.io.outputs import _in_checkpoint
 
@@ -362,7 +363,7 @@ def check_run_dir(out: str | Path, resume: bool = False, force: bool = False) ->
     ckpt = _in_checkpoint(out.resolve())
     if ckpt is not None:
         raise InputError(f"{out} is inside the checkpoint directory {ckpt}: give a run directory of its own")
-    holder = lock_holder(out)
+    holder = lock_holder(out) if check_lock else None
     if holder is not None:
         who = f"PID {holder}" if holder > 0 else "another process"
         raise InputError(f"{out} is in use: {who} is training in it; wait for it to finish or stop it, or give "
