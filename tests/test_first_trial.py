@@ -56,9 +56,10 @@ def test_a_truncated_ngram_archive(ngram_dir, capsys):
 
 
 def test_export_arpa_to_an_unwritable_path(ngram_dir, tmp_path, capsys):
-    for target in (tmp_path / "no" / "such" / "dir" / "m.arpa", tmp_path):  # a missing folder; a directory
+    for target, said in ((tmp_path / "no" / "such" / "dir" / "m.arpa", "cannot write the ARPA file"),  # a missing folder
+                         (tmp_path, "is a directory; give a file name")):  # a directory (the output policy)
         assert main(["ngram", "export-arpa", str(ngram_dir), str(target)]) == 2
-        assert "cannot write the ARPA file" in capsys.readouterr().err
+        assert said in capsys.readouterr().err
     assert not list(tmp_path.rglob("*.tmp"))  # nothing half-written left behind
     assert main(["ngram", "export-arpa", str(ngram_dir), str(tmp_path / "m.arpa")]) == 0
     assert (tmp_path / "m.arpa").read_text().startswith("\\data\\")

@@ -258,11 +258,13 @@ def test_train_refuses_an_existing_run_and_force_replaces_only_its_files(tmp_pat
     err = _error(capsys)
     assert f"{run} already holds a run" in err and "--resume" in err and "--force" in err
     assert _snapshot(run) == before
-    # a directory with only a log.csv (a run interrupted in its first epoch) is a run too
+    # a directory with only a log.csv (a run killed before its first checkpoint) holds nothing to keep:
+    # the run is simply started again (issue 20)
     partial = tmp_path / "partial"
     partial.mkdir()
     (partial / "log.csv").write_text("epoch\n")
-    assert _train(data, partial) == 2 and "already holds a run" in _error(capsys)
+    assert _train(data, partial) == 0 and (partial / "best").is_dir()
+    capsys.readouterr()
     # --resume and --force together: refused
     assert _train(data, run, "--resume", "--force") == 2 and "--resume" in _error(capsys)
     # --force: the old run's files are replaced, the user's files survive

@@ -352,10 +352,11 @@ def started_run(out: str | Path) -> bool:
     return any((out / f).exists() for f in ("log.csv", "tensorboard", LOCK_FILE, "last.tmp"))
 
 
-def check_run_dir(out: str | Path, resume: bool = False, force: bool = False) -> None:
+def check_run_dir(out: str | Path, resume: bool = False, force: bool = False, check_lock: bool = True) -> None:
     """Refuse to train into ``out`` when it already holds a run, unless ``resume`` (continue it) or
     ``force`` (replace it, once the new run has its first checkpoint), or while another process
-    trains in it (its lock). Writes nothing."""
+    trains in it (its lock; ``check_lock=False`` on the ranks > 0 of a distributed run, whose rank 0
+    holds it). Writes nothing."""
     from chainrule.io.lock import lock_holder
     from chainrule.io.outputs import _in_checkpoint
 
@@ -367,7 +368,7 @@ def check_run_dir(out: str | Path, resume: bool = False, force: bool = False) ->
     ckpt = _in_checkpoint(out.resolve())
     if ckpt is not None:
         raise InputError(f"{out} is inside the checkpoint directory {ckpt}: give a run directory of its own")
-    holder = lock_holder(out)
+    holder = lock_holder(out) if check_lock else None
     if holder is not None:
         who = f"PID {holder}" if holder > 0 else "another process"
         raise InputError(f"{out} is in use: {who} is training in it; wait for it to finish or stop it, or give "
@@ -564,11 +565,12 @@ def train_run(model_name: str, ds: Dataset, out: str | Path, hyperparameters: di
         extra = {**(extra or {}), STANDARDIZE: standardization.to_dict()}
     check_run_dir(out, resume, force)
     created = not out.exists()
+    started = started_run(out)  # before our own lock file exists
     with RunLock(out):  # one process trains in a run directory at a time
         try:
             finish_replacement(out, report)  # a --force run killed before its first checkpoint
             check_run_dir(out, resume, force)  # again, under the lock
-            if resume and not holds_run(out) and started_run(out):  # killed before its first checkpoint
+            if resume and not holds_run(out) and started:  # killed before its first checkpoint
                 report(f"{out}: the run was stopped before its first checkpoint: nothing to resume, starting it again")
                 resume = False
             return _train_run(model_name, ds, out, hyperparameters, config, extra, progress, num_samples, resume,

@@ -25,51 +25,55 @@ MAX_COUNT = 100_000
 MAX_SEED = (1 << 63) - 1  # torch.manual_seed takes 64-bit seeds
 
 
-def int_in(low: int, high: int | None = None, what: str = "") -> Any:
-    """An argparse ``type``: an integer in ``low..high`` (``high`` None: no ceiling); anything else is
-    a one-line usage error naming the range (``what`` says what the number counts)."""
-    def parse(text: str) -> int:
-        try:
-            value = int(text, 10)
-        except ValueError:
-            try:  # 1e3: accepted when it is an integer within the range
-                f = float(text)
-                value = int(f) if f.is_integer() else None
-            except (ValueError, OverflowError):
-                value = None
-            if value is None:
-                raise argparse.ArgumentTypeError(f"expected an integer{_range(low, high)}{what}, got {text!r}") from None
-        if value < low or (high is not None and value > high):
-            raise argparse.ArgumentTypeError(f"must be an integer{_range(low, high)}{what}, got {text}")
-        return value
-    parse.__name__ = "integer"
-    return parse
+#: The bounds of the commands' numeric options, checked right after parsing (:func:`check_ranges`):
+#: option -> (low, high or None, what it is). An option a command does not have is skipped.
+INT_RANGES: dict[str, tuple[int, int | None, str]] = {
+    "n": (1, MAX_COUNT, "the number of samples"),
+    "num_samples": (1, MAX_COUNT, "samples drawn after training"),
+    "num": (1, MAX_COUNT, "completions per input"),
+    "max_new_tokens": (1, 1_000_000, "tokens to generate"),
+    "beam": (1, 4096, "the beam width; leave it out to sample"),
+    "top_k": (1, None, "the most probable values kept"),
+    "threads": (1, 4096, "torch CPU threads"),
+    "num_maps": (1, 10_000, "how many inputs --maps shows"),
+    "bootstrap": (1, 1_000_000, "bootstrap resamples"),
+    "seed": (0, MAX_SEED, "a seed"),
+    "data_seed": (0, MAX_SEED, "a seed"),
+    "batch_size": (1, 1 << 24, "examples per batch"),
+    "block_size": (1, 1 << 24, "tokens per window"),
+    "limit": (1, None, "examples per split"),
+    "parallel_steps": (1, 1 << 24, "passes of approximate parallel decoding"),
+    "burst_window": (1, 1 << 24, "variables drafted per burst"),
+}
+#: option -> (low, high, what): finite numbers (NaN and inf refused).
+FLOAT_RANGES: dict[str, tuple[float | None, float | None, str]] = {
+    "temperature": (0.0, None, "0 = greedy"),
+    "top_p": (0.0, 1.0, "the nucleus' probability mass"),
+    "length_penalty": (None, None, "the exponent of the length in the beam score"),
+    "alpha": (0.0, 1.0, "the level of the test"),
+}
 
 
-def float_in(low: float | None = None, high: float | None = None, what: str = "") -> Any:
-    """An argparse ``type``: a finite number in ``[low, high]`` (either bound may be None); NaN, inf
-    and anything outside is a one-line usage error."""
-    def parse(text: str) -> float:
-        try:
-            value = float(text)
-        except ValueError:
-            raise argparse.ArgumentTypeError(f"expected a number{what}, got {text!r}") from None
-        if not math.isfinite(value) or (low is not None and value < low) or (high is not None and value > high):
-            bounds = (f" >= {low:g}" if high is None else f" in [{low:g}, {high:g}]") if low is not None else \
-                (f" <= {high:g}" if high is not None else "")
-            raise argparse.ArgumentTypeError(f"must be a finite number{bounds}{what}, got {text}")
-        return value
-    parse.__name__ = "number"
-    return parse
-
-
-def _range(low: int, high: int | None) -> str:
-    if high is None:
-        return f" >= {low}"
-    return f" in {low}..2**63-1" if high == MAX_SEED else f" in {low}..{high:,}"
-
-
-SEED = int_in(0, MAX_SEED, " (a seed)")
+def check_ranges(args: argparse.Namespace) -> None:
+    """Refuse a numeric option outside its range (:data:`INT_RANGES`, :data:`FLOAT_RANGES`) with a
+    one-line :class:`InputError` naming the option, before any work: ``-n 1e12``, ``--seed 10**30``,
+    ``--length-penalty nan`` never reach an allocation or a silent NaN."""
+    for dest, (low, high, what) in INT_RANGES.items():
+        v = getattr(args, dest, None)
+        if v is None or isinstance(v, bool) or not isinstance(v, int):
+            continue
+        if v < low or (high is not None and v > high):
+            flag = "-n" if dest == "n" else "--" + dest.replace("_", "-")
+            kind = "a positive integer" if dest == "threads" else f"an integer >= {low}"
+            ceiling = "" if high is None else (" and <= 2**63-1" if high == MAX_SEED else f" and <= {high:,}")
+            raise InputError(f"{flag} must be {kind}{ceiling} ({what}), got {v}")
+    for dest, (flow, fhigh, what) in FLOAT_RANGES.items():
+        v = getattr(args, dest, None)
+        if v is None or not isinstance(v, float):
+            continue
+        if not math.isfinite(v) or (flow is not None and v < flow) or (fhigh is not None and v > fhigh):
+            bounds = (f" in [{flow:g}, {fhigh:g}]" if fhigh is not None else f" >= {flow:g}") if flow is not None else ""
+            raise InputError(f"--{dest.replace('_', '-')} must be a finite number{bounds} ({what}), got {v}")
 
 
 def input_paths(args: argparse.Namespace) -> list[str]:

@@ -54,11 +54,9 @@ def train_options(parser: argparse.ArgumentParser) -> dict[str, argparse.Action]
 def _kind(action: argparse.Action) -> str:
     if isinstance(action, (argparse._StoreTrueAction, argparse._StoreFalseAction)):
         return "bool"
-    # the command line's bounded parsers (cli.common.int_in / float_in) name their kind
-    name = getattr(action.type, "__name__", "")
-    if action.type is int or name == "integer":
+    if action.type is int:
         return "int"
-    if action.type is float or name == "number":
+    if action.type is float:
         return "float"
     return "str"
 
@@ -83,11 +81,6 @@ def _checked(key: str, value: Any, action: argparse.Action, where: str) -> Any:
         raise InputError(f"{where}: {key} must be {expected}, got {value!r} ({_toml_type(value)})")
     if kind == "float":
         value = float(value)
-    if kind in ("int", "float") and action.type not in (int, float):  # the same bounds as on the command line
-        try:
-            value = action.type(repr(value))
-        except argparse.ArgumentTypeError as exc:
-            raise InputError(f"{where}: {key} {exc}") from None
     if action.choices is not None and value not in action.choices:
         raise InputError(f"{where}: {key} = {value!r} is not one of {', '.join(map(str, action.choices))}")
     return value

@@ -20,14 +20,13 @@ import os
 import sys
 
 from chainrule._version import __version__
-from chainrule.cli.common import MAX_COUNT, SEED, float_in, int_in
+from chainrule.cli.common import check_ranges
 from chainrule.cli.config import HYPERPARAMETERS, load_train_config
 from chainrule.cli.likelihood import cmd_compress, cmd_decompress, cmd_detect, cmd_probe, cmd_score
 from chainrule.cli.train import QUICKSTART, QUICKSTART_OUT, cmd_quickstart, cmd_train
 from chainrule.cli.use import cmd_complete, cmd_eval, cmd_generate, cmd_inspect, cmd_sample
 from chainrule.data import BINARIZE_CHOICES, dataset_info
 from chainrule.errors import ChainruleError
-from chainrule.inference.beam import MAX_BEAM_WIDTH
 from chainrule.inference.likelihood import EVAL_BATCH_SIZE
 from chainrule.models import AutoregressiveModel
 from chainrule.models.registry import get_model_class, list_models
@@ -148,10 +147,10 @@ def build_parser() -> argparse.ArgumentParser:
                         help="uniform dequantization (x + u) / K, for real-valued models (rnade, Gaussian heads)")
 
     def decoding_args(sp: argparse.ArgumentParser) -> None:
-        sp.add_argument("--temperature", type=float_in(0.0), default=1.0, help="0 = greedy")
-        sp.add_argument("--top-k", type=int_in(1), default=None,
+        sp.add_argument("--temperature", type=float, default=1.0, help="0 = greedy")
+        sp.add_argument("--top-k", type=int, default=None,
                         help="draw among the K most probable values only (default: all)")
-        sp.add_argument("--top-p", type=float_in(0.0, 1.0), default=None,
+        sp.add_argument("--top-p", type=float, default=None,
                         help="nucleus sampling: draw among the most probable values whose probabilities sum to P")
 
     def force_arg(sp: argparse.ArgumentParser, what: str = "--out") -> None:
@@ -161,7 +160,7 @@ def build_parser() -> argparse.ArgumentParser:
                              "checkpoints are never written over)")
 
     def common(sp: argparse.ArgumentParser) -> None:
-        sp.add_argument("--threads", type=int_in(1, 4096), help="torch CPU threads")
+        sp.add_argument("--threads", type=int, help="torch CPU threads")
         sp.add_argument("--device", default="auto", help="cpu, cuda, cuda:N, or auto (a GPU when there is one)")
         sp.add_argument("--no-progress", action="store_true", help="no progress bar")
 
@@ -181,7 +180,7 @@ def build_parser() -> argparse.ArgumentParser:
                         "configuration is written to RUN/config.toml")
     t.add_argument("--dataset", help="dataset name (see `chainrule datasets`) or a .npy/.npz/PNG-folder path")
     data_args(t)
-    t.add_argument("--data-seed", type=SEED, default=0, help="seed of data splits / dynamic binarization of val and test")
+    t.add_argument("--data-seed", type=int, default=0, help="seed of data splits / dynamic binarization of val and test")
     t.add_argument("--num-values", metavar="K",
                    help="number of discrete values K of the data, instead of the K inferred from the values "
                         "(must exceed the largest value; a larger K is allowed); 'real': real-valued data for a "
@@ -235,14 +234,14 @@ def build_parser() -> argparse.ArgumentParser:
                         "last/, log.csv, curve.png, results.json, samples.*; other files stay)")
     t.add_argument("--val-components", type=int, default=None,
                    help="ensembles: validate each epoch with the first N orderings/masks (default: all)")
-    t.add_argument("--seed", type=SEED, default=0, help="seed of initialization, batches and samples")
+    t.add_argument("--seed", type=int, default=0, help="seed of initialization, batches and samples")
     t.add_argument("--precision", choices=list(PRECISIONS), default="auto",
                    help="arithmetic of the training pass: auto (on a CPU the faster of float32 and bfloat16 "
                         "autocast, and of the image models' two layouts, timed on a few steps of this model and "
                         "cached per machine and model; on a GPU bfloat16, or float16 where it has none), "
                         "float32, bfloat16, float16; the likelihood and loss stay float32")
-    t.add_argument("--num-samples", type=int_in(1, MAX_COUNT, " (samples drawn after training)"), default=64, help="samples drawn after training")
-    t.add_argument("--limit", type=int_in(1, MAX_COUNT, " (examples per split)"), default=None, metavar="N",
+    t.add_argument("--num-samples", type=int, default=64, help="samples drawn after training")
+    t.add_argument("--limit", type=int, default=None, metavar="N",
                    help="only the first N examples of each split (train, val, test): a quick trial of a command")
     common(t)
     t.set_defaults(func=cmd_train)
@@ -268,11 +267,11 @@ def build_parser() -> argparse.ArgumentParser:
 
     s = sub.add_parser("sample", help="draw samples: a PNG grid (images), text (text runs), WAV (audio), else .npy")
     s.add_argument("run", help="run directory or checkpoint directory")
-    s.add_argument("-n", type=int_in(1, MAX_COUNT, " (samples)"), default=64, help="number of samples")
+    s.add_argument("-n", type=int, default=64, help="number of samples")
     s.add_argument("--out", help="output file, written as its extension says: image runs .png, .jpg, .jpeg (a grid) "
                                  "or .npy; text runs .txt or .npy (token ids); audio runs .wav or .npy (mu-law codes); "
                                  "others .npy. Default RUN/samples.png, .wav or .npy (text runs: printed)")
-    s.add_argument("--seed", type=SEED, default=0,
+    s.add_argument("--seed", type=int, default=0,
                    help="seed of the draws: the same seed, the same samples (leave it out: seed 0)")
     s.add_argument("--class", dest="label", type=int, default=None,
                    help="class-conditional models: sample this class (default: every class in turn)")
@@ -298,16 +297,16 @@ def build_parser() -> argparse.ArgumentParser:
     gen = sub.add_parser("generate", help="continue a text prompt (sequence models trained on text)")
     gen.add_argument("run", help="run directory or checkpoint directory")
     gen.add_argument("--prompt", default="", help="text to continue (its characters must be in the vocabulary)")
-    gen.add_argument("--max-new-tokens", type=int_in(1, 1_000_000), default=200,
+    gen.add_argument("--max-new-tokens", type=int, default=200,
                      help="tokens to add after the prompt (prompt + new tokens fit the model's window unless "
                           "--sliding-window)")
-    gen.add_argument("-n", type=int_in(1, MAX_COUNT, " (continuations)"), default=1, help="number of continuations")
-    gen.add_argument("--seed", type=SEED, default=0,
+    gen.add_argument("-n", type=int, default=1, help="number of continuations")
+    gen.add_argument("--seed", type=int, default=0,
                      help="seed of the draws: the same seed, the same text (leave it out: seed 0)")
     decoding_args(gen)
-    gen.add_argument("--beam", type=int_in(1, MAX_BEAM_WIDTH, " (the beam width)"), default=None,
+    gen.add_argument("--beam", type=int, default=None,
                      help="beam search with this width (>= 1) instead of sampling")
-    gen.add_argument("--length-penalty", type=float_in(), default=0.0, help="beam score = log p / length**penalty")
+    gen.add_argument("--length-penalty", type=float, default=0.0, help="beam score = log p / length**penalty")
     gen.add_argument("--sliding-window", action="store_true",
                      help="allow prompt + new tokens beyond the model's context window (older tokens drop out of view)")
     gen.add_argument("--order", default=None,
@@ -346,12 +345,12 @@ def build_parser() -> argparse.ArgumentParser:
                    help="observed variables: top-half, bottom-half, left-half, right-half (that half observed), "
                         "center (a centred square hidden), random:P (each pixel observed with probability P), "
                         "a .npy (bool or 0/1, event shape or (N, *shape)) or a PNG (non-zero = observed)")
-    c.add_argument("--num", type=int_in(1, MAX_COUNT, " (completions per input)"), default=4, help="completions per input")
-    c.add_argument("--seed", type=SEED, default=0, help="seed of the draws (and of random:P masks)")
+    c.add_argument("--num", type=int, default=4, help="completions per input")
+    c.add_argument("--seed", type=int, default=0, help="seed of the draws (and of random:P masks)")
     c.add_argument("--class", dest="label", type=int, nargs="+", default=None,
                    help="class-conditional runs: the label, or one per input (default: the labels of a labelled "
                         "dataset --input; required for other inputs)")
-    c.add_argument("--temperature", type=float_in(0.0), default=1.0, help="0 = greedy")
+    c.add_argument("--temperature", type=float, default=1.0, help="0 = greedy")
     c.add_argument("--out", help="output PNG (images) or .npy; default RUN/completions.png; the .npy goes next to it")
     c.add_argument("--data-dir", help="folder with the dataset files (default: $CHAINRULE_DATA)")
     c.add_argument("--download", action="store_true", help="download missing dataset files (checksummed)")
@@ -401,7 +400,7 @@ def build_parser() -> argparse.ArgumentParser:
     pr.add_argument("--pool", default="mean",
                     help="how per-pixel features become one vector: mean, max, or grid:S (the mean over each of "
                          "S x S image regions, concatenated; keeps where a feature fired) (default: mean)")
-    pr.add_argument("--seed", type=SEED, default=0, help="seed of the --max-train subset and the solver")
+    pr.add_argument("--seed", type=int, default=0, help="seed of the --max-train subset and the solver")
     pr.add_argument("--out", help="JSON of the results (default RUN/probe.json); the plot goes next to it as .png")
     pr.add_argument("--no-plot", action="store_true", help="no accuracy-vs-layer plot")
     force_arg(pr, "--out (or its .png)")
@@ -447,7 +446,7 @@ def build_parser() -> argparse.ArgumentParser:
     sc.add_argument("input", nargs="+", help=".npy, image file(s), or a dataset name/path")
     sc.add_argument("--out", help="CSV of index,score (default RUN/scores-INPUT-SCORE.csv)")
     sc.add_argument("--maps", help="PNG of the most anomalous inputs next to their per-variable NLL maps")
-    sc.add_argument("--num-maps", type=int_in(1, 10_000), default=8, help="how many inputs --maps shows")
+    sc.add_argument("--num-maps", type=int, default=8, help="how many inputs --maps shows")
     force_arg(sc, "--out or --maps")
     anomaly_args(sc)
     sc.set_defaults(func=cmd_score)
@@ -466,11 +465,11 @@ def build_parser() -> argparse.ArgumentParser:
                     help="deprecated spelling of --ood (every other command's --out is an output file)")
     de.add_argument("--report", help="histogram PNG of the two score distributions "
                                      "(default RUN/detect-IN-vs-OUT-SCORE.png)")
-    de.add_argument("--bootstrap", type=int_in(1, 1_000_000), default=1000, help="bootstrap resamples of the 95%% intervals")
-    de.add_argument("--seed", type=SEED, default=0, help="seed of the bootstrap")
+    de.add_argument("--bootstrap", type=int, default=1000, help="bootstrap resamples of the 95%% intervals")
+    de.add_argument("--seed", type=int, default=0, help="seed of the bootstrap")
     de.add_argument("--group-size", type=int, default=None, metavar="M",
                     help="typicality: the batch test on groups of M inputs (Nalisnick et al. 2019b)")
-    de.add_argument("--alpha", type=float_in(0.0, 1.0), default=0.01, help="--group-size: level of the typicality test")
+    de.add_argument("--alpha", type=float, default=0.01, help="--group-size: level of the typicality test")
     de.add_argument("--json", action="store_true", help="also print the result as JSON")
     force_arg(de, "--report")
     anomaly_args(de)
@@ -515,7 +514,7 @@ def build_parser() -> argparse.ArgumentParser:
     q.add_argument("--epochs", type=int, default=1000, help="maximum epochs (early stopping usually ends sooner)")
     q.add_argument("--max-seconds", type=float, default=90,
                    help="wall-clock budget of the whole command (training, test evaluation, samples)")
-    q.add_argument("--seed", type=SEED, default=0, help="seed of initialization, batches and samples")
+    q.add_argument("--seed", type=int, default=0, help="seed of initialization, batches and samples")
     q.add_argument("--force", action="store_true",
                    help="--out holds a run that quickstart did not write: replace it (only chainrule's files)")
     common(q)
@@ -529,6 +528,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     try:
         args = _parse(parser, argv)  # a bad --config file: exit 2 with its error, as bad options do
+        check_ranges(args)  # counts, seeds, numbers: bounded before any work
     except ChainruleError as exc:
         print(f"chainrule: error: {exc}", file=sys.stderr)
         return 2

@@ -6,7 +6,6 @@ import argparse
 import math
 from typing import Any
 
-from chainrule.cli.common import SEED
 from chainrule.errors import DataError, InputError
 from chainrule.lm.ngram import NgramLM, PADDINGS, SMOOTHERS, read_text_sentences
 
@@ -187,7 +186,7 @@ def register_cli(subparsers: Any) -> argparse.ArgumentParser:
     g.add_argument("--temperature", type=float, default=1.0, help="0 = greedy (default 1)")
     g.add_argument("--top-k", type=int, help="sample among the k most probable tokens")
     g.add_argument("--top-p", type=float, help="nucleus sampling threshold")
-    g.add_argument("--seed", type=SEED, default=0,
+    g.add_argument("--seed", type=int, default=0,
                    help="seed of the draws: the same seed, the same text (as `chainrule generate` and `sample`)")
     g.set_defaults(func=_cmd_generate)
 

@@ -16,9 +16,11 @@ import torch
 from chainrule.apps.pipeline import (
     check_data_fits_model,
     check_run_dir,
+    holds_run,
     is_quickstart_run,
     parse_hyperparameters,
     parse_num_values,
+    started_run,
     train_run,
 )
 from chainrule.cli.common import device_of, order_arg, set_threads
@@ -104,7 +106,13 @@ def _train_command(args: argparse.Namespace, device: Any) -> int:
         raise InputError(f"--batch-size {config.batch_size} is the global batch, split over {ranks} ranks: "
                          f"it must be a multiple of {ranks}")
     if args.out:  # an existing run in --out: refused before the data is loaded (unless --resume / --force)
-        check_run_dir(args.out, args.resume, args.force)
+        check_run_dir(args.out, args.resume, args.force, check_lock=distributed.is_main())
+        if args.resume and not holds_run(args.out) and started_run(args.out):
+            # killed before its first checkpoint: nothing to resume, the run starts again (every rank alike)
+            if distributed.is_main():
+                print(f"{args.out}: the run was stopped before its first checkpoint: nothing to resume, "
+                      "starting it again")
+            args.resume = False
     num_values = parse_num_values(getattr(args, "num_values", None))  # None, K or "real"
     ds = load_dataset(args.dataset, args.data_dir, download=args.download, binarize=args.binarize,
                       dequantize=args.dequantize, seed=args.data_seed, block_size=args.block_size, level=args.level,

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import inspect
-import math
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -126,7 +125,8 @@ MAX_SEED = (1 << 63) - 1
 def _check_hyperparameter_values(name: str, num_values: Any, hyperparameters: dict[str, Any]) -> None:
     """Bounds every model shares, checked before a constructor allocates anything: a ``seed`` is an
     integer in 0..2**63-1; every other integer (also inside lists) is at most :data:`MAX_SIZE` in
-    magnitude; K (``num_values``) too. Each model checks the meaning of its own values."""
+    magnitude (a float too: ``1e11`` is a size typed as a float); K (``num_values``) too. Each model
+    checks the meaning of its own values (NaN and inf included)."""
     if num_values is not None and isinstance(num_values, int) and not isinstance(num_values, bool) \
             and num_values > MAX_SIZE:
         raise InputError(f"num_values={num_values}: at most {MAX_SIZE:,} discrete values (2**24) are supported")
@@ -144,11 +144,9 @@ def _check_hyperparameter_values(name: str, num_values: Any, hyperparameters: di
                 stack.extend(v)
             elif isinstance(v, dict):
                 stack.extend(v.values())
-            elif isinstance(v, int) and not isinstance(v, bool) and abs(v) > MAX_SIZE:
+            elif isinstance(v, (int, float)) and not isinstance(v, bool) and abs(v) > MAX_SIZE and abs(v) != float("inf"):
                 raise InputError(f"model {name!r}: {key}={_short(value)} holds {v}, beyond any model this library "
                                  f"can build (sizes are at most {MAX_SIZE:,})")
-            elif isinstance(v, float) and not math.isfinite(v) and key != "order":
-                raise InputError(f"model {name!r}: {key}={_short(value)} is not a finite number")
 
 
 def _short(v: Any) -> str:
