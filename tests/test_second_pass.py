@@ -146,3 +146,16 @@ def test_eval_sample_and_bayes_show_bars_and_no_progress_silences_them(tmp_path,
         assert bar in capsys.readouterr().err, argv
         assert main([*argv, "--threads", "1", "--no-progress"]) == 0
         assert capsys.readouterr().err == ""
+
+
+def test_compress_and_decompress_show_bars(char_run, tmp_path, capsys):
+    _, run = char_run
+    (tmp_path / "in.txt").write_text(TEXT[:40], encoding="utf-8")
+    capsys.readouterr()
+    assert main(["compress", str(run), str(tmp_path / "in.txt"), str(tmp_path / "in.crz"), "--threads", "1"]) == 0
+    assert "compressing" in capsys.readouterr().err
+    assert main(["decompress", str(run), str(tmp_path / "in.crz"), str(tmp_path / "out.txt"), "--threads", "1"]) == 0
+    assert "decompressing" in capsys.readouterr().err
+    assert (tmp_path / "out.txt").read_text(encoding="utf-8") == TEXT[:40]
+    assert main(["compress", str(run), str(tmp_path / "in.txt"), str(tmp_path / "b.crz"), "--no-progress"]) == 0
+    assert capsys.readouterr().err == ""

@@ -39,7 +39,8 @@ def cmd_compress(args: argparse.Namespace) -> int:
         raise InputError("--index applies to dataset inputs; for a file, compress the whole file")
     tok = tokenizer_of(ckpt)
     try:
-        report = compress_file(model, source, args.output, labels, tok, member=args.member, description=description)
+        report = compress_file(model, source, args.output, labels, tok, member=args.member, description=description,
+                               progress=not args.no_progress)
     except InputError as exc:
         raise _compress_cli_error(exc, args, tok) from None
     for line in report.lines():
@@ -67,7 +68,7 @@ def cmd_decompress(args: argparse.Namespace) -> int:
     from chainrule.apps.compression import decompress_file
 
     ckpt, model = load_run(args)
-    paths = decompress_file(model, args.input, args.output, tokenizer_of(ckpt))
+    paths = decompress_file(model, args.input, args.output, tokenizer_of(ckpt), progress=not args.no_progress)
     print(f"decompressed {args.input} (checksum verified) to {', '.join(map(str, paths))}")
     return 0
 
