@@ -631,6 +631,7 @@ class Trainer:
                     epoch_seconds.append(time.perf_counter() - epoch_start)
                     left = self._seconds_left()
                     if left is not None and not stop:  # the epochs the budget still holds: the bar's real end
+                        left -= self._eval_cost(self.reserve_examples)  # the test and the samples after fit
                         more = max(1, int(left / (sum(epoch_seconds) / len(epoch_seconds))))
                         if st.epoch + more < c.epochs:
                             bar.total = st.epoch + more
