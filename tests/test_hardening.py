@@ -202,6 +202,7 @@ def test_sample_text_and_audio_formats(text_run, tmp_path, capsys):
     assert main(["sample", str(text_run), "-n", "2", "--out", str(tmp_path / "ids.npy")]) == 0
     assert np.load(tmp_path / "ids.npy").shape == (2, 8)
     assert _listing(tmp_path) == ["ids.npy", "s.txt"]
+    capsys.readouterr()  # the sampling bars of the draws above
     assert main(["sample", str(text_run), "-n", "2", "--out", str(tmp_path / "s.png")]) == 2
     err = _error(capsys)
     assert "s.png" in err and ".txt or .npy" in err
@@ -219,6 +220,7 @@ def test_sample_audio_writes_wav(tmp_path, capsys):
     assert main(["sample", str(run), "-n", "2", "--out", str(out / "a.wav")]) == 0
     with wave.open(str(out / "a.wav")) as w:
         assert w.getframerate() == 8000
+    capsys.readouterr()  # the sampling bar of the draw above
     assert main(["sample", str(run), "-n", "2", "--out", str(out / "a.jpg")]) == 2
     assert ".wav or .npy" in _error(capsys)
     assert _listing(out) == ["a.wav"]

@@ -335,10 +335,11 @@ def _probabilities(freq: torch.Tensor, bits: int) -> np.ndarray:
 
 
 def _encode(model: Any, x: torch.Tensor, ctx: torch.Tensor | None, member: int | None, chunk: int,
-            block: int, free: torch.Tensor | None = None) -> tuple[bytes, torch.Tensor, float]:
+            block: int, free: torch.Tensor | None = None, progress: bool = False) -> tuple[bytes, torch.Tensor, float]:
     """Range-code ``x`` ``(N, D)`` (long) into one stream. ``free`` ``(N, D)`` bool marks positions
     whose value the encoder may choose (padding): it takes the most probable symbol there.
-    Returns the payload, the values coded ``(N, D)`` and their table cost in bits."""
+    Returns the payload, the values coded ``(N, D)`` and their table cost in bits. ``progress``:
+    a bar over the variables coded."""
     import constriction
 
     enc = constriction.stream.queue.RangeEncoder()
@@ -359,6 +360,7 @@ def _encode(model: Any, x: torch.Tensor, ctx: torch.Tensor | None, member: int |
             probs.clear()
             held = 0
 
+    bar = _bar(len(x), chunk, model.dim, "compressing", progress)
     for a in range(0, len(x), chunk):
         b = min(a + chunk, len(x))
         gen = frequency_tables(model, b - a, None if ctx is None else ctx[a:b], PRECISION, member=member,
@@ -377,17 +379,26 @@ def _encode(model: Any, x: torch.Tensor, ctx: torch.Tensor | None, member: int |
             if held >= _ENCODE_BATCH:
                 flush()
             bits -= float(torch.log2(freq[rows, vals].double() / (1 << PRECISION)).sum())
+            bar.update(1)
             try:
                 j, freq = gen.send(vals)
             except StopIteration:
                 break
     flush()
+    bar.close()
     words = enc.get_compressed()
     return words.astype("<u4").tobytes(), x, bits
 
 
+def _bar(n: int, chunk: int, dim: int, desc: str, progress: bool) -> Any:
+    """A progress bar over the variables coded: ``dim`` per chunk of ``chunk`` examples (one table each)."""
+    from tqdm.auto import tqdm
+
+    return tqdm(total=math.ceil(n / chunk) * dim, desc=desc, unit="var", disable=not progress, leave=False)
+
+
 def _decode(model: Any, payload: bytes, n: int, ctx: torch.Tensor | None, member: int | None, chunk: int,
-            block: int, bits: int = PRECISION) -> torch.Tensor:
+            block: int, bits: int = PRECISION, progress: bool = False) -> torch.Tensor:
     """Decode ``n`` examples ``(n, D)`` long from a payload, in the order :func:`_encode` wrote them
     with ``bits``-bit tables (:data:`TABLE_BITS` of the file's format version) on blocks of
     ``block`` rows."""
@@ -407,6 +418,7 @@ def _decode(model: Any, payload: bytes, n: int, ctx: torch.Tensor | None, member
     budget = 8.0 * len(payload) + PAYLOAD_SLACK_BITS
     info = 0.0
     chunks = []  # allocated chunk by chunk, as they decode
+    bar = _bar(n, chunk, model.dim, "decompressing", progress)
     for a in range(0, n, chunk):
         b = min(a + chunk, n)
         out = torch.zeros(b - a, model.dim, dtype=torch.long)
@@ -425,11 +437,13 @@ def _decode(model: Any, payload: bytes, n: int, ctx: torch.Tensor | None, member
             if info > budget:
                 raise InputError(f"the compressed file is corrupted or forged: its {len(payload)}-byte payload "
                                  f"decodes to more information ({info / 8:.0f} bytes) than it holds")
+            bar.update(1)
             try:
                 j, freq = gen.send(vals)
             except StopIteration:
                 break
         chunks.append(out)
+    bar.close()
     return torch.cat(chunks)
 
 
@@ -488,7 +502,7 @@ def _check_member(model: Any, member: Any) -> None:
 
 def _compress_values(model: Any, x: torch.Tensor, context: Any, member: int | None, content_kind: int,
                      meta: dict[str, Any], content_sha: bytes | None = None, free: torch.Tensor | None = None,
-                     chunk: int = CHUNK_EXAMPLES) -> _Coded:
+                     chunk: int = CHUNK_EXAMPLES, progress: bool = False) -> _Coded:
     if not model.head.discrete:
         raise InputError(f"{model.name}: compression needs a discrete model (num_values=K); this one is real-valued")
     if not isinstance(chunk, int) or isinstance(chunk, bool) or chunk < 1:
@@ -499,7 +513,7 @@ def _compress_values(model: Any, x: torch.Tensor, context: Any, member: int | No
     kind, ctx_np, ctx = _context_header(model, context, n)
     block = max(1, min(BLOCK_ROWS, chunk, n))
     if n:
-        payload, coded, bits = _encode(model, flat, ctx, member, chunk, block, free)
+        payload, coded, bits = _encode(model, flat, ctx, member, chunk, block, free, progress)
     else:
         payload, coded, bits = b"", flat, 0.0
     head = Header(content_kind, kind, model_fingerprint(model), n, int(model.num_values), chunk,
@@ -509,7 +523,7 @@ def _compress_values(model: Any, x: torch.Tensor, context: Any, member: int | No
     return _Coded(head.pack() + payload, head, coded, bits, ctx)
 
 
-def _decompress_values(model: Any, data: bytes) -> tuple[Header, torch.Tensor, torch.Tensor | None]:
+def _decompress_values(model: Any, data: bytes, progress: bool = False) -> tuple[Header, torch.Tensor, torch.Tensor | None]:
     """Header checks (model first), then the decoded values ``(N, *shape)`` long and the context."""
     head, payload = read_header(data)
     _check_model(head, model)
@@ -522,7 +536,7 @@ def _decompress_values(model: Any, data: bytes) -> tuple[Header, torch.Tensor, t
         raise InputError("the compressed file is corrupted: its payload fails the CRC-32 check")
     ctx = _header_context(head, model)
     values = _decode(model, payload, head.num_examples, ctx, head.meta.get("member"), head.chunk,
-                     block, TABLE_BITS[head.version])
+                     block, TABLE_BITS[head.version], progress)
     return head, values.reshape(head.num_examples, *model.shape), ctx
 
 
@@ -601,7 +615,7 @@ def _tokens(tokenizer: Any, raw: bytes, k: int) -> list[int]:
     return ids
 
 
-def _code_text(model: Any, raw: bytes, tokenizer: Any, member: int | None) -> tuple[_Coded, int]:
+def _code_text(model: Any, raw: bytes, tokenizer: Any, member: int | None, progress: bool = False) -> tuple[_Coded, int]:
     """Tokenize, cut into windows of T tokens (the last padded: free positions) and code; returns
     the coded file and the true token count."""
     t = _text_model(model, tokenizer)
@@ -612,7 +626,7 @@ def _code_text(model: Any, raw: bytes, tokenizer: Any, member: int | None) -> tu
     free = torch.arange(n * t) >= len(ids)
     meta = {"tokens": len(ids), "tokenizer": tokenizer.kind, "tokenizer_sha256": _tokenizer_sha(tokenizer)}
     coded = _compress_values(model, x.reshape(n, t), None, member, CONTENT_TEXT, meta,
-                             hashlib.sha256(raw).digest(), free.reshape(n, t))
+                             hashlib.sha256(raw).digest(), free.reshape(n, t), progress=progress)
     return coded, len(ids)
 
 
@@ -775,7 +789,7 @@ def read_array_input(model: Any, path: str | Path) -> tuple[torch.Tensor | np.nd
 
 def compress_file(model: Any, source: str | Path | torch.Tensor | np.ndarray, output: str | Path,
                   context: Any = None, tokenizer: Any = None, *, member: int | None = None,
-                  description: str | None = None, overwrite: bool = True) -> CompressionReport:
+                  description: str | None = None, overwrite: bool = True, progress: bool = False) -> CompressionReport:
     """Compress ``source`` — a ``.npy`` file, image file(s) / a folder of images, a text file (with
     a text model's ``tokenizer``) or values already loaded — into ``output``; returns the report.
 
@@ -796,7 +810,7 @@ def compress_file(model: Any, source: str | Path | torch.Tensor | np.ndarray, ou
                and not is_image_path(source) and Path(source).suffix.lower() != ".npy")
     if is_text:
         raw = Path(source).read_bytes()
-        coded, count = _code_text(model, raw, tokenizer, member)
+        coded, count = _code_text(model, raw, tokenizer, member, progress)
         original, what, kind = len(raw), f"the input file; {count} {tokenizer.kind} tokens", "text"
         src = description or str(source)
     else:
@@ -808,7 +822,7 @@ def compress_file(model: Any, source: str | Path | torch.Tensor | np.ndarray, ou
         src = description or src
         xv, batch = model.validate(arr)
         meta = {"dtype": _dtype_str(arr, k), "single": len(batch) == 0}
-        coded = _compress_values(model, xv, context, member, CONTENT_ARRAY, meta)
+        coded = _compress_values(model, xv, context, member, CONTENT_ARRAY, meta, progress=progress)
         original = math.ceil(xv.numel() * math.ceil(math.log2(k)) / 8)
         what = f"{xv.numel()} values x ceil(log2 {k}) = {math.ceil(math.log2(k))} bits"
         if file_size is not None:
@@ -830,7 +844,7 @@ def compress_file(model: Any, source: str | Path | torch.Tensor | np.ndarray, ou
 
 
 def decompress_file(model: Any, source: str | Path, output: str | Path, tokenizer: Any = None, *,
-                    overwrite: bool = True) -> list[Path]:
+                    overwrite: bool = True, progress: bool = False) -> list[Path]:
     """Decompress the file ``source`` with ``model`` into ``output``: the text's exact bytes; an
     array as ``.npy`` (the input's dtype and shape) or, for an image model and an output ending in
     ``.png``, PNG file(s). Returns the paths written.
@@ -858,7 +872,7 @@ def decompress_file(model: Any, source: str | Path, output: str | Path, tokenize
         outputs = [output]
     for p in outputs:
         check_output(p, force=overwrite, inputs=[source], option="OUTPUT")
-    head, values, ctx = _decompress_values(model, data)
+    head, values, ctx = _decompress_values(model, data, progress)
     if head.content_kind == CONTENT_TEXT:
         raw = _text_of(head, values, tokenizer)
         with output_file(output, force=overwrite) as tmp:

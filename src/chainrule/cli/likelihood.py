@@ -42,7 +42,7 @@ def cmd_compress(args: argparse.Namespace) -> int:
     tok = tokenizer_of(ckpt)
     try:
         report = compress_file(model, source, args.output, labels, tok, member=args.member, description=description,
-                               overwrite=args.force)
+                               overwrite=args.force, progress=not args.no_progress)
     except InputError as exc:
         raise _compress_cli_error(exc, args, tok) from None
     for line in report.lines():
@@ -71,7 +71,8 @@ def cmd_decompress(args: argparse.Namespace) -> int:
 
     check_output(args.output, force=args.force, inputs=[args.input, args.run], option="OUTPUT")
     ckpt, model = load_run(args)
-    paths = decompress_file(model, args.input, args.output, tokenizer_of(ckpt), overwrite=args.force)
+    paths = decompress_file(model, args.input, args.output, tokenizer_of(ckpt), overwrite=args.force,
+                            progress=not args.no_progress)
     print(f"decompressed {args.input} (checksum verified) to {', '.join(map(str, paths))}")
     return 0
 

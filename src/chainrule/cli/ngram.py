@@ -116,7 +116,10 @@ def _cmd_generate(args: argparse.Namespace) -> int:
     gen = torch.Generator().manual_seed(args.seed)
     toks = model.generate(args.num_tokens, prompt=prompt, temperature=args.temperature, top_k=args.top_k,
                           top_p=args.top_p, generator=gen)
-    print("".join(prompt + toks).replace(SPACE, " ") if chars else " ".join(prompt + toks))
+    if chars:  # characters as text: a sentence is a line, so its end is a line break
+        print("".join(prompt + ["\n" if t == "</s>" else t for t in toks]).replace(SPACE, " "))
+    else:
+        print(" ".join(prompt + toks))
     unk = sum(t == "<unk>" for t in toks)
     if toks and unk / len(toks) > UNK_NOTE_SHARE:
         print(f"note: {unk} of the {len(toks)} tokens drawn are <unk>: every word seen fewer than --min-count "

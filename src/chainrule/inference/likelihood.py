@@ -251,7 +251,7 @@ def class_log_likelihoods(model: Any, data: Any, batch_size: int = EVAL_BATCH_SI
     ``(N, *shape)`` -> ``(N, Y)`` float64 (one pass over the data per class)."""
     if not getattr(model, "num_classes", None):
         raise InputError(f"{model.name}: the Bayes classifier needs a class-conditional model (num_classes=Y)")
-    return torch.stack([-per_example_nll(model, data, y, batch_size, progress, desc=f"class {y}")
+    return torch.stack([-per_example_nll(model, data, y, batch_size, progress, desc=f"class {y + 1}/{model.num_classes}")
                         for y in range(model.num_classes)], 1)
 
 

@@ -484,13 +484,14 @@ class Trainer:
 
     def _eval_cost(self, examples: int) -> float:
         """Estimated seconds to evaluate ``examples`` examples exactly: at the rate the validations
-        measured, else at a third of a training step's time per example (a forward pass without
-        gradients)."""
+        measured, else at half a training step's time per example (a forward pass without the
+        backward; on the generous side, since evaluation runs in float32 where training may use
+        bfloat16)."""
         if examples <= 0:
             return 0.0
         rate = self._eval_seconds_per_example
         if rate is None:
-            rate = self._mean_step_seconds() / (3 * self.config.batch_size)
+            rate = self._mean_step_seconds() / (2 * self.config.batch_size)
         return examples * rate
 
     def _budget_binds(self, *, validation: bool) -> bool:
@@ -713,6 +714,7 @@ class Trainer:
                     epoch_seconds.append(time.perf_counter() - epoch_start)
                     left = self._seconds_left()
                     if left is not None and not stop:  # the epochs the budget still holds: the bar's real end
+                        left -= self._eval_cost(self.reserve_examples)  # the test and the samples after fit
                         more = max(1, int(left / (sum(epoch_seconds) / len(epoch_seconds))))
                         if st.epoch + more < c.epochs:
                             bar.total = st.epoch + more
