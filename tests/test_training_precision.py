@@ -207,3 +207,12 @@ def test_bf16_training_keeps_the_loss_in_float32_and_matches_float32():
         final[precision] = float(model.log_prob(x).detach().mean())  # evaluated in float32
         assert final[precision] > start + 1.0  # it learned (by more than a nat per example)
     assert abs(final["float32"] - final["bfloat16"]) < 0.02 * abs(final["float32"]), final
+
+
+def test_a_model_that_cannot_be_copied_trains_in_float32(monkeypatch, cache):
+    def no_copy(*a, **k):
+        raise TypeError("cannot pickle this")
+    monkeypatch.setattr(prec.copy, "deepcopy", no_copy)
+    t = Trainer(_pixelcnn(), TrainConfig(), progress=False)
+    t.train_step(_batch(), None, 1e-3)
+    assert t.autocast_dtype is None and not cache.exists()

@@ -221,11 +221,15 @@ def measure(model: Any, x: torch.Tensor, context: Any, optimizer: Callable[[Any]
     A candidate whose step fails (an operation without bf16 support) or gives a non-finite loss is
     left out (its time is infinite). ``model`` and the random streams are left untouched."""
     devices = [x.device] if x.device.type == "cuda" else []
+    best = {c: float("inf") for c in candidates}
     with torch.random.fork_rng(devices=devices):
-        trial = copy.deepcopy(model)
-        trial.train()
-        opt = optimizer(trial)
-        best = {c: float("inf") for c in candidates}
+        try:
+            trial = copy.deepcopy(model)
+            trial.train()
+            opt = optimizer(trial)
+        except Exception as exc:  # a model that cannot be copied: nothing measured, float32 (not cached)
+            log.debug("precision measurement skipped: cannot copy the model (%s)", exc)
+            return best
         failed: set[Any] = set()
         start = time.perf_counter()
         for rnd in range(MAX_ROUNDS + 1):
