@@ -185,6 +185,7 @@ def test_float16_trains_with_a_grad_scaler():
     model = _made()
     before = [p.detach().clone() for p in model.parameters()]
     t = Trainer(model, TrainConfig(precision="float16", grad_clip=1.0), progress=False)
+    assert t.autocast_dtype == torch.float16  # asked before the first step: the scaler is there all the same
     nll = t.train_step(_batch((6,)), None, 1e-2)
     assert t._scaler is not None and nll.dtype == torch.float32 and torch.isfinite(nll).all()
     assert any(not torch.equal(a, b) for a, b in zip(before, model.parameters()))
