@@ -4,6 +4,7 @@ The issue's bar: the bf16-trained model's test NLL within 0.3% of the float32 on
 
     python benchmarks/precision_parity.py gpt --threads 1        # tiny Shakespeare, nanoGPT's CPU config
     python benchmarks/precision_parity.py gated --threads 1      # Gated PixelCNN, binarized MNIST
+    python benchmarks/precision_parity.py gated_digits --threads 1   # Gated PixelCNN, 8x8 digits (17 values)
 
 Writes ``results/precision_parity_<which>.json``.
 """
@@ -40,9 +41,9 @@ def run(which: str, precision: str, steps: int, seed: int) -> dict:
         test = evaluate_stream(model, ds.val.stream, stride=64)  # nanoGPT's validation loss, exactly
         return {"precision": precision, "train_seconds": round(seconds, 1), "steps_per_second": round(steps / res.step_seconds, 2),
                 "test_nll_nats_per_char": test.nats_per_token}
-    ds = load_dataset("binarized-mnist", data_dir())
+    ds = load_dataset("binarized-mnist" if which == "gated" else "digits", data_dir())
     torch.manual_seed(seed)
-    model = chainrule.create_model("gated_pixelcnn", ds.shape, 2, channels=32, num_layers=5, head_channels=32)
+    model = chainrule.create_model("gated_pixelcnn", ds.shape, ds.num_values, channels=32, num_layers=5, head_channels=32)
     config = TrainConfig(epochs=1, batch_size=32, lr=2e-3, patience=None, steps_per_epoch=steps, max_steps=steps,
                          seed=seed, precision=precision, save_last=False)
     t0 = time.perf_counter()
@@ -55,7 +56,7 @@ def run(which: str, precision: str, steps: int, seed: int) -> dict:
 
 def main() -> None:
     ap = argparse.ArgumentParser()
-    ap.add_argument("which", choices=("gpt", "gated"))
+    ap.add_argument("which", choices=("gpt", "gated", "gated_digits"))
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--steps", type=int, default=None, help="default: 2000 (gpt), 500 (gated)")
     ap.add_argument("--seed", type=int, default=1337)

@@ -164,7 +164,7 @@ def test_cifar10_round_trip_from_the_archive(fake_cifar: tuple[Path, dict]) -> N
     assert ds.class_names[0] == "airplane" and ds.class_names[9] == "truck"
     for split, (x, y) in _expected(batches).items():
         got_x, got_y = ds.split(split)
-        assert got_x.dtype == torch.uint8 and torch.equal(got_x.long(), x), split  # held at its natural width
+        assert got_x.dtype == torch.uint8 and torch.equal(got_x.long(), x.long()), split  # 8 bits a value
         assert torch.equal(got_y, y), split
     # Channel layout: the first 1024 values of a row are the red 32x32 image, row-major.
     row = batches["data_batch_1"][0].reshape(3, 3072)[0]

@@ -185,6 +185,7 @@ def test_float16_trains_with_a_grad_scaler():
     model = _made()
     before = [p.detach().clone() for p in model.parameters()]
     t = Trainer(model, TrainConfig(precision="float16", grad_clip=1.0), progress=False)
+    assert t.autocast_dtype == torch.float16  # asked before the first step: the scaler is there all the same
     nll = t.train_step(_batch((6,)), None, 1e-2)
     assert t._scaler is not None and nll.dtype == torch.float32 and torch.isfinite(nll).all()
     assert any(not torch.equal(a, b) for a, b in zip(before, model.parameters()))
@@ -207,3 +208,12 @@ def test_bf16_training_keeps_the_loss_in_float32_and_matches_float32():
         final[precision] = float(model.log_prob(x).detach().mean())  # evaluated in float32
         assert final[precision] > start + 1.0  # it learned (by more than a nat per example)
     assert abs(final["float32"] - final["bfloat16"]) < 0.02 * abs(final["float32"]), final
+
+
+def test_a_model_that_cannot_be_copied_trains_in_float32(monkeypatch, cache):
+    def no_copy(*a, **k):
+        raise TypeError("cannot pickle this")
+    monkeypatch.setattr(prec.copy, "deepcopy", no_copy)
+    t = Trainer(_pixelcnn(), TrainConfig(), progress=False)
+    t.train_step(_batch(), None, 1e-3)
+    assert t.autocast_dtype is None and not cache.exists()

@@ -160,7 +160,9 @@ def build_parser() -> argparse.ArgumentParser:
                              "checkpoints are never written over)")
 
     def common(sp: argparse.ArgumentParser) -> None:
-        sp.add_argument("--threads", type=int, help="torch CPU threads")
+        sp.add_argument("--threads", type=int,
+                        help="torch CPU threads (default: the free cores, i.e. the cores minus the load average, "
+                             "at least 1; said with -v)")
         sp.add_argument("--device", default="auto", help="cpu, cuda, cuda:N, or auto (a GPU when there is one)")
         sp.add_argument("--no-progress", action="store_true", help="no progress bar")
 

@@ -565,8 +565,11 @@ class Trainer:
         assert choice is not None
         if c.precision == "auto" and self.is_main:
             log.info(precision_policy.describe(choice))
-        if choice.grad_scaler:
-            self._scaler = torch.amp.GradScaler(x.device.type)
+        return self._adopt(choice, x.device)
+
+    def _adopt(self, choice: PrecisionChoice, device: torch.device) -> PrecisionChoice:
+        """Train with ``choice`` from now on (float16: with a ``GradScaler`` on ``device``)."""
+        self._scaler = torch.amp.GradScaler(device.type) if choice.grad_scaler else None
         self._precision = choice
         return choice
 
@@ -575,7 +578,8 @@ class Trainer:
         """The autocast type of the training pass (None: plain float32): ``config.precision``'s
         when explicit; for "auto", the choice made at the first training step (None before it)."""
         if self._precision is None and self.config.precision != "auto":
-            self._precision = precision_policy.explicit_choice(self.config.precision)
+            device = next(self.model.parameters(), torch.empty(0)).device
+            self._adopt(precision_policy.explicit_choice(self.config.precision), device)
         return self._precision.dtype if self._precision is not None else None
 
     def train_step(self, x: torch.Tensor, context: Any, lr: float, global_size: int | None = None) -> torch.Tensor:
