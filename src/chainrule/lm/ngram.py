@@ -237,7 +237,9 @@ class _KeyIndex:
             pos[pending] = (pos[pending] + 1) & self.mask  # every slot passed is taken for good
 
     def _hash(self, q: np.ndarray) -> np.ndarray:
-        return ((q.astype(np.uint64) * self._MUL) >> self.shift).astype(np.intp)
+        h = np.ascontiguousarray(q, dtype=np.int64).view(np.uint64) * self._MUL  # wraps modulo 2^64
+        h >>= self.shift
+        return h.view(np.int64)
 
     def find(self, q: np.ndarray) -> np.ndarray:
         """Index of each query ``q`` (non-negative int64, any shape) in ``keys``, -1 where absent."""
@@ -245,9 +247,12 @@ class _KeyIndex:
             inside = q < self.lut.size
             return np.where(inside, self.lut[np.where(inside, q, 0)], -1)
         qa = q.reshape(-1)
-        out = np.full(qa.size, -1, dtype=np.int64)
-        active = np.arange(qa.size)
         pos = self._hash(qa)
+        found = self.slot_keys[pos]
+        hit = found == qa
+        out = np.where(hit, self.slot_vals[pos], -1)  # most queries end at their first slot
+        active = np.flatnonzero((found != -1) & ~hit)  # an occupied slot of another key: probe the next one
+        qa, pos = qa[active], (pos[active] + 1) & self.mask
         while active.size:
             found = self.slot_keys[pos]
             hit = found == qa
@@ -518,9 +523,12 @@ class NgramLM:
         self._index = {w: i for i, w in enumerate(vocab)}
 
     def _map(self, flat: list[str], uniq: set[str]) -> np.ndarray:
-        """Token strings -> int64 ids, OOV -> ``<unk>``: one look-up per distinct token, then a gather."""
-        types, tid = _type_ids(flat, uniq)
-        return np.fromiter(map(self._index.get, types, repeat(UNK_ID)), dtype=np.int64, count=len(types))[tid]
+        """Token strings -> int64 ids, OOV -> ``<unk>``: characters through their code points (one
+        look-up per distinct token, then a gather), other tokens one dictionary look-up each."""
+        if uniq and all(len(t) == 1 for t in uniq):
+            types, tid = _type_ids(flat, uniq)
+            return np.fromiter(map(self._index.get, types, repeat(UNK_ID)), dtype=np.int64, count=len(types))[tid]
+        return np.fromiter(map(self._index.get, flat, repeat(UNK_ID)), dtype=np.int64, count=len(flat))
 
     def token_id(self, token: str) -> int:
         """Id of ``token`` (``<unk>``'s id 0 if out of vocabulary)."""
