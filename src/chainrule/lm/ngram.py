@@ -933,24 +933,28 @@ class NgramLM:
         ids = np.append(self.encode(list(context)), self.token_id(token))
         return float(self.logprobs(ids[None, -self.order:])[0])
 
-    def _sentence_stream(self, sentences: Iterable[Sequence[str]], what: str
+    def _sentence_stream(self, sentences: Iterable[Sequence[str]], what: str, num_bos: int | None = None
                          ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, int, int]:
-        """Padded sentences as one id stream ``<s>^(n-1) w_1..w_L </s>`` after another: the stream
-        ``(S,)``, each position's offset in its sentence, the scored positions ``(N,)`` (every word
-        and ``</s>``), the sentence index of each, #OOV, #sentences."""
+        """Padded sentences as one id stream ``<s>^num_bos w_1..w_L </s>`` after another (default
+        ``num_bos`` n - 1): the stream ``(S,)``, each position's offset in its sentence, the scored
+        positions ``(N,)`` (every word and ``</s>``), the sentence index of each, #OOV, #sentences."""
         sents = _validate_sentences(sentences, what)
         flat, lengths, uniq = _flatten(sents, what)
         ids = self._map(flat, uniq)
         if ids.size and (ids == BOS_ID).any() | (ids == EOS_ID).any():
             raise InputError(f"{what} contains the reserved padding symbols {BOS!r}/{EOS!r}; remove them")
-        n = self.order
+        num_bos = self.order - 1 if num_bos is None else num_bos
         if lengths.size == 0:
             empty = np.zeros(0, dtype=np.int64)
             return empty, empty, empty, empty, 0, 0
-        stream, offset = _pad_stream(ids, lengths, n - 1)  # rows of n ids in both conventions
-        targets = np.flatnonzero(offset >= n - 1)
+        stream, offset = _pad_stream(ids, lengths, num_bos)  # with n - 1: rows of n ids in both conventions
+        targets = np.flatnonzero(offset >= num_bos)
         sent_idx = np.repeat(np.arange(lengths.size), lengths + 1)
         return stream, offset, targets, sent_idx, int((ids == UNK_ID).sum()), lengths.size
+
+    def _stream_bos(self) -> int:
+        """The ``<s>`` that scoring reads: SRILM padding cuts every context at the last one."""
+        return 1 if self.padding == "srilm" else self.order - 1
 
     def _sentence_rows(self, sentences: Iterable[Sequence[str]], what: str) -> tuple[np.ndarray, np.ndarray, int, int]:
         """All scored n-grams of padded sentences: rows (N, n), sentence index of each, #OOV, #sentences."""
@@ -963,14 +967,12 @@ class NgramLM:
         with less work. The context of position t is the n-gram ending at t - 1, so the ranks of
         the j-grams ending at every position (j = 1..n) are looked up once and serve both (``_probs``
         chains the rows and, again, their contexts); only what is read is looked up: j-grams inside
-        the sentence (with SRILM padding, starting at its last ``<s>`` or later) whose (j-1)-gram
-        suffix is in the table. A level changes only the rows whose k-gram or context is in the
-        table (for the others g = 1 and a = 0: p stays), so it runs on those rows only."""
+        the sentence whose (j-1)-gram suffix is in the table. A level changes only the rows whose
+        k-gram or context is in the table (for the others g = 1 and a = 0: p stays), so it runs on
+        those rows only. The stream comes from :meth:`_sentence_stream` with :meth:`_stream_bos`
+        ``<s>``: one with SRILM padding (the context is cut at the last ``<s>``), n - 1 with NLTK's."""
         n = self.order
-        if self.padding == "srilm":  # the context is cut before the last <s> (at offset n - 2)
-            limit = np.minimum(n, offset - n + 3)
-        else:
-            limit = np.minimum(n, offset + 1)
+        limit = np.minimum(n, offset + 1)  # the longest n-gram ending at a position inside its sentence
         ranks = [np.where(limit >= 1, self._key_index(1).find(stream), -1)]
         for j in range(2, n + 1):
             prev = ranks[-1]
@@ -1020,13 +1022,13 @@ class NgramLM:
         for either padding, KenLM's ``score(" ".join(sentence), bos=True, eos=True)`` on the file
         :meth:`to_arpa` writes is this divided by ln 10."""
         self._require_fitted()
-        stream, offset, targets, _, _, _ = self._sentence_stream([sentence], "sentence")
+        stream, offset, targets, _, _, _ = self._sentence_stream([sentence], "sentence", self._stream_bos())
         return float(_log(self._stream_probs(stream, offset, targets)).sum())
 
     def sentence_logprobs(self, sentences: Iterable[Sequence[str]]) -> np.ndarray:
         """Natural-log probability of each sentence (vectorized over all of them)."""
         self._require_fitted()
-        stream, offset, targets, idx, _, num = self._sentence_stream(sentences, "sentences")
+        stream, offset, targets, idx, _, num = self._sentence_stream(sentences, "sentences", self._stream_bos())
         if not targets.size:
             return np.zeros(num)
         return np.bincount(idx, weights=_log(self._stream_probs(stream, offset, targets)), minlength=num)
@@ -1035,7 +1037,8 @@ class NgramLM:
         """Token-weighted perplexity ``exp(-sum log p / num_tokens)`` over all sentences; every word and
         one ``</s>`` per sentence count as tokens. Infinite if some token has probability 0 (MLE)."""
         self._require_fitted()
-        stream, offset, targets, _, num_oov, num = self._sentence_stream(sentences, "the evaluation set")
+        stream, offset, targets, _, num_oov, num = self._sentence_stream(sentences, "the evaluation set",
+                                                                          self._stream_bos())
         if num == 0:
             raise InputError("cannot compute a perplexity on 0 sentences")
         lp = _log(self._stream_probs(stream, offset, targets))
