@@ -175,3 +175,22 @@ def test_three_commands_and_the_latent_run_on_digits(tmp_path, monkeypatch, caps
     assert "no prior" in capsys.readouterr().err
     assert main(["report", "runs/latent", "--out", "r.html"]) == 0
     assert "upper bound" in (tmp_path / "r.html").read_text()
+
+
+def test_a_class_conditional_prior_samples_bounds_and_codes_per_label():
+    torch.manual_seed(0)
+    vq = VQVAE((1, 2, 4), 2, codebook_size=3, code_dim=4, channels=8, downsample=1, num_res_blocks=0)
+    prior = chainrule.create_model("made", vq.code_shape, 3, hidden_sizes=[16], num_classes=2)
+    model = LatentModel(vq, prior).eval()
+    assert model.conditional and model.num_classes == 2
+    y = torch.tensor([0, 1, 1, 0, 1])
+    x = model.sample(5, y, generator=torch.Generator().manual_seed(0))
+    assert x.shape == (5, 1, 2, 4)
+    with torch.no_grad():
+        b0, b1 = model.nll_upper_bound(x, torch.zeros(5, dtype=torch.long)), model.nll_upper_bound(x, y)
+    assert not torch.allclose(b0, b1)  # the label reaches the prior's term
+    data, _ = lat.compress(model, x, y)
+    back, _ = lat.decompress(model, data)
+    assert torch.equal(back, x)
+    with pytest.raises(InputError):
+        lat.compress(model, x)  # a conditional model needs its labels
