@@ -31,7 +31,8 @@ from chainrule.data import load_dataset  # noqa: E402
 from chainrule.latent import load as load_latent  # noqa: E402
 
 PIXEL = {"mnist": {"channels": 32, "num_layers": 5, "head_channels": 32, "head": "logistic_mixture"},
-         "binarized-mnist": {"channels": 32, "num_layers": 8, "head_channels": 32}}
+         "binarized-mnist": {"channels": 32, "num_layers": 8, "head_channels": 32},
+         "digits": {"channels": 32, "num_layers": 5, "head_channels": 32, "first_kernel_size": 5}}  # the quick start
 
 
 def main() -> None:
@@ -46,8 +47,8 @@ def main() -> None:
     torch.set_num_threads(args.threads)
     model = load_latent(args.run)
     ds = load_dataset(args.dataset, data_dir())
-    k = 2 if args.dataset == "binarized-mnist" else 256
-    pixel = chainrule.create_model("gated_pixelcnn", (1, 28, 28), k, **PIXEL[args.dataset]).eval()
+    k = model.num_values
+    pixel = chainrule.create_model("gated_pixelcnn", model.shape, k, **PIXEL[args.dataset]).eval()
     t_latent, t_pixel = [], []
     for r in range(args.repeats):  # alternating: the machine's load falls on both alike
         g = torch.Generator().manual_seed(r)
@@ -83,7 +84,7 @@ def main() -> None:
         assert torch.equal(back, x.long()), "the two-part code did not give the images back"
         raw = x.reshape(n, -1).numpy().astype(np.uint8)
         packed = np.packbits(raw, axis=1).tobytes() if k == 2 else None
-        dims = n * 784
+        dims = n * model.dim
         sizes_b = {"two-part code (file)": len(blob),
                    "two-part code (payload)": (sizes["code_bits"] + sizes["pixel_bits"]) // 8,
                    "bound, -log2 p(z*) - log2 p(x|z*)": (sizes["ideal_code_bits"] + sizes["ideal_pixel_bits"]) / 8,

@@ -62,9 +62,10 @@ def test_bound_is_above_the_exact_nll_and_the_marginal_normalizes(num_values, he
         assert torch.logsumexp(-exact, 0).exp().item() == pytest.approx(1.0, abs=1e-4)
 
 
-def test_two_part_code_length_equals_the_bound_and_round_trips():
-    model = tiny_pair(4, head="logistic_mixture", seed=1)
-    x = torch.randint(0, 4, (37, 1, 2, 4), generator=torch.Generator().manual_seed(0))
+@pytest.mark.parametrize("num_values,head", [(2, None), (4, "logistic_mixture")])
+def test_two_part_code_length_equals_the_bound_and_round_trips(num_values, head):
+    model = tiny_pair(num_values, head=head, seed=1)
+    x = torch.randint(0, num_values, (37, 1, 2, 4), generator=torch.Generator().manual_seed(0))
     data, sizes = lat.compress(model, x, block_rows=8)
     ideal = sizes["ideal_code_bits"] + sizes["ideal_pixel_bits"]
     payload = sizes["code_bits"] + sizes["pixel_bits"]
@@ -74,7 +75,7 @@ def test_two_part_code_length_equals_the_bound_and_round_trips():
         assert ideal == pytest.approx(float(model.nll_upper_bound(x).sum()) / math.log(2), rel=1e-6)
     back, meta = lat.decompress(model, data)
     assert torch.equal(back, x)  # bit-exact
-    other = tiny_pair(4, head="logistic_mixture", seed=2)
+    other = tiny_pair(num_values, head=head, seed=2)
     with pytest.raises(InputError, match="different latent model"):
         lat.decompress(other, data)
     with pytest.raises(InputError):
@@ -167,7 +168,29 @@ def test_three_commands_and_the_latent_run_on_digits(tmp_path, monkeypatch, caps
     assert "whole rows from the top" in capsys.readouterr().err
     assert main(["inspect", "runs/latent", "--index", "3", "--out", "i.png"]) == 0 and (tmp_path / "i.png").is_file()
     assert main(["inspect", "runs/vq", "--out", "v.png"]) == 0
+    capsys.readouterr()
+    assert main(["eval", "runs/vq"]) == 0
+    assert "reconstruction NLL" in capsys.readouterr().out
     assert main(["sample", "runs/vq"]) == 2
     assert "no prior" in capsys.readouterr().err
     assert main(["report", "runs/latent", "--out", "r.html"]) == 0
     assert "upper bound" in (tmp_path / "r.html").read_text()
+
+
+def test_a_class_conditional_prior_samples_bounds_and_codes_per_label():
+    torch.manual_seed(0)
+    vq = VQVAE((1, 2, 4), 2, codebook_size=3, code_dim=4, channels=8, downsample=1, num_res_blocks=0)
+    prior = chainrule.create_model("made", vq.code_shape, 3, hidden_sizes=[16], num_classes=2)
+    model = LatentModel(vq, prior).eval()
+    assert model.conditional and model.num_classes == 2
+    y = torch.tensor([0, 1, 1, 0, 1])
+    x = model.sample(5, y, generator=torch.Generator().manual_seed(0))
+    assert x.shape == (5, 1, 2, 4)
+    with torch.no_grad():
+        b0, b1 = model.nll_upper_bound(x, torch.zeros(5, dtype=torch.long)), model.nll_upper_bound(x, y)
+    assert not torch.allclose(b0, b1)  # the label reaches the prior's term
+    data, _ = lat.compress(model, x, y)
+    back, _ = lat.decompress(model, data)
+    assert torch.equal(back, x)
+    with pytest.raises(InputError):
+        lat.compress(model, x)  # a conditional model needs its labels

@@ -129,8 +129,9 @@ def codebook_usage(codes: torch.Tensor, k: int) -> dict[str, float]:
 
 
 def reconstructions_figure(model: VQVAE, x: torch.Tensor, path: Path, n: int = 16) -> Path:
-    """``path``: a PNG of ``n`` images (top row) above their reconstructions (the decoder's mean)."""
-    x = x[:n]
+    """``path``: a PNG of ``n`` images spread over ``x`` (top row; test sets are often sorted by
+    class) above their reconstructions (the decoder's mean)."""
+    x = x[torch.linspace(0, len(x) - 1, min(n, len(x))).long()]
     with torch.no_grad():
         r = model.decode(model.encode(x).to(model.device), "mean").cpu()
     atomic_write(path, lambda p: image_grid(torch.cat([x.cpu(), r]), model.num_values, ncol=len(x)).save(p, format="PNG"))
@@ -183,7 +184,7 @@ def train_vqvae_run(ds: Dataset, out: str | Path, hyperparameters: dict[str, Any
     report(f"test: upper bound on NLL with a uniform prior over the codes (no prior trained yet): {uniform:.2f} "
            f"nats/example = {uniform / dim_bits:.4f} bits/dim")
     plot_training_curve(out / "log.csv", out / "curve.png", title=f"vqvae on {ds.name} (reconstruction NLL)")
-    reconstructions_figure(model, ds.test[:16], out / "reconstructions.png")
+    reconstructions_figure(model, ds.test, out / "reconstructions.png")
     summary = {"model": "vqvae", "dataset": ds.name, "parameters": model.num_parameters(),
                "epochs_run": result.epochs_run, "best_epoch": result.best_epoch, "train_seconds": result.train_seconds,
                "best_val_reconstruction_nll_nats": result.best_val_nll_nats,
@@ -237,7 +238,7 @@ def compose(vq_run: str | Path, prior_run: str | Path, out: str | Path, force: b
         report(line)
     samples = model.sample(64, _labels(model, 64) if conditional else None, generator=default_generator(model.vqvae, 0))
     save_samples(samples, out / "samples.png", model.num_values, True)
-    reconstructions_figure(vq, test[:16], out / "reconstructions.png")
+    reconstructions_figure(vq, test, out / "reconstructions.png")
     summary = {"model": "latent", "dataset": ds.name, "vqvae_run": extra["vqvae_run"], "prior_run": extra["prior_run"],
                "prior": prior_cfg.get("model"), "parameters": model.num_parameters(), "conditional": conditional,
                "test_bound": terms}

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 from pathlib import Path
 from typing import Any, Callable
 
@@ -78,9 +79,9 @@ def _eval(args: argparse.Namespace) -> int:
         return 0
     rec = model.evaluate_reconstruction(data, args.batch_size)
     h, w = model.grid
-    bits = model.dim * 0.6931471805599453
+    bits = model.dim * math.log(2)
     usage = lat.codebook_usage(model.encode_all(data, args.batch_size), model.codebook_size)
-    uniform = float(rec.mean()) + h * w * torch.log(torch.tensor(float(model.codebook_size))).item()
+    uniform = float(rec.mean()) + h * w * math.log(model.codebook_size)
     print(f"{args.split}: reconstruction NLL -log p(x|z*) {float(rec.mean()):.4f} nats/example | "
           f"{float(rec.mean()) / bits:.4f} bits/dim | {len(rec)} examples (a VQ-VAE alone: not a likelihood of x)")
     print(f"{args.split}: NLL upper bound with a uniform prior over the {h}x{w} codes: {uniform:.4f} nats/example | "

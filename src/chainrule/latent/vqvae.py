@@ -96,7 +96,7 @@ class VQVAE(nn.Module):
     own_objective: ClassVar[bool] = True  # trained by training_loss, not by -log p(x) (see the Trainer)
     closed_form: ClassVar[bool] = False
     num_members: ClassVar[int] = 1
-    log_fields: ClassVar[tuple[str, ...]] = ("codebook_perplexity", "codebook_used")
+    log_fields: ClassVar[tuple[str, ...]] = ("codebook_perplexity", "codebook_used", "codes_restarted")
 
     def __init__(self, shape: tuple[int, ...] | list[int], num_values: int, *, codebook_size: int = 512,
                  code_dim: int = 64, channels: int = 64, downsample: int = 2, num_res_blocks: int = 2,
@@ -391,14 +391,16 @@ class VQVAE(nn.Module):
 
     def epoch_metrics(self) -> dict[str, float]:
         """Codebook usage over the training batches since the last call (then reset): the perplexity
-        exp(H) of the code frequencies and the share of codes used at least once."""
+        exp(H) of the code frequencies, the share of codes used at least once and the number of
+        dead codes restarted."""
         counts = self.epoch_counts
         total = float(counts.sum())
         if total == 0:
             return {}
         p = counts / total
         h = -float((p[p > 0] * p[p > 0].log()).sum())
-        out = {"codebook_perplexity": math.exp(h), "codebook_used": float((counts > 0).float().mean())}
+        out = {"codebook_perplexity": math.exp(h), "codebook_used": float((counts > 0).float().mean()),
+               "codes_restarted": float(self.restarted)}
         self.epoch_counts.zero_()
         self.restarted = 0
         return out

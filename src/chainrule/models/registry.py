@@ -206,6 +206,10 @@ def load(directory: str | Path, map_location: str | torch.device = "cpu") -> Mod
     """Load a model saved by ``model.save`` (or the trainer) from ``directory``."""
     directory = Path(directory)
     config = read_config(directory)
+    if config.get("model") in ("vqvae", "latent"):  # not autoregressive models: chainrule.latent builds them
+        raise CheckpointError(f"{directory} holds a {config['model']} model, not an autoregressive one: load it with "
+                              "chainrule.latent.load; of the commands, eval, sample, compress, decompress, complete, "
+                              "inspect and report take it")
     try:
         model = create_model(config["model"], tuple(config["shape"]), config.get("num_values"),
                              **config.get("hyperparameters", {}))
