@@ -52,7 +52,11 @@ class SigmaGPT(Transformer):
     """σ-GPT: a causal Transformer with the current and the next position in its input; any order.
 
     Args:
-        num_layers, num_heads, embed_dim, dropout, bias, tie_weights: as :class:`Transformer`.
+        num_layers, num_heads, embed_dim: depth, attention heads, width (embed_dim % num_heads == 0).
+        dropout: on embeddings, attention and residual branches.
+        bias: biases in linear layers and LayerNorms.
+        tie_weights: share the output projection with the token embedding (discrete data, one
+            variable per group), as the GPT.
         num_orders: an ensemble over this many orders (member 0: ``order``; the others seeded random
             ones), likelihoods averaged in probability (as EoNADE).
         seed: seed of the ensemble's random orders.
