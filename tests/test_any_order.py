@@ -152,6 +152,8 @@ def test_training_mode_draws_a_random_order_per_example():
     torch.testing.assert_close(model(x), model(x, order="raster"))
     with pytest.raises(InputError, match="train_order"):
         chainrule.create_model("sigma_gpt", (4,), 2, train_order="left")
+    with pytest.raises(InputError, match="is the model sigma_gpt"):  # the spelling points to the model
+        chainrule.create_model("transformer", (4,), 2, any_order=True)
 
 
 # ---------------------------------------------------------------- command line

@@ -69,6 +69,7 @@ class SigmaGPT(Transformer):
 
     name = "sigma_gpt"
     any_order = True
+    hyperparameter_hints = {"any_order": "sigma_gpt always takes any order"}
 
     def __init__(self, shape: tuple[int, ...], num_values: int | None = 256, num_layers: int = 4,
                  num_heads: int = 4, embed_dim: int = 128, dropout: float = 0.0, bias: bool = False,

@@ -45,6 +45,7 @@ class Transformer(AutoregressiveModel):
 
     name = "transformer"
     supports_real = True
+    hyperparameter_hints = {"any_order": "the Transformer that takes any order is the model sigma_gpt"}
 
     def __init__(self, shape: tuple[int, ...], num_values: int | None = 256, num_layers: int = 4,
                  num_heads: int = 4, embed_dim: int = 128, dropout: float = 0.0, bias: bool = False,
