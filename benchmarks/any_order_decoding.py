@@ -38,18 +38,27 @@ from chainrule.io.checkpoint import read_config  # noqa: E402
 
 def nll(model, x: torch.Tensor, order=None, per_example_random: int | None = None, batch: int = 50) -> float:
     """Mean NLL (nats per example); ``per_example_random``: a seed, each example its own random order."""
-    total = 0.0
+    return float(nlls(model, x, order, per_example_random, batch).mean())
+
+
+def nlls(model, x: torch.Tensor, order=None, per_example_random: int | None = None, batch: int = 50) -> torch.Tensor:
+    """NLL of every example (nats), ``(N,)``."""
+    out = []
     g = None if per_example_random is None else torch.Generator().manual_seed(per_example_random)
     with torch.inference_mode():
         for i in range(0, len(x), batch):
             xb, _ = model.validate(x[i:i + batch])
             if g is None:
-                total += float(-model.log_prob(xb, order=order).sum())
+                out.append(-model.log_prob(xb, order=order))
                 continue
             o = torch.rand(len(xb), model.num_groups, generator=g).argsort(1)
             params = model.forward_embedded(model.group_features(model.embed(xb)), o, None)
-            total += float(-model.head(params).log_prob(model.groups.gather(xb.reshape(len(xb), -1))).sum())
-    return total / len(x)
+            out.append(-model.head(params).log_prob(model.groups.gather(xb.reshape(len(xb), -1))).sum(-1))
+    return torch.cat(out).double()
+
+
+def mean_se(v: torch.Tensor) -> dict:
+    return {"mean": float(v.mean()), "standard_error": float(v.std() / len(v) ** 0.5)}
 
 
 def hidden_nll(model, x: torch.Tensor, fraction: float, seed: int = 0, batch: int = 50) -> float:
@@ -77,7 +86,7 @@ def main() -> None:
     ap.add_argument("run")
     ap.add_argument("--name", required=True)
     ap.add_argument("-n", type=int, default=32, help="samples per sampler run")
-    ap.add_argument("--window", type=int, default=16, help="burst: variables drafted per iteration")
+    ap.add_argument("--windows", type=int, nargs="+", default=[4, 8, 16], help="burst: variables drafted per iteration")
     ap.add_argument("--repeats", type=int, default=2)
     ap.add_argument("--steps", type=int, nargs="+", default=None, help="approximate steps S (default: G, G/4, G/16, 8, 1)")
     ap.add_argument("--eval-examples", type=int, default=200)
@@ -104,38 +113,44 @@ def main() -> None:
         print(f"observed {frac:.0%}: -log p(hidden | observed) {res['hidden_nll_per_variable'][str(frac)]:.4f} "
               "nats per hidden variable")
 
-    runs: dict[str, list] = {"ancestral": [], "burst": []}
+    kinds = ["ancestral"] + [f"burst_w{w}" for w in args.windows]
+    runs: dict[str, list] = {k: [] for k in kinds}
+    samples: dict[str, list] = {k: [] for k in kinds}
     for r in range(args.repeats):
-        for kind in ("ancestral", "burst"):
+        for kind in kinds:
             gen = torch.Generator().manual_seed(100 + r)
             t0 = time.perf_counter()
-            if kind == "ancestral":
+            if kind == "ancestral":  # one random order per call (the cost does not depend on it)
                 x = model.sample(args.n, generator=gen, order=f"random:{r}")
                 passes = float(g)
             else:
-                x, st = burst_sample(model, args.n, generator=gen, window=args.window, return_stats=True)
+                x, st = burst_sample(model, args.n, generator=gen, window=int(kind[7:]), return_stats=True)
                 passes = float(st["passes"].float().mean())
             dt = time.perf_counter() - t0
-            runs[kind].append({"seconds": dt, "passes_per_sample": passes, "sample_nll": nll(model, x)})
-            print(f"{kind:9s} repeat {r}: {dt:.1f} s, {passes:.1f} passes/sample, sample NLL {runs[kind][-1]['sample_nll']:.2f}")
+            v = nlls(model, x)
+            samples[kind].append(v)
+            runs[kind].append({"seconds": dt, "passes_per_sample": passes, "sample_nll": float(v.mean())})
+            print(f"{kind:11s} repeat {r}: {dt:.1f} s, {passes:.1f} passes/sample, sample NLL {float(v.mean()):.2f}")
     for kind, rows in runs.items():
         res[kind] = {"runs": rows, "median_seconds": statistics.median(r["seconds"] for r in rows),
                      "passes_per_sample": statistics.mean(r["passes_per_sample"] for r in rows),
-                     "sample_nll": statistics.mean(r["sample_nll"] for r in rows)}
-    res["pass_reduction"] = res["ancestral"]["passes_per_sample"] / res["burst"]["passes_per_sample"]
-    res["wall_time_ratio_ancestral_over_burst"] = res["ancestral"]["median_seconds"] / res["burst"]["median_seconds"]
-    print(f"burst: {res['pass_reduction']:.2f}x fewer passes, wall time ancestral/burst "
-          f"{res['wall_time_ratio_ancestral_over_burst']:.2f}")
+                     "sample_nll": mean_se(torch.cat(samples[kind]))}
+        if kind != "ancestral":
+            res[kind]["pass_reduction"] = g / res[kind]["passes_per_sample"]
+            res[kind]["wall_time_ratio_ancestral_over_burst"] = res["ancestral"]["median_seconds"] / res[kind]["median_seconds"]
+            print(f"{kind}: {res[kind]['pass_reduction']:.2f}x fewer passes, wall time ancestral/burst "
+                  f"{res[kind]['wall_time_ratio_ancestral_over_burst']:.2f}; sample NLL {res[kind]['sample_nll']}")
+    print(f"ancestral sample NLL {res['ancestral']['sample_nll']}")
 
     steps = args.steps or sorted({g, max(1, g // 4), max(1, g // 16), 8, 1}, reverse=True)
     res["approximate"] = []
     for s in steps:
         t0 = time.perf_counter()
-        x = parallel_sample(model, args.n, s, generator=torch.Generator().manual_seed(7))
+        x = parallel_sample(model, args.n * args.repeats, s, generator=torch.Generator().manual_seed(7))
         dt = time.perf_counter() - t0
-        row = {"steps": s, "seconds": dt, "sample_nll": nll(model, x)}
+        row = {"steps": s, "seconds": dt, "sample_nll": mean_se(nlls(model, x))}
         res["approximate"].append(row)
-        print(f"approximate, {s} steps: {dt:.1f} s, sample NLL {row['sample_nll']:.2f}")
+        print(f"approximate, {s} steps: {dt:.1f} s, sample NLL {row['sample_nll']}")
     res["args"] = vars(args)
     write_result(args.name, res)
 

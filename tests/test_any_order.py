@@ -152,6 +152,8 @@ def test_training_mode_draws_a_random_order_per_example():
     torch.testing.assert_close(model(x), model(x, order="raster"))
     with pytest.raises(InputError, match="train_order"):
         chainrule.create_model("sigma_gpt", (4,), 2, train_order="left")
+    with pytest.raises(InputError, match="is the model sigma_gpt"):  # the issue's spelling points to the model
+        chainrule.create_model("transformer", (4,), 2, any_order=True)
 
 
 # ---------------------------------------------------------------- command line
@@ -209,3 +211,35 @@ def test_cli_images_any_mask_and_burst(tmp_path, capsys):
     assert (run / "completions.png").is_file()
     assert main(["sample", str(run), "-n", "2", "--burst", "--order", "raster", "--out", str(tmp_path / "b.png")]) == 0
     assert (tmp_path / "b.png").is_file()
+
+
+def test_multi_position_passes_equal_the_full_pass():
+    """The parallel decoders' cached passes (a different prefix length per example, causal tokens
+    and query tokens together) give exactly the teacher-forced conditionals."""
+    from chainrule.inference.parallel import _Passes, _scratch
+
+    model = tiny(7, shape=(6,))
+    x = torch.randint(3, (3, 6), generator=torch.Generator().manual_seed(0))
+    o = torch.stack([torch.randperm(6, generator=torch.Generator().manual_seed(i)) for i in range(3)])
+
+    def reference(b: int, known: int, target: int) -> torch.Tensor:
+        """log p(x_target | x at o[b, :known]) from the full pass in an order that puts target next."""
+        rest = [int(j) for j in o[b, known:] if int(j) != target]
+        order = o[b, :known].tolist() + [target] + rest
+        return model.head(model(x[b:b + 1], order=order)).variable_logits(None, 0)[0, target]
+
+    with torch.no_grad():
+        passes = _Passes(model, o, None, capacity=6 + 8)
+        xs = _scratch(x)
+        start, nc = torch.zeros(3, dtype=torch.long), torch.tensor([3, 2, 1])
+        for _ in range(2):  # a first pass from the start, then one continuing each example's prefix
+            w = 6 - int(start.max())
+            out = passes(xs, start, nc, w)
+            for b in range(3):
+                s, c = int(start[b]), int(nc[b])
+                for t in range(w):
+                    if s + t >= 6:
+                        continue
+                    known = s + t if t < c else s + c  # causal: the tokens before; queries: the prefix
+                    torch.testing.assert_close(out[b, t], reference(b, known, int(o[b, s + t])), atol=1e-5, rtol=1e-5)
+            start, nc = start + nc, torch.tensor([1, 2, 2])

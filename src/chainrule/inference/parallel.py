@@ -122,7 +122,8 @@ class _Passes:
         values = xv.gather(1, read.clamp(min=0)).unsqueeze(-1)
         limit = start.unsqueeze(1) + torch.minimum(ww + 1, nc.unsqueeze(1))  # (n, w)
         own = start.unsqueeze(1) + ww
-        allowed = (self.slots < limit.unsqueeze(-1)) | (self.slots == own.unsqueeze(-1))
+        slots = self.slots[:int(own.max()) + 1]  # attend over the slots in use only
+        allowed = (slots < limit.unsqueeze(-1)) | (slots == own.unsqueeze(-1))
         params = self.model.parallel_pass(self.state, values, read, target, start, allowed)
         self.calls += 1
         return self.model.head(params).variable_logits(None, 0)  # (n, w, K), normalized

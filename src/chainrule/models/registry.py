@@ -112,7 +112,9 @@ def check_hyperparameters(name: str, hyperparameters: dict[str, Any]) -> None:
     accepted = accepted_hyperparameters(name)
     unknown = sorted(set(hyperparameters) - set(accepted))
     if unknown:
-        raise InputError(f"model {name!r} has no hyperparameter(s) {', '.join(unknown)}; it accepts: {', '.join(accepted)}")
+        hints = getattr(get_model_class(name), "hyperparameter_hints", {})
+        hint = "".join(f" ({hints[u]})" for u in unknown if u in hints)
+        raise InputError(f"model {name!r} has no hyperparameter(s) {', '.join(unknown)}{hint}; it accepts: {', '.join(accepted)}")
 
 
 #: The largest integer a size-like hyperparameter (channels, hidden units, layers, K, components)

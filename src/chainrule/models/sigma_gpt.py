@@ -52,7 +52,11 @@ class SigmaGPT(Transformer):
     """σ-GPT: a causal Transformer with the current and the next position in its input; any order.
 
     Args:
-        num_layers, num_heads, embed_dim, dropout, bias, tie_weights: as :class:`Transformer`.
+        num_layers, num_heads, embed_dim: depth, attention heads, width (embed_dim % num_heads == 0).
+        dropout: on embeddings, attention and residual branches.
+        bias: biases in linear layers and LayerNorms.
+        tie_weights: share the output projection with the token embedding (discrete data, one
+            variable per group), as the GPT.
         num_orders: an ensemble over this many orders (member 0: ``order``; the others seeded random
             ones), likelihoods averaged in probability (as EoNADE).
         seed: seed of the ensemble's random orders.
@@ -65,6 +69,7 @@ class SigmaGPT(Transformer):
 
     name = "sigma_gpt"
     any_order = True
+    hyperparameter_hints = {"any_order": "sigma_gpt always takes any order"}
 
     def __init__(self, shape: tuple[int, ...], num_values: int | None = 256, num_layers: int = 4,
                  num_heads: int = 4, embed_dim: int = 128, dropout: float = 0.0, bias: bool = False,

@@ -49,6 +49,7 @@ class Transformer(AutoregressiveModel):
     supports_context = True
     supports_tensor_context = True
     supports_real = True
+    hyperparameter_hints = {"any_order": "the Transformer that takes any order is the model sigma_gpt"}
 
     def __init__(self, shape: tuple[int, ...], num_values: int | None = 256, num_layers: int = 4,
                  num_heads: int = 4, embed_dim: int = 128, dropout: float = 0.0, bias: bool = False,

@@ -65,9 +65,10 @@ class CausalSelfAttentionBlock(nn.Module):
 
         ``x`` ``(n, W, C)``; ``start`` ``(n,)`` long: example b's new positions take the cache slots
         ``start[b] .. start[b] + W - 1`` (their keys/values are written there; the caches
-        ``(n, nh, T, hs)`` need T >= max(start) + W); ``allowed`` ``(n, W, T)`` bool: which slots each
-        new position attends to (the caller's pattern: causal, or draft queries that see the prefix
-        and themselves only). Used by any-order parallel decoding (:mod:`chainrule.inference.parallel`).
+        ``(n, nh, T, hs)`` need T >= max(start) + W); ``allowed`` ``(n, W, T')`` bool: which of the
+        first T' <= T slots each new position attends to (the caller's pattern: causal, or draft
+        queries that see the prefix and themselves only; T' >= max(start) + W). Used by any-order
+        parallel decoding (:mod:`chainrule.inference.parallel`).
         """
         q, k, v = self._split(x)
         w = x.shape[1]
@@ -75,5 +76,6 @@ class CausalSelfAttentionBlock(nn.Module):
         slots = slots.expand(-1, cache_k.shape[1], -1, cache_k.shape[3])
         cache_k.scatter_(2, slots, k)
         cache_v.scatter_(2, slots, v)
-        y = F.scaled_dot_product_attention(q, cache_k, cache_v, attn_mask=allowed.unsqueeze(1))
+        t = allowed.shape[-1]
+        y = F.scaled_dot_product_attention(q, cache_k[:, :, :t], cache_v[:, :, :t], attn_mask=allowed.unsqueeze(1))
         return self._finish(x, y)
