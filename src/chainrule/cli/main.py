@@ -257,7 +257,18 @@ def build_parser() -> argparse.ArgumentParser:
     decoding_args(gen)
     gen.add_argument("--beam", type=int, default=None,
                      help="beam search with this width (>= 1) instead of sampling")
-    gen.add_argument("--length-penalty", type=float, default=0.0, help="beam score = log p / length**penalty")
+    gen.add_argument("--length-penalty", type=float, default=0.0,
+                     help="beam score = log p / length**penalty (default 0: by log-probability; Hugging Face's is 1)")
+    gen.add_argument("--early-stopping", choices=["false", "true", "never"], default="false",
+                     help="beam search: when to stop once --beam hypotheses have ended (as Hugging Face's early_stopping)")
+    gen.add_argument("--beam-mode", choices=["hf", "shrink"], default="hf",
+                     help="hf (default): W live hypotheses kept, as Hugging Face's generate; shrink: ended ones retired")
+    gen.add_argument("--min-new-tokens", type=int, default=0, help="beam search: no end token before this many new tokens")
+    gen.add_argument("--stop", action="append", default=[], metavar="STRING",
+                     help="stop a continuation once its text completes STRING (repeatable)")
+    gen.add_argument("--stop-token", action="append", type=int, default=None, metavar="ID",
+                     help="a token id that ends a continuation (repeatable; default: the end token an imported "
+                          "Hugging Face model declares, if any)")
     gen.add_argument("--sliding-window", action="store_true",
                      help="allow prompt + new tokens beyond the model's context window (older tokens drop out of view)")
     common(gen)

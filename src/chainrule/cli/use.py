@@ -134,8 +134,16 @@ def cmd_generate(args: argparse.Namespace) -> int:
     if tok is None:
         raise InputError(f"{ckpt} was not trained on text (no tokenizer in its config); use `chainrule sample`")
     prompt = tok.encode(args.prompt)
+    stop_tokens = getattr(args, "stop_token", None)
+    if stop_tokens is None:
+        eos = read_config(ckpt).get("extra", {}).get("eos_token_id")
+        stop_tokens = [eos] if isinstance(eos, int) else []
     if args.beam is not None:
-        hyps = generate_beam(model, prompt, args.max_new_tokens, args.beam, length_penalty=args.length_penalty)
+        hyps = generate_beam(model, prompt, args.max_new_tokens, args.beam, eos_id=stop_tokens or None,
+                             length_penalty=args.length_penalty, mode=getattr(args, "beam_mode", "hf"),
+                             early_stopping={"false": False, "true": True}.get(getattr(args, "early_stopping", "false"), "never"),
+                             min_new_tokens=getattr(args, "min_new_tokens", 0), stop_strings=getattr(args, "stop", []),
+                             tokenizer=tok)
         for h in hyps:
             print(f"[log p = {h.log_prob:.3f} nats, score {h.score:.4f}] {args.prompt}{tok.decode(h.tokens)}")
         return 0
