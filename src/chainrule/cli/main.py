@@ -248,13 +248,18 @@ def build_parser() -> argparse.ArgumentParser:
     common(s)
     s.set_defaults(func=cmd_sample)
 
-    gen = sub.add_parser("generate", help="continue a text prompt (sequence models trained on text)")
+    gen = sub.add_parser("generate", help="continue a text prompt (sequence models trained on text); one "
+                                          "sampled continuation is printed as it is drawn")
     gen.add_argument("run", help="run directory or checkpoint directory")
     gen.add_argument("--prompt", default="", help="text to continue (its characters must be in the vocabulary)")
     gen.add_argument("--max-new-tokens", type=int, default=200)
     gen.add_argument("-n", type=int, default=1, help="number of continuations")
     gen.add_argument("--seed", type=int, default=0)
     decoding_args(gen)
+    gen.add_argument("--repetition-penalty", type=float, default=None,
+                     help="CTRL's penalty on tokens already in the text (> 1 discourages repeats; see the README)")
+    gen.add_argument("--no-repeat-ngram-size", type=int, default=None, metavar="N",
+                     help="never repeat an N-gram of the text (prompt included)")
     gen.add_argument("--beam", type=int, default=None,
                      help="beam search with this width (>= 1) instead of sampling")
     gen.add_argument("--length-penalty", type=float, default=0.0,

@@ -124,7 +124,9 @@ def cmd_sample(args: argparse.Namespace) -> int:
 def cmd_generate(args: argparse.Namespace) -> int:
     """Continue a text prompt with a sequence model trained on text."""
     from chainrule.inference.beam import generate_beam
+    from chainrule.inference.processors import processors
     from chainrule.inference.sampling import generate
+    from chainrule.inference.streaming import stream_text
 
     set_threads(args.threads)
     if args.beam is not None and args.beam < 1:
@@ -134,6 +136,7 @@ def cmd_generate(args: argparse.Namespace) -> int:
     if tok is None:
         raise InputError(f"{ckpt} was not trained on text (no tokenizer in its config); use `chainrule sample`")
     prompt = tok.encode(args.prompt)
+    repetition, no_repeat = getattr(args, "repetition_penalty", None), getattr(args, "no_repeat_ngram_size", None)
     stop_tokens = getattr(args, "stop_token", None)
     if stop_tokens is None:
         eos = read_config(ckpt).get("extra", {}).get("eos_token_id")
@@ -143,13 +146,22 @@ def cmd_generate(args: argparse.Namespace) -> int:
                              length_penalty=args.length_penalty, mode=getattr(args, "beam_mode", "hf"),
                              early_stopping={"false": False, "true": True}.get(getattr(args, "early_stopping", "false"), "never"),
                              min_new_tokens=getattr(args, "min_new_tokens", 0), stop_strings=getattr(args, "stop", []),
-                             tokenizer=tok)
+                             tokenizer=tok, processors=processors(repetition_penalty=repetition,
+                                                                  no_repeat_ngram_size=no_repeat))
         for h in hyps:
             print(f"[log p = {h.log_prob:.3f} nats, score {h.score:.4f}] {args.prompt}{tok.decode(h.tokens)}")
         return 0
-    out = generate(model, prompt, args.max_new_tokens, num_samples=args.n, temperature=args.temperature,
-                   top_k=args.top_k, top_p=args.top_p, generator=default_generator(model, args.seed),
-                   sliding=args.sliding_window)
+    decoding = dict(temperature=args.temperature, top_k=args.top_k, top_p=args.top_p,
+                    generator=default_generator(model, args.seed), sliding=args.sliding_window,
+                    repetition_penalty=repetition, no_repeat_ngram_size=no_repeat, stop_tokens=stop_tokens)
+    if args.n == 1:  # one continuation: its text is printed as the tokens are drawn
+        stream = generate(model, prompt, args.max_new_tokens, stream=True, **decoding)
+        print(tok.decode(prompt), end="", flush=True)
+        for piece in stream_text(tok, prompt, (int(t[0]) for t in stream), getattr(args, "stop", [])):
+            print(piece, end="", flush=True)
+        print()
+        return 0
+    out = generate(model, prompt, args.max_new_tokens, num_samples=args.n, **decoding)
     for row in out:
         print(tok.decode(row.tolist()))
         if args.n > 1:
