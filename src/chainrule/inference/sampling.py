@@ -283,7 +283,7 @@ def generate(model: Any, prompt: Sequence[int] | torch.Tensor, max_new_tokens: i
         stop_tokens = list(stop_tokens)
         if not all(isinstance(t, int) and 0 <= t < model.num_values for t in stop_tokens):
             raise InputError(f"stop_tokens must be token ids in 0..{model.num_values - 1}, got {stop_tokens!r}")
-        it = stream_tokens(model, prompt, max_new_tokens, num_samples, chain, generator, context, stop_tokens)
+        it = stream_tokens(model, prompt, max_new_tokens, num_samples, chain, generator, context, stop_tokens, draw=draw)
         if stream:
             return it
         return torch.cat([prompt.unsqueeze(0).expand(num_samples, -1), torch.stack(list(it), 1)], 1)

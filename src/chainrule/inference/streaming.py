@@ -21,15 +21,14 @@ _MAX_TOKENS_PER_CHARACTER = 4  # a UTF-8 character spans at most 4 byte tokens
 
 
 def stream_tokens(model: Any, prompt: torch.Tensor, max_new_tokens: int, num_samples: int, chain: Sequence[Callable],
-                  generator: torch.Generator | None, context: Any = None,
-                  stop_tokens: Sequence[int] = ()) -> Iterator[torch.Tensor]:
+                  generator: torch.Generator | None, context: Any = None, stop_tokens: Sequence[int] = (), *,
+                  draw: Callable[..., torch.Tensor]) -> Iterator[torch.Tensor]:
     """Yield the new tokens of ``num_samples`` continuations of ``prompt`` (1-D ids), one
     ``(num_samples,)`` long tensor (on CPU) per position, as drawn. ``stop_tokens``: the stream ends
     after the position at which every row has drawn one of them (a row that ended keeps drawing
     until the others do; cut it at its first stop token). Arguments are those of ``generate``, checked
-    there."""
-    from chainrule.inference.sampling import draw
-
+    there; ``draw``: the sampling loop's own draw (:func:`chainrule.inference.sampling.draw`, passed in
+    so that this module does not import the one that imports it)."""
     window, n = model.dim, num_samples
     stops = torch.tensor(sorted(set(stop_tokens)), dtype=torch.long)
     ended = torch.zeros(n, dtype=torch.bool)
