@@ -118,3 +118,18 @@ def test_stats_and_errors():
         speculative_generate(target, chainrule.create_model("lstm", (T,), K + 1, hidden_size=4), [0], 2)
     with pytest.raises(InputError, match="FunctionDraft"):
         speculative_generate(target, chainrule.create_model("wavenet", (T,), K), [0], 2)
+
+
+def test_cli_generate_with_a_draft(tmp_path, capsys):
+    from chainrule.cli import main
+    from chainrule.text.tokenizers import CharTokenizer
+
+    tok = CharTokenizer("abc", specials=())
+    target, draft = _target(), _random("lstm", 1, hidden_size=6)
+    target.save(tmp_path / "t", extra={"tokenizer": tok.to_dict()})
+    draft.save(tmp_path / "d", extra={"tokenizer": tok.to_dict()})
+    assert main(["generate", str(tmp_path / "t"), "--draft", str(tmp_path / "d"), "--prompt", "a",
+                 "--max-new-tokens", "4", "--gamma", "2", "--seed", "1"]) == 0
+    out = capsys.readouterr()
+    want, _ = speculative_generate(target, draft, [0], 4, gamma=2, generator=torch.Generator().manual_seed(1))
+    assert out.out == "a" + tok.decode(want) + "\n" and "drafted tokens accepted" in out.err

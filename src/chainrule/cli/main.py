@@ -260,6 +260,10 @@ def build_parser() -> argparse.ArgumentParser:
                      help="CTRL's penalty on tokens already in the text (> 1 discourages repeats; see the README)")
     gen.add_argument("--no-repeat-ngram-size", type=int, default=None, metavar="N",
                      help="never repeat an N-gram of the text (prompt included)")
+    gen.add_argument("--draft", metavar="RUN",
+                     help="speculative sampling: a smaller run over the same tokens drafts --gamma tokens, this run "
+                          "accepts them by the exact rejection rule (the text follows this run's distribution)")
+    gen.add_argument("--gamma", type=int, default=4, help="--draft: tokens drafted per round (default 4)")
     gen.add_argument("--beam", type=int, default=None,
                      help="beam search with this width (>= 1) instead of sampling")
     gen.add_argument("--length-penalty", type=float, default=0.0,

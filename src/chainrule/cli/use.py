@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -11,6 +12,7 @@ import numpy as np
 import torch
 
 from chainrule.apps.pipeline import (
+    checkpoint_dir,
     check_samples_path,
     class_columns,
     default_samples_name,
@@ -150,6 +152,21 @@ def cmd_generate(args: argparse.Namespace) -> int:
                                                                   no_repeat_ngram_size=no_repeat))
         for h in hyps:
             print(f"[log p = {h.log_prob:.3f} nats, score {h.score:.4f}] {args.prompt}{tok.decode(h.tokens)}")
+        return 0
+    if getattr(args, "draft", None):
+        from chainrule.inference.speculative import speculative_generate
+        from chainrule.models import load
+
+        if args.n != 1:
+            raise InputError("--draft draws one continuation at a time: leave out -n")
+        draft = load(checkpoint_dir(args.draft), model.device)
+        new, stats = speculative_generate(model, draft, prompt, args.max_new_tokens, args.gamma,
+                                          temperature=args.temperature, top_k=args.top_k, top_p=args.top_p,
+                                          generator=torch.Generator().manual_seed(args.seed))
+        print(tok.decode(list(prompt) + new))
+        print(f"speculative: {stats.accepted} of {stats.drafted} drafted tokens accepted "
+              f"({100 * stats.acceptance_rate:.1f}%), {stats.tokens_per_round:.2f} new tokens per pass of the target",
+              file=sys.stderr)
         return 0
     decoding = dict(temperature=args.temperature, top_k=args.top_k, top_p=args.top_p,
                     generator=default_generator(model, args.seed), sliding=args.sliding_window,
