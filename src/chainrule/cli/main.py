@@ -296,7 +296,8 @@ def build_parser() -> argparse.ArgumentParser:
     common(s)
     s.set_defaults(func=cmd_sample)
 
-    gen = sub.add_parser("generate", help="continue a text prompt (sequence models trained on text)")
+    gen = sub.add_parser("generate", help="continue a text prompt (sequence models trained on text); one "
+                                          "sampled continuation is printed as it is drawn")
     gen.add_argument("run", help="run directory or checkpoint directory")
     gen.add_argument("--prompt", default="", help="text to continue (its characters must be in the vocabulary)")
     gen.add_argument("--max-new-tokens", type=int, default=200,
@@ -306,9 +307,28 @@ def build_parser() -> argparse.ArgumentParser:
     gen.add_argument("--seed", type=int, default=0,
                      help="seed of the draws: the same seed, the same text (leave it out: seed 0)")
     decoding_args(gen)
+    gen.add_argument("--repetition-penalty", type=float, default=None,
+                     help="CTRL's penalty on tokens already in the text (> 1 discourages repeats; see the README)")
+    gen.add_argument("--no-repeat-ngram-size", type=int, default=None, metavar="N",
+                     help="never repeat an N-gram of the text (prompt included)")
+    gen.add_argument("--draft", metavar="RUN",
+                     help="speculative sampling: a smaller run over the same tokens drafts --gamma tokens, this run "
+                          "accepts them by the exact rejection rule (the text follows this run's distribution)")
+    gen.add_argument("--gamma", type=int, default=4, help="--draft: tokens drafted per round (default 4)")
     gen.add_argument("--beam", type=int, default=None,
                      help="beam search with this width (>= 1) instead of sampling")
-    gen.add_argument("--length-penalty", type=float, default=0.0, help="beam score = log p / length**penalty")
+    gen.add_argument("--length-penalty", type=float, default=0.0,
+                     help="beam score = log p / length**penalty (default 0: by log-probability; Hugging Face's is 1)")
+    gen.add_argument("--early-stopping", choices=["false", "true", "never"], default="false",
+                     help="beam search: when to stop once --beam hypotheses have ended (as Hugging Face's early_stopping)")
+    gen.add_argument("--beam-mode", choices=["hf", "shrink"], default="hf",
+                     help="hf (default): W live hypotheses kept, as Hugging Face's generate; shrink: ended ones retired")
+    gen.add_argument("--min-new-tokens", type=int, default=0, help="beam search: no end token before this many new tokens")
+    gen.add_argument("--stop", action="append", default=[], metavar="STRING",
+                     help="stop a continuation once its text completes STRING (repeatable)")
+    gen.add_argument("--stop-token", action="append", type=int, default=None, metavar="ID",
+                     help="a token id that ends a continuation (repeatable; default: the end token an imported "
+                          "Hugging Face model declares, if any)")
     gen.add_argument("--sliding-window", action="store_true",
                      help="allow prompt + new tokens beyond the model's context window (older tokens drop out of view)")
     gen.add_argument("--order", default=None,

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -184,7 +185,9 @@ def _draw_samples(args: argparse.Namespace, model: Any, labels: Any) -> torch.Te
 def cmd_generate(args: argparse.Namespace) -> int:
     """Continue a text prompt with a sequence model trained on text."""
     from chainrule.inference.beam import generate_beam
+    from chainrule.inference.processors import processors
     from chainrule.inference.sampling import generate
+    from chainrule.inference.streaming import stream_text
 
     set_threads(args.threads)
     if args.beam is not None and args.beam < 1:
@@ -199,17 +202,50 @@ def cmd_generate(args: argparse.Namespace) -> int:
                          f"model's window of {model.dim} tokens (it was trained on windows of {model.dim}): pass "
                          f"--sliding-window (the model keeps the most recent tokens in view) or --max-new-tokens "
                          f"{max(1, model.dim - len(prompt))} or fewer")
+    repetition, no_repeat = getattr(args, "repetition_penalty", None), getattr(args, "no_repeat_ngram_size", None)
+    stop_tokens = getattr(args, "stop_token", None)
+    if stop_tokens is None:
+        eos = read_config(ckpt).get("extra", {}).get("eos_token_id")
+        stop_tokens = [eos] if isinstance(eos, int) else []
     if args.beam is not None:
-        hyps = generate_beam(model, prompt, args.max_new_tokens, args.beam, length_penalty=args.length_penalty)
+        hyps = generate_beam(model, prompt, args.max_new_tokens, args.beam, eos_id=stop_tokens or None,
+                             length_penalty=args.length_penalty, mode=getattr(args, "beam_mode", "hf"),
+                             early_stopping={"false": False, "true": True}.get(getattr(args, "early_stopping", "false"), "never"),
+                             min_new_tokens=getattr(args, "min_new_tokens", 0), stop_strings=getattr(args, "stop", []),
+                             tokenizer=tok, processors=processors(repetition_penalty=repetition,
+                                                                  no_repeat_ngram_size=no_repeat))
         for h in hyps:
             print(f"[log p = {h.log_prob:.3f} nats, score {h.score:.4f}] {args.prompt}{tok.decode(h.tokens)}")
+        return 0
+    if getattr(args, "draft", None):
+        from chainrule.inference.speculative import speculative_generate
+        from chainrule.models import load
+
+        if args.n != 1:
+            raise InputError("--draft draws one continuation at a time: leave out -n")
+        draft = load(checkpoint_dir(args.draft), model.device)
+        new, stats = speculative_generate(model, draft, prompt, args.max_new_tokens, args.gamma,
+                                          temperature=args.temperature, top_k=args.top_k, top_p=args.top_p,
+                                          generator=default_generator(model, args.seed))
+        print(tok.decode(list(prompt) + new))
+        print(f"speculative: {stats.accepted} of {stats.drafted} drafted tokens accepted "
+              f"({100 * stats.acceptance_rate:.1f}%), {stats.tokens_per_round:.2f} new tokens per pass of the target",
+              file=sys.stderr)
         return 0
     if args.order is not None:
         out = _generate_in_order(args, model, prompt)
     else:
-        out = generate(model, prompt, args.max_new_tokens, num_samples=args.n, temperature=args.temperature,
-                       top_k=args.top_k, top_p=args.top_p, generator=default_generator(model, args.seed),
-                       sliding=args.sliding_window)
+        decoding = dict(temperature=args.temperature, top_k=args.top_k, top_p=args.top_p,
+                        generator=default_generator(model, args.seed), sliding=args.sliding_window,
+                        repetition_penalty=repetition, no_repeat_ngram_size=no_repeat, stop_tokens=stop_tokens)
+        if args.n == 1:  # one continuation: its text is printed as the tokens are drawn
+            stream = generate(model, prompt, args.max_new_tokens, stream=True, **decoding)
+            print(tok.decode(prompt), end="", flush=True)
+            for piece in stream_text(tok, prompt, (int(t[0]) for t in stream), getattr(args, "stop", [])):
+                print(piece, end="", flush=True)
+            print()
+            return 0
+        out = generate(model, prompt, args.max_new_tokens, num_samples=args.n, **decoding)
     for row in out:
         print(tok.decode(row.tolist()))
         if args.n > 1:

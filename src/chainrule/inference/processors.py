@@ -4,8 +4,13 @@ Processors map ``(ids, logits)`` to filtered logits ``(..., V)``, as in Hugging 
 ``LogitsProcessor``: ``ids`` ``(..., t)`` are the tokens generated so far (None where there is no
 history, e.g. inside an image's pixel), so that history-dependent processors such as repetition
 penalties fit the same chain. They never modify their input in place and always keep at least one
-token. They are applied in a fixed
-order — temperature, then top-k, then top-p — as in most toolkits:
+token. They are applied in a fixed order — the history-dependent ones first, then temperature,
+top-k, top-p — as Hugging Face's ``generate`` orders them:
+
+- :class:`RepetitionPenalty` ``theta`` (CTRL, Keskar et al. 2019): the score ``s`` of every token
+  already in ``ids`` becomes ``s * theta`` if ``s < 0``, else ``s / theta``.
+- :class:`NoRepeatNGram` ``n``: a token that would complete an n-gram already in ``ids`` gets -inf
+  (n = 1: no token twice).
 
 - :class:`Temperature` ``t``: logits / t; ``t = 0`` means greedy (only the argmax survives).
 - :class:`TopK` ``k``: keep the k most probable tokens (k is clamped to V; ties at the k-th value
@@ -26,6 +31,62 @@ import torch
 import torch.nn.functional as F
 
 from chainrule.errors import InputError
+
+
+class RepetitionPenalty:
+    """CTRL's repetition penalty (Keskar et al. 2019), as Hugging Face's ``RepetitionPenaltyLogitsProcessor``:
+    the score ``s`` of each token that occurs in ``ids`` (the prompt included) becomes ``s * theta``
+    where ``s < 0`` and ``s / theta`` otherwise; ``theta > 1`` discourages repeats. Shapes: ``ids``
+    ``(..., t)``, scores ``(..., V)``.
+
+    The rule depends on the scale of the scores: chainrule's sampling and beam search hand processors
+    normalized log-probabilities (all <= 0, so a repeated token's is multiplied by theta), as Hugging
+    Face's beam search does; Hugging Face's sampling applies it to the raw logits instead, so sampled
+    continuations differ from ``transformers``' under the same theta."""
+
+    needs_ids = True
+
+    def __init__(self, penalty: float) -> None:
+        if isinstance(penalty, bool) or not isinstance(penalty, (int, float)) or not math.isfinite(penalty) or penalty <= 0:
+            raise InputError(f"repetition penalty must be a finite number > 0 (1 = none, > 1 discourages repeats), got {penalty!r}")
+        self.penalty = float(penalty)
+
+    def __call__(self, ids: torch.Tensor | None, logits: torch.Tensor) -> torch.Tensor:
+        if ids is None or ids.shape[-1] == 0 or self.penalty == 1.0:
+            return logits
+        ids = ids.long().to(logits.device).expand(*logits.shape[:-1], ids.shape[-1])
+        s = logits.gather(-1, ids)
+        return logits.scatter(-1, ids, torch.where(s < 0, s * self.penalty, s / self.penalty))
+
+
+class NoRepeatNGram:
+    """Forbid repeating an n-gram (Paulus et al. 2018; fairseq's and Hugging Face's
+    ``no_repeat_ngram_size``): a token that, after the last ``n - 1`` tokens of ``ids``, would
+    complete an n-gram that already occurs in ``ids`` (the prompt included) gets -inf; ``n = 1``
+    forbids every token already present. Where that would forbid every token the row is left as it
+    is (Hugging Face's processor leaves no token there). Shapes: ``ids`` ``(..., t)``, scores ``(..., V)``."""
+
+    needs_ids = True
+
+    def __init__(self, n: int) -> None:
+        if isinstance(n, bool) or not isinstance(n, int) or n < 1:
+            raise InputError(f"no-repeat n-gram size must be an integer n >= 1, got {n!r}")
+        self.n = n
+
+    def __call__(self, ids: torch.Tensor | None, logits: torch.Tensor) -> torch.Tensor:
+        n = self.n
+        if ids is None or ids.shape[-1] < n:  # no n-gram yet
+            return logits
+        v = logits.shape[-1]
+        flat_ids = ids.long().to(logits.device).expand(*logits.shape[:-1], ids.shape[-1]).reshape(-1, ids.shape[-1])
+        windows = flat_ids.unfold(-1, n, 1)  # (B, t - n + 1, n): every n-gram so far
+        prefix = flat_ids[:, flat_ids.shape[1] - (n - 1):]  # the last n - 1 tokens
+        match = (windows[..., :n - 1] == prefix[:, None, :]).all(-1)  # n-grams that the next token would repeat
+        banned = torch.zeros(flat_ids.shape[0], v, dtype=torch.long, device=logits.device)
+        banned.scatter_add_(1, windows[..., -1], match.long())
+        drop = banned.reshape(logits.shape) > 0
+        drop &= ~(drop | logits.isneginf()).all(-1, keepdim=True)  # nothing left: ban nothing (HF would give NaN)
+        return logits.masked_fill(drop, -math.inf)
 
 
 class Temperature:
@@ -109,9 +170,14 @@ def _top_p_drop_sorted(sorted_logits: torch.Tensor, p: float) -> torch.Tensor:
     return torch.where(posinf.any(-1, keepdim=True), ~posinf, drop)
 
 
-def processors(temperature: float = 1.0, top_k: int | None = None, top_p: float | None = None) -> list[Callable]:
+def processors(temperature: float = 1.0, top_k: int | None = None, top_p: float | None = None,
+               repetition_penalty: float | None = None, no_repeat_ngram_size: int | None = None) -> list[Callable]:
     """The processor chain for the usual options, in the documented order."""
     chain: list[Callable] = []
+    if repetition_penalty is not None and repetition_penalty != 1.0:
+        chain.append(RepetitionPenalty(repetition_penalty))
+    if no_repeat_ngram_size is not None:
+        chain.append(NoRepeatNGram(no_repeat_ngram_size))
     if temperature != 1.0:
         chain.append(Temperature(temperature))
     if top_k is not None:

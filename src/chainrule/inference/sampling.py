@@ -44,16 +44,18 @@ def _check_generator(model: Any, generator: torch.Generator | None) -> None:
                              "make it with torch.Generator(device=model.device) (or default_generator(model, seed))")
 
 
-def draw(dist: Any, chain: Sequence[Callable], generator: torch.Generator | None) -> torch.Tensor:
+def draw(dist: Any, chain: Sequence[Callable], generator: torch.Generator | None,
+         ids: torch.Tensor | None = None) -> torch.Tensor:
     """One draw of each group from a group distribution, ``(*batch, S)``: exact without filters,
-    else variable by variable from the filtered conditionals."""
+    else variable by variable from the filtered conditionals (``ids`` ``(*batch, t)``: the values
+    drawn before, for processors that read the history)."""
     if not chain:
         return dist.sample(generator)
     first = dist.variable_logits(None, 0)
     vals = torch.zeros(*first.shape[:-1], dist.group_size, dtype=torch.long, device=first.device)
     for j in range(dist.group_size):
         logits = first if j == 0 else dist.variable_logits(vals, j)
-        vals[..., j] = choose(logits, chain, generator, ids=None)
+        vals[..., j] = choose(logits, chain, generator, ids=ids if j == 0 else None)
     return vals
 
 
@@ -74,9 +76,11 @@ def sample_with_state(model: Any, n: int, context: Any, call: dict[str, Any], ge
     state = model.init_state(n, context, **call)
     k = 0 if prompt is None else prompt.shape[1]
     prev = None
+    history = s == 1 and any(getattr(p, "needs_ids", False) for p in chain)  # repetition processors read it
     for i in tqdm(range(steps), desc=f"sampling {n}", unit="step", disable=not progress, leave=False):
         params, state = model.step(state, i, prev)
-        vals = prompt[:, i] if i < k else draw(model.head(params), chain, generator).to(dtype)
+        ids = xg[:, order[:i], 0] if history else None
+        vals = prompt[:, i] if i < k else draw(model.head(params), chain, generator, ids).to(dtype)
         xg[:, order[i]] = vals
         prev = vals
     return xg
@@ -259,13 +263,21 @@ def check_sequence_model(model: Any) -> int:
 
 def generate(model: Any, prompt: Sequence[int] | torch.Tensor, max_new_tokens: int, num_samples: int = 1,
              temperature: float = 1.0, top_k: int | None = None, top_p: float | None = None,
-             generator: torch.Generator | None = None, sliding: bool = False, context: Any = None) -> torch.Tensor:
+             generator: torch.Generator | None = None, sliding: bool = False, context: Any = None,
+             repetition_penalty: float | None = None, no_repeat_ngram_size: int | None = None,
+             stream: bool = False, stop_tokens: Sequence[int] = ()) -> Any:
     """Continue ``prompt`` (token ids) by ``max_new_tokens``; returns ``(num_samples, len(prompt) + new)`` on CPU.
 
     Within the window this is exactly ``model.sample(num_samples, prompt=prompt)`` cut after the new
     tokens (the same draws from the same generator). A continuation beyond the model's window T
     needs ``sliding=True``: each time the window fills, the model is re-primed with the last 3/4 of
     it, so tokens further back are forgotten (what a T-token model can see anyway).
+    ``repetition_penalty`` / ``no_repeat_ngram_size``: the history processors of
+    :mod:`chainrule.inference.processors`, given the tokens in the window (the prompt included).
+    ``stream=True`` returns an iterator that yields each new position's tokens, ``(num_samples,)``,
+    as they are drawn — the same tokens as without it (:mod:`chainrule.inference.streaming`).
+    ``stop_tokens``: generation ends after the position at which every row has drawn one of them
+    (the result is then shorter; a row that ended earlier is not cut).
 
     Raises:
         InputError: when prompt + new tokens exceed the context window T and ``sliding`` is off.
@@ -285,7 +297,17 @@ def generate(model: Any, prompt: Sequence[int] | torch.Tensor, max_new_tokens: i
             f"of {window} tokens (it was trained on windows of {window}); ask for fewer tokens, or allow a sliding "
             "window (sliding=True, --sliding-window), which keeps only the most recent tokens in view"
         )
-    chain = processors(temperature, top_k, top_p)
+    chain = processors(temperature, top_k, top_p, repetition_penalty, no_repeat_ngram_size)
+    if stream or stop_tokens:
+        from chainrule.inference.streaming import stream_tokens
+
+        stop_tokens = list(stop_tokens)
+        if not all(isinstance(t, int) and 0 <= t < model.num_values for t in stop_tokens):
+            raise InputError(f"stop_tokens must be token ids in 0..{model.num_values - 1}, got {stop_tokens!r}")
+        it = stream_tokens(model, prompt, max_new_tokens, num_samples, chain, generator, context, stop_tokens, draw=draw)
+        if stream:
+            return it
+        return torch.cat([prompt.unsqueeze(0).expand(num_samples, -1), torch.stack(list(it), 1)], 1)
     was_training = model.training
     model.eval()
     try:

@@ -255,6 +255,9 @@ def import_gpt2(directory: str | Path, out: str | Path, *, max_length: int | Non
                              "hf_model_type": "gpt2"}
     if tok is not None:
         extra["tokenizer"] = tok.to_dict()
+    eos = read_hf_config(directory).get("eos_token_id")
+    if isinstance(eos, int) and not isinstance(eos, bool) and 0 <= eos < model.num_values:
+        extra["eos_token_id"] = eos  # generate's default end token, as transformers' generate stops at it
     target = _new_directory(out, "--out")
     return model.save(target, extra=extra)
 

@@ -159,3 +159,15 @@ class Transformer(AutoregressiveModel):
         for block, (ck, cv) in zip(self.blocks, caches):
             x = block.step(x, ck, cv, i)
         return self._logits(x[:, 0]), state
+
+    def step_many(self, state: Any, i: int, x_prevs: torch.Tensor) -> tuple[torch.Tensor, Any]:
+        """:meth:`step` for positions i..i+m-1 (i >= 1, one variable per group) in one pass, given the
+        values ``x_prevs`` ``(n, m)`` before each: parameters ``(n, m, P)`` (speculative decoding)."""
+        caches, extra = state
+        n, m = x_prevs.shape
+        x = self.encode_values(x_prevs) + self.pos[i:i + m]
+        if extra is not None:
+            x = x + extra.unsqueeze(1)
+        for block, (ck, cv) in zip(self.blocks, caches):
+            x = block.step_many(x, ck, cv, i)
+        return self._logits(x), state

@@ -79,3 +79,14 @@ class CausalSelfAttentionBlock(nn.Module):
         t = allowed.shape[-1]
         y = F.scaled_dot_product_attention(q, cache_k[:, :, :t], cache_v[:, :, :t], attn_mask=allowed.unsqueeze(1))
         return self._finish(x, y)
+
+    def step_many(self, x: torch.Tensor, cache_k: torch.Tensor, cache_v: torch.Tensor, t: int) -> torch.Tensor:
+        """``m`` new positions ``x`` ``(n, m, C)`` at indices t..t+m-1 in one pass (speculative
+        decoding's verification): writes their keys/values and attends causally over 0..t+m-1."""
+        q, k, v = self._split(x)
+        m = x.shape[1]
+        cache_k[:, :, t:t + m] = k
+        cache_v[:, :, t:t + m] = v
+        mask = torch.ones(m, t + m, dtype=torch.bool, device=x.device).tril(diagonal=t)
+        y = F.scaled_dot_product_attention(q, cache_k[:, :, :t + m], cache_v[:, :, :t + m], attn_mask=mask)
+        return self._finish(x, y)
