@@ -60,6 +60,7 @@ PY_SUBSTITUTIONS: list[tuple[str, str, list[tuple[str, str, str]]]] = [
         ("TrainConfig(epochs=50)", "TrainConfig(epochs=1, max_steps=3)",
          "50 epochs of NADE-200: minutes; 3 steps run every line after it the same way"),
     ]),
+    ("sigma_gpt", 'create_model("sigma_gpt"', []),
     ("tokenizers", "from chainrule.text.tokenizers import", []),
 ]
 # files a ```python block reads that the reader brings: name -> (its content, reason)
@@ -76,6 +77,12 @@ def _ngram_text(seed: int, lines: int) -> str:
     return "".join("to be " + " ".join(rng.choice(words, size=int(rng.integers(3, 12)))) + "\n" for _ in range(lines))
 
 
+def _tiny_gpt2(path: Path) -> None:
+    from test_huggingface import make_gpt2  # the same tiny random GPT-2 the import tests compare with
+
+    make_gpt2(path, n_positions=128)
+
+
 def _write_npy(path: Path) -> None:
     rng = np.random.default_rng(0)
     np.save(path, (rng.random((300, 1, 4, 4)) < 0.3).astype(np.uint8))
@@ -89,6 +96,10 @@ FILES = {
     "train.txt": (lambda p: p.write_text(_ngram_text(0, 300)), "your own text, one sentence a line, with 'to be'"),
     "test.txt": (lambda p: p.write_text(_ngram_text(1, 30)), "your own held-out text, the same words"),
     "run.toml": (lambda p: p.write_text(toml_block()), "the README's ```toml block, as the text says"),
+    "gpt2": (lambda p: _tiny_gpt2(p), "GPT-2's files from disk: a tiny random GPT-2 as `save_pretrained` writes it "
+                                      "(transformers, a test extra), 128 positions; no real weights on a test machine"),
+    "essay.txt": (lambda p: p.write_text("First Citizen:\nBefore we proceed any further, hear me speak.\n"),
+                  "a UTF-8 text file of your own, short enough for the tiny GPT-2's 128 positions"),
 }
 
 # placeholder words in commands -> what the test passes (whole words, also as a path component)
@@ -381,11 +392,11 @@ def _reads(argv: list[str]) -> list[str]:
 
 
 def _writes(argv: list[str]) -> str | None:
-    """The run directory a command writes (train, quickstart, ngram fit), else None."""
+    """The run directory a command writes (train, quickstart, import-hf, ngram fit), else None."""
     if "chainrule" not in argv:
         return None
     cli, args = _cli_args(argv)
-    if args.command in ("train", "quickstart") or (args.command == "ngram" and cli[1] == "fit"):
+    if args.command in ("train", "quickstart", "import-hf") or (args.command == "ngram" and cli[1] == "fit"):
         return args.out
     return None
 
