@@ -159,3 +159,14 @@ def test_compress_and_decompress_show_bars(char_run, tmp_path, capsys):
     assert (tmp_path / "out.txt").read_text(encoding="utf-8") == TEXT[:40]
     assert main(["compress", str(run), str(tmp_path / "in.txt"), str(tmp_path / "b.crz"), "--no-progress"]) == 0
     assert capsys.readouterr().err == ""
+
+
+def test_compress_with_an_ensemble_names_member(tmp_path, capsys):
+    assert main(["train", "made", "--dataset", "digits", "-p", "hidden_sizes=[8]", "-p", "num_masks=2", "--limit", "40",
+                 "--epochs", "1", "--no-progress", "--threads", "1", "--num-samples", "1", "--out", str(tmp_path / "r")]) == 0
+    capsys.readouterr()
+    argv = ["compress", str(tmp_path / "r"), "digits", str(tmp_path / "e.crz"), "--index", "0", "--no-progress"]
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert "pass --member K (0..1)" in err and "member=k" not in err
+    assert main(argv + ["--member", "1"]) == 0
