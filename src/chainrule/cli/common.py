@@ -16,6 +16,25 @@ from chainrule.io.checkpoint import read_config
 from chainrule.models import load
 
 
+def process_start() -> float:
+    """The ``time.perf_counter()`` value at which this process started (from ``/proc`` on Linux: the
+    interpreter's start-up and the imports count too), or now where that cannot be read. A command
+    run from the shell is its process, so its time budget (``--max-seconds``) counts from here."""
+    import os
+    import time
+
+    now = time.perf_counter()
+    try:
+        with open("/proc/self/stat") as f:
+            fields = f.read().rsplit(")", 1)[1].split()  # after the command name, which may hold spaces
+        with open("/proc/uptime") as f:
+            uptime = float(f.read().split()[0])
+        age = uptime - int(fields[19]) / os.sysconf("SC_CLK_TCK")  # field 22: start time, in clock ticks
+    except (OSError, ValueError, IndexError, AttributeError):
+        return now
+    return now - age if 0 <= age < 86400 else now
+
+
 def set_threads(n: int | None) -> None:
     """``--threads``: None keeps torch's default; anything else must be a positive integer."""
     if n is None:

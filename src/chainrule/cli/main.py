@@ -17,8 +17,10 @@ import argparse
 import json
 import logging
 import sys
+import time
 
 from chainrule._version import __version__
+from chainrule.cli.common import process_start
 from chainrule.cli.config import HYPERPARAMETERS, load_train_config
 from chainrule.cli.likelihood import cmd_compress, cmd_decompress, cmd_detect, cmd_probe, cmd_score
 from chainrule.cli.train import QUICKSTART, QUICKSTART_OUT, cmd_quickstart, cmd_train
@@ -469,12 +471,16 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    # from the shell (argv None) the command is the process: its time budget counts from the process's
+    # start; called from Python (argv given), from now
+    started = process_start() if argv is None else time.perf_counter()
     parser = build_parser()
     try:
         args = _parse(parser, argv)  # a bad --config file: exit 2 with its error, as bad options do
     except ChainruleError as exc:
         print(f"chainrule: error: {exc}", file=sys.stderr)
         return 2
+    args.started = started
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     try:
         return args.func(args)
