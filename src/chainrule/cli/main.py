@@ -201,8 +201,8 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--grad-clip", type=float, default=None, help="clip the gradient norm to this")
     t.add_argument("--patience", type=int, default=20, help="early-stopping patience in epochs (0: off)")
     t.add_argument("--max-seconds", type=float, default=None,
-                   help="wall-clock budget of the whole command (training, validation, test evaluation, samples), "
-                        "checked after every step: training stops early enough for the rest to fit; a stop inside "
+                   help="wall-clock budget of the whole command (from the process's start: loading, training, "
+                        "validation, test evaluation, samples), checked after every step: training stops early enough for the rest to fit; a stop inside "
                         "an epoch saves RUN/last/ there (--resume continues exactly). With --resume it counts from "
                         "the resume (log.csv's seconds are the whole run's)")
     t.add_argument("--steps-per-epoch", type=int, default=None,
@@ -459,7 +459,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="gated_pixelcnn (default, ~82 nats in 100 s) or causalconv (the book's ARM, ~85 nats, minutes)")
     q.add_argument("--epochs", type=int, default=1000, help="maximum epochs (early stopping usually ends sooner)")
     q.add_argument("--max-seconds", type=float, default=90,
-                   help="wall-clock budget of the whole command (training, test evaluation, samples)")
+                   help="wall-clock budget of the whole command (from the process's start: loading, training, "
+                        "test evaluation, samples)")
     q.add_argument("--seed", type=int, default=0, help="seed of initialization, batches and samples")
     q.add_argument("--force", action="store_true",
                    help="--out holds a run that quickstart did not write: replace it (only chainrule's files)")
