@@ -159,3 +159,44 @@ def test_compress_and_decompress_show_bars(char_run, tmp_path, capsys):
     assert (tmp_path / "out.txt").read_text(encoding="utf-8") == TEXT[:40]
     assert main(["compress", str(run), str(tmp_path / "in.txt"), str(tmp_path / "b.crz"), "--no-progress"]) == 0
     assert capsys.readouterr().err == ""
+
+
+def test_compress_with_an_ensemble_names_member(tmp_path, capsys):
+    assert main(["train", "made", "--dataset", "digits", "-p", "hidden_sizes=[8]", "-p", "num_masks=2", "--limit", "40",
+                 "--epochs", "1", "--no-progress", "--threads", "1", "--num-samples", "1", "--out", str(tmp_path / "r")]) == 0
+    capsys.readouterr()
+    argv = ["compress", str(tmp_path / "r"), "digits", str(tmp_path / "e.crz"), "--index", "0", "--no-progress"]
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert "pass --member K (0..1)" in err and "member=k" not in err
+    assert main(argv + ["--member", "1"]) == 0
+
+
+def test_a_command_from_the_shell_counts_its_budget_from_the_process_start():
+    """`chainrule train --max-seconds S` run from the shell is its process: the interpreter's start-up
+    and the imports count against S (process_start reads the start from /proc)."""
+    import subprocess
+    import sys
+
+    code = ("import time; time.sleep(1.0); from chainrule.cli.common import process_start; "
+            "print(time.perf_counter() - process_start())")
+    age = float(subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout)
+    assert 1.0 <= age < 60
+
+
+def test_main_called_from_python_counts_from_the_call(monkeypatch):
+    """main(argv) inside a longer Python process (a notebook, these tests) counts from the call; the
+    console script, main() with the process's own argv, from the process's start."""
+    import importlib
+    import sys
+    import time
+
+    cli_main = importlib.import_module("chainrule.cli.main")  # the module (chainrule.cli.main is also the function)
+    seen = []
+    monkeypatch.setattr(cli_main, "cmd_models", lambda args: seen.append(args.started) or 0)
+    monkeypatch.setattr(cli_main, "process_start", lambda: -123.0)
+    t0 = time.perf_counter()
+    assert cli_main.main(["models"]) == 0
+    monkeypatch.setattr(sys, "argv", ["chainrule", "models"])
+    assert cli_main.main() == 0
+    assert seen[0] >= t0 and seen[1] == -123.0

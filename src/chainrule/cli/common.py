@@ -102,6 +102,25 @@ def output_path(args: argparse.Namespace, explicit: str | Path | None, default: 
     return check_output(default, force=True, inputs=input_paths(args), option=option)
 
 
+def process_start() -> float:
+    """The ``time.perf_counter()`` value at which this process started (from ``/proc`` on Linux: the
+    interpreter's start-up and the imports count too), or now where that cannot be read. A command
+    run from the shell is its process, so its time budget (``--max-seconds``) counts from here."""
+    import os
+    import time
+
+    now = time.perf_counter()
+    try:
+        with open("/proc/self/stat") as f:
+            fields = f.read().rsplit(")", 1)[1].split()  # after the command name, which may hold spaces
+        with open("/proc/uptime") as f:
+            uptime = float(f.read().split()[0])
+        age = uptime - int(fields[19]) / os.sysconf("SC_CLK_TCK")  # field 22: start time, in clock ticks
+    except (OSError, ValueError, IndexError, AttributeError):
+        return now
+    return now - age if 0 <= age < 86400 else now
+
+
 def set_threads(n: int | None) -> None:
     """``--threads``: None uses the cores that are free now (the cores minus the load average, at
     least 1: :func:`chainrule.training.threads.free_threads`, said in one log line; under torchrun

@@ -44,13 +44,13 @@ def cmd_compress(args: argparse.Namespace) -> int:
         report = compress_file(model, source, args.output, labels, tok, member=args.member, description=description,
                                overwrite=args.force, progress=not args.no_progress)
     except InputError as exc:
-        raise _compress_cli_error(exc, args, tok) from None
+        raise _compress_cli_error(exc, args, tok, model) from None
     for line in report.lines():
         print(line)
     return 0
 
 
-def _compress_cli_error(exc: InputError, args: argparse.Namespace, tok: Any) -> InputError:
+def _compress_cli_error(exc: InputError, args: argparse.Namespace, tok: Any, model: Any) -> InputError:
     """The library's error, with the command-line fix in place of the Python one where they differ."""
     msg = str(exc)
     if msg.startswith("CharTokenizer cannot encode"):  # characters outside the run's vocabulary
@@ -58,6 +58,9 @@ def _compress_cli_error(exc: InputError, args: argparse.Namespace, tok: Any) -> 
         return InputError(f"{args.input}: the run {args.run} reads characters only: {what}; compress it with a run "
                           "trained with --level byte (bytes code any file), or train on a text that holds these "
                           "characters")
+    if msg.startswith("coding with an ensemble needs one member"):
+        return InputError(f"{args.run} is an ensemble of {model.num_members} members; a code needs the "
+                          f"conditionals of one: pass --member K (0..{model.num_members - 1})")
     if tok is None and "this model has no tokenizer" in msg:
         return InputError(f"{args.input}: not a .npy array or an image, and {args.run} was not trained on text; to "
                           f"compress text, train a run on text first (e.g. chainrule train transformer --dataset "

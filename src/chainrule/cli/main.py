@@ -18,9 +18,10 @@ import json
 import logging
 import os
 import sys
+import time
 
 from chainrule._version import __version__
-from chainrule.cli.common import check_ranges
+from chainrule.cli.common import check_ranges, process_start
 from chainrule.cli.config import HYPERPARAMETERS, load_train_config
 from chainrule.cli.likelihood import cmd_compress, cmd_decompress, cmd_detect, cmd_probe, cmd_score
 from chainrule.cli.train import QUICKSTART, QUICKSTART_OUT, cmd_quickstart, cmd_train
@@ -209,8 +210,8 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--grad-clip", type=float, default=None, help="clip the gradient norm to this")
     t.add_argument("--patience", type=int, default=20, help="early-stopping patience in epochs (0: off)")
     t.add_argument("--max-seconds", type=float, default=None,
-                   help="wall-clock budget of the whole command (training, validation, test evaluation, samples), "
-                        "checked after every step: training stops early enough for the rest to fit; a stop inside "
+                   help="wall-clock budget of the whole command (from the process's start: loading, training, "
+                        "validation, test evaluation, samples), checked after every step: training stops early enough for the rest to fit; a stop inside "
                         "an epoch saves RUN/last/ there (--resume continues exactly). With --resume it counts from "
                         "the resume (log.csv's seconds are the whole run's)")
     t.add_argument("--steps-per-epoch", type=int, default=None,
@@ -535,7 +536,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="gated_pixelcnn (default, ~82 nats in 100 s) or causalconv (the book's ARM, ~85 nats, minutes)")
     q.add_argument("--epochs", type=int, default=1000, help="maximum epochs (early stopping usually ends sooner)")
     q.add_argument("--max-seconds", type=float, default=90,
-                   help="wall-clock budget of the whole command (training, test evaluation, samples)")
+                   help="wall-clock budget of the whole command (from the process's start: loading, training, "
+                        "test evaluation, samples)")
     q.add_argument("--seed", type=int, default=0, help="seed of initialization, batches and samples")
     q.add_argument("--force", action="store_true",
                    help="--out holds a run that quickstart did not write: replace it (only chainrule's files)")
@@ -547,6 +549,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    # from the shell (argv None) the command is the process: its time budget counts from the process's
+    # start; called from Python (argv given), from now
+    started = process_start() if argv is None else time.perf_counter()
     parser = build_parser()
     try:
         args = _parse(parser, argv)  # a bad --config file: exit 2 with its error, as bad options do
@@ -554,6 +559,7 @@ def main(argv: list[str] | None = None) -> int:
     except ChainruleError as exc:
         print(f"chainrule: error: {exc}", file=sys.stderr)
         return 2
+    args.started = started
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     try:
         from chainrule.cli.latent import latent_command  # a VQ-VAE or latent run: its own handlers

@@ -82,7 +82,8 @@ def cmd_train(args: argparse.Namespace) -> int:
 
 
 def _train_command(args: argparse.Namespace, device: Any) -> int:
-    started = time.perf_counter()  # --max-seconds covers the whole command: loading, training, test, samples
+    # --max-seconds covers the whole command: start-up, loading, training, test, samples (main sets `started`)
+    started = getattr(args, "started", None) or time.perf_counter()
     for name, what in (("model", "the model: `chainrule train MODEL`"), ("dataset", "--dataset")):
         if not getattr(args, name, None):
             raise InputError(f"no {name}: give {what} or `{name} = \"...\"` in a --config file")
@@ -258,7 +259,7 @@ def cmd_quickstart(args: argparse.Namespace) -> int:
 
     Its output directory is its own: a previous quickstart run there (the default runs/quickstart,
     or any run marked as quickstart's) is replaced without asking; another run is refused unless --force."""
-    started = time.perf_counter()
+    started = getattr(args, "started", None) or time.perf_counter()
     set_threads(args.threads)
     what, hparams, opt = QUICKSTART[args.model]
     config = checked_config(epochs=args.epochs, batch_size=64, max_seconds=args.max_seconds, seed=args.seed, **opt)
