@@ -303,9 +303,11 @@ def _encode(model: Any, x: torch.Tensor, ctx: torch.Tensor | None, member: int |
     held = 0
 
     def flush() -> None:
-        nonlocal held
+        nonlocal held, bits
         if symbols:
-            enc.encode(np.concatenate(symbols), family, np.concatenate(probs))
+            sym, p = np.concatenate(symbols), np.concatenate(probs)
+            enc.encode(sym, family, p)
+            bits -= float(np.log2(p[np.arange(len(sym)), sym]).sum())  # exact: p = f / 2**PRECISION
             symbols.clear()
             probs.clear()
             held = 0
@@ -314,7 +316,6 @@ def _encode(model: Any, x: torch.Tensor, ctx: torch.Tensor | None, member: int |
         b = min(a + chunk, len(x))
         gen = frequency_tables(model, b - a, None if ctx is None else ctx[a:b], PRECISION, member=member,
                                block_rows=block)
-        rows = torch.arange(b - a)
         j, freq = next(gen)
         while True:
             freq = freq.cpu()
@@ -327,7 +328,6 @@ def _encode(model: Any, x: torch.Tensor, ctx: torch.Tensor | None, member: int |
             held += freq.numel()
             if held >= _ENCODE_BATCH:
                 flush()
-            bits -= float(torch.log2(freq[rows, vals].double() / (1 << PRECISION)).sum())
             try:
                 j, freq = gen.send(vals)
             except StopIteration:
