@@ -307,7 +307,7 @@ def _encode(model: Any, x: torch.Tensor, ctx: torch.Tensor | None, member: int |
         if symbols:
             sym, p = np.concatenate(symbols), np.concatenate(probs)
             enc.encode(sym, family, p)
-            bits -= float(np.log2(p[np.arange(len(sym)), sym]).sum())  # exact: p = f / 2**PRECISION
+            bits -= float(np.log2(p[np.arange(len(sym)), sym]).sum())  # the table cost (p = f / 2**PRECISION exactly)
             symbols.clear()
             probs.clear()
             held = 0

@@ -8,8 +8,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-#: Masked weights kept per layer (one per mask tensor: an ensemble's members each have their own).
-_CACHE_ENTRIES = 8
+#: Masked weights kept per layer, one per mask tensor (the most recent ones: coding and sampling
+#: use one member's masks; a large MADE's product is tens of MB, so the cache stays small).
+_CACHE_ENTRIES = 2
 
 
 class MaskedLinear(nn.Linear):
