@@ -30,6 +30,9 @@ class MaskedLinear(nn.Linear):
     the weight's storage and version counter (an optimizer step, ``load_state_dict`` or ``.to()``
     changes them) and on the mask tensor itself (held, so it cannot be freed and its address
     reused) and its version. With gradients the product is formed inside autograd on every call.
+    Writes through ``weight.data`` bypass the version counter (PyTorch's documented difference from
+    ``detach()``) and so are not seen: change weights in place under ``torch.no_grad()``, as
+    optimizers and ``load_state_dict`` do.
 
     Shapes: ``x`` ``(..., in_features)`` -> ``(..., out_features)``; ``mask`` ``(out_features, in_features)``.
     """
