@@ -987,10 +987,11 @@ class NgramLM:
         for k in range(1, n + 1):
             lev = self._levels[k - 1]
             r = ranks[k - 1][targets]
-            if k == 1:
-                sel = np.flatnonzero(span >= 1) if self._recursive else np.flatnonzero(span == 1)
-                r = r[sel]
-                g = np.full(sel.size, float(lev.g[0]))
+            if k == 1:  # every target is scored with at least its unigram (span >= 1)
+                if not self._recursive and n > 1:
+                    continue  # a non-recursive smoother reads its top level only: none has span 1
+                sel = slice(None)
+                g = np.full(targets.size, float(lev.g[0]))
             else:
                 cr = ranks[k - 2][before]
                 act = (span >= k) if self._recursive else (span == k)
