@@ -37,12 +37,13 @@ not, and ``sum_{w in P} p(w | h) = 1``; ``p(<s> | h) = 0``. The NLTK-compatible 
 
 Counting
 --------
-Tokens are mapped to int ids (one dictionary look-up per distinct token, then a gather; single
-characters via their code points); the padded id stream is viewed as n-gram rows with
+Tokens are mapped to int ids (counting: one dictionary look-up per distinct token, then a gather;
+scoring: one look-up per token; single characters via their code points); the padded id stream is viewed as n-gram rows with
 ``numpy.lib.stride_tricks.sliding_window_view``; every k-gram (k = 1..n) is encoded as one int64
 key and counted with ``np.unique(..., return_inverse=True, return_counts=True)`` (a dense
 ``np.bincount`` when the key range is small, e.g. unigrams or characters); sorted keys + counts are
-kept per order and looked up with ``np.searchsorted`` for many queries at once. There is no
+kept per order and looked up for many queries at once through a hash table (:class:`_KeyIndex`,
+O(1) per query; sentences are scored as one padded stream, each j-gram looked up once). There is no
 Python-level loop over tokens or n-grams, only over the orders. A plain base-``V`` key
 ``sum_i w_i V^(k-i)`` overflows int64 for ``V^5`` once ``V > 6208`` (Tiny Shakespeare has ~9k word
 types at min_count 2), so the key is mixed-radix:
