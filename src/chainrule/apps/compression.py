@@ -353,9 +353,11 @@ def _encode(model: Any, x: torch.Tensor, ctx: torch.Tensor | None, member: int |
     held = 0
 
     def flush() -> None:
-        nonlocal held
+        nonlocal held, bits
         if symbols:
-            enc.encode(np.concatenate(symbols), family, np.concatenate(probs))
+            sym, p = np.concatenate(symbols), np.concatenate(probs)
+            enc.encode(sym, family, p)
+            bits -= float(np.log2(p[np.arange(len(sym)), sym]).sum())  # the table cost (p = f / 2**PRECISION exactly)
             symbols.clear()
             probs.clear()
             held = 0
@@ -365,7 +367,6 @@ def _encode(model: Any, x: torch.Tensor, ctx: torch.Tensor | None, member: int |
         b = min(a + chunk, len(x))
         gen = frequency_tables(model, b - a, None if ctx is None else ctx[a:b], PRECISION, member=member,
                                block_rows=block)
-        rows = torch.arange(b - a)
         j, freq = next(gen)
         while True:
             freq = freq.cpu()
@@ -378,7 +379,6 @@ def _encode(model: Any, x: torch.Tensor, ctx: torch.Tensor | None, member: int |
             held += freq.numel()
             if held >= _ENCODE_BATCH:
                 flush()
-            bits -= float(torch.log2(freq[rows, vals].double() / (1 << PRECISION)).sum())
             bar.update(1)
             try:
                 j, freq = gen.send(vals)

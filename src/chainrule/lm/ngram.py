@@ -44,12 +44,13 @@ not, and ``sum_{w in P} p(w | h) = 1``; ``p(<s> | h) = 0``. The NLTK-compatible 
 
 Counting
 --------
-Tokens are mapped to int ids (one dictionary look-up per distinct token, then a gather; single
-characters via their code points); the padded id stream is viewed as n-gram rows with
+Tokens are mapped to int ids (counting: one dictionary look-up per distinct token, then a gather;
+scoring: one look-up per token; single characters via their code points); the padded id stream is viewed as n-gram rows with
 ``numpy.lib.stride_tricks.sliding_window_view``; every k-gram (k = 1..n) is encoded as one int64
 key and counted with ``np.unique(..., return_inverse=True, return_counts=True)`` (a dense
 ``np.bincount`` when the key range is small, e.g. unigrams or characters); sorted keys + counts are
-kept per order and looked up with ``np.searchsorted`` for many queries at once. There is no
+kept per order and looked up for many queries at once through a hash table (:class:`_KeyIndex`,
+O(1) per query; sentences are scored as one padded stream, each j-gram looked up once). There is no
 Python-level loop over tokens or n-grams, only over the orders. A plain base-``V`` key
 ``sum_i w_i V^(k-i)`` overflows int64 for ``V^5`` once ``V > 6208`` (Tiny Shakespeare has ~9k word
 types at min_count 2), so the key is mixed-radix:
@@ -233,7 +234,8 @@ class _KeyIndex:
     open-addressing hash table with linear probing at load <= 1/2 (Fibonacci hashing: the high bits
     of ``key * 2^64/phi``), built and probed with vectorized rounds: each round every unresolved
     query (key) reads (claims) its next slot, so there are as many rounds as the longest probe
-    sequence, and most queries resolve in the first.
+    sequence, and most queries resolve in the first. Memory: 16 bytes per slot, 2-4 slots per key
+    (built on first use, per order, not saved).
     """
 
     _MUL = np.uint64(0x9E3779B97F4A7C15)
@@ -1074,10 +1076,11 @@ class NgramLM:
         for k in range(1, n + 1):
             lev = self._levels[k - 1]
             r = ranks[k - 1][targets]
-            if k == 1:
-                sel = np.flatnonzero(span >= 1) if self._recursive else np.flatnonzero(span == 1)
-                r = r[sel]
-                g = np.full(sel.size, float(lev.g[0]))
+            if k == 1:  # every target is scored with at least its unigram (span >= 1)
+                if not self._recursive and n > 1:
+                    continue  # a non-recursive smoother reads its top level only: none has span 1
+                sel = slice(None)
+                g = np.full(targets.size, float(lev.g[0]))
             else:
                 cr = ranks[k - 2][before]
                 act = (span >= k) if self._recursive else (span == k)

@@ -184,22 +184,23 @@ class MADE(AutoregressiveModel):
 
     def step(self, state: Any, i: int, x_prev: torch.Tensor | None) -> tuple[torch.Tensor, Any]:
         order, masks, f, p = state["order"].value, state["masks"].value, self.in_features, self.head.num_params
+        first, *deeper = self.hidden  # iterating, not slicing: a ModuleList slice builds a new module
         a = state["a"]
         state = dict(state)
         if x_prev is not None:
             j = order[i - 1]
             ex = self.encode_values(x_prev).reshape(len(x_prev), -1)  # (n, F)
             cols = slice(j * f, (j + 1) * f)
-            a = a + F.linear(ex, self.hidden[0].masked_weight(masks[0])[:, cols])  # add group j's columns
+            a = a + F.linear(ex, first.masked_weight(masks[0])[:, cols])  # add group j's columns
             state["a"] = a
             if self.direct is not None:
                 state["x"][:, cols] = ex  # in place: a step consumes its state
         h = self.act(a)
-        for layer, m in zip(self.hidden[1:], masks[1:len(self.hidden)]):
+        for layer, m in zip(deeper, masks[1:]):
             h = self.act(layer(h, m))
         k = order[i]
         rows = slice(k * p, (k + 1) * p)
-        out = F.linear(h, self.out.masked_weight(masks[len(self.hidden)])[rows], self.out.bias[rows])  # (n, P)
+        out = F.linear(h, self.out.masked_weight(masks[1 + len(deeper)])[rows], self.out.bias[rows])  # (n, P)
         if self.direct is not None:
             out = out + F.linear(state["x"], self.direct.masked_weight(masks[-1])[rows])
         if state["out"] is not None:

@@ -8,8 +8,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-#: Masked weights kept per layer (one per mask tensor: an ensemble's members each have their own).
-_CACHE_ENTRIES = 8
+#: Masked weights kept per layer, one per mask tensor (the most recent ones: coding and sampling
+#: use one member's masks; a large MADE's product is tens of MB, so the cache stays small).
+_CACHE_ENTRIES = 2
 
 
 class MaskedLinear(nn.Linear):
@@ -29,6 +30,9 @@ class MaskedLinear(nn.Linear):
     the weight's storage and version counter (an optimizer step, ``load_state_dict`` or ``.to()``
     changes them) and on the mask tensor itself (held, so it cannot be freed and its address
     reused) and its version. With gradients the product is formed inside autograd on every call.
+    Writes through ``weight.data`` bypass the version counter (PyTorch's documented difference from
+    ``detach()``) and so are not seen: change weights in place under ``torch.no_grad()``, as
+    optimizers and ``load_state_dict`` do.
 
     Shapes: ``x`` ``(..., in_features)`` -> ``(..., out_features)``; ``mask`` ``(out_features, in_features)``.
     """
