@@ -43,6 +43,7 @@ def main() -> None:
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--limit", type=int, default=1000, help="compress the first N test images (0: none)")
     ap.add_argument("--skip-bound", action="store_true", help="do not evaluate the bound on the whole test split")
+    ap.add_argument("--name", default=None, help="result file name (default latent_DATASET)")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     model = load_latent(args.run)
@@ -96,7 +97,7 @@ def main() -> None:
                                  "pixel_bits": sizes["pixel_bits"], "ideal_code_bits": sizes["ideal_code_bits"],
                                  "ideal_pixel_bits": sizes["ideal_pixel_bits"],
                                  "bits_per_dim": {k2: 8 * v / dims for k2, v in sizes_b.items()}}
-    name = f"latent_{args.dataset.replace('-', '_')}"
+    name = args.name or f"latent_{args.dataset.replace('-', '_')}"
     write_result(name, result)
     if math.isfinite(result["sample64_seconds"]["speedup"]):
         print(f"wrote benchmarks/results/{name}.json")
