@@ -43,9 +43,21 @@ def main() -> None:
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--limit", type=int, default=1000, help="compress the first N test images (0: none)")
     ap.add_argument("--skip-bound", action="store_true", help="do not evaluate the bound on the whole test split")
+    ap.add_argument("--name", default=None, help="result file name (default latent_DATASET)")
+    ap.add_argument("--random-prior", default=None, metavar="JSON",
+                    help="time sampling with a gated_pixelcnn prior of these hyperparameters and random weights "
+                         "instead of the run's (sampling speed does not depend on the weights)")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     model = load_latent(args.run)
+    if args.random_prior:
+        import json
+
+        from chainrule.latent import LatentModel
+
+        prior = chainrule.create_model("gated_pixelcnn", model.vqvae.code_shape, model.vqvae.codebook_size,
+                                       **json.loads(args.random_prior))
+        model = LatentModel(model.vqvae, prior.eval()).eval()
     ds = load_dataset(args.dataset, data_dir())
     k = model.num_values
     pixel = chainrule.create_model("gated_pixelcnn", model.shape, k, **PIXEL[args.dataset]).eval()
@@ -96,7 +108,7 @@ def main() -> None:
                                  "pixel_bits": sizes["pixel_bits"], "ideal_code_bits": sizes["ideal_code_bits"],
                                  "ideal_pixel_bits": sizes["ideal_pixel_bits"],
                                  "bits_per_dim": {k2: 8 * v / dims for k2, v in sizes_b.items()}}
-    name = f"latent_{args.dataset.replace('-', '_')}"
+    name = args.name or f"latent_{args.dataset.replace('-', '_')}"
     write_result(name, result)
     if math.isfinite(result["sample64_seconds"]["speedup"]):
         print(f"wrote benchmarks/results/{name}.json")

@@ -199,18 +199,23 @@ class DiscretizedLogisticMixture(GroupDistribution):
 
     # ------------------------------------------------------------------ draws and summaries
     def sample(self, generator: torch.Generator | None = None) -> torch.Tensor:
-        """Exact ancestral draw, ``(*batch, S)`` long: the component, then channel by channel from
-        the discretized table of that component (coupled to the channels already drawn)."""
+        """Exact ancestral draw, ``(*batch, S)`` long: the component, then channel by channel a
+        logistic draw of that component (coupled to the channels already drawn) by the inverse CDF,
+        mu + s (log u - log(1 - u)), put in its bin: value k's bin is [c_k - 1/(K-1), c_k + 1/(K-1))
+        around c_k = 2k/(K-1) - 1 with the edge bins open, which is exactly how the discretized
+        probabilities are defined, so the draw has their law without building a K-entry table per
+        pixel (a whole image at once: 64 x 784 pixels drew in 4 s through the tables)."""
         batch, m, kk = self.batch_shape, self.num_components, self.num_values
         x = torch.zeros(*batch, self.group_size, dtype=torch.long, device=self.means.device)
         if x.numel() == 0:
             return x
         comp = torch.multinomial(self.log_weights.exp().reshape(-1, m), 1, generator=generator).reshape(*batch, 1)
         for j in range(self.group_size):
-            mu = self._coupled_means(self._rescale(x[..., :j]), j).gather(-1, comp)  # (*batch, 1)
-            ls = self.log_scales[..., j, :].gather(-1, comp)
-            probs = self._table(mu, ls)[..., 0, :].exp()  # (*batch, K)
-            x[..., j] = torch.multinomial(probs.reshape(-1, kk), 1, generator=generator).reshape(batch)
+            mu = self._coupled_means(self._rescale(x[..., :j]), j).gather(-1, comp)[..., 0]  # (*batch,)
+            ls = self.log_scales[..., j, :].gather(-1, comp)[..., 0]
+            u = torch.rand(mu.shape, generator=generator, device=mu.device, dtype=mu.dtype)
+            y = mu + ls.exp() * (torch.log(u) - torch.log1p(-u))
+            x[..., j] = ((y + 1) * ((kk - 1) / 2)).round().clamp(0, kk - 1).long()
         return x
 
     def mode(self) -> torch.Tensor:
