@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import re
 import sys
 from pathlib import Path
 from typing import Any
@@ -123,6 +124,11 @@ def cmd_sample(args: argparse.Namespace) -> int:
     return 0
 
 
+def _unescape(text: str) -> str:
+    """``--stop`` strings: ``\\n``, ``\\t`` and ``\\\\`` typed in a shell are a newline, a tab and a backslash."""
+    return re.sub(r"\\([nt\\])", lambda m: {"n": "\n", "t": "\t", "\\": "\\"}[m.group(1)], text)
+
+
 def cmd_generate(args: argparse.Namespace) -> int:
     """Continue a text prompt with a sequence model trained on text."""
     from chainrule.inference.beam import generate_beam
@@ -139,6 +145,7 @@ def cmd_generate(args: argparse.Namespace) -> int:
         raise InputError(f"{ckpt} was not trained on text (no tokenizer in its config); use `chainrule sample`")
     prompt = tok.encode(args.prompt)
     repetition, no_repeat = getattr(args, "repetition_penalty", None), getattr(args, "no_repeat_ngram_size", None)
+    args.stop = [_unescape(s) for s in getattr(args, "stop", None) or []]
     stop_tokens = getattr(args, "stop_token", None)
     if stop_tokens is None:
         eos = read_config(ckpt).get("extra", {}).get("eos_token_id")
