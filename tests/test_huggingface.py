@@ -15,12 +15,7 @@ tokenizers = pytest.importorskip("tokenizers")
 
 from chainrule.cli import main  # noqa: E402
 from chainrule.errors import CheckpointError, InputError  # noqa: E402
-from chainrule.interop.huggingface import (  # noqa: E402
-    export_gpt2,
-    import_gpt2,
-    load_gpt2,
-    load_gpt2_tokenizer,
-)
+from chainrule.interop.huggingface import export_gpt2, load_gpt2, load_gpt2_tokenizer  # noqa: E402
 from chainrule.models import create_model, load  # noqa: E402
 from chainrule.text.tokenizers import load_tokenizer  # noqa: E402
 

@@ -77,29 +77,36 @@ def _ngram_text(seed: int, lines: int) -> str:
     return "".join("to be " + " ".join(rng.choice(words, size=int(rng.integers(3, 12)))) + "\n" for _ in range(lines))
 
 
-def _tiny_gpt2(path: Path) -> None:
-    from test_huggingface import make_gpt2  # the same tiny random GPT-2 the import tests compare with
-
-    make_gpt2(path, n_positions=128)
-
-
 def _write_npy(path: Path) -> None:
     rng = np.random.default_rng(0)
     np.save(path, (rng.random((300, 1, 4, 4)) < 0.3).astype(np.uint8))
 
 
+def _write_gpt2(path: Path) -> None:
+    """A Hugging Face GPT-2 directory (config.json, model.safetensors, tokenizer.json), tiny and random:
+    written by chainrule's export, which needs neither transformers nor the network."""
+    from chainrule.interop.huggingface import export_gpt2
+    from chainrule.models import create_model
+    from chainrule.text.tokenizers import BPETokenizer
+
+    tok = BPETokenizer.fit(PY_FILES["corpus.txt"][0], vocab_size=300, specials=())
+    torch.manual_seed(0)
+    model = create_model("transformer", (64,), tok.vocab_size, num_layers=1, num_heads=2, embed_dim=16, bias=True,
+                         activation="gelu_new")
+    export_gpt2(model, path, tok)
+
+
 # files the walkthrough's commands read that the reader brings: name -> (writer, reason)
 FILES = {
+    "gpt2": (_write_gpt2, "'the files of GPT-2 small': a tiny random GPT-2 in the same layout (64 tokens, 1 layer)"),
+    "essay.txt": (lambda p: p.write_text("The meaning of life is a question. " * 20),
+                  "a text file of the reader's to score and compress with GPT-2"),
     "my_data.npy": (_write_npy, "'your own data': 300 random binary 4x4 images, (N, C, H, W)"),
     "notes.txt": (lambda p: p.write_text("First Citizen:\nBefore we proceed any further, hear me speak.\n"),
                   "a text file of your own for the text model (characters Shakespeare's text has)"),
     "train.txt": (lambda p: p.write_text(_ngram_text(0, 300)), "your own text, one sentence a line, with 'to be'"),
     "test.txt": (lambda p: p.write_text(_ngram_text(1, 30)), "your own held-out text, the same words"),
     "run.toml": (lambda p: p.write_text(toml_block()), "the README's ```toml block, as the text says"),
-    "gpt2": (lambda p: _tiny_gpt2(p), "GPT-2's files from disk: a tiny random GPT-2 as `save_pretrained` writes it "
-                                      "(transformers, a test extra), 128 positions; no real weights on a test machine"),
-    "essay.txt": (lambda p: p.write_text("First Citizen:\nBefore we proceed any further, hear me speak.\n"),
-                  "a UTF-8 text file of your own, short enough for the tiny GPT-2's 128 positions"),
 }
 
 # placeholder words in commands -> what the test passes (whole words, also as a path component)
@@ -138,6 +145,9 @@ NOT_RUN: dict[str, str] = {
 
 # inline synopses run as a concrete command: README text -> (the command run, reason)
 SYNOPSES: dict[str, tuple[str, str]] = {
+    "chainrule generate RUN --draft SMALL_RUN --gamma 4":
+        ("chainrule generate runs/gpt2 --draft runs/gpt2 --gamma 4 --max-new-tokens 8",
+         "a synopsis; the imported GPT-2 of the section before as target and as its own draft"),
     "chainrule report RUN [RUN ...] [--out FILE.html]":
         ("chainrule report runs/cnade runs/nade --out report.html",
          "the README's only report command, a synopsis: two runs written just before it"),

@@ -58,7 +58,7 @@ def test_samples_follow_the_target_exactly(draft_kind, options):
         draft = chainrule.create_model("lstm", (T,), k, hidden_size=6)
     else:
         draft = chainrule.create_model("transformer", (T,), k, num_layers=1, num_heads=1, embed_dim=4)
-    prompt, new, n = [1], 3, 800
+    prompt, new, n = [1], 3, 600
     seqs, p = _exact(target, prompt, new, processors(**options), k=k)
     index = {tuple(s.tolist()): i for i, s in enumerate(seqs)}
     counts = torch.zeros(len(seqs))

@@ -212,8 +212,11 @@ def inspect_text(model: Any, tokenizer: Any, text: str | Sequence[int] | torch.T
     windows = padded[torch.tensor(starts).unsqueeze(1) + torch.arange(window)].to(model.device)
     was_training = model.training
     model.eval()
+    # windows in chunks of about 5e7 logits (200 MB in float32): a GPT-2's window alone holds 1024 x 50257
+    chunk = max(1, int(5e7 // (window * (model.num_values or 1))))
     try:
-        lp = log_prob_per_variable(model, windows, context, **call).double().cpu()  # (windows, T)
+        lp = torch.cat([log_prob_per_variable(model, windows[b:b + chunk], context, **call).double().cpu()
+                        for b in range(0, len(windows), chunk)])  # (windows, T)
     finally:
         model.train(was_training)
     per_token = torch.empty(len(padded), dtype=torch.float64)

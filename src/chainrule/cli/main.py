@@ -326,7 +326,8 @@ def build_parser() -> argparse.ArgumentParser:
                      help="hf (default): W live hypotheses kept, as Hugging Face's generate; shrink: ended ones retired")
     gen.add_argument("--min-new-tokens", type=int, default=0, help="beam search: no end token before this many new tokens")
     gen.add_argument("--stop", action="append", default=[], metavar="STRING",
-                     help="stop a continuation once its text completes STRING (repeatable)")
+                     help="stop a continuation once its text completes STRING (repeatable; \\n, \\t and \\\\ in it "
+                          "are a newline, a tab and a backslash)")
     gen.add_argument("--stop-token", action="append", type=int, default=None, metavar="ID",
                      help="a token id that ends a continuation (repeatable; default: the end token an imported "
                           "Hugging Face model declares, if any)")

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import re
 import sys
 from pathlib import Path
 from typing import Any
@@ -180,6 +181,9 @@ def _draw_samples(args: argparse.Namespace, model: Any, labels: Any) -> torch.Te
     print(f"approximate parallel decoding: {int(st['passes'].max())} passes per sample; NOT the model's exact "
           f"distribution (ancestral sampling takes {model.num_groups} passes)")
     return x
+def _unescape(text: str) -> str:
+    """``--stop`` strings: ``\\n``, ``\\t`` and ``\\\\`` typed in a shell are a newline, a tab and a backslash."""
+    return re.sub(r"\\([nt\\])", lambda m: {"n": "\n", "t": "\t", "\\": "\\"}[m.group(1)], text)
 
 
 def cmd_generate(args: argparse.Namespace) -> int:
@@ -203,6 +207,7 @@ def cmd_generate(args: argparse.Namespace) -> int:
                          f"--sliding-window (the model keeps the most recent tokens in view) or --max-new-tokens "
                          f"{max(1, model.dim - len(prompt))} or fewer")
     repetition, no_repeat = getattr(args, "repetition_penalty", None), getattr(args, "no_repeat_ngram_size", None)
+    args.stop = [_unescape(s) for s in getattr(args, "stop", None) or []]
     stop_tokens = getattr(args, "stop_token", None)
     if stop_tokens is None:
         eos = read_config(ckpt).get("extra", {}).get("eos_token_id")

@@ -4,6 +4,9 @@
 model's variables in its order (inside a group, one variable at a time through the head's
 conditionals), and :func:`generate_beam` continues a text prompt. Scores:
 ``score = log_prob / length ** length_penalty``; a beam as wide as the space is exhaustive search.
+With end tokens or stop strings the default mode ``"hf"`` is Hugging Face's ``generate(num_beams=W,
+do_sample=False)`` step for step (W live hypotheses kept from the 2W best extensions; its ranked
+list, tested equal); ``"shrink"`` retires ended hypotheses and continues with fewer.
 """
 
 from __future__ import annotations
