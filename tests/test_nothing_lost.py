@@ -522,3 +522,15 @@ def test_log_prob_of_a_meta_tensor_is_a_clear_error():
     with pytest.raises(InputError, match="meta device"):
         model.log_prob(torch.zeros(2, 6, dtype=torch.long, device="meta"))
 
+
+
+def test_a_forged_ngram_archive_is_refused_before_allocating(tmp_path):
+    from chainrule.lm.ngram import NgramLM
+
+    path = NgramLM(2).fit([["a", "b"], ["b", "a"]] * 3).save(tmp_path / "m")
+    buf = io.BytesIO()
+    np.lib.format.write_array_header_1_0(buf, {"descr": "<i8", "fortran_order": False, "shape": (10 ** 12,)})
+    with zipfile.ZipFile(path / "ngram.npz", "a") as z:
+        z.writestr("keys_9.npy", buf.getvalue())
+    with pytest.raises(DataError, match="declares 8 TB"):
+        NgramLM.load(path)

@@ -1379,6 +1379,9 @@ class NgramLM:
         model = cls(config["order"], config["smoothing"], padding=padding, **config.get("options", {}))
         model.metadata = dict(config.get("metadata", {}))
         model._set_vocab(list(config["vocab"]))
+        from chainrule.data.formats import check_npz_members
+
+        check_npz_members(path / _ARRAYS)  # declared sizes against the archive's, before numpy allocates them
         try:  # a truncated or overwritten archive fails in zipfile or zlib, not only in numpy
             with np.load(path / _ARRAYS, allow_pickle=False) as data:
                 arrays = {name: data[name] for name in data.files}
