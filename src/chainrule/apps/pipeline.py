@@ -28,6 +28,7 @@ from chainrule.errors import CheckpointError, DataError, InputError
 from chainrule.inference.likelihood import EvalResult, evaluate, token_unit
 from chainrule.inference.sampling import default_generator
 from chainrule.io.checkpoint import CONFIG_FILE, read_config
+from chainrule.io.outputs import output_file
 from chainrule.models import create_model
 from chainrule.models.registry import get_model_class
 from chainrule.training import TrainConfig, Trainer
@@ -584,18 +585,21 @@ def _train_run(model_name: str, ds: Dataset, out: Path, hyperparameters: dict[st
     test = evaluate(model, ds.test, test_y, config.eval_batch_size, unit=token_unit(ds))
     for line in describe_eval("test", test, ds):
         report(line)
-    plot_training_curve(out / "log.csv", out / "curve.png", title=f"{model_name} on {ds.name}")
+    with output_file(out / "curve.png") as tmp:  # each output written whole or not at all (a full disk)
+        plot_training_curve(out / "log.csv", tmp, title=f"{model_name} on {ds.name}")
     labels = sample_labels(ds.num_classes, num_samples) if conditional else None
     x = model.sample(num_samples, labels, generator=default_generator(model, config.seed))
-    samples = save_samples(x, out / default_samples_name(ds.is_image, ds.tokenizer, ds.sample_rate), model.num_values,
-                           ds.is_image, ds.tokenizer, ds.sample_rate, class_columns(ds.num_classes, num_samples)
-                           if conditional else None)
+    samples = out / default_samples_name(ds.is_image, ds.tokenizer, ds.sample_rate)
+    with output_file(samples) as tmp:
+        save_samples(x, tmp, model.num_values, ds.is_image, ds.tokenizer, ds.sample_rate,
+                     class_columns(ds.num_classes, num_samples) if conditional else None)
     summary = {"model": model_name, "dataset": ds.name, "parameters": model.num_parameters(),
                "epochs_run": result.epochs_run, "best_epoch": result.best_epoch,
                "train_seconds": result.train_seconds, "best_val_nll_nats": result.best_val_nll_nats,
                "test": test.as_dict(), "eval_seconds": time.perf_counter() - t0,
                "torch_threads": torch.get_num_threads(), "conditional": conditional,
                "examples_per_second": result.examples_per_second}
-    (out / "results.json").write_text(json.dumps(summary, indent=2))
+    with output_file(out / "results.json") as tmp:
+        tmp.write_text(json.dumps(summary, indent=2))
     report(f"wrote {out / 'best'}, {out / 'log.csv'}, {out / 'curve.png'}, {samples}")
     return summary
