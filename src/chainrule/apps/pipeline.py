@@ -395,8 +395,16 @@ class _Replacement:
         moved = run_files(self.out) if self.force else []
         if moved:
             self.saved.mkdir()
-            for p in moved:
-                p.rename(self.saved / p.name)
+            done = []
+            try:
+                for p in moved:
+                    p.rename(self.saved / p.name)
+                    done.append(p)
+            except BaseException:  # a rename refused half-way: everything back where it was
+                for p in done:
+                    (self.saved / p.name).rename(p)
+                self.saved.rmdir()
+                raise
         return moved
 
     def commit(self) -> None:
