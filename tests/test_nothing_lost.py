@@ -522,3 +522,40 @@ def test_log_prob_of_a_meta_tensor_is_a_clear_error():
     with pytest.raises(InputError, match="meta device"):
         model.log_prob(torch.zeros(2, 6, dtype=torch.long, device="meta"))
 
+
+
+def test_a_forged_ngram_archive_is_refused_before_allocating(tmp_path):
+    from chainrule.lm.ngram import NgramLM
+
+    path = NgramLM(2).fit([["a", "b"], ["b", "a"]] * 3).save(tmp_path / "m")
+    buf = io.BytesIO()
+    np.lib.format.write_array_header_1_0(buf, {"descr": "<i8", "fortran_order": False, "shape": (10 ** 12,)})
+    with zipfile.ZipFile(path / "ngram.npz", "a") as z:
+        z.writestr("keys_9.npy", buf.getvalue())
+    with pytest.raises(DataError, match="declares 8 TB"):
+        NgramLM.load(path)
+
+
+def test_an_absurd_event_shape_is_refused_before_building():
+    with pytest.raises(InputError, match="more variables than any model"):
+        chainrule.create_model("fvsbn", (10 ** 9,), 2)
+
+
+@pytest.mark.parametrize("exc, said, code", [
+    (RuntimeError("[enforce fail at alloc_cpu.cpp:127] DefaultCPUAllocator: can't allocate memory"), "out of memory", 1),
+    (OSError(errno.EROFS, os.strerror(errno.EROFS), "x.csv"), "cannot access x.csv: Read-only file system (EROFS)", 1),
+    (TypeError("something unforeseen"), "internal error: TypeError: something unforeseen", 1),
+])
+def test_the_command_line_never_shows_a_bare_traceback(monkeypatch, capsys, exc, said, code):
+    """What slips past every check still ends as one line on stderr and a non-zero exit."""
+    import importlib
+
+    cli = importlib.import_module("chainrule.cli.main")
+
+    def boom():
+        raise exc
+
+    monkeypatch.setattr(cli, "dataset_info", boom)  # what `chainrule datasets` calls
+    assert cli.main(["datasets"]) == code
+    err = capsys.readouterr().err.strip()
+    assert said in err and "\n" not in err and "Traceback" not in err

@@ -118,7 +118,7 @@ def test_extract_layers_reads_every_layer_from_one_pass(digits, monkeypatch):
     np.testing.assert_allclose(extract_layers(model, x, [None], batch_size=4)[0], default, rtol=1e-5, atol=1e-6)
     with pytest.raises(InputError, match="empty"):
         extract_layers(model, x, [])
-    nade = tiny("nade")  # one feature layer, no layer argument: every entry is it
+    nade = tiny("nade")  # one feature layer (layer 0 or -1): every entry is it
     a, b = extract_layers(nade, x, [0, -1])
     np.testing.assert_allclose(a, b)
     with pytest.raises(InputError, match="one layer"):

@@ -413,30 +413,33 @@ def _decode(model: Any, payload: bytes, n: int, ctx: torch.Tensor | None, member
         raise InputError(f"the compressed payload is corrupted ({exc})") from None
     family = _family()
     # A genuine stream decodes to at most its own length in information (plus the coder's final
-    # state); a forged one (a header claiming more examples than were coded) decodes to noise,
-    # whose information soon exceeds it: refused then, not after decoding everything.
+    # state); a forged one (a header claiming more examples than were coded) decodes noise past its
+    # end, whose information soon exceeds it: refused then, not after decoding (and allocating)
+    # everything it claims.
     budget = 8.0 * len(payload) + PAYLOAD_SLACK_BITS
-    info = 0.0
+    info = 0.0  # -log2 p of the symbols decoded so far
     chunks = []  # allocated chunk by chunk, as they decode
     bar = _bar(n, chunk, model.dim, "decompressing", progress)
     for a in range(0, n, chunk):
         b = min(a + chunk, n)
         out = torch.zeros(b - a, model.dim, dtype=torch.long)
-        rows = torch.arange(b - a)
+        rows = np.arange(b - a)
         gen = frequency_tables(model, b - a, None if ctx is None else ctx[a:b], bits, member=member,
                                block_rows=block)
         j, freq = next(gen)
         while True:
+            probs = _probabilities(freq, bits)
             try:
-                vals = dec.decode(family, _probabilities(freq, bits))
+                decoded = dec.decode(family, probs)
             except Exception as exc:
                 raise InputError(f"the compressed payload is corrupted: decoding failed ({exc})") from None
-            vals = torch.from_numpy(vals.astype(np.int64))
+            vals = torch.from_numpy(decoded.astype(np.int64))
             out[:, j] = vals
-            info -= float(torch.log2(freq.cpu()[rows, vals].double() / (1 << bits)).sum())
+            info -= float(np.log2(probs[rows, decoded]).sum())
             if info > budget:
                 raise InputError(f"the compressed file is corrupted or forged: its {len(payload)}-byte payload "
-                                 f"decodes to more information ({info / 8:.0f} bytes) than it holds")
+                                 f"decodes to more information ({info / 8:.0f} bytes) than it holds (the header "
+                                 f"claims {n} examples)")
             bar.update(1)
             try:
                 j, freq = gen.send(vals)

@@ -29,6 +29,7 @@ from chainrule.errors import CheckpointError, DataError, InputError
 from chainrule.inference.likelihood import EvalResult, evaluate, token_unit
 from chainrule.inference.sampling import default_generator
 from chainrule.io.checkpoint import CONFIG_FILE, read_config
+from chainrule.io.outputs import output_file
 from chainrule.models import create_model
 from chainrule.models.registry import get_model_class
 from chainrule.training import TrainConfig, Trainer
@@ -399,8 +400,16 @@ class _Replacement:
         moved = run_files(self.out) if self.force else []
         if moved:
             self.saved.mkdir()
-            for p in moved:
-                p.rename(self.saved / p.name)
+            done = []
+            try:
+                for p in moved:
+                    p.rename(self.saved / p.name)
+                    done.append(p)
+            except BaseException:  # a rename refused half-way: everything back where it was
+                for p in done:
+                    (self.saved / p.name).rename(p)
+                self.saved.rmdir()
+                raise
         return moved
 
     def commit(self) -> None:
@@ -643,14 +652,16 @@ def _train_run(model_name: str, ds: Dataset, out: Path, hyperparameters: dict[st
                                   unit=token_unit(ds), desc="test"), offset)
     for line in describe_eval("test", test, ds):
         report(line)
-    plot_training_curve(out / "log.csv", out / "curve.png", title=f"{model_name} on {ds.name}")
+    with output_file(out / "curve.png") as tmp:  # each output written whole or not at all (a full disk)
+        plot_training_curve(out / "log.csv", tmp, title=f"{model_name} on {ds.name}")
     labels = sample_labels(ds.num_classes, num_samples) if conditional else None
     x = model.sample(num_samples, labels, generator=default_generator(model, config.seed), progress=progress)
     if standardization is not None:  # samples in the data's units
         x = standardization.invert(x)
-    samples = save_samples(x, out / default_samples_name(ds.is_image, ds.tokenizer, ds.sample_rate), model.num_values,
-                           ds.is_image, ds.tokenizer, ds.sample_rate, class_columns(ds.num_classes, num_samples)
-                           if conditional else None)
+    samples = out / default_samples_name(ds.is_image, ds.tokenizer, ds.sample_rate)
+    with output_file(samples) as tmp:
+        save_samples(x, tmp, model.num_values, ds.is_image, ds.tokenizer, ds.sample_rate,
+                     class_columns(ds.num_classes, num_samples) if conditional else None)
     summary = {"model": model_name, "dataset": ds.name, "parameters": model.num_parameters(),
                "epochs_run": result.epochs_run, "best_epoch": result.best_epoch,
                "train_seconds": result.train_seconds, "best_val_nll_nats": result.best_val_nll_nats,
@@ -658,6 +669,7 @@ def _train_run(model_name: str, ds: Dataset, out: Path, hyperparameters: dict[st
                "command_seconds": time.perf_counter() - started,
                "torch_threads": torch.get_num_threads(), "conditional": conditional,
                "examples_per_second": result.examples_per_second}
-    (out / "results.json").write_text(json.dumps(summary, indent=2))
+    with output_file(out / "results.json") as tmp:
+        tmp.write_text(json.dumps(summary, indent=2))
     report(f"wrote {out / 'best'}, {out / 'log.csv'}, {out / 'curve.png'}, {samples}")
     return summary

@@ -583,6 +583,10 @@ def main(argv: list[str] | None = None) -> int:
             raise
         from safetensors import SafetensorError
 
+        if isinstance(exc, RuntimeError) and ("can't allocate memory" in str(exc) or "out of memory" in str(exc)):
+            print(f"chainrule: error: out of memory ({str(exc).splitlines()[0][:160]}); use a smaller --batch-size, "
+                  "-n or model", file=sys.stderr)
+            return 1
         if isinstance(exc, SafetensorError):
             print(f"chainrule: error: a safetensors file cannot be read or written ({exc})", file=sys.stderr)
             return 1

@@ -235,8 +235,10 @@ def _store_train_config(out: Path, resolved: dict[str, Any]) -> None:
     except ValueError as exc:
         log.warning("not writing %s: %s", out / "config.toml", exc)
         return
-    out.mkdir(parents=True, exist_ok=True)
-    (out / "config.toml").write_text(text, encoding="utf-8")
+    from chainrule.io.outputs import output_file
+
+    with output_file(out / "config.toml") as tmp:
+        tmp.write_text(text, encoding="utf-8")
 
 
 #: The quick start's two recipes on the 8x8 digits (measured in BENCHMARKS.md, "The quick start").

@@ -1619,6 +1619,13 @@ class NgramLM:
         model = cls(config["order"], config["smoothing"], padding=padding, **config.get("options", {}))
         model.metadata = dict(config.get("metadata", {}))
         model._set_vocab(list(config["vocab"]))
+        from chainrule.data.formats import check_npz_members
+
+        try:  # declared sizes against the archive's, before numpy allocates them
+            check_npz_members(path / _ARRAYS)
+        except DataError as exc:
+            raise DataError(f"{exc}; the file is damaged or is not an n-gram model's arrays: fit and save the "
+                            "model again") from None
         try:  # a truncated or overwritten archive fails in zipfile or zlib, not only in numpy
             with np.load(path / _ARRAYS, allow_pickle=False) as data:
                 arrays = {name: data[name] for name in data.files}

@@ -192,8 +192,8 @@ class NADE(AutoregressiveModel):
         """The hidden layer h_i of every group's conditional, ``(B, G, H)`` (group index order).
         NADE has one hidden layer: ``layer`` is 0 or -1 (or a sequence of them, giving a list), as
         for the models with several (:func:`~chainrule.models.base.select_layers`)."""
-        select_layers(range(1), layer, "NADE's one hidden layer: 0 or -1")  # a bad layer fails before the pass
-        return select_layers([self._hidden_features(x, context, order)], layer, "NADE's one hidden layer: 0 or -1")
+        select_layers(range(1), layer, "NADE has one layer: 0 or -1")  # a bad layer fails before the pass
+        return select_layers([self._hidden_features(x, context, order)], layer, "NADE has one layer: 0 or -1")
 
     def _hidden_features(self, x: torch.Tensor, context: Any, order: Any) -> torch.Tensor:
         x, _ = self.validate(x)

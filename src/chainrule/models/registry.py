@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import inspect
+import math
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -120,6 +121,8 @@ def check_hyperparameters(name: str, hyperparameters: dict[str, Any]) -> None:
 #: The largest integer a size-like hyperparameter (channels, hidden units, layers, K, components)
 #: may take: beyond it no model fits a machine, and a typo (1e11) fails here, not in an allocation.
 MAX_SIZE = 1 << 24
+#: The most variables an event may have (2**28: a 3 x 8192 x 8192 image still fits).
+MAX_VARIABLES = 1 << 28
 #: Seeds are 64-bit (torch.manual_seed): 0 .. 2**63 - 1.
 MAX_SEED = (1 << 63) - 1
 
@@ -190,6 +193,11 @@ def create_model(name: str, shape: tuple[int, ...] | list[int] | int, num_values
     :class:`InputError` listing the accepted ones.
     """
     check_hyperparameters(name, hyperparameters)
+    dims = [shape] if isinstance(shape, int) else shape
+    if isinstance(dims, (list, tuple)) and all(isinstance(d, int) and not isinstance(d, bool) for d in dims) \
+            and (any(d > MAX_SIZE for d in dims) or math.prod(dims) > MAX_VARIABLES):
+        raise InputError(f"model {name!r}: an event of shape {tuple(dims)} has more variables than any model here "
+                         f"can hold (at most {MAX_VARIABLES:,})")
     _check_hyperparameter_values(name, num_values, hyperparameters)
     cls = get_model_class(name)
     _check_size(cls, name, shape, num_values, hyperparameters)
