@@ -12,6 +12,9 @@ if os.environ.get("CI"):
 # precision="auto" caches its measured verdicts (chainrule.training.precision): in a directory of
 # the test session's own, not the user's ~/.cache (subprocesses inherit it)
 if not os.environ.get("CHAINRULE_CACHE_DIR"):
+    import atexit
+    import shutil
     import tempfile
 
     os.environ["CHAINRULE_CACHE_DIR"] = tempfile.mkdtemp(prefix="chainrule-test-cache-")
+    atexit.register(shutil.rmtree, os.environ["CHAINRULE_CACHE_DIR"], ignore_errors=True)
