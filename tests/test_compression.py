@@ -151,7 +151,7 @@ def test_older_format_versions_still_decode(monkeypatch, version):
     costs K / 2^24 of the mass instead of K / 2^16."""
     model = build("nade")
     x, y = model_data(model)
-    assert cz.FORMAT_VERSION == 3 and cz.PRECISION == 24 and cz.TABLE_BITS == {1: 16, 2: 24, 3: 24}
+    assert cz.FORMAT_VERSION == 4 and cz.PRECISION == 24 and cz.TABLE_BITS == {1: 16, 2: 24, 3: 24, 4: 24}
     with monkeypatch.context() as m:
         m.setattr(cz, "PRECISION", cz.TABLE_BITS[version])
         m.setattr(cz, "BLOCK_ROWS", cz.OLD_BLOCK_ROWS)
@@ -164,7 +164,30 @@ def test_older_format_versions_still_decode(monkeypatch, version):
     assert torch.equal(decompress(model, data), x)
     new = compress(model, x, y)
     head = cz.read_header(new)[0]
-    assert head.version == 3 and head.meta["block_rows"] == N and torch.equal(decompress(model, new), x)
+    assert head.version == 4 and head.meta["block_rows"] == N and torch.equal(decompress(model, new), x)
+
+
+@pytest.mark.parametrize("name", ["made", "causalconv"])
+def test_files_coded_before_a_cached_step_still_decode(monkeypatch, name):
+    """MADE and causalconv gained cached steps in format 4; a version-3 file of theirs was coded with
+    the full pass at every step (which rounds differently), and decodes that way: nothing lost."""
+    from chainrule.inference.coding import encoding_tables
+    from chainrule.models.base import AutoregressiveModel
+
+    torch.manual_seed(0)
+    model = chainrule.create_model(name, (6,), 3, **({"hidden_sizes": [16]} if name == "made" else
+                                                     {"channels": 8, "kernel_size": 3, "num_layers": 2}))
+    x = torch.randint(3, (40, 6))
+    with monkeypatch.context() as m:  # chainrule 0.2: no cached step, the contract's full pass
+        m.setattr(type(model), "new_state", AutoregressiveModel.new_state)
+        m.setattr(type(model), "step", AutoregressiveModel.step)
+        old_tables = encoding_tables(model, x, precision=24)[1]
+        old = compress(model, x)
+    assert torch.equal(encoding_tables(model, x, precision=24, full_pass=True)[1], old_tables)
+    head, payload = cz.read_header(old)
+    head.version = 3
+    assert torch.equal(decompress(model, head.pack() + payload), x)
+    assert cz.read_header(compress(model, x))[0].version == 4
 
 
 def test_blocks_of_any_size_round_trip_and_are_checked(monkeypatch):

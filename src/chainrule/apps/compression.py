@@ -34,13 +34,13 @@ How the stream is made
   decoder must use the encoder's. :func:`compress` takes ``min(128, chunk, N)``; 128 rows code
   3-5x faster than the 16 of versions 1 and 2 (BENCHMARKS.md §5).
 
-Container format (version 3; all integers little-endian)
+Container format (version 4; all integers little-endian)
 --------------------------------------------------------
 ====== ======== ==========================================================================
 offset bytes    field
 ====== ======== ==========================================================================
 0      4        magic ``b"CRZ1"``
-4      2        format version, uint16 (= 3; 2: no ``block_rows``, blocks of 16; 1: as 2, 16-bit tables)
+4      2        format version, uint16 (= 4; 3: as 4, MADE/causalconv coded by the full pass; 2: no ``block_rows``, blocks of 16; 1: as 2, 16-bit tables)
 6      1        content kind, uint8: 0 = array of model values, 1 = text (tokens of a file)
 7      1        context kind, uint8: 0 = none, 1 = class labels, 2 = context tensor
 8      32       model fingerprint: SHA-256 of the model's JSON config and weights
@@ -117,9 +117,11 @@ from chainrule.inference.coding import BLOCK_ROWS, frequency_tables
 from chainrule.io.outputs import check_output, output_file
 
 MAGIC = b"CRZ1"
-FORMAT_VERSION = 3
-#: Bits of the frequency tables of each format version this chainrule reads.
-TABLE_BITS = {1: 16, 2: 24, 3: 24}
+FORMAT_VERSION = 4
+#: Bits of the frequency tables of each format version this chainrule reads. Version 4 is version 3
+#: coded with the cached steps MADE and causalconv gained then (their older files decode by the full
+#: pass they were coded with: ``coding_step_since``).
+TABLE_BITS = {1: 16, 2: 24, 3: 24, 4: 24}
 #: Rows per block of the tables in versions 1 and 2 (version 3 records its own).
 OLD_BLOCK_ROWS = 16
 #: Bits of the integer frequency tables this chainrule writes (rows sum to ``2**PRECISION``).
@@ -398,7 +400,7 @@ def _bar(n: int, chunk: int, dim: int, desc: str, progress: bool) -> Any:
 
 
 def _decode(model: Any, payload: bytes, n: int, ctx: torch.Tensor | None, member: int | None, chunk: int,
-            block: int, bits: int = PRECISION, progress: bool = False) -> torch.Tensor:
+            block: int, bits: int = PRECISION, progress: bool = False, full_pass: bool = False) -> torch.Tensor:
     """Decode ``n`` examples ``(n, D)`` long from a payload, in the order :func:`_encode` wrote them
     with ``bits``-bit tables (:data:`TABLE_BITS` of the file's format version) on blocks of
     ``block`` rows."""
@@ -425,7 +427,7 @@ def _decode(model: Any, payload: bytes, n: int, ctx: torch.Tensor | None, member
         out = torch.zeros(b - a, model.dim, dtype=torch.long)
         rows = np.arange(b - a)
         gen = frequency_tables(model, b - a, None if ctx is None else ctx[a:b], bits, member=member,
-                               block_rows=block)
+                               block_rows=block, full_pass=full_pass)
         j, freq = next(gen)
         while True:
             probs = _probabilities(freq, bits)
@@ -538,8 +540,9 @@ def _decompress_values(model: Any, data: bytes, progress: bool = False) -> tuple
     if zlib.crc32(payload) != head.payload_crc32:
         raise InputError("the compressed file is corrupted: its payload fails the CRC-32 check")
     ctx = _header_context(head, model)
+    full_pass = head.version < getattr(model.base_model, "coding_step_since", 1)  # coded before the cache
     values = _decode(model, payload, head.num_examples, ctx, head.meta.get("member"), head.chunk,
-                     block, TABLE_BITS[head.version], progress)
+                     block, TABLE_BITS[head.version], progress, full_pass)
     return head, values.reshape(head.num_examples, *model.shape), ctx
 
 

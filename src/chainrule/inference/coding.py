@@ -58,7 +58,7 @@ def single_thread() -> Iterator[None]:
 
 
 def frequency_tables(model: Any, n: int, context: Any = None, precision: int = 16, member: int | None = None,
-                     order: Any = None, block_rows: int = BLOCK_ROWS,
+                     order: Any = None, block_rows: int = BLOCK_ROWS, full_pass: bool = False,
                      **options: Any) -> Generator[tuple[int, torch.Tensor], torch.Tensor, None]:
     """Yield ``(variable index, frequencies (n, K) int64)`` for every variable of ``n`` examples in
     the model's order, receiving each variable's ``n`` values by ``send`` (see the module docstring).
@@ -66,6 +66,9 @@ def frequency_tables(model: Any, n: int, context: Any = None, precision: int = 1
     Works for every discrete model; an ensemble needs ``member=k`` (its mixture's conditionals
     under different orders have no closed form). The tables depend on ``block_rows`` (the rows of
     every step, the last block padded): decode with the ``block_rows`` you encoded with.
+    ``full_pass``: step with the teacher-forced pass instead of the architecture's cache
+    (:meth:`~chainrule.models.base.AutoregressiveModel.full_pass_step`; slower, and rounded
+    differently): for streams coded before the architecture had its cached step.
     """
     if not model.head.discrete:
         raise InputError(f"{model.name}: entropy coding needs a discrete model (num_values=K); this one is real-valued")
@@ -88,11 +91,13 @@ def frequency_tables(model: Any, n: int, context: Any = None, precision: int = 1
                 c = ctx[start:start + rows]
                 c = torch.cat([c, c[:1].expand(block_rows - rows, *c.shape[1:])]) if rows < block_rows else c
             with single_thread():
-                blocks.append([start, rows, model.init_state(block_rows, c, **call)])
+                init = model.init_full_pass_state if full_pass else model.init_state
+                blocks.append([start, rows, init(block_rows, c, **call)])
         order_list = model.resolve_order(**call).tolist()
         index = model.groups.index.tolist()
         s = model.group_size
         device = model.device  # looked up once: the property walks the parameters
+        step = model.full_pass_step if full_pass else model.step
         last_group = None
         for i, g in enumerate(order_list):
             dists, partial = [], torch.zeros(n, s, dtype=torch.long, device=device)
@@ -102,7 +107,7 @@ def frequency_tables(model: Any, n: int, context: Any = None, precision: int = 1
                     prev = None
                     if i:
                         prev = _padded(last_group, start, rows, block_rows)
-                    params, blk[2] = model.step(state, i, prev)
+                    params, blk[2] = step(state, i, prev)
                     dists.append(model.head(params))
             for j in range(s):
                 with single_thread():

@@ -90,6 +90,9 @@ class AutoregressiveModel(nn.Module):
     supports_groups: ClassVar[bool] = True
     closed_form: ClassVar[bool] = False  # fitted by counting (``fit_counts``), not by gradient steps
     call_options: ClassVar[tuple[str, ...]] = ()  # extra call-time arguments (MADE: "mask")
+    # The compressed-file format version (apps.compression) from which this architecture's files are
+    # coded with its cached step; older files were coded with the full pass at every step.
+    coding_step_since: ClassVar[int] = 1
     num_members: ClassVar[int] = 1  # an ensemble (a wrapper) has more
     input_encoding: str = "value"
 
@@ -361,6 +364,20 @@ class AutoregressiveModel(nn.Module):
         """The sampling cache for ``n`` examples before step 0 (see :meth:`step`)."""
         self.check_options(options)
         return self.new_state(n, self.resolve_order(order), self.context_features(context, n), **options)
+
+    def init_full_pass_state(self, n: int, context: Any = None, order: OrderSpec | None = None,
+                             **options: Any) -> Any:
+        """A state for :meth:`full_pass_step`: the contract's uncached step, which re-runs the
+        teacher-forced pass at every step, whatever cache the architecture has. Compressed files
+        written before an architecture had its cached step were coded this way, and decode only
+        this way (the two round differently)."""
+        self.check_options(options)
+        return AutoregressiveModel.new_state(self, n, self.resolve_order(order), self.context_features(context, n),
+                                             **options)
+
+    def full_pass_step(self, state: Any, i: int, x_prev: torch.Tensor | None) -> tuple[torch.Tensor, Any]:
+        """:meth:`step` without the architecture's cache (see :meth:`init_full_pass_state`)."""
+        return AutoregressiveModel.step(self, state, i, x_prev)
 
     def new_state(self, n: int, order: torch.Tensor, context: torch.Tensor | None, **options: Any) -> Any:
         """Architectures with a cache override this and :meth:`step`. Default: the partial sample."""

@@ -47,6 +47,7 @@ class CausalConvARM(AutoregressiveModel):
     supports_tensor_context = True
     supports_real = True
     any_order = True
+    coding_step_since = 4  # its cached step came in format 4; older files decode by the full pass
 
     def __init__(self, shape: tuple[int, ...], num_values: int | None = 2, num_layers: int = 4,
                  channels: int = 256, kernel_size: int = 7, dilations: Sequence[int] | None = None,

@@ -123,6 +123,13 @@ class Ensemble(nn.Module):
     def step(self, state: Any, i: int, x_prev: torch.Tensor | None) -> tuple[torch.Tensor, Any]:
         return self.model.step(state, i, x_prev)
 
+    def init_full_pass_state(self, n: int, context: Any = None, member: int | None = 0, order: Any = None,
+                             **options: Any) -> Any:
+        return self.model.init_full_pass_state(n, context, **self.member_call(member, order, **options))
+
+    def full_pass_step(self, state: Any, i: int, x_prev: torch.Tensor | None) -> tuple[torch.Tensor, Any]:
+        return self.model.full_pass_step(state, i, x_prev)
+
     # ------------------------------------------------------------------ generic code
     def log_prob(self, x: Any, context: Any = None, member: int | list[int] | range | None = None,
                  order: Any = None, **options: Any) -> torch.Tensor:

@@ -62,6 +62,7 @@ class MADE(AutoregressiveModel):
     supports_tensor_context = True
     supports_real = True
     any_order = True
+    coding_step_since = 4  # its cached step came in format 4; older files decode by the full pass
     call_options = ("mask",)
 
     def __init__(self, shape: tuple[int, ...], num_values: int | None = 2,
