@@ -559,3 +559,24 @@ def test_the_command_line_never_shows_a_bare_traceback(monkeypatch, capsys, exc,
     assert cli.main(["datasets"]) == code
     err = capsys.readouterr().err.strip()
     assert said in err and "\n" not in err and "Traceback" not in err
+
+
+def test_a_failed_train_background_keeps_the_previous_background(image_run, tmp_path, capsys, monkeypatch):
+    import chainrule.apps.anomaly as anomaly
+
+    run, data = image_run
+    argv = ["score", str(run), str(data), "--out", str(tmp_path / "s.csv"), "--force", "--score", "likelihood-ratio",
+            "--train-background", "0.2", "--background-epochs", "1", "--background-steps-per-epoch", "2",
+            "--no-progress"]
+    assert main(argv) == 0
+    before = _snapshot(run / "background")
+    assert before
+
+    def full(*args, **kwargs):
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+    monkeypatch.setattr(anomaly, "train_background", full)
+    capsys.readouterr()
+    assert main(argv) == 1
+    assert "No space left" in _error(capsys)
+    assert _snapshot(run / "background") == before

@@ -378,7 +378,7 @@ def check_run_dir(out: str | Path, resume: bool = False, force: bool = False, ch
         raise InputError(f"{out} already holds a run: pass --resume to continue it or --force to replace it")
 
 
-class _Replacement:
+class RunReplacement:
     """What a (non-resumed) run does to the directory it trains in, so that nothing is lost:
 
     - ``begin``: with ``force``, the previous run's files (:func:`run_files`) are moved into
@@ -453,7 +453,7 @@ def _undo_replacement(out: Path) -> None:
 
 
 def finish_replacement(out: str | Path, report: Callable[[str], None] = log.info) -> None:
-    """A ``--force`` run killed before :class:`_Replacement` could commit or roll back left
+    """A ``--force`` run killed before :class:`RunReplacement` could commit or roll back left
     ``RUN/.replaced/``: when the new run had written a checkpoint, the replaced run is removed;
     otherwise the new run's traces go and the replaced run comes back."""
     out = Path(out)
@@ -624,7 +624,7 @@ def _train_run(model_name: str, ds: Dataset, out: Path, hyperparameters: dict[st
     else:
         # the previous run (with --force) is moved aside, and removed only once this one has written
         # its first checkpoint; a failure before that puts it back (and removes this run's traces)
-        replacement = _Replacement(out, force, created)
+        replacement = RunReplacement(out, force, created)
         moved = replacement.begin()
         if moved:
             report(f"replacing the previous run in {out} ({', '.join(p.name for p in moved)}): removed once "

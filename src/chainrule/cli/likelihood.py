@@ -176,7 +176,7 @@ def _background_model(args: argparse.Namespace, ckpt: Path, model: Any) -> Any:
     """The background model of the likelihood-ratio score: ``--background DIR``, or one trained now
     with ``--train-background RATE`` into ``RUN/background/``, or the one already there."""
     from chainrule.apps.anomaly import check_compatible, train_background
-    from chainrule.apps.pipeline import clear_run_dir, run_files
+    from chainrule.apps.pipeline import RunReplacement
     from chainrule.io.checkpoint import CONFIG_FILE
 
     own = Path(args.run) / "background"
@@ -205,16 +205,23 @@ def _background_model(args: argparse.Namespace, ckpt: Path, model: Any) -> Any:
         if "betas" in tc:
             tc["betas"] = tuple(tc["betas"])
         config = TrainConfig(**tc)
-        if run_files(own):
-            clear_run_dir(own)
+        # a previous background model is moved aside, and removed only once the new one is trained
+        # (a failure puts it back): nothing is lost to a run that does not finish
+        replacement = RunReplacement(own, force=True, created=not own.exists())
+        replacement.begin()
         per_epoch = f" of {config.steps_per_epoch} steps" if config.steps_per_epoch else ""
         print(f"training a background model ({model.name}, the run's configuration) for {config.epochs} epoch(s){per_epoch} on "
               f"the training split of {ds.name}, each value replaced w.p. {rate} (Ren et al. 2019) -> {own}")
         keep = ("dataset", "binarize", "dequantize", "data_seed", "data_dir", "block_size", "level")
-        bg = train_background(model.config, ds.train, rate, config, val_data=ds.val if len(ds.val) else None,
-                              train_transform=ds.train_transform, out_dir=own,
-                              extra={**{k: extra[k] for k in keep if k in extra}, "background_of": str(ckpt)},
-                              progress=not args.no_progress, device=device_of(args))
+        try:
+            bg = train_background(model.config, ds.train, rate, config, val_data=ds.val if len(ds.val) else None,
+                                  train_transform=ds.train_transform, out_dir=own,
+                                  extra={**{k: extra[k] for k in keep if k in extra}, "background_of": str(ckpt)},
+                                  progress=not args.no_progress, device=device_of(args))
+        except BaseException:
+            replacement.rollback()
+            raise
+        replacement.commit()
         return bg
     path = args.background
     if path is None:
