@@ -64,6 +64,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from chainrule.contract import ARModel
 from chainrule.errors import InputError
 from chainrule.inference.likelihood import EVAL_BATCH_SIZE, context_rows, per_example_nll
 from chainrule.models import create_model
@@ -79,7 +80,7 @@ def _bits_per_dim(nll_nats: torch.Tensor | np.ndarray, dim: int) -> np.ndarray:
     return np.asarray(nll_nats, dtype=np.float64) / (dim * LN2)
 
 
-def nll_bits_per_dim(model: Any, x: Any, context: Any = None, batch_size: int = EVAL_BATCH_SIZE,
+def nll_bits_per_dim(model: ARModel, x: Any, context: Any = None, batch_size: int = EVAL_BATCH_SIZE,
                      progress: bool = False) -> np.ndarray:
     """-log2 p(x) / D for every example, ``(N, *shape)`` -> ``(N,)`` float64 (ensembles: the whole
     mixture)."""
@@ -89,12 +90,12 @@ def nll_bits_per_dim(model: Any, x: Any, context: Any = None, batch_size: int = 
 # ---------------------------------------------------------------------- scores
 
 
-def nll_score(model: Any, x: Any, *, context: Any = None, batch_size: int = EVAL_BATCH_SIZE, progress: bool = False) -> np.ndarray:
+def nll_score(model: ARModel, x: Any, *, context: Any = None, batch_size: int = EVAL_BATCH_SIZE, progress: bool = False) -> np.ndarray:
     """Negative log-likelihood in bits/dim, ``(N, *shape)`` -> ``(N,)`` float64: -log p(x) / (D ln 2)."""
     return nll_bits_per_dim(model, x, context, batch_size, progress)
 
 
-def likelihood_ratio_score(model: Any, x: Any, *, background: Any, context: Any = None, batch_size: int = EVAL_BATCH_SIZE,
+def likelihood_ratio_score(model: ARModel, x: Any, *, background: Any, context: Any = None, batch_size: int = EVAL_BATCH_SIZE,
                            progress: bool = False) -> np.ndarray:
     """Ren et al. (2019): -[log p(x) - log p_bg(x)] / (D ln 2), bits/dim, ``(N,)`` float64.
 
@@ -162,7 +163,7 @@ def code_length_bits(x: Any, num_values: int | None, compressor: str = "png") ->
     return out
 
 
-def input_complexity_score(model: Any, x: Any, *, compressor: str = "png", context: Any = None,
+def input_complexity_score(model: ARModel, x: Any, *, compressor: str = "png", context: Any = None,
                            batch_size: int = EVAL_BATCH_SIZE, progress: bool = False) -> np.ndarray:
     """Serrà et al. (2020): S(x) = NLL_bits(x) / D - L(x) / D, bits/dim, ``(N,)`` float64.
 
@@ -173,14 +174,14 @@ def input_complexity_score(model: Any, x: Any, *, compressor: str = "png", conte
         code_length_bits(xv.cpu(), model.num_values, compressor) / model.dim
 
 
-def entropy_estimate(model: Any, reference: Any, context: Any = None, batch_size: int = EVAL_BATCH_SIZE,
+def entropy_estimate(model: ARModel, reference: Any, context: Any = None, batch_size: int = EVAL_BATCH_SIZE,
                      progress: bool = False) -> float:
     """Ĥ: the mean NLL in bits/dim of held-out in-distribution data ``reference`` ``(M, *shape)``
     (e.g. the validation split), an estimate of the model's entropy rate."""
     return float(nll_bits_per_dim(model, reference, context, batch_size, progress).mean())
 
 
-def typicality_score(model: Any, x: Any, *, reference: Any, context: Any = None, batch_size: int = EVAL_BATCH_SIZE,
+def typicality_score(model: ARModel, x: Any, *, reference: Any, context: Any = None, batch_size: int = EVAL_BATCH_SIZE,
                      progress: bool = False) -> np.ndarray:
     """Nalisnick et al. (2019b), per example: |NLL(x) - Ĥ| in bits/dim, ``(N,)`` float64.
 
@@ -241,7 +242,7 @@ def typicality_test_from_nll(nll_bits: np.ndarray, reference_nll_bits: np.ndarra
     return TypicalityTest(stat, eps, stat > eps, h, group_size, alpha)
 
 
-def typicality_test(model: Any, x: Any, reference: Any, group_size: int, alpha: float = 0.01,
+def typicality_test(model: ARModel, x: Any, reference: Any, group_size: int, alpha: float = 0.01,
                     num_bootstrap: int = 1000, seed: int = 0, batch_size: int = EVAL_BATCH_SIZE) -> TypicalityTest:
     """Nalisnick et al. (2019b): are groups of ``group_size`` inputs typical of the model?
 
@@ -276,7 +277,7 @@ SCORES: dict[str, ScoreSpec] = {
 }
 
 
-def compute_score(name: str, model: Any, x: Any, **options: Any) -> np.ndarray:
+def compute_score(name: str, model: ARModel, x: Any, **options: Any) -> np.ndarray:
     """The score ``name`` (see :data:`SCORES`) of every example of ``x`` ``(N, *shape)`` -> ``(N,)``.
 
     ``options``: ``context``, ``batch_size``, ``progress`` for all; ``background`` (a model) for
@@ -294,7 +295,7 @@ def compute_score(name: str, model: Any, x: Any, **options: Any) -> np.ndarray:
     return spec.fn(model, x, **options)
 
 
-def check_compatible(model: Any, other: Any, what: str) -> None:
+def check_compatible(model: ARModel, other: Any, what: str) -> None:
     """``other`` models the same event shape and values as ``model``, else an InputError."""
     if tuple(other.shape) != tuple(model.shape) or other.num_values != model.num_values:
         raise InputError(f"{what} models shape {tuple(other.shape)} with num_values={other.num_values}; "
@@ -304,7 +305,7 @@ def check_compatible(model: Any, other: Any, what: str) -> None:
 # ---------------------------------------------------------------------- per-variable maps
 
 
-def nll_map(model: Any, x: Any, context: Any = None, bits: bool = True, batch_size: int = EVAL_BATCH_SIZE,
+def nll_map(model: ARModel, x: Any, context: Any = None, bits: bool = True, batch_size: int = EVAL_BATCH_SIZE,
             member: int | None = None) -> np.ndarray:
     """-log p(x_j | the variables before x_j) for every variable, ``(N, *shape)`` -> ``(N, *shape)``
     float64, in bits (``bits=False``: nats). Each example's map sums to its NLL.
@@ -514,7 +515,7 @@ def detection_metrics(in_scores: Any, out_scores: Any, num_resamples: int = 1000
     return DetectionResult(metrics, len(a), len(b), level, num_resamples, score, a, b)
 
 
-def detect(model: Any, x_in: Any, x_out: Any, score: str = "nll", num_resamples: int = 1000, seed: int = 0,
+def detect(model: ARModel, x_in: Any, x_out: Any, score: str = "nll", num_resamples: int = 1000, seed: int = 0,
            **options: Any) -> DetectionResult:
     """Score in-distribution inputs ``x_in`` and OOD inputs ``x_out`` (each ``(N, *shape)``) with
     ``score`` (options as :func:`compute_score`; ``context`` is not split between the two sets)

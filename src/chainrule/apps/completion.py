@@ -42,6 +42,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from chainrule.contract import ARModel
 from chainrule.errors import InputError
 from chainrule.inference.likelihood import group_log_probs
 from chainrule.inference.sampling import sample
@@ -152,7 +153,7 @@ def _as_bool_mask(mask: Any, what: str = "mask") -> torch.Tensor:
     return m != 0
 
 
-def _order_is_raster(model: Any, order: torch.Tensor) -> bool:
+def _order_is_raster(model: ARModel, order: torch.Tensor) -> bool:
     return bool(torch.equal(order.cpu(), make_ordering("raster", model.groups.grid)))
 
 
@@ -161,7 +162,7 @@ def _any_order_models() -> str:
     return ", ".join(names)
 
 
-def check_mask(model: Any, mask: Any, n: int, member: int | None = None) -> torch.Tensor:
+def check_mask(model: ARModel, mask: Any, n: int, member: int | None = None) -> torch.Tensor:
     """Check a mask for ``n`` examples and return it as bool ``(n, *shape)`` on the model's device.
 
     ``mask``: bool or 0/1, the event shape (the same for every example) or ``(n, *shape)``. It must
@@ -212,7 +213,7 @@ def _unique_rows(gmask: torch.Tensor) -> tuple[torch.Tensor, list[int]]:
     return patterns, first
 
 
-def is_prefix_of_order(model: Any, mask: torch.Tensor, member: int | None = None) -> bool:
+def is_prefix_of_order(model: ARModel, mask: torch.Tensor, member: int | None = None) -> bool:
     """True when every example's observed groups in ``mask`` ``(n, *shape)`` are the first groups
     of the model's own order (member ``member``'s, or member 0's): the conditioning it was trained for."""
     n = mask.shape[0]
@@ -226,7 +227,7 @@ def is_prefix_of_order(model: Any, mask: torch.Tensor, member: int | None = None
 
 
 # ---------------------------------------------------------------------- completion
-def complete(model: Any, x: Any, mask: Any, num_completions: int = 4, context: Any = None,
+def complete(model: ARModel, x: Any, mask: Any, num_completions: int = 4, context: Any = None,
              generator: torch.Generator | None = None, temperature: float = 1.0,
              member: int | None = None) -> torch.Tensor:
     """Draw ``num_completions`` completions of each partially observed example.
@@ -288,7 +289,7 @@ def complete(model: Any, x: Any, mask: Any, num_completions: int = 4, context: A
     return out
 
 
-def _complete_mixture(model: Any, vals: torch.Tensor, msk: torch.Tensor, ctx: torch.Tensor | None,
+def _complete_mixture(model: ARModel, vals: torch.Tensor, msk: torch.Tensor, ctx: torch.Tensor | None,
                       generator: torch.Generator | None, temperature: float) -> torch.Tensor:
     """Completions ``(R, *shape)`` from an ensemble's mixture: member m with probability
     p(m | x_o) ∝ p_m(x_o), then from member m's conditional. For any-order members p_m is the

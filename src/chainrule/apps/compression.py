@@ -110,6 +110,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from chainrule.contract import ARModel
 from chainrule._version import __version__
 from chainrule.apps.completion import is_image_path, read_images
 from chainrule.errors import InputError
@@ -142,7 +143,7 @@ _TAIL = struct.Struct("<32sQI")  # content SHA-256, payload length, payload CRC-
 
 
 # ---------------------------------------------------------------------- the model's identity
-def model_fingerprint(model: Any) -> bytes:
+def model_fingerprint(model: ARModel) -> bytes:
     """SHA-256 (32 bytes) of a model's JSON config and weights: the config as canonical JSON (sorted
     keys), then every tensor of ``state_dict`` in sorted name order as name, dtype, shape and raw
     bytes (each length-prefixed). Independent of the device, of the chainrule version and of the
@@ -295,7 +296,7 @@ def _check_claims(n: int, k: int, shape: Sequence[int], plen: int, bits: int) ->
                          f"decoded), more than this machine's memory ({memory / 1e9:.3g} GB)")
 
 
-def _check_model(head: Header, model: Any) -> None:
+def _check_model(head: Header, model: ARModel) -> None:
     """The file must have been made by this very model: checked before anything is decoded."""
     fp = model_fingerprint(model)
     if fp != head.fingerprint:
@@ -336,7 +337,7 @@ def _probabilities(freq: torch.Tensor, bits: int) -> np.ndarray:
     return np.ascontiguousarray(freq.cpu().numpy().astype(np.float64) / float(1 << bits))
 
 
-def _encode(model: Any, x: torch.Tensor, ctx: torch.Tensor | None, member: int | None, chunk: int,
+def _encode(model: ARModel, x: torch.Tensor, ctx: torch.Tensor | None, member: int | None, chunk: int,
             block: int, free: torch.Tensor | None = None, progress: bool = False) -> tuple[bytes, torch.Tensor, float]:
     """Range-code ``x`` ``(N, D)`` (long) into one stream. ``free`` ``(N, D)`` bool marks positions
     whose value the encoder may choose (padding): it takes the most probable symbol there.
@@ -399,7 +400,7 @@ def _bar(n: int, chunk: int, dim: int, desc: str, progress: bool) -> Any:
     return tqdm(total=math.ceil(n / chunk) * dim, desc=desc, unit="var", disable=not progress, leave=False)
 
 
-def _decode(model: Any, payload: bytes, n: int, ctx: torch.Tensor | None, member: int | None, chunk: int,
+def _decode(model: ARModel, payload: bytes, n: int, ctx: torch.Tensor | None, member: int | None, chunk: int,
             block: int, bits: int = PRECISION, progress: bool = False, full_pass: bool = False) -> torch.Tensor:
     """Decode ``n`` examples ``(n, D)`` long from a payload, in the order :func:`_encode` wrote them
     with ``bits``-bit tables (:data:`TABLE_BITS` of the file's format version) on blocks of
@@ -466,7 +467,7 @@ def _versions() -> dict[str, str]:
     return {"chainrule": __version__, "torch": torch.__version__, "constriction": cv}
 
 
-def _context_header(model: Any, context: Any, n: int) -> tuple[int, np.ndarray | None, torch.Tensor | None]:
+def _context_header(model: ARModel, context: Any, n: int) -> tuple[int, np.ndarray | None, torch.Tensor | None]:
     """The context checked for ``n`` examples, as stored in the header and as given to the model."""
     if n == 0:  # nothing is coded: no context to keep
         return CONTEXT_NONE, None, None
@@ -477,7 +478,7 @@ def _context_header(model: Any, context: Any, n: int) -> tuple[int, np.ndarray |
     return (CONTEXT_LABELS if model.num_classes else CONTEXT_TENSOR), c.numpy(), c
 
 
-def _header_context(head: Header, model: Any) -> torch.Tensor | None:
+def _header_context(head: Header, model: ARModel) -> torch.Tensor | None:
     if head.context is None:
         if model.conditional and head.num_examples:
             raise InputError("the compressed file holds no context but the model is conditional")
@@ -494,7 +495,7 @@ class _Coded:
     context: torch.Tensor | None
 
 
-def _check_member(model: Any, member: Any) -> None:
+def _check_member(model: ARModel, member: Any) -> None:
     """``member`` (the ensemble member to code with) is None, or a member of an ensemble."""
     if member is None:
         return
@@ -505,7 +506,7 @@ def _check_member(model: Any, member: Any) -> None:
         raise InputError(f"member must be an integer in 0..{members - 1} (the ensemble's members), got {member!r}")
 
 
-def _compress_values(model: Any, x: torch.Tensor, context: Any, member: int | None, content_kind: int,
+def _compress_values(model: ARModel, x: torch.Tensor, context: Any, member: int | None, content_kind: int,
                      meta: dict[str, Any], content_sha: bytes | None = None, free: torch.Tensor | None = None,
                      chunk: int = CHUNK_EXAMPLES, progress: bool = False) -> _Coded:
     if not model.head.discrete:
@@ -528,7 +529,7 @@ def _compress_values(model: Any, x: torch.Tensor, context: Any, member: int | No
     return _Coded(head.pack() + payload, head, coded, bits, ctx)
 
 
-def _decompress_values(model: Any, data: bytes, progress: bool = False) -> tuple[Header, torch.Tensor, torch.Tensor | None]:
+def _decompress_values(model: ARModel, data: bytes, progress: bool = False) -> tuple[Header, torch.Tensor, torch.Tensor | None]:
     """Header checks (model first), then the decoded values ``(N, *shape)`` long and the context."""
     head, payload = read_header(data)
     _check_model(head, model)
@@ -554,7 +555,7 @@ def _mismatch(head: Header) -> InputError:
 
 
 # ---------------------------------------------------------------------- the API: arrays
-def compress(model: Any, x: Any, context: Any = None, *, member: int | None = None,
+def compress(model: ARModel, x: Any, context: Any = None, *, member: int | None = None,
              chunk: int = CHUNK_EXAMPLES) -> bytes:
     """Compress ``x`` ``(N, *shape)`` (or one example ``shape``) of values in 0..K-1 into a
     self-describing byte string (module docstring: the layout).
@@ -567,7 +568,7 @@ def compress(model: Any, x: Any, context: Any = None, *, member: int | None = No
     return _compress_values(model, xv, context, member, CONTENT_ARRAY, meta, chunk=chunk).data
 
 
-def decompress(model: Any, data: bytes, context: Any = None) -> torch.Tensor:
+def decompress(model: ARModel, data: bytes, context: Any = None) -> torch.Tensor:
     """Decode bytes from :func:`compress` with the same model: ``(N, *shape)`` long (on the CPU).
 
     The context is read from the header; a ``context`` given here must equal it. Raises
@@ -591,7 +592,7 @@ def _tokenizer_sha(tokenizer: Any) -> str:
     return hashlib.sha256(json.dumps(tokenizer.to_dict(), sort_keys=True).encode()).hexdigest()
 
 
-def _text_model(model: Any, tokenizer: Any) -> int:
+def _text_model(model: ARModel, tokenizer: Any) -> int:
     if tokenizer is None:
         raise InputError(f"{model.name}: text needs a model trained on text (a tokenizer in its checkpoint)")
     if len(model.shape) != 1:
@@ -621,7 +622,7 @@ def _tokens(tokenizer: Any, raw: bytes, k: int) -> list[int]:
     return ids
 
 
-def _code_text(model: Any, raw: bytes, tokenizer: Any, member: int | None, progress: bool = False) -> tuple[_Coded, int]:
+def _code_text(model: ARModel, raw: bytes, tokenizer: Any, member: int | None, progress: bool = False) -> tuple[_Coded, int]:
     """Tokenize, cut into windows of T tokens (the last padded: free positions) and code; returns
     the coded file and the true token count."""
     t = _text_model(model, tokenizer)
@@ -636,7 +637,7 @@ def _code_text(model: Any, raw: bytes, tokenizer: Any, member: int | None, progr
     return coded, len(ids)
 
 
-def compress_text(model: Any, text: bytes | str, tokenizer: Any, *, member: int | None = None) -> bytes:
+def compress_text(model: ARModel, text: bytes | str, tokenizer: Any, *, member: int | None = None) -> bytes:
     """Compress a text (the bytes of a file, or a ``str``, taken as UTF-8) with a sequence model
     ``shape=(T,)`` trained on text and its ``tokenizer``: windows of T tokens, the last one padded
     with the model's most probable tokens (module docstring)."""
@@ -644,7 +645,7 @@ def compress_text(model: Any, text: bytes | str, tokenizer: Any, *, member: int 
     return _code_text(model, raw, tokenizer, member)[0].data
 
 
-def decompress_text(model: Any, data: bytes, tokenizer: Any) -> bytes:
+def decompress_text(model: ARModel, data: bytes, tokenizer: Any) -> bytes:
     """The exact bytes given to :func:`compress_text` (same model, same tokenizer)."""
     _text_model(model, tokenizer)
     head, values, _ = _decompress_values(model, data)
@@ -762,7 +763,7 @@ def _stored_dtype(meta: dict[str, Any], k: int) -> np.dtype:
     return dtype
 
 
-def _model_bits(model: Any, x: torch.Tensor, ctx: torch.Tensor | None, member: int | None, batch: int = 256) -> float:
+def _model_bits(model: ARModel, x: torch.Tensor, ctx: torch.Tensor | None, member: int | None, batch: int = 256) -> float:
     """Sum of -log2 p(x | c) over examples ``x`` ``(N, *shape)``, from the model's log_prob."""
     total = 0.0
     opts = {} if member is None or getattr(model, "num_members", 1) == 1 else {"member": member}
@@ -773,7 +774,7 @@ def _model_bits(model: Any, x: torch.Tensor, ctx: torch.Tensor | None, member: i
     return -total / math.log(2)
 
 
-def read_array_input(model: Any, path: str | Path) -> tuple[torch.Tensor | np.ndarray, str]:
+def read_array_input(model: ARModel, path: str | Path) -> tuple[torch.Tensor | np.ndarray, str]:
     """An input file or folder as values: a ``.npy`` array, image file(s) or a folder of images.
     Returns the array (as read, for its dtype) and a description."""
     p = Path(path)
@@ -793,7 +794,7 @@ def read_array_input(model: Any, path: str | Path) -> tuple[torch.Tensor | np.nd
     raise InputError(f"{p}: not a .npy array or an image (and this model has no tokenizer, so not text)")
 
 
-def compress_file(model: Any, source: str | Path | torch.Tensor | np.ndarray, output: str | Path,
+def compress_file(model: ARModel, source: str | Path | torch.Tensor | np.ndarray, output: str | Path,
                   context: Any = None, tokenizer: Any = None, *, member: int | None = None,
                   description: str | None = None, overwrite: bool = True, progress: bool = False) -> CompressionReport:
     """Compress ``source`` — a ``.npy`` file, image file(s) / a folder of images, a text file (with
@@ -849,7 +850,7 @@ def compress_file(model: Any, source: str | Path | torch.Tensor | np.ndarray, ou
                              head.payload_length, coded.table_bits, model_bits, extra)
 
 
-def decompress_file(model: Any, source: str | Path, output: str | Path, tokenizer: Any = None, *,
+def decompress_file(model: ARModel, source: str | Path, output: str | Path, tokenizer: Any = None, *,
                     overwrite: bool = True, progress: bool = False) -> list[Path]:
     """Decompress the file ``source`` with ``model`` into ``output``: the text's exact bytes; an
     array as ``.npy`` (the input's dtype and shape) or, for an image model and an output ending in
@@ -897,7 +898,7 @@ def decompress_file(model: Any, source: str | Path, output: str | Path, tokenize
     return [output]
 
 
-def _png_shape(model: Any) -> tuple[int, ...]:
+def _png_shape(model: ARModel) -> tuple[int, ...]:
     shape = tuple(model.shape)
     if len(shape) != 3 or shape[0] not in (1, 3):
         raise InputError(f"PNG output needs an image model (shape (1 or 3, H, W)); this one has shape {shape}: "
@@ -910,7 +911,7 @@ def _png_paths(output: Path, n: int) -> list[Path]:
     return [output] if n == 1 else [output.with_name(f"{output.stem}-{i:03d}.png") for i in range(n)]
 
 
-def _write_pngs(values: torch.Tensor, paths: list[Path], model: Any, overwrite: bool = True) -> list[Path]:
+def _write_pngs(values: torch.Tensor, paths: list[Path], model: ARModel, overwrite: bool = True) -> list[Path]:
     """Images ``(N, C, H, W)`` in 0..K-1 as 8-bit PNGs (one per example) at ``paths``."""
     from PIL import Image
 

@@ -26,6 +26,7 @@ from typing import Any
 
 import torch
 
+from chainrule.contract import ARModel
 from chainrule.apps.plotting import save_figure
 from chainrule.errors import InputError
 from chainrule.inference.likelihood import log_prob_per_variable, token_unit
@@ -178,7 +179,7 @@ def _text_spans(tokenizer: Any, ids: list[int]) -> list[tuple[str, list[int]]]:
 
 
 @torch.no_grad()
-def inspect_text(model: Any, tokenizer: Any, text: str | Sequence[int] | torch.Tensor, context: Any = None,
+def inspect_text(model: ARModel, tokenizer: Any, text: str | Sequence[int] | torch.Tensor, context: Any = None,
                  member: int | None = None) -> TextInspection:
     """The surprisal -log2 p(x_i | x_<i) of every token of ``text`` under a text model.
 

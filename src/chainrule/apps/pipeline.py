@@ -23,6 +23,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from chainrule.contract import ARModel
 from chainrule.apps.plotting import image_grid, plot_training_curve, save_image_grid
 from chainrule.data import Dataset, Standardization, ValueRangeError, load_dataset, mu_law_decode, write_wav
 from chainrule.errors import CheckpointError, DataError, InputError
@@ -527,7 +528,7 @@ def in_data_units(res: EvalResult, offset: float) -> EvalResult:
                                perplexity=math.exp(nll / res.dim) if nll / res.dim < 709 else math.inf)
 
 
-def sampling_cost_examples(model: Any, n: int) -> int:
+def sampling_cost_examples(model: ARModel, n: int) -> int:
     """About how many examples' evaluation drawing ``n`` samples costs: ``n`` with a cached step
     (each step computes one group's share), ``n x G`` for a model whose step is a full pass."""
     from chainrule.models import AutoregressiveModel

@@ -30,6 +30,7 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
+from chainrule.contract import ARModel
 from chainrule.data.dataset import Dataset
 from chainrule.errors import InputError
 
@@ -51,7 +52,7 @@ def _grid_size(pool: str) -> int | None:
                      f"S x S grid of regions), got {pool!r}")
 
 
-def region_matrix(model: Any, size: int) -> torch.Tensor:
+def region_matrix(model: ARModel, size: int) -> torch.Tensor:
     """``(G, R)`` averaging weights of the G groups over R regions: the spatial axes of the event
     (H and W of a ``(C, H, W)`` or ``(H, W)`` image, the positions of a sequence) are cut into
     ``size`` equal bands each; a group belongs to the region of its first variable. Column r holds
@@ -73,7 +74,7 @@ def region_matrix(model: Any, size: int) -> torch.Tensor:
 
 
 # ---------------------------------------------------------------------- which model, which layers
-def feature_model(model: Any) -> Any:
+def feature_model(model: ARModel) -> Any:
     """The module whose ``features`` a probe reads: the model itself, or an ensemble's single
     underlying model (its features at the model's own default order; the members share its
     weights). Raises :class:`InputError` for models without hidden states (fvsbn, histogram)."""
@@ -84,13 +85,13 @@ def feature_model(model: Any) -> Any:
     return inner
 
 
-def takes_layer(model: Any) -> bool:
+def takes_layer(model: ARModel) -> bool:
     """Whether the model's ``features`` has a ``layer`` argument (every model with features here
     has one: NADE's single hidden layer is ``layer=0``; a user's model may take none)."""
     return "layer" in inspect.signature(feature_model(model).features).parameters
 
 
-def _example(model: Any) -> tuple[torch.Tensor, Any]:
+def _example(model: ARModel) -> tuple[torch.Tensor, Any]:
     """One valid input ``(1, *shape)`` (all zeros) and a matching context (label 0 / zeros) or None."""
     dtype = torch.long if model.num_values is not None else torch.float32
     x = torch.zeros((1, *model.shape), dtype=dtype, device=model.device)
@@ -105,7 +106,7 @@ def _example(model: Any) -> tuple[torch.Tensor, Any]:
 _MAX_LAYERS = 10_000
 
 
-def layer_count(model: Any) -> int:
+def layer_count(model: ARModel) -> int:
     """The number L of layers ``model.features(x, layer=l)`` accepts: the valid layers are
     ``0..L-1`` (negative ones count from the end). 1 for models whose features take no layer.
 
@@ -134,7 +135,7 @@ def layer_count(model: Any) -> int:
     raise InputError(f"{inner.name}: features accepts more than {_MAX_LAYERS} layers; cannot enumerate them")
 
 
-def feature_layers(model: Any) -> list[int]:
+def feature_layers(model: ARModel) -> list[int]:
     """The valid layers of ``model.features`` in order, ``[0, ..., L-1]`` (see :func:`layer_count`)."""
     return list(range(layer_count(model)))
 
@@ -150,7 +151,7 @@ def _check_layer(layer: int | None, count: int, name: str) -> int | None:
 
 
 # ---------------------------------------------------------------------- features
-def extract(model: Any, data: torch.Tensor | np.ndarray, layer: int | None = None, batch_size: int = 256,
+def extract(model: ARModel, data: torch.Tensor | np.ndarray, layer: int | None = None, batch_size: int = 256,
             pool: str = "mean", context: Any = None, progress: bool = False) -> np.ndarray:
     """The features of layer ``layer`` of every example, pooled to one vector each: ``(N, F)`` float32.
 
@@ -177,7 +178,7 @@ def extract(model: Any, data: torch.Tensor | np.ndarray, layer: int | None = Non
     return extract_layers(model, data, [layer], batch_size, pool, context, progress)[0]
 
 
-def extract_layers(model: Any, data: torch.Tensor | np.ndarray, layers: Sequence[int | None], batch_size: int = 256,
+def extract_layers(model: ARModel, data: torch.Tensor | np.ndarray, layers: Sequence[int | None], batch_size: int = 256,
                    pool: str = "mean", context: Any = None, progress: bool = False) -> list[np.ndarray]:
     """:func:`extract` for several layers from one forward pass per batch: a list of ``(N, F_l)``
     float32 arrays, one per entry of ``layers`` (in that order). The arguments are those of
@@ -366,7 +367,7 @@ def fit_probe(train: tuple[np.ndarray, np.ndarray], val: tuple[np.ndarray, np.nd
                     test_accuracy=float((kept.predict(xte) == yte).mean()), converged=converged)
 
 
-def probe(model: Any, ds: Dataset, layers: Sequence[int] | None = None, max_train: int | None = None,
+def probe(model: ARModel, ds: Dataset, layers: Sequence[int] | None = None, max_train: int | None = None,
           batch_size: int = 256, pool: str = "mean", Cs: Sequence[float] = DEFAULT_CS, max_iter: int = 2000,
           seed: int = 0, progress: bool = False, report: Callable[[str], None] | None = None) -> ProbeResult:
     """Linear probes of ``model``'s features on the labelled dataset ``ds`` (iGPT, Chen et al. 2020).

@@ -18,6 +18,7 @@ from typing import Any
 
 import torch
 
+from chainrule.contract import ARModel
 from chainrule.errors import InputError, renamed_parameters, warn_deprecated
 from chainrule.inference.sampling import check_prompt, check_sequence_model
 from chainrule.inference.state import index_state
@@ -264,7 +265,7 @@ def _stop_strings_fn(tokenizer: Any, strings: Sequence[str]) -> Callable[[list[i
 
 @renamed_parameters(prefix="prompt")
 @torch.no_grad()
-def search_model(model: Any, beam_width: int, context: Any = None, prompt: Any = None, length_penalty: float = 0.0,
+def search_model(model: ARModel, beam_width: int, context: Any = None, prompt: Any = None, length_penalty: float = 0.0,
                  order: Any = None, member: int | None = None, **options: Any) -> list[tuple[torch.Tensor, float, float]]:
     """The most probable whole examples of a discrete model found by beam search.
 
@@ -319,7 +320,7 @@ def search_model(model: Any, beam_width: int, context: Any = None, prompt: Any =
 
 
 @torch.no_grad()
-def generate_beam(model: Any, prompt: Sequence[int], max_new_tokens: int, beam_width: int,
+def generate_beam(model: ARModel, prompt: Sequence[int], max_new_tokens: int, beam_width: int,
                   eos_id: int | Sequence[int] | None = None, length_penalty: float = 0.0, context: Any = None, *,
                   mode: str = "hf", early_stopping: bool | str = False, min_new_tokens: int = 0,
                   stop_strings: Sequence[str] = (), tokenizer: Any = None,

@@ -38,6 +38,7 @@ from typing import Any
 
 import torch
 
+from chainrule.contract import ARModel
 from chainrule.distributions import quantize_logits
 from chainrule.errors import InputError
 
@@ -57,7 +58,7 @@ def single_thread() -> Iterator[None]:
         torch.set_num_threads(n)
 
 
-def frequency_tables(model: Any, n: int, context: Any = None, precision: int = 16, member: int | None = None,
+def frequency_tables(model: ARModel, n: int, context: Any = None, precision: int = 16, member: int | None = None,
                      order: Any = None, block_rows: int = BLOCK_ROWS, full_pass: bool = False,
                      **options: Any) -> Generator[tuple[int, torch.Tensor], torch.Tensor, None]:
     """Yield ``(variable index, frequencies (n, K) int64)`` for every variable of ``n`` examples in
@@ -142,7 +143,7 @@ def _check_values(values: Any, n: int, k: int) -> torch.Tensor:
     return v.long()
 
 
-def encoding_tables(model: Any, x: torch.Tensor, context: Any = None, precision: int = 16,
+def encoding_tables(model: ARModel, x: torch.Tensor, context: Any = None, precision: int = 16,
                     **call: Any) -> tuple[list[int], torch.Tensor]:
     """Run :func:`frequency_tables` over data ``x`` ``(n, *shape)``: returns the variable indices
     in coding order and the tables ``(D, n, K)`` the encoder meets."""

@@ -27,6 +27,7 @@ from typing import Any
 import torch
 from tqdm.auto import tqdm
 
+from chainrule.contract import ARModel
 from chainrule.errors import InputError
 
 Member = int | Sequence[int] | None
@@ -68,7 +69,7 @@ def _check_unit(unit: Any) -> str | None:
     return unit
 
 
-def member_calls(model: Any, member: Member = None, order: Any = None, **options: Any) -> list[dict[str, Any]]:
+def member_calls(model: ARModel, member: Member = None, order: Any = None, **options: Any) -> list[dict[str, Any]]:
     """The call arguments of each member a likelihood averages over.
 
     A single model: one call with the given ``order`` and options. An ensemble: one call per member
@@ -99,14 +100,14 @@ def member_calls(model: Any, member: Member = None, order: Any = None, **options
     return [{"member": m, **extra, **options} for m in members]
 
 
-def group_log_probs(model: Any, x: torch.Tensor, context: Any = None, **call: Any) -> torch.Tensor:
+def group_log_probs(model: ARModel, x: torch.Tensor, context: Any = None, **call: Any) -> torch.Tensor:
     """log p(x_g | groups before g) for every group, ``(B, G)``, of a *validated* batch ``(B, *shape)``."""
     params = model(x, context, **call)  # (B, G, P)
     xg = model.groups.gather(x.reshape(x.shape[0], model.dim))  # (B, G, S)
     return model.head(params).log_prob(xg)
 
 
-def log_prob(model: Any, x: Any, context: Any = None, member: Member = None, order: Any = None,
+def log_prob(model: ARModel, x: Any, context: Any = None, member: Member = None, order: Any = None,
              **options: Any) -> torch.Tensor:
     """Exact log-likelihood in nats, ``(*batch, *shape)`` -> ``(*batch,)``.
 
@@ -125,7 +126,7 @@ def log_prob(model: Any, x: Any, context: Any = None, member: Member = None, ord
     return out.reshape(batch)
 
 
-def log_prob_per_variable(model: Any, x: Any, context: Any = None, member: int | None = None,
+def log_prob_per_variable(model: ARModel, x: Any, context: Any = None, member: int | None = None,
                           order: Any = None, **options: Any) -> torch.Tensor:
     """log p(x_j | everything before it) for every variable j, ``(*batch, D)``, nats (row-major
     variable index). Inside a group the head's own chain rule splits the group's term; the terms
@@ -195,7 +196,7 @@ def context_rows(context: Any, rows: slice | torch.Tensor, n: int) -> Any:
     return t[rows] if t.dim() >= 1 and t.shape[0] == n else t
 
 
-def per_example_nll(model: Any, data: Any, context: Any = None, batch_size: int = EVAL_BATCH_SIZE, progress: bool = False,
+def per_example_nll(model: ARModel, data: Any, context: Any = None, batch_size: int = EVAL_BATCH_SIZE, progress: bool = False,
                     desc: str = "eval", member: Member = None) -> torch.Tensor:
     """-log p(x) in nats for every example of ``data`` ``(N, *shape)`` -> ``(N,)`` float64 (on CPU).
 
@@ -232,7 +233,7 @@ def _exp(v: float) -> float:
     return math.exp(v) if v < 709.0 else math.inf
 
 
-def evaluate(model: Any, data: Any, context: Any = None, batch_size: int = EVAL_BATCH_SIZE, progress: bool = False,
+def evaluate(model: ARModel, data: Any, context: Any = None, batch_size: int = EVAL_BATCH_SIZE, progress: bool = False,
              member: Member = None, unit: str | None = None, desc: str = "eval") -> EvalResult:
     """Exact NLL of ``model`` on ``data`` ``(N, *shape)``: nats/example, bits/dim, perplexity.
 
@@ -246,7 +247,7 @@ def evaluate(model: Any, data: Any, context: Any = None, batch_size: int = EVAL_
                      model.dim, unit)
 
 
-def class_log_likelihoods(model: Any, data: Any, batch_size: int = EVAL_BATCH_SIZE, progress: bool = False) -> torch.Tensor:
+def class_log_likelihoods(model: ARModel, data: Any, batch_size: int = EVAL_BATCH_SIZE, progress: bool = False) -> torch.Tensor:
     """log p(x | y) in nats for every example and every class of a class-conditional model,
     ``(N, *shape)`` -> ``(N, Y)`` float64 (one pass over the data per class)."""
     if not getattr(model, "num_classes", None):
@@ -270,7 +271,7 @@ class ClassifierResult:
         return {k: v for k, v in asdict(self).items() if k != "log_posterior"}
 
 
-def bayes_classify(model: Any, data: Any, labels: Any = None, prior: Any = None, batch_size: int = EVAL_BATCH_SIZE,
+def bayes_classify(model: ARModel, data: Any, labels: Any = None, prior: Any = None, batch_size: int = EVAL_BATCH_SIZE,
                    progress: bool = False) -> ClassifierResult:
     """A class-conditional model as a generative classifier: p(y | x) ∝ p(x | y) p(y).
 
@@ -326,7 +327,7 @@ class StreamResult:
                 f"stride {self.stride}")
 
 
-def evaluate_stream(model: Any, stream: torch.Tensor, stride: int | None = None, batch_size: int = 256,
+def evaluate_stream(model: ARModel, stream: torch.Tensor, stride: int | None = None, batch_size: int = 256,
                     progress: bool = False, unit: str | None = None) -> StreamResult:
     """Token-weighted cross-entropy of a sequence model over a long 1-D ``stream`` of token ids.
 

@@ -52,6 +52,7 @@ from typing import Any
 
 import torch
 
+from chainrule.contract import ARModel
 from chainrule.errors import InputError
 from chainrule.inference.sampling import _check_generator, observed_groups
 from chainrule.orderings import inverse
@@ -59,7 +60,7 @@ from chainrule.orderings import inverse
 SCHEDULES = ("cosine", "linear")
 
 
-def _network(model: Any, member: int | None, order: Any) -> tuple[Any, Any]:
+def _network(model: ARModel, member: int | None, order: Any) -> tuple[Any, Any]:
     """The network doing the passes (an ensemble's shared model) and the order asked for."""
     if getattr(model, "num_members", 1) > 1:
         if member is not None and order is None:
@@ -76,7 +77,7 @@ def _network(model: Any, member: int | None, order: Any) -> tuple[Any, Any]:
     return model, order
 
 
-def _setup(model: Any, n: int, context: Any, generator: torch.Generator | None, observed: Any,
+def _setup(model: ARModel, n: int, context: Any, generator: torch.Generator | None, observed: Any,
            order: Any) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor | None]:
     """Per-sample orders ``(n, G)`` (observed first), the known count ``(n,)``, the values ``(n, G)``
     and the context features."""
@@ -102,7 +103,7 @@ def _setup(model: Any, n: int, context: Any, generator: torch.Generator | None, 
 class _Passes:
     """The passes of one decoding run: builds each pass's tokens and attention pattern."""
 
-    def __init__(self, model: Any, o: torch.Tensor, ctx: torch.Tensor | None, capacity: int) -> None:
+    def __init__(self, model: ARModel, o: torch.Tensor, ctx: torch.Tensor | None, capacity: int) -> None:
         self.model, self.o, self.g = model, o, model.num_groups
         self.state = model.parallel_state(o.shape[0], ctx, capacity)
         self.slots = torch.arange(capacity, device=o.device)
@@ -141,7 +142,7 @@ def _draw(logp: torch.Tensor, generator: torch.Generator | None) -> torch.Tensor
     return torch.multinomial(flat, 1, generator=generator).view(logp.shape[:-1])
 
 
-def burst_sample(model: Any, n: int, context: Any = None, generator: torch.Generator | None = None, *,
+def burst_sample(model: ARModel, n: int, context: Any = None, generator: torch.Generator | None = None, *,
                  observed: tuple[Any, Any] | None = None, order: Any = None, window: int = 16,
                  member: int | None = None, return_stats: bool = False) -> Any:
     """Exact parallel sampling: σ-GPT's token-based rejection ("burst") sampling (module docstring).
@@ -253,7 +254,7 @@ def schedule_counts(remaining: int, steps: int, schedule: str = "cosine") -> lis
     return counts
 
 
-def parallel_sample(model: Any, n: int, steps: int, context: Any = None, generator: torch.Generator | None = None,
+def parallel_sample(model: ARModel, n: int, steps: int, context: Any = None, generator: torch.Generator | None = None,
                     *, observed: tuple[Any, Any] | None = None, order: Any = None, schedule: str = "cosine",
                     member: int | None = None, return_stats: bool = False) -> Any:
     """APPROXIMATE parallel decoding (MaskGIT / MAR style): NOT the model's distribution.

@@ -25,17 +25,18 @@ from typing import Any
 import torch
 from tqdm.auto import tqdm
 
+from chainrule.contract import ARModel
 from chainrule.errors import InputError, renamed_parameters, warn_deprecated
 from chainrule.inference.processors import choose, processors
 from chainrule.orderings import observed_first
 
 
-def default_generator(model: Any, seed: int = 0) -> torch.Generator:
+def default_generator(model: ARModel, seed: int = 0) -> torch.Generator:
     """A seeded ``torch.Generator`` on the model's device (CUDA generators for a model on a GPU)."""
     return torch.Generator(device=model.device).manual_seed(seed)
 
 
-def _check_generator(model: Any, generator: torch.Generator | None) -> None:
+def _check_generator(model: ARModel, generator: torch.Generator | None) -> None:
     if generator is not None:
         if not isinstance(generator, torch.Generator):
             raise InputError(f"generator must be a torch.Generator, got {type(generator).__name__}")
@@ -59,7 +60,7 @@ def draw(dist: Any, chain: Sequence[Callable], generator: torch.Generator | None
     return vals
 
 
-def sample_with_state(model: Any, n: int, context: Any, call: dict[str, Any], generator: torch.Generator | None,
+def sample_with_state(model: ARModel, n: int, context: Any, call: dict[str, Any], generator: torch.Generator | None,
                       prompt: torch.Tensor | None = None, chain: Sequence[Callable] = (),
                       num_steps: int | None = None, progress: bool = False) -> torch.Tensor:
     """The loop itself, for one member / order (``call``): returns the groups ``(n, G, S)``.
@@ -86,7 +87,7 @@ def sample_with_state(model: Any, n: int, context: Any, call: dict[str, Any], ge
     return xg
 
 
-def _check_memory(model: Any, n: int) -> None:
+def _check_memory(model: ARModel, n: int) -> None:
     """Refuse ``n`` samples whose values alone (int64) would not fit this machine's memory, before
     anything is allocated (``n = 10**12`` is a typo, not a request): draw them in batches."""
     from chainrule.data.formats import memory_bytes
@@ -99,7 +100,7 @@ def _check_memory(model: Any, n: int) -> None:
 
 
 @renamed_parameters(prefix="prompt")
-def sample(model: Any, n: int, context: Any = None, generator: torch.Generator | None = None, *,
+def sample(model: ARModel, n: int, context: Any = None, generator: torch.Generator | None = None, *,
            prompt: torch.Tensor | None = None, observed: tuple[Any, Any] | None = None,
            temperature: float = 1.0, top_k: int | None = None, top_p: float | None = None,
            chain: Sequence[Callable] | None = None, order: Any = None, member: int | None = None,
@@ -157,7 +158,7 @@ def sample(model: Any, n: int, context: Any = None, generator: torch.Generator |
     return x.clone()
 
 
-def _sample_mixture(model: Any, n: int, ctx: torch.Tensor | None, generator: torch.Generator | None,
+def _sample_mixture(model: ARModel, n: int, ctx: torch.Tensor | None, generator: torch.Generator | None,
                     prompt: Any, chain: Sequence[Callable], progress: bool = False) -> torch.Tensor:
     """Each sample picks a member uniformly, then is drawn from that member."""
     k = model.num_members
@@ -173,7 +174,7 @@ def _sample_mixture(model: Any, n: int, ctx: torch.Tensor | None, generator: tor
     return out
 
 
-def check_prompt(model: Any, n: int, prompt: Any) -> torch.Tensor:
+def check_prompt(model: ARModel, n: int, prompt: Any) -> torch.Tensor:
     """A prompt (the values of the first k groups) as ``(n, k, S)``, checked against the model's values."""
     s = model.group_size
     try:
@@ -196,13 +197,13 @@ def check_prompt(model: Any, n: int, prompt: Any) -> torch.Tensor:
     return p.long() if model.head.discrete else p.to(model.float_dtype)
 
 
-def check_prefix(model: Any, n: int, prefix: Any) -> torch.Tensor:
+def check_prefix(model: ARModel, n: int, prefix: Any) -> torch.Tensor:
     """Deprecated spelling of :func:`check_prompt`."""
     warn_deprecated("check_prefix", "check_prompt")
     return check_prompt(model, n, prefix)
 
 
-def observed_groups(model: Any, n: int, observed: tuple[Any, Any]) -> tuple[torch.Tensor, torch.Tensor]:
+def observed_groups(model: ARModel, n: int, observed: tuple[Any, Any]) -> tuple[torch.Tensor, torch.Tensor]:
     """Check ``observed=(values, mask)`` for ``n`` samples and return the values by group ``(n, G, S)``
     and which groups are observed ``(n, G)`` bool (see :func:`sample`)."""
     try:
@@ -225,7 +226,7 @@ def observed_groups(model: Any, n: int, observed: tuple[Any, Any]) -> tuple[torc
     return model.groups.gather(values.reshape(n, -1)), gmask  # (n, G, S), (n, G)
 
 
-def _sample_observed(model: Any, n: int, ctx: torch.Tensor | None, call: dict[str, Any],
+def _sample_observed(model: ARModel, n: int, ctx: torch.Tensor | None, call: dict[str, Any],
                      generator: torch.Generator | None, observed: tuple[Any, Any],
                      chain: Sequence[Callable], progress: bool = False) -> torch.Tensor:
     vg, gmask = observed_groups(model, n, observed)
@@ -250,7 +251,7 @@ def _sample_observed(model: Any, n: int, ctx: torch.Tensor | None, call: dict[st
 
 
 # ---------------------------------------------------------------------- text generation
-def check_sequence_model(model: Any) -> int:
+def check_sequence_model(model: ARModel) -> int:
     """A left-to-right model of token ids: returns its window T."""
     if not model.head.discrete:
         raise InputError("generation works on discrete tokens; this model is real-valued")
@@ -261,7 +262,7 @@ def check_sequence_model(model: Any) -> int:
     return model.dim
 
 
-def generate(model: Any, prompt: Sequence[int] | torch.Tensor, max_new_tokens: int, num_samples: int = 1,
+def generate(model: ARModel, prompt: Sequence[int] | torch.Tensor, max_new_tokens: int, num_samples: int = 1,
              temperature: float = 1.0, top_k: int | None = None, top_p: float | None = None,
              generator: torch.Generator | None = None, sliding: bool = False, context: Any = None,
              repetition_penalty: float | None = None, no_repeat_ngram_size: int | None = None,

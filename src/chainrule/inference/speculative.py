@@ -33,6 +33,7 @@ from typing import Any
 
 import torch
 
+from chainrule.contract import ARModel
 from chainrule.errors import InputError
 from chainrule.inference.processors import process, processors
 
@@ -74,7 +75,7 @@ _REWINDABLE = ("transformer", "rnn", "lstm", "gru")
 class _ModelDraft:
     """A chainrule model as a draft: its cache, rewound to the state after the last accepted token."""
 
-    def __init__(self, model: Any, window: int) -> None:
+    def __init__(self, model: ARModel, window: int) -> None:
         if not model.head.discrete or model.group_size != 1 or len(model.shape) != 1 \
                 or getattr(model, "num_members", 1) > 1:
             raise InputError("a draft model must be a single discrete sequence model of shape (T,)")
@@ -148,7 +149,7 @@ class _FnDraft:
         self.tokens += self._round[:accepted] + [last]
 
 
-def _target_pass(model: Any, state: Any, pos: int, inputs: list[int]) -> torch.Tensor:
+def _target_pass(model: ARModel, state: Any, pos: int, inputs: list[int]) -> torch.Tensor:
     """The target's parameters for positions pos..pos+m-1 fed ``inputs`` (the token before each): (m, P)."""
     x = torch.tensor([inputs], device=model.device)
     if hasattr(model, "step_many"):

@@ -15,12 +15,13 @@ from typing import Any
 
 import torch
 
+from chainrule.contract import ARModel
 from chainrule.errors import InputError
 
 _MAX_TOKENS_PER_CHARACTER = 4  # a UTF-8 character spans at most 4 byte tokens
 
 
-def stream_tokens(model: Any, prompt: torch.Tensor, max_new_tokens: int, num_samples: int, chain: Sequence[Callable],
+def stream_tokens(model: ARModel, prompt: torch.Tensor, max_new_tokens: int, num_samples: int, chain: Sequence[Callable],
                   generator: torch.Generator | None, context: Any = None, stop_tokens: Sequence[int] = (), *,
                   draw: Callable[..., torch.Tensor]) -> Iterator[torch.Tensor]:
     """Yield the new tokens of ``num_samples`` continuations of ``prompt`` (1-D ids), one

@@ -47,6 +47,7 @@ from typing import Any
 
 import torch
 
+from chainrule.contract import ARModel
 from chainrule.io.checkpoint import atomic_write
 from chainrule.nn import pixel
 
@@ -120,7 +121,7 @@ def _layout_applies(model: torch.nn.Module) -> bool:
     return any(getattr(m, "uses_cpu_layout", False) for m in model.modules())
 
 
-def network_nll(model: Any, x: torch.Tensor, context: Any, dtype: torch.dtype | None,
+def network_nll(model: ARModel, x: torch.Tensor, context: Any, dtype: torch.dtype | None,
                 channels_last: bool | None = None, net: torch.nn.Module | None = None, **call: Any) -> torch.Tensor:
     """-log p(x | context) ``(B,)`` nats of a validated batch ``x``: the network's pass through
     ``net`` (default ``model``; a ``DistributedDataParallel`` wrapper of it) under autocast to
@@ -149,7 +150,7 @@ def device_choice(device: torch.device) -> PrecisionChoice | None:
     return PrecisionChoice(dtype, None, "device")
 
 
-def cache_key(model: Any, x: torch.Tensor, context: Any) -> dict[str, Any]:
+def cache_key(model: ARModel, x: torch.Tensor, context: Any) -> dict[str, Any]:
     """What the verdict depends on: the machine, torch, its threads, the model and the batch."""
     device = x.device
     where = torch.cuda.get_device_name(device) if device.type == "cuda" else cpu_name()
@@ -209,7 +210,7 @@ def _name(dtype: torch.dtype | None, channels_last: bool | None) -> str:
     return name if channels_last is None else f"{name}/{'channels_last' if channels_last else 'nchw'}"
 
 
-def measure(model: Any, x: torch.Tensor, context: Any, optimizer: Callable[[Any], torch.optim.Optimizer],
+def measure(model: ARModel, x: torch.Tensor, context: Any, optimizer: Callable[[Any], torch.optim.Optimizer],
             candidates: list[tuple[torch.dtype | None, bool | None]], call: dict[str, Any] | None = None,
             budget: float = MEASURE_SECONDS) -> dict[tuple[torch.dtype | None, bool | None], float]:
     """The fastest observed time of one training step (forward, float32 loss, backward, optimizer
@@ -267,7 +268,7 @@ def pick(times: dict[tuple[torch.dtype | None, bool | None], float]) -> tuple[to
     return winner if t < base_t * (1 - MARGIN) else base
 
 
-def choose(model: Any, precision: str, x: torch.Tensor, context: Any = None,
+def choose(model: ARModel, precision: str, x: torch.Tensor, context: Any = None,
            optimizer: Callable[[Any], torch.optim.Optimizer] | None = None,
            call: dict[str, Any] | None = None, use_cache: bool = True) -> PrecisionChoice:
     """The precision of training ``model`` on batches like ``x`` (see the module docstring).
