@@ -5,7 +5,7 @@ whitespace-split, empty lines dropped; the first 90% train, the last 10% test; t
 times are ``<unk>``). For each order (3 and 5 by default), chainrule fits interpolated modified
 Kneser-Ney and writes an ARPA file; then *both* libraries read that file (``NgramLM.from_arpa``,
 ``kenlm.Model``) and score every test sentence with ``<s>`` before and ``</s>`` after:
-chainrule's ``sentence_logprobs(sentences)`` (token lists in, one call for the corpus) and
+chainrule's ``sentence_log_probs(sentences)`` (token lists in, one call for the corpus) and
 KenLM's ordinary ``model.score(" ".join(s), bos=True, eos=True)`` in a list comprehension (the
 sentences joined into strings beforehand, outside the timing). The two alternate ``--repeats`` times
 in one process with one thread; the best time of each is compared (process CPU time and wall clock),
@@ -66,10 +66,10 @@ def worker(arpa: str, repeats: int) -> dict[str, Any]:
     joined = [" ".join(s) for s in test]
     ours = NgramLM.from_arpa(arpa)
     theirs = kenlm.Model(arpa)
-    ours.sentence_logprobs(test)  # first touch (builds look-up tables) outside the timing
+    ours.sentence_log_probs(test)  # first touch (builds look-up tables) outside the timing
     cr_cpu = cr_wall = kl_cpu = kl_wall = math.inf
     for _ in range(repeats):  # alternate, keep the best of each
-        a, c, w = best(lambda: ours.sentence_logprobs(test), 1)
+        a, c, w = best(lambda: ours.sentence_log_probs(test), 1)
         cr_cpu, cr_wall = min(cr_cpu, c), min(cr_wall, w)
         b, c, w = best(lambda: [theirs.score(s, bos=True, eos=True) for s in joined], 1)
         kl_cpu, kl_wall = min(kl_cpu, c), min(kl_wall, w)

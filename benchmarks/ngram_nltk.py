@@ -129,7 +129,7 @@ def compare(level: str, n: int, name: str, train, test, min_count: int, kn_word_
     eval_sents = test
     if name == "mle":
         probe = NgramLM(n, "mle", padding="nltk").fit(train, min_count=min_count)
-        finite = np.isfinite(probe.sentence_logprobs(test))
+        finite = np.isfinite(probe.sentence_log_probs(test))
         eval_sents = [s for s, ok in zip(test, finite) if ok]
         subset_note = (f"the {len(eval_sents)} of {len(test)} test sentences with no zero-probability n-gram "
                        "(full test set: perplexity inf in both libraries)")
@@ -180,7 +180,7 @@ def kenlm_check(train, test, orders, min_count: int, tmp: Path) -> dict[str, Any
         lm = NgramLM(n, "kneser-ney").fit(train, min_count=min_count)  # SRILM/KenLM padding (the default)
         path = lm.to_arpa(tmp / f"shakespeare_word_{n}.arpa")
         km = kenlm.Model(str(path))
-        ours = lm.sentence_logprobs(test) / math.log(10)
+        ours = lm.sentence_log_probs(test) / math.log(10)
         # KenLM's ordinary call: one <s> before, </s> after
         theirs = np.array([km.score(" ".join(sent), bos=True, eos=True) for sent in test])
         diff = np.abs(ours - theirs)

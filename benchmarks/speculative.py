@@ -41,7 +41,7 @@ def ngram_draft(text: str, tok, order: int) -> tuple[FunctionDraft, float]:
     fit_s = time.perf_counter() - t0
     ids = np.array([lm.token_id(tok.id_to_token(i)) for i in range(tok.vocab_size)])
 
-    def fn(ctx: list[int]) -> torch.Tensor:  # the ids' look-up of NgramLM.next_logprobs, without strings
+    def fn(ctx: list[int]) -> torch.Tensor:  # the ids' look-up of NgramLM.next_log_probs, without strings
         return torch.from_numpy(lm._next_logprobs(ids[ctx[-(order - 1):]])[ids]).float()
 
     return FunctionDraft(fn), fit_s

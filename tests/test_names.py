@@ -48,9 +48,9 @@ def test_continuing_functions_say_prompt(func, names):
 
 def test_context_means_conditioning_only():
     # the n-gram LM's generate used to take the prompt as context=; its context stays the history h
-    # of p(w | h) in logprob / next_logprobs, as a model's context is what it is conditioned on
+    # of p(w | h) in log_prob / next_log_probs, as a model's context is what it is conditioned on
     assert "context" not in params(NgramLM.generate)
-    assert "context" in params(NgramLM.logprob) and "context" in params(AutoregressiveModel.log_prob)
+    assert "context" in params(NgramLM.log_prob) and "context" in params(AutoregressiveModel.log_prob)
 
 
 def test_no_public_signature_uses_a_former_name():
@@ -146,3 +146,18 @@ def test_bpe_train_warns_and_learns_the_same():
         by_keyword = BPETokenizer.train(text_or_iterator=text, vocab_size=300)
     assert by_keyword.to_dict() == new.to_dict()
     assert tokenizers.make_tokenizer("bpe", text, vocab_size=300).to_dict() == new.to_dict()
+
+
+def test_ngram_log_prob_is_the_one_spelling_and_the_former_ones_warn():
+    """NgramLM says log_prob like every model; logprob / logprobs / next_logprobs / sentence_logprob(s)
+    still work, with a DeprecationWarning, and give the same numbers."""
+    lm = NgramLM(2, "kneser-ney").fit([["a", "b", "a"], ["b", "b", "a"], ["a", "a"]])
+    rows = lm.ngram_rows([["a", "b"]])
+    pairs = [(lm.log_prob("b", ["a"]), lambda: lm.logprob("b", ["a"])),
+             (lm.log_probs(rows), lambda: lm.logprobs(rows)),
+             (lm.next_log_probs(["a"]), lambda: lm.next_logprobs(["a"])),
+             (lm.sentence_log_prob(["a", "b"]), lambda: lm.sentence_logprob(["a", "b"])),
+             (lm.sentence_log_probs([["a", "b"]]), lambda: lm.sentence_logprobs([["a", "b"]]))]
+    for new, old in pairs:
+        with pytest.warns(DeprecationWarning, match="log_prob"):
+            assert np.array_equal(np.asarray(old()), np.asarray(new))

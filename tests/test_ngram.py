@@ -76,7 +76,7 @@ def full_distributions(lm: NgramLM, contexts: np.ndarray) -> np.ndarray:
     """p(w | context) for every context row and every vocabulary id: (num_contexts, V)."""
     V = lm.vocab_size
     rows = np.concatenate([np.repeat(contexts, V, 0), np.tile(np.arange(V), len(contexts))[:, None]], 1)
-    return np.exp(lm.logprobs(rows)).reshape(len(contexts), V)
+    return np.exp(lm.log_probs(rows)).reshape(len(contexts), V)
 
 
 # ---------------------------------------------------------------------- normalization and positivity
@@ -124,8 +124,8 @@ def test_character_tokens():
     """Single-character tokens take the code-point path; non-BMP characters included."""
     lm = NgramLM(2, "mle").fit([list("ab\u00e9a"), list("\U0001f600a")])
     assert lm.vocab == ["<unk>", "<s>", "</s>", "a", "b", "\u00e9", "\U0001f600"]
-    assert math.exp(lm.logprob("b", ["a"])) == pytest.approx(1 / 3)
-    assert math.exp(lm.logprob("a", ["\U0001f600"])) == pytest.approx(1.0)
+    assert math.exp(lm.log_prob("b", ["a"])) == pytest.approx(1 / 3)
+    assert math.exp(lm.log_prob("a", ["\U0001f600"])) == pytest.approx(1.0)
     assert lm.perplexity([list("ab"), list("zz")]).num_oov == 2
     with pytest.raises(InputError, match="whitespace"):
         NgramLM(2, "kneser-ney").fit([list("a b")]).to_arpa("unused.arpa")
@@ -157,26 +157,26 @@ def test_modified_kn_discounts_formula():
 def test_laplace_and_lidstone_by_hand():
     lm = NgramLM(2, "laplace").fit(TINY)
     assert lm.vocab == ["<unk>", "<s>", "</s>", "a", "b"]
-    assert math.exp(lm.logprob("b", ["a"])) == pytest.approx((1 + 1) / (2 + 4))
-    assert math.exp(lm.logprob("a", ["a"])) == pytest.approx(1 / 6)
-    assert math.exp(lm.logprob("a", ["<s>"])) == pytest.approx(3 / 6)
-    assert math.exp(lm.logprob("a", ["</s>"])) == pytest.approx(1 / 4)  # unseen context: uniform
-    assert math.exp(lm.logprob("zzz", ["a"])) == pytest.approx(1 / 6)  # OOV -> <unk>
+    assert math.exp(lm.log_prob("b", ["a"])) == pytest.approx((1 + 1) / (2 + 4))
+    assert math.exp(lm.log_prob("a", ["a"])) == pytest.approx(1 / 6)
+    assert math.exp(lm.log_prob("a", ["<s>"])) == pytest.approx(3 / 6)
+    assert math.exp(lm.log_prob("a", ["</s>"])) == pytest.approx(1 / 4)  # unseen context: uniform
+    assert math.exp(lm.log_prob("zzz", ["a"])) == pytest.approx(1 / 6)  # OOV -> <unk>
     nltk_like = NgramLM(2, "laplace", nltk_compatible=True).fit(TINY)
-    assert math.exp(nltk_like.logprob("b", ["a"])) == pytest.approx(2 / 7)  # NLTK's len(vocab) counts <s>
+    assert math.exp(nltk_like.log_prob("b", ["a"])) == pytest.approx(2 / 7)  # NLTK's len(vocab) counts <s>
     lid = NgramLM(2, "lidstone", k=0.5).fit(TINY)
-    assert math.exp(lid.logprob("b", ["a"])) == pytest.approx(1.5 / (2 + 0.5 * 4))
-    assert math.exp(lid.logprob("<unk>", ["a"])) == pytest.approx(0.5 / 4)
+    assert math.exp(lid.log_prob("b", ["a"])) == pytest.approx(1.5 / (2 + 0.5 * 4))
+    assert math.exp(lid.log_prob("<unk>", ["a"])) == pytest.approx(0.5 / 4)
 
 
 def test_witten_bell_by_hand():
     lm = NgramLM(2, "witten-bell").fit(TINY)
     p1 = {w: (c + 3 * 0.25) / (5 + 3) for w, c in {"a": 2, "b": 1, "</s>": 2, "<unk>": 0}.items()}
-    assert math.exp(lm.logprob("b", [])) == pytest.approx(p1["b"])
-    assert math.exp(lm.logprob("b", ["a"])) == pytest.approx((1 + 2 * p1["b"]) / (2 + 2))
-    assert math.exp(lm.logprob("a", ["a"])) == pytest.approx(2 * p1["a"] / 4)
-    assert math.exp(lm.logprob("a", ["<s>"])) == pytest.approx((2 + 1 * p1["a"]) / (2 + 1))
-    assert math.exp(lm.logprob("<unk>", ["b"])) == pytest.approx(1 * p1["<unk>"] / 2)
+    assert math.exp(lm.log_prob("b", [])) == pytest.approx(p1["b"])
+    assert math.exp(lm.log_prob("b", ["a"])) == pytest.approx((1 + 2 * p1["b"]) / (2 + 2))
+    assert math.exp(lm.log_prob("a", ["a"])) == pytest.approx(2 * p1["a"] / 4)
+    assert math.exp(lm.log_prob("a", ["<s>"])) == pytest.approx((2 + 1 * p1["a"]) / (2 + 1))
+    assert math.exp(lm.log_prob("<unk>", ["b"])) == pytest.approx(1 * p1["<unk>"] / 2)
 
 
 def test_kneser_ney_by_hand():
@@ -186,15 +186,15 @@ def test_kneser_ney_by_hand():
     gamma1 = 0.5 * 3 / 4
     p1 = {"a": 0.5 / 4 + gamma1 / 4, "b": 0.5 / 4 + gamma1 / 4, "</s>": 1.5 / 4 + gamma1 / 4, "<unk>": gamma1 / 4}
     for w, p in p1.items():
-        assert math.exp(lm.logprob(w, [])) == pytest.approx(p)
-    assert math.exp(lm.logprob("b", ["a"])) == pytest.approx((1 - 0.6) / 2 + 0.6 * 2 / 2 * p1["b"])
-    assert math.exp(lm.logprob("a", ["a"])) == pytest.approx(0.6 * p1["a"])
-    assert math.exp(lm.logprob("a", ["<s>"])) == pytest.approx((2 - 0.6) / 2 + 0.6 * 1 / 2 * p1["a"])
-    assert math.exp(lm.logprob("a", ["</s>"])) == pytest.approx(p1["a"])  # unseen context
+        assert math.exp(lm.log_prob(w, [])) == pytest.approx(p)
+    assert math.exp(lm.log_prob("b", ["a"])) == pytest.approx((1 - 0.6) / 2 + 0.6 * 2 / 2 * p1["b"])
+    assert math.exp(lm.log_prob("a", ["a"])) == pytest.approx(0.6 * p1["a"])
+    assert math.exp(lm.log_prob("a", ["<s>"])) == pytest.approx((2 - 0.6) / 2 + 0.6 * 1 / 2 * p1["a"])
+    assert math.exp(lm.log_prob("a", ["</s>"])) == pytest.approx(p1["a"])  # unseen context
     # NLTK's definition, discount 0.1: unigram level N1+(. w)/N1+(. .) with no uniform floor
     nl = NgramLM(2, "kneser-ney-nltk").fit(TINY)
-    assert math.exp(nl.logprob("b", ["a"])) == pytest.approx(0.9 / 2 + 0.1 * 2 / 2 * 0.25)
-    assert nl.logprob("<unk>", ["a"]) == -math.inf
+    assert math.exp(nl.log_prob("b", ["a"])) == pytest.approx(0.9 / 2 + 0.1 * 2 / 2 * 0.25)
+    assert nl.log_prob("<unk>", ["a"]) == -math.inf
 
 
 def test_absolute_discounting_and_stupid_backoff_by_hand(tmp_path, capsys):
@@ -204,18 +204,18 @@ def test_absolute_discounting_and_stupid_backoff_by_hand(tmp_path, capsys):
     # unigrams over predicted tokens: a 2, b 1, </s> 2 (5 events, 3 types); |P| = 4 (<unk> a b </s>)
     p1 = {w: max(c - 0.5, 0) / 5 + 0.5 * 3 / 5 / 4 for w, c in {"a": 2, "b": 1, "</s>": 2, "<unk>": 0}.items()}
     assert sum(p1.values()) == pytest.approx(1.0)
-    assert math.exp(lm.logprob("b", ["a"])) == pytest.approx(0.5 / 2 + 0.5 * 2 / 2 * p1["b"])
-    assert math.exp(lm.logprob("a", ["b"])) == pytest.approx(0.5 * 1 / 1 * p1["a"])
-    assert math.exp(lm.logprob("b", ["<unk>"])) == pytest.approx(p1["b"])  # unseen context: defer
+    assert math.exp(lm.log_prob("b", ["a"])) == pytest.approx(0.5 / 2 + 0.5 * 2 / 2 * p1["b"])
+    assert math.exp(lm.log_prob("a", ["b"])) == pytest.approx(0.5 * 1 / 1 * p1["a"])
+    assert math.exp(lm.log_prob("b", ["<unk>"])) == pytest.approx(p1["b"])  # unseen context: defer
     with pytest.raises(InputError, match=r"\(0, 1\]"):
         NgramLM(2, "absolute-discounting", discount=1.5)
     sb = NgramLM(3, "stupid-backoff").fit(TINY)
     assert not sb.gives_probabilities and lm.gives_probabilities
-    assert math.exp(sb.logprob("b", ["<s>", "a"])) == pytest.approx(1 / 2)
-    assert math.exp(sb.logprob("b", ["b", "a"])) == pytest.approx(0.4 * 1 / 2)  # 'b a' unseen: 0.4 S(b | a)
-    assert math.exp(sb.logprob("a", ["a", "b"])) == pytest.approx(0.4 * 0.4 * 2 / 5)  # two back-offs to S(a)
-    assert math.exp(sb.logprob("a", ["a", "a"])) == pytest.approx(0.4 * 0.4 * 2 / 5)  # unseen contexts too
-    assert math.exp(NgramLM(3, "stupid-backoff", alpha=0.1).fit(TINY).logprob("a", ["a", "b"])) == pytest.approx(0.01 * 2 / 5)
+    assert math.exp(sb.log_prob("b", ["<s>", "a"])) == pytest.approx(1 / 2)
+    assert math.exp(sb.log_prob("b", ["b", "a"])) == pytest.approx(0.4 * 1 / 2)  # 'b a' unseen: 0.4 S(b | a)
+    assert math.exp(sb.log_prob("a", ["a", "b"])) == pytest.approx(0.4 * 0.4 * 2 / 5)  # two back-offs to S(a)
+    assert math.exp(sb.log_prob("a", ["a", "a"])) == pytest.approx(0.4 * 0.4 * 2 / 5)  # unseen contexts too
+    assert math.exp(NgramLM(3, "stupid-backoff", alpha=0.1).fit(TINY).log_prob("a", ["a", "b"])) == pytest.approx(0.01 * 2 / 5)
     with pytest.raises(InputError, match="scores, not probabilities"):
         sb.perplexity(TINY)
     with pytest.raises(InputError, match="alpha"):
@@ -234,12 +234,12 @@ def test_absolute_discounting_and_stupid_backoff_by_hand(tmp_path, capsys):
 
 def test_jelinek_mercer_and_mle_by_hand():
     lm = NgramLM(2, "jelinek-mercer", lambdas=[0.5, 0.3, 0.2]).fit(TINY)
-    assert math.exp(lm.logprob("b", ["a"])) == pytest.approx(0.5 * 1 / 2 + 0.3 * 1 / 5 + 0.2 / 4)
+    assert math.exp(lm.log_prob("b", ["a"])) == pytest.approx(0.5 * 1 / 2 + 0.3 * 1 / 5 + 0.2 / 4)
     # unseen context: that order is dropped and the remaining weights renormalized
-    assert math.exp(lm.logprob("b", ["</s>"])) == pytest.approx((0.3 * 1 / 5 + 0.2 / 4) / 0.5)
+    assert math.exp(lm.log_prob("b", ["</s>"])) == pytest.approx((0.3 * 1 / 5 + 0.2 / 4) / 0.5)
     mle = NgramLM(2, "mle").fit(TINY)
-    assert math.exp(mle.logprob("b", ["a"])) == pytest.approx(0.5)
-    assert mle.logprob("a", ["a"]) == -math.inf
+    assert math.exp(mle.log_prob("b", ["a"])) == pytest.approx(0.5)
+    assert mle.log_prob("a", ["a"]) == -math.inf
 
 
 # ---------------------------------------------------------------------- padding conventions
@@ -255,12 +255,12 @@ def test_srilm_padding_counts_by_hand():
     ev2 = {" ".join(words[r]): int(c) for r, c in zip(lm._rows(2), lm._counts["ev"][1]) if c}
     assert ev2 == {"<s> a": 2, "a b": 1, "a </s>": 1, "b </s>": 1}
     # the first word is predicted by the bigram <s> a, the second by the trigram <s> a b
-    assert math.exp(lm.logprob("a", ["<s>"])) == 1.0
-    assert math.exp(lm.logprob("b", ["<s>", "a"])) == pytest.approx(0.5)
-    assert lm.sentence_logprob(["a", "b"]) == pytest.approx(math.log(0.5))
+    assert math.exp(lm.log_prob("a", ["<s>"])) == 1.0
+    assert math.exp(lm.log_prob("b", ["<s>", "a"])) == pytest.approx(0.5)
+    assert lm.sentence_log_prob(["a", "b"]) == pytest.approx(math.log(0.5))
     # anything before a <s> is ignored: <s> <s> a (NLTK's row) and x <s> a mean p(a | <s>)
     rows = np.array([[BOS_ID, BOS_ID, 3], [4, BOS_ID, 3], [3, BOS_ID, 4], [BOS_ID, 3, 4]])
-    np.testing.assert_allclose(np.exp(lm.logprobs(rows)), [1.0, 1.0, 0.0, 0.5])
+    np.testing.assert_allclose(np.exp(lm.log_probs(rows)), [1.0, 1.0, 0.0, 0.5])
     assert lm.ngram_rows([["a", "b"]]).tolist() == [[BOS_ID, BOS_ID, 3], [BOS_ID, 3, 4], [3, 4, EOS_ID]]
     nl = NgramLM(3, "mle", padding="nltk").fit(TINY)
     ev3 = {" ".join(words[r]): int(c) for r, c in zip(nl._rows(3), nl._counts["ev"][2]) if c}
@@ -268,7 +268,7 @@ def test_srilm_padding_counts_by_hand():
     assert ev3 == {"<s> <s> a": 2, "<s> a b": 1, "<s> a </s>": 1, "a b </s>": 1, "a </s> </s>": 1, "b </s> </s>": 1}
     # ... but a sentence's score is p(w_1 .. w_L </s>), L + 1 events, in both conventions
     assert nl.ngram_rows([["a", "b"]]).tolist() == [[BOS_ID, BOS_ID, 3], [BOS_ID, 3, 4], [3, 4, EOS_ID]]
-    assert nl.sentence_logprob(["a", "b"]) == pytest.approx(math.log(0.5))
+    assert nl.sentence_log_prob(["a", "b"]) == pytest.approx(math.log(0.5))
 
 
 def test_srilm_kneser_ney_by_hand():
@@ -284,13 +284,13 @@ def test_srilm_kneser_ney_by_hand():
     # trigrams: all seen once, n2 = 0 -> D = 0.5
     p3_b = 0.5 / 2 + 0.5 * 2 / 2 * p2_b_a
     p3_eos = 0.5 / 1 + 0.5 * 1 / 1 * p2_eos_b
-    assert math.exp(lm.logprob("a", ["<s>"])) == pytest.approx(p2_a_bos)
-    assert math.exp(lm.logprob("b", ["<s>", "a"])) == pytest.approx(p3_b)
-    assert math.exp(lm.sentence_logprob(["a", "b"])) == pytest.approx(p2_a_bos * p3_b * p3_eos)
+    assert math.exp(lm.log_prob("a", ["<s>"])) == pytest.approx(p2_a_bos)
+    assert math.exp(lm.log_prob("b", ["<s>", "a"])) == pytest.approx(p3_b)
+    assert math.exp(lm.sentence_log_prob(["a", "b"])) == pytest.approx(p2_a_bos * p3_b * p3_eos)
     # with NLTK padding the first word comes from the trigram <s> <s> a (count 2, D = 0.5) and the
     # bigram <s> a has a continuation count of 1
     nl = NgramLM(3, "kneser-ney", padding="nltk").fit(TINY)
-    assert math.exp(nl.sentence_logprob(["a", "b"])) != pytest.approx(p2_a_bos * p3_b * p3_eos)
+    assert math.exp(nl.sentence_log_prob(["a", "b"])) != pytest.approx(p2_a_bos * p3_b * p3_eos)
 
 
 @pytest.mark.parametrize("padding", PADDINGS)
@@ -302,7 +302,7 @@ def test_padding_option_and_persistence(tmp_path, padding):
     back = NgramLM.load(lm.save(tmp_path / "m"))
     assert back.padding == padding
     rows = lm.ngram_rows(random_corpus(rng, 10))
-    np.testing.assert_array_equal(back.logprobs(rows), lm.logprobs(rows))
+    np.testing.assert_array_equal(back.log_probs(rows), lm.log_probs(rows))
     assert NgramLM(2).padding == "srilm"  # the default for new models
 
 
@@ -320,7 +320,7 @@ def test_old_saved_model_loads_with_nltk_padding(tmp_path):
     cfg_path.write_text(json.dumps(cfg))
     old = NgramLM.load(tmp_path / "old")
     assert old.padding == "nltk"
-    np.testing.assert_array_equal(old.sentence_logprobs(test), lm.sentence_logprobs(test))
+    np.testing.assert_array_equal(old.sentence_log_probs(test), lm.sentence_log_probs(test))
     cfg["padding"] = "bogus"
     cfg_path.write_text(json.dumps(cfg))
     with pytest.raises(DataError, match="unknown padding"):
@@ -333,9 +333,9 @@ def test_sentence_scores_and_perplexity():
     train, test = random_corpus(rng, 50), random_corpus(rng, 10) + [["w1", "never-seen"]]
     lm = NgramLM(3, "kneser-ney").fit(train)
     rows = lm.ngram_rows(test)
-    lp = lm.logprobs(rows)
-    assert sum(lm.sentence_logprob(s) for s in test) == pytest.approx(lp.sum())
-    np.testing.assert_allclose(lm.sentence_logprobs(test), [lm.sentence_logprob(s) for s in test])
+    lp = lm.log_probs(rows)
+    assert sum(lm.sentence_log_prob(s) for s in test) == pytest.approx(lp.sum())
+    np.testing.assert_allclose(lm.sentence_log_probs(test), [lm.sentence_log_prob(s) for s in test])
     res = lm.perplexity(test)
     assert isinstance(res, PerplexityResult)
     assert res.num_tokens == sum(len(s) + 1 for s in test) == rows.shape[0]
@@ -345,11 +345,11 @@ def test_sentence_scores_and_perplexity():
     # single-query API agrees with the batch one; with SRILM padding one <s> is the sentence start
     s = test[0]
     padded = ["<s>", "<s>"] + s + ["</s>"]
-    assert sum(lm.logprob(padded[i], padded[i - 2:i]) for i in range(2, len(padded))) == pytest.approx(lm.sentence_logprob(s))
+    assert sum(lm.log_prob(padded[i], padded[i - 2:i]) for i in range(2, len(padded))) == pytest.approx(lm.sentence_log_prob(s))
     one = ["<s>"] + s + ["</s>"]
-    assert sum(lm.logprob(one[i], one[max(0, i - 2):i]) for i in range(1, len(one))) == pytest.approx(lm.sentence_logprob(s))
+    assert sum(lm.log_prob(one[i], one[max(0, i - 2):i]) for i in range(1, len(one))) == pytest.approx(lm.sentence_log_prob(s))
     nl = NgramLM(3, "kneser-ney", padding="nltk").fit(train)
-    assert sum(nl.logprob(padded[i], padded[i - 2:i]) for i in range(2, len(padded))) == pytest.approx(nl.sentence_logprob(s))
+    assert sum(nl.log_prob(padded[i], padded[i - 2:i]) for i in range(2, len(padded))) == pytest.approx(nl.sentence_log_prob(s))
     assert nl.perplexity(test).num_tokens == res.num_tokens  # </s> counted, <s> never, in both conventions
 
 
@@ -390,10 +390,10 @@ def test_sentence_scoring_equals_scoring_the_rows(smoothing, padding, tmp_path):
             models.append(NgramLM.from_arpa(lm.to_arpa(tmp_path / f"{smoothing}{order}.arpa"), padding=padding))
         for m in models:
             rows = m.ngram_rows(test)
-            per_row = m.logprobs(rows)
+            per_row = m.log_probs(rows)
             sizes = [len(s) + 1 for s in test]
             expected = np.array([per_row[a:a + k].sum() for a, k in zip(np.cumsum([0] + sizes[:-1]), sizes)])
-            got = m.sentence_logprobs(test)
+            got = m.sentence_log_probs(test)
             fin = np.isfinite(expected)
             np.testing.assert_array_equal(np.isfinite(got), fin)
             np.testing.assert_allclose(got[fin], expected[fin], rtol=1e-12, atol=1e-12)
@@ -435,7 +435,7 @@ def test_generate():
     again = lm.generate(25, prompt=["w1"], generator=torch.Generator().manual_seed(1))
     assert toks == again
     greedy = lm.generate(5, prompt=["w1"], temperature=0)
-    best = lm.vocab[int(np.argmax(lm.next_logprobs(["<s>", "w1"])))]
+    best = lm.vocab[int(np.argmax(lm.next_log_probs(["<s>", "w1"])))]
     assert greedy[0] == best
     assert len(lm.generate(10, top_k=1, top_p=0.5)) == 10
     # MLE in an unseen context backs off to a shorter context instead of failing
@@ -494,7 +494,7 @@ def test_agrees_with_nltk(order):
             rows = rows[rows[:, -1] != BOS_ID]
         words = np.array(lm.vocab, dtype=object)
         expected = np.array([ref.score(words[r[-1]], tuple(words[r[:-1]])) for r in rows])
-        np.testing.assert_allclose(np.exp(lm.logprobs(rows)), expected, rtol=1e-12, atol=1e-15,
+        np.testing.assert_allclose(np.exp(lm.log_probs(rows)), expected, rtol=1e-12, atol=1e-15,
                                    err_msg=f"{smoothing} {opts} order {order}")
 
 
@@ -526,14 +526,14 @@ def test_arpa_round_trip(tmp_path, smoothing, order, padding):
     rows = np.concatenate([rows, lm.ngram_rows(random_corpus(rng, 10, vocab=8))])
     words = np.array(lm.vocab)
     back_rows = np.vectorize(back.token_id)(words[rows])
-    a, b = lm.logprobs(rows), back.logprobs(back_rows)
+    a, b = lm.log_probs(rows), back.log_probs(back_rows)
     assert np.array_equal(np.isfinite(a), np.isfinite(b))
     fin = np.isfinite(a)
     np.testing.assert_allclose(b[fin], a[fin], rtol=1e-5, atol=1e-6)
     # writing the ARPA model again gives the same file
     back.to_arpa(tmp_path / "again.arpa")
     again = NgramLM.from_arpa(tmp_path / "again.arpa")
-    np.testing.assert_allclose(again.logprobs(back_rows)[fin], b[fin], rtol=1e-6)
+    np.testing.assert_allclose(again.log_probs(back_rows)[fin], b[fin], rtol=1e-6)
 
 
 def _kenlm_texts(tmp_path) -> tuple[list[list[str]], list[list[str]]]:
@@ -561,7 +561,7 @@ def test_arpa_scores_equal_kenlm(tmp_path, order, smoothing, padding):
         lm = NgramLM(order, smoothing, padding=padding).fit(train, min_count=min_count)
         km = kenlm.Model(str(lm.to_arpa(tmp_path / f"m{min_count}.arpa")))
         theirs = np.array([km.score(" ".join(s), bos=True, eos=True) for s in test])
-        ours = lm.sentence_logprobs(test) / math.log(10)
+        ours = lm.sentence_log_probs(test) / math.log(10)
         fin = np.isfinite(ours)
         assert fin.all() or (smoothing == "kneser-ney-nltk" and (theirs[~fin] <= -99).all())
         np.testing.assert_allclose(theirs[fin], ours[fin], rtol=0, atol=1e-5, err_msg=f"min_count {min_count}")
@@ -581,9 +581,9 @@ def test_arpa_nltk_padding_is_written_collapsed(tmp_path):
     for smoothing in ARPA:
         lm = NgramLM(4, smoothing, padding="nltk").fit(train)
         back = NgramLM.from_arpa(lm.to_arpa(tmp_path / "n.arpa"))
-        np.testing.assert_allclose(back.sentence_logprobs(test), lm.sentence_logprobs(test), rtol=1e-5, atol=1e-5,
+        np.testing.assert_allclose(back.sentence_log_probs(test), lm.sentence_log_probs(test), rtol=1e-5, atol=1e-5,
                                    err_msg=smoothing)
-        assert math.exp(back.logprob("w0", ["<s>"])) == pytest.approx(math.exp(lm.logprob("w0", ["<s>"] * 3)), rel=1e-5)
+        assert math.exp(back.log_prob("w0", ["<s>"])) == pytest.approx(math.exp(lm.log_prob("w0", ["<s>"] * 3)), rel=1e-5)
 
 
 def test_from_arpa_infers_padding(tmp_path, caplog):
@@ -594,9 +594,9 @@ def test_from_arpa_infers_padding(tmp_path, caplog):
     old = NgramLM.from_arpa(tmp_path / "old.arpa")
     assert old.padding == "nltk" and "padding='nltk'" in caplog.text
     # p(a | <s> <s>), then p(</s> | <s> a) = bow(<s> a) bow(a) p(</s>)
-    assert old.sentence_logprob(["a"]) / math.log(10) == pytest.approx(-0.05 + (-0.1 - 0.25 - 0.7))
+    assert old.sentence_log_prob(["a"]) / math.log(10) == pytest.approx(-0.05 + (-0.1 - 0.25 - 0.7))
     srilm = NgramLM.from_arpa(tmp_path / "old.arpa", padding="srilm")  # as KenLM scores it: p(a | <s>) first
-    assert srilm.sentence_logprob(["a"]) / math.log(10) == pytest.approx(-0.1 + (-0.1 - 0.25 - 0.7))
+    assert srilm.sentence_log_prob(["a"]) / math.log(10) == pytest.approx(-0.1 + (-0.1 - 0.25 - 0.7))
     assert NgramLM.from_arpa(NgramLM(3).fit(TINY).to_arpa(tmp_path / "new.arpa")).padding == "srilm"
 
 
@@ -630,11 +630,11 @@ def test_arpa_backoff_semantics(tmp_path):
             "\\2-grams:\n-0.1\t<s> a\n-0.2\ta b\n\n\\end\\\n")
     (tmp_path / "h.arpa").write_text(arpa)
     lm = NgramLM.from_arpa(tmp_path / "h.arpa")
-    assert lm.logprob("a", ["<s>"]) / math.log(10) == pytest.approx(-0.1)
-    assert lm.logprob("b", ["<s>"]) / math.log(10) == pytest.approx(-0.5 - 0.7)
-    assert lm.logprob("b", ["b"]) / math.log(10) == pytest.approx(-0.7)  # context without backoff weight
-    assert lm.logprob("</s>", ["a"]) == -math.inf
-    assert lm.logprob("zzz", ["a"]) == -math.inf  # no <unk> in the file
+    assert lm.log_prob("a", ["<s>"]) / math.log(10) == pytest.approx(-0.1)
+    assert lm.log_prob("b", ["<s>"]) / math.log(10) == pytest.approx(-0.5 - 0.7)
+    assert lm.log_prob("b", ["b"]) / math.log(10) == pytest.approx(-0.7)  # context without backoff weight
+    assert lm.log_prob("</s>", ["a"]) == -math.inf
+    assert lm.log_prob("zzz", ["a"]) == -math.inf  # no <unk> in the file
 
 
 # ---------------------------------------------------------------------- persistence
@@ -646,7 +646,7 @@ def test_save_load(tmp_path, smoothing):
     back = NgramLM.load(tmp_path / "m")
     assert back.vocab == lm.vocab and back.options == lm.options and back.smoothing == smoothing
     rows = lm.ngram_rows(random_corpus(rng, 10))
-    np.testing.assert_array_equal(back.logprobs(rows), lm.logprobs(rows))
+    np.testing.assert_array_equal(back.log_probs(rows), lm.log_probs(rows))
     with np.load(tmp_path / "m" / "ngram.npz", allow_pickle=False) as data:
         assert all(np.issubdtype(data[k].dtype, np.integer) for k in data.files)
     # ARPA-read models save too
@@ -654,7 +654,7 @@ def test_save_load(tmp_path, smoothing):
     arpa.save(tmp_path / "a")
     again = NgramLM.load(tmp_path / "a")
     r = arpa.ngram_rows(TINY)
-    np.testing.assert_array_equal(again.logprobs(r), arpa.logprobs(r))
+    np.testing.assert_array_equal(again.log_probs(r), arpa.log_probs(r))
     with pytest.raises(DataError, match="not a saved n-gram model"):
         NgramLM.load(tmp_path / "nothing")
 
@@ -681,7 +681,7 @@ def test_bad_input():
         NgramLM(2, "witten-bell", k=1)
     lm = NgramLM(2)
     with pytest.raises(InputError, match="not fitted"):
-        lm.logprob("a", ["b"])
+        lm.log_prob("a", ["b"])
     with pytest.raises(InputError, match="not fitted"):
         lm.perplexity([["a"]])
     with pytest.raises(DataError, match="empty"):
@@ -696,7 +696,7 @@ def test_bad_input():
         lm.fit([["a", "<s>"]])
     lm.fit(TINY)
     with pytest.raises(InputError, match="token ids"):
-        lm.logprobs(np.array([[0, 99]]))
+        lm.log_probs(np.array([[0, 99]]))
     with pytest.raises(InputError, match="0 sentences"):
         lm.perplexity([])
 

@@ -3,9 +3,9 @@ NLTK 3.x), ported to chainrule: the same training data, vocabulary, queries and 
 asked through :class:`chainrule.lm.ngram.NgramLM` with ``padding="nltk"`` (NLTK's
 ``pad_both_ends``) and the NLTK-compatible definitions.
 
-The API differs: NLTK's ``score(w, context)`` is ``exp(logprob(w, context))`` here, ``context=None``
+The API differs: NLTK's ``score(w, context)`` is ``exp(log_prob(w, context))`` here, ``context=None``
 is ``()``, ``<UNK>`` is ``<unk>``, ``entropy``/``perplexity`` of a list of n-grams are computed from
-:meth:`NgramLM.logprobs` of the same rows (NLTK's entropy is in bits). NLTK's ``generate`` draws with
+:meth:`NgramLM.log_probs` of the same rows (NLTK's entropy is in bits). NLTK's ``generate`` draws with
 Python's ``random`` module, so where NLTK's test pins the word that its seed produces, the port asks
 what the test is about (the draw is reproducible and lies in the support; deterministic contexts
 give their one continuation; an OOV prompt acts as ``<unk>``). NLTK's ``fit`` adds counts to a fitted
@@ -33,12 +33,12 @@ def model(order: int, smoothing: str, **options) -> NgramLM:
 
 
 def score(lm: NgramLM, word: str, context=None) -> float:
-    return math.exp(lm.logprob(word, tuple(context or ())))
+    return math.exp(lm.log_prob(word, tuple(context or ())))
 
 
 def entropy(lm: NgramLM, ngrams: list[tuple[str, ...]]) -> float:
     """NLTK's ``entropy``: minus the mean log2 score of the given n-grams."""
-    lp = [lm.logprob(g[-1], g[:-1]) for g in ngrams]
+    lp = [lm.log_prob(g[-1], g[:-1]) for g in ngrams]
     return -sum(lp) / len(lp) / math.log(2)
 
 
@@ -109,7 +109,7 @@ def test_mle_bigram_scores(mle_bigram_model, word, context, expected_score):
 
 
 def test_mle_bigram_logscore_for_zero_score(mle_bigram_model):
-    assert math.isinf(mle_bigram_model.logprob("d", ["e"]))
+    assert math.isinf(mle_bigram_model.log_prob("d", ["e"]))
 
 
 def test_mle_bigram_entropy_perplexity_seen(mle_bigram_model):
@@ -188,7 +188,7 @@ def test_laplace_gamma(laplace_bigram_model):
     """NLTK: ``Laplace(...).gamma == 1``, i.e. Laplace is Lidstone with k = 1."""
     lid1 = model(2, "lidstone", k=1, nltk_compatible=True)
     rows = laplace_bigram_model.ngram_rows(TRAINING + [["z", "a", "q"]])
-    np.testing.assert_allclose(laplace_bigram_model.logprobs(rows), lid1.logprobs(rows), rtol=1e-14)
+    np.testing.assert_allclose(laplace_bigram_model.log_probs(rows), lid1.log_probs(rows), rtol=1e-14)
 
 
 # ---------------------------------------------------------------------- Witten-Bell
@@ -308,9 +308,9 @@ def test_generate_with_text_seed(mle_trigram_model):
     hist = ["<s>", "<s>", "<unk>"]  # the prompt as the model sees it (e is OOV)
     for tok in out:  # every drawn token has positive probability after its (backed-off) context
         ctx = hist[-2:]
-        while not np.isfinite(mle_trigram_model.next_logprobs(ctx)).any():
+        while not np.isfinite(mle_trigram_model.next_log_probs(ctx)).any():
             ctx = ctx[1:]
-        assert np.isfinite(mle_trigram_model.logprob(tok, ctx))
+        assert np.isfinite(mle_trigram_model.log_prob(tok, ctx))
         hist = ["<s>", "<s>"] if tok == "</s>" else hist + [tok]
 
 

@@ -61,7 +61,7 @@ class SpeculativeStats:
 class FunctionDraft:
     """A draft given as a function ``fn(tokens: list[int]) -> log-probabilities (V,)`` of the next token
     after ``tokens`` (the prompt and everything generated so far), e.g. an n-gram model's
-    ``next_logprobs`` mapped to the target's ids."""
+    ``next_log_probs`` mapped to the target's ids."""
 
     def __init__(self, fn: Callable[[list[int]], torch.Tensor]) -> None:
         self.fn = fn

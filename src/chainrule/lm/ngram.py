@@ -25,7 +25,7 @@ in contexts and is never predicted. Two padding conventions (``NgramLM(..., padd
   Sentence scores and perplexities are of ``p(w_1 .. w_L </s>)`` (``L + 1`` events) in both
   conventions: the further ``</s>`` are continuations of a finished sentence, which NLTK multiplies in
   only when a user scores the n-grams of the padded sentence (score those rows with
-  :meth:`NgramLM.logprobs`). Models saved before chainrule-ngram-3 were padded with one ``</s>``
+  :meth:`NgramLM.log_probs`). Models saved before chainrule-ngram-3 were padded with one ``</s>``
   and keep their counts.
 
 Scored n-grams are handled as rows of ``n`` ids over the sentence padded with ``n - 1`` ``<s>`` in
@@ -105,7 +105,7 @@ first (oldest) token, ``n_r`` = number of n-grams of one order seen exactly r ti
   **scores, not probabilities** — ``S(w|h) = c(h w) / c(h .)`` if ``c(h w) > 0``, else
   ``alpha S(w|h')`` (default ``alpha = 0.4``, also for a context never seen), ``S(w) = c(w) / N``.
   They do not sum to 1 over the tokens, so :meth:`NgramLM.perplexity` refuses them;
-  :meth:`NgramLM.logprobs`, ``sentence_logprob`` and friends return log-scores, and ``generate``
+  :meth:`NgramLM.log_probs`, ``sentence_log_prob`` and friends return log-scores, and ``generate``
   samples from the scores renormalized over the vocabulary. ``nltk_compatible=True`` uses NLTK's
   padding-inclusive counts (NLTK's ``StupidBackoff``).
 
@@ -116,7 +116,7 @@ ARPA files (``to_arpa``/``from_arpa``) hold log10 probabilities and backoff weig
 semantics ``p(w|h) = p*(h w)`` if listed, else ``bow(h) p(w|h')``, and the SRILM/KenLM sentence
 convention: one ``<s>`` as the first context, n-grams beginning with ``<s>`` used only at sentence
 starts. :meth:`NgramLM.to_arpa` writes every model (either padding) so that KenLM's ordinary
-``score(s, bos=True, eos=True)`` equals :meth:`NgramLM.sentence_logprob` / ln 10.
+``score(s, bos=True, eos=True)`` equals :meth:`NgramLM.sentence_log_prob` / ln 10.
 """
 
 from __future__ import annotations
@@ -136,7 +136,7 @@ from typing import Any
 import numpy as np
 from numpy.lib.stride_tricks import sliding_window_view
 
-from chainrule.errors import DataError, InputError, renamed_parameters
+from chainrule.errors import DataError, InputError, renamed_parameters, warn_deprecated
 
 logger = logging.getLogger(__name__)
 
@@ -986,7 +986,7 @@ class NgramLM:
                 p = np.where(has, a, g * p)
         return p
 
-    def logprobs(self, ids_ngrams: np.ndarray) -> np.ndarray:
+    def log_probs(self, ids_ngrams: np.ndarray) -> np.ndarray:
         """Natural-log probabilities of many n-grams at once.
 
         ``ids_ngrams``: int array ``(N, m)`` of token ids (see :meth:`encode`), the last column the
@@ -1010,7 +1010,7 @@ class NgramLM:
             return np.zeros(0)
         return _log(self._probs(arr))
 
-    def logprob(self, token: str, context: Sequence[str] = ()) -> float:
+    def log_prob(self, token: str, context: Sequence[str] = ()) -> float:
         """Natural log of p(token | context). The context is used as given, truncated to its last
         n - 1 tokens; for sentence starts include the ``<s>`` padding: ``("<s>",)`` with
         ``padding="srilm"`` (anything before a ``<s>`` is ignored, so ``("<s>", "<s>")`` is the
@@ -1020,7 +1020,7 @@ class NgramLM:
         if isinstance(context, str):
             raise InputError(f"context must be a sequence of tokens, got the string {context!r}; use e.g. {context.split()!r}")
         ids = np.append(self.encode(list(context)), self.token_id(token))
-        return float(self.logprobs(ids[None, -self.order:])[0])
+        return float(self.log_probs(ids[None, -self.order:])[0])
 
     def _sentence_stream(self, sentences: Iterable[Sequence[str]], what: str, num_bos: int | None = None
                          ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, int, int]:
@@ -1105,13 +1105,13 @@ class NgramLM:
 
     def ngram_rows(self, sentences: Iterable[Sequence[str]]) -> np.ndarray:
         """Every scored n-gram of the padded sentences as id rows ``(N, n)`` (sentence after
-        sentence, ``L + 1`` rows per sentence), ready for :meth:`logprobs`. The rows are windows
+        sentence, ``L + 1`` rows per sentence), ready for :meth:`log_probs`. The rows are windows
         of ``<s>^(n-1) w_1..w_L </s>`` in both conventions; with ``padding="srilm"`` the leading
         ``<s>`` beyond the last one of a context are ignored when scoring."""
         self._require_fitted()
         return self._sentence_rows(sentences, "sentences")[0]
 
-    def sentence_logprob(self, sentence: Sequence[str]) -> float:
+    def sentence_log_prob(self, sentence: Sequence[str]) -> float:
         """Natural log of p(w_1 .. w_L </s>) under the model's padding (see the module docstring);
         for either padding, KenLM's ``score(" ".join(sentence), bos=True, eos=True)`` on the file
         :meth:`to_arpa` writes is this divided by ln 10."""
@@ -1119,7 +1119,7 @@ class NgramLM:
         stream, offset, targets, _, _, _ = self._sentence_stream([sentence], "sentence", self._stream_bos())
         return float(_log(self._stream_probs(stream, offset, targets)).sum())
 
-    def sentence_logprobs(self, sentences: Iterable[Sequence[str]]) -> np.ndarray:
+    def sentence_log_probs(self, sentences: Iterable[Sequence[str]]) -> np.ndarray:
         """Natural-log probability of each sentence (vectorized over all of them); log-scores for
         ``"stupid-backoff"``."""
         self._require_fitted()
@@ -1135,7 +1135,7 @@ class NgramLM:
         self._require_fitted()
         if not self.gives_probabilities:
             raise InputError(f"{self.smoothing} gives scores, not probabilities (they do not sum to 1 over the tokens), "
-                             "so it has no perplexity; use sentence_logprobs for log-scores, or a smoother such as "
+                             "so it has no perplexity; use sentence_log_probs for log-scores, or a smoother such as "
                              "kneser-ney or absolute-discounting for a perplexity")
         stream, offset, targets, _, num_oov, num = self._sentence_stream(sentences, "the evaluation set",
                                                                           self._stream_bos())
@@ -1153,10 +1153,38 @@ class NgramLM:
         ppl = math.exp(ce) if ce < 700 else math.inf
         return PerplexityResult(ppl, ce, int(lp.size), num_oov, len(self.vocab), num)
 
-    # ------------------------------------------------------------------ generation
+    # ------------------------------------------------------------------ former spellings
+    # ``log_prob`` is the one spelling of a log-probability in chainrule (models, heads, n-grams);
+    # the n-gram model's former ``logprob`` names still work, with a DeprecationWarning.
+    def logprob(self, token: str, context: Sequence[str] = ()) -> float:
+        """Deprecated spelling of :meth:`log_prob`."""
+        warn_deprecated("NgramLM.logprob", "NgramLM.log_prob")
+        return self.log_prob(token, context)
+
+    def logprobs(self, ids_ngrams: np.ndarray) -> np.ndarray:
+        """Deprecated spelling of :meth:`log_probs`."""
+        warn_deprecated("NgramLM.logprobs", "NgramLM.log_probs")
+        return self.log_probs(ids_ngrams)
+
+    def sentence_logprob(self, sentence: Sequence[str]) -> float:
+        """Deprecated spelling of :meth:`sentence_log_prob`."""
+        warn_deprecated("NgramLM.sentence_logprob", "NgramLM.sentence_log_prob")
+        return self.sentence_log_prob(sentence)
+
+    def sentence_logprobs(self, sentences: Iterable[Sequence[str]]) -> np.ndarray:
+        """Deprecated spelling of :meth:`sentence_log_probs`."""
+        warn_deprecated("NgramLM.sentence_logprobs", "NgramLM.sentence_log_probs")
+        return self.sentence_log_probs(sentences)
+
     def next_logprobs(self, context: Sequence[str] = ()) -> np.ndarray:
+        """Deprecated spelling of :meth:`next_log_probs`."""
+        warn_deprecated("NgramLM.next_logprobs", "NgramLM.next_log_probs")
+        return self.next_log_probs(context)
+
+    # ------------------------------------------------------------------ generation
+    def next_log_probs(self, context: Sequence[str] = ()) -> np.ndarray:
         """Log-probabilities ``(V,)`` of every vocabulary token after ``context`` (strings, used as
-        given: include ``<s>`` for sentence starts, see :meth:`logprob`)."""
+        given: include ``<s>`` for sentence starts, see :meth:`log_prob`)."""
         self._require_fitted()
         return self._next_logprobs(self.encode(list(context)))
 
@@ -1179,7 +1207,7 @@ class NgramLM:
         (the context restarts with the ``<s>`` padding). ``prompt``: tokens the generated text
         continues, in the current sentence (padded with ``<s>`` on the left; not returned; ``None`` = none; formerly
         ``context=``, deprecated: ``context`` names what a probability is conditioned on, as in
-        :meth:`logprob`). ``temperature`` (0 = greedy),
+        :meth:`log_prob`). ``temperature`` (0 = greedy),
         ``top_k``, ``top_p`` as in :func:`chainrule.inference.processors.processors`; ``generator`` a
         ``torch.Generator`` for reproducibility. ``<s>`` is never generated. ``"stupid-backoff"``
         samples from its scores renormalized over the vocabulary. If the context was
@@ -1224,7 +1252,7 @@ class NgramLM:
     def to_arpa(self, path: str | os.PathLike) -> Path:
         """Write the model as an ARPA backoff file (log10 probabilities and backoff weights) in the
         SRILM/KenLM convention, so that ``kenlm.Model(path).score(" ".join(s), bos=True, eos=True)``
-        equals ``sentence_logprob(s) / ln 10`` (to the 7 significant digits written, KenLM's
+        equals ``sentence_log_prob(s) / ln 10`` (to the 7 significant digits written, KenLM's
         float32) and KenLM's perplexities equal :meth:`perplexity`, for either padding.
 
         For interpolated smoothers every n-gram seen in training is written with its exact
@@ -1241,7 +1269,7 @@ class NgramLM:
         ``gamma(<s>^j u)`` over the padding levels, which is exact because in a padded sentence
         ``<s>^j u w`` occurs exactly where ``<s> u w`` does. No n-gram with ``<s>`` after its
         first word is written. The file then describes the model only on sentences (a query
-        with ``<s>`` inside a context, or predicting ``<s>``, may differ from :meth:`logprobs`).
+        with ``<s>`` inside a context, or predicting ``<s>``, may differ from :meth:`log_probs`).
 
         Supported for: jelinek-mercer, witten-bell, katz, kneser-ney, kneser-ney-nltk (and models
         read from ARPA); MLE/Laplace/Lidstone are not backoff models and raise InputError.
@@ -1277,7 +1305,7 @@ class NgramLM:
         for k in range(1, n + 1):
             if k == 1:
                 rows = np.arange(V, dtype=np.int64)[:, None]
-                lp = self.logprobs(rows)
+                lp = self.log_probs(rows)
             else:
                 chunks = [c for c in parts[k] if c.size]
                 if not chunks:
@@ -1289,9 +1317,9 @@ class NgramLM:
                 lp = np.zeros(rows.shape[0])
                 start = rows[:, 0] == BOS_ID
                 if (~start).any():
-                    lp[~start] = self.logprobs(rows[~start])
+                    lp[~start] = self.log_probs(rows[~start])
                 if start.any():  # sentence starts: the full-order probability (the same row with srilm padding)
-                    lp[start] = self.logprobs(np.column_stack([np.full((int(start.sum()), n - k), BOS_ID), rows[start]]))
+                    lp[start] = self.log_probs(np.column_stack([np.full((int(start.sum()), n - k), BOS_ID), rows[start]]))
             lp = lp / _LOG10
             bow = _log(self._arpa_bow(rows)) / _LOG10 if k < n else None
             sections.append((rows, lp, bow))
