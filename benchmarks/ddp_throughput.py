@@ -89,6 +89,7 @@ def main() -> None:
     ap.add_argument("--batch-size", type=int, default=64, help="global batch")
     ap.add_argument("--steps", type=int, default=20, help="optimizer steps per epoch (3 epochs)")
     ap.add_argument("--repeats", type=int, default=3)
+    ap.add_argument("--name", default="ddp_throughput", help="results/NAME.json")
     args = ap.parse_args()
     rows = {}
     for name in args.models:
@@ -104,7 +105,8 @@ def main() -> None:
                       "speedup": one / many}
         print(f"{name}: {args.ranks} ranks vs 1 process: {one / many:.2f}x "
               f"({3 * args.steps / one:.2f} vs {3 * args.steps / many:.2f} steps/s, global batch {args.batch_size})")
-    write_result("ddp_throughput", {"machine": machine(), "args": vars(args), "rows": rows})
+    write_result(args.name, {"machine": machine(), "args": vars(args), "rows": rows,
+                             "load_average_after": [round(v, 2) for v in os.getloadavg()]})
 
 
 if __name__ == "__main__":
