@@ -16,7 +16,6 @@ completion pictures use.
 from __future__ import annotations
 
 import argparse
-import math
 import sys
 import time
 from pathlib import Path
