@@ -190,6 +190,16 @@ EXTRA_ARGS: dict[str, tuple[list[str], str]] = {
     "chainrule detect runs/fnade --ood mnist --score likelihood-ratio --train-background 0.2":
         (["--bootstrap", "100", "--background-epochs", "1"],
          "as above; and one epoch of the background model (over 50,000 images) instead of 3"),
+    "chainrule train sigma_gpt --dataset tinyshakespeare --data-dir DATA --block-size 65 --batch-size 12 "
+    "--optimizer adamw --lr 1e-3 --beta2 0.99 --weight-decay 0.1 --warmup-steps 100 --schedule cosine "
+    "--min-lr 1e-4 --grad-clip 1 --steps-per-epoch 500 --max-steps 2000 --epochs 4 --patience 0 --out runs/sgpt":
+        (["--limit", "300"], "validation and test of every window of the text: the first 300 windows of each "
+                             "split test the same command"),
+    "chainrule train sigma_gpt --dataset binarized-mnist --data-dir DATA -p embed_dim=64 --batch-size 16 "
+    "--out runs/sgpt-mnist":
+        (["--limit", "64", "-p", "num_layers=1"],
+         "validating and testing 20,000 digits of 784 positions took over ten minutes after 3 steps; 64 of each "
+         "split and one layer run every later command the same way"),
     "chainrule compress runs/pixelcnn binarized-mnist mnist-test.crz":
         (["--index", "0", "1", "2"],
          "the whole test split is 10,000 x 784 incremental steps; three digits code and decode the same way"),
@@ -199,6 +209,16 @@ EXTRA_ARGS: dict[str, tuple[list[str], str]] = {
 EXPECTED_FILES: dict[str, list[str]] = {
     "chainrule quickstart": ["runs/quickstart/best", "runs/quickstart/samples.png", "runs/quickstart/curve.png",
                              "runs/quickstart/log.csv"],
+    "chainrule train sigma_gpt --dataset tinyshakespeare --data-dir DATA --block-size 65 --batch-size 12 "
+    "--optimizer adamw --lr 1e-3 --beta2 0.99 --weight-decay 0.1 --warmup-steps 100 --schedule cosine "
+    "--min-lr 1e-4 --grad-clip 1 --steps-per-epoch 500 --max-steps 2000 --epochs 4 --patience 0 --out runs/sgpt":
+        (["--limit", "300"], "validation and test of every window of the text: the first 300 windows of each "
+                             "split test the same command"),
+    "chainrule train sigma_gpt --dataset binarized-mnist --data-dir DATA -p embed_dim=64 --batch-size 16 "
+    "--out runs/sgpt-mnist":
+        (["--limit", "64", "-p", "num_layers=1"],
+         "validating and testing 20,000 digits of 784 positions took over ten minutes after 3 steps; 64 of each "
+         "split and one layer run every later command the same way"),
     "chainrule compress runs/pixelcnn binarized-mnist mnist-test.crz": ["mnist-test.crz"],
     "chainrule decompress runs/pixelcnn mnist-test.crz mnist-test.npy": ["mnist-test.npy"],
     "chainrule inspect runs/gpt --split val --index 0 --out val0.html": ["val0.html"],
