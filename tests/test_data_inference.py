@@ -347,7 +347,7 @@ def _bad_files(tmp: Path) -> dict[str, tuple[Path, str]]:
     add("text.npy", None, "never loaded", raw=b"1,2,3\n4,5,6\n")
     whole = (tmp / "whole.npy")
     np.save(whole, np.ones((N, 3)))
-    add("truncated.npy", None, "cannot read", raw=whole.read_bytes()[:-7])
+    add("truncated.npy", None, "the file is truncated", raw=whole.read_bytes()[:-7])
     add("object.npz", None, "never loaded", train=np.array([_Marker(marker)] * N, dtype=object))
     np.savez(tmp / "good.npz", train=np.ones((N, 3)))
     add("truncated.npz", None, "cannot read", raw=(tmp / "good.npz").read_bytes()[:100])

@@ -134,6 +134,13 @@ NOT_RUN: dict[str, str] = {
     "chainrule generate --prompt": "an option's name in prose",
     "chainrule ngram generate --prompt": "an option's name in prose",
     "chainrule complete RUN --input INPUT --mask MASK": "a synopsis; the concrete `chainrule complete` commands run",
+    "chainrule compose VQ PRIOR --out RUN": "a synopsis in prose; the concrete `chainrule compose` command runs",
+    "chainrule complete runs/digits_sigma --input digits --index 0 1 2 3 4 5 --mask random:0.5 --num 5":
+        "how a picture of the README was made, from a 25-CPU-minute benchmark run (benchmarks/any_order_mnist.py); "
+        "the same command runs on runs/sgpt-mnist",
+    "chainrule complete RUN --input binarized-mnist --index 0 1 2 3 --mask random:0.5 --num 4":
+        "how the MNIST completion pictures were made, from a benchmark run; `chainrule complete runs/sgpt-mnist "
+        "--input binarized-mnist ...` runs",
     # the pictures of a benchmark run: runs/binarized_mnist_row_lstm is written by
     # benchmarks/binarized_mnist.py (3 CPU-hours), not by a README command
     "chainrule sample runs/binarized_mnist_row_lstm -n 64 --seed 0":
@@ -209,16 +216,6 @@ EXTRA_ARGS: dict[str, tuple[list[str], str]] = {
 EXPECTED_FILES: dict[str, list[str]] = {
     "chainrule quickstart": ["runs/quickstart/best", "runs/quickstart/samples.png", "runs/quickstart/curve.png",
                              "runs/quickstart/log.csv"],
-    "chainrule train sigma_gpt --dataset tinyshakespeare --data-dir DATA --block-size 65 --batch-size 12 "
-    "--optimizer adamw --lr 1e-3 --beta2 0.99 --weight-decay 0.1 --warmup-steps 100 --schedule cosine "
-    "--min-lr 1e-4 --grad-clip 1 --steps-per-epoch 500 --max-steps 2000 --epochs 4 --patience 0 --out runs/sgpt":
-        (["--limit", "300"], "validation and test of every window of the text: the first 300 windows of each "
-                             "split test the same command"),
-    "chainrule train sigma_gpt --dataset binarized-mnist --data-dir DATA -p embed_dim=64 --batch-size 16 "
-    "--out runs/sgpt-mnist":
-        (["--limit", "64", "-p", "num_layers=1"],
-         "validating and testing 20,000 digits of 784 positions took over ten minutes after 3 steps; 64 of each "
-         "split and one layer run every later command the same way"),
     "chainrule compress runs/pixelcnn binarized-mnist mnist-test.crz": ["mnist-test.crz"],
     "chainrule decompress runs/pixelcnn mnist-test.crz mnist-test.npy": ["mnist-test.npy"],
     "chainrule inspect runs/gpt --split val --index 0 --out val0.html": ["val0.html"],

@@ -144,7 +144,7 @@ def test_eval_sample_and_bayes_show_bars_and_no_progress_silences_them(tmp_path,
                       (["sample", str(run), "-n", "3", "--out", str(tmp_path / "s.png")], "sampling 3")):
         assert main([*argv, "--threads", "1"]) == 0
         assert bar in capsys.readouterr().err, argv
-        assert main([*argv, "--threads", "1", "--no-progress"]) == 0
+        assert main([*argv, "--threads", "1", "--no-progress", *(["--force"] if "--out" in argv else [])]) == 0
         assert capsys.readouterr().err == ""
 
 

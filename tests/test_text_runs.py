@@ -171,8 +171,8 @@ def test_cli_inspect_a_text_run_s_example_sums_to_log_prob(tmp_path, capsys):
     assert "".join(s["text"] for s in spans) == CharTokenizer.fit(TEXT, specials=()).decode(window.tolist())
     total_nats = sum(b for s in spans for b in s["bits"]) * math.log(2)
     assert total_nats == pytest.approx(float(-model.log_prob(window.unsqueeze(0)).detach()), rel=1e-5)
-    assert main(["inspect", str(ckpt), "--index", "0", "--threads", "1"]) == 0  # default: a PNG in the run
-    assert (ckpt / "inspect-test-0.png").is_file()
+    assert main(["inspect", str(ckpt), "--index", "0", "--threads", "1"]) == 0  # default: a PNG beside the checkpoint
+    assert (ckpt.parent / "inspect-test-0.png").is_file() and not (ckpt / "inspect-test-0.png").exists()
 
 
 def test_inspect_text_bytes_words_and_errors(tmp_path):

@@ -746,18 +746,22 @@ def smallest_dtype(k: int) -> np.dtype:
 
 
 def _stored_dtype(meta: dict[str, Any], k: int) -> np.dtype:
-    """The dtype an array file records (int64 for files without one), checked: a boolean or integer
-    type that holds every value 0..K-1 (a forged header's object / string / float / too-narrow
-    types are refused, never written)."""
+    """The dtype an array file records (int64 for files without one), checked: a boolean, integer or
+    floating type that holds every value 0..K-1 exactly (a ``.npy`` of floats holding integers
+    comes back as it was; a forged header's object / string / too-narrow types are refused, never
+    written)."""
     name = meta.get("dtype", "<i8")
     try:
         dtype = np.dtype(name) if isinstance(name, str) and len(name) <= 8 else None
     except (TypeError, ValueError):
         dtype = None
-    if dtype is None or dtype.kind not in "biu" or dtype.hasobject:
-        raise InputError(f"the compressed file is corrupted: its dtype {str(name)[:40]!r} is not a boolean or integer "
-                         "NumPy type")
-    high = 1 if dtype.kind == "b" else int(np.iinfo(dtype).max)
+    if dtype is None or dtype.kind not in "biuf" or dtype.hasobject:
+        raise InputError(f"the compressed file is corrupted: its dtype {str(name)[:40]!r} is not a boolean, integer or "
+                         "floating NumPy type")
+    if dtype.kind == "f":  # integers up to 2**(mantissa bits + 1) are exact
+        high = 2 ** (np.finfo(dtype).nmant + 1)
+    else:
+        high = 1 if dtype.kind == "b" else int(np.iinfo(dtype).max)
     if k - 1 > high:
         raise InputError(f"the compressed file is corrupted: its dtype {dtype} cannot hold its K={k} values")
     return dtype

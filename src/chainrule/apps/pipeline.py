@@ -575,12 +575,12 @@ def train_run(model_name: str, ds: Dataset, out: str | Path, hyperparameters: di
         extra = {**(extra or {}), STANDARDIZE: standardization.to_dict()}
     check_run_dir(out, resume, force)
     created = not out.exists()
-    started = started_run(out)  # before our own lock file exists
+    was_started = started_run(out)  # before our own lock file exists
     with RunLock(out):  # one process trains in a run directory at a time
         try:
             finish_replacement(out, report)  # a --force run killed before its first checkpoint
             check_run_dir(out, resume, force)  # again, under the lock
-            if resume and not holds_run(out) and started:  # killed before its first checkpoint
+            if resume and not holds_run(out) and was_started:  # killed before its first checkpoint
                 report(f"{out}: the run was stopped before its first checkpoint: nothing to resume, starting it again")
                 resume = False
             return _train_run(model_name, ds, out, hyperparameters, config, extra, progress, num_samples, resume,

@@ -95,10 +95,14 @@ def output_path(args: argparse.Namespace, explicit: str | Path | None, default: 
     work: a path the user gave (``explicit``) may replace an existing file only with ``--force``; the
     ``default`` name chainrule picks inside the run directory (``RUN/samples.png``,
     ``RUN/probe.json``, ...) is the run's own output and is replaced. Neither is ever an input, a
-    directory or inside a checkpoint."""
+    directory or inside a checkpoint: given a checkpoint directory itself as the run (``RUN/best``,
+    a saved model), the default goes beside it."""
     if explicit:
         return check_output(explicit, force=getattr(args, "force", False), inputs=input_paths(args), option=option)
     assert default is not None
+    default = Path(default)
+    if (default.parent / "config.json").is_file() and (default.parent / "model.safetensors").is_file():
+        default = default.parent.parent / default.name  # never inside the checkpoint
     return check_output(default, force=True, inputs=input_paths(args), option=option)
 
 

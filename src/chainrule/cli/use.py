@@ -142,7 +142,7 @@ def cmd_sample(args: argparse.Namespace) -> int:
             check_samples_path(out, is_image, tok, rate)
         except InputError as exc:
             raise InputError(f"--out {exc}") from None
-        output_path(args, args.out, out, "--out")
+        out = output_path(args, args.out, out, "--out")
     x = _draw_samples(args, model, labels)
     st = run_standardization(ckpt)
     if st is not None:  # trained on standardized data: samples in the data's units

@@ -459,7 +459,7 @@ def _read_npz(path: Path, arrays: dict[str, np.ndarray]) -> _UserData:
 def _npy_error(exc: BaseException) -> str:
     """numpy's reason, except its advice to unpickle (the file is refused, not to be loaded unsafely)."""
     text = str(exc)
-    if "pickle" in text.lower() or "object arrays" in text.lower():
+    if "pickle" in text.lower() or "object arrays" in text.lower() or "magic string" in text.lower():
         return ("it holds pickled Python objects, or is no NumPy file at all; pickles are never loaded "
                 "(unpickling can run code): save a numeric array, np.save(path, np.asarray(x, dtype=np.float32))")
     if isinstance(exc, OSError) and exc.strerror:
