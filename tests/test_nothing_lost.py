@@ -581,3 +581,20 @@ def test_a_failed_train_background_keeps_the_previous_background(image_run, tmp_
     assert main(argv) == 1
     assert "No space left" in _error(capsys)
     assert _snapshot(run / "background") == before
+
+
+def test_a_reader_that_stops_early_is_no_error(tmp_path):
+    """`chainrule generate ... | head -c 20`: when the pipe's reader is gone the command stops quietly
+    (exit 141, as one killed by SIGPIPE), with no error line and no traceback."""
+    import subprocess
+    import sys
+
+    from test_text_runs import text_run
+
+    ckpt, _ = text_run(tmp_path)
+    p = subprocess.Popen([sys.executable, "-m", "chainrule", "generate", str(ckpt), "--max-new-tokens", "20000",
+                          "--sliding-window", "--threads", "1"], stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    assert len(p.stdout.read(20)) == 20
+    p.stdout.close()  # the reader leaves, as `head` does
+    err = p.stderr.read().decode()
+    assert p.wait(timeout=120) == 141 and err == "", err

@@ -569,6 +569,10 @@ def main(argv: list[str] | None = None) -> int:
     except ChainruleError as exc:
         print(f"chainrule: error: {exc}", file=sys.stderr)
         return 2
+    except BrokenPipeError:  # `chainrule generate ... | head`: the reader is gone, which is no error
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())  # the interpreter's last flush of stdout must not fail again
+        return 141  # 128 + SIGPIPE, as a command killed by the signal would
     except FloatingPointError as exc:  # the training loss became NaN / inf
         print(f"chainrule: error: {exc}", file=sys.stderr)
         return 1
