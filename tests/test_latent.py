@@ -175,6 +175,15 @@ def test_three_commands_and_the_latent_run_on_digits(tmp_path, monkeypatch, caps
     assert "no prior" in capsys.readouterr().err
     assert main(["report", "runs/latent", "--out", "r.html"]) == 0
     assert "upper bound" in (tmp_path / "r.html").read_text()
+    # the one output policy holds on latent runs too: nothing named is replaced without --force
+    capsys.readouterr()
+    for argv in (["sample", "runs/latent", "-n", "2", "--out", "s.png"], ["compress", "runs/latent", "x.npy", "x.crz"],
+                 ["decompress", "runs/latent", "x.crz", "y.npy"], ["inspect", "runs/latent", "--out", "i.png"],
+                 ["complete", "runs/latent", "--input", "digits", "--index", "0", "--mask", "top-half", "--out", "c.png"]):
+        assert main(argv) == 2 and "already exists" in capsys.readouterr().err, argv
+        assert main([*argv, "--force"]) == 0, argv
+    assert main(["decompress", "runs/latent", "x.crz", "x.npy"]) == 2  # the original input
+    assert main(["decompress", "runs/latent", "x.crz", "d.png"]) == 0 and len(list(tmp_path.glob("d-*.png"))) == 5
 
 
 def test_a_class_conditional_prior_samples_bounds_and_codes_per_label():

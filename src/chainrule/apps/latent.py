@@ -64,6 +64,7 @@ from chainrule.errors import DataError, InputError
 from chainrule.inference.coding import single_thread
 from chainrule.inference.sampling import default_generator
 from chainrule.io.checkpoint import atomic_write, read_config
+from chainrule.io.outputs import check_output, output_file
 from chainrule.latent import VQVAE, LatentModel, is_latent_checkpoint
 from chainrule.latent import load as load_latent
 from chainrule.models import load as load_model
@@ -410,9 +411,12 @@ def decompress(model: LatentModel, data: bytes) -> tuple[torch.Tensor, dict[str,
 
 
 def compress_file(model: LatentModel, source: Any, output: str | Path, context: Any = None,
-                  description: str | None = None) -> list[str]:
-    """Compress a ``.npy`` / image file(s) / values already loaded into ``output``; returns the report lines."""
+                  description: str | None = None, *, overwrite: bool = True) -> list[str]:
+    """Compress a ``.npy`` / image file(s) / values already loaded into ``output``; returns the report
+    lines. ``output`` follows :mod:`chainrule.io.outputs` (checked before any work): never an input,
+    a directory or inside a checkpoint; an existing file is replaced only with ``overwrite``."""
     output = Path(output)
+    check_output(output, force=overwrite, inputs=[source] if isinstance(source, (str, Path)) else [], option="OUTPUT")
     if isinstance(source, (str, Path)):
         arr, src = read_array_input(model, source)
     else:
@@ -424,8 +428,8 @@ def compress_file(model: LatentModel, source: Any, output: str | Path, context: 
     if single:
         xt = xt[None]
     data, s = compress(model, xt, context, dtype=dtype, single=single)
-    output.parent.mkdir(parents=True, exist_ok=True)
-    atomic_write(output, lambda p: Path(p).write_bytes(data))
+    with output_file(output, force=overwrite) as tmp:
+        tmp.write_bytes(data)
     dims = s["num_examples"] * s["dim"]
     ideal = s["ideal_code_bits"] + s["ideal_pixel_bits"]
     payload = s["code_bits"] + s["pixel_bits"]
@@ -441,30 +445,33 @@ def compress_file(model: LatentModel, source: Any, output: str | Path, context: 
             f"{s['ideal_code_bits']:.1f} + pixels {s['ideal_pixel_bits']:.1f}); payload - bound = {payload - ideal:+.1f} bits"]
 
 
-def decompress_file(model: LatentModel, source: str | Path, output: str | Path) -> list[Path]:
-    """Decode ``source`` into ``output``: ``.npy`` (the input's dtype and shape) or PNG file(s)."""
-    from chainrule.apps.compression import _write_pngs
+def decompress_file(model: LatentModel, source: str | Path, output: str | Path, *,
+                    overwrite: bool = True) -> list[Path]:
+    """Decode ``source`` into ``output``: ``.npy`` (the input's dtype and shape) or PNG file(s), by the
+    output policy of :func:`chainrule.apps.compression.decompress_file` (checked before decoding)."""
+    from chainrule.apps.compression import _png_paths, _stored_dtype, _write_pngs
 
     source, output = Path(source), Path(output)
+    png = output.suffix.lower() == ".png"
+    if not png and output.suffix.lower() != ".npy":
+        output = output.with_name(output.name + ".npy")
+    check_output(output, force=overwrite, inputs=[source], option="OUTPUT")
     try:
         data = source.read_bytes()
     except OSError as exc:
         raise InputError(f"cannot read {source} ({exc})") from None
     x, meta = decompress(model, data)
-    output.parent.mkdir(parents=True, exist_ok=True)
-    if output.suffix.lower() == ".png":
-        return _write_pngs(x, output, model)
-    a = x.numpy().astype(np.dtype(meta.get("dtype", "<i8")))
+    if png:
+        paths = _png_paths(output, len(x))
+        for p in paths:
+            check_output(p, force=overwrite, inputs=[source], option="OUTPUT")
+        return _write_pngs(x, paths, model, overwrite)
+    a = x.numpy().astype(_stored_dtype(meta, model.num_values))  # a forged dtype is refused, never written
     if meta.get("single") and len(a) == 1:
         a = a[0]
-    if output.suffix.lower() != ".npy":
-        output = output.with_name(output.name + ".npy")
-
-    def write(p: str) -> None:
-        with open(p, "wb") as f:
+    with output_file(output, force=overwrite) as tmp:
+        with open(tmp, "wb") as f:
             np.save(f, a, allow_pickle=False)
-
-    atomic_write(output, write)
     return [output]
 
 

@@ -16,9 +16,10 @@ import torch
 
 from chainrule.apps import latent as lat
 from chainrule.apps.pipeline import check_samples_path, checkpoint_dir, class_columns, dataset_of, save_samples
-from chainrule.cli.common import completion_inputs, device_of, set_threads
+from chainrule.cli.common import completion_inputs, device_of, output_path, set_threads
 from chainrule.errors import InputError
 from chainrule.inference.sampling import default_generator
+from chainrule.io.outputs import output_file
 from chainrule.latent import LatentModel, is_latent_checkpoint
 
 
@@ -109,9 +110,11 @@ def _sample(args: argparse.Namespace) -> int:
         check_samples_path(out, True)
     except InputError as exc:
         raise InputError(f"--out {exc}") from None
+    out = output_path(args, args.out, out, "--out")  # the one output policy, before any work
     x = model.sample(args.n, labels, generator=default_generator(model.vqvae, args.seed), temperature=args.temperature,
                      top_k=args.top_k, top_p=args.top_p)
-    save_samples(x, out, model.num_values, True, ncol=ncol)
+    with output_file(out) as tmp:
+        save_samples(x, tmp, model.num_values, True, ncol=ncol)
     print(f"wrote {args.n} samples to {out} (codes drawn from the prior, pixels from the decoder)")
     return 0
 
@@ -136,7 +139,7 @@ def _compress(args: argparse.Namespace) -> int:
         source, description = completion_inputs(ns, ckpt, model, whole_split=True)
     elif args.index is not None:
         raise InputError("--index applies to dataset inputs; for a file, compress the whole file")
-    for line in lat.compress_file(model, source, args.output, labels, description):
+    for line in lat.compress_file(model, source, args.output, labels, description, overwrite=args.force):
         print(line)
     return 0
 
@@ -144,7 +147,7 @@ def _compress(args: argparse.Namespace) -> int:
 def _decompress(args: argparse.Namespace) -> int:
     ckpt, model = _load(args)
     model = _need_latent(model, args.run, "decompress")
-    paths = lat.decompress_file(model, args.input, args.output)
+    paths = lat.decompress_file(model, args.input, args.output, overwrite=args.force)
     print(f"decompressed {args.input} (two-part code; checksum verified) to {', '.join(map(str, paths))}")
     return 0
 
@@ -154,6 +157,7 @@ def _complete(args: argparse.Namespace) -> int:
 
     ckpt, model = _load(args)
     model = _need_latent(model, args.run, "complete images")
+    path = output_path(args, args.out, Path(args.run) / "completions.png", "--out")  # before any work
     x, where = completion_inputs(args, ckpt, model)
     mask = load_mask(args.mask, model.shape, args.seed)
     labels = None
@@ -163,14 +167,14 @@ def _complete(args: argparse.Namespace) -> int:
         labels = torch.as_tensor(args.label).expand(len(x)) if len(args.label) == 1 else torch.as_tensor(args.label)
     g = default_generator(model.vqvae, args.seed)
     out, note = lat.complete(model, x, mask, args.num, labels, g, args.temperature)
-    path = Path(args.out or Path(args.run) / "completions.png")
     m = torch.as_tensor(mask).bool()
     masked = torch.where(m.expand_as(x), x.long(), torch.zeros_like(x.long()))
     rows = torch.cat([torch.cat([masked[i:i + 1], out[i * args.num:(i + 1) * args.num]]) for i in range(len(x))])
-    if path.suffix.lower() == ".npy":
-        save_samples(out, path, model.num_values, True)
-    else:
-        save_samples(rows, path, model.num_values, True, ncol=args.num + 1)
+    with output_file(path) as tmp:
+        if path.suffix.lower() == ".npy":
+            save_samples(out, tmp, model.num_values, True)
+        else:
+            save_samples(rows, tmp, model.num_values, True, ncol=args.num + 1)
     print(note)
     print(f"wrote {len(out)} completions of {where} to {path} (each row: the observed part, then {args.num} completions)")
     return 0
@@ -183,7 +187,7 @@ def _inspect(args: argparse.Namespace) -> int:
     ds, data, labels = _split(args, ckpt, model)
     if not 0 <= args.index < len(data):
         raise InputError(f"--index {args.index} is outside the {args.split} split (0..{len(data) - 1})")
-    out = Path(args.out or Path(args.run) / f"inspect-{args.split}-{args.index}.png")
+    out = output_path(args, args.out, Path(args.run) / f"inspect-{args.split}-{args.index}.png", "--out")
     ctx = None if labels is None else labels[args.index:args.index + 1]
     lat.inspect_figure(model, data[args.index], out, f"{ds.name} {args.split} #{args.index}", ctx)
     print(f"wrote {out} (input, reconstruction, code map, -log2 p(x|z*) per pixel)")
