@@ -131,6 +131,21 @@ def read_weights(directory: str | Path, map_location: str | torch.device = "cpu"
         raise CheckpointError(f"{path} is not a readable safetensors file ({exc}); the checkpoint is damaged") from None
 
 
+def load_matching_state(module: torch.nn.Module, state: dict[str, torch.Tensor], directory: str | Path) -> None:
+    """Load ``state`` into ``module`` when its names and shapes are exactly the module's; a
+    :class:`CheckpointError` naming the weights file otherwise."""
+    path = Path(directory) / WEIGHTS_FILE
+    expected = module.state_dict()
+    missing, unexpected = set(expected) - set(state), set(state) - set(expected)
+    if missing or unexpected:
+        raise CheckpointError(f"{path} does not match the config: missing {sorted(missing)[:8]}, "
+                              f"unexpected {sorted(unexpected)[:8]}")
+    try:
+        module.load_state_dict(state)
+    except RuntimeError as exc:
+        raise CheckpointError(f"{path} does not match the config ({exc})") from None
+
+
 def upgrade_state(state: dict[str, torch.Tensor], config: dict[str, Any], model: Any) -> dict[str, torch.Tensor]:
     """Rename the tensors of an older format to the current one (format 1 -> 2)."""
     if config.get("format_version", 1) >= 2:

@@ -23,7 +23,7 @@ import torch
 from torch import nn
 
 from chainrule.errors import CheckpointError, InputError, UnknownNameError
-from chainrule.io.checkpoint import CONFIG_FILE, WEIGHTS_FILE, read_config, read_weights, save_model
+from chainrule.io.checkpoint import CONFIG_FILE, load_matching_state, read_config, read_weights, save_model
 from chainrule.latent.vqvae import VQVAE
 from chainrule.models.registry import create_model
 
@@ -128,18 +128,6 @@ def build_vqvae(config: dict[str, Any]) -> VQVAE:
         raise CheckpointError(f"cannot rebuild the VQ-VAE from its config ({exc})") from None
 
 
-def _load_state(module: nn.Module, directory: Path, map_location: Any) -> None:
-    state = read_weights(directory, map_location)
-    missing, unexpected = set(module.state_dict()) - set(state), set(state) - set(module.state_dict())
-    if missing or unexpected:
-        raise CheckpointError(f"{directory / WEIGHTS_FILE} does not match the config: missing {sorted(missing)[:5]}, "
-                              f"unexpected {sorted(unexpected)[:5]}")
-    try:
-        module.load_state_dict(state)
-    except RuntimeError as exc:
-        raise CheckpointError(f"{directory / WEIGHTS_FILE} does not match the config ({exc})") from None
-
-
 def is_latent_checkpoint(directory: str | Path) -> str | None:
     """``"vqvae"`` or ``"latent"`` when ``directory`` holds such a checkpoint, else None."""
     try:
@@ -168,5 +156,5 @@ def load(directory: str | Path, map_location: str | torch.device = "cpu") -> VQV
             raise CheckpointError(f"{directory / CONFIG_FILE}: cannot rebuild the latent model ({exc})") from None
     else:
         raise CheckpointError(f"{directory} holds a {kind!r} model, not a VQ-VAE or a latent model")
-    _load_state(model, directory, map_location)
+    load_matching_state(model, read_weights(directory, map_location), directory)
     return model.to(map_location).eval()

@@ -10,7 +10,7 @@ from typing import Any, TypeVar
 import torch
 
 from chainrule.errors import CheckpointError, InputError, UnknownNameError
-from chainrule.io.checkpoint import CONFIG_FILE, WEIGHTS_FILE, read_config, read_weights, upgrade_state
+from chainrule.io.checkpoint import CONFIG_FILE, WEIGHTS_FILE, load_matching_state, read_config, read_weights, upgrade_state
 from chainrule.models.base import COMMON_OPTIONS, AutoregressiveModel
 from chainrule.models.ensemble import Ensemble
 
@@ -225,15 +225,7 @@ def load(directory: str | Path, map_location: str | torch.device = "cpu") -> Mod
                              **config.get("hyperparameters", {}))
     except (KeyError, TypeError, UnknownNameError, InputError) as exc:
         raise CheckpointError(f"{directory / CONFIG_FILE}: cannot rebuild the model ({exc})") from None
-    state = upgrade_state(read_weights(directory, map_location), config, model)
-    missing, unexpected = set(model.state_dict()) - set(state), set(state) - set(model.state_dict())
-    if missing or unexpected:
-        raise CheckpointError(f"{directory / WEIGHTS_FILE} does not match the config: missing {sorted(missing)}, "
-                              f"unexpected {sorted(unexpected)}")
-    try:
-        model.load_state_dict(state)
-    except RuntimeError as exc:
-        raise CheckpointError(f"{directory / WEIGHTS_FILE} does not match the config ({exc})") from None
+    load_matching_state(model, upgrade_state(read_weights(directory, map_location), config, model), directory)
     check_loaded_state(model, directory / WEIGHTS_FILE)
     return model.to(map_location).eval()
 
