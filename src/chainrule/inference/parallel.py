@@ -48,6 +48,7 @@ variable a step) it is ancestral sampling. Measure the gap with ``log_prob`` of 
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from typing import Any
 
 import torch
@@ -163,15 +164,25 @@ def burst_sample(model: ARModel, n: int, context: Any = None, generator: torch.G
     Returns:
         ``(n, *shape)`` samples (and the stats).
     """
-    net, order = _network(model, member, order)
     if not isinstance(window, int) or isinstance(window, bool) or window < 1:
         raise InputError(f"window must be a positive integer, got {window!r}")
+    return _run(model, member, order, n, context, generator, observed, return_stats,
+                lambda net, o, known, x, ctx: _burst(net, o, known, x, ctx, generator, window))
+
+
+def _run(model: ARModel, member: int | None, order: Any, n: int, context: Any, generator: torch.Generator | None,
+         observed: tuple[Any, Any] | None, return_stats: bool, loop: Callable[..., tuple[torch.Tensor, dict[str, Any]]]
+         ) -> Any:
+    """What both samplers do around their loop: the network in eval mode under inference mode, the
+    orders and observed values set up, the ``(n, g + 1)`` scratch grid handed to ``loop(net, o, known,
+    x, ctx)``, and its result cut back to ``(n, *shape)``."""
+    net, order = _network(model, member, order)
     was_training = net.training
     net.eval()
     try:
         with torch.inference_mode():
             o, known, x, ctx = _setup(net, n, context, generator, observed, order)
-            x, stats = _burst(net, o, known, _scratch(x), ctx, generator, window)
+            x, stats = loop(net, o, known, _scratch(x), ctx)
     finally:
         net.train(was_training)
     out = x[:, :-1].reshape(n, *net.shape).clone()
@@ -269,19 +280,10 @@ def parallel_sample(model: ARModel, n: int, steps: int, context: Any = None, gen
     ``steps``: the number of passes S (1 <= S; more than the missing variables is the same as
     one per step). Returns ``(n, *shape)`` (and ``{"passes": (n,), "model_calls": int}`` with ``return_stats``).
     """
-    net, order = _network(model, member, order)
     if not isinstance(steps, int) or isinstance(steps, bool) or steps < 1:
         raise InputError(f"steps must be a positive integer, got {steps!r}")
-    was_training = net.training
-    net.eval()
-    try:
-        with torch.inference_mode():
-            o, known, x, ctx = _setup(net, n, context, generator, observed, order)
-            x, stats = _parallel(net, o, known, _scratch(x), ctx, generator, steps, schedule)
-    finally:
-        net.train(was_training)
-    out = x[:, :-1].reshape(n, *net.shape).clone()
-    return (out, stats) if return_stats else out
+    return _run(model, member, order, n, context, generator, observed, return_stats,
+                lambda net, o, known, x, ctx: _parallel(net, o, known, x, ctx, generator, steps, schedule))
 
 
 def _parallel(net: Any, o: torch.Tensor, known: torch.Tensor, x: torch.Tensor, ctx: torch.Tensor | None,

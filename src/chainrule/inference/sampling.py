@@ -29,6 +29,7 @@ from chainrule.contract import ARModel
 from chainrule.errors import InputError, renamed_parameters, warn_deprecated
 from chainrule.inference.processors import choose, processors
 from chainrule.orderings import observed_first
+from chainrule.inference.streaming import next_window, stream_tokens
 
 
 def default_generator(model: ARModel, seed: int = 0) -> torch.Generator:
@@ -300,8 +301,6 @@ def generate(model: ARModel, prompt: Sequence[int] | torch.Tensor, max_new_token
         )
     chain = processors(temperature, top_k, top_p, repetition_penalty, no_repeat_ngram_size)
     if stream or stop_tokens:
-        from chainrule.inference.streaming import stream_tokens
-
         stop_tokens = list(stop_tokens)
         if not all(isinstance(t, int) and 0 <= t < model.num_values for t in stop_tokens):
             raise InputError(f"stop_tokens must be token ids in 0..{model.num_values - 1}, got {stop_tokens!r}")
@@ -315,11 +314,9 @@ def generate(model: ARModel, prompt: Sequence[int] | torch.Tensor, max_new_token
         with torch.inference_mode():
             ctx = model.normalize_context(context, num_samples)
             tokens = prompt.to(model.device).unsqueeze(0).expand(num_samples, -1)
-            produced, keep = 0, max(1, (3 * window) // 4)
+            produced = 0
             while produced < max_new_tokens:
-                ctx_tokens = tokens[:, -keep:] if tokens.shape[1] >= window else tokens
-                k = ctx_tokens.shape[1]
-                steps = min(window, k + max_new_tokens - produced)
+                ctx_tokens, k, steps = next_window(tokens, window, max_new_tokens - produced)
                 xg = sample_with_state(model, num_samples, ctx, {}, generator,
                                        ctx_tokens.unsqueeze(-1) if k else None, chain, num_steps=steps)
                 tokens = torch.cat([tokens, xg[:, k:steps, 0]], 1)

@@ -21,6 +21,21 @@ from chainrule.errors import InputError
 _MAX_TOKENS_PER_CHARACTER = 4  # a UTF-8 character spans at most 4 byte tokens
 
 
+def next_window(tokens: torch.Tensor, window: int, remaining: int) -> tuple[torch.Tensor, int, int]:
+    """The next pass of generation through a model whose context window is ``window`` tokens.
+
+    ``tokens``: ``(n, t)`` ids so far; ``remaining``: how many new tokens are still wanted. Returns the
+    tokens the pass starts from (all of them while they fit; once the window is full, the most recent
+    three quarters, so that each re-priming buys a quarter window of new tokens rather than one),
+    their number ``k``, and the pass's length ``steps`` (``k`` primed positions, then ``steps - k``
+    drawn ones). One schedule for :func:`chainrule.inference.sampling.generate` and
+    :func:`stream_tokens`, which must agree token for token."""
+    keep = max(1, (3 * window) // 4)
+    start = tokens[:, -keep:] if tokens.shape[1] >= window else tokens
+    k = start.shape[1]
+    return start, k, min(window, k + remaining)
+
+
 def stream_tokens(model: ARModel, prompt: torch.Tensor, max_new_tokens: int, num_samples: int, chain: Sequence[Callable],
                   generator: torch.Generator | None, context: Any = None, stop_tokens: Sequence[int] = (), *,
                   draw: Callable[..., torch.Tensor]) -> Iterator[torch.Tensor]:
@@ -40,11 +55,9 @@ def stream_tokens(model: ARModel, prompt: torch.Tensor, max_new_tokens: int, num
         with torch.inference_mode():
             ctx = model.normalize_context(context, n)
         tokens = prompt.to(model.device).unsqueeze(0).expand(n, -1)
-        produced, keep = 0, max(1, (3 * window) // 4)
+        produced = 0
         while produced < max_new_tokens:
-            ctx_tokens = tokens[:, -keep:] if tokens.shape[1] >= window else tokens
-            k = ctx_tokens.shape[1]
-            steps = min(window, k + max_new_tokens - produced)
+            ctx_tokens, k, steps = next_window(tokens, window, max_new_tokens - produced)
             seen = ctx_tokens
             with torch.inference_mode():
                 state = model.init_state(n, ctx)
