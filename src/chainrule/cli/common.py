@@ -11,7 +11,7 @@ from typing import Any
 
 import torch
 
-from chainrule.apps.pipeline import checkpoint_dir, dataset_of
+from chainrule.apps.pipeline import checkpoint_dir, class_columns, dataset_of, sample_labels
 from chainrule.data import Dataset, read_npy
 from chainrule.errors import InputError
 from chainrule.io.checkpoint import read_config
@@ -200,6 +200,28 @@ def model_and_split(args: argparse.Namespace) -> tuple[Any, Dataset, Any, Any]:
     return model, ds, data, labels if model.conditional else None
 
 
+def given_labels(args: argparse.Namespace, ckpt: Path, model: Any) -> Any:
+    """``--class``: one label (an int) or one per example (a list); None without it. Refused for a
+    run that was trained without ``--class-conditional``."""
+    if args.label is None:
+        return None
+    if not model.conditional:
+        raise InputError(f"--class: {ckpt} is not class-conditional (trained without --class-conditional)")
+    return args.label[0] if len(args.label) == 1 else args.label
+
+
+def sampling_labels(args: argparse.Namespace, ckpt: Path, model: Any, n: int) -> tuple[Any, int | None]:
+    """The labels of ``n`` samples and the grid's columns: ``--class`` as given, or, for a
+    class-conditional run without it, every class in turn with one class per column."""
+    if args.label is not None:
+        if not model.conditional:
+            raise InputError(f"--class: {ckpt} is not class-conditional (trained without --class-conditional)")
+        return args.label, None
+    if model.conditional:
+        return sample_labels(model.num_classes, n), class_columns(model.num_classes, n)
+    return None, None
+
+
 def run_and_labels(args: argparse.Namespace, per_example: str, api: str,
                    dataset_labels: bool = False) -> tuple[Path, Any, Any]:
     """Threads, the run's checkpoint and model, and the ``--class`` labels a command needs: required
@@ -207,11 +229,9 @@ def run_and_labels(args: argparse.Namespace, per_example: str, api: str,
     labels of a labelled dataset input, see :func:`completion_inputs`), refused for an
     unconditional one; a context-tensor run is pointed to the API (``api``)."""
     ckpt, model = load_run(args)
-    labels = None
-    if args.label is not None:
-        if not model.conditional:
-            raise InputError(f"--class: {ckpt} is not class-conditional (trained without --class-conditional)")
-        labels = args.label[0] if len(args.label) == 1 else args.label
+    labels = given_labels(args, ckpt, model)
+    if labels is not None:
+        pass
     elif model.num_classes:
         if not dataset_labels:
             raise InputError(f"{ckpt} is class-conditional: pass --class Y (a label in 0..{model.num_classes - 1}, "

@@ -15,8 +15,8 @@ from typing import Any, Callable
 import torch
 
 from chainrule.apps import latent as lat
-from chainrule.apps.pipeline import check_samples_path, checkpoint_dir, class_columns, dataset_of, save_samples
-from chainrule.cli.common import completion_inputs, device_of, output_path, set_threads
+from chainrule.apps.pipeline import check_samples_path, checkpoint_dir, dataset_of, save_samples
+from chainrule.cli.common import completion_inputs, device_of, given_labels, output_path, sampling_labels, set_threads
 from chainrule.errors import InputError
 from chainrule.inference.sampling import default_generator
 from chainrule.io.outputs import output_file
@@ -97,14 +97,7 @@ def _eval(args: argparse.Namespace) -> int:
 def _sample(args: argparse.Namespace) -> int:
     ckpt, model = _load(args)
     model = _need_latent(model, args.run, "draw samples")
-    labels = ncol = None
-    if args.label is not None:
-        if not model.conditional:
-            raise InputError(f"--class: {ckpt} is not class-conditional (its prior was trained without --class-conditional)")
-        labels = args.label
-    elif model.conditional:
-        labels = torch.arange(args.n) % model.num_classes
-        ncol = class_columns(model.num_classes, args.n)
+    labels, ncol = sampling_labels(args, ckpt, model, args.n)
     out = Path(args.out or Path(args.run) / "samples.png")
     try:
         check_samples_path(out, True)
@@ -124,12 +117,8 @@ def _compress(args: argparse.Namespace) -> int:
     model = _need_latent(model, args.run, "compress (a two-part code needs p(z))")
     if getattr(args, "member", None) is not None:
         raise InputError("--member applies to ensembles; a latent run codes with its prior")
-    labels = None
-    if args.label is not None:
-        if not model.conditional:
-            raise InputError(f"--class: {ckpt} is not class-conditional")
-        labels = args.label[0] if len(args.label) == 1 else args.label
-    elif model.conditional:
+    labels = given_labels(args, ckpt, model)
+    if labels is None and model.conditional:
         raise InputError(f"{ckpt} is class-conditional: pass --class Y (or one per example)")
     source: Any = args.input
     description = None

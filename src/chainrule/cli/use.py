@@ -16,12 +16,10 @@ import torch
 from chainrule.apps.pipeline import (
     check_samples_path,
     checkpoint_dir,
-    class_columns,
     default_samples_name,
     describe_eval,
     in_data_units,
     run_standardization,
-    sample_labels,
     save_samples,
 )
 from chainrule.cli.common import (
@@ -30,6 +28,7 @@ from chainrule.cli.common import (
     model_and_split,
     output_path,
     run_and_labels,
+    sampling_labels,
     set_threads,
     tokenizer_of,
 )
@@ -126,14 +125,7 @@ def cmd_sample(args: argparse.Namespace) -> int:
     ckpt, model = load_run(args)
     tok = tokenizer_of(ckpt)
     is_image = len(model.shape) == 3 and model.shape[0] in (1, 3)
-    labels = ncol = None
-    if args.label is not None:
-        if not model.conditional:
-            raise InputError(f"--class: {ckpt} is not class-conditional (trained without --class-conditional)")
-        labels = args.label
-    elif model.conditional:
-        labels = sample_labels(model.num_classes, args.n)  # every class in turn
-        ncol = class_columns(model.num_classes, args.n)
+    labels, ncol = sampling_labels(args, ckpt, model, args.n)
     rate = read_config(ckpt).get("extra", {}).get("sample_rate")
     # the file asked for, or the run's default; an extension this run cannot be written as fails before sampling
     out = Path(args.out or (Path(args.run) / default_samples_name(is_image, tok, rate)))
