@@ -56,7 +56,8 @@ from chainrule.apps.compression import (
     model_fingerprint,
     read_array_input,
 )
-from chainrule.apps.pipeline import check_run_dir, checkpoint_dir, clear_run_dir, run_files, save_samples
+from chainrule.apps.pipeline import save_samples
+from chainrule.apps.rundir import check_run_dir, checkpoint_dir, clear_run_dir, run_files
 from chainrule.apps.plotting import image_grid, plot_training_curve
 from chainrule.data import CODES_DIR, LATENTS_PREFIX, Dataset
 from chainrule.distributions import quantize_logits
@@ -143,17 +144,25 @@ def train_vqvae_run(ds: Dataset, out: str | Path, hyperparameters: dict[str, Any
                     config: TrainConfig | None = None, extra: dict[str, Any] | None = None, progress: bool = True,
                     resume: bool = False, device: str | torch.device | None = None,
                     report: Callable[[str], None] = print, force: bool = False) -> dict[str, Any]:
-    """Train a VQ-VAE on ``ds`` into the run directory ``out`` (with the ordinary trainer: its
-    objective is :meth:`~chainrule.latent.vqvae.VQVAE.training_loss`), evaluate the reconstruction
-    NLL and codebook usage on the test split, cache the codes of every split (``out/codes/``) and
-    write ``reconstructions.png``; returns the summary also written to ``results.json``."""
-    out = Path(out)
-    check_run_dir(out, resume, force)
-    check_data_fits_vqvae(ds)
-    config = config or TrainConfig()
-    hp = dict(hyperparameters or {})
-    check_vqvae_hyperparameters(hp)
-    torch.manual_seed(config.seed)
+    """Train a VQ-VAE on ``ds`` into the run directory ``out``: the run pipeline
+    (:func:`chainrule.apps.pipeline.train_run`, which checks the run once) with the model
+    ``"vqvae"``; see :func:`fit_vqvae_run` for what it writes. Returns the summary."""
+    from chainrule.apps.pipeline import TrainSpec, train_run
+
+    return train_run(TrainSpec(model="vqvae", dataset=ds, out=out, hyperparameters=dict(hyperparameters or {}),
+                               config=config or TrainConfig(), extra=dict(extra or {}), progress=progress,
+                               resume=resume, device=device, report=report, force=force))
+
+
+def fit_vqvae_run(ds: Dataset, out: Path, hp: dict[str, Any], config: TrainConfig, extra: dict[str, Any],
+                  progress: bool, resume: bool, device: str | torch.device | None,
+                  report: Callable[[str], None], force: bool) -> dict[str, Any]:
+    """The VQ-VAE's part of :func:`chainrule.apps.pipeline.train_run`, once the run is checked and
+    seeded (its directory held, the data and hyperparameters accepted): train the VQ-VAE (with the
+    ordinary trainer: its objective is :meth:`~chainrule.latent.vqvae.VQVAE.training_loss`),
+    evaluate the reconstruction NLL and codebook usage on the test split, cache the codes of every
+    split (``out/codes/``) and write ``reconstructions.png``; returns the summary also written to
+    ``results.json``."""
     model = VQVAE(ds.shape, ds.num_values, **hp)
     report(f"model vqvae: {model.num_parameters():,} parameters, codes {model.grid[0]}x{model.grid[1]} of "
            f"K={model.codebook_size} ({model.mode} codebook); data {ds.name}: {len(ds.train)} train / {len(ds.val)} val / "

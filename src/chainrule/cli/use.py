@@ -15,7 +15,6 @@ import torch
 
 from chainrule.apps.pipeline import (
     check_samples_path,
-    checkpoint_dir,
     class_columns,
     default_samples_name,
     describe_eval,
@@ -24,6 +23,7 @@ from chainrule.apps.pipeline import (
     sample_labels,
     save_samples,
 )
+from chainrule.apps.rundir import checkpoint_dir
 from chainrule.cli.common import (
     completion_inputs,
     load_run,
