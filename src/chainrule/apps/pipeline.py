@@ -497,7 +497,7 @@ def _check_without_data(spec: TrainSpec, hp: dict[str, Any]) -> int | str | None
     VQ-VAE does not take, ``limit``); returns ``num_values`` read (None, K or "real")."""
     ranks = distributed.world_size()
     if spec.model == VQVAE:
-        from chainrule.apps.latent import check_vqvae_hyperparameters
+        from chainrule.apps.vqvae import check_vqvae_hyperparameters
 
         if "order" in hp or spec.conditional:
             raise InputError("vqvae: --order and --class-conditional apply to the prior over its codes, not to the VQ-VAE")
@@ -599,7 +599,7 @@ def _run(spec: TrainSpec, device: str | torch.device | None) -> dict[str, Any]:
             if spec.title:
                 report(spec.title)
         if spec.model == VQVAE:
-            from chainrule.apps.latent import check_data_fits_vqvae
+            from chainrule.apps.vqvae import check_data_fits_vqvae
 
             check_data_fits_vqvae(ds)
         else:  # a Dataset given as it is says real values with num_values=None; a name or path needs "real"
@@ -625,7 +625,7 @@ def _run(spec: TrainSpec, device: str | torch.device | None) -> dict[str, Any]:
                    f"({torch.distributed.get_backend()})")
         torch.manual_seed(spec.config.seed)  # the initial weights too: the same --seed, the same run
         if spec.model == VQVAE:
-            from chainrule.apps.latent import fit_vqvae_run
+            from chainrule.apps.vqvae import fit_vqvae_run
 
             summary = fit_vqvae_run(ds, claim.out, hp, spec.config, extra, spec.progress, resume=claim.resume,
                                     device=device, report=report, force=claim.force)
