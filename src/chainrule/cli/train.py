@@ -125,6 +125,8 @@ def cmd_quickstart(args: argparse.Namespace) -> int:
         force=args.force, quickstart=True, threads=args.threads, progress=not args.no_progress, num_samples=64,
         report=print, started=started, extra={"command": sys.argv},
         title=f"chainrule quickstart: {what} on scikit-learn's 8x8 digits (17 grey levels)"))
+    if not summary:  # a rank > 0 under torchrun: rank 0 reports
+        return 0
     t = summary["test"]
     out = Path(args.out)
     print(f"\nTest NLL: {t['nll_nats']:.2f} nats per image = {t['bits_per_dim']:.4f} bits/dim "
