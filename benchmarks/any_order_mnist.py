@@ -26,7 +26,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import data_dir, write_result  # noqa: E402
 
 import chainrule  # noqa: E402
-from chainrule.apps.pipeline import parse_hyperparameters  # noqa: E402
+from chainrule.cli.common import parse_hyperparameters  # noqa: E402
 from chainrule.data import load_dataset  # noqa: E402
 from chainrule.inference.likelihood import evaluate  # noqa: E402
 from chainrule.training import TrainConfig, Trainer  # noqa: E402

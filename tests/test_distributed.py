@@ -64,6 +64,33 @@ def _fit(model, out_dir, **kw):
     return t, res
 
 
+def _spec_runs(tmp: Path, rank: int) -> dict:
+    """``train_run(TrainSpec)`` on this rank (what ``chainrule train`` runs under torchrun), with the
+    run's checks counted; then the same run again, which rank 0 refuses (the directory holds a run)."""
+    import chainrule.apps.pipeline as pipeline
+    from chainrule.apps.pipeline import TrainSpec, train_run
+
+    counts = {"claim_run_dir": 0, "check_data_fits_model": 0, "check_global_batch": 0, "check_hyperparameters": 0}
+    for module, name in ((pipeline, "claim_run_dir"), (pipeline, "check_data_fits_model"),
+                         (pipeline, "check_global_batch"), (pipeline, "check_hyperparameters")):
+        def counted(*args, _f=getattr(module, name), _name=name, **kwargs):
+            counts[_name] += 1
+            return _f(*args, **kwargs)
+
+        setattr(module, name, counted)
+    data = tmp / f"bits{rank}.npy"  # the same data on every rank
+    np.save(data, (np.random.default_rng(0).random((60, *SHAPE)) < 0.5).astype(np.uint8))
+    spec = TrainSpec("made", str(data), tmp / "spec_run", {"hidden_sizes": [16]},
+                     TrainConfig(epochs=1, batch_size=16, patience=None, seed=3), progress=False, num_samples=2,
+                     report=lambda line: None)
+    out = {"spec_summary": train_run(spec), "spec_counts": dict(counts)}
+    try:
+        train_run(spec)
+    except InputError as exc:
+        out["spec_refused"] = str(exc)
+    return out
+
+
 def _worker(rank: int, port: int, tmp: str) -> None:
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank), LOCAL_RANK=str(rank),
                       WORLD_SIZE=str(WORLD), LOCAL_WORLD_SIZE=str(WORLD))
@@ -105,6 +132,8 @@ def _worker(rank: int, port: int, tmp: str) -> None:
             Trainer(_model(), TrainConfig(batch_size=15), progress=False)
         except InputError as exc:
             out["odd_error"] = str(exc)
+        # 5. the run pipeline on every rank: train_run(spec), its checks counted on each rank
+        out.update(_spec_runs(Path(tmp), rank))
         distributed.barrier()
     except BaseException:
         out["error"] = traceback.format_exc()
@@ -252,3 +281,18 @@ def test_cli_under_torchrun(tmp_path):
     assert p.returncode != 0
     assert "--batch-size 15 is the global batch, split over 2 ranks" in p.stderr
     assert not (tmp_path / "odd").exists()
+
+
+def test_every_rank_runs_train_run_once_checked(ranks):
+    """Under torchrun every rank runs train_run (no separate path for ranks > 0): each makes the checks
+    that need no directory once; rank 0 alone claims the run directory and writes; rank 1 trains and
+    returns {}; a directory rank 0 refuses stops rank 1 too (instead of leaving it waiting)."""
+    tmp, recs = ranks
+    for r in recs:
+        counts = r["spec_counts"]
+        assert counts["check_data_fits_model"] == counts["check_global_batch"] == counts["check_hyperparameters"] == 1
+    assert recs[0]["spec_counts"]["claim_run_dir"] == 1 and recs[1]["spec_counts"]["claim_run_dir"] == 0
+    assert recs[0]["spec_summary"]["test"]["num_examples"] > 0 and recs[1]["spec_summary"] == {}
+    assert (tmp / "spec_run" / "best").is_dir() and (tmp / "spec_run" / "results.json").is_file()
+    assert "already holds a run" in recs[0]["spec_refused"]
+    assert "rank 0 refused the run directory" in recs[1]["spec_refused"]

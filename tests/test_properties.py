@@ -23,7 +23,7 @@ from hypothesis.extra import numpy as hnp
 
 import chainrule
 from chainrule.apps.compression import compress, decompress
-from chainrule.apps.pipeline import parse_hyperparameters
+from chainrule.cli.common import parse_hyperparameters
 from chainrule.cli.common import order_arg as _order_arg
 from chainrule.data import ValueRangeError, summarize_values
 from chainrule.errors import DataError, InputError

@@ -1,4 +1,5 @@
-"""Runs of latent models (:mod:`chainrule.latent`): training a VQ-VAE run and caching its codes,
+"""Runs of latent models (:mod:`chainrule.latent`): training a VQ-VAE run and caching its codes
+(:mod:`chainrule.apps.vqvae`, re-exported here),
 ``compose`` (a VQ-VAE run + a prior run -> a latent run), and what the commands do with a latent
 run: the bound, samples, the two-part code, completion and the inspection figure.
 
@@ -36,9 +37,7 @@ import hashlib
 import io
 import json
 import math
-import shutil
 import struct
-import time
 import zlib
 from pathlib import Path
 from typing import Any, Callable
@@ -56,9 +55,17 @@ from chainrule.apps.compression import (
     model_fingerprint,
     read_array_input,
 )
-from chainrule.apps.pipeline import check_run_dir, checkpoint_dir, clear_run_dir, run_files, save_samples
-from chainrule.apps.plotting import image_grid, plot_training_curve
-from chainrule.data import CODES_DIR, LATENTS_PREFIX, Dataset
+from chainrule.apps.pipeline import save_samples
+from chainrule.apps.rundir import check_run_dir, checkpoint_dir, clear_run_dir, run_files
+from chainrule.apps.vqvae import (  # noqa: F401 - re-exported: the VQ-VAE run's pieces
+    check_data_fits_vqvae,
+    check_vqvae_hyperparameters,
+    codebook_usage,
+    fit_vqvae_run,
+    reconstructions_figure,
+    write_codes,
+)
+from chainrule.data import LATENTS_PREFIX, Dataset
 from chainrule.distributions import quantize_logits
 from chainrule.errors import DataError, InputError
 from chainrule.inference.coding import single_thread
@@ -68,7 +75,7 @@ from chainrule.io.outputs import check_output, output_file
 from chainrule.latent import VQVAE, LatentModel, is_latent_checkpoint
 from chainrule.latent import load as load_latent
 from chainrule.models import load as load_model
-from chainrule.training import TrainConfig, Trainer
+from chainrule.training import TrainConfig
 
 MAGIC = b"CRZL"
 FORMAT_VERSION = 1
@@ -76,129 +83,18 @@ _TAIL = struct.Struct("<32sQQII")
 
 
 # ---------------------------------------------------------------------- training a VQ-VAE run
-def check_vqvae_hyperparameters(hyperparameters: dict[str, Any]) -> None:
-    """Unknown ``-p`` names of ``vqvae``: an InputError listing the accepted ones."""
-    import inspect
-
-    accepted = [p for p in inspect.signature(VQVAE.__init__).parameters if p not in ("self", "shape", "num_values")]
-    unknown = sorted(set(hyperparameters) - set(accepted))
-    if unknown:
-        raise InputError(f"model 'vqvae' has no hyperparameter(s) {', '.join(unknown)}; it accepts: {', '.join(accepted)}")
-
-
-def check_data_fits_vqvae(ds: Dataset) -> None:
-    """The VQ-VAE models discrete images (C, H, W)."""
-    if ds.num_values is None:
-        raise InputError(f"vqvae models discrete pixels, but {ds.name} is real-valued: quantize the data or pass --binarize")
-    if len(ds.shape) != 3 or ds.shape[0] not in (1, 3):
-        raise InputError(f"vqvae models images (C, H, W) with 1 or 3 channels, but {ds.name} has examples of shape {ds.shape}")
-
-
-def write_codes(model: VQVAE, ds: Dataset, out: str | Path) -> Path:
-    """Compute the code grids of ``ds``'s train/val/test splits (train as the model saw it: a dynamic
-    binarization drawn once with seed 0) and cache them in ``out/codes/`` (written into a temporary
-    folder and renamed: never half-written). Returns the folder."""
-    out = Path(out)
-    folder, tmp = out / CODES_DIR, out / (CODES_DIR + ".tmp")
-    if tmp.exists():
-        shutil.rmtree(tmp)
-    tmp.mkdir(parents=True)
-    dtype = np.uint16 if model.codebook_size <= 65536 else np.int64
-    for split in ("train", "val", "test"):
-        x, y = ds.split(split)
-        if split == "train" and ds.train_transform is not None:
-            x = ds.train_transform(x, torch.Generator().manual_seed(0))
-        z = model.encode_all(x) if len(x) else torch.zeros(0, *model.grid, dtype=torch.long)
-        np.save(tmp / f"{split}.npy", z.numpy().astype(dtype), allow_pickle=False)
-        if y is not None:
-            np.save(tmp / f"{split}_labels.npy", y.numpy().astype(np.int64), allow_pickle=False)
-    meta = {"codebook_size": model.codebook_size, "grid": list(model.grid), "dataset": ds.name,
-            "num_classes": ds.num_classes, "class_names": list(ds.class_names) if ds.class_names else None}
-    (tmp / "meta.json").write_text(json.dumps(meta, indent=2))
-    if folder.exists():
-        shutil.rmtree(folder)
-    tmp.rename(folder)
-    return folder
-
-
-def codebook_usage(codes: torch.Tensor, k: int) -> dict[str, float]:
-    """Perplexity exp(H) of the code frequencies and the share of the K codes used, of grids ``(N, h, w)``."""
-    counts = torch.bincount(codes.reshape(-1), minlength=k).double()
-    p = counts / counts.sum()
-    h = -float((p[p > 0] * p[p > 0].log()).sum())
-    return {"codebook_perplexity": math.exp(h), "codebook_used": float((counts > 0).double().mean())}
-
-
-def reconstructions_figure(model: VQVAE, x: torch.Tensor, path: Path, n: int = 16) -> Path:
-    """``path``: a PNG of ``n`` images spread over ``x`` (top row; test sets are often sorted by
-    class) above their reconstructions (the decoder's mean)."""
-    x = x[torch.linspace(0, len(x) - 1, min(n, len(x))).long()]
-    with torch.no_grad():
-        r = model.decode(model.encode(x).to(model.device), "mean").cpu()
-    atomic_write(path, lambda p: image_grid(torch.cat([x.cpu(), r]), model.num_values, ncol=len(x)).save(p, format="PNG"))
-    return path
-
-
 def train_vqvae_run(ds: Dataset, out: str | Path, hyperparameters: dict[str, Any] | None = None,
                     config: TrainConfig | None = None, extra: dict[str, Any] | None = None, progress: bool = True,
                     resume: bool = False, device: str | torch.device | None = None,
                     report: Callable[[str], None] = print, force: bool = False) -> dict[str, Any]:
-    """Train a VQ-VAE on ``ds`` into the run directory ``out`` (with the ordinary trainer: its
-    objective is :meth:`~chainrule.latent.vqvae.VQVAE.training_loss`), evaluate the reconstruction
-    NLL and codebook usage on the test split, cache the codes of every split (``out/codes/``) and
-    write ``reconstructions.png``; returns the summary also written to ``results.json``."""
-    out = Path(out)
-    check_run_dir(out, resume, force)
-    check_data_fits_vqvae(ds)
-    config = config or TrainConfig()
-    hp = dict(hyperparameters or {})
-    check_vqvae_hyperparameters(hp)
-    torch.manual_seed(config.seed)
-    model = VQVAE(ds.shape, ds.num_values, **hp)
-    report(f"model vqvae: {model.num_parameters():,} parameters, codes {model.grid[0]}x{model.grid[1]} of "
-           f"K={model.codebook_size} ({model.mode} codebook); data {ds.name}: {len(ds.train)} train / {len(ds.val)} val / "
-           f"{len(ds.test)} test, shape {ds.shape}, num_values {ds.num_values}")
-    trainer = Trainer(model, config, out_dir=out, extra={**(extra or {}), "conditional": False},
-                      progress=progress, device=device)
-    if resume:
-        report(f"resuming from {out / 'last'}")
-    elif force and run_files(out):
-        removed = clear_run_dir(out)
-        if (out / CODES_DIR).exists():
-            shutil.rmtree(out / CODES_DIR)
-        report(f"replacing the previous run in {out}: removed {', '.join(p.name for p in removed)}")
-    has_val = len(ds.val) > 0
-    result = trainer.fit(ds.train, ds.val if has_val else None, train_transform=ds.train_transform, resume=resume)
-    report(f"trained {result.epochs_run} epochs in {result.train_seconds:.1f} s (best epoch {result.best_epoch})")
-    t0 = time.perf_counter()
-    recon = model.evaluate_reconstruction(ds.test)
-    rec = float(recon.mean())
-    folder = write_codes(model, ds, out)
-    test_codes = torch.from_numpy(np.load(folder / "test.npy").astype(np.int64))
-    usage = codebook_usage(test_codes, model.codebook_size)
-    h, w = model.grid
-    uniform = rec + h * w * math.log(model.codebook_size)
-    dim_bits = model.dim * math.log(2)
-    report(f"test: reconstruction NLL -log p(x|z*) {rec:.4f} nats/example = {rec / dim_bits:.4f} bits/dim | codebook "
-           f"perplexity {usage['codebook_perplexity']:.1f} of K={model.codebook_size}, "
-           f"{100 * usage['codebook_used']:.1f}% of the codes used")
-    report(f"test: upper bound on NLL with a uniform prior over the codes (no prior trained yet): {uniform:.2f} "
-           f"nats/example = {uniform / dim_bits:.4f} bits/dim")
-    plot_training_curve(out / "log.csv", out / "curve.png", title=f"vqvae on {ds.name} (reconstruction NLL)")
-    reconstructions_figure(model, ds.test, out / "reconstructions.png")
-    summary = {"model": "vqvae", "dataset": ds.name, "parameters": model.num_parameters(),
-               "epochs_run": result.epochs_run, "best_epoch": result.best_epoch, "train_seconds": result.train_seconds,
-               "best_val_reconstruction_nll_nats": result.best_val_nll_nats,
-               "test_reconstruction": {"nll_nats": rec, "bits_per_dim": rec / dim_bits, "num_examples": len(recon),
-                                       "dim": model.dim, **usage},
-               "test_uniform_prior_bound": {"nll_upper_bound_nats": uniform,
-                                            "bits_per_dim_upper_bound": uniform / dim_bits},
-               "code_grid": [h, w], "codebook_size": model.codebook_size, "eval_seconds": time.perf_counter() - t0,
-               "torch_threads": torch.get_num_threads()}
-    (out / "results.json").write_text(json.dumps(summary, indent=2))
-    report(f"wrote {out / 'best'}, {out / 'log.csv'}, {out / 'reconstructions.png'}, {folder} (the dataset "
-           f"{LATENTS_PREFIX}{out} of a prior)")
-    return summary
+    """Train a VQ-VAE on ``ds`` into the run directory ``out``: the run pipeline
+    (:func:`chainrule.apps.pipeline.train_run`, which checks the run once) with the model
+    ``"vqvae"``; see :func:`fit_vqvae_run` for what it writes. Returns the summary."""
+    from chainrule.apps.pipeline import TrainSpec, train_run
+
+    return train_run(TrainSpec(model="vqvae", dataset=ds, out=out, hyperparameters=dict(hyperparameters or {}),
+                               config=config or TrainConfig(), extra=dict(extra or {}), progress=progress,
+                               resume=resume, device=device, report=report, force=force))
 
 
 # ---------------------------------------------------------------------- compose

@@ -1,20 +1,23 @@
-"""The run pipeline: train -> evaluate -> samples -> results, as one library function that the
-command line and the benchmarks call (:func:`train_run`), plus the helpers around a run directory.
+"""The run pipeline: one training run, described by a :class:`TrainSpec`, checked once, trained,
+evaluated, sampled and written to its run directory by :func:`train_run` (what ``chainrule train``,
+``chainrule quickstart``, the benchmarks and the Python API call), plus the helpers around a run's
+data and samples.
 
 A *run directory* holds ``best/`` (the best model: safetensors + JSON, including which dataset it
-was trained on), ``last/`` (for resuming), ``log.csv``, ``results.json``, ``curve.png`` and the
-samples (``samples.png`` for images, ``samples.txt`` for text, ``samples.wav`` for audio, else
-``samples.npy``).
+was trained on), ``last/`` (for resuming), ``log.csv``, ``results.json``, ``curve.png``,
+``config.toml`` and the samples (``samples.png`` for images, ``samples.txt`` for text,
+``samples.wav`` for audio, else ``samples.npy``); :mod:`chainrule.apps.rundir` holds its helpers
+(re-exported here).
 """
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import inspect
 import json
 import logging
 import math
-import re
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -23,59 +26,49 @@ from typing import Any
 import numpy as np
 import torch
 
-from chainrule.contract import ARModel
 from chainrule.apps.plotting import image_grid, plot_training_curve, save_image_grid
-from chainrule.data import Dataset, Standardization, ValueRangeError, load_dataset, mu_law_decode, write_wav
-from chainrule.errors import CheckpointError, DataError, InputError
+from chainrule.apps.rundir import (  # noqa: F401 - re-exported: the run directory's helpers lived here
+    QUICKSTART_OUT,
+    REPLACED_DIR,
+    RUN_DIRS,
+    RUN_FILES,
+    SAMPLE_SUFFIXES,
+    RunClaim,
+    RunReplacement,
+    _undo_replacement,
+    check_run_dir,
+    check_run_path,
+    check_run_state,
+    checkpoint_dir,
+    claim_run_dir,
+    clear_run_dir,
+    finish_replacement,
+    holds_run,
+    is_quickstart_run,
+    run_files,
+    started_run,
+)
+from chainrule.contract import ARModel
+from chainrule.data import (
+    LATENTS_PREFIX,
+    Dataset,
+    Standardization,
+    ValueRangeError,
+    default_data_dir,
+    load_dataset,
+    mu_law_decode,
+    write_wav,
+)
+from chainrule.errors import DataError, InputError
 from chainrule.inference.likelihood import EvalResult, evaluate, token_unit
 from chainrule.inference.sampling import default_generator
-from chainrule.io.checkpoint import CONFIG_FILE, read_config
+from chainrule.io.checkpoint import read_config
 from chainrule.io.outputs import output_file
 from chainrule.models import create_model
-from chainrule.models.registry import get_model_class
-from chainrule.training import TrainConfig, Trainer
+from chainrule.models.registry import check_hyperparameters, get_model_class
+from chainrule.training import TrainConfig, Trainer, distributed
 
 log = logging.getLogger(__name__)
-
-_LOOKS_LIKE_JSON = re.compile(r"^\s*([\[{\"]|-?\d|true$|false$|null$)")
-
-
-def parse_hyperparameters(pairs: list[str]) -> dict[str, Any]:
-    """``["hidden_sizes=[500,500]", "order=reversed"]`` -> dict.
-
-    Values are JSON; a bare word (``reversed``, ``relu``) is taken as a string. A value that looks
-    like JSON but is not (``[500``, ``1e``) is an error, not silently a string.
-    """
-    out: dict[str, Any] = {}
-    for pair in pairs:
-        key, sep, value = pair.partition("=")
-        if not sep or not key:
-            raise InputError(f"hyperparameter {pair!r} must look like name=value (value in JSON, e.g. hidden_sizes=[500])")
-        try:
-            parsed = json.loads(value)  # NaN / Infinity too: each model checks its own values
-        except json.JSONDecodeError as exc:
-            if _LOOKS_LIKE_JSON.match(value):
-                raise InputError(f"hyperparameter {key}: {value!r} is not valid JSON ({exc.msg}); e.g. "
-                                 f"{key}=[500,500], {key}=0.1, {key}=true, {key}='\"text\"'") from None
-            parsed = value
-        except (ValueError, RecursionError) as exc:  # an integer of > 4300 digits, lists nested too deep
-            raise InputError(f"hyperparameter {key}: {value[:40]!r}{'...' if len(value) > 40 else ''} cannot be "
-                             f"read ({type(exc).__name__}: {str(exc)[:80]})") from None
-        try:  # what cannot be written as UTF-8 could not be stored in the run's config
-            json.dumps({key: parsed}, ensure_ascii=False).encode("utf-8")
-        except UnicodeEncodeError:
-            raise InputError(f"hyperparameter {key!r}: name or value is not valid Unicode text") from None
-        out[key.replace("-", "_")] = parsed
-    return out
-
-
-def checkpoint_dir(run: str | Path) -> Path:
-    """Accept either a run directory (with ``best/``) or a checkpoint directory itself."""
-    run = Path(run)
-    if (run / "best" / CONFIG_FILE).is_file():
-        return run / "best"
-    return run
-
 
 #: ``--num-values real``: the data are real-valued and the model is to fit real values (see
 #: :func:`check_data_fits_model`).
@@ -313,190 +306,6 @@ def save_samples(x: torch.Tensor, out: Path, num_values: int | None, is_image: b
     return out
 
 
-#: What a run directory holds that chainrule wrote (``--force`` removes these, and only these).
-RUN_DIRS = ("best", "last", "last.tmp", "last.old", "checkpoints", "tensorboard")
-RUN_FILES = ("log.csv", "curve.png", "results.json", "config.toml")
-SAMPLE_SUFFIXES = (".png", ".jpg", ".jpeg", ".npy", ".txt", ".wav")
-
-
-def run_files(out: str | Path) -> list[Path]:
-    """The entries of ``out`` that a previous run wrote: ``best/``, ``last/`` (and its ``.tmp`` /
-    ``.old`` while being swapped), ``log.csv``, ``curve.png``, ``results.json``, ``samples.*``."""
-    out = Path(out)
-    if not out.is_dir():
-        return []
-    found = [out / d for d in RUN_DIRS if (out / d).is_dir() or (out / d).is_symlink()]
-    found += [out / f for f in RUN_FILES if (out / f).is_file()]
-    found += sorted(p for p in out.glob("samples.*") if p.suffix.lower() in SAMPLE_SUFFIXES and p.is_file())
-    return found
-
-
-#: Where ``--force`` moves the run it replaces until the new run has written its first checkpoint.
-REPLACED_DIR = ".replaced"
-
-
-def holds_run(out: str | Path) -> bool:
-    """True when ``out`` holds a training run: a checkpoint (``best/``, or ``last/`` / ``last.old/`` /
-    a complete ``last.tmp/`` of an interrupted write). A run killed before its first checkpoint (a
-    ``log.csv`` and nothing else) holds nothing to keep: it is simply started again."""
-    from chainrule.training.trainer import _complete_checkpoint
-
-    out = Path(out)
-    return (any((out / d).is_dir() for d in ("best", "last", "last.old"))
-            or _complete_checkpoint(out / "last.tmp"))
-
-
-def started_run(out: str | Path) -> bool:
-    """True when ``out`` shows a run was started there (``log.csv``, ``tensorboard/``, a lock file)."""
-    from chainrule.io.lock import LOCK_FILE
-
-    out = Path(out)
-    return any((out / f).exists() for f in ("log.csv", "tensorboard", LOCK_FILE, "last.tmp"))
-
-
-def check_run_dir(out: str | Path, resume: bool = False, force: bool = False, check_lock: bool = True) -> None:
-    """Refuse to train into ``out`` when it already holds a run, unless ``resume`` (continue it) or
-    ``force`` (replace it, once the new run has its first checkpoint), or while another process
-    trains in it (its lock; ``check_lock=False`` on the ranks > 0 of a distributed run, whose rank 0
-    holds it). Writes nothing."""
-    from chainrule.io.lock import lock_holder
-    from chainrule.io.outputs import _in_checkpoint
-
-    out = Path(out)
-    if resume and force:
-        raise InputError("--resume continues the run in the directory and --force replaces it: pass one of them")
-    if out.exists() and not out.is_dir():
-        raise InputError(f"{out} is a file, not a run directory: give a directory for the run")
-    ckpt = _in_checkpoint(out.resolve())
-    if ckpt is not None:
-        raise InputError(f"{out} is inside the checkpoint directory {ckpt}: give a run directory of its own")
-    holder = lock_holder(out) if check_lock else None
-    if holder is not None:
-        who = f"PID {holder}" if holder > 0 else "another process"
-        raise InputError(f"{out} is in use: {who} is training in it; wait for it to finish or stop it, or give "
-                         "another --out")
-    if not resume and not force and holds_run(out):
-        raise InputError(f"{out} already holds a run: pass --resume to continue it or --force to replace it")
-
-
-class RunReplacement:
-    """What a (non-resumed) run does to the directory it trains in, so that nothing is lost:
-
-    - ``begin``: with ``force``, the previous run's files (:func:`run_files`) are moved into
-      ``RUN/.replaced/`` (renames: nothing is deleted);
-    - ``commit`` (the trainer's first checkpoint): ``.replaced/`` is removed;
-    - ``rollback`` (the new run failed before its first checkpoint: NaN loss, full disk, an
-      interrupt): what the new run wrote is removed and the previous run moved back; a directory
-      the run created is removed again when it is left empty.
-
-    A process killed between ``begin`` and ``commit`` leaves ``.replaced/``: :func:`finish_replacement`
-    completes or undoes it the next time a run starts there."""
-
-    def __init__(self, out: Path, force: bool, created: bool) -> None:
-        self.out, self.force, self.created = out, force, created
-        self.saved = out / REPLACED_DIR
-        self.committed = False
-
-    def begin(self) -> list[Path]:
-        moved = run_files(self.out) if self.force else []
-        if moved:
-            self.saved.mkdir()
-            done = []
-            try:
-                for p in moved:
-                    p.rename(self.saved / p.name)
-                    done.append(p)
-            except BaseException:  # a rename refused half-way: everything back where it was
-                for p in done:
-                    (self.saved / p.name).rename(p)
-                self.saved.rmdir()
-                raise
-        return moved
-
-    def commit(self) -> None:
-        if self.committed:
-            return
-        self.committed = True
-        if self.saved.is_dir():
-            import shutil
-
-            shutil.rmtree(self.saved)
-
-    def rollback(self) -> None:
-        if self.committed:
-            return
-        _undo_replacement(self.out)
-        if self.created:
-            from chainrule.io.lock import LOCK_FILE
-
-            leftovers = [p for p in self.out.iterdir() if p.name != LOCK_FILE] if self.out.is_dir() else []
-            if not leftovers:
-                (self.out / LOCK_FILE).unlink(missing_ok=True)
-                self.out.rmdir()
-
-
-def _undo_replacement(out: Path) -> None:
-    """Remove what a run that never wrote a checkpoint left in ``out`` and move the run it was
-    replacing (``.replaced/``) back."""
-    for p in run_files(out):
-        clear = p.is_symlink() or p.is_file()
-        if clear:
-            p.unlink()
-        else:
-            import shutil
-
-            shutil.rmtree(p)
-    saved = out / REPLACED_DIR
-    if saved.is_dir():
-        for p in saved.iterdir():
-            p.rename(out / p.name)
-        saved.rmdir()
-
-
-def finish_replacement(out: str | Path, report: Callable[[str], None] = log.info) -> None:
-    """A ``--force`` run killed before :class:`RunReplacement` could commit or roll back left
-    ``RUN/.replaced/``: when the new run had written a checkpoint, the replaced run is removed;
-    otherwise the new run's traces go and the replaced run comes back."""
-    out = Path(out)
-    saved = out / REPLACED_DIR
-    if not saved.is_dir():
-        return
-    if holds_run(out):
-        import shutil
-
-        shutil.rmtree(saved)
-        report(f"{out}: removed the run replaced by the previous --force run (which had written its checkpoint)")
-    else:
-        _undo_replacement(out)
-        report(f"{out}: the previous --force run was stopped before its first checkpoint; the run it was "
-               "replacing is back")
-
-
-def clear_run_dir(out: str | Path) -> list[Path]:
-    """Remove what a previous run wrote in ``out`` (:func:`run_files`); every other file stays.
-    Returns the removed paths."""
-    import shutil
-
-    removed = run_files(out)
-    for p in removed:
-        if p.is_symlink() or p.is_file():
-            p.unlink()
-        else:
-            shutil.rmtree(p)
-    return removed
-
-
-def is_quickstart_run(out: str | Path) -> bool:
-    """True when the run in ``out`` was written by ``chainrule quickstart`` (marked in its config)."""
-    for sub in ("best", "last"):
-        try:
-            if read_config(Path(out) / sub).get("extra", {}).get("quickstart"):
-                return True
-        except CheckpointError:  # no checkpoint there, or a damaged one: not quickstart's
-            continue
-    return False
-
-
 def class_columns(num_classes: int | None, n: int) -> int | None:
     """Grid columns for ``n`` samples drawn every class in turn (:func:`sample_labels`): one column
     per class, so each column shows one class, when there are at least two rows of them."""
@@ -538,76 +347,315 @@ def sampling_cost_examples(model: ARModel, n: int) -> int:
     return n if cached else n * model.num_groups
 
 
-def train_run(model_name: str, ds: Dataset, out: str | Path, hyperparameters: dict[str, Any] | None = None,
-              config: TrainConfig | None = None, extra: dict[str, Any] | None = None, progress: bool = True,
-              num_samples: int = 64, resume: bool = False, conditional: bool = False,
-              device: str | torch.device | None = None,
-              report: Callable[[str], None] = log.info, force: bool = False,
-              started: float | None = None, standardization: Standardization | None = None) -> dict[str, Any]:
-    """Build ``model_name`` for ``ds``, train it, evaluate it on the test split, draw samples and
-    write the run directory ``out``; returns the summary also written to ``results.json``.
+def standardize_hint(ds: Dataset) -> str | None:
+    """A line saying when ``--standardize`` would help: real-valued data (not intensities in [0, 1],
+    not dequantized) whose coordinates' standard deviations are far from 1 or from each other, or
+    whose means are far from 0 on their scale. None otherwise."""
+    if ds.num_values is not None or ds.dequantized_from is not None or ds.is_text or ds.is_audio or len(ds.train) < 2:
+        return None
+    if ds.values is not None and ds.values.kind == "intensities":
+        return None
+    x = ds.train.reshape(len(ds.train), -1).to(torch.float64)
+    std, mean = x.std(0), x.mean(0)
+    live = std > 0
+    if not live.any():
+        return None
+    low, high = float(std[live].min()), float(std[live].max())
+    offset = float((mean[live].abs() / std[live]).max())
+    if 0.2 <= low and high <= 5 and high / low <= 5 and offset <= 5:
+        return None
+    return (f"note: the data's coordinates have standard deviations {low:.3g}..{high:.3g} and means up to "
+            f"{offset:.3g} of them from 0; the models' initializations and learning rates assume values of order "
+            "1: --standardize trains on (x - mean) / std (NLLs stay the data's own)")
+
+
+#: The model name of the VQ-VAE: not an autoregressive model, :mod:`chainrule.apps.latent` trains it.
+VQVAE = "vqvae"
+
+
+@dataclasses.dataclass
+class TrainSpec:
+    """One training run, as ``chainrule train`` / ``chainrule quickstart`` parse it from the command
+    line and as Python code describes it; :func:`train_run` checks it (once), trains, evaluates,
+    samples and writes the run directory.
+
+    ``dataset``: a :class:`~chainrule.data.Dataset` (taken as it is: ``num_values=None`` says real
+    values) or a name / path read with the data options below (as ``chainrule train --dataset``;
+    the run records where they came from, so that later commands find them again).
+    ``num_values``: ``--num-values``, an integer K, ``"real"`` or None (its text is accepted too).
+    ``standardize``: True fits a :class:`~chainrule.data.Standardization` on the training split, or
+    give one. ``out``: default ``runs/MODEL-DATASET``. ``quickstart``: the run is quickstart's
+    (marked in its config): a previous quickstart run in ``out``, or any run in
+    :data:`~chainrule.apps.rundir.QUICKSTART_OUT`, is replaced without ``force``. ``threads``: the
+    torch threads ``--threads`` asked for (None: the process's setting; under ``torchrun`` each
+    rank's share of the free cores). ``started``: the ``time.perf_counter()`` value the time budget
+    (``config.max_seconds``) counts from (default: the call). ``extra``: more entries for the run's
+    config (``command``, ``run_config``, ...). ``config_toml``: the text written to
+    ``RUN/config.toml`` once the run is done. ``title``: a line reported once the run directory is
+    accepted. ``report`` receives the progress lines (the command line prints them).
+    """
+
+    model: str
+    dataset: str | Path | Dataset
+    out: str | Path | None = None
+    hyperparameters: dict[str, Any] = dataclasses.field(default_factory=dict)
+    config: TrainConfig = dataclasses.field(default_factory=TrainConfig)
+    conditional: bool = False
+    standardize: bool | Standardization = False
+    # reading a dataset given by name or path
+    data_dir: str | Path | None = None
+    download: bool = False
+    binarize: str | None = None
+    dequantize: bool = False
+    data_seed: int = 0
+    block_size: int = 256
+    level: str = "char"
+    num_values: int | str | None = None
+    limit: int | None = None
+    # the run directory
+    resume: bool = False
+    force: bool = False
+    quickstart: bool = False
+    # the process
+    device: str | torch.device | None = None
+    threads: int | None = None
+    progress: bool = True
+    num_samples: int = 64
+    report: Callable[[str], None] = log.info
+    started: float | None = None
+    extra: dict[str, Any] = dataclasses.field(default_factory=dict)
+    config_toml: str | None = None
+    title: str | None = None
+
+
+def _spec_of(model_name: str, ds: Dataset, out: str | Path, hyperparameters: dict[str, Any] | None = None,
+             config: TrainConfig | None = None, extra: dict[str, Any] | None = None, progress: bool = True,
+             num_samples: int = 64, resume: bool = False, conditional: bool = False,
+             device: str | torch.device | None = None, report: Callable[[str], None] = log.info,
+             force: bool = False, started: float | None = None,
+             standardization: Standardization | None = None) -> TrainSpec:
+    """The :class:`TrainSpec` of :func:`train_run`'s positional form (its signature before the spec)."""
+    return TrainSpec(model=model_name, dataset=ds, out=out, hyperparameters=dict(hyperparameters or {}),
+                     config=config or TrainConfig(), extra=dict(extra or {}), progress=progress,
+                     num_samples=num_samples, resume=resume, conditional=conditional, device=device, report=report,
+                     force=force, started=started,
+                     standardize=standardization if standardization is not None else False)
+
+
+def train_run(spec: TrainSpec | str, *args: Any, **kwargs: Any) -> dict[str, Any]:
+    """Run ``spec`` (a :class:`TrainSpec`): build the model for its data, train it, evaluate it on the
+    test split, draw samples and write the run directory; returns the summary also written to
+    ``results.json``. The positional form of before the spec still works:
+    ``train_run(model_name, ds, out, hyperparameters, config, extra, progress, num_samples, resume=,
+    conditional=, device=, report=, force=, started=, standardization=)``.
+
+    Every check of the run is made here, once, and before the work it guards: the model's
+    hyperparameters and the global batch against the ranks before the data are read; the run
+    directory (:func:`~chainrule.apps.rundir.claim_run_dir`: refused when it holds a run, unless
+    ``resume`` continues it or ``force`` replaces it, removing the previous run's files only once the
+    new run has its first checkpoint; held by its lock) before the data are read when ``out`` is
+    given; the data against the model (:func:`check_data_fits_model`) before anything is built. The
+    seed (``config.seed``) is set once, before the model is built: the same seed, the same run.
 
     ``conditional=True`` trains a class-conditional model on the dataset's labels (the model gets
     ``num_classes``; evaluation is given the true labels; samples cycle through the classes).
-    ``report`` receives the progress lines (the CLI prints them).
+    ``config.max_seconds`` is the budget of the whole call (from ``started``): checked after every
+    training step, it stops training early enough for the closing validation, the test evaluation
+    and the samples to fit. ``standardize`` (real-valued data): the model is trained on the
+    standardized data, the run records the statistics (later commands apply and invert them), every
+    NLL reported is the data's own (the model's plus ``sum_d log std_d``) and the samples are in the
+    data's units.
 
-    An ``out`` that already holds a run (``best/``, ``last/`` or ``log.csv``) is refused unless
-    ``resume`` (continue it) or ``force``: replace it, removing the previous run's files (only
-    those chainrule writes, see :func:`run_files`) once the model has been built.
-
-    ``config.max_seconds`` is the budget of the whole call (from ``started``, a ``time.perf_counter()``
-    value such as the command's start; default: now): checked after every training step, it stops
-    training early enough for the closing validation, the test evaluation and the samples to fit
-    (their cost estimated from the validations' measured speed). ``progress``: bars for training,
-    validation, the test evaluation and the sampling.
-
-    ``standardization`` (real-valued data; fitted on the training split, e.g.
-    ``Standardization.fit(ds.train)``): the model is trained on the standardized data, the run
-    records the statistics (later commands apply and invert them), every NLL reported is the
-    data's own (the model's plus ``sum_d log std_d``) and the samples are in the data's units.
+    Under ``torchrun`` (``WORLD_SIZE`` > 1; see :mod:`chainrule.training.distributed`) every rank
+    calls this: the process group is joined here (and left again) unless the caller joined it;
+    every rank makes the checks that need no directory; rank 0 alone claims the run directory and
+    tells the others its verdict; every rank trains, and rank 0 alone writes, evaluates and draws
+    the samples (the others return ``{}``).
     """
-    from chainrule.io.lock import RunLock
-
-    started = time.perf_counter() if started is None else started
-    out = Path(out)
-    if standardization is not None:
-        ds = standardization.dataset(ds)
-        extra = {**(extra or {}), STANDARDIZE: standardization.to_dict()}
-    check_run_dir(out, resume, force)
-    created = not out.exists()
-    was_started = started_run(out)  # before our own lock file exists
-    with RunLock(out):  # one process trains in a run directory at a time
-        try:
-            finish_replacement(out, report)  # a --force run killed before its first checkpoint
-            check_run_dir(out, resume, force)  # again, under the lock
-            if resume and not holds_run(out) and was_started:  # killed before its first checkpoint
-                report(f"{out}: the run was stopped before its first checkpoint: nothing to resume, starting it again")
-                resume = False
-            return _train_run(model_name, ds, out, hyperparameters, config, extra, progress, num_samples, resume,
-                              conditional, device, report, force, created, started, standardization)
-        except BaseException:
-            if created and out.is_dir() and not any(p.name != ".lock" for p in out.iterdir()):
-                (out / ".lock").unlink(missing_ok=True)
-                out.rmdir()
-            raise
+    if not isinstance(spec, TrainSpec):
+        spec = _spec_of(spec, *args, **kwargs)
+    elif args or kwargs:
+        raise TypeError("train_run(spec): a TrainSpec holds the whole run; give no other arguments")
+    joined = not (torch.distributed.is_available() and torch.distributed.is_initialized())
+    device = distributed.init_from_env(spec.device, spec.threads) if joined else spec.device
+    try:
+        return _run(spec, device)
+    finally:
+        if joined:
+            distributed.destroy()
 
 
-def _train_run(model_name: str, ds: Dataset, out: Path, hyperparameters: dict[str, Any] | None,
-               config: TrainConfig | None, extra: dict[str, Any] | None, progress: bool, num_samples: int,
+def check_global_batch(batch_size: int, ranks: int) -> None:
+    """``batch_size`` is the global batch of a distributed run: it must split evenly over the ranks."""
+    if batch_size % ranks:
+        raise InputError(f"--batch-size {batch_size} is the global batch, split over {ranks} ranks: "
+                         f"it must be a multiple of {ranks}")
+
+
+def _check_without_data(spec: TrainSpec, hp: dict[str, Any]) -> int | str | None:
+    """The checks of ``spec`` that need no data (unknown hyperparameters, the global batch, options a
+    VQ-VAE does not take, ``limit``); returns ``num_values`` read (None, K or "real")."""
+    ranks = distributed.world_size()
+    if spec.model == VQVAE:
+        from chainrule.apps.vqvae import check_vqvae_hyperparameters
+
+        if "order" in hp or spec.conditional:
+            raise InputError("vqvae: --order and --class-conditional apply to the prior over its codes, not to the VQ-VAE")
+        if spec.standardize is not False:
+            raise InputError("vqvae: --standardize is for real-valued data; the VQ-VAE models discrete pixels")
+        if ranks > 1:
+            raise InputError("vqvae trains in one process (its codebook updates are not synchronized across ranks); "
+                             "run it without torchrun")
+        check_vqvae_hyperparameters(hp)
+    else:
+        check_hyperparameters(spec.model, hp)  # unknown names fail before the data are read
+    check_global_batch(spec.config.batch_size, ranks)
+    if spec.limit is not None and (isinstance(spec.limit, bool) or not isinstance(spec.limit, int) or spec.limit < 1):
+        raise InputError(f"--limit must be a positive integer (examples per split), got {spec.limit}")
+    return parse_num_values(spec.num_values)
+
+
+def _read_data(spec: TrainSpec, num_values: int | str | None, report: Callable[[str], None]) -> Dataset:
+    """``spec.dataset`` as the run trains on it (read when a name or path; ``limit`` applied)."""
+    ds = spec.dataset
+    if not isinstance(ds, Dataset):
+        ds = load_dataset(ds, spec.data_dir, download=spec.download, binarize=spec.binarize,
+                          dequantize=spec.dequantize, seed=spec.data_seed, block_size=spec.block_size,
+                          level=spec.level, num_values=num_values if isinstance(num_values, int) else None)
+        if ds.values is not None:  # how K was read from the values: never silently
+            report(ds.values.line())
+    if spec.limit is not None:
+        ds = ds.limited(spec.limit)
+    return ds
+
+
+def _provenance(spec: TrainSpec, ds: Dataset, num_values: int | str | None) -> dict[str, Any]:
+    """Where the data came from, as later commands (eval, sample, complete, ...) must find them again:
+    a file's absolute path, and the data folder even when it was given by ``$CHAINRULE_DATA``; for a
+    Dataset given as it is, nothing (its caller records what it wants in ``extra``)."""
+    if isinstance(spec.dataset, Dataset):
+        return {}
+    name = str(spec.dataset)
+    data_dir = spec.data_dir or default_data_dir()
+    dataset = str(Path(name).resolve()) if Path(name).exists() else name
+    if name.startswith(LATENTS_PREFIX):  # a VQ-VAE run's codes: its absolute path too
+        dataset = LATENTS_PREFIX + str(Path(name[len(LATENTS_PREFIX):]).resolve())
+    out = {"dataset": dataset, "binarize": spec.binarize, "dequantize": spec.dequantize, "data_seed": spec.data_seed,
+           "data_dir": str(data_dir) if data_dir else None, "block_size": spec.block_size, "level": spec.level,
+           "num_values": num_values,
+           # the data's K before binarize / dequantize: eval, score, ... read other data with it
+           "data_num_values": ds.values.num_values if ds.values is not None else
+           num_values if isinstance(num_values, int) else None}
+    if ds.tokenizer is not None:
+        out["tokenizer"] = ds.tokenizer.to_dict()
+    if ds.sample_rate is not None:
+        out["sample_rate"] = ds.sample_rate
+    if ds.class_names is not None:
+        out["class_names"] = list(ds.class_names)
+    return out
+
+
+def _agreed(resume: bool | None) -> bool | None:
+    """Rank 0's verdict on the run directory on every rank: ``resume`` as it turned out, or None for
+    a directory it refused (in a single process: ``resume`` itself)."""
+    if not distributed.is_distributed():
+        return resume
+    flag = distributed.broadcast(torch.tensor([-1 if resume is None else int(resume)]))
+    return None if int(flag) < 0 else bool(int(flag))
+
+
+def _claim(stack: contextlib.ExitStack, spec: TrainSpec, out: Path, report: Callable[[str], None]) -> RunClaim:
+    """The run directory ``out``, checked once and held for the run (rank 0), or rank 0's verdict on
+    it (the other ranks of a distributed run, which write nothing)."""
+    force = spec.force or (spec.quickstart and out == Path(QUICKSTART_OUT))
+    if not distributed.is_main():
+        resume = _agreed(None)
+        if resume is None:
+            raise InputError(f"{out}: rank 0 refused the run directory (its error says why)")
+        return RunClaim(out, resume, force, created=False)
+    try:
+        claim = stack.enter_context(claim_run_dir(out, spec.resume, force, report, quickstart=spec.quickstart))
+    except BaseException:
+        _agreed(None)  # the other ranks stop too
+        raise
+    _agreed(claim.resume)
+    return claim
+
+
+def _run(spec: TrainSpec, device: str | torch.device | None) -> dict[str, Any]:
+    """:func:`train_run` in its process group."""
+    started = time.perf_counter() if spec.started is None else spec.started
+    main = distributed.is_main()
+    report = spec.report if main else (lambda line: None)  # rank 0 alone prints
+    hp = dict(spec.hyperparameters)
+    num_values = _check_without_data(spec, hp)
+    with contextlib.ExitStack() as stack:
+        claim = _claim(stack, spec, Path(spec.out), report) if spec.out is not None else None
+        if claim is not None and spec.title:
+            report(spec.title)
+        ds = _read_data(spec, num_values, report)
+        if claim is None:  # the default directory is named after the data
+            claim = _claim(stack, spec, Path(f"runs/{spec.model}-{Path(ds.name).stem}"), report)
+            if spec.title:
+                report(spec.title)
+        if spec.model == VQVAE:
+            from chainrule.apps.vqvae import check_data_fits_vqvae
+
+            check_data_fits_vqvae(ds)
+        else:  # a Dataset given as it is says real values with num_values=None; a name or path needs "real"
+            check_data_fits_model(spec.model, ds, real_values=num_values == REAL,
+                                  require_real_flag=not isinstance(spec.dataset, Dataset))
+        standardization = spec.standardize if isinstance(spec.standardize, Standardization) else None
+        if spec.standardize is True:
+            standardization = Standardization.fit(ds.train)  # the training split's statistics only
+        if standardization is not None:
+            report(f"standardizing: z = (x - mean) / std per dimension, from the {len(ds.train)} training examples "
+                   f"(std {float(standardization.std.min()):.4g}..{float(standardization.std.max()):.4g}); NLLs are "
+                   "reported for x (log p(x) = log p(z) - sum log std)")
+        elif main and spec.model != VQVAE:
+            hint = standardize_hint(ds)
+            if hint:
+                report(hint)
+        extra = {**_provenance(spec, ds, num_values), **spec.extra}
+        if spec.quickstart:
+            extra["quickstart"] = True
+        ranks = distributed.world_size()
+        if ranks > 1:
+            report(f"DDP: {ranks} ranks x {spec.config.batch_size // ranks} = global batch {spec.config.batch_size} "
+                   f"({torch.distributed.get_backend()})")
+        torch.manual_seed(spec.config.seed)  # the initial weights too: the same --seed, the same run
+        if spec.model == VQVAE:
+            from chainrule.apps.vqvae import fit_vqvae_run
+
+            summary = fit_vqvae_run(ds, claim.out, hp, spec.config, extra, spec.progress, resume=claim.resume,
+                                    device=device, report=report, force=claim.force)
+        else:
+            summary = _train_run(spec.model, ds, claim.out, hp, spec.config, extra, spec.progress, spec.num_samples,
+                                 claim.resume, spec.conditional, device, report, claim.force, claim.created, started,
+                                 standardization, main)
+        if main and spec.config_toml is not None:
+            with output_file(claim.out / "config.toml") as tmp:
+                tmp.write_text(spec.config_toml, encoding="utf-8")
+        return summary
+
+
+def _train_run(model_name: str, ds: Dataset, out: Path, hyperparameters: dict[str, Any],
+               config: TrainConfig, extra: dict[str, Any], progress: bool, num_samples: int,
                resume: bool, conditional: bool, device: str | torch.device | None,
                report: Callable[[str], None], force: bool, created: bool, started: float,
-               standardization: Standardization | None) -> dict[str, Any]:
-    """:func:`train_run` inside the run directory's lock."""
-    config = config or TrainConfig()
-    hp = dict(hyperparameters or {})
-    check_data_fits_model(model_name, ds, require_real_flag=False)  # a Dataset's num_values=None is explicit
+               standardization: Standardization | None, main: bool) -> dict[str, Any]:
+    """:func:`train_run` once its checks are made, inside the run directory's lock: the model built
+    and trained (every rank), evaluated, sampled and written (rank 0; the others return ``{}``)."""
+    hp = dict(hyperparameters)
+    if standardization is not None:
+        ds = standardization.dataset(ds)
+        extra = {**extra, STANDARDIZE: standardization.to_dict()}
     train_y = val_y = test_y = None
     if conditional:
         if ds.num_classes is None:
             raise InputError(f"dataset {ds.name!r} has no labels: a class-conditional model needs labelled data")
         hp["num_classes"] = ds.num_classes
         train_y, val_y, test_y = ds.train_labels, ds.val_labels, ds.test_labels
-    torch.manual_seed(config.seed)  # the initial weights too: the same --seed, the same run
     model = create_model(model_name, ds.shape, ds.num_values, **hp)
     report(f"model {model_name}: {model.num_parameters():,} parameters; data {ds.name}: "
            f"{len(ds.train)} train / {len(ds.val)} val / {len(ds.test)} test, shape {ds.shape}, num_values {ds.num_values}"
@@ -622,7 +670,7 @@ def _train_run(model_name: str, ds: Dataset, out: Path, hyperparameters: dict[st
     replacement = None
     if resume:
         report(f"resuming from {out / 'last'}")
-    else:
+    elif main:  # the other ranks of a distributed run write nothing
         # the previous run (with --force) is moved aside, and removed only once this one has written
         # its first checkpoint; a failure before that puts it back (and removes this run's traces)
         replacement = RunReplacement(out, force, created)
@@ -641,6 +689,8 @@ def _train_run(model_name: str, ds: Dataset, out: Path, hyperparameters: dict[st
         raise
     if replacement is not None:
         replacement.commit()
+    if not main:
+        return {}
     note = ""
     if result.stopped_early:
         note = f" (early stop; best epoch {result.best_epoch})"

@@ -23,7 +23,7 @@ from pathlib import Path
 from typing import Any
 
 from chainrule._version import __version__
-from chainrule.apps.pipeline import holds_run
+from chainrule.apps.rundir import holds_run
 from chainrule.apps.plotting import finite_float, read_training_log
 from chainrule.errors import CheckpointError, InputError
 from chainrule.io.checkpoint import CONFIG_FILE, read_config

@@ -1,4 +1,4 @@
-"""What the ``chainrule`` commands share: threads, devices, orders, loading a run and the labels of its data."""
+"""What the ``chainrule`` commands share: threads, devices, orders, ``-p NAME=VALUE`` hyperparameters, loading a run and the labels of its data."""
 
 from __future__ import annotations
 
@@ -6,12 +6,14 @@ import argparse
 import json
 import math
 import os
+import re
 from pathlib import Path
 from typing import Any
 
 import torch
 
-from chainrule.apps.pipeline import checkpoint_dir, class_columns, dataset_of, sample_labels
+from chainrule.apps.pipeline import class_columns, dataset_of, sample_labels
+from chainrule.apps.rundir import checkpoint_dir
 from chainrule.data import Dataset, read_npy
 from chainrule.errors import InputError
 from chainrule.io.checkpoint import read_config
@@ -137,6 +139,38 @@ def set_threads(n: int | None) -> None:
     if n < 1:
         raise InputError(f"--threads must be a positive integer (torch CPU threads), got {n}")
     torch.set_num_threads(n)
+
+
+_LOOKS_LIKE_JSON = re.compile(r"^\s*([\[{\"]|-?\d|true$|false$|null$)")
+
+
+def parse_hyperparameters(pairs: list[str]) -> dict[str, Any]:
+    """``["hidden_sizes=[500,500]", "order=reversed"]`` -> dict.
+
+    Values are JSON; a bare word (``reversed``, ``relu``) is taken as a string. A value that looks
+    like JSON but is not (``[500``, ``1e``) is an error, not silently a string.
+    """
+    out: dict[str, Any] = {}
+    for pair in pairs:
+        key, sep, value = pair.partition("=")
+        if not sep or not key:
+            raise InputError(f"hyperparameter {pair!r} must look like name=value (value in JSON, e.g. hidden_sizes=[500])")
+        try:
+            parsed = json.loads(value)  # NaN / Infinity too: each model checks its own values
+        except json.JSONDecodeError as exc:
+            if _LOOKS_LIKE_JSON.match(value):
+                raise InputError(f"hyperparameter {key}: {value!r} is not valid JSON ({exc.msg}); e.g. "
+                                 f"{key}=[500,500], {key}=0.1, {key}=true, {key}='\"text\"'") from None
+            parsed = value
+        except (ValueError, RecursionError) as exc:  # an integer of > 4300 digits, lists nested too deep
+            raise InputError(f"hyperparameter {key}: {value[:40]!r}{'...' if len(value) > 40 else ''} cannot be "
+                             f"read ({type(exc).__name__}: {str(exc)[:80]})") from None
+        try:  # what cannot be written as UTF-8 could not be stored in the run's config
+            json.dumps({key: parsed}, ensure_ascii=False).encode("utf-8")
+        except UnicodeEncodeError:
+            raise InputError(f"hyperparameter {key!r}: name or value is not valid Unicode text") from None
+        out[key.replace("-", "_")] = parsed
+    return out
 
 
 def order_arg(value: str | None) -> Any:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
-from chainrule.apps.pipeline import checkpoint_dir
+from chainrule.apps.rundir import checkpoint_dir
 from chainrule.cli.common import load_run, tokenizer_of
 
 

@@ -15,7 +15,8 @@ from typing import Any, Callable
 import torch
 
 from chainrule.apps import latent as lat
-from chainrule.apps.pipeline import check_samples_path, checkpoint_dir, dataset_of, save_samples
+from chainrule.apps.pipeline import check_samples_path, dataset_of, save_samples
+from chainrule.apps.rundir import checkpoint_dir
 from chainrule.cli.common import completion_inputs, device_of, given_labels, output_path, sampling_labels, set_threads
 from chainrule.errors import InputError
 from chainrule.inference.sampling import default_generator

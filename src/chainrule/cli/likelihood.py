@@ -12,7 +12,8 @@ from typing import Any
 import numpy as np
 import torch
 
-from chainrule.apps.pipeline import checkpoint_dir, dataset_of
+from chainrule.apps.pipeline import dataset_of
+from chainrule.apps.rundir import checkpoint_dir
 from chainrule.cli.common import completion_inputs, device_of, load_run, output_path, run_and_labels, tokenizer_of
 from chainrule.data import read_npy
 from chainrule.errors import InputError
@@ -176,7 +177,7 @@ def _background_model(args: argparse.Namespace, ckpt: Path, model: Any) -> Any:
     """The background model of the likelihood-ratio score: ``--background DIR``, or one trained now
     with ``--train-background RATE`` into ``RUN/background/``, or the one already there."""
     from chainrule.apps.anomaly import check_compatible, train_background
-    from chainrule.apps.pipeline import RunReplacement
+    from chainrule.apps.rundir import RunReplacement
     from chainrule.io.checkpoint import CONFIG_FILE
 
     own = Path(args.run) / "background"

@@ -15,13 +15,13 @@ import torch
 
 from chainrule.apps.pipeline import (
     check_samples_path,
-    checkpoint_dir,
     default_samples_name,
     describe_eval,
     in_data_units,
     run_standardization,
     save_samples,
 )
+from chainrule.apps.rundir import checkpoint_dir
 from chainrule.cli.common import (
     completion_inputs,
     load_run,
