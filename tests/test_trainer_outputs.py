@@ -19,6 +19,7 @@ from safetensors.torch import load_file
 import chainrule
 from chainrule.cli import main
 from chainrule.errors import CheckpointError, InputError
+from chainrule.io import run_state
 from chainrule.training import TrainConfig, Trainer
 from chainrule.training.trainer import STATE_VERSION
 
@@ -58,13 +59,13 @@ def test_keep_last_keeps_the_k_most_recent_checkpoints(tmp_path):
     (run / "checkpoints" / "step-000001").mkdir(parents=True)  # not chainrule's: must stay
     (run / "checkpoints" / "notes.txt").write_text("mine")
     seen = []
-    original = Trainer._keep_checkpoint
+    original = run_state.keep_checkpoint
 
-    def spy(self, step):
-        original(self, step)
+    def spy(out_dir, step, keep_last):
+        original(out_dir, step, keep_last)
         seen.append(_steps(run))
     with pytest.MonkeyPatch.context() as m:
-        m.setattr(Trainer, "_keep_checkpoint", spy)
+        m.setattr(run_state, "keep_checkpoint", spy)
         ref = _model()
         Trainer(ref, config, out_dir=run, progress=False).fit(data, data[:16])
     assert seen[0] == [1, 2] and seen[2] == [1, 2, 4, 5]  # never more than 3 of chainrule's
