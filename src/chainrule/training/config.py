@@ -25,7 +25,7 @@ class TrainConfig:
     ``patience``: epochs without validation improvement before stopping (None: never stop early).
     ``max_seconds``: wall-clock budget, checked after every step (see :meth:`Trainer.fit`): training
     stops when what is left would not hold another step, the closing validation and what the caller
-    evaluates after ``fit`` (:attr:`Trainer.reserve_examples`); a stop inside an epoch writes
+    evaluates after ``fit`` (``Trainer(reserve_examples=...)``); a stop inside an epoch writes
     ``last/`` at that position (an exact resume), then validates the weights reached.
     ``grad_clip``: max global gradient norm (None: no clipping).
     ``schedule``: "constant", "cosine" (to ``min_lr`` over all steps, after ``warmup_steps``) or
