@@ -128,7 +128,8 @@ def network_nll(model: ARModel, x: torch.Tensor, context: Any, dtype: torch.dtyp
     """-log p(x | context) ``(B,)`` nats of a validated batch ``x``: the network's pass through
     ``net`` (default ``model``; a ``DistributedDataParallel`` wrapper of it) under autocast to
     ``dtype`` (None: float32) with the feature-map layout ``channels_last``, and the likelihood of
-    the conditionals' parameters ``(B, G, P)`` in float32."""
+    the conditionals' parameters ``(B, G, P)`` in float32 — through
+    :func:`~chainrule.inference.likelihood.group_log_probs`, the likelihood evaluation uses too."""
     def forward(x: torch.Tensor, context: Any, **call: Any) -> torch.Tensor:
         with pixel.feature_layout(channels_last), \
                 torch.autocast(x.device.type, dtype=dtype or torch.float32, enabled=dtype is not None):
