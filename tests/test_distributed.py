@@ -111,7 +111,7 @@ def _worker(rank: int, port: int, tmp: str) -> None:
         out["ens_params"] = {k: v.clone() for k, v in t.model.state_dict().items()}
         # 2. different data per rank: DDP averages the gradients, so the weights stay identical
         t = Trainer(_model(), TrainConfig(batch_size=8, lr=1e-2), progress=False)
-        t._ddp = t._wrap_ddp()
+        t._ddp = distributed.wrap_ddp(t.model, 8)
         x = (torch.rand(4, *SHAPE, generator=torch.Generator().manual_seed(100 + rank)) < 0.5).long()
         before = [p.detach().clone() for p in t.model.parameters()]
         t.train_step(x, None, 1e-2)
@@ -124,8 +124,8 @@ def _worker(rank: int, port: int, tmp: str) -> None:
             ref = Trainer(_model(), TrainConfig(batch_size=16), progress=False)  # no wrapper: one process
             ref.train_step(xg, None, 1e-3)
             t = Trainer(_model(), TrainConfig(batch_size=16), progress=False)
-            t._ddp = t._wrap_ddp()
-            t.train_step(xg[t._shard(n)], None, 1e-3, global_size=n)
+            t._ddp = distributed.wrap_ddp(t.model, 16)
+            t.train_step(xg[distributed.shard(n)], None, 1e-3, global_size=n)
             out[f"grads{n}"] = [(p.grad.clone(), q.grad.clone()) for p, q in zip(t.model.parameters(), ref.model.parameters())]
         # 4. a global batch the ranks cannot split evenly
         try:

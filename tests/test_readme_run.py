@@ -61,6 +61,8 @@ PY_SUBSTITUTIONS: list[tuple[str, str, list[tuple[str, str, str]]]] = [
          "50 epochs of NADE-200: minutes; 3 steps run every line after it the same way"),
         ("TrainConfig(epochs=20, lr=1e-3)", "TrainConfig(epochs=1, max_steps=3, lr=1e-3)",
          "20 epochs of a whole run: a minute; 3 steps write the same run directory"),
+        ("TrainConfig(epochs=5)", "TrainConfig(epochs=2, steps_per_epoch=3)",
+         "5 epochs of the 8-mask MADE: a minute; 2 short epochs still print both rows"),
     ]),
     ("sigma_gpt", 'create_model("sigma_gpt"', []),
     ("tokenizers", "from chainrule.text.tokenizers import", []),

@@ -18,6 +18,8 @@ from safetensors.torch import load_file
 import chainrule
 from chainrule.cli import main
 from chainrule.training import TrainConfig, Trainer
+from chainrule.training.batches import batch_rng, epoch_order
+from chainrule.training.budget import TimeBudget
 from chainrule.training.trainer import TrainingInterrupted, derived_seed
 
 
@@ -150,10 +152,10 @@ def test_resume_with_changed_options(tmp_path, monkeypatch, caplog):
 
 
 def test_data_order_is_a_function_of_seed_and_epoch():
-    t = Trainer(_model(0), TrainConfig(seed=3, batch_size=8), progress=False)
-    assert torch.equal(t._epoch_order(50, 2), t._epoch_order(50, 2))
-    assert not torch.equal(t._epoch_order(50, 2), t._epoch_order(50, 3))
-    assert torch.equal(torch.rand(4, generator=t._batch_rng(1, 2)), torch.rand(4, generator=t._batch_rng(1, 2)))
+    assert torch.equal(epoch_order(3, 50, 2), epoch_order(3, 50, 2))
+    assert not torch.equal(epoch_order(3, 50, 2), epoch_order(3, 50, 3))
+    assert epoch_order(3, 50, 2, steps_per_epoch=10) is None  # every batch draws its own examples
+    assert torch.equal(torch.rand(4, generator=batch_rng(3, 1, 2)), torch.rand(4, generator=batch_rng(3, 1, 2)))
     assert len({derived_seed(3, 1, e) for e in range(100)} | {derived_seed(4, 1, e) for e in range(100)}) == 200
     with pytest.raises(chainrule.errors.InputError, match="save_every"):
         TrainConfig(save_every=0)
@@ -244,7 +246,7 @@ def test_time_budget_stops_mid_epoch_and_resume_is_exact(tmp_path, monkeypatch):
     ref_result = Trainer(ref, config, out_dir=tmp_path / "a", progress=False).fit(data, data[:16], _flip)
 
     # the clock runs out after the 7th step of the call (epoch 2, batch 2): no sleeping in a test
-    monkeypatch.setattr(Trainer, "_seconds_left", lambda self: 1e9 if self._step_time[1] < 7 else -1.0)
+    monkeypatch.setattr(TimeBudget, "seconds_left", lambda self: 1e9 if self.steps < 7 else -1.0)
     budget = dataclasses.replace(config, max_seconds=1000.0)
     stopped = Trainer(_model(0), budget, out_dir=tmp_path / "b", progress=False).fit(data, data[:16], _flip)
     monkeypatch.undo()
@@ -267,7 +269,7 @@ def test_time_budget_stops_mid_epoch_and_resume_is_exact(tmp_path, monkeypatch):
 def test_time_budget_without_validation_keeps_the_weights_reached(tmp_path, monkeypatch):
     """No validation data and no epoch finished: best/ holds the weights the budget stopped at."""
     data = torch.randint(2, (40, 6))
-    monkeypatch.setattr(Trainer, "_seconds_left", lambda self: 1e9 if self._step_time[1] < 2 else -1.0)
+    monkeypatch.setattr(TimeBudget, "seconds_left", lambda self: 1e9 if self.steps < 2 else -1.0)
     model = _model(0)
     config = TrainConfig(epochs=3, batch_size=8, patience=None, max_seconds=1000.0, steps_per_epoch=10**9)
     result = Trainer(model, config, out_dir=tmp_path, progress=False).fit(data, None)

@@ -19,7 +19,9 @@ from safetensors.torch import load_file
 import chainrule
 from chainrule.cli import main
 from chainrule.errors import CheckpointError, InputError
+from chainrule.io import run_state
 from chainrule.training import TrainConfig, Trainer
+from chainrule.training.callbacks import Callback
 from chainrule.training.trainer import STATE_VERSION
 
 
@@ -58,13 +60,13 @@ def test_keep_last_keeps_the_k_most_recent_checkpoints(tmp_path):
     (run / "checkpoints" / "step-000001").mkdir(parents=True)  # not chainrule's: must stay
     (run / "checkpoints" / "notes.txt").write_text("mine")
     seen = []
-    original = Trainer._keep_checkpoint
+    original = run_state.keep_checkpoint
 
-    def spy(self, step):
-        original(self, step)
+    def spy(out_dir, step, keep_last):
+        original(out_dir, step, keep_last)
         seen.append(_steps(run))
     with pytest.MonkeyPatch.context() as m:
-        m.setattr(Trainer, "_keep_checkpoint", spy)
+        m.setattr(run_state, "keep_checkpoint", spy)
         ref = _model()
         Trainer(ref, config, out_dir=run, progress=False).fit(data, data[:16])
     assert seen[0] == [1, 2] and seen[2] == [1, 2, 4, 5]  # never more than 3 of chainrule's
@@ -281,3 +283,77 @@ def test_printed_best_epoch_results_json_and_log_csv_agree(tmp_path, capsys):
     agreed = {"log.csv": int(best_row["epoch"]), "results.json": results["best_epoch"],
               "best/config.json": best_cfg, "printed": int(printed.group(1))}
     assert len(set(agreed.values())) == 1, agreed
+
+
+# ---------------------------------------------------------------------- callbacks
+class _Recorder(Callback):
+    """Every hook the loop calls, in order, with what it was given."""
+
+    def __init__(self, fail_at_step: int | None = None):
+        self.calls, self.fail_at_step = [], fail_at_step
+
+    def on_fit_start(self, trainer, state, resume):
+        self.calls.append(("fit_start", resume, state.step))
+
+    def on_steps_start(self, trainer, epoch, first, last):
+        self.calls.append(("steps_start", epoch, first, last))
+
+    def on_step(self, trainer, step):
+        self.calls.append(("step", step.epoch, step.batch, step.step, step.examples, step.epoch_examples))
+        if step.step == self.fail_at_step:
+            raise RuntimeError("a callback failed")
+
+    def on_steps_end(self, trainer):
+        self.calls.append(("steps_end",))
+
+    def on_epoch_end(self, trainer, row, state):
+        self.calls.append(("epoch_end", dict(row), trainer.stopping))
+
+    def on_fit_end(self, trainer, state):
+        self.calls.append(("fit_end", state.step))
+
+
+def test_a_user_callback_sees_every_step_and_every_epoch_row(tmp_path):
+    """Trainer(callbacks=[...]) runs after the default ones (log.csv, TensorBoard, the bars): every
+    hook in order, each epoch's row exactly as log.csv and the history hold it; on a resume inside an
+    epoch the steps start where the checkpoint stopped; a model fitted by counting gets its one row."""
+    data = _data()  # 40 examples, batch 16: 3 steps an epoch (16, 16, 8)
+    rec = _Recorder()
+    config = TrainConfig(epochs=2, batch_size=16, patience=None, tensorboard=False, save_every=1, keep_last=10)
+    trainer = Trainer(_model(), config, out_dir=tmp_path / "run", progress=False, callbacks=[rec])
+    assert [type(c).__name__ for c in trainer.callbacks] == ["CSVLog", "TensorBoardLog", "ProgressBars", "_Recorder"]
+    res = trainer.fit(data, data[:16])
+
+    def epoch(e):  # batches of 16, 16 and 8 examples; the running count of the epoch's examples
+        return [("steps_start", e, 0, 3), *[("step", e, b, 3 * (e - 1) + b + 1, n, c)
+                                            for b, (n, c) in enumerate([(16, 16), (16, 32), (8, 40)])], ("steps_end",)]
+    rows = [c[1] for c in rec.calls if c[0] == "epoch_end"]
+    assert [c for c in rec.calls if c[0] != "epoch_end"] == [("fit_start", False, 0), *epoch(1), *epoch(2), ("fit_end", 6)]
+    assert [c[0] for c in rec.calls].index("epoch_end") == 6  # after the epoch's steps
+    assert rows == res.history and [r["epoch"] for r in rows] == [1, 2]
+    assert [c[2] for c in rec.calls if c[0] == "epoch_end"] == [None, "all steps taken"]
+    with open(tmp_path / "run" / "log.csv") as f:
+        assert [float(r["val_nll_nats"]) for r in csv.DictReader(f)] == [r["val_nll_nats"] for r in rows]
+
+    # a callback that raises: the run stops, every callback's on_fit_end still runs (log.csv closed)
+    failing = _Recorder(fail_at_step=2)
+    with pytest.raises(RuntimeError, match="a callback failed"):
+        Trainer(_model(), config, out_dir=tmp_path / "fail", progress=False, callbacks=[failing]).fit(data, data[:16])
+    assert failing.calls[-2:] == [("steps_end",), ("fit_end", 2)]
+
+    # resumed after batch 2 of epoch 2 (the kept checkpoint of step 5 put back as last/)
+    shutil.copytree(tmp_path / "run" / "checkpoints" / "step-000005", tmp_path / "mid" / "last")
+    rec = _Recorder()
+    resumed = Trainer(_model(), config, out_dir=tmp_path / "mid", progress=False, callbacks=[rec]).fit(data, data[:16],
+                                                                                                      resume=True)
+    assert rec.calls[:4] == [("fit_start", True, 5), ("steps_start", 2, 2, 3), ("step", 2, 2, 6, 8, 40), ("steps_end",)]
+    def figures(row):
+        return {k: v for k, v in row.items() if k != "seconds"}
+    assert figures(rec.calls[-2][1]) == figures(resumed.history[-1]) == figures(res.history[-1])  # bit-identical
+
+    # a model fitted by counting: one row, no steps
+    rec = _Recorder()
+    hist = chainrule.create_model("histogram", (6,), 2)
+    Trainer(hist, config, progress=False, callbacks=[rec]).fit(data, data[:16])
+    assert [c[0] for c in rec.calls] == ["fit_start", "epoch_end", "fit_end"] and rec.calls[1][1]["epoch"] == 1
+

@@ -16,6 +16,7 @@ from chainrule.cli import main
 from chainrule.errors import CheckpointError, InputError
 from chainrule.inference.likelihood import evaluate
 from chainrule.training import TrainConfig, Trainer
+from chainrule.training.budget import TimeBudget
 
 
 def _toy_data(n=600, d=8, seed=0):
@@ -285,7 +286,7 @@ def test_the_bars_end_where_the_time_budget_does(monkeypatch, capsys):
     """With a time budget the step bar's total is the steps the budget holds, and the epoch bar's
     total the epochs it holds, not --steps-per-epoch / --epochs (the quick start's bar said 38
     minutes for a 90-second run). A clock that holds 10 steps: no sleeping in a test."""
-    monkeypatch.setattr(Trainer, "_seconds_left", lambda self: (10 - self._step_time[1]) * self._mean_step_seconds())
+    monkeypatch.setattr(TimeBudget, "seconds_left", lambda self: (10 - self.steps) * self.mean_step_seconds())
     x = _toy_data(64)
     config = TrainConfig(epochs=1, batch_size=8, patience=None, max_seconds=1000.0, steps_per_epoch=10**6)
     trainer = Trainer(chainrule.create_model("fvsbn", (8,), 2), config, progress=True)

@@ -660,25 +660,24 @@ def _train_run(model_name: str, ds: Dataset, out: Path, hyperparameters: dict[st
     report(f"model {model_name}: {model.num_parameters():,} parameters; data {ds.name}: "
            f"{len(ds.train)} train / {len(ds.val)} val / {len(ds.test)} test, shape {ds.shape}, num_values {ds.num_values}"
            + (f", {ds.num_classes} classes (conditional)" if conditional else ""))
-    trainer = Trainer(model, config, out_dir=out, extra={**(extra or {}), "conditional": conditional},
-                      progress=progress, device=device)
-    trainer.unit = token_unit(ds)  # text: the bars show the loss per character / token
     offset = standardization.log_det if standardization is not None else 0.0
-    trainer.nll_offset = offset
-    trainer.budget_start = started
-    trainer.reserve_examples = len(ds.test) + sampling_cost_examples(model, num_samples)
-    replacement = None
+    replacement = None if resume else RunReplacement(out, force, created)
+    trainer = Trainer(model, config, out_dir=out, extra={**(extra or {}), "conditional": conditional},
+                      progress=progress, device=device,
+                      unit=token_unit(ds),  # text: the bars show the loss per character / token
+                      nll_offset=offset, budget_start=started,
+                      reserve_examples=len(ds.test) + sampling_cost_examples(model, num_samples),
+                      on_checkpoint=replacement.commit if replacement is not None else None)
     if resume:
         report(f"resuming from {out / 'last'}")
     elif main:  # the other ranks of a distributed run write nothing
         # the previous run (with --force) is moved aside, and removed only once this one has written
         # its first checkpoint; a failure before that puts it back (and removes this run's traces)
-        replacement = RunReplacement(out, force, created)
+        assert replacement is not None
         moved = replacement.begin()
         if moved:
             report(f"replacing the previous run in {out} ({', '.join(p.name for p in moved)}): removed once "
                    "this run has written its first checkpoint")
-        trainer.on_checkpoint = replacement.commit
     has_val = len(ds.val) > 0
     try:
         result = trainer.fit(ds.train, ds.val if has_val else None, train_transform=ds.train_transform, resume=resume,

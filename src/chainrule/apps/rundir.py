@@ -17,6 +17,7 @@ from pathlib import Path
 
 from chainrule.errors import CheckpointError, InputError
 from chainrule.io.checkpoint import CONFIG_FILE, read_config
+from chainrule.io.run_state import complete_checkpoint
 
 log = logging.getLogger(__name__)
 
@@ -59,11 +60,9 @@ def holds_run(out: str | Path) -> bool:
     """True when ``out`` holds a training run: a checkpoint (``best/``, or ``last/`` / ``last.old/`` /
     a complete ``last.tmp/`` of an interrupted write). A run killed before its first checkpoint (a
     ``log.csv`` and nothing else) holds nothing to keep: it is simply started again."""
-    from chainrule.training.trainer import _complete_checkpoint
-
     out = Path(out)
     return (any((out / d).is_dir() for d in ("best", "last", "last.old"))
-            or _complete_checkpoint(out / "last.tmp"))
+            or complete_checkpoint(out / "last.tmp"))
 
 
 def started_run(out: str | Path) -> bool:

@@ -20,7 +20,7 @@ member, ``member=[0, 2]`` the smaller ensemble of those.
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
 from typing import Any
 
@@ -100,9 +100,15 @@ def member_calls(model: ARModel, member: Member = None, order: Any = None, **opt
     return [{"member": m, **extra, **options} for m in members]
 
 
-def group_log_probs(model: ARModel, x: torch.Tensor, context: Any = None, **call: Any) -> torch.Tensor:
-    """log p(x_g | groups before g) for every group, ``(B, G)``, of a *validated* batch ``(B, *shape)``."""
-    params = model(x, context, **call)  # (B, G, P)
+def group_log_probs(model: ARModel, x: torch.Tensor, context: Any = None, *,
+                    net: Callable[..., torch.Tensor] | None = None, **call: Any) -> torch.Tensor:
+    """log p(x_g | groups before g) for every group, ``(B, G)``, of a *validated* batch ``(B, *shape)``.
+
+    ``net(x, context, **call)``: what computes the conditionals' parameters ``(B, G, P)`` instead of
+    the model's module call — the trainer's pass (through a ``DistributedDataParallel`` wrapper,
+    under autocast, its output cast to float32: :func:`chainrule.training.precision.network_nll`);
+    the likelihood is always the model's head's."""
+    params = (net if net is not None else model)(x, context, **call)  # (B, G, P)
     xg = model.groups.gather(x.reshape(x.shape[0], model.dim))  # (B, G, S)
     return model.head(params).log_prob(xg)
 

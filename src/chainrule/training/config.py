@@ -25,7 +25,7 @@ class TrainConfig:
     ``patience``: epochs without validation improvement before stopping (None: never stop early).
     ``max_seconds``: wall-clock budget, checked after every step (see :meth:`Trainer.fit`): training
     stops when what is left would not hold another step, the closing validation and what the caller
-    evaluates after ``fit`` (:attr:`Trainer.reserve_examples`); a stop inside an epoch writes
+    evaluates after ``fit`` (``Trainer(reserve_examples=...)``); a stop inside an epoch writes
     ``last/`` at that position (an exact resume), then validates the weights reached.
     ``grad_clip``: max global gradient norm (None: no clipping).
     ``schedule``: "constant", "cosine" (to ``min_lr`` over all steps, after ``warmup_steps``) or
@@ -129,6 +129,18 @@ class TrainConfig:
         if self.tensorboard is not None and not isinstance(self.tensorboard, bool):
             raise InputError(f"tensorboard must be True, False or None (when the tensorboard package is "
                              f"installed), got {self.tensorboard!r}")
+
+    def lr_factor(self, step: int, total_steps: int) -> float:
+        """The schedule's factor on ``lr`` at optimizer step ``step`` (from 0) of ``total_steps``:
+        the linear warm-up, then 1 ("constant", "plateau": the trainer halves it itself) or the
+        cosine down to ``min_lr``."""
+        if self.warmup_steps and step < self.warmup_steps:
+            return (step + 1) / self.warmup_steps
+        if self.schedule == "cosine":
+            t = (step - self.warmup_steps) / max(1, total_steps - self.warmup_steps)
+            floor = self.min_lr / self.lr
+            return floor + (1 - floor) * 0.5 * (1 + math.cos(math.pi * min(1.0, t)))
+        return 1.0
 
 
 _MASK64 = (1 << 64) - 1

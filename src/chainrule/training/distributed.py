@@ -33,12 +33,13 @@ import os
 import torch
 import torch.distributed as dist
 
+from chainrule.errors import InputError
 from chainrule.training.threads import free_threads
 
 log = logging.getLogger(__name__)
 
 __all__ = ["init_from_env", "is_distributed", "rank", "local_rank", "world_size", "is_main", "barrier",
-           "all_reduce_mean", "all_reduce_sum", "broadcast", "destroy"]
+           "all_reduce_mean", "all_reduce_sum", "broadcast", "destroy", "check_global_batch", "wrap_ddp", "shard"]
 
 
 def is_distributed() -> bool:
@@ -130,3 +131,32 @@ def destroy() -> None:
     """Leave the process group (nothing to do without one)."""
     if dist.is_available() and dist.is_initialized():
         dist.destroy_process_group()
+
+
+def check_global_batch(batch_size: int, world_size: int) -> None:
+    """``batch_size`` is the global batch of ``world_size`` ranks: it must divide into equal slices."""
+    if batch_size % world_size:
+        raise InputError(f"batch_size {batch_size} is the global batch of all {world_size} ranks and must be "
+                         f"divisible by their number: use a multiple of {world_size}, "
+                         f"e.g. {batch_size // world_size * world_size or world_size}")
+
+
+def wrap_ddp(model: torch.nn.Module, batch_size: int) -> torch.nn.Module:
+    """``model`` in a ``DistributedDataParallel`` wrapper (which copies rank 0's weights and buffers
+    to every rank) for the training steps of a global batch of ``batch_size``; the trainer keeps
+    the plain model for evaluation and checkpoints."""
+    from torch.nn.parallel import DistributedDataParallel
+
+    device = next(model.parameters()).device
+    ids = [device.index] if device.type == "cuda" else None
+    if is_main():
+        w = world_size()
+        log.info("DDP: %d ranks x %d = global batch %d (%s)", w, batch_size // w, batch_size, dist.get_backend())
+    return DistributedDataParallel(model, device_ids=ids, output_device=ids[0] if ids else None)
+
+
+def shard(n: int) -> slice:
+    """This rank's part of a global batch of ``n`` examples: contiguous, disjoint, sizes differing
+    by at most one (equal when ``n`` is a multiple of the world size)."""
+    r, w = rank(), world_size()
+    return slice(r * n // w, (r + 1) * n // w)

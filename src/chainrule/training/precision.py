@@ -48,8 +48,10 @@ from typing import Any
 import torch
 
 from chainrule.contract import ARModel
+from chainrule.inference.likelihood import group_log_probs
 from chainrule.io.checkpoint import atomic_write
 from chainrule.nn import pixel
+from chainrule.training import distributed as dist_utils
 
 log = logging.getLogger(__name__)
 
@@ -126,12 +128,15 @@ def network_nll(model: ARModel, x: torch.Tensor, context: Any, dtype: torch.dtyp
     """-log p(x | context) ``(B,)`` nats of a validated batch ``x``: the network's pass through
     ``net`` (default ``model``; a ``DistributedDataParallel`` wrapper of it) under autocast to
     ``dtype`` (None: float32) with the feature-map layout ``channels_last``, and the likelihood of
-    the conditionals' parameters ``(B, G, P)`` in float32."""
-    with pixel.feature_layout(channels_last), \
-            torch.autocast(x.device.type, dtype=dtype or torch.float32, enabled=dtype is not None):
-        params = (net if net is not None else model)(x, context, **call)  # (B, G, P)
-    xg = model.groups.gather(x.reshape(x.shape[0], model.dim))
-    return -model.head(params.float()).log_prob(xg).sum(-1)
+    the conditionals' parameters ``(B, G, P)`` in float32 — through
+    :func:`~chainrule.inference.likelihood.group_log_probs`, the likelihood evaluation uses too."""
+    def forward(x: torch.Tensor, context: Any, **call: Any) -> torch.Tensor:
+        with pixel.feature_layout(channels_last), \
+                torch.autocast(x.device.type, dtype=dtype or torch.float32, enabled=dtype is not None):
+            params = (net if net is not None else model)(x, context, **call)  # (B, G, P)
+        return params.float()
+
+    return -group_log_probs(model, x, context, net=forward, **call).sum(-1)
 
 
 def explicit_choice(precision: str) -> PrecisionChoice:
@@ -304,6 +309,27 @@ def choose(model: ARModel, precision: str, x: torch.Tensor, context: Any = None,
     if use_cache:
         _write_cache(path, digest, entry)
     return PrecisionChoice(dtype, cl, "measured", seconds)
+
+
+def decide(model: ARModel, precision: str, x: torch.Tensor, context: Any,
+           optimizer: Callable[[Any], torch.optim.Optimizer], world_size: int = 1, is_main: bool = True) -> PrecisionChoice:
+    """The training pass's arithmetic for a run of ``world_size`` ranks: :func:`choose`'s, where
+    under DDP with "auto" rank 0 decides (measures) and every rank follows (identical arithmetic
+    on every rank; a collective)."""
+    choice = None
+    if is_main or precision != "auto":
+        call = {"member": 0} if model.num_members > 1 else {}
+        choice = choose(model, precision, x, context, call=call, optimizer=optimizer)
+    if precision == "auto" and world_size > 1:
+        codes = {None: 0, torch.bfloat16: 1, torch.float16: 2}
+        mine = torch.tensor([codes[choice.dtype], {None: -1, False: 0, True: 1}[choice.channels_last]]
+                            if choice is not None else [0, -1])
+        got = [int(v) for v in dist_utils.broadcast(mine)]
+        if choice is None:
+            choice = PrecisionChoice({0: None, 1: torch.bfloat16, 2: torch.float16}[got[0]],
+                                     None if got[1] < 0 else bool(got[1]), "rank 0")
+    assert choice is not None
+    return choice
 
 
 def describe(choice: PrecisionChoice) -> str:
