@@ -28,7 +28,7 @@ from chainrule.cli.config import dumps_train_config, resolved_train_config
 from chainrule.data import LATENTS_PREFIX, Dataset, Standardization, default_data_dir, load_dataset
 from chainrule.errors import InputError
 from chainrule.models import create_model
-from chainrule.models.registry import check_hyperparameters
+from chainrule.models.registry import check_hyperparameters, deprecated_hyperparameters, upgrade_hyperparameters
 from chainrule.training import TrainConfig, Trainer, distributed
 
 log = logging.getLogger("chainrule")
@@ -89,6 +89,12 @@ def _train_command(args: argparse.Namespace, device: Any) -> int:
             raise InputError(f"no {name}: give {what} or `{name} = \"...\"` in a --config file")
     # -p on the command line adds to / replaces the --config file's [hyperparameters] name by name
     hparams = {**getattr(args, "config_hyperparameters", {}), **parse_hyperparameters(args.param)}
+    renamed = deprecated_hyperparameters(args.model, hparams)
+    if renamed:  # former spellings: one line, then the current names (also in RUN/config.toml)
+        if distributed.is_main():
+            print("chainrule: warning: " + ", ".join(f"-p {old}" for old, _ in renamed) + " is deprecated: use "
+                  + ", ".join(f"-p {new}" for _, new in renamed) + " (the same hyperparameter)", file=sys.stderr)
+        hparams = upgrade_hyperparameters(args.model, hparams)
     resolved = resolved_train_config(args, hparams, args.command_parser)  # RUN/config.toml
     if args.order:
         hparams["order"] = order_arg(args.order)
