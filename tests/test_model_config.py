@@ -140,3 +140,29 @@ def test_a_checkpoint_with_former_names_loads_silently(tmp_path):
         warnings.simplefilter("error")
         loaded = chainrule.load(tmp_path / "ck")
     assert loaded.hparams.channels == 4 and loaded.config == model.config
+
+
+def test_models_help_says_what_each_hyperparameter_takes(capsys):
+    from chainrule.models.registry import hyperparameter_help
+
+    rows = {hp: text for hp, _, text in hyperparameter_help("pixelcnn")}
+    assert rows["num_layers"].endswith("[a non-negative integer]")
+    assert rows["kernel_size"].endswith("[a positive integer, odd]")
+    assert not rows["order"].endswith("]")  # the common options are the base's, not the config's
+    assert main(["models", "transformer"]) == 0
+    assert "[a probability in [0, 1)]" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("kw,message", [
+    ({"codebook_size": 1}, "codebook_size must be an integer >= 2, got 1"),
+    ({"ema_decay": 1.0}, r"ema_decay must be a number in \[0, 1\), got 1.0"),
+    ({"beta": float("nan")}, "beta must be a finite number >= 0"),
+    ({"codebook": "kmeans"}, "codebook must be one of 'ema', 'loss', got 'kmeans'"),
+    ({"num_res_blocks": -1}, "num_res_blocks must be a non-negative integer, got -1"),
+])
+def test_the_vqvae_declares_its_hyperparameters_the_same_way(kw, message):
+    from chainrule.latent.vqvae import VQVAE
+
+    assert VQVAE((1, 4, 4), 2, channels=4, code_dim=2, codebook_size=4).hparams.codebook_size == 4
+    with pytest.raises(InputError, match=f"^{message}"):
+        VQVAE((1, 4, 4), 2, **kw)

@@ -38,6 +38,11 @@ REAL = [n for n in MODELS if get_model_class(n).supports_real]
 TINY: dict[str, dict] = {n: dict(get_model_class(n).tiny_hyperparameters or {}) for n in MODELS}
 
 
+def tiny(name: str) -> dict:
+    """The model's tiny hyperparameters (also of a model registered after this module was imported)."""
+    return dict(get_model_class(name).tiny_hyperparameters or {})
+
+
 # (event shape, num_values): binary vector, categorical vector, binary image, a 3-channel image
 # (pixel-major order: R -> G -> B inside each pixel), real vector / image.
 SPACES = [((6,), 2), ((3,), 4), ((1, 2, 3), 2), ((3, 1, 2), 3), ((6,), None), ((1, 2, 3), None)]
@@ -56,7 +61,7 @@ def event(name: str, shape: tuple[int, ...]) -> tuple[int, ...]:
 def make(name: str, shape: tuple[int, ...], num_values: int | None, seed: int = 0, **kw) -> chainrule.AutoregressiveModel:
     torch.manual_seed(seed)
     shape = event(name, shape)
-    model = chainrule.create_model(name, shape, num_values, **{**TINY.get(name, {}), **kw})
+    model = chainrule.create_model(name, shape, num_values, **{**tiny(name), **kw})
     # Random, non-trivial weights (some models start at zero): every path must carry signal.
     with torch.no_grad():
         for p in model.parameters():
@@ -247,7 +252,7 @@ def test_config_declares_exactly_the_model_arguments(name):
     k = 2 if cls.supports_discrete else None
     model = make(name, (1, 2, 3), k)
     assert type(model.hparams) is cls.config_class
-    assert {**defaults.as_dict(), **{k: (tuple(v) if isinstance(v, list) else v) for k, v in TINY[name].items()}} \
+    assert {**defaults.as_dict(), **{k: (tuple(v) if isinstance(v, list) else v) for k, v in tiny(name).items()}} \
         == model.hparams.as_dict()
     with pytest.raises(dataclasses.FrozenInstanceError):
         model.hparams.seed = 1  # type: ignore[misc]
@@ -259,7 +264,7 @@ def test_a_bad_hyperparameter_is_named_in_the_error(name):
     for field in cls.config_class.describe():
         with pytest.raises(InputError, match=rf"\b{field} must be"):
             chainrule.create_model(name, event(name, (1, 2, 3)), 2 if cls.supports_discrete else None,
-                                   **{**TINY[name], field: "?"})
+                                   **{**tiny(name), field: "?"})
 
 
 RENAMED = [(n, old, new) for n in MODELS for old, new in get_model_class(n).renamed_hyperparameters.items()]

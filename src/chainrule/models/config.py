@@ -122,6 +122,16 @@ def non_negative_number() -> Any:
     return _declare(check, "a finite number >= 0")
 
 
+def number(low: float, high: float) -> Any:
+    """A finite number in [low, high) (a decay rate: ``number(0, 1)``)."""
+    def check(name: str, v: Any) -> Any:
+        if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v) or not low <= v < high:
+            raise InputError(f"{name} must be a number in [{low}, {high}), got {v!r}")
+        return float(v)
+
+    return _declare(check, f"a number in [{low}, {high})")
+
+
 def flag() -> Any:
     """True or false (1 and 0 are read as such)."""
     def check(name: str, v: Any) -> Any:

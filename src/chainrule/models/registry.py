@@ -93,7 +93,8 @@ def hyperparameter_help(name: str) -> list[tuple[str, Any, str]]:
     """``(hyperparameter, default, description)`` for every hyperparameter of model ``name``, its own
     first (from its signature and the ``Args:`` of its docstring), then the options common to all
     models (documented on :class:`~chainrule.models.base.AutoregressiveModel`). A default of
-    ``inspect.Parameter.empty`` means required."""
+    ``inspect.Parameter.empty`` means required. The description of a model's own hyperparameter
+    ends with what its config declares it takes, e.g. "[a positive integer]"."""
     cls = get_model_class(name)
     own_doc: dict[str, str] = {}
     for klass in reversed(cls.__mro__):  # a subclass's entries win over its bases' ("Args: as NADE")
@@ -102,10 +103,12 @@ def hyperparameter_help(name: str) -> list[tuple[str, Any, str]]:
     common_doc = _docstring_args(AutoregressiveModel.__doc__)
     sig = inspect.signature(cls.__init__).parameters
     base = inspect.signature(AutoregressiveModel.__init__).parameters
+    takes = cls.config_class.describe()
     rows = []
     for p in accepted_hyperparameters(name):
         default = sig[p].default if p in sig else base[p].default
-        rows.append((p, default, own_doc.get(p) or common_doc.get(p, "")))
+        text = own_doc.get(p) or common_doc.get(p, "")
+        rows.append((p, default, f"{text} [{takes[p]}]" if text and p in takes else text))
     return rows
 
 
