@@ -65,6 +65,7 @@ class CausalConvARM(AutoregressiveModel):
     any_order = True
     coding_step_since = 4  # its cached step came in format 4; older files decode by the full pass
     config_class = CausalConvConfig
+    hparams: CausalConvConfig
     tiny_hyperparameters = {"channels": 8, "kernel_size": 3, "num_layers": 3}
 
     def __init__(self, shape: tuple[int, ...], num_values: int | None = 2, num_layers: int = 4,

@@ -26,7 +26,7 @@ from __future__ import annotations
 import dataclasses
 import math
 from collections.abc import Callable, Mapping, Sequence
-from typing import Any
+from typing import Any, TypeVar
 
 from chainrule.errors import InputError
 
@@ -34,6 +34,7 @@ from chainrule.errors import InputError
 MAX_SEED = (1 << 63) - 1
 
 Check = Callable[[str, Any], Any]  # (name, value) -> the value kept (or raises InputError)
+C = TypeVar("C", bound="ModelConfig")
 
 
 def _declare(check: Check, what: str) -> Any:
@@ -176,7 +177,7 @@ class ModelConfig:
         """Rules between fields (``embed_dim`` divisible by ``num_heads``); raise an InputError."""
 
     @classmethod
-    def from_arguments(cls, arguments: Mapping[str, Any]) -> ModelConfig:
+    def from_arguments(cls: type[C], arguments: Mapping[str, Any]) -> C:
         """The config of a model built with ``arguments`` (a model's recorded call; other keys,
         such as the common options, are ignored)."""
         names = [f.name for f in dataclasses.fields(cls)]

@@ -50,7 +50,7 @@ class FVSBN(AutoregressiveModel):
     supports_real = True
     any_order = True
     config_class = FVSBNConfig
-    tiny_hyperparameters: dict[str, Any] = {}  # its defaults are tiny
+    tiny_hyperparameters = {}  # its defaults are tiny
 
     def __init__(self, shape: tuple[int, ...], num_values: int | None = 2, num_orders: int = 1, seed: int = 0,
                  input_encoding: str = "auto", **common: Any) -> None:

@@ -51,7 +51,7 @@ class Histogram(AutoregressiveModel):
     supports_groups = False
     supports_context = True  # class labels only
     config_class = HistogramConfig
-    tiny_hyperparameters: dict[str, Any] = {}  # the suite's spaces are tiny tables
+    tiny_hyperparameters = {}  # the suite's spaces are tiny tables
 
     def __init__(self, shape: tuple[int, ...], num_values: int | None = 2, alpha: float = 1.0,
                  max_configurations: int = MAX_CONFIGURATIONS, **common: Any) -> None:

@@ -81,6 +81,7 @@ class MADE(AutoregressiveModel):
     coding_step_since = 4  # its cached step came in format 4; older files decode by the full pass
     call_options = ("mask",)
     config_class = MADEConfig
+    hparams: MADEConfig
     tiny_hyperparameters = {"hidden_sizes": [16, 16]}
 
     def __init__(self, shape: tuple[int, ...], num_values: int | None = 2,

@@ -51,6 +51,7 @@ class FiniteMemoryMLP(AutoregressiveModel):
 
     name = "mlp"
     config_class = FiniteMemoryMLPConfig
+    hparams: FiniteMemoryMLPConfig
     tiny_hyperparameters = {"memory": 2, "hidden_sizes": [8]}
     supports_context = True
     supports_tensor_context = True

@@ -172,7 +172,7 @@ class NADE(AutoregressiveModel):
     supports_tensor_context = True
     supports_real = True
     any_order = True
-    config_class: type[ModelConfig] = NADEConfig
+    config_class = NADEConfig
     tiny_hyperparameters = {"hidden_size": 8}
 
     def __init__(self, shape: tuple[int, ...], num_values: int | None = 2, hidden_size: int = 500,

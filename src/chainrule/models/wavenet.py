@@ -57,6 +57,7 @@ class WaveNet(AutoregressiveModel):
 
     name = "wavenet"
     config_class = WaveNetConfig
+    hparams: WaveNetConfig
     tiny_hyperparameters = {"dilations": [1, 2, 1], "residual_channels": 4, "skip_channels": 6, "embedding_size": 4}
     supports_context = True
     supports_tensor_context = True
