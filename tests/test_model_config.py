@@ -166,3 +166,8 @@ def test_the_vqvae_declares_its_hyperparameters_the_same_way(kw, message):
     assert VQVAE((1, 4, 4), 2, channels=4, code_dim=2, codebook_size=4).hparams.codebook_size == 4
     with pytest.raises(InputError, match=f"^{message}"):
         VQVAE((1, 4, 4), 2, **kw)
+
+
+def test_an_ensemble_shows_its_models_config():
+    e = chainrule.create_model("nade", (4,), 2, hidden_size=4, num_orders=3)
+    assert e.num_members == 3 and e.hparams.num_orders == 3 and e.hparams is e.base_model.hparams
