@@ -101,6 +101,14 @@ def test_the_model_keeps_its_validated_config():
         chainrule.models.made.MADE((4,), 2, num_masks=0)  # the class itself, not only create_model
 
 
+def test_former_names_are_known_hyperparameters():
+    from chainrule.models.registry import check_hyperparameters
+
+    check_hyperparameters("pixelcnn", {"num_blocks": 2})  # accepted for a release ...
+    with pytest.raises(InputError, match="no hyperparameter"):
+        check_hyperparameters("gated_pixelcnn", {"num_blocks": 2})  # ... by the model that had it only
+
+
 def test_a_renamed_hyperparameter_warns_at_the_callers_line():
     with pytest.warns(DeprecationWarning, match="num_blocks= of model 'pixelcnn' is deprecated.*use num_layers=") as rec:
         chainrule.create_model("pixelcnn", (1, 3, 3), 2, channels=4, num_blocks=1, head_channels=4, first_kernel_size=3)

@@ -132,7 +132,8 @@ def deprecated_hyperparameters(name: str, hyperparameters: dict[str, Any]) -> li
 def check_hyperparameters(name: str, hyperparameters: dict[str, Any]) -> None:
     """Raise an :class:`InputError` listing the accepted names if ``hyperparameters`` has unknown ones."""
     accepted = accepted_hyperparameters(name)
-    unknown = sorted(set(hyperparameters) - set(accepted))
+    former = get_model_class(name).renamed_hyperparameters  # still accepted, for a release
+    unknown = sorted(set(hyperparameters) - set(accepted) - set(former))
     if unknown:
         hints = getattr(get_model_class(name), "hyperparameter_hints", {})
         hint = "".join(f" ({hints[u]})" for u in unknown if u in hints)
