@@ -15,7 +15,6 @@ only, from the windows its layers keep.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from typing import Any
 
 import torch
@@ -23,20 +22,9 @@ from torch import nn
 
 from chainrule.errors import InputError
 from chainrule.inference.state import Static
-from chainrule.models.config import ModelConfig, centred_kernel, input_encoding, positive
-from chainrule.models.image import ImageModel
+from chainrule.models.image import ImageModel, MaskedConvConfig
 from chainrule.models.registry import register
 from chainrule.nn.pixel import GatedStackLayer, gate
-
-
-@dataclass(frozen=True)
-class GatedPixelCNNConfig(ModelConfig):
-    channels: int = positive()
-    num_layers: int = positive()
-    kernel_size: int = centred_kernel()
-    first_kernel_size: int = centred_kernel()
-    head_channels: int = positive()
-    input_encoding: str = input_encoding()
 
 
 @register
@@ -56,7 +44,7 @@ class GatedPixelCNN(ImageModel):
 
     name = "gated_pixelcnn"
     mixed_precision = True
-    config_class = GatedPixelCNNConfig
+    config_class = MaskedConvConfig
     tiny_hyperparameters = {"channels": 6, "num_layers": 3, "head_channels": 6, "first_kernel_size": 3}
 
     def __init__(self, shape: tuple[int, ...], num_values: int | None = 2, channels: int = 64, num_layers: int = 12,

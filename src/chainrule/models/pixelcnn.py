@@ -22,8 +22,8 @@ from torch import nn
 
 from chainrule.errors import InputError
 from chainrule.inference.state import Static
-from chainrule.models.config import ModelConfig, centred_kernel, input_encoding, non_negative, positive
-from chainrule.models.image import ImageModel
+from chainrule.models.config import non_negative
+from chainrule.models.image import ImageModel, MaskedConvConfig
 from chainrule.models.registry import register
 from chainrule.nn.pixel import MaskedConv2d, Pointwise
 
@@ -59,13 +59,8 @@ class ResidualBlock(nn.Module):
 
 
 @dataclass(frozen=True)
-class PixelCNNConfig(ModelConfig):
-    channels: int = positive()
-    num_layers: int = non_negative()
-    kernel_size: int = centred_kernel()
-    first_kernel_size: int = centred_kernel()
-    head_channels: int = positive()
-    input_encoding: str = input_encoding()
+class PixelCNNConfig(MaskedConvConfig):
+    num_layers: int = non_negative()  # no residual block at all is a PixelCNN too
 
 
 @register
