@@ -29,12 +29,12 @@ from chainrule.training import TrainConfig, Trainer  # noqa: E402
 
 # (model, hyperparameters, num_values): the networks of the other benchmarks of BENCHMARKS.md section 5
 MODELS = [
-    ("pixelcnn", {"channels": 64, "num_blocks": 12, "head_channels": 64}, 2),
+    ("pixelcnn", {"channels": 64, "num_layers": 12, "head_channels": 64}, 2),
     ("gated_pixelcnn", {"channels": 64, "num_layers": 8, "head_channels": 64}, 2),
     ("gated_pixelcnn", {"channels": 32, "num_layers": 5, "head_channels": 32, "head": "logistic_mixture"}, 256),
     ("row_lstm", {"hidden_channels": 32, "num_layers": 4}, 2),
     ("diagonal_bilstm", {"hidden_channels": 32, "num_layers": 4}, 2),
-    ("pixelcnnpp", {"filters": 32, "num_resnets": 2}, 256),
+    ("pixelcnnpp", {"channels": 32, "num_resnets": 2}, 256),
 ]
 
 

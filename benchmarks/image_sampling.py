@@ -25,9 +25,9 @@ from common import machine, write_result  # noqa: E402
 import chainrule  # noqa: E402
 
 MODELS = {
-    "pixelcnn": {"channels": 64, "num_blocks": 12, "head_channels": 64},
+    "pixelcnn": {"channels": 64, "num_layers": 12, "head_channels": 64},
     "gated_pixelcnn": {"channels": 64, "num_layers": 8, "head_channels": 64},
-    "pixelcnnpp": {"filters": 64, "num_resnets": 2},
+    "pixelcnnpp": {"channels": 64, "num_resnets": 2},
     "row_lstm": {"hidden_channels": 32, "num_layers": 4},
     "diagonal_bilstm": {"hidden_channels": 32, "num_layers": 4},
 }

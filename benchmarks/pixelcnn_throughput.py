@@ -68,7 +68,7 @@ def main() -> None:
 
     torch.manual_seed(0)
     x = (torch.rand(args.batch_size, 1, 28, 28) < 0.2).long()
-    ours = chainrule.create_model("pixelcnn", (1, 28, 28), 2, channels=2 * args.h, num_blocks=args.blocks,
+    ours = chainrule.create_model("pixelcnn", (1, 28, 28), 2, channels=2 * args.h, num_layers=args.blocks,
                                   head_channels=args.head)
     trainers = {p: Trainer(ours, TrainConfig(precision=p), progress=False) for p in ("auto", "float32", "bfloat16")}
     theirs = PGPixelCNN(in_channels=1, out_channels=1, n_residual=args.blocks, residual_channels=args.h,

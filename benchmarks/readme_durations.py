@@ -33,7 +33,7 @@ from chainrule.training import TrainConfig, Trainer  # noqa: E402
 
 #: name -> (the README command's model, dataset options, hyperparameters, train options, epochs, steps/epoch)
 COMMANDS = {
-    "pixelcnn-binarized-mnist": ("pixelcnn", {"name": "binarized-mnist"}, {"channels": 64, "num_blocks": 12},
+    "pixelcnn-binarized-mnist": ("pixelcnn", {"name": "binarized-mnist"}, {"channels": 64, "num_layers": 12},
                                  {"batch_size": 64}, 100, None),
     "cgated-mnist": ("gated_pixelcnn", {"name": "mnist", "binarize": "threshold"}, {"num_classes": 10},
                      {"batch_size": 64}, 100, None),

@@ -42,7 +42,7 @@ def ngram_draft(text: str, tok, order: int) -> tuple[FunctionDraft, float]:
     ids = np.array([lm.token_id(tok.id_to_token(i)) for i in range(tok.vocab_size)])
 
     def fn(ctx: list[int]) -> torch.Tensor:  # the ids' look-up of NgramLM.next_log_probs, without strings
-        return torch.from_numpy(lm._next_logprobs(ids[ctx[-(order - 1):]])[ids]).float()
+        return torch.from_numpy(lm._next_log_probs(ids[ctx[-(order - 1):]])[ids]).float()
 
     return FunctionDraft(fn), fit_s
 

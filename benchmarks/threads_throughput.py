@@ -28,7 +28,7 @@ import chainrule  # noqa: E402
 from chainrule.training import TrainConfig, Trainer  # noqa: E402
 
 MODELS = {
-    "pixelcnn": ((1, 28, 28), 2, dict(channels=64, num_blocks=12, head_channels=64), 32),
+    "pixelcnn": ((1, 28, 28), 2, dict(channels=64, num_layers=12, head_channels=64), 32),
     "gated_pixelcnn": ((1, 28, 28), 2, dict(channels=32, num_layers=5, head_channels=32), 32),
     "transformer": ((65,), 65, dict(num_layers=4, num_heads=4, embed_dim=128), 12),
 }

@@ -113,3 +113,37 @@ def test_models_and_ensembles_satisfy_the_contract_type():
     calls = [ensemble.member_call(k) for k in range(3)]
     assert all(sorted(c) == ["order"] for c in calls) and not torch.equal(calls[0]["order"], calls[1]["order"])
     assert torch.equal(nade.member_call(0)["order"], nade.order)
+
+
+def test_the_page_model_passes_the_registry_declarations(page_model):
+    """The page's model declares its hyperparameters (checked when built) and its tiny ones, as the
+    registry suite requires of every model; a model that declares no tiny hyperparameters fails it."""
+    from test_registry import test_config_declares_exactly_the_model_arguments, test_every_model_declares_tiny_hyperparameters
+
+    from chainrule.errors import InputError
+
+    test_every_model_declares_tiny_hyperparameters("prefix_mean")
+    test_config_declares_exactly_the_model_arguments("prefix_mean")
+    with pytest.raises(InputError, match="hidden_size must be a positive integer, got 0"):
+        chainrule.create_model("prefix_mean", (4,), 2, hidden_size=0)
+
+    @registry.register
+    class Untiny(page_model[0]["PrefixMean"]):
+        name = "untiny"
+        tiny_hyperparameters = None
+
+    with pytest.raises(AssertionError, match="'untiny' declares no tiny_hyperparameters"):
+        test_every_model_declares_tiny_hyperparameters("untiny")
+
+
+def test_a_config_field_without_a_constraint_is_refused():
+    import dataclasses
+
+    from chainrule.models.config import ModelConfig
+
+    @dataclasses.dataclass(frozen=True)
+    class Loose(ModelConfig):
+        width: int = 3
+
+    with pytest.raises(TypeError, match="Loose.width declares no constraint"):
+        Loose()

@@ -37,7 +37,7 @@ from chainrule.text.tokenizers import ByteTokenizer, CharTokenizer
 MODELS = {
     "nade": ("nade", (1, 4, 4), 2, {"hidden_size": 8}),
     "transformer": ("transformer", (16,), 5, {"num_layers": 1, "num_heads": 1, "embed_dim": 8}),
-    "pixelcnn": ("pixelcnn", (3, 2, 2), 4, {"channels": 12, "num_blocks": 1, "head_channels": 6, "first_kernel_size": 3}),
+    "pixelcnn": ("pixelcnn", (3, 2, 2), 4, {"channels": 12, "num_layers": 1, "head_channels": 6, "first_kernel_size": 3}),
     "made-pixel-class": ("made", (3, 2, 2), 4, {"hidden_sizes": [16, 16], "group_shape": "pixel", "num_classes": 3}),
 }
 N = 21  # more than one 16-row block of the old formats' coding tables, the last one padded

@@ -159,7 +159,7 @@ def test_grey_intensities_in_0_1(tmp_path, capsys):
     assert dyn.num_values == 2 and dyn.train_transform is not None and dyn.train.dtype == torch.float32
     batch = dyn.train_transform(dyn.train[:8], torch.Generator().manual_seed(0))
     assert batch.dtype == torch.long and set(batch.unique().tolist()) <= {0, 1}
-    code, _, err = _train(capsys, path, tmp_path / "p", "-p", "channels=4", "-p", "num_blocks=1", model="pixelcnn")
+    code, _, err = _train(capsys, path, tmp_path / "p", "-p", "channels=4", "-p", "num_layers=1", model="pixelcnn")
     msg = _one_line_error(err)
     assert code == 2 and "pixelcnn models discrete data only" in msg and "--binarize threshold" in msg and "rnade" in msg
     code, out, _ = _train(capsys, path, tmp_path / "run", "--binarize", "threshold")

@@ -17,7 +17,7 @@ IMAGE_MODELS = ["pixelcnn", "gated_pixelcnn"]
 
 def tiny(name: str, shape, num_values=2, **kw):
     torch.manual_seed(0)
-    base = {"pixelcnn": {"channels": 12, "num_blocks": 3, "head_channels": 6, "first_kernel_size": 3},
+    base = {"pixelcnn": {"channels": 12, "num_layers": 3, "head_channels": 6, "first_kernel_size": 3},
             "gated_pixelcnn": {"channels": 6, "num_layers": 6, "head_channels": 6, "first_kernel_size": 3}}[name]
     model = chainrule.create_model(name, shape, num_values, **{**base, **kw})
     with torch.no_grad():
@@ -65,7 +65,7 @@ def test_gated_pixelcnn_has_no_blind_spot_and_pixelcnn_has_one():
     for p in range(25):
         assert gated[p, :p].all(), f"pixel {p}: unseen {(~gated[p, :p]).nonzero().flatten().tolist()}"
     assert gated.tril(-1).sum() == gated.sum()  # and nothing at or after itself
-    plain = dependencies(tiny("pixelcnn", (1, 5, 5), num_blocks=6))
+    plain = dependencies(tiny("pixelcnn", (1, 5, 5), num_layers=6))
     # pixel 22 = (4, 2): the pixel above (17) and to the left (21) are seen, (3, 4) = 19 is not
     assert plain[22, 17] and plain[22, 21] and plain[22, 18]
     assert not plain[22, 19], "the PixelCNN should have a blind spot at (3, 4) for pixel (4, 2)"
@@ -74,7 +74,7 @@ def test_gated_pixelcnn_has_no_blind_spot_and_pixelcnn_has_one():
 @pytest.mark.parametrize("name", IMAGE_MODELS)
 def test_cached_sampling_matches_the_full_pass_on_a_real_size(name):
     """Cache == full pass on 8x8 colour images with a class label (more rows than the kernel)."""
-    model = tiny(name, (3, 8, 8), 4, num_classes=3, **({"num_layers": 3} if name == "gated_pixelcnn" else {"num_blocks": 2}))
+    model = tiny(name, (3, 8, 8), 4, num_classes=3, num_layers=3 if name == "gated_pixelcnn" else 2)
     check_step_matches_forward(model, n=2)
     s = model.sample(2, context=torch.tensor([0, 2]), generator=torch.Generator().manual_seed(0))
     assert s.shape == (2, 3, 8, 8) and s.max() < 4
@@ -126,7 +126,7 @@ def test_channels_last_maps_change_no_value(name, monkeypatch):
     import chainrule.nn.pixelcnnpp as pixelcnnpp
 
     kw = {"pixelcnn": {}, "gated_pixelcnn": {}, "row_lstm": {"hidden_channels": 6, "num_layers": 2, "head_channels": 6},
-          "pixelcnnpp": {"filters": 8, "num_resnets": 1, "num_mixture_components": 2}}[name]
+          "pixelcnnpp": {"channels": 8, "num_resnets": 1, "num_mixture_components": 2}}[name]
     if name in IMAGE_MODELS:
         model = tiny(name, (3, 6, 5), 4)
     else:

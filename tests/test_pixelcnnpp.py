@@ -21,7 +21,7 @@ from chainrule.models.base import AutoregressiveModel
 from chainrule.nn.pixelcnnpp import GatedResnet, ShiftedConv2d, ShiftedConvTranspose2d, sampling_weights
 from chainrule.training import TrainConfig, Trainer
 
-SMALL = {"filters": 4, "num_resnets": 1, "num_resolutions": 2}
+SMALL = {"channels": 4, "num_resnets": 1, "num_resolutions": 2}
 
 
 @pytest.fixture(autouse=True, scope="module")
@@ -193,7 +193,7 @@ def test_features():
     model = tiny((1, 3, 4), 3, num_classes=2, num_resnets=2, num_resolutions=2)
     x = torch.randint(3, (2, 1, 3, 4))
     f = model.features(x, torch.tensor([0, 1]))
-    assert f.shape == (2, 12, 4)  # (B, G, filters)
+    assert f.shape == (2, 12, 4)  # (B, G, channels)
     maps = 1 + 2 + 3  # the first maps, 2 down-pass blocks, 3 up-pass blocks at full resolution
     assert torch.equal(model.features(x, torch.tensor([0, 1]), layer=maps - 1), f)
     model.features(x, torch.tensor([0, 1]), layer=0)
@@ -212,8 +212,8 @@ def test_features():
 
 
 @pytest.mark.parametrize("kw,match", [
-    ({"filters": 0}, "filters must be a positive integer"),
-    ({"filters": 2.5}, "filters must be a positive integer"),
+    ({"channels": 0}, "channels must be a positive integer"),
+    ({"channels": 2.5}, "channels must be a positive integer"),
     ({"num_resnets": 0}, "num_resnets must be a positive integer"),
     ({"num_resolutions": 0}, "num_resolutions must be a positive integer"),
     ({"num_resolutions": True}, "num_resolutions must be a positive integer"),
@@ -259,7 +259,7 @@ def test_training_reduces_the_loss():
     cols = torch.randint(4, (n,))
     data = torch.zeros(n, 1, 3, 4, dtype=torch.long)
     data[torch.arange(n), 0, :, cols] = 1  # one vertical bar per image
-    model = chainrule.create_model("pixelcnnpp", (1, 3, 4), 2, filters=8, num_resnets=1, num_resolutions=2)
+    model = chainrule.create_model("pixelcnnpp", (1, 3, 4), 2, channels=8, num_resnets=1, num_resolutions=2)
     before = -model.log_prob(data).mean().item()
     config = TrainConfig(epochs=8, batch_size=16, lr=1e-2, patience=None, save_last=False, precision="float32")
     result = Trainer(model, config, progress=False).fit(data)

@@ -182,9 +182,9 @@ QUICKSTART_SHORT = ["--epochs", "1", "--max-seconds", "10"]  # quickstart has no
 COMMON = ["--no-progress", "--threads", "1"]
 # options appended to one command: README text -> (options, reason)
 EXTRA_ARGS: dict[str, tuple[list[str], str]] = {
-    "chainrule train pixelcnn --dataset binarized-mnist --data-dir DATA -p channels=64 -p num_blocks=12 "
+    "chainrule train pixelcnn --dataset binarized-mnist --data-dir DATA -p channels=64 -p num_layers=12 "
     "--out runs/pixelcnn":
-        (["-p", "channels=8", "-p", "num_blocks=1"],
+        (["-p", "channels=8", "-p", "num_layers=1"],
          "validation and test (20,000 28x28 images) of the 130k-parameter PixelCNN took 7.5 min with --max-steps 3"),
     "chainrule train gated_pixelcnn --dataset mnist --binarize threshold --class-conditional --out runs/cgated":
         (["-p", "channels=4", "-p", "num_layers=1", "-p", "head_channels=4", "-p", "first_kernel_size=3"],

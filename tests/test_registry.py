@@ -33,25 +33,15 @@ MODELS = chainrule.list_models()
 DISCRETE = [n for n in MODELS if get_model_class(n).supports_discrete]
 REAL = [n for n in MODELS if get_model_class(n).supports_real]
 
-# Hyperparameters that keep each model tiny; a model with small defaults needs no entry.
-TINY: dict[str, dict] = {
-    "causalconv": {"channels": 8, "kernel_size": 3, "num_layers": 3},
-    "made": {"hidden_sizes": [16, 16]},
-    "nade": {"hidden_size": 8},
-    "mlp": {"memory": 2, "hidden_sizes": [8]},
-    "rnn": {"hidden_size": 8, "num_layers": 2, "embedding_size": 4},
-    "lstm": {"hidden_size": 8, "num_layers": 2, "embedding_size": 4},
-    "gru": {"hidden_size": 8, "num_layers": 2, "embedding_size": 4},
-    "wavenet": {"dilations": [1, 2, 1], "residual_channels": 4, "skip_channels": 6, "embedding_size": 4},
-    "transformer": {"num_layers": 2, "num_heads": 2, "embed_dim": 8},
-    "sigma_gpt": {"num_layers": 2, "num_heads": 2, "embed_dim": 8},
-    "rnade": {"hidden_size": 8},
-    "pixelcnn": {"channels": 12, "num_blocks": 2, "head_channels": 6, "first_kernel_size": 3},
-    "gated_pixelcnn": {"channels": 6, "num_layers": 3, "head_channels": 6, "first_kernel_size": 3},
-    "pixelcnnpp": {"filters": 8, "num_resnets": 1, "num_resolutions": 2},
-    "row_lstm": {"hidden_channels": 6, "num_layers": 2, "head_channels": 6, "first_kernel_size": 3},
-    "diagonal_bilstm": {"hidden_channels": 6, "num_layers": 2, "head_channels": 6, "first_kernel_size": 3},
-}
+# Hyperparameters that keep each model tiny: each model declares its own (``tiny_hyperparameters``,
+# next to the model; ``test_every_model_declares_tiny_hyperparameters`` fails for one that does not).
+TINY: dict[str, dict] = {n: dict(get_model_class(n).tiny_hyperparameters or {}) for n in MODELS}
+
+
+def tiny(name: str) -> dict:
+    """The model's tiny hyperparameters (also of a model registered after this module was imported)."""
+    return dict(get_model_class(name).tiny_hyperparameters or {})
+
 
 # (event shape, num_values): binary vector, categorical vector, binary image, a 3-channel image
 # (pixel-major order: R -> G -> B inside each pixel), real vector / image.
@@ -71,7 +61,7 @@ def event(name: str, shape: tuple[int, ...]) -> tuple[int, ...]:
 def make(name: str, shape: tuple[int, ...], num_values: int | None, seed: int = 0, **kw) -> chainrule.AutoregressiveModel:
     torch.manual_seed(seed)
     shape = event(name, shape)
-    model = chainrule.create_model(name, shape, num_values, **{**TINY.get(name, {}), **kw})
+    model = chainrule.create_model(name, shape, num_values, **{**tiny(name), **kw})
     # Random, non-trivial weights (some models start at zero): every path must carry signal.
     with torch.no_grad():
         for p in model.parameters():
@@ -226,6 +216,85 @@ def test_create_model_errors():
         chainrule.create_model("made", (3,), 1)
     with pytest.raises(InputError, match="shape"):
         chainrule.create_model("made", (0, 3), 2)
+
+
+# ---------------------------------------------------------------- declared hyperparameters
+def own_arguments(cls) -> dict[str, inspect.Parameter]:
+    """A model's own constructor arguments: beyond shape, num_values and the options every model shares."""
+    from chainrule.models.base import COMMON_OPTIONS
+
+    return {p: v for p, v in inspect.signature(cls.__init__).parameters.items()
+            if p not in ("self", "shape", "num_values", *COMMON_OPTIONS)
+            and v.kind not in (inspect.Parameter.VAR_KEYWORD, inspect.Parameter.VAR_POSITIONAL)}
+
+
+@pytest.mark.parametrize("name", MODELS)
+def test_every_model_declares_tiny_hyperparameters(name):
+    cls = get_model_class(name)
+    assert cls.tiny_hyperparameters is not None, (
+        f"model {name!r} declares no tiny_hyperparameters: give its class the hyperparameters that keep it tiny "
+        "for this suite (an empty dict if its defaults already are)")
+    assert set(cls.tiny_hyperparameters) <= set(own_arguments(cls)), f"{name}: tiny_hyperparameters names unknown arguments"
+
+
+@pytest.mark.parametrize("name", MODELS)
+def test_config_declares_exactly_the_model_arguments(name):
+    """The model's dataclass declares each of its own arguments once, with a constraint, and its
+    defaults pass it."""
+    import dataclasses
+
+    cls = get_model_class(name)
+    args = own_arguments(cls)
+    fields = [f.name for f in dataclasses.fields(cls.config_class)]
+    assert sorted(fields) == sorted(args), f"{name}: {cls.config_class.__name__} declares {fields}, __init__ takes {list(args)}"
+    assert all(f.metadata.get("check") for f in dataclasses.fields(cls.config_class))
+    defaults = cls.config_class.from_arguments({p: v.default for p, v in args.items()})  # validated
+    k = 2 if cls.supports_discrete else None
+    model = make(name, (1, 2, 3), k)
+    assert type(model.hparams) is cls.config_class
+    assert {**defaults.as_dict(), **{k: (tuple(v) if isinstance(v, list) else v) for k, v in tiny(name).items()}} \
+        == model.hparams.as_dict()
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        model.hparams.seed = 1  # type: ignore[misc]
+
+
+@pytest.mark.parametrize("name", MODELS)
+def test_a_bad_hyperparameter_is_named_in_the_error(name):
+    cls = get_model_class(name)
+    for field in cls.config_class.describe():
+        with pytest.raises(InputError, match=rf"\b{field} must be"):
+            chainrule.create_model(name, event(name, (1, 2, 3)), 2 if cls.supports_discrete else None,
+                                   **{**tiny(name), field: "?"})
+
+
+RENAMED = [(n, old, new) for n in MODELS for old, new in get_model_class(n).renamed_hyperparameters.items()]
+
+
+@pytest.mark.parametrize("name,old,new", RENAMED)
+def test_former_hyperparameter_names_warn_then_load_silently(name, old, new, tmp_path):
+    import json
+    import warnings
+
+    tiny = {k: v for k, v in TINY[name].items() if k != new}
+    value = TINY[name].get(new, 1)
+    with pytest.warns(DeprecationWarning, match=rf"{old}=.*use {new}="):
+        model = chainrule.create_model(name, event(name, (1, 2, 3)), 2, **tiny, **{old: value})
+    with pytest.warns(DeprecationWarning, match=rf"{old}=.*use {new}="):  # the class itself too
+        get_model_class(name)(event(name, (1, 2, 3)), 2, **tiny, **{old: value})
+    assert model.hyperparameters[new] == value and old not in model.config["hyperparameters"]
+    with pytest.raises(InputError, match="not both"):
+        chainrule.create_model(name, event(name, (1, 2, 3)), 2, **{old: value, new: value})
+    # a checkpoint written before the rename: its config.json holds the old name; it loads, silently
+    model.save(tmp_path / "ck")
+    cfg = json.loads((tmp_path / "ck" / "config.json").read_text())
+    cfg["hyperparameters"][old] = cfg["hyperparameters"].pop(new)
+    (tmp_path / "ck" / "config.json").write_text(json.dumps(cfg))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        loaded = chainrule.load(tmp_path / "ck")
+    assert loaded.hparams == model.hparams
+    x = some_data(model, 4)
+    assert torch.equal(loaded.log_prob(x), model.log_prob(x))
 
 
 # ---------------------------------------------------------------- real-valued heads

@@ -29,7 +29,7 @@ def cache(tmp_path, monkeypatch):
 
 def _pixelcnn():
     torch.manual_seed(0)
-    return chainrule.create_model("pixelcnn", (1, 6, 6), 2, channels=8, num_blocks=1, head_channels=8, first_kernel_size=3)
+    return chainrule.create_model("pixelcnn", (1, 6, 6), 2, channels=8, num_layers=1, head_channels=8, first_kernel_size=3)
 
 
 def _made():

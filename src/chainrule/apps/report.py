@@ -101,10 +101,11 @@ def _count_parameters(cfg: dict[str, Any]) -> int | None:
     try:
         import torch
 
-        from chainrule.models import create_model
+        from chainrule.models.registry import create_model, upgrade_hyperparameters
 
         with torch.device("meta"):
-            model = create_model(cfg["model"], tuple(cfg["shape"]), cfg.get("num_values"), **cfg.get("hyperparameters", {}))
+            model = create_model(cfg["model"], tuple(cfg["shape"]), cfg.get("num_values"),
+                                 **upgrade_hyperparameters(cfg["model"], cfg.get("hyperparameters", {})))
         return int(model.num_parameters())
     except Exception:  # an unknown model or a config this version cannot build: shown as missing
         return None

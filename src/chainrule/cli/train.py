@@ -17,7 +17,8 @@ from chainrule.apps.pipeline import QUICKSTART_OUT, TrainSpec, train_run
 from chainrule.cli.common import device_of, order_arg, parse_hyperparameters, set_threads
 from chainrule.cli.config import dumps_train_config, resolved_train_config
 from chainrule.errors import InputError
-from chainrule.training import TrainConfig
+from chainrule.models.registry import deprecated_hyperparameters, upgrade_hyperparameters
+from chainrule.training import TrainConfig, distributed
 
 log = logging.getLogger("chainrule")
 
@@ -77,6 +78,12 @@ def train_spec(args: argparse.Namespace) -> TrainSpec:
             raise InputError(f"no {name}: give {what} or `{name} = \"...\"` in a --config file")
     # -p on the command line adds to / replaces the --config file's [hyperparameters] name by name
     hparams = {**getattr(args, "config_hyperparameters", {}), **parse_hyperparameters(args.param)}
+    renamed = deprecated_hyperparameters(args.model, hparams)
+    if renamed:  # former spellings: one line, then the current names (also in RUN/config.toml)
+        if distributed.is_main():
+            print("chainrule: warning: " + ", ".join(f"-p {old}" for old, _ in renamed) + " is deprecated: use "
+                  + ", ".join(f"-p {new}" for _, new in renamed) + " (the same hyperparameter)", file=sys.stderr)
+        hparams = upgrade_hyperparameters(args.model, hparams)
     resolved = resolved_train_config(args, hparams, args.command_parser)  # RUN/config.toml
     if args.order:
         hparams["order"] = order_arg(args.order)

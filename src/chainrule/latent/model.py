@@ -25,7 +25,7 @@ from torch import nn
 from chainrule.errors import CheckpointError, InputError, UnknownNameError
 from chainrule.io.checkpoint import CONFIG_FILE, load_matching_state, read_config, read_weights, save_model
 from chainrule.latent.vqvae import VQVAE
-from chainrule.models.registry import create_model
+from chainrule.models.registry import create_model, upgrade_hyperparameters
 
 
 class LatentModel(nn.Module):
@@ -150,7 +150,8 @@ def load(directory: str | Path, map_location: str | torch.device = "cpu") -> VQV
     elif kind == "latent":
         try:
             p = config["prior"]
-            prior = create_model(p["model"], tuple(p["shape"]), p.get("num_values"), **p.get("hyperparameters", {}))
+            prior = create_model(p["model"], tuple(p["shape"]), p.get("num_values"),
+                                 **upgrade_hyperparameters(p["model"], p.get("hyperparameters", {})))
             model = LatentModel(build_vqvae(config["vqvae"]), prior)
         except (KeyError, TypeError, UnknownNameError, InputError) as exc:
             raise CheckpointError(f"{directory / CONFIG_FILE}: cannot rebuild the latent model ({exc})") from None

@@ -30,6 +30,7 @@ Shapes: images ``(B, C, H, W)`` long in 0..K-1; codes ``(B, h, w)`` long in 0..c
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 from typing import Any, ClassVar
 
 import torch
@@ -38,6 +39,7 @@ from torch.nn import functional as F
 
 from chainrule.distributions import GroupDistribution, output_head
 from chainrule.errors import InputError
+from chainrule.models.config import ModelConfig, integer, non_negative, non_negative_number, number, one_of, positive, seed
 
 CODEBOOK_MODES = ("ema", "loss")
 
@@ -54,18 +56,22 @@ class _ResBlock(nn.Module):
         return x + self.conv2(F.relu(self.conv1(F.relu(x))))
 
 
-def _positive_int(name: str, v: Any, low: int = 1) -> int:
-    if not isinstance(v, int) or isinstance(v, bool) or v < low:
-        raise InputError(f"vqvae: {name} must be an integer >= {low}, got {v!r}")
-    return v
+@dataclass(frozen=True)
+class VQVAEConfig(ModelConfig):
+    """The VQ-VAE's own hyperparameters (the output head's are checked by the head)."""
 
-
-def _unit_float(name: str, v: Any, low: float, high: float, closed_high: bool = False) -> float:
-    ok = isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) and low <= v and (
-        v <= high if closed_high else v < high)
-    if not ok:
-        raise InputError(f"vqvae: {name} must be a number in [{low}, {high}{']' if closed_high else ')'}, got {v!r}")
-    return float(v)
+    codebook_size: int = integer(2)
+    code_dim: int = positive()
+    channels: int = positive()
+    downsample: int = non_negative()
+    num_res_blocks: int = non_negative()
+    codebook: str = one_of(*CODEBOOK_MODES)
+    beta: float = non_negative_number()
+    ema_decay: float = number(0, 1)
+    kmeans_iterations: int = non_negative()
+    restart_every: int = non_negative()
+    restart_threshold: float = non_negative_number()
+    seed: int = seed()
 
 
 class VQVAE(nn.Module):
@@ -114,24 +120,19 @@ class VQVAE(nn.Module):
             raise InputError(f"vqvae models discrete pixels: num_values must be an integer >= 2, got {num_values!r}")
         c, h, w = shape
         self.shape, self.num_values = shape, num_values
-        self.codebook_size = _positive_int("codebook_size", codebook_size, 2)
-        self.code_dim = _positive_int("code_dim", code_dim)
-        _positive_int("channels", channels)
-        self.downsample = _positive_int("downsample", downsample, 0)
-        _positive_int("num_res_blocks", num_res_blocks, 0)
+        self.hparams = hp = VQVAEConfig(  # validated
+            codebook_size=codebook_size, code_dim=code_dim, channels=channels, downsample=downsample,
+            num_res_blocks=num_res_blocks, codebook=codebook, beta=beta, ema_decay=ema_decay,
+            kmeans_iterations=kmeans_iterations, restart_every=restart_every, restart_threshold=restart_threshold,
+            seed=seed)
+        self.codebook_size, self.code_dim, self.downsample = codebook_size, code_dim, downsample
         f = 2 ** downsample
         if h % f or w % f:
             raise InputError(f"vqvae: downsample={downsample} halves the image {downsample} times, so H and W must be "
                              f"divisible by {f}; the images are {h}x{w}")
-        if codebook not in CODEBOOK_MODES:
-            raise InputError(f"vqvae: codebook must be one of {', '.join(CODEBOOK_MODES)}, got {codebook!r}")
         self.mode = codebook
-        self.beta = _unit_float("beta", beta, 0.0, math.inf)
-        self.ema_decay = _unit_float("ema_decay", ema_decay, 0.0, 1.0)
-        self.kmeans_iterations = _positive_int("kmeans_iterations", kmeans_iterations, 0)
-        self.restart_every = _positive_int("restart_every", restart_every, 0)
-        self.restart_threshold = _unit_float("restart_threshold", restart_threshold, 0.0, math.inf)
-        self.seed = int(seed)
+        self.beta, self.ema_decay, self.restart_threshold = float(hp.beta), hp.ema_decay, float(hp.restart_threshold)
+        self.kmeans_iterations, self.restart_every, self.seed = kmeans_iterations, restart_every, seed
         self.grid: tuple[int, int] = (h // f, w // f)
         self.dim = c * h * w
         if head is None:

@@ -1186,9 +1186,9 @@ class NgramLM:
         """Log-probabilities ``(V,)`` of every vocabulary token after ``context`` (strings, used as
         given: include ``<s>`` for sentence starts, see :meth:`log_prob`)."""
         self._require_fitted()
-        return self._next_logprobs(self.encode(list(context)))
+        return self._next_log_probs(self.encode(list(context)))
 
-    def _next_logprobs(self, ctx: np.ndarray) -> np.ndarray:
+    def _next_log_probs(self, ctx: np.ndarray) -> np.ndarray:
         V = len(self.vocab)
         ctx = ctx[max(0, len(ctx) - (self.order - 1)):] if self.order > 1 else ctx[:0]
         rows = np.empty((V, ctx.size + 1), dtype=np.int64)
@@ -1231,10 +1231,10 @@ class NgramLM:
         limit = num_tokens if num_tokens is not None else max_tokens
         while len(out) < limit:
             ctx = np.array(hist[len(hist) - (self.order - 1):] if self.order > 1 else [], dtype=np.int64)
-            logp = self._next_logprobs(ctx)
+            logp = self._next_log_probs(ctx)
             while not np.isfinite(logp).any() and ctx.size:
                 ctx = ctx[1:]
-                logp = self._next_logprobs(ctx)
+                logp = self._next_log_probs(ctx)
             logp[BOS_ID] = -math.inf
             tok = int(choose(torch.from_numpy(logp), chain_, generator))
             if tok == EOS_ID:

@@ -43,13 +43,14 @@ import torch
 from torch import nn
 
 from chainrule.distributions import GroupDistribution, Head, output_head
-from chainrule.errors import InputError, renamed_parameters
+from chainrule.errors import InputError, renamed_parameters, warn_deprecated
 from chainrule.groups import GroupSpec, Grouping
 from chainrule.inference import beam as _beam
 from chainrule.inference import likelihood as _likelihood
 from chainrule.inference import sampling as _sampling
 from chainrule.inference.state import Static
 from chainrule.io.checkpoint import save_model
+from chainrule.models.config import ModelConfig
 from chainrule.orderings import OrderSpec, make_ordering, validate_permutation
 
 #: Options every model accepts (keyword-only, passed through ``**common`` by the architectures).
@@ -95,6 +96,15 @@ class AutoregressiveModel(nn.Module):
     coding_step_since: ClassVar[int] = 1
     num_members: ClassVar[int] = 1  # an ensemble (a wrapper) has more
     input_encoding: str = "value"
+    # The architecture's own hyperparameters, each with its constraint (:mod:`chainrule.models.config`);
+    # built and validated from the call's arguments at the end of this class's __init__ (``model.hparams``).
+    config_class: ClassVar[type[ModelConfig]] = ModelConfig
+    # Hyperparameters small enough for the registry suite's exhaustive checks (every registered
+    # model declares them; the suite fails for one that does not).
+    tiny_hyperparameters: ClassVar[dict[str, Any] | None] = None
+    # Former spellings of hyperparameters, old -> new: a call with the old one warns
+    # (DeprecationWarning) and means the new; a checkpoint's config with it loads silently.
+    renamed_hyperparameters: ClassVar[dict[str, str]] = {}
 
     def __init_subclass__(cls, **kwargs: Any) -> None:
         # Record the arguments of the outermost __init__ call, so a checkpoint's JSON config can
@@ -108,6 +118,7 @@ class AutoregressiveModel(nn.Module):
         @functools.wraps(init)
         def recording_init(self: AutoregressiveModel, *args: Any, **kw: Any) -> None:
             if "_init_args" not in self.__dict__:
+                kw = rename_hyperparameters(type(self), kw, warn=True)
                 try:
                     bound = sig.bind(self, *args, **kw)
                 except TypeError as exc:
@@ -164,6 +175,8 @@ class AutoregressiveModel(nn.Module):
             raise InputError(f"model {self.name!r} reads its variables in {self.fixed_order!r} order only (on images: "
                              "pixels row by row, R -> G -> B inside each pixel); it cannot be built with another order")
         self._init_context(num_classes, context_shape)
+        #: The architecture's own hyperparameters, validated (a frozen :attr:`config_class`).
+        self.hparams = self.config_class.from_arguments(self.__dict__.get("_init_args", {}))
 
     # ------------------------------------------------------------------ context
     def _init_context(self, num_classes: int | None, context_shape: Sequence[int] | None) -> None:
@@ -511,9 +524,7 @@ class AutoregressiveModel(nn.Module):
         """Call arguments of each member when the hyperparameters ask for an ensemble
         (``num_orders`` > 1: member 0 the model's order, the others seeded random orders), else None.
         :func:`chainrule.create_model` wraps the model in an :class:`~chainrule.models.ensemble.Ensemble`."""
-        k = self.hyperparameters.get("num_orders", 1)
-        if not isinstance(k, int) or isinstance(k, bool) or k < 1:
-            raise InputError(f"num_orders must be a positive integer, got {k!r}")
+        k = getattr(self.hparams, "num_orders", 1)  # validated by the model's config
         if k == 1:
             return None
         seed = self.hyperparameters.get("seed", 0)
@@ -539,6 +550,26 @@ class AutoregressiveModel(nn.Module):
     def extra_repr(self) -> str:
         groups = "" if self.groups.trivial else f", group_shape={self.groups.group_shape}"
         return f"shape={self.shape}, num_values={self.num_values}{groups}"
+
+
+def rename_hyperparameters(cls: type[AutoregressiveModel], hyperparameters: dict[str, Any], *, warn: bool,
+                           stacklevel: int = 4) -> dict[str, Any]:
+    """``hyperparameters`` with the former spellings of ``cls`` (:attr:`~AutoregressiveModel.renamed_hyperparameters`)
+    replaced by the current ones. ``warn``: a :class:`DeprecationWarning` per old name (a user's call);
+    without it the mapping is silent (a saved checkpoint's config). Giving both spellings is an
+    :class:`InputError`. ``stacklevel`` 4 points the warning at the caller of this function's caller."""
+    renames = getattr(cls, "renamed_hyperparameters", {})
+    if not renames or not any(old in hyperparameters for old in renames):
+        return hyperparameters
+    out = dict(hyperparameters)
+    for old, new in renames.items():
+        if old in out:
+            if new in out:
+                raise InputError(f"model {cls.name!r}: give {new}= (the new name of {old}=), not both")
+            if warn:
+                warn_deprecated(f"hyperparameter {old}= of model {cls.name!r}", f"{new}=", stacklevel=stacklevel)
+            out[new] = out.pop(old)
+    return out
 
 
 def select_layers(hs: Sequence[Any], layer: int | Sequence[int], what: str,

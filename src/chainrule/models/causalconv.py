@@ -16,6 +16,7 @@ shifted right by one: its input at position t is the group revealed at t - 1 (ze
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import torch
@@ -24,8 +25,23 @@ from torch import nn
 
 from chainrule.errors import InputError
 from chainrule.models.base import AutoregressiveModel, select_layers
+from chainrule.models.config import ModelConfig, input_encoding, integer, positive, sizes
 from chainrule.models.registry import register
 from chainrule.nn import CausalConv1d
+
+
+@dataclass(frozen=True)
+class CausalConvConfig(ModelConfig):
+    num_layers: int = integer(2)
+    channels: int = positive()
+    kernel_size: int = positive()
+    dilations: tuple[int, ...] | None = sizes(optional=True)
+    input_encoding: str = input_encoding()
+
+    def check(self) -> None:
+        if self.dilations is not None and len(self.dilations) != self.num_layers:
+            raise InputError(f"dilations must be {self.num_layers} positive integers (one per layer), "
+                             f"got {list(self.dilations)}")
 
 
 @register
@@ -48,19 +64,15 @@ class CausalConvARM(AutoregressiveModel):
     supports_real = True
     any_order = True
     coding_step_since = 4  # its cached step came in format 4; older files decode by the full pass
+    config_class = CausalConvConfig
+    hparams: CausalConvConfig
+    tiny_hyperparameters = {"channels": 8, "kernel_size": 3, "num_layers": 3}
 
     def __init__(self, shape: tuple[int, ...], num_values: int | None = 2, num_layers: int = 4,
                  channels: int = 256, kernel_size: int = 7, dilations: Sequence[int] | None = None,
                  input_encoding: str = "value", **common: Any) -> None:
-        super().__init__(shape, num_values, **common)
-        for label, v in (("num_layers", num_layers), ("channels", channels), ("kernel_size", kernel_size)):
-            if not isinstance(v, int) or isinstance(v, bool) or v < 1:
-                raise InputError(f"{label} must be a positive integer, got {v!r}")
-        if num_layers < 2:
-            raise InputError(f"causalconv needs num_layers >= 2, got {num_layers}")
-        dilations = list(dilations) if dilations is not None else [1] * num_layers
-        if len(dilations) != num_layers or any(not isinstance(d, int) or d < 1 for d in dilations):
-            raise InputError(f"dilations must be {num_layers} positive integers (one per layer), got {dilations}")
+        super().__init__(shape, num_values, **common)  # validates CausalConvConfig too
+        dilations = list(self.hparams.dilations or [1] * num_layers)
         e = self.set_input_encoding(input_encoding) * self.group_size
         sizes = [e] + [channels] * (num_layers - 1) + [self.head.num_params]
         self.convs = nn.ModuleList(

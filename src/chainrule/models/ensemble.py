@@ -68,6 +68,7 @@ class Ensemble(nn.Module):
     context_shape = property(lambda self: self.model.context_shape)
     config = property(lambda self: self.model.config)
     hyperparameters = property(lambda self: self.model.hyperparameters)
+    hparams = property(lambda self: self.model.hparams)
     device = property(lambda self: self.model.device)
 
     @property

@@ -11,15 +11,24 @@ given at call time (the mask follows it).
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Any
 
 import torch
 
 from chainrule.inference.state import Static
 from chainrule.models.base import AutoregressiveModel
+from chainrule.models.config import ModelConfig, input_encoding, positive, seed
 from chainrule.models.registry import register
 from chainrule.nn import MaskedLinear
 from chainrule.orderings import inverse
+
+
+@dataclass(frozen=True)
+class FVSBNConfig(ModelConfig):
+    num_orders: int = positive()
+    seed: int = seed()
+    input_encoding: str = input_encoding()
 
 
 @register
@@ -40,6 +49,8 @@ class FVSBN(AutoregressiveModel):
     supports_tensor_context = True
     supports_real = True
     any_order = True
+    config_class = FVSBNConfig
+    tiny_hyperparameters = {}  # its defaults are tiny
 
     def __init__(self, shape: tuple[int, ...], num_values: int | None = 2, num_orders: int = 1, seed: int = 0,
                  input_encoding: str = "auto", **common: Any) -> None:

@@ -22,7 +22,7 @@ from torch import nn
 
 from chainrule.errors import InputError
 from chainrule.inference.state import Static
-from chainrule.models.image import ImageModel
+from chainrule.models.image import ImageModel, MaskedConvConfig
 from chainrule.models.registry import register
 from chainrule.nn.pixel import GatedStackLayer, gate
 
@@ -44,18 +44,13 @@ class GatedPixelCNN(ImageModel):
 
     name = "gated_pixelcnn"
     mixed_precision = True
+    config_class = MaskedConvConfig
+    tiny_hyperparameters = {"channels": 6, "num_layers": 3, "head_channels": 6, "first_kernel_size": 3}
 
     def __init__(self, shape: tuple[int, ...], num_values: int | None = 2, channels: int = 64, num_layers: int = 12,
                  kernel_size: int = 3, first_kernel_size: int = 7, head_channels: int = 64,
                  input_encoding: str = "value", **common: Any) -> None:
-        super().__init__(shape, num_values, input_encoding=input_encoding, **common)
-        for label, v in (("channels", channels), ("num_layers", num_layers), ("kernel_size", kernel_size),
-                         ("first_kernel_size", first_kernel_size), ("head_channels", head_channels)):
-            if not isinstance(v, int) or isinstance(v, bool) or v < 1:
-                raise InputError(f"{label} must be a positive integer, got {v!r}")
-        for label, v in (("kernel_size", kernel_size), ("first_kernel_size", first_kernel_size)):
-            if v % 2 == 0:
-                raise InputError(f"{label} must be odd (the kernel is centred on the pixel), got {v}")
+        super().__init__(shape, num_values, input_encoding=input_encoding, **common)  # validates its config too
         g = self.channel_groups
         if channels % g or head_channels % g:
             raise InputError(f"channels and head_channels must be multiples of the {g} channel groups "

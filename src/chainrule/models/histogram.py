@@ -14,6 +14,7 @@ one table per class.
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 from typing import Any
 
 import torch
@@ -21,10 +22,17 @@ from torch import nn
 
 from chainrule.errors import InputError
 from chainrule.models.base import AutoregressiveModel
+from chainrule.models.config import ModelConfig, non_negative_number, positive
 from chainrule.models.registry import register
 
 #: Largest table the histogram agrees to build (16M entries, 64 MB of float32).
 MAX_CONFIGURATIONS = 1 << 24
+
+
+@dataclass(frozen=True)
+class HistogramConfig(ModelConfig):
+    alpha: float = non_negative_number()
+    max_configurations: int = positive()
 
 
 @register
@@ -42,12 +50,12 @@ class Histogram(AutoregressiveModel):
     any_order = True
     supports_groups = False
     supports_context = True  # class labels only
+    config_class = HistogramConfig
+    tiny_hyperparameters = {}  # the suite's spaces are tiny tables
 
     def __init__(self, shape: tuple[int, ...], num_values: int | None = 2, alpha: float = 1.0,
                  max_configurations: int = MAX_CONFIGURATIONS, **common: Any) -> None:
-        super().__init__(shape, num_values, **common)
-        if not isinstance(max_configurations, int) or isinstance(max_configurations, bool) or max_configurations < 1:
-            raise InputError(f"max_configurations must be a positive integer, got {max_configurations!r}")
+        super().__init__(shape, num_values, **common)  # validates HistogramConfig too
         # compared in logarithms first: K**D of a large image is an integer of millions of digits
         log10_size = self.dim * math.log10(self.num_values)  # type: ignore[arg-type]
         too_big = log10_size + math.log10(self.num_classes or 1) > math.log10(max_configurations) + 1e-9
@@ -61,8 +69,6 @@ class Histogram(AutoregressiveModel):
                 f"max_configurations={max_configurations:,}; a table cannot be estimated (or stored) for it — "
                 "use a model that shares parameters (fvsbn, nade, made, ...)"
             )
-        if not isinstance(alpha, (int, float)) or isinstance(alpha, bool) or not math.isfinite(alpha) or alpha < 0:
-            raise InputError(f"alpha must be a finite number >= 0, got {alpha!r}")
         self.alpha = alpha
         # unnormalized log-probabilities per class, row-major over the configurations
         self.logits = nn.Parameter(torch.zeros(self.num_classes or 1, size))

@@ -17,6 +17,7 @@ with channel ``p * Gc + g`` parameter p of channel group g (Gc = C or 1).
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import Any, ClassVar
 
 import torch
@@ -24,7 +25,20 @@ import torch.nn.functional as F
 
 from chainrule.errors import InputError
 from chainrule.models.base import AutoregressiveModel, select_layers
+from chainrule.models.config import ModelConfig, centred_kernel, input_encoding, positive
 from chainrule.nn.pixel import Pointwise
+
+
+@dataclass(frozen=True)
+class MaskedConvConfig(ModelConfig):
+    """The hyperparameters of a stack of masked convolutions (PixelCNN, Gated PixelCNN)."""
+
+    channels: int = positive()
+    num_layers: int = positive()
+    kernel_size: int = centred_kernel()
+    first_kernel_size: int = centred_kernel()
+    head_channels: int = positive()
+    input_encoding: str = input_encoding()
 
 
 class ImageModel(AutoregressiveModel):

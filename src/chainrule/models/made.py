@@ -27,6 +27,7 @@ what NADE costs per step.
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import torch
@@ -36,9 +37,24 @@ from torch import nn
 from chainrule.errors import InputError
 from chainrule.inference.state import Static
 from chainrule.models.base import AutoregressiveModel, select_layers
+from chainrule.models.config import ModelConfig, flag, input_encoding, one_of, positive, seed, sizes
 from chainrule.models.registry import register
 from chainrule.nn import MaskedLinear
 from chainrule.orderings import inverse, make_ordering
+
+
+_ACTIVATIONS = {"relu": nn.ReLU, "tanh": nn.Tanh, "sigmoid": nn.Sigmoid}
+
+
+@dataclass(frozen=True)
+class MADEConfig(ModelConfig):
+    hidden_sizes: tuple[int, ...] = sizes(example="[500] or [500, 500]")
+    num_masks: int = positive()
+    order_agnostic: bool = flag()
+    seed: int = seed()
+    activation: str = one_of(*_ACTIVATIONS)
+    direct_connections: bool = flag()
+    input_encoding: str = input_encoding()
 
 
 @register
@@ -64,22 +80,16 @@ class MADE(AutoregressiveModel):
     any_order = True
     coding_step_since = 4  # its cached step came in format 4; older files decode by the full pass
     call_options = ("mask",)
+    config_class = MADEConfig
+    hparams: MADEConfig
+    tiny_hyperparameters = {"hidden_sizes": [16, 16]}
 
     def __init__(self, shape: tuple[int, ...], num_values: int | None = 2,
                  hidden_sizes: Sequence[int] = (500,), num_masks: int = 1, order_agnostic: bool = False, seed: int = 0,
                  activation: str = "relu", direct_connections: bool = False, input_encoding: str = "auto",
                  **common: Any) -> None:
-        super().__init__(shape, num_values, **common)
-        if isinstance(hidden_sizes, (int, str)) or not isinstance(hidden_sizes, Sequence):
-            raise InputError(f"hidden_sizes must be a list of positive sizes, e.g. [500] or [500, 500], got {hidden_sizes!r}")
-        if not hidden_sizes or any(not isinstance(h, int) or isinstance(h, bool) or h < 1 for h in hidden_sizes):
-            raise InputError(f"hidden_sizes must be a non-empty list of positive integers, got {list(hidden_sizes)!r}")
-        if not isinstance(num_masks, int) or isinstance(num_masks, bool) or num_masks < 1:
-            raise InputError(f"num_masks must be a positive integer, got {num_masks!r}")
-        acts = {"relu": nn.ReLU, "tanh": nn.Tanh, "sigmoid": nn.Sigmoid}
-        if activation not in acts:
-            raise InputError(f"activation must be one of {', '.join(acts)}, got {activation!r}")
-        hidden_sizes = [int(h) for h in hidden_sizes]
+        super().__init__(shape, num_values, **common)  # validates MADEConfig too
+        hidden_sizes = list(self.hparams.hidden_sizes)
         self.embed_size = e = self.set_input_encoding(input_encoding)
         self.in_features = f = e * self.group_size
         p, g = self.head.num_params, self.num_groups
@@ -87,7 +97,7 @@ class MADE(AutoregressiveModel):
         self.hidden = nn.ModuleList(MaskedLinear(sizes[i], sizes[i + 1]) for i in range(len(hidden_sizes)))
         self.out = MaskedLinear(hidden_sizes[-1], g * p)
         self.direct = MaskedLinear(g * f, g * p, bias=False) if direct_connections else None
-        self.act = acts[activation]()
+        self.act = _ACTIVATIONS[activation]()
         if self.conditional:
             self.context_hidden = nn.Linear(self.context_dim, hidden_sizes[0], bias=False)
             self.context_out = nn.Linear(self.context_dim, g * p, bias=False)

@@ -16,15 +16,24 @@ sampling cache is the window of the last k values.
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from chainrule.errors import InputError
 from chainrule.models.base import AutoregressiveModel, select_layers
+from chainrule.models.config import ModelConfig, flag, input_encoding, positive, sizes
 from chainrule.models.registry import register
+
+
+@dataclass(frozen=True)
+class FiniteMemoryMLPConfig(ModelConfig):
+    memory: int = positive()
+    hidden_sizes: tuple[int, ...] = sizes(example="[256, 256]")
+    position_embedding: bool = flag()
+    input_encoding: str = input_encoding()
 
 
 @register
@@ -41,6 +50,9 @@ class FiniteMemoryMLP(AutoregressiveModel):
     """
 
     name = "mlp"
+    config_class = FiniteMemoryMLPConfig
+    hparams: FiniteMemoryMLPConfig
+    tiny_hyperparameters = {"memory": 2, "hidden_sizes": [8]}
     supports_context = True
     supports_tensor_context = True
     supports_real = True
@@ -49,13 +61,8 @@ class FiniteMemoryMLP(AutoregressiveModel):
     def __init__(self, shape: tuple[int, ...], num_values: int | None = 2, memory: int = 8,
                  hidden_sizes: Sequence[int] = (256, 256), position_embedding: bool = True,
                  input_encoding: str = "auto", **common: Any) -> None:
-        super().__init__(shape, num_values, **common)
-        if not isinstance(memory, int) or isinstance(memory, bool) or memory < 1:
-            raise InputError(f"memory must be a positive integer, got {memory!r}")
-        if isinstance(hidden_sizes, (int, str)) or not hidden_sizes or any(
-                not isinstance(h, int) or isinstance(h, bool) or h < 1 for h in hidden_sizes):
-            raise InputError(f"hidden_sizes must be a non-empty list of positive integers, got {hidden_sizes!r}")
-        hidden_sizes = [int(h) for h in hidden_sizes]
+        super().__init__(shape, num_values, **common)  # validates FiniteMemoryMLPConfig too
+        hidden_sizes = list(self.hparams.hidden_sizes)
         self.memory = memory
         self.embed_size = e = self.set_input_encoding(input_encoding)
         self.in_features = f = e * self.group_size

@@ -28,14 +28,15 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import torch
 from torch import nn
 
-from chainrule.errors import InputError
 from chainrule.inference.state import Static
 from chainrule.models.base import AutoregressiveModel, select_layers
+from chainrule.models.config import ModelConfig, input_encoding, one_of, positive, seed
 from chainrule.models.registry import register
 
 _ACTIVATIONS = {"sigmoid": torch.sigmoid, "relu": torch.relu}
@@ -135,6 +136,21 @@ class _NADEPass(torch.autograd.Function):
         return (de.transpose(0, 1) if need_e else None), dW, dc, dV, g.sum(0), None, None
 
 
+@dataclass(frozen=True)
+class RNADEConfig(ModelConfig):
+    """RNADE's hyperparameters: NADE's but the input encoding (RNADE reads real values)."""
+
+    hidden_size: int = positive()
+    num_orders: int = positive()
+    seed: int = seed()
+    activation: str = one_of(*_ACTIVATIONS)
+
+
+@dataclass(frozen=True)
+class NADEConfig(RNADEConfig):
+    input_encoding: str = input_encoding()
+
+
 @register
 class NADE(AutoregressiveModel):
     """Weight-tied one-hidden-layer autoregressive network (binary, categorical or real-valued).
@@ -156,15 +172,13 @@ class NADE(AutoregressiveModel):
     supports_tensor_context = True
     supports_real = True
     any_order = True
+    config_class = NADEConfig
+    tiny_hyperparameters = {"hidden_size": 8}
 
     def __init__(self, shape: tuple[int, ...], num_values: int | None = 2, hidden_size: int = 500,
                  num_orders: int = 1, seed: int = 0, activation: str = "sigmoid", input_encoding: str = "auto",
                  **common: Any) -> None:
-        super().__init__(shape, num_values, **common)
-        if activation not in _ACTIVATIONS:
-            raise InputError(f"activation must be one of {', '.join(_ACTIVATIONS)}, got {activation!r}")
-        if not isinstance(hidden_size, int) or isinstance(hidden_size, bool) or hidden_size < 1:
-            raise InputError(f"hidden_size must be a positive integer, got {hidden_size!r}")
+        super().__init__(shape, num_values, **common)  # validates the config too
         self.activation, self.act = activation, _ACTIVATIONS[activation]
         self.embed_size = self.set_input_encoding(input_encoding)
         f, p, g = self.embed_size * self.group_size, self.head.num_params, self.num_groups
@@ -229,6 +243,7 @@ class RNADE(NADE):
 
     name = "rnade"
     supports_discrete = False
+    config_class = RNADEConfig
 
     def __init__(self, shape: tuple[int, ...], num_values: int | None = None, hidden_size: int = 100,
                  num_orders: int = 1, seed: int = 0, activation: str = "relu", num_mixture_components: int = 10,

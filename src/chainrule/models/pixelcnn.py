@@ -13,6 +13,7 @@ drawing an image costs one pass of the network over it rather than one pass per 
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Any
 
 import torch
@@ -21,7 +22,8 @@ from torch import nn
 
 from chainrule.errors import InputError
 from chainrule.inference.state import Static
-from chainrule.models.image import ImageModel
+from chainrule.models.config import non_negative
+from chainrule.models.image import ImageModel, MaskedConvConfig
 from chainrule.models.registry import register
 from chainrule.nn.pixel import MaskedConv2d, Pointwise
 
@@ -56,13 +58,18 @@ class ResidualBlock(nn.Module):
         return h + self.expand(F.relu(t))
 
 
+@dataclass(frozen=True)
+class PixelCNNConfig(MaskedConvConfig):
+    num_layers: int = non_negative()  # no residual block at all is a PixelCNN too
+
+
 @register
 class PixelCNN(ImageModel):
     """PixelCNN: masked convolutions with residual blocks.
 
     Args:
         channels: 2h, the feature maps between blocks (a multiple of 2 * C on colour images).
-        num_blocks: residual blocks.
+        num_layers: residual blocks (formerly ``num_blocks``, deprecated).
         kernel_size: kernel of the blocks' masked convolutions (odd).
         first_kernel_size: kernel of the first, type-A convolution (odd; the paper: 7).
         head_channels: feature maps of the hidden 1x1 output layer.
@@ -73,24 +80,20 @@ class PixelCNN(ImageModel):
 
     name = "pixelcnn"
     mixed_precision = True
+    config_class = PixelCNNConfig
+    tiny_hyperparameters = {"channels": 12, "num_layers": 2, "head_channels": 6, "first_kernel_size": 3}
+    renamed_hyperparameters = {"num_blocks": "num_layers"}
 
-    def __init__(self, shape: tuple[int, ...], num_values: int | None = 2, channels: int = 64, num_blocks: int = 8,
+    def __init__(self, shape: tuple[int, ...], num_values: int | None = 2, channels: int = 64, num_layers: int = 8,
                  kernel_size: int = 3, first_kernel_size: int = 7, head_channels: int = 64,
                  input_encoding: str = "value", **common: Any) -> None:
-        super().__init__(shape, num_values, input_encoding=input_encoding, **common)
-        for label, v in (("channels", channels), ("num_blocks", num_blocks), ("kernel_size", kernel_size),
-                         ("first_kernel_size", first_kernel_size), ("head_channels", head_channels)):
-            if not isinstance(v, int) or isinstance(v, bool) or v < (0 if label == "num_blocks" else 1):
-                raise InputError(f"{label} must be a positive integer, got {v!r}")
-        for label, v in (("kernel_size", kernel_size), ("first_kernel_size", first_kernel_size)):
-            if v % 2 == 0:
-                raise InputError(f"{label} must be odd (the kernel is centred on the pixel), got {v}")
+        super().__init__(shape, num_values, input_encoding=input_encoding, **common)  # validates its config too
         g = self.channel_groups
         if channels % (2 * g) or head_channels % g:
             raise InputError(f"channels must be a multiple of {2 * g} and head_channels of {g} "
                              f"(2 x the {g} channel groups of R -> G -> B), got {channels} and {head_channels}")
         self.first = MaskedConv2d(self.in_maps, channels, first_kernel_size, "A", g)
-        self.blocks = nn.ModuleList(ResidualBlock(channels, kernel_size, g, self.context_dim) for _ in range(num_blocks))
+        self.blocks = nn.ModuleList(ResidualBlock(channels, kernel_size, g, self.context_dim) for _ in range(num_layers))
         self.build_output(channels, head_channels)
         self.context = nn.Linear(self.context_dim, channels, bias=False) if self.conditional else None
 

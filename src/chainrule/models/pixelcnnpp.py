@@ -62,13 +62,14 @@ a ``ul`` value at (k, j) only on the pixels before (2^l k, 2^l j) in raster orde
 
 A step therefore costs one position of the ``ul`` stream (plus, once per row, one row of ``u``)
 instead of a full pass: sampling a whole image costs a few full passes' worth of arithmetic rather
-than H x W of them (measured on 28 x 28, batch 16, filters 64: ~250x faster than the default step).
+than H x W of them (measured on 28 x 28, batch 16, channels 64: ~250x faster than the default step).
 The weights are normalized once per sampling run (the state holds them).
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import torch
@@ -76,9 +77,9 @@ import torch.nn.functional as F
 from torch import nn
 
 from chainrule.distributions import output_head
-from chainrule.errors import InputError
 from chainrule.inference.state import Static
 from chainrule.models.base import select_layers
+from chainrule.models.config import ModelConfig, input_encoding, positive, probability
 from chainrule.models.image import ImageModel
 from chainrule.models.registry import register
 from chainrule.nn.pixel import Pointwise, down_shift
@@ -97,9 +98,13 @@ UL_KERNEL = (2, 2)  # the down-right stream's blocks
 LOGISTIC_DEFAULT_MIN_VALUES = 16
 
 
-def _positive_int(label: str, v: Any) -> None:
-    if not isinstance(v, int) or isinstance(v, bool) or v < 1:
-        raise InputError(f"{label} must be a positive integer, got {v!r}")
+@dataclass(frozen=True)
+class PixelCNNPlusPlusConfig(ModelConfig):
+    channels: int = positive()
+    num_resnets: int = positive()
+    num_resolutions: int = positive()
+    dropout: float = probability()
+    input_encoding: str = input_encoding()
 
 
 @register
@@ -107,7 +112,8 @@ class PixelCNNPlusPlus(ImageModel):
     """PixelCNN++: down and down-right streams of gated ResNet blocks over several resolutions.
 
     Args:
-        filters: feature maps F of both streams (the paper: 160).
+        channels: feature maps F of both streams (the paper's ``nr_filters``: 160; formerly
+            ``filters``, deprecated).
         num_resnets: gated ResNet blocks per resolution and stream on the down pass (the paper: 5;
             the up pass has one more per resolution except the coarsest).
         num_resolutions: resolutions, each half the size of the one above, rounded up (the paper: 3).
@@ -123,27 +129,27 @@ class PixelCNNPlusPlus(ImageModel):
 
     name = "pixelcnnpp"
     mixed_precision = True
+    config_class = PixelCNNPlusPlusConfig
+    tiny_hyperparameters = {"channels": 8, "num_resnets": 1, "num_resolutions": 2}
+    renamed_hyperparameters = {"filters": "channels"}
 
-    def __init__(self, shape: tuple[int, ...], num_values: int | None = 256, filters: int = 160, num_resnets: int = 5,
+    def __init__(self, shape: tuple[int, ...], num_values: int | None = 256, channels: int = 160, num_resnets: int = 5,
                  num_resolutions: int = 3, dropout: float = 0.0, input_encoding: str = "value",
                  **common: Any) -> None:
-        super().__init__(shape, num_values, input_encoding=input_encoding, **common)
-        for label, v in (("filters", filters), ("num_resnets", num_resnets), ("num_resolutions", num_resolutions)):
-            _positive_int(label, v)
-        if isinstance(dropout, bool) or not isinstance(dropout, (int, float)) or not 0 <= dropout < 1:
-            raise InputError(f"dropout must be a probability in [0, 1), got {dropout!r}")
+        super().__init__(shape, num_values, input_encoding=input_encoding, **common)  # validates its config too
         if common.get("head") is None and num_values is not None and num_values >= LOGISTIC_DEFAULT_MIN_VALUES \
                 and self.channel_groups == 1:
             # the paper's likelihood for whole pixels with many values (256 logits per channel otherwise)
             self.head = output_head(num_values, common.get("num_mixture_components"), self.group_size,
                                     "logistic_mixture")
-        self.filters, self.num_resnets, self.num_resolutions = filters, num_resnets, num_resolutions
+        # (self.channels is the image's C)
+        self.stream_channels, self.num_resnets, self.num_resolutions = channels, num_resnets, num_resolutions
         sizes = [(self.height, self.width)]
         for _ in range(num_resolutions - 1):
             h, w = sizes[-1]
             sizes.append(((h + 1) // 2, (w + 1) // 2))
         self.sizes: list[tuple[int, int]] = sizes
-        f, c, r = filters, self.context_dim, num_resolutions
+        f, c, r = channels, self.context_dim, num_resolutions
 
         def blocks(count: int, right: bool, skip: int) -> nn.ModuleList:
             return nn.ModuleList(GatedResnet(f, UL_KERNEL if right else U_KERNEL, right, skip, c, dropout)
@@ -218,7 +224,7 @@ class PixelCNNPlusPlus(ImageModel):
         h = ul.unsqueeze(2)
         if self.subpixel is not None:
             p = self.subpixel(x[:, :self.in_maps])  # (B, F * Gc, ...): channel q * Gc + g is in group g
-            h = h + p.reshape(ul.shape[0], self.filters, self.channel_groups, *ul.shape[2:])
+            h = h + p.reshape(ul.shape[0], self.stream_channels, self.channel_groups, *ul.shape[2:])
         return h
 
     def forward_embedded(self, e: torch.Tensor, order: torch.Tensor, context: torch.Tensor | None) -> torch.Tensor:
@@ -229,7 +235,7 @@ class PixelCNNPlusPlus(ImageModel):
 
     def features(self, x: torch.Tensor, context: Any = None,
                  layer: int | Sequence[int] = -1) -> torch.Tensor | list[torch.Tensor]:
-        """Hidden features of every group's conditional, ``(B, G, filters)``; a sequence of layers
+        """Hidden features of every group's conditional, ``(B, G, F)`` (F: the ``channels`` hyperparameter); a sequence of layers
         gives a list of them from one pass (:func:`select_layers`).
 
         ``layer`` indexes the full-resolution ``ul`` maps (shared by the sub-pixels of a pixel):
@@ -257,7 +263,7 @@ class PixelCNNPlusPlus(ImageModel):
     # ------------------------------------------------------------------ cached sampling
     def new_state(self, n: int, order: torch.Tensor, context: torch.Tensor | None) -> Any:
         like = self.out[0].v
-        f, r = self.filters, self.num_resolutions
+        f, r = self.stream_channels, self.num_resolutions
 
         def maps(l: int, count: int, channels: int = f) -> list[torch.Tensor]:
             h, w = self.sizes[l]  # channels last: a position's features, and a window's rows, are contiguous
@@ -339,7 +345,7 @@ class PixelCNNPlusPlus(ImageModel):
 
     def _first_cached(self, x: torch.Tensor, row: bool, r: int, c: int, wc: Any) -> torch.Tensor:
         """The first ``u`` map's row r ``(n, F, 1, W)`` (``row``), or the first ``ul`` map at (r, c), ``(n, F)``."""
-        n, f = x.shape[0], self.filters
+        n, f = x.shape[0], self.stream_channels
         if row:  # shifted down: row 0 is zeros
             return self.first_u.row(x, r - 1, weights=wc) if r else x.new_zeros(n, f, 1, self.width)
         out = x.new_zeros(n, f)

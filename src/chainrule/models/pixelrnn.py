@@ -45,6 +45,7 @@ Sampling is cached (exact, not a recompute of the image): see :meth:`RowLSTM.ste
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Any
 
 import torch
@@ -53,6 +54,7 @@ from torch import nn
 
 from chainrule.errors import InputError
 from chainrule.inference.state import Static
+from chainrule.models.config import ModelConfig, centred_kernel, input_encoding, positive
 from chainrule.models.image import ImageModel
 from chainrule.models.registry import register
 from chainrule.nn.pixel import MaskedConv2d, Pointwise, down_shift
@@ -180,22 +182,30 @@ class DiagonalBiLSTMLayer(nn.Module):
         return s + self.out(both[:, :hd] + down_shift(both[:, hd:].flip(-1)))
 
 
+@dataclass(frozen=True)
+class DiagonalBiLSTMConfig(ModelConfig):
+    hidden_channels: int = positive()
+    num_layers: int = positive()
+    first_kernel_size: int = centred_kernel()
+    head_channels: int = positive()
+    input_encoding: str = input_encoding()
+
+
+@dataclass(frozen=True)
+class RowLSTMConfig(DiagonalBiLSTMConfig):
+    kernel_size: int = centred_kernel()
+
+
 class _PixelRNN(ImageModel):
     """What Row LSTM and Diagonal BiLSTM share (not registered): the first type-A convolution, the
-    residual stream of 2h maps, the 1x1 output layers, ``features`` and the hyperparameter checks.
-    Subclasses build ``self.layers`` (each ``(B, 2h, H, W), context -> (B, 2h, H, W)``)."""
+    residual stream of 2h maps, the 1x1 output layers and ``features``. Subclasses build
+    ``self.layers`` (each ``(B, 2h, H, W), context -> (B, 2h, H, W)``)."""
+
+    tiny_hyperparameters = {"hidden_channels": 6, "num_layers": 2, "head_channels": 6, "first_kernel_size": 3}
 
     def __init__(self, shape: tuple[int, ...], num_values: int | None, hidden_channels: int, num_layers: int,
-                 first_kernel_size: int, head_channels: int, input_encoding: str, kernels: dict[str, int],
-                 **common: Any) -> None:
-        super().__init__(shape, num_values, input_encoding=input_encoding, **common)
-        for label, v in (("hidden_channels", hidden_channels), ("num_layers", num_layers),
-                         ("first_kernel_size", first_kernel_size), ("head_channels", head_channels), *kernels.items()):
-            if not isinstance(v, int) or isinstance(v, bool) or v < 1:
-                raise InputError(f"{label} must be a positive integer, got {v!r}")
-        for label, v in (("first_kernel_size", first_kernel_size), *kernels.items()):
-            if v % 2 == 0:
-                raise InputError(f"{label} must be odd (the kernel is centred on the pixel), got {v}")
+                 first_kernel_size: int, head_channels: int, input_encoding: str, **common: Any) -> None:
+        super().__init__(shape, num_values, input_encoding=input_encoding, **common)  # validates the config too
         g = self.channel_groups
         if hidden_channels % g or head_channels % g:
             raise InputError(f"hidden_channels and head_channels must be multiples of the {g} channel groups "
@@ -242,12 +252,13 @@ class RowLSTM(_PixelRNN):
     """
 
     name = "row_lstm"
+    config_class = RowLSTMConfig
 
     def __init__(self, shape: tuple[int, ...], num_values: int | None = 2, hidden_channels: int = 32,
                  num_layers: int = 4, kernel_size: int = 3, first_kernel_size: int = 7, head_channels: int = 64,
                  input_encoding: str = "value", **common: Any) -> None:
         super().__init__(shape, num_values, hidden_channels, num_layers, first_kernel_size, head_channels,
-                         input_encoding, {"kernel_size": kernel_size}, **common)
+                         input_encoding, **common)
         self.layers = nn.ModuleList(RowLSTMLayer(hidden_channels, kernel_size, self.channel_groups, self.context_dim)
                                     for _ in range(num_layers))
 
@@ -315,12 +326,13 @@ class DiagonalBiLSTM(_PixelRNN):
     """
 
     name = "diagonal_bilstm"
+    config_class = DiagonalBiLSTMConfig
 
     def __init__(self, shape: tuple[int, ...], num_values: int | None = 2, hidden_channels: int = 32,
                  num_layers: int = 4, first_kernel_size: int = 7, head_channels: int = 64,
                  input_encoding: str = "value", **common: Any) -> None:
         super().__init__(shape, num_values, hidden_channels, num_layers, first_kernel_size, head_channels,
-                         input_encoding, {}, **common)
+                         input_encoding, **common)
         self.layers = nn.ModuleList(DiagonalBiLSTMLayer(hidden_channels, self.channel_groups, self.context_dim,
                                                         self.in_maps if k == 0 else 0) for k in range(num_layers))
         self.first_layer_reads_pixels = True

@@ -11,7 +11,8 @@ import torch
 
 from chainrule.errors import CheckpointError, InputError, UnknownNameError
 from chainrule.io.checkpoint import CONFIG_FILE, WEIGHTS_FILE, load_matching_state, read_config, read_weights, upgrade_state
-from chainrule.models.base import COMMON_OPTIONS, AutoregressiveModel
+from chainrule.models.base import COMMON_OPTIONS, AutoregressiveModel, rename_hyperparameters
+from chainrule.models.config import MAX_SEED
 from chainrule.models.ensemble import Ensemble
 
 _REGISTRY: dict[str, type[AutoregressiveModel]] = {}
@@ -92,7 +93,8 @@ def hyperparameter_help(name: str) -> list[tuple[str, Any, str]]:
     """``(hyperparameter, default, description)`` for every hyperparameter of model ``name``, its own
     first (from its signature and the ``Args:`` of its docstring), then the options common to all
     models (documented on :class:`~chainrule.models.base.AutoregressiveModel`). A default of
-    ``inspect.Parameter.empty`` means required."""
+    ``inspect.Parameter.empty`` means required. The description of a model's own hyperparameter
+    ends with what its config declares it takes, e.g. "[a positive integer]"."""
     cls = get_model_class(name)
     own_doc: dict[str, str] = {}
     for klass in reversed(cls.__mro__):  # a subclass's entries win over its bases' ("Args: as NADE")
@@ -101,17 +103,37 @@ def hyperparameter_help(name: str) -> list[tuple[str, Any, str]]:
     common_doc = _docstring_args(AutoregressiveModel.__doc__)
     sig = inspect.signature(cls.__init__).parameters
     base = inspect.signature(AutoregressiveModel.__init__).parameters
+    takes = cls.config_class.describe()
     rows = []
     for p in accepted_hyperparameters(name):
         default = sig[p].default if p in sig else base[p].default
-        rows.append((p, default, own_doc.get(p) or common_doc.get(p, "")))
+        text = own_doc.get(p) or common_doc.get(p, "")
+        rows.append((p, default, f"{text} [{takes[p]}]" if text and p in takes else text))
     return rows
+
+
+def upgrade_hyperparameters(name: str, hyperparameters: dict[str, Any]) -> dict[str, Any]:
+    """The hyperparameters of a saved config (a checkpoint's, a run's) in the current spelling:
+    former names (:attr:`~chainrule.models.base.AutoregressiveModel.renamed_hyperparameters`) are
+    mapped silently, since the user did not write them; an unknown model is left to the caller."""
+    if name not in _REGISTRY or not isinstance(hyperparameters, dict):
+        return hyperparameters
+    return rename_hyperparameters(_REGISTRY[name], hyperparameters, warn=False)
+
+
+def deprecated_hyperparameters(name: str, hyperparameters: dict[str, Any]) -> list[tuple[str, str]]:
+    """``(old, new)`` for every former spelling among ``hyperparameters`` (for the command line,
+    which says so in one line and passes :func:`upgrade_hyperparameters`' result on)."""
+    if name not in _REGISTRY:
+        return []
+    return [(old, new) for old, new in _REGISTRY[name].renamed_hyperparameters.items() if old in hyperparameters]
 
 
 def check_hyperparameters(name: str, hyperparameters: dict[str, Any]) -> None:
     """Raise an :class:`InputError` listing the accepted names if ``hyperparameters`` has unknown ones."""
     accepted = accepted_hyperparameters(name)
-    unknown = sorted(set(hyperparameters) - set(accepted))
+    former = get_model_class(name).renamed_hyperparameters  # still accepted, for a release
+    unknown = sorted(set(hyperparameters) - set(accepted) - set(former))
     if unknown:
         hints = getattr(get_model_class(name), "hyperparameter_hints", {})
         hint = "".join(f" ({hints[u]})" for u in unknown if u in hints)
@@ -123,8 +145,6 @@ def check_hyperparameters(name: str, hyperparameters: dict[str, Any]) -> None:
 MAX_SIZE = 1 << 24
 #: The most variables an event may have (2**28: a 3 x 8192 x 8192 image still fits).
 MAX_VARIABLES = 1 << 28
-#: Seeds are 64-bit (torch.manual_seed): 0 .. 2**63 - 1.
-MAX_SEED = (1 << 63) - 1
 
 
 def _check_hyperparameter_values(name: str, num_values: Any, hyperparameters: dict[str, Any]) -> None:
@@ -190,8 +210,10 @@ def create_model(name: str, shape: tuple[int, ...] | list[int] | int, num_values
     Example: ``create_model("made", (1, 28, 28), num_values=2, hidden_sizes=[500])``. Ensemble
     hyperparameters (``num_orders`` > 1, MADE's ``num_masks`` > 1) give an
     :class:`~chainrule.models.ensemble.Ensemble` over the model. Unknown hyperparameters raise an
-    :class:`InputError` listing the accepted ones.
+    :class:`InputError` listing the accepted ones; a former spelling (pixelcnn's ``num_blocks``)
+    warns (:class:`DeprecationWarning`) and means the current one.
     """
+    hyperparameters = rename_hyperparameters(get_model_class(name), hyperparameters, warn=True)
     check_hyperparameters(name, hyperparameters)
     dims = [shape] if isinstance(shape, int) else shape
     if isinstance(dims, (list, tuple)) and all(isinstance(d, int) and not isinstance(d, bool) for d in dims) \
@@ -222,7 +244,7 @@ def load(directory: str | Path, map_location: str | torch.device = "cpu") -> Mod
                               "inspect and report take it")
     try:
         model = create_model(config["model"], tuple(config["shape"]), config.get("num_values"),
-                             **config.get("hyperparameters", {}))
+                             **upgrade_hyperparameters(config["model"], config.get("hyperparameters", {})))
     except (KeyError, TypeError, UnknownNameError, InputError) as exc:
         raise CheckpointError(f"{directory / CONFIG_FILE}: cannot rebuild the model ({exc})") from None
     load_matching_state(model, upgrade_state(read_weights(directory, map_location), config, model), directory)

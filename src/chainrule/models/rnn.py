@@ -14,14 +14,26 @@ input.
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import Any, ClassVar
 
 import torch
 from torch import nn
 
-from chainrule.errors import InputError
 from chainrule.models.base import AutoregressiveModel, select_layers
+from chainrule.models.config import ModelConfig, positive, probability
 from chainrule.models.registry import register
+
+
+@dataclass(frozen=True)
+class RecurrentConfig(ModelConfig):
+    """The hyperparameters of the RNN, LSTM and GRU stacks."""
+
+    hidden_size: int = positive()
+    num_layers: int = positive()
+    embedding_size: int = positive()
+    dropout: float = probability()
+    tbptt: int | None = positive(optional=True)
 
 
 class _Recurrent(AutoregressiveModel):
@@ -42,19 +54,14 @@ class _Recurrent(AutoregressiveModel):
     supports_real = True
     supports_context = True
     supports_tensor_context = True
+    config_class = RecurrentConfig
+    tiny_hyperparameters = {"hidden_size": 8, "num_layers": 2, "embedding_size": 4}
 
     def __init__(self, shape: tuple[int, ...], num_values: int | None = 256, hidden_size: int = 256,
                  num_layers: int = 2, embedding_size: int = 64, dropout: float = 0.0, tbptt: int | None = None,
                  **common: Any) -> None:
-        super().__init__(shape, num_values, **common)
-        for label, v in (("hidden_size", hidden_size), ("num_layers", num_layers), ("embedding_size", embedding_size)):
-            if not isinstance(v, int) or isinstance(v, bool) or v < 1:
-                raise InputError(f"{label} must be a positive integer, got {v!r}")
-        if tbptt is not None and (not isinstance(tbptt, int) or tbptt < 1):
-            raise InputError(f"tbptt must be a positive number of steps (or None), got {tbptt!r}")
+        super().__init__(shape, num_values, **common)  # validates RecurrentConfig too
         self.tbptt = tbptt
-        if not isinstance(dropout, (int, float)) or not 0 <= dropout < 1:
-            raise InputError(f"dropout must be in [0, 1), got {dropout!r}")
         self.embedding = (nn.Embedding(num_values, embedding_size) if num_values is not None
                           else nn.Linear(1, embedding_size))
         f = embedding_size * self.group_size  # a group's inputs: its variables' embeddings side by side

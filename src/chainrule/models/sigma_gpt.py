@@ -32,19 +32,29 @@ members' probabilities, as for NADE.
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import torch
 from torch import nn
 
-from chainrule.errors import InputError
 from chainrule.inference.state import Static
 from chainrule.models.base import select_layers
+from chainrule.models.config import one_of, positive, seed
 from chainrule.models.registry import register
-from chainrule.models.transformer import Transformer
+from chainrule.models.transformer import GPTConfig, Transformer
 from chainrule.orderings import OrderSpec
 
 TRAIN_ORDERS = ("random", "fixed")
+
+
+@dataclass(frozen=True)
+class SigmaGPTConfig(GPTConfig):
+    """σ-GPT's hyperparameters: the GPT's (without its activation option) and its orders'."""
+
+    num_orders: int = positive()
+    seed: int = seed()
+    train_order: str = one_of(*TRAIN_ORDERS)
 
 
 @register
@@ -70,6 +80,8 @@ class SigmaGPT(Transformer):
     name = "sigma_gpt"
     any_order = True
     hyperparameter_hints = {"any_order": "sigma_gpt always takes any order"}
+    config_class = SigmaGPTConfig
+    tiny_hyperparameters = {"num_layers": 2, "num_heads": 2, "embed_dim": 8}
 
     def __init__(self, shape: tuple[int, ...], num_values: int | None = 256, num_layers: int = 4,
                  num_heads: int = 4, embed_dim: int = 128, dropout: float = 0.0, bias: bool = False,
@@ -77,8 +89,6 @@ class SigmaGPT(Transformer):
                  **common: Any) -> None:
         super().__init__(shape, num_values, num_layers=num_layers, num_heads=num_heads, embed_dim=embed_dim,
                          dropout=dropout, bias=bias, tie_weights=tie_weights, **common)
-        if train_order not in TRAIN_ORDERS:
-            raise InputError(f"train_order must be one of {', '.join(TRAIN_ORDERS)}, got {train_order!r}")
         self.train_order = train_order
         # self.pos (the GPT's table) is the position of the variable predicted next; pos_in the
         # position of the variable read

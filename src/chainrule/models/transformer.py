@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import torch
@@ -25,8 +26,32 @@ from torch import nn
 
 from chainrule.errors import InputError
 from chainrule.models.base import AutoregressiveModel, select_layers
+from chainrule.models.config import ModelConfig, flag, one_of, positive, probability
 from chainrule.models.registry import register
 from chainrule.nn import CausalSelfAttentionBlock
+
+
+@dataclass(frozen=True)
+class GPTConfig(ModelConfig):
+    """What every GPT here has (this model and :class:`~chainrule.models.sigma_gpt.SigmaGPT`)."""
+
+    num_layers: int = positive()
+    num_heads: int = positive()
+    embed_dim: int = positive()
+    dropout: float = probability()
+    bias: bool = flag()
+    tie_weights: bool = flag()
+
+    def check(self) -> None:
+        if self.embed_dim % self.num_heads:
+            raise InputError(f"embed_dim={self.embed_dim} must be divisible by num_heads={self.num_heads}")
+
+
+@dataclass(frozen=True)
+class TransformerConfig(GPTConfig):
+    """The GPT's hyperparameters (defaults: :class:`Transformer`'s signature)."""
+
+    activation: str = one_of(gelu="exact", gelu_new="tanh approximation, GPT-2")
 
 
 @register
@@ -50,20 +75,13 @@ class Transformer(AutoregressiveModel):
     supports_tensor_context = True
     supports_real = True
     hyperparameter_hints = {"any_order": "the Transformer that takes any order is the model sigma_gpt"}
+    config_class = TransformerConfig
+    tiny_hyperparameters = {"num_layers": 2, "num_heads": 2, "embed_dim": 8}
 
     def __init__(self, shape: tuple[int, ...], num_values: int | None = 256, num_layers: int = 4,
                  num_heads: int = 4, embed_dim: int = 128, dropout: float = 0.0, bias: bool = False,
                  tie_weights: bool = True, activation: str = "gelu", **common: Any) -> None:
-        super().__init__(shape, num_values, **common)
-        for label, v in (("num_layers", num_layers), ("num_heads", num_heads), ("embed_dim", embed_dim)):
-            if not isinstance(v, int) or isinstance(v, bool) or v < 1:
-                raise InputError(f"{label} must be a positive integer, got {v!r}")
-        if embed_dim % num_heads:
-            raise InputError(f"embed_dim={embed_dim} must be divisible by num_heads={num_heads}")
-        if not isinstance(dropout, (int, float)) or not 0 <= dropout < 1:
-            raise InputError(f"dropout must be in [0, 1), got {dropout!r}")
-        if activation not in ("gelu", "gelu_new"):
-            raise InputError(f"activation must be 'gelu' (exact) or 'gelu_new' (tanh approximation, GPT-2), got {activation!r}")
+        super().__init__(shape, num_values, **common)  # validates TransformerConfig too
         self.num_heads, self.embed_dim = num_heads, embed_dim
         self.tok = nn.Embedding(num_values, embed_dim) if num_values is not None else nn.Linear(1, embed_dim)
         # a group of S variables: their embeddings side by side, projected to one token

@@ -17,17 +17,29 @@ Sec. 2.5).
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from chainrule.errors import InputError
 from chainrule.inference.state import Static
 from chainrule.models.base import AutoregressiveModel, select_layers
+from chainrule.models.config import ModelConfig, integer, positive, sizes
 from chainrule.models.registry import register
 from chainrule.nn import CausalConv1d
+
+
+@dataclass(frozen=True)
+class WaveNetConfig(ModelConfig):
+    dilations: tuple[int, ...] | None = sizes(optional=True)
+    num_stacks: int = positive()
+    layers_per_stack: int = positive()
+    residual_channels: int = positive()
+    skip_channels: int = positive()
+    kernel_size: int = integer(2)
+    embedding_size: int = positive()
 
 
 @register
@@ -44,6 +56,9 @@ class WaveNet(AutoregressiveModel):
     """
 
     name = "wavenet"
+    config_class = WaveNetConfig
+    hparams: WaveNetConfig
+    tiny_hyperparameters = {"dilations": [1, 2, 1], "residual_channels": 4, "skip_channels": 6, "embedding_size": 4}
     supports_context = True
     supports_tensor_context = True
     supports_real = True
@@ -52,20 +67,8 @@ class WaveNet(AutoregressiveModel):
                  num_stacks: int = 1, layers_per_stack: int = 10, residual_channels: int = 64,
                  skip_channels: int = 128, kernel_size: int = 2, embedding_size: int = 64,
                  **common: Any) -> None:
-        super().__init__(shape, num_values, **common)
-        for label, v in (("num_stacks", num_stacks), ("layers_per_stack", layers_per_stack),
-                         ("residual_channels", residual_channels), ("skip_channels", skip_channels),
-                         ("kernel_size", kernel_size), ("embedding_size", embedding_size)):
-            if not isinstance(v, int) or isinstance(v, bool) or v < 1:
-                raise InputError(f"{label} must be a positive integer, got {v!r}")
-        if dilations is None:
-            dilations = [2 ** i for i in range(layers_per_stack)] * num_stacks
-        if isinstance(dilations, (int, str)) or not dilations or any(
-                not isinstance(d, int) or isinstance(d, bool) or d < 1 for d in dilations):
-            raise InputError(f"dilations must be a non-empty list of positive integers, got {dilations!r}")
-        dilations = [int(d) for d in dilations]
-        if kernel_size < 2:
-            raise InputError(f"kernel_size must be >= 2, got {kernel_size}")
+        super().__init__(shape, num_values, **common)  # validates WaveNetConfig too
+        dilations = list(self.hparams.dilations or [2 ** i for i in range(layers_per_stack)] * num_stacks)
         self.dilations, self.kernel_size = dilations, kernel_size
         r = residual_channels
         self.embedding = nn.Embedding(num_values, embedding_size) if num_values is not None else nn.Linear(1, embedding_size)

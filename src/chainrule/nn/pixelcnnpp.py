@@ -229,7 +229,7 @@ class GatedResnet(nn.Module):
         out = x + c2_a * sigmoid(c2_b)                       (c2 split in halves along the channels)
 
     Args:
-        filters: feature maps F of x and of the output.
+        channels: feature maps F of x and of the output.
         kernel_size: of both convolutions, (2, 3) in the down stream, (2, 2) in the down-right one.
         right: down-right-shifted convolutions (the ``ul`` stream).
         skip_channels: channels of the skip input ``a`` (0: none).
@@ -239,14 +239,14 @@ class GatedResnet(nn.Module):
     Shapes: ``x`` ``(B, F, H, W)``, ``a`` ``(B, A, H, W)``, the context bias ``(B, 2F)`` -> ``(B, F, H, W)``.
     """
 
-    def __init__(self, filters: int, kernel_size: tuple[int, int], right: bool, skip_channels: int = 0,
+    def __init__(self, channels: int, kernel_size: tuple[int, int], right: bool, skip_channels: int = 0,
                  context_dim: int = 0, dropout: float = 0.0) -> None:
         super().__init__()
-        self.conv1 = ShiftedConv2d(2 * filters, filters, kernel_size, right)
-        self.skip = WNPointwise(2 * skip_channels, filters) if skip_channels else None
+        self.conv1 = ShiftedConv2d(2 * channels, channels, kernel_size, right)
+        self.skip = WNPointwise(2 * skip_channels, channels) if skip_channels else None
         self.dropout = nn.Dropout(dropout)
-        self.conv2 = ShiftedConv2d(2 * filters, 2 * filters, kernel_size, right)
-        self.context = nn.Linear(context_dim, 2 * filters, bias=False) if context_dim else None
+        self.conv2 = ShiftedConv2d(2 * channels, 2 * channels, kernel_size, right)
+        self.context = nn.Linear(context_dim, 2 * channels, bias=False) if context_dim else None
         with torch.no_grad():  # the residual branch starts small (the reference code's init_scale=0.1)
             self.conv2.g.mul_(0.1)
             self.conv2.bias.mul_(0.1)
