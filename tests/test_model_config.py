@@ -150,6 +150,23 @@ def test_a_checkpoint_with_former_names_loads_silently(tmp_path):
     assert loaded.hparams.channels == 4 and loaded.config == model.config
 
 
+def test_a_run_saved_with_former_names_resumes(tmp_path, capsys):
+    """A run whose last/ was written before the rename is the same model: --resume continues it."""
+    out = tmp_path / "run"
+    args = ["train", "pixelcnn", "--dataset", "digits", "--out", str(out), "-p", "num_layers=1", "-p", "channels=4",
+            "--steps-per-epoch", "2", "--no-progress", "--threads", "1", "--num-samples", "1", "--precision", "float32"]
+    assert main(args + ["--epochs", "1"]) == 0
+    for cfg_path in (out / "last" / "config.json", out / "best" / "config.json"):
+        cfg = json.loads(cfg_path.read_text())
+        cfg["hyperparameters"]["num_blocks"] = cfg["hyperparameters"].pop("num_layers")
+        cfg_path.write_text(json.dumps(cfg))
+    capsys.readouterr()
+    assert main(args + ["--epochs", "2", "--resume"]) == 0
+    assert "different model" not in capsys.readouterr().err
+    assert read_config(out / "last")["hyperparameters"]["num_layers"] == 1
+    assert len((out / "log.csv").read_text().splitlines()) == 3  # header + both epochs
+
+
 def test_models_help_says_what_each_hyperparameter_takes(capsys):
     from chainrule.models.registry import hyperparameter_help
 

@@ -21,6 +21,7 @@ import math
 import numbers
 import re
 import shutil
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -132,15 +133,21 @@ def write_last(out_dir: Path, model: Any, extra: dict[str, Any], tensors: dict[s
     return last
 
 
-def read_last_state(out_dir: Path, model_config: dict[str, Any]) -> tuple[Path, dict[str, Any], dict[str, Any]]:
+def read_last_state(out_dir: Path, model_config: dict[str, Any],
+                    current_names: Callable[[dict[str, Any]], dict[str, Any]] | None = None
+                    ) -> tuple[Path, dict[str, Any], dict[str, Any]]:
     """``out_dir/last/``'s ``config.json`` and ``trainer_state.json`` (upgraded to the current
     version), checked before anything is used: the same model as ``model_config`` describes, a
-    version this chainrule reads, sound counters. Returns ``(last, saved config, state)``."""
+    version this chainrule reads, sound counters. ``current_names`` maps a saved config's
+    hyperparameters to their current spelling before the comparison (a run saved before a rename is
+    the same model). Returns ``(last, saved config, state)``."""
     last = out_dir / LAST_DIR
     if not (last / STATE_JSON).is_file():
         raise CheckpointError(f"nothing to resume in {out_dir}: no {LAST_DIR}/{STATE_JSON} "
                               "(written after every epoch by runs with save_last=True)")
     saved = read_config(last)
+    if current_names is not None:
+        saved = current_names(saved)
     for key in ("model", "shape", "num_values", "hyperparameters"):
         if json_roundtrip(saved.get(key)) != json_roundtrip(model_config.get(key)):
             raise CheckpointError(f"{last} holds a different model ({key}: {saved.get(key)!r}, "

@@ -25,6 +25,7 @@ import torch
 from chainrule.errors import InputError
 from chainrule.io import run_state
 from chainrule.io.checkpoint import save_model
+from chainrule.models.registry import upgrade_hyperparameters
 from chainrule.training import distributed as dist_utils
 
 if TYPE_CHECKING:
@@ -124,6 +125,13 @@ def saved_position(trainer: Trainer, st: TrainState) -> str | None:
     return f"{trainer.out_dir / run_state.LAST_DIR} ({where})"
 
 
+def _current_names(config: dict[str, Any]) -> dict[str, Any]:
+    """A saved config with its hyperparameters in the current spelling (a run saved before a rename)."""
+    if isinstance(config.get("hyperparameters"), dict) and isinstance(config.get("model"), str):
+        return {**config, "hyperparameters": upgrade_hyperparameters(config["model"], config["hyperparameters"])}
+    return config
+
+
 def load_last(trainer: Trainer) -> TrainState:
     """Restore model, optimizer and generators from ``out_dir/last/``; returns the loop state."""
     if trainer.out_dir is None:
@@ -132,7 +140,7 @@ def load_last(trainer: Trainer) -> TrainState:
     if trainer.is_main:  # rank 0 alone renames; the others wait at the barrier, then read last/
         run_state.recover_last(out_dir)  # whatever an interrupted write left (its docstring: every state)
     dist_utils.barrier()
-    last, saved, state = run_state.read_last_state(out_dir, model.config)
+    last, saved, state = run_state.read_last_state(out_dir, model.config, _current_names)
     check_resumed_config(trainer, saved.get("extra", {}).get("train_config"), state.get("batch", 0), last)
     tensors, weights = run_state.read_last_tensors(last)
     model.load_state_dict(weights)
