@@ -26,12 +26,10 @@ from typing import Any
 
 import torch
 
-from chainrule.contract import ARModel
 from chainrule.apps.plotting import save_figure
+from chainrule.contract import ARModel
 from chainrule.errors import InputError
 from chainrule.inference.likelihood import log_prob_per_variable, token_unit
-from chainrule.models.base import AutoregressiveModel
-from chainrule.models.ensemble import Ensemble
 from chainrule.orderings import inverse
 
 
@@ -51,7 +49,7 @@ class Inspection:
 
 
 @torch.no_grad()
-def inspect_example(model: AutoregressiveModel | Ensemble, x: torch.Tensor, context: Any = None,
+def inspect_example(model: ARModel, x: torch.Tensor, context: Any = None,
                     member: int | None = None) -> Inspection:
     """Per-variable conditionals of ``model`` for one example ``x`` ``(*shape)`` (an ensemble:
     member ``member``, default 0)."""

@@ -42,12 +42,11 @@ from typing import Any
 
 import torch
 
+from chainrule.contract import ARModel
 from chainrule.errors import InputError
 from chainrule.io import run_state
 from chainrule.io.run_state import (CHECKPOINTS_DIR, LAST_DIR, STATE_JSON, STATE_TENSORS, STATE_VERSION,
                                     TENSORBOARD_DIR, recover_last)
-from chainrule.models.base import AutoregressiveModel
-from chainrule.models.ensemble import Ensemble
 from chainrule.training import batches
 from chainrule.training import distributed as dist_utils
 from chainrule.training import precision as precision_policy
@@ -60,7 +59,6 @@ from chainrule.training.signals import StopSignals, TrainingInterrupted
 from chainrule.training.state import TrainResult, TrainState, load_last, save_best, save_last, saved_position
 from chainrule.training.validation import closing_validation, validate
 
-Model = AutoregressiveModel | Ensemble
 
 log = logging.getLogger(__name__)
 
@@ -106,12 +104,12 @@ class Trainer:
     ``budget`` (the :class:`~chainrule.training.budget.TimeBudget`) and the public attributes above.
     """
 
-    def __init__(self, model: Model, config: TrainConfig | None = None, out_dir: str | Path | None = None,
+    def __init__(self, model: ARModel, config: TrainConfig | None = None, out_dir: str | Path | None = None,
                  extra: dict[str, Any] | None = None, progress: bool = True,
                  device: str | torch.device | None = None, *, unit: str | None = None, nll_offset: float = 0.0,
                  budget_start: float | None = None, reserve_examples: int = 0,
                  on_checkpoint: Callable[[], None] | None = None, callbacks: Sequence[Callback] = ()) -> None:
-        if not isinstance(model, (AutoregressiveModel, Ensemble)) and not getattr(model, "own_objective", False):
+        if not isinstance(model, ARModel) and not getattr(model, "own_objective", False):
             raise InputError(f"Trainer needs a chainrule model, got {type(model).__name__}")
         if config is not None and not isinstance(config, TrainConfig):
             raise InputError(f"config must be a TrainConfig, got {type(config).__name__}")
