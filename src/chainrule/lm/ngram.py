@@ -389,102 +389,115 @@ class _StreamTables:
     """What scoring a stream of sentences reads, built once per model (and again when the model's
     tables or levels are replaced): per order, one hash table and the level's parameters per slot.
 
-    **Ranks.** The rank of a k-gram is its slot in a :class:`_DisplaceHash` of order k (its token id
-    for unigrams); an order-k key is ``first token * R_{k-1} + rank of its (k-1)-gram suffix + 2``
-    (``R_{k-1}`` = the order-(k-1) table's size + 2, so the ranks -1 and -2 below give keys that
-    are never in a table), and so the ranks of all j-grams ending at every position of a stream
-    take one probe per order on the ranks of the order below. -1 means absent; -2 (SRILM padding,
-    where it matters) that the n-gram would reach before its sentence's start.
+    **Codes.** A k-gram found in the tables has the code ``slot + 2``, its slot in the
+    :class:`_DisplaceHash` of order k (for unigrams its token id); code 0 means absent, 1 (SRILM
+    padding, where it matters) that the n-gram would reach before its sentence's start. An order-k
+    key is ``first token * R_{k-1} + code of its (k-1)-gram suffix`` (``R_{k-1}`` = the size of the
+    order-(k-1) table + 2): a present suffix gives a key >= 2, so the query of an absent suffix is
+    set to 0, which no table holds, and all such queries read the same cached slot. The codes of
+    all j-grams ending at every position of a stream so take one probe per order on the codes of
+    the order below.
 
-    **Parameters per slot.** The slot's key and the level's ``a`` share one complex128 entry
+    **Parameters per code.** The slot's key and the level's ``a`` share one complex128 entry
     (``keys + 1j a``; the key's int64 bits in the real part), so one gather gives both the check and
-    the value. ``G_k`` holds ``g`` per slot of order k - 1 with two entries appended: ``g_unseen``
-    for -1, 1 for -2. A backoff level whose every table entry is listed needs nothing more (listed
-    = found); otherwise ``K_k`` (0 where listed, else 1, appended: 1, 1). One level is then, for
-    every position at once, ``p = hit a + G_k[context rank] p (1 - listed)`` with no selection: a
-    k-gram not found and an unseen context leave ``p`` unchanged when ``g_unseen`` is 1, exactly as
-    the per-row path's selections do (``0 + 1 p``, and products with 0 and 1, are exact).
+    the value. ``G_k`` holds ``g`` per code of order k - 1 (``g_unseen`` at 0, 1 at 1). A backoff
+    level whose every table entry is listed needs nothing more (listed = found); otherwise ``K_k``
+    (per code: 0 where listed, else 1). One level is then, for every position at once,
+    ``p = a + G_k[context code] p K`` with no selection: a k-gram not found and an unseen context
+    leave ``p`` unchanged when ``g_unseen`` is 1, exactly as the per-row path's selections do
+    (``0 + 1 p``, and products with 0 and 1, are exact). Where few suffixes are present (the high
+    orders) the order is computed on those positions only: the queries where the suffix is
+    present, the level where the context is (every k-gram found there has its context found when
+    the tables are prefix-closed, which is checked).
 
     With SRILM padding a context is cut at its ``<s>``: the n-grams that have ``<s>`` after their
     first token are left out of the tables (a query that respects the sentence start never reads
     them), so a look-up that crosses into the previous sentence finds nothing.
     """
 
+    #: compute an order on the positions whose suffix is present when they are fewer than this share
+    SPARSE = 0.4
+
     def __init__(self, model: NgramLM) -> None:
         self.sources = (list(model._keys), list(model._levels), model._base, model._recursive)
         n, V = model.order, len(model.vocab)
         self.srilm = model.padding == "srilm"
         keys1 = model._keys[0].astype(np.int64)
-        self.lut: np.ndarray | None = None
+        self.lut: np.ndarray | None = None  # token id -> unigram code, where not every id is in the table
         if not np.array_equal(keys1, np.arange(V)):
-            self.lut = np.full(V, -1, dtype=np.int64)
-            self.lut[keys1] = keys1
-        slot_of = [keys1]  # per order: the slot of each table entry (-1: left out)
+            self.lut = np.zeros(V, dtype=np.int64)
+            self.lut[keys1] = keys1 + 2
+        code_of = [keys1 + 2]  # per order: the code of each table entry (0: left out)
         first_tok = [keys1]  # per order: the first token of each entry
         sizes = [V]
         self.tables: list[_DisplaceHash | None] = [None]
         self.radix: list[int] = [0]
+        self.closed: list[bool] = [True]  # every kept k-gram's (k-1)-gram prefix is kept too
         for k in range(2, n + 1):
             keys, mult = model._keys[k - 1], model._mult(k)
             first, suffix = keys // mult, keys % mult
-            suffix_slot = slot_of[-1][suffix]
-            keep = suffix_slot >= 0
+            suffix_code = code_of[-1][suffix]
+            keep = suffix_code > 0
             if self.srilm:
                 keep &= first_tok[-1][suffix] != BOS_ID  # <s> inside the k-gram: never read
             radix = sizes[-1] + 2
-            table = _DisplaceHash(first[keep] * radix + suffix_slot[keep] + 2)
-            slot = np.full(keys.size, -1, dtype=np.int64)
-            slot[keep] = table.slots
+            table = _DisplaceHash(first[keep] * radix + suffix_code[keep])
+            code = np.zeros(keys.size, dtype=np.int64)
+            code[keep] = table.slots + 2
+            prefix = model._chain(model._rows(k)[keep][:, :-1])[-1]  # dense rank of each kept k-gram's prefix
+            self.closed.append(bool(np.all(prefix >= 0) and np.all(code_of[-1][np.maximum(prefix, 0)] > 0)))
             self.tables.append(table)
             self.radix.append(radix)
-            slot_of.append(slot)
+            code_of.append(code)
             first_tok.append(first)
             sizes.append(table.size)
-        self.A1 = np.zeros(V + 2)
-        self.K1: np.ndarray | None = None
-        self.KA: list[np.ndarray | None] = [None]
-        self.K: list[np.ndarray | None] = []
+        self.A: list[np.ndarray] = []  # per code
+        self.K: list[np.ndarray | None] = []  # per code; None: interpolated, or listed = found
+        self.KA: list[np.ndarray | None] = [None]  # per slot: key bits + 1j a
         self.listed_is_found: list[bool] = []
-        self.G: list[np.ndarray | float] = []
+        self.G: list[np.ndarray | float] = []  # per code of the order below
         for k in range(1, n + 1):
-            lev, slot = model._levels[k - 1], slot_of[k - 1]
-            ok = slot >= 0
-            m = slot.size
+            lev, code = model._levels[k - 1], code_of[k - 1]
+            ok = code > 0
+            m = code.size
             a = lev.a if lev.a.size else np.zeros(m)
             A = np.zeros(sizes[k - 1] + 2)
             K = None
             listed_is_found = False
             if lev.mode == "backoff":
                 has = lev.has if lev.a.size else np.zeros(m, dtype=bool)
-                A[slot[ok]] = np.where(has, a, 0.0)[ok]
-                listed_is_found = k > 1 and bool(has[ok].all())
+                A[code[ok]] = np.where(has, a, 0.0)[ok]
+                listed_is_found = bool(has[ok].all())
                 if not listed_is_found:
                     K = np.ones(sizes[k - 1] + 2)
-                    K[slot[ok]] = np.where(has, 0.0, 1.0)[ok]
+                    K[code[ok]] = np.where(has, 0.0, 1.0)[ok]
             else:
-                A[slot[ok]] = a[ok]
+                A[code[ok]] = a[ok]
             if k == 1:
-                self.A1, self.K1 = A, K
+                if listed_is_found:
+                    K = np.ones(V + 2)
+                    K[code[ok]] = 0.0
                 self.G.append(float(lev.g[0]))
             else:
                 KA = np.empty(sizes[k - 1], dtype=np.complex128)
                 KA.real = self.tables[k - 1].slot_keys.view(np.float64)  # the key's bits, compared as int64
-                KA.imag = A[:-2]
+                KA.imag = A[2:]
                 self.KA.append(KA)
                 G = np.full(sizes[k - 2] + 2, float(lev.g_unseen))
-                G[-2] = 1.0
+                G[1] = 1.0
                 if lev.g.size:
-                    cslot = slot_of[k - 2]
-                    G[cslot[cslot >= 0]] = lev.g[cslot >= 0]
+                    cc = code_of[k - 2]
+                    G[cc[cc > 0]] = lev.g[cc > 0]
                 self.G.append(G)
+            self.A.append(A)
             self.K.append(K)
             self.listed_is_found.append(listed_is_found)
         self.base = model._base
         self.base_zero = not model._base.any()
         self.recursive = model._recursive
-        self.g_unseen_one = all(lev.g_unseen == 1.0 for lev in model._levels)
+        self.g_unseen_one = [lev.g_unseen == 1.0 for lev in model._levels]
         # a backoff unigram level that lists every token: p = a, whatever the base
-        self.unigrams_listed = (self.K1 is not None and self.lut is None and not self.K1[:V].any())
+        self.unigrams_listed = self.lut is None and self.listed_is_found[0]
 
     def current(self, model: NgramLM) -> bool:
         keys, levels, base, rec = self.sources
@@ -500,54 +513,98 @@ class _StreamTables:
         ``<s>`` pads are meaningless (the caller sets them)."""
         n, total = len(self.G), stream.size
         lo = 1 if n > 1 else 0  # position 0 is a pad when there are contexts
-        r = stream if self.lut is None else np.take(self.lut, stream)
+        code = stream + 2 if self.lut is None else np.take(self.lut, stream)
         p0 = np.zeros(total - lo) if self.base_zero else self.base[stream[lo:]]
-        # unigrams
-        r1 = r[lo:]
-        p = np.take(self.A1, r1)
+        c1 = code[lo:]
+        p = np.take(self.A[0], c1)
         if not self.unigrams_listed:  # else p(w) = a(w) for every w
             gp = p0 * self.G[0]
-            if self.K1 is not None:
-                gp *= np.take(self.K1, r1)
+            if self.K[0] is not None:
+                gp *= np.take(self.K[0], c1)
             p += gp
         if not self.recursive and n > 1:
             p = p0.copy()  # a non-recursive smoother reads its top level only: no position has span 1 but pads
         elif not self.recursive:
             return p
-        prev = r
+        prev = code
         for k in range(2, n + 1):
-            # the k-gram ending at position t >= k - 1: key from the (k-1)-gram ending there
-            table = self.tables[k - 1]
-            q = stream[:total - k + 1] * self.radix[k - 1]
-            q += prev[k - 1:]
-            q += 2
-            s = table.find_slots(q)
-            z = np.take(self.KA[k - 1], s)
-            hit = z.real.view(np.int64) == q
-            # the level at positions k-1.. (before them no k-gram fits: level k does not apply)
-            P = p[k - 1 - lo:]
-            c = prev[k - 2:total - 1]  # context: the (k-1)-gram ending one position earlier
-            if offset is not None and self.recursive and not self.g_unseen_one:
-                c = np.where(offset[k - 1:] >= k - 1, c, -2)  # before the sentence start, not unseen
-            r = np.empty(total, dtype=np.int64)
-            r[:k - 1] = -1
-            np.multiply(s + 1, hit, out=r[k - 1:])
-            r[k - 1:] -= 1
-            below = P if self.recursive else p0[k - 1 - lo:]
-            gp = np.take(self.G[k - 1], c)
-            gp *= below
-            if self.listed_is_found[k - 1]:
-                gp *= ~hit
-            elif self.K[k - 1] is not None:
-                gp *= np.take(self.K[k - 1], r[k - 1:])
-            a = z.imag * hit
-            if self.recursive:
-                np.add(a, gp, out=P)
-            else:  # each position reads the level of its span: min(n, offset + 1)
-                a += gp
-                P[...] = np.where(np.minimum(n, offset[k - 1:] + 1) == k, a, P)  # type: ignore[index]
-            prev = r
+            present = prev > 0  # the (k-1)-gram ending at each position is in the tables
+            present[:k - 1] = False  # no k-gram ends before position k - 1
+            sparse = (self.recursive and self.closed[k - 1] and self.g_unseen_one[k - 1]
+                      and np.count_nonzero(present) < self.SPARSE * total)
+            prev = (self._level_sparse if sparse else self._level_full)(k, stream, prev, present, p, p0, offset)
         return p
+
+    def _look_up(self, k: int, stream: np.ndarray, prev: np.ndarray, at: slice | np.ndarray, present: np.ndarray | None
+                 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """The order-k entries of the k-grams ending at positions ``at`` (whose suffix codes are
+        ``prev[at]``): (slot record ``keys + 1j a``, found, code)."""
+        if isinstance(at, slice):
+            q = stream[:stream.size - k + 1] * self.radix[k - 1]
+            q += prev[at]
+            q *= present[at]  # an absent suffix: the query 0, in no table, one cached slot for all  # type: ignore[index]
+        else:
+            q = np.take(stream, at - (k - 1)) * self.radix[k - 1]
+            q += np.take(prev, at)
+        table = self.tables[k - 1]
+        s = table.find_slots(q)
+        z = np.take(self.KA[k - 1], s)
+        hit = z.real.view(np.int64) == q
+        s += 2
+        s *= hit
+        return z, hit, s
+
+    def _level_full(self, k: int, stream: np.ndarray, prev: np.ndarray, present: np.ndarray, p: np.ndarray,
+                    p0: np.ndarray, offset: np.ndarray | None) -> np.ndarray:
+        """Order k at every position k - 1.. (before them no k-gram fits: level k does not apply)."""
+        total, lo, n = stream.size, 1, len(self.G)
+        z, hit, c = self._look_up(k, stream, prev, slice(k - 1, None), present)
+        code = np.empty(total, dtype=np.int64)
+        code[:k - 1] = 0
+        code[k - 1:] = c
+        P = p[k - 1 - lo:]
+        ctx = prev[k - 2:total - 1]  # context: the (k-1)-gram ending one position earlier
+        if offset is not None and self.recursive and not self.g_unseen_one[k - 1]:
+            ctx = np.where(offset[k - 1:] >= k - 1, ctx, 1)  # before the sentence start: not an unseen context
+        gp = np.take(self.G[k - 1], ctx)
+        gp *= P if self.recursive else p0[k - 1 - lo:]
+        if self.listed_is_found[k - 1]:
+            gp *= ~hit
+        elif self.K[k - 1] is not None:
+            gp *= np.take(self.K[k - 1], c)  # type: ignore[arg-type]
+        a = z.imag * hit
+        if self.recursive:
+            np.add(a, gp, out=P)
+        else:  # each position reads the level of its span: min(n, offset + 1)
+            a += gp
+            P[...] = np.where(np.minimum(n, offset[k - 1:] + 1) == k, a, P)  # type: ignore[index]
+        return code
+
+    def _level_sparse(self, k: int, stream: np.ndarray, prev: np.ndarray, present: np.ndarray, p: np.ndarray,
+                      p0: np.ndarray, offset: np.ndarray | None) -> np.ndarray:
+        """Order k where few (k-1)-grams are present: look up the k-grams ending at those
+        positions, and apply the level where the context (the (k-1)-gram one position earlier) is
+        present: with prefix-closed tables every k-gram found has it, and elsewhere (g_unseen = 1)
+        the level changes nothing."""
+        total, lo = stream.size, 1
+        at = np.flatnonzero(present)
+        code = np.zeros(total, dtype=np.int64)
+        if at.size:
+            code[at] = self._look_up(k, stream, prev, at, None)[2]
+        ctx_at = np.flatnonzero(prev[:total - 1] > 0)  # positions t - 1 whose (k-1)-gram is present
+        t = ctx_at + 1
+        c = np.take(code, t)
+        gp = np.take(self.G[k - 1], np.take(prev, ctx_at))
+        P = np.take(p, t - lo)
+        gp *= P
+        if self.listed_is_found[k - 1]:
+            gp *= c == 0
+        elif self.K[k - 1] is not None:
+            gp *= np.take(self.K[k - 1], c)
+        a = np.take(self.A[k - 1], c)
+        a += gp
+        p[t - lo] = a
+        return code
 
 
 def _count_keys(key: np.ndarray, bound: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -1375,7 +1432,7 @@ class NgramLM:
         stream[word] = ids
         stream[ends - 1] = EOS_ID
         offset = None
-        if not tabs.recursive or (tabs.srilm and not tabs.g_unseen_one):  # a level must know the sentence start
+        if not tabs.recursive or (tabs.srilm and not all(tabs.g_unseen_one)):  # a level must know the sentence start
             offset = np.arange(total, dtype=np.int64) - np.repeat(starts, sizes)
         p = tabs.probs(stream, offset)
         lo = 1 if n > 1 else 0
