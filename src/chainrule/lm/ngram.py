@@ -1336,29 +1336,61 @@ class NgramLM:
         ids = np.append(self.encode(list(context)), self.token_id(token))
         return float(self.log_probs(ids[None, -self.order:])[0])
 
+    #: how many out-of-vocabulary strings the token cache keeps (beyond the vocabulary) before it starts over
+    _OOV_CACHE = 200_000
+
     def _encode_sentences(self, sentences: Iterable[Sequence[str]], what: str) -> tuple[np.ndarray, np.ndarray]:
         """Sentences -> (int64 ids of all their tokens, one sentence after another; lengths).
 
-        One ``str.join`` checks that every token is a string (and tells single characters apart:
-        they go through their code points); other tokens take one dictionary look-up each, in C."""
+        Single characters go through their code points. Other tokens take one look-up each, in C,
+        in a dictionary of the vocabulary and of the out-of-vocabulary strings met before (-> the
+        id of ``<unk>``), so that the common case needs no default and no type check: a token it
+        lacks (a new word, or something that is not a string) sends the call through
+        :meth:`_learn_tokens`, which checks the tokens and adds the new words."""
         sents = _validate_sentences(sentences, what)
         lengths = np.fromiter(map(len, sents), dtype=np.int64, count=len(sents))
         flat = list(chain.from_iterable(sents))
-        try:
-            joined = "".join(flat)
-        except TypeError:
-            bad = sorted({type(t).__name__ for t in flat if not isinstance(t, str)})
-            raise InputError(f"tokens in {what} must be strings, found {', '.join(bad)}") from None
-        ids = self._char_ids(joined) if flat and len(joined) == len(flat) and "" not in flat else None
+        ids = None
+        if flat and isinstance(flat[0], str) and len(flat[0]) == 1:  # perhaps characters
+            joined = self._checked_join(flat, what)
+            if len(joined) == len(flat) and "" not in flat:  # all of them: one character each
+                ids = self._char_ids(joined)
         if ids is None:
-            ids = np.fromiter(map(self._index.get, flat, repeat(UNK_ID)), dtype=np.int64, count=len(flat))
+            cache = self.__dict__.get("_token_cache")
+            if cache is None or cache[0] is not self._index:
+                cache = self.__dict__["_token_cache"] = (self._index, dict(self._index))
+            try:
+                ids = np.fromiter(map(cache[1].__getitem__, flat), dtype=np.int64, count=len(flat))
+            except (KeyError, TypeError):
+                self._learn_tokens(flat, cache[1], what)
+                ids = np.fromiter(map(cache[1].__getitem__, flat), dtype=np.int64, count=len(flat))
         if ids.size and ((ids == BOS_ID) | (ids == EOS_ID)).any():
             raise InputError(f"{what} contains the reserved padding symbols {BOS!r}/{EOS!r}; remove them")
         return ids, lengths
 
+    @staticmethod
+    def _checked_join(flat: list[Any], what: str) -> str:
+        """The tokens joined into one string; a clear error if one is not a string."""
+        try:
+            return "".join(flat)
+        except TypeError:
+            bad = sorted({type(t).__name__ for t in flat if not isinstance(t, str)})
+            raise InputError(f"tokens in {what} must be strings, found {', '.join(bad)}") from None
+
+    def _learn_tokens(self, flat: list[Any], cache: dict[str, int], what: str) -> None:
+        """Check that every token is a string and add the out-of-vocabulary ones to ``cache`` as
+        ``<unk>`` (starting over from the vocabulary when it has grown by :attr:`_OOV_CACHE`)."""
+        self._checked_join(flat, what)
+        new = set(flat).difference(cache)
+        if len(cache) + len(new) > len(self._index) + self._OOV_CACHE:
+            cache.clear()
+            cache.update(self._index)
+        cache.update(dict.fromkeys(new, UNK_ID))
+
     def _char_ids(self, joined: str) -> np.ndarray | None:
-        """Ids of the single-character tokens of ``joined`` through a table indexed by code point
-        (built once per vocabulary); None if the string cannot be encoded (lone surrogates)."""
+        """Ids of the single-character tokens joined into ``joined``, through a table indexed by
+        code point (built once per vocabulary); None for strings that cannot be encoded (lone
+        surrogates)."""
         try:
             codes = np.frombuffer(joined.encode("utf-32-le"), dtype=np.uint32).astype(np.int64)
         except UnicodeEncodeError:
