@@ -478,6 +478,40 @@ def test_stream_scoring_sparse_orders_and_arpa_without_prefixes(tmp_path):
     assert m.sentence_log_prob(["a", "b", "c"]) / math.log(10) == pytest.approx(-0.1 + (-0.2 - 0.25 - 0.7) - 0.05 - 0.6)
 
 
+def test_token_cache_learns_new_words_and_still_refuses_bad_tokens():
+    """Scoring maps tokens through a cache of the vocabulary and the unseen words met before: new
+    words on a later call, a non-string token after the cache is warm, a refit vocabulary, str
+    subclasses and a cache that outgrows its bound all give what the plain mapping gives."""
+    rng = np.random.default_rng(4)
+    train = random_corpus(rng, 60, vocab=8)
+    lm = NgramLM(3, "kneser-ney").fit(train)
+    first = [["w1", "new1", "w2"], ["new2"]]
+    second = [["new3", "w1", "new1"], ["w7", "new4", "new4"]]
+    for sents in (first, second, first):
+        _assert_same_scores(lm.sentence_log_probs(sents), _per_sentence_reference(lm, sents))
+        assert lm.perplexity(sents).num_oov == sum(t.startswith("new") for s in sents for t in s)
+    assert lm.sentence_log_prob([np.str_("w1"), "new1"]) == lm.sentence_log_prob(["w1", "new9"])
+    with pytest.raises(InputError, match="must be strings, found int"):
+        lm.sentence_log_probs([["w1", "new1"], ["w2", 3]])
+    with pytest.raises(InputError, match="must be strings, found list"):
+        lm.sentence_log_probs([["w1", ["w2"]]])
+    with pytest.raises(InputError, match="reserved"):
+        lm.sentence_log_probs([["w1", "</s>", "w2"]])
+    old = NgramLM._OOV_CACHE
+    try:
+        NgramLM._OOV_CACHE = 5
+        many = [[f"x{i}" for i in range(j, j + 4)] + ["w1"] for j in range(0, 40, 4)]
+        for s in many:
+            lm.sentence_log_probs([s])
+        assert len(lm._token_cache[1]) <= lm.vocab_size + 5
+        _assert_same_scores(lm.sentence_log_probs(many), _per_sentence_reference(lm, many))
+    finally:
+        NgramLM._OOV_CACHE = old
+    lm.fit([s + ["new1"] for s in train])  # "new1" is a word now
+    assert lm.token_id("new1") != UNK_ID
+    _assert_same_scores(lm.sentence_log_probs(first), _per_sentence_reference(lm, first))
+
+
 def test_displace_hash_finds_every_key_in_one_probe():
     """Every key gets a slot of its own; a query finds its key's slot, and -1 where absent, for
     dense, sparse and clustered keys, a single key and none."""

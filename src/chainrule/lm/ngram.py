@@ -1385,6 +1385,7 @@ class NgramLM:
         if len(cache) + len(new) > len(self._index) + self._OOV_CACHE:
             cache.clear()
             cache.update(self._index)
+            new = set(flat).difference(cache)
         cache.update(dict.fromkeys(new, UNK_ID))
 
     def _char_ids(self, joined: str) -> np.ndarray | None:
