@@ -1349,9 +1349,11 @@ class NgramLM:
         :meth:`_learn_tokens`, which checks the tokens and adds the new words."""
         sents = _validate_sentences(sentences, what)
         lengths = np.fromiter(map(len, sents), dtype=np.int64, count=len(sents))
-        flat = list(chain.from_iterable(sents))
+        num = int(lengths.sum())
+        first = next(chain.from_iterable(sents), None)
         ids = None
-        if flat and isinstance(flat[0], str) and len(flat[0]) == 1:  # perhaps characters
+        if isinstance(first, str) and len(first) == 1:  # perhaps characters
+            flat = list(chain.from_iterable(sents))
             joined = self._checked_join(flat, what)
             if len(joined) == len(flat) and "" not in flat:  # all of them: one character each
                 ids = self._char_ids(joined)
@@ -1360,10 +1362,10 @@ class NgramLM:
             if cache is None or cache[0] is not self._index:
                 cache = self.__dict__["_token_cache"] = (self._index, dict(self._index))
             try:
-                ids = np.fromiter(map(cache[1].__getitem__, flat), dtype=np.int64, count=len(flat))
+                ids = np.fromiter(map(cache[1].__getitem__, chain.from_iterable(sents)), dtype=np.int64, count=num)
             except (KeyError, TypeError):
-                self._learn_tokens(flat, cache[1], what)
-                ids = np.fromiter(map(cache[1].__getitem__, flat), dtype=np.int64, count=len(flat))
+                self._learn_tokens(list(chain.from_iterable(sents)), cache[1], what)
+                ids = np.fromiter(map(cache[1].__getitem__, chain.from_iterable(sents)), dtype=np.int64, count=num)
         if ids.size and ((ids == BOS_ID) | (ids == EOS_ID)).any():
             raise InputError(f"{what} contains the reserved padding symbols {BOS!r}/{EOS!r}; remove them")
         return ids, lengths
