@@ -50,8 +50,13 @@ scoring: one look-up per token; single characters via their code points); the pa
 key and counted with ``np.unique(..., return_inverse=True, return_counts=True)`` (a dense
 ``np.bincount`` when the key range is small, e.g. unigrams or characters); sorted keys + counts are
 kept per order and looked up for many queries at once through a hash table (:class:`_KeyIndex`,
-O(1) per query; sentences are scored as one padded stream, each j-gram looked up once). There is no
-Python-level loop over tokens or n-grams, only over the orders. A plain base-``V`` key
+O(1) per query). Sentences are scored as one padded stream through tables built for it on first use
+(:class:`_StreamTables`): per order a collision-free hash-and-displace table (:class:`_DisplaceHash`:
+one probe per query, no probing loop) with the level's parameters stored per slot, each j-gram
+looked up once, every level applied to all positions at once without selections (the sparse high
+orders only where their context is present); token strings map to ids through one dictionary of
+the vocabulary and of the unseen words met before. There is no Python-level loop over tokens or
+n-grams, only over the orders. A plain base-``V`` key
 ``sum_i w_i V^(k-i)`` overflows int64 for ``V^5`` once ``V > 6208`` (Tiny Shakespeare has ~9k word
 types at min_count 2), so the key is mixed-radix:
 ``key(w_1..w_k) = w_1 * M_{k-1} + rank_{k-1}(w_2..w_k)``, base ``V`` in the first token and the
@@ -293,6 +298,11 @@ class _KeyIndex:
         return out.reshape(q.shape)
 
 
+#: one slot of an order's scoring table (:class:`_StreamTables`): the key, the level's ``a`` and
+#: ``K``, and the ``g`` of the n-gram as a context one order up; 32 bytes, two per cache line
+_RECORD = np.dtype([("key", "<i8"), ("a", "<f8"), ("g", "<f8"), ("k", "<f8")])
+
+
 class _DisplaceHash:
     """A collision-free hash table of distinct non-negative int64 keys: every key has a slot of its
     own, found with *one* probe and no probing loop (hash and displace: D. Belazzougui, F. C.
@@ -453,7 +463,6 @@ class _StreamTables:
             sizes.append(table.size)
         self.A: list[np.ndarray] = []  # per code
         self.K: list[np.ndarray | None] = []  # per code; None: interpolated, or listed = found
-        self.KA: list[np.ndarray | None] = [None]  # per slot: key bits + 1j a
         self.listed_is_found: list[bool] = []
         self.G: list[np.ndarray | float] = []  # per code of the order below
         for k in range(1, n + 1):
@@ -479,10 +488,6 @@ class _StreamTables:
                     K[code[ok]] = 0.0
                 self.G.append(float(lev.g[0]))
             else:
-                KA = np.empty(sizes[k - 1], dtype=np.complex128)
-                KA.real = self.tables[k - 1].slot_keys.view(np.float64)  # the key's bits, compared as int64
-                KA.imag = A[2:]
-                self.KA.append(KA)
                 G = np.full(sizes[k - 2] + 2, float(lev.g_unseen))
                 G[1] = 1.0
                 if lev.g.size:
@@ -492,6 +497,25 @@ class _StreamTables:
             self.A.append(A)
             self.K.append(K)
             self.listed_is_found.append(listed_is_found)
+        # order k >= 2: one 32-byte record per slot: the key, a, K and the g of the k-gram as the
+        # context of order k + 1, so that one gather per order serves the check, the level and the
+        # next level's context (cold caches: a gather of a record costs what one of a float does)
+        self.rec: list[np.ndarray | None] = [None]
+        for k in range(2, n + 1):
+            rec = np.zeros(sizes[k - 1], dtype=_RECORD)
+            rec["key"] = self.tables[k - 1].slot_keys  # type: ignore[union-attr]
+            rec["a"] = self.A[k - 1][2:]
+            K = self.K[k - 1]
+            rec["k"] = 1.0 if K is None else K[2:]
+            if k < n:
+                rec["g"] = self.G[k][2:]  # type: ignore[index]
+            self.rec.append(rec)
+        self.has_k = [K is not None for K in self.K]  # levels that need K (backoff levels with unlisted entries)
+        for k in range(2, n + 1):  # the records hold them
+            self.A[k - 1] = self.K[k - 1] = None  # type: ignore[call-overload]
+            if k < n:
+                self.G[k] = None  # type: ignore[call-overload]
+        self.gu = [float(lev.g_unseen) for lev in model._levels]
         self.base = model._base
         self.base_zero = not model._base.any()
         self.recursive = model._recursive
@@ -526,19 +550,21 @@ class _StreamTables:
             p = p0.copy()  # a non-recursive smoother reads its top level only: no position has span 1 but pads
         elif not self.recursive:
             return p
-        prev = code
+        if n == 1:
+            return p
+        g = np.take(self.G[1], code)  # g of the unigram at each position, as the context of order 2
         for k in range(2, n + 1):
-            present = prev > 0  # the (k-1)-gram ending at each position is in the tables
+            present = code > 0  # the (k-1)-gram ending at each position is in the tables
             present[:k - 1] = False  # no k-gram ends before position k - 1
             sparse = (self.recursive and self.closed[k - 1] and self.g_unseen_one[k - 1]
                       and np.count_nonzero(present) < self.SPARSE * total)
-            prev = (self._level_sparse if sparse else self._level_full)(k, stream, prev, present, p, p0, offset)
+            code, g = (self._level_sparse if sparse else self._level_full)(k, stream, code, g, present, p, p0, offset)
         return p
 
     def _look_up(self, k: int, stream: np.ndarray, prev: np.ndarray, at: slice | np.ndarray, present: np.ndarray | None
                  ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        """The order-k entries of the k-grams ending at positions ``at`` (whose suffix codes are
-        ``prev[at]``): (slot record ``keys + 1j a``, found, code)."""
+        """The order-k records of the k-grams ending at positions ``at`` (whose suffix codes are
+        ``prev[at]``): (record, found, code)."""
         if isinstance(at, slice):
             q = stream[:stream.size - k + 1] * self.radix[k - 1]
             q += prev[at]
@@ -546,65 +572,92 @@ class _StreamTables:
         else:
             q = np.take(stream, at - (k - 1)) * self.radix[k - 1]
             q += np.take(prev, at)
-        table = self.tables[k - 1]
-        s = table.find_slots(q)
-        z = np.take(self.KA[k - 1], s)
-        hit = z.real.view(np.int64) == q
+        s = self.tables[k - 1].find_slots(q)  # type: ignore[union-attr]
+        z = np.take(self.rec[k - 1], s)  # type: ignore[arg-type]
+        hit = z["key"] == q
         s += 2
         s *= hit
         return z, hit, s
 
-    def _level_full(self, k: int, stream: np.ndarray, prev: np.ndarray, present: np.ndarray, p: np.ndarray,
-                    p0: np.ndarray, offset: np.ndarray | None) -> np.ndarray:
-        """Order k at every position k - 1.. (before them no k-gram fits: level k does not apply)."""
+    def _next_g(self, k: int, z: np.ndarray, hit: np.ndarray) -> np.ndarray:
+        """The g of each looked-up k-gram as the context of order k + 1 (its ``g_unseen`` where absent)."""
+        g = z["g"] * hit
+        miss = ~hit
+        if self.gu[k] == 1.0:
+            g += miss
+        else:
+            g += self.gu[k] * miss
+        return g
+
+    def _level_full(self, k: int, stream: np.ndarray, prev: np.ndarray, g_prev: np.ndarray, present: np.ndarray,
+                    p: np.ndarray, p0: np.ndarray, offset: np.ndarray | None) -> tuple[np.ndarray, np.ndarray]:
+        """Order k at every position k - 1.. (before them no k-gram fits: level k does not apply);
+        returns the code of the k-gram at every position, and its g as a context one order up."""
         total, lo, n = stream.size, 1, len(self.G)
         z, hit, c = self._look_up(k, stream, prev, slice(k - 1, None), present)
         code = np.empty(total, dtype=np.int64)
         code[:k - 1] = 0
         code[k - 1:] = c
         P = p[k - 1 - lo:]
-        ctx = prev[k - 2:total - 1]  # context: the (k-1)-gram ending one position earlier
+        gp = g_prev[k - 2:total - 1]  # the context's g: the (k-1)-gram ending one position earlier
         if offset is not None and self.recursive and not self.g_unseen_one[k - 1]:
-            ctx = np.where(offset[k - 1:] >= k - 1, ctx, 1)  # before the sentence start: not an unseen context
-        gp = np.take(self.G[k - 1], ctx)
-        gp *= P if self.recursive else p0[k - 1 - lo:]
+            gp = np.where(offset[k - 1:] >= k - 1, gp, 1.0)  # before the sentence start: not an unseen context
+        gp = gp * (P if self.recursive else p0[k - 1 - lo:])
         if self.listed_is_found[k - 1]:
             gp *= ~hit
-        elif self.K[k - 1] is not None:
-            gp *= np.take(self.K[k - 1], c)  # type: ignore[arg-type]
-        a = z.imag * hit
+        elif self.has_k[k - 1]:
+            keff = z["k"] * hit
+            keff += ~hit
+            gp *= keff
+        a = z["a"] * hit
         if self.recursive:
             np.add(a, gp, out=P)
         else:  # each position reads the level of its span: min(n, offset + 1)
             a += gp
             P[...] = np.where(np.minimum(n, offset[k - 1:] + 1) == k, a, P)  # type: ignore[index]
-        return code
+        g = np.empty(0)
+        if k < n:
+            g = np.empty(total)
+            g[:k - 1] = self.gu[k]
+            g[k - 1:] = self._next_g(k, z, hit)
+        return code, g
 
-    def _level_sparse(self, k: int, stream: np.ndarray, prev: np.ndarray, present: np.ndarray, p: np.ndarray,
-                      p0: np.ndarray, offset: np.ndarray | None) -> np.ndarray:
+    def _level_sparse(self, k: int, stream: np.ndarray, prev: np.ndarray, g_prev: np.ndarray, present: np.ndarray,
+                      p: np.ndarray, p0: np.ndarray, offset: np.ndarray | None) -> tuple[np.ndarray, np.ndarray]:
         """Order k where few (k-1)-grams are present: look up the k-grams ending at those
         positions, and apply the level where the context (the (k-1)-gram one position earlier) is
         present: with prefix-closed tables every k-gram found has it, and elsewhere (g_unseen = 1)
-        the level changes nothing."""
-        total, lo = stream.size, 1
+        the level changes nothing. ``g_prev`` need only be right where ``prev`` is present."""
+        total, lo, n = stream.size, 1, len(self.G)
         at = np.flatnonzero(present)
         code = np.zeros(total, dtype=np.int64)
+        a_at = np.zeros(total)
+        k_at = None if self.listed_is_found[k - 1] or not self.has_k[k - 1] else np.ones(total)
+        g = np.empty(0)
+        if k < n:
+            g = np.full(total, self.gu[k])
         if at.size:
-            code[at] = self._look_up(k, stream, prev, at, None)[2]
+            z, hit, c = self._look_up(k, stream, prev, at, None)
+            code[at] = c
+            a_at[at] = z["a"] * hit
+            if k_at is not None:
+                keff = z["k"] * hit
+                keff += ~hit
+                k_at[at] = keff
+            if k < n:
+                g[at] = self._next_g(k, z, hit)
         ctx_at = np.flatnonzero(prev[:total - 1] > 0)  # positions t - 1 whose (k-1)-gram is present
         t = ctx_at + 1
-        c = np.take(code, t)
-        gp = np.take(self.G[k - 1], np.take(prev, ctx_at))
-        P = np.take(p, t - lo)
-        gp *= P
+        gp = np.take(g_prev, ctx_at)
+        gp *= np.take(p, t - lo)
         if self.listed_is_found[k - 1]:
-            gp *= c == 0
-        elif self.K[k - 1] is not None:
-            gp *= np.take(self.K[k - 1], c)
-        a = np.take(self.A[k - 1], c)
+            gp *= np.take(code, t) == 0
+        elif k_at is not None:
+            gp *= np.take(k_at, t)
+        a = np.take(a_at, t)
         a += gp
         p[t - lo] = a
-        return code
+        return code, g
 
 
 def _count_keys(key: np.ndarray, bound: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
