@@ -561,10 +561,10 @@ class _StreamTables:
             code, g = (self._level_sparse if sparse else self._level_full)(k, stream, code, g, present, p, p0, offset)
         return p
 
-    def _look_up(self, k: int, stream: np.ndarray, prev: np.ndarray, at: slice | np.ndarray, present: np.ndarray | None
-                 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    def _look_up(self, k: int, stream: np.ndarray, prev: np.ndarray, at: slice | np.ndarray, present: np.ndarray | None,
+                 out: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """The order-k records of the k-grams ending at positions ``at`` (whose suffix codes are
-        ``prev[at]``): (record, found, code)."""
+        ``prev[at]``): (record, found, code; the codes into ``out`` if given)."""
         if isinstance(at, slice):
             q = stream[:stream.size - k + 1] * self.radix[k - 1]
             q += prev[at]
@@ -576,38 +576,32 @@ class _StreamTables:
         z = np.take(self.rec[k - 1], s)  # type: ignore[arg-type]
         hit = z["key"] == q
         s += 2
-        s *= hit
-        return z, hit, s
+        return z, hit, np.multiply(s, hit, out=out if out is not None else s)
 
-    def _next_g(self, k: int, z: np.ndarray, hit: np.ndarray) -> np.ndarray:
-        """The g of each looked-up k-gram as the context of order k + 1 (its ``g_unseen`` where absent)."""
-        g = z["g"] * hit
-        miss = ~hit
-        if self.gu[k] == 1.0:
-            g += miss
-        else:
-            g += self.gu[k] * miss
-        return g
+    def _next_g(self, k: int, z: np.ndarray, hit: np.ndarray, miss: np.ndarray, out: np.ndarray) -> None:
+        """The g of each looked-up k-gram as the context of order k + 1 (its ``g_unseen`` where absent), into ``out``."""
+        np.multiply(z["g"], hit, out=out)
+        out += miss if self.gu[k] == 1.0 else self.gu[k] * miss
 
     def _level_full(self, k: int, stream: np.ndarray, prev: np.ndarray, g_prev: np.ndarray, present: np.ndarray,
                     p: np.ndarray, p0: np.ndarray, offset: np.ndarray | None) -> tuple[np.ndarray, np.ndarray]:
         """Order k at every position k - 1.. (before them no k-gram fits: level k does not apply);
         returns the code of the k-gram at every position, and its g as a context one order up."""
         total, lo, n = stream.size, 1, len(self.G)
-        z, hit, c = self._look_up(k, stream, prev, slice(k - 1, None), present)
         code = np.empty(total, dtype=np.int64)
         code[:k - 1] = 0
-        code[k - 1:] = c
+        z, hit, _ = self._look_up(k, stream, prev, slice(k - 1, None), present, code[k - 1:])
         P = p[k - 1 - lo:]
         gp = g_prev[k - 2:total - 1]  # the context's g: the (k-1)-gram ending one position earlier
         if offset is not None and self.recursive and not self.g_unseen_one[k - 1]:
             gp = np.where(offset[k - 1:] >= k - 1, gp, 1.0)  # before the sentence start: not an unseen context
         gp = gp * (P if self.recursive else p0[k - 1 - lo:])
+        miss = ~hit
         if self.listed_is_found[k - 1]:
-            gp *= ~hit
+            gp *= miss
         elif self.has_k[k - 1]:
             keff = z["k"] * hit
-            keff += ~hit
+            keff += miss
             gp *= keff
         a = z["a"] * hit
         if self.recursive:
@@ -619,7 +613,7 @@ class _StreamTables:
         if k < n:
             g = np.empty(total)
             g[:k - 1] = self.gu[k]
-            g[k - 1:] = self._next_g(k, z, hit)
+            self._next_g(k, z, hit, miss, g[k - 1:])
         return code, g
 
     def _level_sparse(self, k: int, stream: np.ndarray, prev: np.ndarray, g_prev: np.ndarray, present: np.ndarray,
@@ -640,12 +634,15 @@ class _StreamTables:
             z, hit, c = self._look_up(k, stream, prev, at, None)
             code[at] = c
             a_at[at] = z["a"] * hit
+            miss = ~hit
             if k_at is not None:
                 keff = z["k"] * hit
-                keff += ~hit
+                keff += miss
                 k_at[at] = keff
             if k < n:
-                g[at] = self._next_g(k, z, hit)
+                g_at = np.empty(at.size)
+                self._next_g(k, z, hit, miss, g_at)
+                g[at] = g_at
         ctx_at = np.flatnonzero(prev[:total - 1] > 0)  # positions t - 1 whose (k-1)-gram is present
         t = ctx_at + 1
         gp = np.take(g_prev, ctx_at)
