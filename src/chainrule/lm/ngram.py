@@ -1410,12 +1410,16 @@ class NgramLM:
         if ids is None:
             cache = self.__dict__.get("_token_cache")
             if cache is None or cache[0] is not self._index:
-                cache = self.__dict__["_token_cache"] = (self._index, dict(self._index))
+                # <s> and </s> map to None, which np.fromiter refuses: the slow path names them
+                cache = self.__dict__["_token_cache"] = (self._index, {**self._index, BOS: None, EOS: None})
             try:
-                ids = np.fromiter(map(cache[1].__getitem__, chain.from_iterable(sents)), dtype=np.int64, count=num)
+                return np.fromiter(map(cache[1].__getitem__, chain.from_iterable(sents)), dtype=np.int64, count=num), lengths
             except (KeyError, TypeError):
-                self._learn_tokens(list(chain.from_iterable(sents)), cache[1], what)
-                ids = np.fromiter(map(cache[1].__getitem__, chain.from_iterable(sents)), dtype=np.int64, count=num)
+                flat = list(chain.from_iterable(sents))
+                self._learn_tokens(flat, cache[1], what)
+                if BOS in flat or EOS in flat:
+                    raise InputError(f"{what} contains the reserved padding symbols {BOS!r}/{EOS!r}; remove them") from None
+                ids = np.fromiter(map(cache[1].__getitem__, flat), dtype=np.int64, count=num)
         if ids.size and ((ids == BOS_ID) | (ids == EOS_ID)).any():
             raise InputError(f"{what} contains the reserved padding symbols {BOS!r}/{EOS!r}; remove them")
         return ids, lengths
@@ -1436,7 +1440,7 @@ class NgramLM:
         new = set(flat).difference(cache)
         if len(cache) + len(new) > len(self._index) + self._OOV_CACHE:
             cache.clear()
-            cache.update(self._index)
+            cache.update({**self._index, BOS: None, EOS: None})
             new = set(flat).difference(cache)
         cache.update(dict.fromkeys(new, UNK_ID))
 
