@@ -554,10 +554,13 @@ class _StreamTables:
             return p
         g = np.take(self.G[1], code)  # g of the unigram at each position, as the context of order 2
         for k in range(2, n + 1):
-            present = code > 0  # the (k-1)-gram ending at each position is in the tables
-            present[:k - 1] = False  # no k-gram ends before position k - 1
-            sparse = (self.recursive and self.closed[k - 1] and self.g_unseen_one[k - 1]
-                      and np.count_nonzero(present) < self.SPARSE * total)
+            if k == 2 and self.lut is None:  # every token is a unigram of the table: all present
+                present, sparse = None, False
+            else:
+                present = code > 0  # the (k-1)-gram ending at each position is in the tables
+                present[:k - 1] = False  # no k-gram ends before position k - 1
+                sparse = (self.recursive and self.closed[k - 1] and self.g_unseen_one[k - 1]
+                          and np.count_nonzero(present) < self.SPARSE * total)
             code, g = (self._level_sparse if sparse else self._level_full)(k, stream, code, g, present, p, p0, offset)
         return p
 
@@ -568,7 +571,8 @@ class _StreamTables:
         if isinstance(at, slice):
             q = stream[:stream.size - k + 1] * self.radix[k - 1]
             q += prev[at]
-            q *= present[at]  # an absent suffix: the query 0, in no table, one cached slot for all  # type: ignore[index]
+            if present is not None:
+                q *= present[at]  # an absent suffix: the query 0, in no table, one cached slot for all
         else:
             q = np.take(stream, at - (k - 1)) * self.radix[k - 1]
             q += np.take(prev, at)
@@ -583,7 +587,7 @@ class _StreamTables:
         np.multiply(z["g"], hit, out=out)
         out += miss if self.gu[k] == 1.0 else self.gu[k] * miss
 
-    def _level_full(self, k: int, stream: np.ndarray, prev: np.ndarray, g_prev: np.ndarray, present: np.ndarray,
+    def _level_full(self, k: int, stream: np.ndarray, prev: np.ndarray, g_prev: np.ndarray, present: np.ndarray | None,
                     p: np.ndarray, p0: np.ndarray, offset: np.ndarray | None) -> tuple[np.ndarray, np.ndarray]:
         """Order k at every position k - 1.. (before them no k-gram fits: level k does not apply);
         returns the code of the k-gram at every position, and its g as a context one order up."""
