@@ -408,17 +408,20 @@ class _StreamTables:
     all j-grams ending at every position of a stream so take one probe per order on the codes of
     the order below.
 
-    **Parameters per code.** The slot's key and the level's ``a`` share one complex128 entry
-    (``keys + 1j a``; the key's int64 bits in the real part), so one gather gives both the check and
-    the value. ``G_k`` holds ``g`` per code of order k - 1 (``g_unseen`` at 0, 1 at 1). A backoff
-    level whose every table entry is listed needs nothing more (listed = found); otherwise ``K_k``
-    (per code: 0 where listed, else 1). One level is then, for every position at once,
-    ``p = a + G_k[context code] p K`` with no selection: a k-gram not found and an unseen context
-    leave ``p`` unchanged when ``g_unseen`` is 1, exactly as the per-row path's selections do
-    (``0 + 1 p``, and products with 0 and 1, are exact). Where few suffixes are present (the high
-    orders) the order is computed on those positions only: the queries where the suffix is
-    present, the level where the context is (every k-gram found there has its context found when
-    the tables are prefix-closed, which is checked).
+    **Parameters per slot.** Each slot of order k >= 2 is one 32-byte record (:data:`_RECORD`): the
+    key, the level's ``a`` and ``K`` (backoff levels: 0 where the k-gram is listed, else 1) and the
+    ``g`` of the k-gram as the context of order k + 1; one gather per order gives the check, the
+    level and the next level's context (with cold caches a 32-byte record costs what one float
+    does). Unigrams are small arrays indexed by code (``G`` of order 2: ``g_unseen`` at 0, 1 at 1).
+    One level is then, for every position at once and with no selection,
+    ``p = hit a + g_context p (hit K + 1 - hit)`` (interpolated levels: ``K = 1``; a backoff level
+    whose every table entry is listed: ``K = 0``, so the factor is ``1 - hit``), where ``hit`` says
+    whether the k-gram was found: a k-gram not found and an unseen context leave ``p`` unchanged when
+    ``g_unseen`` is 1, exactly as the per-row path's selections do (``0 + 1 p``, and products with
+    0 and 1, are exact). Where few suffixes are present (the high orders) the order is computed on
+    those positions only: the queries where the suffix is present, the level where the context is
+    (every k-gram found there has its context found when the tables are prefix-closed, which is
+    checked when they are built).
 
     With SRILM padding a context is cut at its ``<s>``: the n-grams that have ``<s>`` after their
     first token are left out of the tables (a query that respects the sentence start never reads
