@@ -491,6 +491,11 @@ def test_token_cache_learns_new_words_and_still_refuses_bad_tokens():
         _assert_same_scores(lm.sentence_log_probs(sents), _per_sentence_reference(lm, sents))
         assert lm.perplexity(sents).num_oov == sum(t.startswith("new") for s in sents for t in s)
     assert lm.sentence_log_prob([np.str_("w1"), "new1"]) == lm.sentence_log_prob(["w1", "new9"])
+    starts_short = [["a", "w1", "w2"], ["w3", "b"], [""], ["", "w1"]]  # a one-character first word: not a character corpus
+    _assert_same_scores(lm.sentence_log_probs(starts_short), _per_sentence_reference(lm, starts_short))
+    chars = NgramLM(3, "witten-bell").fit([list("".join(s)) for s in train])
+    mixed = [list("w1w2"), ["w", "1x", "2"], ["w", ""], list("w\ud800")]  # not all single characters; a lone surrogate
+    _assert_same_scores(chars.sentence_log_probs(mixed), _per_sentence_reference(chars, mixed))
     with pytest.raises(InputError, match="must be strings, found int"):
         lm.sentence_log_probs([["w1", "new1"], ["w2", 3]])
     with pytest.raises(InputError, match="must be strings, found list"):
