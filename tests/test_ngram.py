@@ -405,6 +405,137 @@ def test_sentence_scoring_equals_scoring_the_rows(smoothing, padding, tmp_path):
                 assert ppl.cross_entropy_nats_per_token == pytest.approx(-per_row.mean(), rel=1e-12)
 
 
+def _per_sentence_reference(m: NgramLM, sents: list[list[str]]) -> np.ndarray:
+    """Each sentence scored alone through the plain per-row path (``log_probs`` of its n-gram rows)."""
+    return np.array([m.log_probs(m.ngram_rows([s])).sum() for s in sents])
+
+
+def _assert_same_scores(got: np.ndarray, expected: np.ndarray) -> None:
+    fin = np.isfinite(expected)
+    np.testing.assert_array_equal(np.isfinite(got), fin)
+    np.testing.assert_array_equal(got[~fin], expected[~fin])
+    np.testing.assert_allclose(got[fin], expected[fin], rtol=1e-12, atol=1e-12)
+
+
+@pytest.mark.parametrize("padding", PADDINGS)
+@pytest.mark.parametrize("smoothing", sorted(SMOOTHERS))
+def test_stream_scoring_equals_per_sentence_rows_on_random_corpora(smoothing, padding, tmp_path):
+    """The corpus-at-once stream path (hash-and-displace tables, branch-free levels, the sparse
+    high orders) gives, to 1e-12, what scoring each sentence alone row by row gives: random corpora,
+    orders 1-5, every smoother, both paddings, OOV words, empty sentences, a given vocabulary (so
+    that some unigrams are not in the table), single-character tokens, and models read from ARPA."""
+    rng = np.random.default_rng(11)
+    for order in (1, 2, 3, 4, 5):
+        vocab = int(rng.integers(4, 30))
+        train = random_corpus(rng, int(rng.integers(20, 120)), vocab=vocab, max_len=12, zipf=bool(rng.integers(2)))
+        test = random_corpus(rng, 25, vocab=vocab + 3, max_len=14) + [[], ["w0"], ["w0"] * 9]
+        given = [f"w{i}" for i in range(vocab + 2)]  # two words never seen in training
+        try:
+            models = [NgramLM(order, smoothing, padding=padding).fit(train),
+                      NgramLM(order, smoothing, padding=padding).fit(train, vocabulary=given)]
+        except InputError:
+            continue  # a smoother/padding/order combination that does not exist
+        if smoothing in ARPA and order > 1:
+            models.append(NgramLM.from_arpa(models[0].to_arpa(tmp_path / f"{smoothing}{order}.arpa")))
+        cases = [(m, test) for m in models]
+        try:  # single characters (scored through their code points), with one never seen
+            chars = NgramLM(order, smoothing, padding=padding).fit([list("".join(s)) for s in train[:60]])
+            cases.append((chars, [list("".join(s)) + ["é"] for s in test]))
+        except InputError:
+            pass
+        for m, sents in cases:
+            _assert_same_scores(m.sentence_log_probs(sents), _per_sentence_reference(m, sents))
+            assert m.sentence_log_prob(sents[0]) == pytest.approx(_per_sentence_reference(m, sents[:1])[0], abs=1e-12)
+
+
+def test_stream_scoring_sparse_orders_and_arpa_without_prefixes(tmp_path):
+    """The high orders computed on the positions whose suffix is present only (a 5-gram model on
+    unseen text), and an ARPA file that lists a trigram whose bigram prefix it does not list (not
+    prefix-closed: every position is computed), agree with the per-row path."""
+    from chainrule.lm.ngram import _StreamTables
+
+    train, test = toy_english(400, 0), toy_english(60, 1) + [["qwerty", "the"], []]
+    lm = NgramLM(5, "kneser-ney").fit(train)
+    tables = lm._stream_tables()
+    assert all(tables.closed)
+    _assert_same_scores(lm.sentence_log_probs(test), _per_sentence_reference(lm, test))
+    old = _StreamTables.SPARSE
+    try:
+        for share in (0.0, 1.1):  # never / always sparse (where allowed): the same numbers
+            _StreamTables.SPARSE = share
+            _assert_same_scores(lm.sentence_log_probs(test), _per_sentence_reference(lm, test))
+    finally:
+        _StreamTables.SPARSE = old
+    arpa = ("\\data\\\nngram 1=5\nngram 2=2\nngram 3=1\n\n\\1-grams:\n-1.0\t<s>\t-0.5\n-0.5\ta\t-0.25\n"
+            "-0.7\tb\t-0.3\n-0.9\tc\n-0.6\t</s>\n\n\\2-grams:\n-0.1\t<s> a\t-0.2\n-0.2\tb c\n\n"
+            "\\3-grams:\n-0.05\ta b c\n\n\\end\\\n")
+    (tmp_path / "open.arpa").write_text(arpa)
+    m = NgramLM.from_arpa(tmp_path / "open.arpa")
+    assert m._stream_tables().closed == [True, True, False]  # "a b c" is listed, "a b" is not
+    sents = [["a", "b", "c"], ["a", "b", "c", "a", "b", "c"], ["c", "b"], ["a"], []]
+    _assert_same_scores(m.sentence_log_probs(sents), _per_sentence_reference(m, sents))
+    # <s> a | a b: bow(<s> a) bow(a) p(b) | a b c: listed, though "a b" is not | c </s>: p(</s>)
+    assert m.sentence_log_prob(["a", "b", "c"]) / math.log(10) == pytest.approx(-0.1 + (-0.2 - 0.25 - 0.7) - 0.05 - 0.6)
+
+
+def test_token_cache_learns_new_words_and_still_refuses_bad_tokens():
+    """Scoring maps tokens through a cache of the vocabulary and the unseen words met before: new
+    words on a later call, a non-string token after the cache is warm, a refit vocabulary, str
+    subclasses and a cache that outgrows its bound all give what the plain mapping gives."""
+    rng = np.random.default_rng(4)
+    train = random_corpus(rng, 60, vocab=8)
+    lm = NgramLM(3, "kneser-ney").fit(train)
+    first = [["w1", "new1", "w2"], ["new2"]]
+    second = [["new3", "w1", "new1"], ["w7", "new4", "new4"]]
+    for sents in (first, second, first):
+        _assert_same_scores(lm.sentence_log_probs(sents), _per_sentence_reference(lm, sents))
+        assert lm.perplexity(sents).num_oov == sum(t.startswith("new") for s in sents for t in s)
+    assert lm.sentence_log_prob([np.str_("w1"), "new1"]) == lm.sentence_log_prob(["w1", "new9"])
+    starts_short = [["a", "w1", "w2"], ["w3", "b"], [""], ["", "w1"]]  # a one-character first word: not a character corpus
+    _assert_same_scores(lm.sentence_log_probs(starts_short), _per_sentence_reference(lm, starts_short))
+    chars = NgramLM(3, "witten-bell").fit([list("".join(s)) for s in train])
+    mixed = [list("w1w2"), ["w", "1x", "2"], ["w", ""], list("w\ud800")]  # not all single characters; a lone surrogate
+    _assert_same_scores(chars.sentence_log_probs(mixed), _per_sentence_reference(chars, mixed))
+    with pytest.raises(InputError, match="must be strings, found int"):
+        lm.sentence_log_probs([["w1", "new1"], ["w2", 3]])
+    with pytest.raises(InputError, match="must be strings, found list"):
+        lm.sentence_log_probs([["w1", ["w2"]]])
+    with pytest.raises(InputError, match="reserved"):
+        lm.sentence_log_probs([["w1", "</s>", "w2"]])
+    old = NgramLM._OOV_CACHE
+    try:
+        NgramLM._OOV_CACHE = 5
+        many = [[f"x{i}" for i in range(j, j + 4)] + ["w1"] for j in range(0, 40, 4)]
+        for s in many:
+            lm.sentence_log_probs([s])
+        assert len(lm._token_cache[1]) <= lm.vocab_size + 5
+        _assert_same_scores(lm.sentence_log_probs(many), _per_sentence_reference(lm, many))
+    finally:
+        NgramLM._OOV_CACHE = old
+    lm.fit([s + ["new1"] for s in train])  # "new1" is a word now
+    assert lm.token_id("new1") != UNK_ID
+    _assert_same_scores(lm.sentence_log_probs(first), _per_sentence_reference(lm, first))
+
+
+def test_displace_hash_finds_every_key_in_one_probe():
+    """Every key gets a slot of its own; a query finds its key's slot, and -1 where absent, for
+    dense, sparse and clustered keys, a single key and none."""
+    from chainrule.lm.ngram import _DisplaceHash, _lookup
+
+    rng = np.random.default_rng(1)
+    sparse = np.unique(rng.integers(2, 1 << 50, 30000))
+    clustered = np.unique(np.concatenate([sparse[:50], (np.arange(3000) << 44) + 7, np.arange(2, 5000)]))
+    for keys in (sparse, clustered, np.array([5], dtype=np.int64), np.zeros(0, dtype=np.int64)):
+        table = _DisplaceHash(keys)
+        assert np.unique(table.slots).size == keys.size and np.all(table.slot_keys[table.slots] == keys)
+        assert keys.size <= 0.7 * table.size or keys.size < 4
+        queries = np.concatenate([keys, rng.integers(0, 1 << 51, 5000), keys[::7] + 1, [0, 1, 1 << 62]]).astype(np.int64)
+        found = table.find(queries)
+        pos = _lookup(keys, queries)
+        np.testing.assert_array_equal(found >= 0, pos >= 0)
+        np.testing.assert_array_equal(found[pos >= 0], table.slots[pos[pos >= 0]])
+
+
 def test_mle_zero_probability_gives_inf_with_warning(caplog):
     caplog.set_level(logging.WARNING, logger="chainrule.lm.ngram")
     lm = NgramLM(2, "mle").fit([["a", "b"], ["b", "a"]])

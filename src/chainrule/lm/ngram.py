@@ -50,8 +50,13 @@ scoring: one look-up per token; single characters via their code points); the pa
 key and counted with ``np.unique(..., return_inverse=True, return_counts=True)`` (a dense
 ``np.bincount`` when the key range is small, e.g. unigrams or characters); sorted keys + counts are
 kept per order and looked up for many queries at once through a hash table (:class:`_KeyIndex`,
-O(1) per query; sentences are scored as one padded stream, each j-gram looked up once). There is no
-Python-level loop over tokens or n-grams, only over the orders. A plain base-``V`` key
+O(1) per query). Sentences are scored as one padded stream through tables built for it on first use
+(:class:`_StreamTables`): per order a collision-free hash-and-displace table (:class:`_DisplaceHash`:
+one probe per query, no probing loop) with the level's parameters stored per slot, each j-gram
+looked up once, every level applied to all positions at once without selections (the sparse high
+orders only where their context is present); token strings map to ids through one dictionary of
+the vocabulary and of the unseen words met before. There is no Python-level loop over tokens or
+n-grams, only over the orders. A plain base-``V`` key
 ``sum_i w_i V^(k-i)`` overflows int64 for ``V^5`` once ``V > 6208`` (Tiny Shakespeare has ~9k word
 types at min_count 2), so the key is mixed-radix:
 ``key(w_1..w_k) = w_1 * M_{k-1} + rank_{k-1}(w_2..w_k)``, base ``V`` in the first token and the
@@ -291,6 +296,375 @@ class _KeyIndex:
             on = (found != -1) & ~hit  # an occupied slot of another key: probe the next one
             active, qa, pos = active[on], qa[on], (pos[on] + 1) & self.mask
         return out.reshape(q.shape)
+
+
+#: one slot of an order's scoring table (:class:`_StreamTables`): the key, the level's ``a`` and
+#: ``K``, and the ``g`` of the n-gram as a context one order up; 32 bytes, two per cache line
+_RECORD = np.dtype([("key", "<i8"), ("a", "<f8"), ("g", "<f8"), ("k", "<f8")])
+
+
+class _DisplaceHash:
+    """A collision-free hash table of distinct non-negative int64 keys: every key has a slot of its
+    own, found with *one* probe and no probing loop (hash and displace: D. Belazzougui, F. C.
+    Botelho, M. Dietzfelbinger, "Hash, displace, and compress", ESA 2009). A key's bucket
+    ``b`` and home ``h`` come from the bits of ``key * 2^64/phi`` (Fibonacci hashing); its slot is
+    ``h XOR disp[b]``, where the displacement ``disp[b]`` of each bucket (~3 keys) is chosen at
+    build time so that no two keys share a slot. A query reads ``disp`` and the key in its one
+    slot; a different key there (or none) means absent.
+
+    The slot index is what scoring uses as a key's rank (parameters are stored per slot), so a
+    look-up is: one multiply, two shifts, two gathers, one compare. Load ``m / size`` in (0.35,
+    0.7]. Built with vectorized rounds (all buckets of one size at once, largest first; in a round
+    each bucket tries its next displacement, and of buckets that claim the same free slot the first
+    wins), in a few tens of milliseconds per 100k keys.
+    """
+
+    _MULS = (0x9E3779B97F4A7C15, 0xC2B2AE3D27D4EB4F, 0x165667B19E3779F9, 0xD6E8FEB86659FD93,
+             0xFF51AFD7ED558CCD, 0xC4CEB9FE1A85EC53, 0x27D4EB2F165667C5, 0x94D049BB133111EB)
+
+    def __init__(self, keys: np.ndarray) -> None:
+        keys = np.ascontiguousarray(keys, dtype=np.int64)
+        m = keys.size
+        for attempt in range(4 * len(self._MULS)):
+            tbits = max(2, int(m / 0.7).bit_length() + attempt // len(self._MULS))  # 2^tbits > m / 0.7
+            bbits = max(1, (m // 4).bit_length())  # 2^bbits > m / 4 buckets
+            self.mul = np.uint64(self._MULS[attempt % len(self._MULS)])
+            self.bshift, self.hshift = np.uint64(64 - bbits), np.uint64(64 - bbits - tbits)
+            self.hmask = np.uint64((1 << tbits) - 1)
+            self.size = 1 << tbits
+            slots = self._place(keys, 1 << bbits)
+            if slots is not None:
+                break
+        else:  # pragma: no cover - 32 multipliers and table sizes that all fail
+            raise DataError(f"cannot build a hash table for {m} n-gram keys")
+        self.slots = slots  # the slot of each key
+        self.slot_keys = np.full(self.size, -1, dtype=np.int64)
+        self.slot_keys[slots] = keys
+
+    def _bucket_home(self, q: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        h = np.ascontiguousarray(q, dtype=np.int64).view(np.uint64) * self.mul  # wraps modulo 2^64
+        return (h >> self.bshift).view(np.int64), (h >> self.hshift) & self.hmask
+
+    def _place(self, keys: np.ndarray, num_buckets: int) -> np.ndarray | None:
+        """Choose ``disp``; return the slot of every key, or None if this hash function fails."""
+        b, home = self._bucket_home(keys)
+        home = home.view(np.int64)
+        if np.unique(b * self.size + home).size < keys.size:
+            return None  # two keys of one bucket share their home: no displacement separates them
+        self.disp = np.zeros(num_buckets, dtype=np.uint16)  # small, so that it stays in cache
+        order = np.argsort(b, kind="stable")
+        counts = np.bincount(b, minlength=num_buckets)
+        first = np.cumsum(counts) - counts
+        taken = np.zeros(self.size, dtype=bool)
+        for s in range(int(counts.max(initial=0)), 0, -1):  # the largest buckets first, while the table is empty
+            bks = np.flatnonzero(counts == s)
+            if not bks.size:
+                continue
+            homes = home[order[first[bks][:, None] + np.arange(s)]]  # (buckets, s)
+            pending = np.arange(bks.size)
+            d = 0  # every pending bucket tries the same displacement in a round
+            while pending.size:
+                if d >= min(self.size, 1 << 16):
+                    return None
+                cand_slots = homes[pending] ^ d
+                free = ~taken[cand_slots].any(1)
+                cand, cs = pending[free], cand_slots[free]
+                if cand.size:
+                    flat = cs.reshape(-1)
+                    firsts = np.zeros(flat.size, dtype=bool)
+                    firsts[np.unique(flat, return_index=True)[1]] = True  # the first bucket to claim a slot gets it
+                    won = firsts.reshape(-1, s).all(1)
+                    taken[cs[won].reshape(-1)] = True
+                    self.disp[bks[cand[won]]] = d
+                    done = np.zeros(bks.size, dtype=bool)
+                    done[cand[won]] = True
+                    pending = pending[~done[pending]]
+                d += 1
+        return self.find_slots(keys)
+
+    def find_slots(self, q: np.ndarray) -> np.ndarray:
+        """The slot each query would occupy (int64, any shape); the key is present iff ``slot_keys[slot] == q``."""
+        b, home = self._bucket_home(q)
+        home ^= np.take(self.disp, b)
+        return home.view(np.int64).reshape(np.shape(q))
+
+    def find(self, q: np.ndarray) -> np.ndarray:
+        """Slot of each query key, -1 where absent."""
+        s = self.find_slots(q)
+        hit = np.take(self.slot_keys, s) == q
+        return np.where(hit, s, -1)
+
+
+class _StreamTables:
+    """What scoring a stream of sentences reads, built once per model (and again when the model's
+    tables or levels are replaced): per order, one hash table and the level's parameters per slot.
+
+    **Codes.** A k-gram found in the tables has the code ``slot + 2``, its slot in the
+    :class:`_DisplaceHash` of order k (for unigrams its token id); code 0 means absent, 1 (SRILM
+    padding, where it matters) that the n-gram would reach before its sentence's start. An order-k
+    key is ``first token * R_{k-1} + code of its (k-1)-gram suffix`` (``R_{k-1}`` = the size of the
+    order-(k-1) table + 2): a present suffix gives a key >= 2, so the query of an absent suffix is
+    set to 0, which no table holds, and all such queries read the same cached slot. The codes of
+    all j-grams ending at every position of a stream so take one probe per order on the codes of
+    the order below.
+
+    **Parameters per slot.** Each slot of order k >= 2 is one 32-byte record (:data:`_RECORD`): the
+    key, the level's ``a`` and ``K`` (backoff levels: 0 where the k-gram is listed, else 1) and the
+    ``g`` of the k-gram as the context of order k + 1; one gather per order gives the check, the
+    level and the next level's context (with cold caches a 32-byte record costs what one float
+    does). Unigrams are small arrays indexed by code (``G`` of order 2: ``g_unseen`` at 0, 1 at 1).
+    One level is then, for every position at once and with no selection,
+    ``p = hit a + g_context p (hit K + 1 - hit)`` (interpolated levels: ``K = 1``; a backoff level
+    whose every table entry is listed: ``K = 0``, so the factor is ``1 - hit``), where ``hit`` says
+    whether the k-gram was found: a k-gram not found and an unseen context leave ``p`` unchanged when
+    ``g_unseen`` is 1, exactly as the per-row path's selections do (``0 + 1 p``, and products with
+    0 and 1, are exact). Where few suffixes are present (the high orders) the order is computed on
+    those positions only: the queries where the suffix is present, the level where the context is
+    (every k-gram found there has its context found when the tables are prefix-closed, which is
+    checked when they are built).
+
+    Memory: 32 bytes per slot, 1.4-2.9 slots per n-gram, plus the displacements (~55-60 bytes per
+    n-gram in all on Tiny Shakespeare's 3- and 5-gram models).
+
+    With SRILM padding a context is cut at its ``<s>``: the n-grams that have ``<s>`` after their
+    first token are left out of the tables (a query that respects the sentence start never reads
+    them), so a look-up that crosses into the previous sentence finds nothing.
+    """
+
+    #: compute an order on the positions whose suffix is present when they are fewer than this share
+    SPARSE = 0.4
+
+    def __init__(self, model: NgramLM) -> None:
+        self.sources = (list(model._keys), list(model._levels), model._base, model._recursive)
+        n, V = model.order, len(model.vocab)
+        self.srilm = model.padding == "srilm"
+        keys1 = model._keys[0].astype(np.int64)
+        self.lut: np.ndarray | None = None  # token id -> unigram code, where not every id is in the table
+        if not np.array_equal(keys1, np.arange(V)):
+            self.lut = np.zeros(V, dtype=np.int64)
+            self.lut[keys1] = keys1 + 2
+        code_of = [keys1 + 2]  # per order: the code of each table entry (0: left out)
+        first_tok = [keys1]  # per order: the first token of each entry
+        sizes = [V]
+        self.tables: list[_DisplaceHash | None] = [None]
+        self.radix: list[int] = [0]
+        self.closed: list[bool] = [True]  # every kept k-gram's (k-1)-gram prefix is kept too
+        for k in range(2, n + 1):
+            keys, mult = model._keys[k - 1], model._mult(k)
+            first, suffix = keys // mult, keys % mult
+            suffix_code = code_of[-1][suffix]
+            keep = suffix_code > 0
+            if self.srilm:
+                keep &= first_tok[-1][suffix] != BOS_ID  # <s> inside the k-gram: never read
+            radix = sizes[-1] + 2
+            table = _DisplaceHash(first[keep] * radix + suffix_code[keep])
+            code = np.zeros(keys.size, dtype=np.int64)
+            code[keep] = table.slots + 2
+            prefix = model._chain(model._rows(k)[keep][:, :-1])[-1]  # dense rank of each kept k-gram's prefix
+            self.closed.append(bool(np.all(prefix >= 0) and np.all(code_of[-1][np.maximum(prefix, 0)] > 0)))
+            self.tables.append(table)
+            self.radix.append(radix)
+            code_of.append(code)
+            first_tok.append(first)
+            sizes.append(table.size)
+        self.A: list[np.ndarray] = []  # per code
+        self.K: list[np.ndarray | None] = []  # per code; None: interpolated, or listed = found
+        self.listed_is_found: list[bool] = []
+        self.G: list[np.ndarray | float] = []  # per code of the order below
+        for k in range(1, n + 1):
+            lev, code = model._levels[k - 1], code_of[k - 1]
+            ok = code > 0
+            m = code.size
+            a = lev.a if lev.a.size else np.zeros(m)
+            A = np.zeros(sizes[k - 1] + 2)
+            K = None
+            listed_is_found = False
+            if lev.mode == "backoff":
+                has = lev.has if lev.a.size else np.zeros(m, dtype=bool)
+                A[code[ok]] = np.where(has, a, 0.0)[ok]
+                listed_is_found = bool(has[ok].all())
+                if not listed_is_found:
+                    K = np.ones(sizes[k - 1] + 2)
+                    K[code[ok]] = np.where(has, 0.0, 1.0)[ok]
+            else:
+                A[code[ok]] = a[ok]
+            if k == 1:
+                if listed_is_found:
+                    K = np.ones(V + 2)
+                    K[code[ok]] = 0.0
+                self.G.append(float(lev.g[0]))
+            else:
+                G = np.full(sizes[k - 2] + 2, float(lev.g_unseen))
+                G[1] = 1.0
+                if lev.g.size:
+                    cc = code_of[k - 2]
+                    G[cc[cc > 0]] = lev.g[cc > 0]
+                self.G.append(G)
+            self.A.append(A)
+            self.K.append(K)
+            self.listed_is_found.append(listed_is_found)
+        # order k >= 2: one 32-byte record per slot: the key, a, K and the g of the k-gram as the
+        # context of order k + 1, so that one gather per order serves the check, the level and the
+        # next level's context (cold caches: a gather of a record costs what one of a float does)
+        self.rec: list[np.ndarray | None] = [None]
+        for k in range(2, n + 1):
+            rec = np.zeros(sizes[k - 1], dtype=_RECORD)
+            rec["key"] = self.tables[k - 1].slot_keys  # type: ignore[union-attr]
+            rec["a"] = self.A[k - 1][2:]
+            K = self.K[k - 1]
+            rec["k"] = 1.0 if K is None else K[2:]
+            if k < n:
+                rec["g"] = self.G[k][2:]  # type: ignore[index]
+            self.rec.append(rec)
+        self.has_k = [K is not None for K in self.K]  # levels that need K (backoff levels with unlisted entries)
+        for k in range(2, n + 1):  # the records hold them
+            self.A[k - 1] = self.K[k - 1] = None  # type: ignore[call-overload]
+            if k < n:
+                self.G[k] = None  # type: ignore[call-overload]
+        self.gu = [float(lev.g_unseen) for lev in model._levels]
+        self.base = model._base
+        self.base_zero = not model._base.any()
+        self.recursive = model._recursive
+        self.g_unseen_one = [lev.g_unseen == 1.0 for lev in model._levels]
+        # a backoff unigram level that lists every token: p = a, whatever the base
+        self.unigrams_listed = self.lut is None and self.listed_is_found[0]
+
+    def current(self, model: NgramLM) -> bool:
+        keys, levels, base, rec = self.sources
+        return (len(keys) == len(model._keys) and all(a is b for a, b in zip(keys, model._keys))
+                and len(levels) == len(model._levels) and all(a is b for a, b in zip(levels, model._levels))
+                and base is model._base and rec == model._recursive)
+
+    def probs(self, stream: np.ndarray, offset: np.ndarray | None) -> np.ndarray:
+        """Probabilities (scores) of the tokens at stream positions 1.. (0.. for unigram models)
+        given the positions before them; ``offset`` (each position's offset in its sentence) only
+        where a level must know whether it reaches before the sentence start (non-recursive
+        smoothers; a ``g_unseen`` other than 1 with SRILM padding), else None. The values at
+        ``<s>`` pads are meaningless (the caller sets them)."""
+        n, total = len(self.G), stream.size
+        lo = 1 if n > 1 else 0  # position 0 is a pad when there are contexts
+        code = stream + 2 if self.lut is None else np.take(self.lut, stream)
+        p0 = np.zeros(total - lo) if self.base_zero else self.base[stream[lo:]]
+        c1 = code[lo:]
+        p = np.take(self.A[0], c1)
+        if not self.unigrams_listed:  # else p(w) = a(w) for every w
+            gp = p0 * self.G[0]
+            if self.K[0] is not None:
+                gp *= np.take(self.K[0], c1)
+            p += gp
+        if not self.recursive and n > 1:
+            p = p0.copy()  # a non-recursive smoother reads its top level only: no position has span 1 but pads
+        elif not self.recursive:
+            return p
+        if n == 1:
+            return p
+        g = np.take(self.G[1], code)  # g of the unigram at each position, as the context of order 2
+        for k in range(2, n + 1):
+            if k == 2 and self.lut is None:  # every token is a unigram of the table: all present
+                present, sparse = None, False
+            else:
+                present = code > 0  # the (k-1)-gram ending at each position is in the tables
+                present[:k - 1] = False  # no k-gram ends before position k - 1
+                sparse = (self.recursive and self.closed[k - 1] and self.g_unseen_one[k - 1]
+                          and np.count_nonzero(present) < self.SPARSE * total)
+            code, g = (self._level_sparse if sparse else self._level_full)(k, stream, code, g, present, p, p0, offset)
+        return p
+
+    def _look_up(self, k: int, stream: np.ndarray, prev: np.ndarray, at: slice | np.ndarray, present: np.ndarray | None,
+                 out: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """The order-k records of the k-grams ending at positions ``at`` (whose suffix codes are
+        ``prev[at]``): (record, found, code; the codes into ``out`` if given)."""
+        if isinstance(at, slice):
+            q = stream[:stream.size - k + 1] * self.radix[k - 1]
+            q += prev[at]
+            if present is not None:
+                q *= present[at]  # an absent suffix: the query 0, in no table, one cached slot for all
+        else:
+            q = np.take(stream, at - (k - 1)) * self.radix[k - 1]
+            q += np.take(prev, at)
+        s = self.tables[k - 1].find_slots(q)  # type: ignore[union-attr]
+        z = np.take(self.rec[k - 1], s)  # type: ignore[arg-type]
+        hit = z["key"] == q
+        s += 2
+        return z, hit, np.multiply(s, hit, out=out if out is not None else s)
+
+    def _next_g(self, k: int, z: np.ndarray, hit: np.ndarray, miss: np.ndarray, out: np.ndarray) -> None:
+        """The g of each looked-up k-gram as the context of order k + 1 (its ``g_unseen`` where absent), into ``out``."""
+        np.multiply(z["g"], hit, out=out)
+        out += miss if self.gu[k] == 1.0 else self.gu[k] * miss
+
+    def _level_full(self, k: int, stream: np.ndarray, prev: np.ndarray, g_prev: np.ndarray, present: np.ndarray | None,
+                    p: np.ndarray, p0: np.ndarray, offset: np.ndarray | None) -> tuple[np.ndarray, np.ndarray]:
+        """Order k at every position k - 1.. (before them no k-gram fits: level k does not apply);
+        returns the code of the k-gram at every position, and its g as a context one order up."""
+        total, lo, n = stream.size, 1, len(self.G)
+        code = np.empty(total, dtype=np.int64)
+        code[:k - 1] = 0
+        z, hit, _ = self._look_up(k, stream, prev, slice(k - 1, None), present, code[k - 1:])
+        P = p[k - 1 - lo:]
+        gp = g_prev[k - 2:total - 1]  # the context's g: the (k-1)-gram ending one position earlier
+        if offset is not None and self.recursive and not self.g_unseen_one[k - 1]:
+            gp = np.where(offset[k - 1:] >= k - 1, gp, 1.0)  # before the sentence start: not an unseen context
+        gp = gp * (P if self.recursive else p0[k - 1 - lo:])
+        miss = ~hit
+        if self.listed_is_found[k - 1]:
+            gp *= miss
+        elif self.has_k[k - 1]:
+            keff = z["k"] * hit
+            keff += miss
+            gp *= keff
+        a = z["a"] * hit
+        if self.recursive:
+            np.add(a, gp, out=P)
+        else:  # each position reads the level of its span: min(n, offset + 1)
+            a += gp
+            P[...] = np.where(np.minimum(n, offset[k - 1:] + 1) == k, a, P)  # type: ignore[index]
+        g = np.empty(0)
+        if k < n:
+            g = np.empty(total)
+            g[:k - 1] = self.gu[k]
+            self._next_g(k, z, hit, miss, g[k - 1:])
+        return code, g
+
+    def _level_sparse(self, k: int, stream: np.ndarray, prev: np.ndarray, g_prev: np.ndarray, present: np.ndarray,
+                      p: np.ndarray, p0: np.ndarray, offset: np.ndarray | None) -> tuple[np.ndarray, np.ndarray]:
+        """Order k where few (k-1)-grams are present: look up the k-grams ending at those
+        positions, and apply the level where the context (the (k-1)-gram one position earlier) is
+        present: with prefix-closed tables every k-gram found has it, and elsewhere (g_unseen = 1)
+        the level changes nothing. ``g_prev`` need only be right where ``prev`` is present."""
+        total, lo, n = stream.size, 1, len(self.G)
+        at = np.flatnonzero(present)
+        code = np.zeros(total, dtype=np.int64)
+        a_at = np.zeros(total)
+        k_at = None if self.listed_is_found[k - 1] or not self.has_k[k - 1] else np.ones(total)
+        g = np.empty(0)
+        if k < n:
+            g = np.full(total, self.gu[k])
+        if at.size:
+            z, hit, c = self._look_up(k, stream, prev, at, None)
+            code[at] = c
+            a_at[at] = z["a"] * hit
+            miss = ~hit
+            if k_at is not None:
+                keff = z["k"] * hit
+                keff += miss
+                k_at[at] = keff
+            if k < n:
+                g_at = np.empty(at.size)
+                self._next_g(k, z, hit, miss, g_at)
+                g[at] = g_at
+        ctx_at = np.flatnonzero(prev[:total - 1] > 0)  # positions t - 1 whose (k-1)-gram is present
+        t = ctx_at + 1
+        gp = np.take(g_prev, ctx_at)
+        gp *= np.take(p, t - lo)
+        if self.listed_is_found[k - 1]:
+            gp *= np.take(code, t) == 0
+        elif k_at is not None:
+            gp *= np.take(k_at, t)
+        a = np.take(a_at, t)
+        a += gp
+        p[t - lo] = a
+        return code, g
 
 
 def _count_keys(key: np.ndarray, bound: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -1022,16 +1396,89 @@ class NgramLM:
         ids = np.append(self.encode(list(context)), self.token_id(token))
         return float(self.log_probs(ids[None, -self.order:])[0])
 
+    #: how many out-of-vocabulary strings the token cache keeps (beyond the vocabulary) before it starts over
+    _OOV_CACHE = 200_000
+
+    def _encode_sentences(self, sentences: Iterable[Sequence[str]], what: str) -> tuple[np.ndarray, np.ndarray]:
+        """Sentences -> (int64 ids of all their tokens, one sentence after another; lengths).
+
+        Single characters go through their code points. Other tokens take one look-up each, in C,
+        in a dictionary of the vocabulary and of the out-of-vocabulary strings met before (-> the
+        id of ``<unk>``), so that the common case needs no default and no type check: a token it
+        lacks (a new word, or something that is not a string) sends the call through
+        :meth:`_learn_tokens`, which checks the tokens and adds the new words."""
+        sents = _validate_sentences(sentences, what)
+        lengths = np.fromiter(map(len, sents), dtype=np.int64, count=len(sents))
+        num = int(lengths.sum())
+        first = next(chain.from_iterable(sents), None)
+        ids = None
+        if isinstance(first, str) and len(first) == 1:  # perhaps characters
+            flat = list(chain.from_iterable(sents))
+            joined = self._checked_join(flat, what)
+            if len(joined) == len(flat) and "" not in flat:  # all of them: one character each
+                ids = self._char_ids(joined)
+        if ids is None:
+            cache = self.__dict__.get("_token_cache")
+            if cache is None or cache[0] is not self._index:
+                # <s> and </s> map to None, which np.fromiter refuses: the slow path names them
+                cache = self.__dict__["_token_cache"] = (self._index, {**self._index, BOS: None, EOS: None})
+            try:
+                return np.fromiter(map(cache[1].__getitem__, chain.from_iterable(sents)), dtype=np.int64, count=num), lengths
+            except (KeyError, TypeError):
+                flat = list(chain.from_iterable(sents))
+                self._learn_tokens(flat, cache[1], what)
+                if BOS in flat or EOS in flat:
+                    raise InputError(f"{what} contains the reserved padding symbols {BOS!r}/{EOS!r}; remove them") from None
+                ids = np.fromiter(map(cache[1].__getitem__, flat), dtype=np.int64, count=num)
+        if ids.size and ((ids == BOS_ID) | (ids == EOS_ID)).any():
+            raise InputError(f"{what} contains the reserved padding symbols {BOS!r}/{EOS!r}; remove them")
+        return ids, lengths
+
+    @staticmethod
+    def _checked_join(flat: list[Any], what: str) -> str:
+        """The tokens joined into one string; a clear error if one is not a string."""
+        try:
+            return "".join(flat)
+        except TypeError:
+            bad = sorted({type(t).__name__ for t in flat if not isinstance(t, str)})
+            raise InputError(f"tokens in {what} must be strings, found {', '.join(bad)}") from None
+
+    def _learn_tokens(self, flat: list[Any], cache: dict[str, int], what: str) -> None:
+        """Check that every token is a string and add the out-of-vocabulary ones to ``cache`` as
+        ``<unk>`` (starting over from the vocabulary when it has grown by :attr:`_OOV_CACHE`)."""
+        self._checked_join(flat, what)
+        new = set(flat).difference(cache)
+        if len(cache) + len(new) > len(self._index) + self._OOV_CACHE:
+            cache.clear()
+            cache.update({**self._index, BOS: None, EOS: None})
+            new = set(flat).difference(cache)
+        cache.update(dict.fromkeys(new, UNK_ID))
+
+    def _char_ids(self, joined: str) -> np.ndarray | None:
+        """Ids of the single-character tokens joined into ``joined``, through a table indexed by
+        code point (built once per vocabulary); None for strings that cannot be encoded (lone
+        surrogates)."""
+        try:
+            codes = np.frombuffer(joined.encode("utf-32-le"), dtype=np.uint32).astype(np.int64)
+        except UnicodeEncodeError:
+            return None
+        cached = self.__dict__.get("_char_lut")
+        if cached is None or cached[0] is not self.vocab:
+            chars = [(ord(w), i) for i, w in enumerate(self.vocab) if len(w) == 1]
+            top = max((c for c, _ in chars), default=0)
+            lut = np.full(top + 2, UNK_ID, dtype=np.int64)  # the last entry: every code point above the vocabulary's
+            for c, i in chars:
+                lut[c] = i
+            cached = self.__dict__["_char_lut"] = (self.vocab, lut)
+        lut = cached[1]
+        return lut[np.minimum(codes, lut.size - 1)]
+
     def _sentence_stream(self, sentences: Iterable[Sequence[str]], what: str, num_bos: int | None = None
                          ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, int, int]:
         """Padded sentences as one id stream ``<s>^num_bos w_1..w_L </s>`` after another (default
         ``num_bos`` n - 1): the stream ``(S,)``, each position's offset in its sentence, the scored
         positions ``(N,)`` (every word and ``</s>``), the sentence index of each, #OOV, #sentences."""
-        sents = _validate_sentences(sentences, what)
-        flat, lengths, uniq = _flatten(sents, what)
-        ids = self._map(flat, uniq)
-        if ids.size and (ids == BOS_ID).any() | (ids == EOS_ID).any():
-            raise InputError(f"{what} contains the reserved padding symbols {BOS!r}/{EOS!r}; remove them")
+        ids, lengths = self._encode_sentences(sentences, what)
         num_bos = self.order - 1 if num_bos is None else num_bos
         if lengths.size == 0:
             empty = np.zeros(0, dtype=np.int64)
@@ -1051,57 +1498,48 @@ class NgramLM:
         rows = stream[targets[:, None] + np.arange(1 - self.order, 1)] if num else np.zeros((0, self.order), dtype=np.int64)
         return rows, sent_idx, num_oov, num
 
-    def _stream_probs(self, stream: np.ndarray, offset: np.ndarray, targets: np.ndarray) -> np.ndarray:
-        """:meth:`_probs` of the n-grams ending at ``targets`` of a padded stream, the same numbers
-        with less work. The context of position t is the n-gram ending at t - 1, so the ranks of
-        the j-grams ending at every position (j = 1..n) are looked up once and serve both (``_probs``
-        chains the rows and, again, their contexts); only what is read is looked up: j-grams inside
-        the sentence whose (j-1)-gram suffix is in the table. A level changes only the rows whose
-        k-gram or context is in the table (for the others g = 1 and a = 0: p stays), so it runs on
-        those rows only. The stream comes from :meth:`_sentence_stream` with :meth:`_stream_bos`
-        ``<s>``: one with SRILM padding (the context is cut at the last ``<s>``), n - 1 with NLTK's."""
-        n = self.order
-        limit = np.minimum(n, offset + 1)  # the longest n-gram ending at a position inside its sentence
-        ranks = [np.where(limit >= 1, self._key_index(1).find(stream), -1)]
-        for j in range(2, n + 1):
-            prev = ranks[-1]
-            cand = np.flatnonzero((prev >= 0) & (limit >= j))
-            r = np.full(stream.size, -1, dtype=np.int64)
-            r[cand] = self._key_index(j).find(stream[cand - j + 1] * self._mult(j) + prev[cand])
-            ranks.append(r)
-        span = limit[targets]  # the length of the n-gram each target is scored with
-        before = targets - 1
-        p0 = self._base[stream[targets]].astype(np.float64)
-        p = p0.copy()
-        for k in range(1, n + 1):
-            lev = self._levels[k - 1]
-            r = ranks[k - 1][targets]
-            if k == 1:  # every target is scored with at least its unigram (span >= 1)
-                if not self._recursive and n > 1:
-                    continue  # a non-recursive smoother reads its top level only: none has span 1
-                sel = slice(None)
-                g = np.full(targets.size, float(lev.g[0]))
-            else:
-                cr = ranks[k - 2][before]
-                act = (span >= k) if self._recursive else (span == k)
-                # rows with neither the k-gram nor its context in the table keep p, unless an unseen
-                # context has a factor of its own (stupid backoff's alpha)
-                known = (r >= 0) | (cr >= 0) if lev.g_unseen == 1.0 else np.ones(r.shape, dtype=bool)
-                sel = np.flatnonzero(known & act)
-                r, cr = r[sel], cr[sel]
-                g = (np.where(cr >= 0, lev.g[np.where(cr >= 0, cr, 0)], lev.g_unseen) if lev.g.size
-                     else np.full(sel.size, lev.g_unseen))
-            found = r >= 0
-            rr = np.where(found, r, 0)
-            a = np.where(found, lev.a[rr], 0.0) if lev.a.size else np.zeros(rr.size)
-            below = p[sel] if self._recursive else p0[sel]  # non-recursive smoothers use their top level only
-            if lev.mode == "interp":
-                new = a + g * below
-            else:
-                has = found & lev.has[rr] if lev.a.size else found
-                new = np.where(has, a, g * below)
-            p[sel] = new
-        return p
+    def _stream_tables(self) -> _StreamTables:
+        """The scoring tables (:class:`_StreamTables`), built on first use and again when the
+        model's tables or levels are replaced."""
+        tables = self.__dict__.get("_stream_cache")
+        if tables is None or not tables.current(self):
+            tables = self.__dict__["_stream_cache"] = _StreamTables(self)
+        return tables
+
+    def _stream_log_probs(self, ids: np.ndarray, lengths: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Natural-log probabilities of every scored token of the sentences (``ids`` of all tokens,
+        ``lengths``), the same numbers as :meth:`_probs` of their n-gram rows with less work.
+
+        The sentences are one stream ``<s>^b w_1..w_L </s>`` after another (b = :meth:`_stream_bos`:
+        one ``<s>`` with SRILM padding, which cuts the context there anyway; n - 1 with NLTK's). The
+        rank of the j-gram ending at every position is looked up once per order
+        (:meth:`_StreamTables.probs`) and serves both the token it ends on and, as context, the next
+        one; the levels are applied to every position with no selection (see :class:`_StreamTables`).
+        Returns ``(log p, starts)``: ``log p`` over the stream from position ``lo`` (1 for n > 1, the
+        first position being a pad), 0 at the ``<s>`` pads, and where each sentence starts in it."""
+        n, nb = self.order, self._stream_bos()
+        tabs = self._stream_tables()
+        sizes = lengths + (nb + 1)
+        ends = np.cumsum(sizes)
+        starts = ends - sizes
+        total = int(ends[-1])
+        stream = np.full(total, BOS_ID, dtype=np.int64)
+        word = np.ones(total, dtype=bool)
+        for i in range(nb):
+            word[starts + i] = False
+        word[ends - 1] = False
+        stream[word] = ids
+        stream[ends - 1] = EOS_ID
+        offset = None
+        if not tabs.recursive or (tabs.srilm and not all(tabs.g_unseen_one)):  # a level must know the sentence start
+            offset = np.arange(total, dtype=np.int64) - np.repeat(starts, sizes)
+        p = tabs.probs(stream, offset)
+        lo = 1 if n > 1 else 0
+        pads = (starts[:, None] + np.arange(nb)).reshape(-1) - lo
+        p[pads[pads >= 0]] = 1.0
+        seg = starts - lo
+        seg[0] = 0
+        return _log(p), seg
 
     def ngram_rows(self, sentences: Iterable[Sequence[str]]) -> np.ndarray:
         """Every scored n-gram of the padded sentences as id rows ``(N, n)`` (sentence after
@@ -1116,17 +1554,18 @@ class NgramLM:
         for either padding, KenLM's ``score(" ".join(sentence), bos=True, eos=True)`` on the file
         :meth:`to_arpa` writes is this divided by ln 10."""
         self._require_fitted()
-        stream, offset, targets, _, _, _ = self._sentence_stream([sentence], "sentence", self._stream_bos())
-        return float(_log(self._stream_probs(stream, offset, targets)).sum())
+        ids, lengths = self._encode_sentences([sentence], "sentence")
+        return float(self._stream_log_probs(ids, lengths)[0].sum())
 
     def sentence_log_probs(self, sentences: Iterable[Sequence[str]]) -> np.ndarray:
         """Natural-log probability of each sentence (vectorized over all of them); log-scores for
         ``"stupid-backoff"``."""
         self._require_fitted()
-        stream, offset, targets, idx, _, num = self._sentence_stream(sentences, "sentences", self._stream_bos())
-        if not targets.size:
-            return np.zeros(num)
-        return np.bincount(idx, weights=_log(self._stream_probs(stream, offset, targets)), minlength=num)
+        ids, lengths = self._encode_sentences(sentences, "sentences")
+        if not lengths.size:
+            return np.zeros(0)
+        lp, seg = self._stream_log_probs(ids, lengths)
+        return np.add.reduceat(lp, seg)
 
     def perplexity(self, sentences: Iterable[Sequence[str]]) -> PerplexityResult:
         """Token-weighted perplexity ``exp(-sum log p / num_tokens)`` over all sentences; every word and
@@ -1137,21 +1576,21 @@ class NgramLM:
             raise InputError(f"{self.smoothing} gives scores, not probabilities (they do not sum to 1 over the tokens), "
                              "so it has no perplexity; use sentence_log_probs for log-scores, or a smoother such as "
                              "kneser-ney or absolute-discounting for a perplexity")
-        stream, offset, targets, _, num_oov, num = self._sentence_stream(sentences, "the evaluation set",
-                                                                          self._stream_bos())
-        if num == 0:
+        ids, lengths = self._encode_sentences(sentences, "the evaluation set")
+        if lengths.size == 0:
             raise InputError("cannot compute a perplexity on 0 sentences")
-        lp = _log(self._stream_probs(stream, offset, targets))
+        lp = self._stream_log_probs(ids, lengths)[0]  # 0 at the <s> pads
+        num_tokens = ids.size + lengths.size
         zero = int(np.isneginf(lp).sum())
         if zero:
             hint = ("use a smoothed model, e.g. smoothing='kneser-ney', 'witten-bell' or 'lidstone'"
                     if self.smoothing == "mle" else "NLTK's definitions give 0 to tokens never seen in training; "
                     "use the default definition (nltk_compatible=False / smoothing='kneser-ney')")
             logger.warning("%d of %d test tokens have probability 0 under %s, so the perplexity is infinite; %s",
-                           zero, lp.size, self, hint)
-        ce = float(-lp.sum() / lp.size)
+                           zero, num_tokens, self, hint)
+        ce = float(-lp.sum() / num_tokens)
         ppl = math.exp(ce) if ce < 700 else math.inf
-        return PerplexityResult(ppl, ce, int(lp.size), num_oov, len(self.vocab), num)
+        return PerplexityResult(ppl, ce, num_tokens, int((ids == UNK_ID).sum()), len(self.vocab), len(lengths))
 
     # ------------------------------------------------------------------ former spellings
     # ``log_prob`` is the one spelling of a log-probability in chainrule (models, heads, n-grams);
