@@ -64,9 +64,10 @@ def main() -> None:
                          min_lr=args.min_lr, betas=(0.9, 0.99), grad_clip=1.0, patience=None,
                          steps_per_epoch=args.steps_per_epoch, max_steps=args.max_steps,
                          max_seconds=args.max_seconds, seed=args.seed)
-    res = Trainer(model, config, out_dir=Path("runs") / args.name, progress=False,
-                  extra={"dataset": "tinyshakespeare", "block_size": args.block_size,
-                         "tokenizer": ds.tokenizer.to_dict()}).fit(ds.train, ds.val)
+    trainer = Trainer(model, config, out_dir=Path("runs") / args.name, progress=False,
+                      extra={"dataset": "tinyshakespeare", "block_size": args.block_size,
+                             "tokenizer": ds.tokenizer.to_dict()})
+    res = trainer.fit(ds.train, ds.val)
     total = time.perf_counter() - t_start
     val = evaluate(model, ds.val)
     # nanoGPT's definition: every character of the validation text predicted from 1..T-1 previous ones
@@ -76,7 +77,7 @@ def main() -> None:
                                           generator=torch.Generator().manual_seed(0))[0].tolist())
     write_result(args.name, {
         "model": args.model, "hyperparameters": model.config["hyperparameters"], "parameters": model.num_parameters(),
-        "train_config": vars(args), "steps": args.max_steps if args.max_seconds is None else None,
+        "train_config": vars(args), "precision": str(trainer.autocast_dtype or "float32").removeprefix("torch."), "steps": args.max_steps if args.max_seconds is None else None,
         "epochs_run": res.epochs_run, "train_seconds": round(res.train_seconds, 1),
         "wall_seconds_incl_data_loading": round(total, 1),
         "train_tokens_per_second": round(res.examples_per_second * args.block_size, 1),

@@ -217,3 +217,56 @@ def test_a_model_that_cannot_be_copied_trains_in_float32(monkeypatch, cache):
     t = Trainer(_pixelcnn(), TrainConfig(), progress=False)
     t.train_step(_batch(), None, 1e-3)
     assert t.autocast_dtype is None and not cache.exists()
+
+
+def test_reduced_precision_attention_on_a_cpu_is_the_same_function():
+    """Under bf16 autocast on a CPU the GPT's attention runs as two batched products and a float32
+    softmax (PyTorch's bf16 flash kernel is ~10x slower there): the same function as
+    ``scaled_dot_product_attention(is_causal=True)``, exactly in float32 and to bf16 rounding in
+    a block under autocast; its gradients reach every input."""
+    import torch.nn.functional as F
+
+    from chainrule.nn.attention import CausalSelfAttentionBlock, _causal_attention_bmm
+
+    g = torch.Generator().manual_seed(0)
+    q, k, v = (torch.randn(2, 3, 7, 4, generator=g) for _ in range(3))
+    torch.testing.assert_close(_causal_attention_bmm(q, k, v, 0.0), F.scaled_dot_product_attention(q, k, v, is_causal=True))
+    torch.manual_seed(0)
+    block = CausalSelfAttentionBlock(16, 4, 0.0, bias=True)
+    x = torch.randn(3, 9, 16, generator=g, requires_grad=True)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        y = block(x)
+    y.float().sum().backward()
+    assert x.grad is not None and torch.isfinite(x.grad).all() and x.grad.abs().sum() > 0
+    torch.testing.assert_close(y.float(), block(x), atol=0.05, rtol=0.05)
+    # causal: the first 4 outputs do not move when the later inputs change
+    x2 = x.detach().clone()
+    x2[:, 4:] += 1.0
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        torch.testing.assert_close(block(x2)[:, :4], block(x.detach())[:, :4], atol=0, rtol=0)
+
+
+@pytest.mark.parametrize("name, fused", [("adam", True), ("adamw", True), ("adamax", None)])
+def test_the_optimizer_is_fused_where_a_kernel_exists(name, fused):
+    """Adam and AdamW take PyTorch's fused kernel on a CPU (Adamax has none); the update is the
+    default implementation's to float32 rounding."""
+    from chainrule.training.optimizers import OPTIMIZERS, make_optimizer
+
+    torch.manual_seed(0)
+    a = torch.nn.Linear(5, 3)
+    b = torch.nn.Linear(5, 3)
+    b.load_state_dict(a.state_dict())
+    groups = lambda m: [{"params": [m.weight], "weight_decay": 0.1}, {"params": [m.bias], "weight_decay": 0.0}]  # noqa: E731
+    opt = make_optimizer(name, groups(a), 1e-2, (0.9, 0.99))
+    ref = OPTIMIZERS[name](groups(b), lr=1e-2, betas=(0.9, 0.99))
+    assert type(opt) is OPTIMIZERS[name] and opt.defaults.get("fused") is fused
+    x = torch.randn(8, 5, generator=torch.Generator().manual_seed(1))
+    for _ in range(5):
+        for m, o in ((a, opt), (b, ref)):
+            o.zero_grad()
+            m(x).square().sum().backward()
+            o.step()
+    torch.testing.assert_close(a.weight, b.weight, atol=1e-6, rtol=1e-6)
+    torch.testing.assert_close(a.bias, b.bias, atol=1e-6, rtol=1e-6)
+    t = Trainer(_made(), TrainConfig(optimizer=name), progress=False)
+    assert t.optimizer.defaults.get("fused") is fused

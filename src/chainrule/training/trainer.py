@@ -100,7 +100,8 @@ from tqdm.contrib.logging import logging_redirect_tqdm
 from chainrule.errors import CheckpointError, InputError
 from chainrule.training import distributed as dist_utils
 from chainrule.training import precision as precision_policy
-from chainrule.training.config import OPTIMIZERS, TrainConfig, _is_int, _is_real, derived_seed
+from chainrule.training.config import TrainConfig, _is_int, _is_real, derived_seed
+from chainrule.training.optimizers import make_optimizer
 from chainrule.training.precision import PrecisionChoice
 from chainrule.inference.likelihood import context_rows, evaluate, summarize
 from chainrule.io.checkpoint import atomic_write, check_version, link_or_copy_tree, read_config, save_model
@@ -271,8 +272,8 @@ class Trainer:
                   {"params": [p for p in params if p.dim() < 2], "weight_decay": 0.0}]
         self._precision: PrecisionChoice | None = None  # decided at the first training step (choose_precision)
         self._scaler: Any = None  # float16's GradScaler
-        self.optimizer = OPTIMIZERS[self.config.optimizer]([g for g in groups if g["params"]], lr=self.config.lr,
-                                                           betas=tuple(self.config.betas))
+        self.optimizer = make_optimizer(self.config.optimizer, [g for g in groups if g["params"]], lr=self.config.lr,
+                                        betas=tuple(self.config.betas))
         # The order of the data and the ensemble member of each step come from the trainer's own
         # generators (seeded by config.seed, saved in last/): nothing random lives in the model.
         self.data_rng = torch.Generator().manual_seed(self.config.seed)
@@ -410,10 +411,9 @@ class Trainer:
         c, model = self.config, self.model
         choice = None
         if self.is_main or c.precision != "auto":
-            opt_class = OPTIMIZERS[c.optimizer]
             call = {"member": 0} if model.num_members > 1 else {}
             choice = precision_policy.choose(model, c.precision, x, context, call=call,
-                                             optimizer=lambda m: opt_class(m.parameters(), lr=c.lr, betas=tuple(c.betas)))
+                                             optimizer=lambda m: make_optimizer(c.optimizer, m.parameters(), c.lr, tuple(c.betas)))
         if c.precision == "auto" and self.world_size > 1:  # identical arithmetic on every rank
             codes = {None: 0, torch.bfloat16: 1, torch.float16: 2}
             mine = torch.tensor([codes[choice.dtype], {None: -1, False: 0, True: 1}[choice.channels_last]]
