@@ -16,7 +16,9 @@ chainrule float32 vs nanoGPT. The first two rounds warm up (and hold auto's meas
 With ``--nanogpt-compile`` a fourth arm runs nanoGPT as its ``train.py`` does by default
 (``compile=True``: ``torch.compile`` of the model, inductor's C++ backend on a CPU; its README's CPU
 command passes ``--compile=False``); its compile time (the first step) is reported apart and left
-out of the median. ``--bf16-arm`` adds chainrule forced to bf16 autocast, for reference.
+out of the median. ``--bf16-arm`` adds chainrule forced to bf16 autocast, for reference;
+``--chainrule-compile`` adds chainrule's bf16 step with its forward and loss under ``torch.compile``
+(not something ``precision="auto"`` does: measured to see what compiling would buy, and its cost).
 
     python benchmarks/gpt_nanogpt_step.py --nanogpt PATH --threads 1 --steps 40 [--nanogpt-compile]
 """
@@ -24,6 +26,7 @@ out of the median. ``--bf16-arm`` adds chainrule forced to bf16 autocast, for re
 from __future__ import annotations
 
 import argparse
+import copy
 import importlib.util
 import os
 import statistics
@@ -39,6 +42,7 @@ from common import data_dir, write_result  # noqa: E402
 import chainrule  # noqa: E402
 from chainrule.data import load_dataset  # noqa: E402
 from chainrule.training import TrainConfig, Trainer  # noqa: E402
+from chainrule.training.precision import network_nll  # noqa: E402
 
 
 def load_nanogpt(root: Path):
@@ -57,6 +61,7 @@ def main() -> None:
     ap.add_argument("--batch-size", type=int, default=12)
     ap.add_argument("--nanogpt-compile", action="store_true", help="add nanoGPT under torch.compile (train.py's default)")
     ap.add_argument("--bf16-arm", action="store_true", help="add chainrule forced to bf16 autocast")
+    ap.add_argument("--chainrule-compile", action="store_true", help="add chainrule bf16 under torch.compile")
     ap.add_argument("--name", default="gpt_nanogpt_step", help="the result file's name")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
@@ -90,7 +95,20 @@ def main() -> None:
             "nanoGPT (default: float32 on a CPU)": nanogpt_step(theirs, opt)}
     if args.bf16_arm:
         runs["chainrule bfloat16"] = lambda w: trainers["bfloat16"].train_step(w, None, 1e-3)
+    if args.chainrule_compile:  # the bf16 training pass and float32 loss compiled; AdamW as the trainer builds it
+        twin_cr = copy.deepcopy(trainers["float32"].model)
+        twin_cr_opt = Trainer(twin_cr, TrainConfig(precision="bfloat16", **cfg), progress=False).optimizer
+        loss_fn = torch.compile(lambda w: network_nll(twin_cr, w, None, torch.bfloat16).mean() / twin_cr.dim)
+
+        def step_compiled(w: torch.Tensor) -> None:
+            loss = loss_fn(w)
+            twin_cr_opt.zero_grad(set_to_none=True)
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(twin_cr.parameters(), 1.0)
+            twin_cr_opt.step()
     first: dict[str, float] = {}
+    if args.chainrule_compile:
+        runs["chainrule bfloat16, torch.compile"] = step_compiled
     if args.nanogpt_compile:  # a second nanoGPT, same initial weights, compiled as train.py does
         twin = ng.GPT(ng.GPTConfig(block_size=64, vocab_size=ds.num_values, n_layer=4, n_head=4, n_embd=128,
                                    dropout=0.0, bias=True))

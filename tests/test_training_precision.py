@@ -270,3 +270,27 @@ def test_the_optimizer_is_fused_where_a_kernel_exists(name, fused):
     torch.testing.assert_close(a.bias, b.bias, atol=1e-6, rtol=1e-6)
     t = Trainer(_made(), TrainConfig(optimizer=name), progress=False)
     assert t.optimizer.defaults.get("fused") is fused
+
+
+def test_a_fused_step_is_seen_by_the_masked_weight_cache():
+    """The fused CPU kernel writes parameters in place without counting it in their version:
+    the optimizer counts it, so MADE's masked-weight cache (keyed on the version) is not stale."""
+    from chainrule.training.optimizers import make_optimizer
+
+    model = _made()
+    x = _batch((6,))
+    opt = make_optimizer("adamw", model.parameters(), 1e-2, (0.9, 0.99))
+    with torch.no_grad():
+        model.log_prob(x)  # fills the cache
+    versions = [p._version for p in model.parameters()]
+    opt.zero_grad()
+    (-model.log_prob(x).mean()).backward()
+    opt.step()
+    assert all(p._version > v for p, v in zip(model.parameters(), versions))
+    with torch.no_grad():
+        cached = model.log_prob(x)
+    model.__dict__.pop("_masked_cache", None)
+    for m in model.modules():
+        m.__dict__.pop("_masked_cache", None)
+    with torch.no_grad():
+        torch.testing.assert_close(cached, model.log_prob(x), atol=0, rtol=0)

@@ -5,7 +5,8 @@ instead of a dozen element-wise operations per tensor) wherever it exists — CU
 PyTorch 2.4, the CPU. Same update to float32 rounding (2.98e-8 apart after 60 steps of the GPT of
 BENCHMARKS.md section 9); 1.4 ms against 7.8 ms per AdamW step of that 0.8M-parameter GPT on one
 thread, where the loop was a tenth of the whole training step. Adamax has no fused kernel and
-keeps PyTorch's default.
+keeps PyTorch's default. A fused step is counted in the parameters' version counters (the CPU
+kernel does not), so that caches keyed on them see it (:func:`_bump_versions`).
 
 Adam: Kingma & Ba 2015; AdamW (decoupled weight decay): Loshchilov & Hutter 2019.
 """
@@ -17,6 +18,7 @@ from collections.abc import Iterable
 from typing import Any
 
 import torch
+from torch.autograd.graph import increment_version
 
 from chainrule.training.config import OPTIMIZERS
 
@@ -42,7 +44,17 @@ def make_optimizer(name: str, params: Iterable[Any], lr: float, betas: tuple[flo
     tensors = [p for g in params for p in (g["params"] if isinstance(g, dict) else [g])]
     if name in FUSED and tensors and _fused_applies(tensors):
         try:
-            return cls(params, lr=lr, betas=betas, fused=True)
+            opt = cls(params, lr=lr, betas=betas, fused=True)
         except (RuntimeError, ValueError) as exc:  # a build without the kernel: the default loop
             log.debug("fused %s unavailable (%s); using the default implementation", name, exc)
+        else:
+            opt.register_step_post_hook(_bump_versions)
+            return opt
     return cls(params, lr=lr, betas=betas)
+
+
+def _bump_versions(opt: torch.optim.Optimizer, args: Any, kwargs: Any) -> None:
+    """After a fused step: count it in every parameter's version counter. The fused CPU kernel
+    writes the parameters in place without doing so (PyTorch 2.13), and caches keyed on the version
+    — :meth:`chainrule.nn.MaskedLinear.masked_weight`'s masked weights — would go stale."""
+    increment_version([p for g in opt.param_groups for p in g["params"]])

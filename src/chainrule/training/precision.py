@@ -12,8 +12,9 @@ default) by ``MARGIN`` (5%) to be chosen, so a near tie keeps float32. A model w
 takes under ``MIN_STEP_SECONDS`` (10 ms) is bound by Python and dispatch overheads, which autocast
 only adds to: it keeps float32 after that one timing. Measured on the development
 CPUs: bf16 training steps ran 2.2x faster than float32 on a PixelCNN on a Xeon with AMX, 0.64x on
-an EPYC with AVX-512 BF16 but no AMX, and the GPT's step ran slower in bf16 than in float32 even
-with AMX (BENCHMARKS.md section 5) — flags cannot tell these apart, a timing can.
+an EPYC with AVX-512 BF16 but no AMX, and the 0.8M-parameter GPT's step ran slower in bf16 than in
+float32 even with AMX until its attention stopped using PyTorch's bf16 flash kernel (faster since,
+on that Xeon; BENCHMARKS.md sections 5 and 9) — flags cannot tell these apart, a timing can.
 
 The verdict is cached per machine (CPU model or GPU name, torch version, torch threads) and per
 model (its config: architecture, shape, values, hyperparameters) and batch shape, in
