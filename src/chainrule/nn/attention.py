@@ -7,21 +7,6 @@ import torch.nn.functional as F
 from torch import nn
 
 
-def _causal_attention_bmm(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, dropout: float) -> torch.Tensor:
-    """softmax(q k^T / sqrt(hs) + causal mask) v with batched matrix products, ``(B, nh, T, hs)``.
-
-    The same function as ``F.scaled_dot_product_attention(..., is_causal=True)``, for reduced
-    precision on a CPU: there PyTorch's flash kernel runs bf16 forward + backward ~10x slower than
-    float32 (14.6 ms against 1.9 ms at B=12, nh=4, T=64, hs=32), while two bf16 products and a
-    float32 softmax take 1.5-1.9 ms (BENCHMARKS.md section 9)."""
-    t = q.shape[-2]
-    att = (q @ k.transpose(-2, -1)).float() * (q.shape[-1] ** -0.5)  # (B, nh, T, T), softmax in float32
-    att = att.masked_fill(torch.ones(t, t, dtype=torch.bool, device=q.device).triu(1), float("-inf")).softmax(-1)
-    if dropout:
-        att = F.dropout(att, dropout)
-    return att.to(v.dtype) @ v
-
-
 class CausalSelfAttentionBlock(nn.Module):
     """Pre-norm Transformer block: causal multi-head self-attention and an MLP, each residual
     (Radford et al. 2019)::
@@ -64,7 +49,11 @@ class CausalSelfAttentionBlock(nn.Module):
         q, k, v = self._split(x)
         p = self.dropout if self.training else 0.0
         if q.dtype in (torch.bfloat16, torch.float16) and q.device.type == "cpu":
-            y = _causal_attention_bmm(q, k, v, p)
+            # Under autocast on a CPU the attention itself runs in float32: PyTorch's bf16 flash
+            # kernel there took 14.6 ms forward + backward against float32's 1.9 ms (B=12, nh=4,
+            # T=64, hs=32; BENCHMARKS.md section 9), and float32 scores are also the more accurate.
+            with torch.autocast("cpu", enabled=False):
+                y = F.scaled_dot_product_attention(q.float(), k.float(), v.float(), is_causal=True, dropout_p=p)
         else:
             y = F.scaled_dot_product_attention(q, k, v, is_causal=True, dropout_p=p)
         return self._finish(x, y)
