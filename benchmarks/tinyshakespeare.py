@@ -50,6 +50,7 @@ def main() -> None:
     ap.add_argument("--weight-decay", type=float, default=0.1)
     ap.add_argument("--max-seconds", type=float, default=None)
     ap.add_argument("--seed", type=int, default=1337)
+    ap.add_argument("--precision", default="auto", help="TrainConfig.precision (auto: measured at the first step)")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     t_start = time.perf_counter()
@@ -63,7 +64,7 @@ def main() -> None:
                          weight_decay=args.weight_decay, schedule="cosine", warmup_steps=args.warmup_steps,
                          min_lr=args.min_lr, betas=(0.9, 0.99), grad_clip=1.0, patience=None,
                          steps_per_epoch=args.steps_per_epoch, max_steps=args.max_steps,
-                         max_seconds=args.max_seconds, seed=args.seed)
+                         max_seconds=args.max_seconds, seed=args.seed, precision=args.precision)
     trainer = Trainer(model, config, out_dir=Path("runs") / args.name, progress=False,
                       extra={"dataset": "tinyshakespeare", "block_size": args.block_size,
                              "tokenizer": ds.tokenizer.to_dict()})
