@@ -18,7 +18,8 @@ class CausalSelfAttentionBlock(nn.Module):
     ``0.5 x (1 + tanh(sqrt(2/pi) (x + 0.044715 x^3)))`` of Hendrycks & Gimpel 2016, which GPT-2's
     released weights were trained with; Hugging Face calls it ``gelu_new``).
     Attention is ``F.scaled_dot_product_attention(..., is_causal=True)`` (a boolean mask, no -1e4
-    bias to learn around). Shapes: ``(B, T, C)`` -> ``(B, T, C)``.
+    bias to learn around); under reduced-precision autocast on a CPU it runs in float32 (see
+    :meth:`forward`). Shapes: ``(B, T, C)`` -> ``(B, T, C)``.
     """
 
     def __init__(self, dim: int, heads: int, dropout: float, bias: bool, activation: str = "gelu") -> None:
