@@ -20,9 +20,11 @@ from typing import Any
 import torch
 from torch.autograd.graph import increment_version
 
-from chainrule.training.config import OPTIMIZERS
-
 log = logging.getLogger(__name__)
+
+#: The optimizers a run may name (``TrainConfig.optimizer``, ``--optimizer``).
+OPTIMIZERS: dict[str, type[torch.optim.Optimizer]] = {
+    "adam": torch.optim.Adam, "adamw": torch.optim.AdamW, "adamax": torch.optim.Adamax}
 
 FUSED = ("adam", "adamw")  # the optimizers with a fused kernel
 

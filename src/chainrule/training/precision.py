@@ -51,6 +51,7 @@ import torch
 from chainrule.contract import ARModel
 from chainrule.io.checkpoint import atomic_write
 from chainrule.nn import pixel
+from chainrule.training.optimizers import make_optimizer
 
 log = logging.getLogger(__name__)
 
@@ -295,8 +296,6 @@ def choose(model: ARModel, precision: str, x: torch.Tensor, context: Any = None,
             return choice
     cands = _candidates(_layout_applies(model), bf16=x.device.type == "cpu")
     if optimizer is None:
-        from chainrule.training.optimizers import make_optimizer  # not at the top: config imports this module
-
         def optimizer(m: Any) -> torch.optim.Optimizer:
             return make_optimizer("adam", m.parameters(), 1e-3, (0.9, 0.999))
     make_opt = optimizer
