@@ -50,6 +50,7 @@ def main() -> None:
     ap.add_argument("--weight-decay", type=float, default=0.1)
     ap.add_argument("--max-seconds", type=float, default=None)
     ap.add_argument("--seed", type=int, default=1337)
+    ap.add_argument("--precision", default="auto", help="TrainConfig.precision (auto: measured at the first step)")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     t_start = time.perf_counter()
@@ -63,10 +64,11 @@ def main() -> None:
                          weight_decay=args.weight_decay, schedule="cosine", warmup_steps=args.warmup_steps,
                          min_lr=args.min_lr, betas=(0.9, 0.99), grad_clip=1.0, patience=None,
                          steps_per_epoch=args.steps_per_epoch, max_steps=args.max_steps,
-                         max_seconds=args.max_seconds, seed=args.seed)
-    res = Trainer(model, config, out_dir=Path("runs") / args.name, progress=False,
-                  extra={"dataset": "tinyshakespeare", "block_size": args.block_size,
-                         "tokenizer": ds.tokenizer.to_dict()}).fit(ds.train, ds.val)
+                         max_seconds=args.max_seconds, seed=args.seed, precision=args.precision)
+    trainer = Trainer(model, config, out_dir=Path("runs") / args.name, progress=False,
+                      extra={"dataset": "tinyshakespeare", "block_size": args.block_size,
+                             "tokenizer": ds.tokenizer.to_dict()})
+    res = trainer.fit(ds.train, ds.val)
     total = time.perf_counter() - t_start
     val = evaluate(model, ds.val)
     # nanoGPT's definition: every character of the validation text predicted from 1..T-1 previous ones
@@ -76,7 +78,7 @@ def main() -> None:
                                           generator=torch.Generator().manual_seed(0))[0].tolist())
     write_result(args.name, {
         "model": args.model, "hyperparameters": model.config["hyperparameters"], "parameters": model.num_parameters(),
-        "train_config": vars(args), "steps": args.max_steps if args.max_seconds is None else None,
+        "train_config": vars(args), "precision": str(trainer.autocast_dtype or "float32").removeprefix("torch."), "steps": args.max_steps if args.max_seconds is None else None,
         "epochs_run": res.epochs_run, "train_seconds": round(res.train_seconds, 1),
         "wall_seconds_incl_data_loading": round(total, 1),
         "train_tokens_per_second": round(res.examples_per_second * args.block_size, 1),

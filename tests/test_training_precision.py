@@ -217,3 +217,82 @@ def test_a_model_that_cannot_be_copied_trains_in_float32(monkeypatch, cache):
     t = Trainer(_pixelcnn(), TrainConfig(), progress=False)
     t.train_step(_batch(), None, 1e-3)
     assert t.autocast_dtype is None and not cache.exists()
+
+
+def test_attention_under_bf16_autocast_on_a_cpu_runs_in_float32(monkeypatch):
+    """Under bf16 autocast on a CPU the GPT block's attention runs in float32 (PyTorch's bf16 flash
+    kernel is ~8x slower there): its output is the float32 block's to bf16 rounding of the
+    projections, causal, with gradients reaching every input."""
+    from chainrule.nn.attention import CausalSelfAttentionBlock
+
+    g = torch.Generator().manual_seed(0)
+    torch.manual_seed(0)
+    block = CausalSelfAttentionBlock(16, 4, 0.0, bias=True)
+    x = torch.randn(3, 9, 16, generator=g, requires_grad=True)
+    seen, sdpa = [], torch.nn.functional.scaled_dot_product_attention
+
+    def spy(q, k, v, **kw):
+        seen.append(q.dtype)
+        return sdpa(q, k, v, **kw)
+    with monkeypatch.context() as m:
+        m.setattr(torch.nn.functional, "scaled_dot_product_attention", spy)
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            y = block(x)
+    assert seen == [torch.float32]
+    y.float().sum().backward()
+    assert x.grad is not None and torch.isfinite(x.grad).all() and x.grad.abs().sum() > 0
+    torch.testing.assert_close(y.float(), block(x), atol=0.05, rtol=0.05)
+    x2 = x.detach().clone()
+    x2[:, 4:] += 1.0  # causal: the first 4 outputs do not move when the later inputs change
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        torch.testing.assert_close(block(x2)[:, :4], block(x.detach())[:, :4], atol=0, rtol=0)
+
+
+@pytest.mark.parametrize("name, fused", [("adam", True), ("adamw", True), ("adamax", None)])
+def test_the_optimizer_is_fused_where_a_kernel_exists(name, fused):
+    """Adam and AdamW take PyTorch's fused kernel on a CPU (Adamax has none); the update is the
+    default implementation's to float32 rounding."""
+    from chainrule.training.optimizers import OPTIMIZERS, make_optimizer
+
+    torch.manual_seed(0)
+    a = torch.nn.Linear(5, 3)
+    b = torch.nn.Linear(5, 3)
+    b.load_state_dict(a.state_dict())
+    groups = lambda m: [{"params": [m.weight], "weight_decay": 0.1}, {"params": [m.bias], "weight_decay": 0.0}]  # noqa: E731
+    opt = make_optimizer(name, groups(a), 1e-2, (0.9, 0.99))
+    ref = OPTIMIZERS[name](groups(b), lr=1e-2, betas=(0.9, 0.99))
+    assert type(opt) is OPTIMIZERS[name] and opt.defaults.get("fused") is fused
+    x = torch.randn(8, 5, generator=torch.Generator().manual_seed(1))
+    for _ in range(5):
+        for m, o in ((a, opt), (b, ref)):
+            o.zero_grad()
+            m(x).square().sum().backward()
+            o.step()
+    torch.testing.assert_close(a.weight, b.weight, atol=1e-6, rtol=1e-6)
+    torch.testing.assert_close(a.bias, b.bias, atol=1e-6, rtol=1e-6)
+    t = Trainer(_made(), TrainConfig(optimizer=name), progress=False)
+    assert t.optimizer.defaults.get("fused") is fused
+
+
+def test_a_fused_step_is_seen_by_the_masked_weight_cache():
+    """The fused CPU kernel writes parameters in place without counting it in their version:
+    the optimizer counts it, so MADE's masked-weight cache (keyed on the version) is not stale."""
+    from chainrule.training.optimizers import make_optimizer
+
+    model = _made()
+    x = _batch((6,))
+    opt = make_optimizer("adamw", model.parameters(), 1e-2, (0.9, 0.99))
+    with torch.no_grad():
+        model.log_prob(x)  # fills the cache
+    versions = [p._version for p in model.parameters()]
+    opt.zero_grad()
+    (-model.log_prob(x).mean()).backward()
+    opt.step()
+    assert all(p._version > v for p, v in zip(model.parameters(), versions))
+    with torch.no_grad():
+        cached = model.log_prob(x)
+    model.__dict__.pop("_masked_cache", None)
+    for m in model.modules():
+        m.__dict__.pop("_masked_cache", None)
+    with torch.no_grad():
+        torch.testing.assert_close(cached, model.log_prob(x), atol=0, rtol=0)

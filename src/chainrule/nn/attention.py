@@ -18,7 +18,8 @@ class CausalSelfAttentionBlock(nn.Module):
     ``0.5 x (1 + tanh(sqrt(2/pi) (x + 0.044715 x^3)))`` of Hendrycks & Gimpel 2016, which GPT-2's
     released weights were trained with; Hugging Face calls it ``gelu_new``).
     Attention is ``F.scaled_dot_product_attention(..., is_causal=True)`` (a boolean mask, no -1e4
-    bias to learn around). Shapes: ``(B, T, C)`` -> ``(B, T, C)``.
+    bias to learn around); under reduced-precision autocast on a CPU it runs in float32 (see
+    :meth:`forward`). Shapes: ``(B, T, C)`` -> ``(B, T, C)``.
     """
 
     def __init__(self, dim: int, heads: int, dropout: float, bias: bool, activation: str = "gelu") -> None:
@@ -47,7 +48,15 @@ class CausalSelfAttentionBlock(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:  # (B, T, C) -> (B, T, C)
         q, k, v = self._split(x)
-        y = F.scaled_dot_product_attention(q, k, v, is_causal=True, dropout_p=self.dropout if self.training else 0.0)
+        p = self.dropout if self.training else 0.0
+        if q.dtype in (torch.bfloat16, torch.float16) and q.device.type == "cpu":
+            # Under autocast on a CPU the attention itself runs in float32: PyTorch's bf16 flash
+            # kernel there took 14.6 ms forward + backward against float32's 1.9 ms (B=12, nh=4,
+            # T=64, hs=32; BENCHMARKS.md section 9), and float32 scores are also the more accurate.
+            with torch.autocast("cpu", enabled=False):
+                y = F.scaled_dot_product_attention(q.float(), k.float(), v.float(), is_causal=True, dropout_p=p)
+        else:
+            y = F.scaled_dot_product_attention(q, k, v, is_causal=True, dropout_p=p)
         return self._finish(x, y)
 
     def step(self, x: torch.Tensor, cache_k: torch.Tensor, cache_v: torch.Tensor, t: int) -> torch.Tensor:

@@ -8,13 +8,11 @@ import numbers
 from dataclasses import dataclass
 from typing import Any
 
-import torch
-
 from chainrule.errors import InputError
 from chainrule.inference.likelihood import EVAL_BATCH_SIZE
+from chainrule.training.optimizers import OPTIMIZERS
 from chainrule.training.precision import PRECISIONS
 
-OPTIMIZERS = {"adam": torch.optim.Adam, "adamw": torch.optim.AdamW, "adamax": torch.optim.Adamax}
 SCHEDULES = ("constant", "cosine", "plateau")
 
 

@@ -12,8 +12,9 @@ default) by ``MARGIN`` (5%) to be chosen, so a near tie keeps float32. A model w
 takes under ``MIN_STEP_SECONDS`` (10 ms) is bound by Python and dispatch overheads, which autocast
 only adds to: it keeps float32 after that one timing. Measured on the development
 CPUs: bf16 training steps ran 2.2x faster than float32 on a PixelCNN on a Xeon with AMX, 0.64x on
-an EPYC with AVX-512 BF16 but no AMX, and the GPT's step ran slower in bf16 than in float32 even
-with AMX (BENCHMARKS.md section 5) — flags cannot tell these apart, a timing can.
+an EPYC with AVX-512 BF16 but no AMX, and the 0.8M-parameter GPT's step ran slower in bf16 than in
+float32 even with AMX until its attention stopped using PyTorch's bf16 flash kernel (faster since,
+on that Xeon; BENCHMARKS.md sections 5 and 9) — flags cannot tell these apart, a timing can.
 
 The verdict is cached per machine (CPU model or GPU name, torch version, torch threads) and per
 model (its config: architecture, shape, values, hyperparameters) and batch shape, in
@@ -52,6 +53,7 @@ from chainrule.inference.likelihood import group_log_probs
 from chainrule.io.checkpoint import atomic_write
 from chainrule.nn import pixel
 from chainrule.training import distributed as dist_utils
+from chainrule.training.optimizers import make_optimizer
 
 log = logging.getLogger(__name__)
 
@@ -63,7 +65,9 @@ MARGIN = 0.05  # bf16 / NCHW must be this much faster than float32 channels-last
 # A float32 step faster than this is bound by Python and dispatch, not arithmetic: autocast's casts
 # only add to it (MADE 784-500-784 at batch 32: 6.3 ms either way), so float32 is kept untried.
 MIN_STEP_SECONDS = 0.01
-CACHE_VERSION = 1
+# 2: verdicts measured before reduced-precision attention on a CPU stopped using the slow bf16
+# flash kernel and Adam/AdamW became fused (the GPT's bf16 step went from slower than float32 to faster)
+CACHE_VERSION = 2
 CACHE_FILE = "precision.json"
 
 _memory: dict[str, dict[str, Any]] = {}  # this process's verdicts, by cache key (also when the file cannot be written)
@@ -279,7 +283,8 @@ def choose(model: ARModel, precision: str, x: torch.Tensor, context: Any = None,
     """The precision of training ``model`` on batches like ``x`` (see the module docstring).
 
     ``optimizer(model)``: a fresh optimizer of the kind the run uses, for the measurement (default
-    Adam); ``call``: extra arguments of the model call (an ensemble's member)."""
+    fused Adam, :func:`chainrule.training.optimizers.make_optimizer`); ``call``: extra arguments of
+    the model call (an ensemble's member)."""
     if precision != "auto":
         return explicit_choice(precision)
     by_device = device_choice(x.device)
@@ -295,7 +300,10 @@ def choose(model: ARModel, precision: str, x: torch.Tensor, context: Any = None,
             _memory[digest] = entry
             return choice
     cands = _candidates(_layout_applies(model), bf16=x.device.type == "cpu")
-    make_opt = optimizer or (lambda m: torch.optim.Adam(m.parameters()))
+    if optimizer is None:
+        def optimizer(m: Any) -> torch.optim.Optimizer:
+            return make_optimizer("adam", m.parameters(), 1e-3, (0.9, 0.999))
+    make_opt = optimizer
     times = measure(model, x, context, make_opt, cands[:1], call, budget=0.0)  # a warm-up and MIN_ROUNDS steps
     if len(cands) > 1 and MIN_STEP_SECONDS <= next(iter(times.values())) < float("inf"):
         times = measure(model, x, context, make_opt, cands, call)

@@ -53,7 +53,8 @@ from chainrule.training import precision as precision_policy
 from chainrule.training.budget import TimeBudget
 from chainrule.training.callbacks import LOG_FIELDS, Callback, Step, default_callbacks, summary_writer
 from chainrule.training.closed_form import fit_closed_form
-from chainrule.training.config import OPTIMIZERS, TrainConfig, derived_seed
+from chainrule.training.config import TrainConfig, derived_seed
+from chainrule.training.optimizers import make_optimizer
 from chainrule.training.precision import PrecisionChoice
 from chainrule.training.signals import StopSignals, TrainingInterrupted
 from chainrule.training.state import TrainResult, TrainState, load_last, save_best, save_last, saved_position
@@ -125,8 +126,8 @@ class Trainer:
                   {"params": [p for p in params if p.dim() < 2], "weight_decay": 0.0}]
         self._precision: PrecisionChoice | None = None  # decided at the first training step (choose_precision)
         self._scaler: Any = None  # float16's GradScaler
-        self.optimizer = OPTIMIZERS[self.config.optimizer]([g for g in groups if g["params"]], lr=self.config.lr,
-                                                           betas=tuple(self.config.betas))
+        self.optimizer = make_optimizer(self.config.optimizer, [g for g in groups if g["params"]], lr=self.config.lr,
+                                        betas=tuple(self.config.betas))
         # The order of the data and the ensemble member of each step come from the trainer's own
         # generators (seeded by config.seed, saved in last/): nothing random lives in the model.
         self.data_rng = torch.Generator().manual_seed(self.config.seed)
@@ -170,10 +171,9 @@ class Trainer:
         decides and every rank follows."""
         if self._precision is None:
             c = self.config
-            opt_class = OPTIMIZERS[c.optimizer]
-            choice = precision_policy.decide(self.model, c.precision, x, context, world_size=self.world_size,
-                                             is_main=self.is_main, optimizer=lambda m: opt_class(m.parameters(), lr=c.lr,
-                                                                                                  betas=tuple(c.betas)))
+            choice = precision_policy.decide(
+                self.model, c.precision, x, context, world_size=self.world_size, is_main=self.is_main,
+                optimizer=lambda m: make_optimizer(c.optimizer, m.parameters(), c.lr, tuple(c.betas)))
             if c.precision == "auto" and self.is_main:
                 log.info(precision_policy.describe(choice))
             self._adopt(choice, x.device)
