@@ -16,6 +16,7 @@ from typing import Any
 
 import torch
 
+from chainrule.contract import ARModel
 from chainrule.errors import InputError
 from chainrule.inference.likelihood import context_rows
 from chainrule.training import distributed as dist_utils
@@ -24,7 +25,7 @@ from chainrule.training.config import derived_seed
 _TAG_EPOCH, _TAG_BATCH = 1, 2
 
 
-def check_data(model: Any, train: Any, val: Any, train_context: Any, val_context: Any, transform: Any,
+def check_data(model: ARModel, train: Any, val: Any, train_context: Any, val_context: Any, transform: Any,
                seed: int) -> tuple[Any, Any]:
     """Refuse empty splits and contexts that do not match their split; validate the whole training
     set once up front, so that a bad value is reported before hours of work (a lazily indexed set,
@@ -70,7 +71,7 @@ def batch_rng(seed: int, epoch: int, b: int) -> torch.Generator:
     return torch.Generator().manual_seed(derived_seed(seed, _TAG_BATCH, epoch, b))
 
 
-def draw(model: Any, train: Any, context: Any, transform: Any, perm: torch.Tensor | None, seed: int,
+def draw(model: ARModel, train: Any, context: Any, transform: Any, perm: torch.Tensor | None, seed: int,
          batch_size: int, epoch: int, b: int, world_size: int = 1) -> tuple[torch.Tensor, Any, int]:
     """Batch ``b`` of epoch ``epoch`` (``perm``: the epoch's :func:`epoch_order`), validated by
     ``model`` — this rank's slice of it under DDP — with its context rows and the size of the
