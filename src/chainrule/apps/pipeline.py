@@ -661,7 +661,8 @@ def _train_run(model_name: str, ds: Dataset, out: Path, hyperparameters: dict[st
            f"{len(ds.train)} train / {len(ds.val)} val / {len(ds.test)} test, shape {ds.shape}, num_values {ds.num_values}"
            + (f", {ds.num_classes} classes (conditional)" if conditional else ""))
     offset = standardization.log_det if standardization is not None else 0.0
-    replacement = None if resume else RunReplacement(out, force, created)
+    # rank 0 alone replaces a previous run (and undoes it on failure): the other ranks write nothing
+    replacement = RunReplacement(out, force, created) if main and not resume else None
     trainer = Trainer(model, config, out_dir=out, extra={**(extra or {}), "conditional": conditional},
                       progress=progress, device=device,
                       unit=token_unit(ds),  # text: the bars show the loss per character / token
