@@ -31,16 +31,17 @@ How the stream is made
   variable.
 - **Blocks.** The tables are computed on blocks of exactly ``block_rows`` examples (the last one
   padded; :mod:`chainrule.inference.coding`), recorded in the metadata since version 3: the
-  decoder must use the encoder's. :func:`compress` takes ``min(128, chunk, N)``; 128 rows code
-  3-5x faster than the 16 of versions 1 and 2 (BENCHMARKS.md §5).
+  decoder must use the encoder's. :func:`compress` takes ``min(R, chunk, N)`` with R the
+  architecture's ``coding_block_rows`` (128; NADE and MADE, whose state is small: 1024); 128 rows
+  code 3-5x faster than the 16 of versions 1 and 2 (BENCHMARKS.md §5).
 
-Container format (version 4; all integers little-endian)
+Container format (version 5; all integers little-endian)
 --------------------------------------------------------
 ====== ======== ==========================================================================
 offset bytes    field
 ====== ======== ==========================================================================
 0      4        magic ``b"CRZ1"``
-4      2        format version, uint16 (= 4; 3: as 4, MADE/causalconv coded by the full pass; 2: no ``block_rows``, blocks of 16; 1: as 2, 16-bit tables)
+4      2        format version, uint16 (= 5; 4: as 5, NADE/MADE coded by their dense step; 3: as 4, MADE/causalconv coded by the full pass; 2: no ``block_rows``, blocks of 16; 1: as 2, 16-bit tables)
 6      1        content kind, uint8: 0 = array of model values, 1 = text (tokens of a file)
 7      1        context kind, uint8: 0 = none, 1 = class labels, 2 = context tensor
 8      32       model fingerprint: SHA-256 of the model's JSON config and weights
@@ -118,11 +119,12 @@ from chainrule.inference.coding import BLOCK_ROWS, frequency_tables
 from chainrule.io.outputs import check_output, output_file
 
 MAGIC = b"CRZ1"
-FORMAT_VERSION = 4
+FORMAT_VERSION = 5
 #: Bits of the frequency tables of each format version this chainrule reads. Version 4 is version 3
 #: coded with the cached steps MADE and causalconv gained then (their older files decode by the full
-#: pass they were coded with: ``coding_step_since``).
-TABLE_BITS = {1: 16, 2: 24, 3: 24, 4: 24}
+#: pass they were coded with: ``coding_step_since``); version 5 is version 4 coded with the sparse
+#: steps of NADE and MADE (their version-4 files decode by the dense step: ``coding_state``).
+TABLE_BITS = {1: 16, 2: 24, 3: 24, 4: 24, 5: 24}
 #: Rows per block of the tables in versions 1 and 2 (version 3 records its own).
 OLD_BLOCK_ROWS = 16
 #: Bits of the integer frequency tables this chainrule writes (rows sum to ``2**PRECISION``).
@@ -310,6 +312,12 @@ def _check_model(head: Header, model: ARModel) -> None:
         raise InputError("the compressed file is corrupted: chunk size 0")
 
 
+def coding_block_rows(model: ARModel) -> int:
+    """Rows per block of the tables :func:`compress` uses for ``model``: the architecture's
+    ``coding_block_rows``, or :data:`~chainrule.inference.coding.BLOCK_ROWS`."""
+    return int(getattr(model.base_model, "coding_block_rows", BLOCK_ROWS))
+
+
 def _block_rows(head: Header) -> int:
     """The rows per block the file's tables were computed with (module docstring, "Blocks")."""
     if head.version < 3:
@@ -351,25 +359,26 @@ def _encode(model: ARModel, x: torch.Tensor, ctx: torch.Tensor | None, member: i
     bits = 0.0
     # the coder is fed whole blocks of steps at once (one call per ~_ENCODE_BATCH table entries):
     # the same symbols in the same order as one call per variable, so the same bits
-    symbols: list[np.ndarray] = []
-    probs: list[np.ndarray] = []
+    symbols: list[torch.Tensor] = []
+    tables: list[torch.Tensor] = []
     held = 0
 
     def flush() -> None:
         nonlocal held, bits
-        if symbols:
-            sym, p = np.concatenate(symbols), np.concatenate(probs)
+        if symbols:  # converted to the coder's types once per batch, not once per variable
+            sym = torch.cat(symbols).numpy().astype(np.int32)
+            p = _probabilities(torch.cat(tables), PRECISION)
             enc.encode(sym, family, p)
             bits -= float(np.log2(p[np.arange(len(sym)), sym]).sum())  # the table cost (p = f / 2**PRECISION exactly)
             symbols.clear()
-            probs.clear()
+            tables.clear()
             held = 0
 
     bar = _bar(len(x), chunk, model.dim, "compressing", progress)
     for a in range(0, len(x), chunk):
         b = min(a + chunk, len(x))
         gen = frequency_tables(model, b - a, None if ctx is None else ctx[a:b], PRECISION, member=member,
-                               block_rows=block)
+                               block_rows=block, version=FORMAT_VERSION)
         j, freq = next(gen)
         while True:
             freq = freq.cpu()
@@ -377,8 +386,8 @@ def _encode(model: ARModel, x: torch.Tensor, ctx: torch.Tensor | None, member: i
                 pick = free[a:b, j]
                 x[a:b, j][pick] = freq[pick].argmax(1)
             vals = x[a:b, j]
-            symbols.append(vals.numpy().astype(np.int32))
-            probs.append(_probabilities(freq, PRECISION))
+            symbols.append(vals)
+            tables.append(freq)
             held += freq.numel()
             if held >= _ENCODE_BATCH:
                 flush()
@@ -401,9 +410,10 @@ def _bar(n: int, chunk: int, dim: int, desc: str, progress: bool) -> Any:
 
 
 def _decode(model: ARModel, payload: bytes, n: int, ctx: torch.Tensor | None, member: int | None, chunk: int,
-            block: int, bits: int = PRECISION, progress: bool = False, full_pass: bool = False) -> torch.Tensor:
+            block: int, bits: int = PRECISION, progress: bool = False, full_pass: bool = False,
+            version: int | None = None) -> torch.Tensor:
     """Decode ``n`` examples ``(n, D)`` long from a payload, in the order :func:`_encode` wrote them
-    with ``bits``-bit tables (:data:`TABLE_BITS` of the file's format version) on blocks of
+    with ``bits``-bit tables (:data:`TABLE_BITS` of the file's format ``version``) on blocks of
     ``block`` rows."""
     import constriction
 
@@ -428,7 +438,7 @@ def _decode(model: ARModel, payload: bytes, n: int, ctx: torch.Tensor | None, me
         out = torch.zeros(b - a, model.dim, dtype=torch.long)
         rows = np.arange(b - a)
         gen = frequency_tables(model, b - a, None if ctx is None else ctx[a:b], bits, member=member,
-                               block_rows=block, full_pass=full_pass)
+                               block_rows=block, full_pass=full_pass, version=version)
         j, freq = next(gen)
         while True:
             probs = _probabilities(freq, bits)
@@ -517,7 +527,7 @@ def _compress_values(model: ARModel, x: torch.Tensor, context: Any, member: int 
     flat = x.reshape(len(x), model.dim).cpu().long()
     n = len(flat)
     kind, ctx_np, ctx = _context_header(model, context, n)
-    block = max(1, min(BLOCK_ROWS, chunk, n))
+    block = max(1, min(coding_block_rows(model), chunk, n))
     if n:
         payload, coded, bits = _encode(model, flat, ctx, member, chunk, block, free, progress)
     else:
@@ -525,7 +535,7 @@ def _compress_values(model: ARModel, x: torch.Tensor, context: Any, member: int 
     head = Header(content_kind, kind, model_fingerprint(model), n, int(model.num_values), chunk,
                   tuple(model.shape), {**meta, "block_rows": block, "member": member, **_versions()}, ctx_np,
                   content_sha if content_sha is not None else _content_hash_values(coded), len(payload),
-                  zlib.crc32(payload))
+                  zlib.crc32(payload), version=FORMAT_VERSION)
     return _Coded(head.pack() + payload, head, coded, bits, ctx)
 
 
@@ -543,7 +553,7 @@ def _decompress_values(model: ARModel, data: bytes, progress: bool = False) -> t
     ctx = _header_context(head, model)
     full_pass = head.version < getattr(model.base_model, "coding_step_since", 1)  # coded before the cache
     values = _decode(model, payload, head.num_examples, ctx, head.meta.get("member"), head.chunk,
-                     block, TABLE_BITS[head.version], progress, full_pass)
+                     block, TABLE_BITS[head.version], progress, full_pass, head.version)
     return head, values.reshape(head.num_examples, *model.shape), ctx
 
 
