@@ -155,7 +155,7 @@ def test_older_format_versions_still_decode(monkeypatch, version):
     with monkeypatch.context() as m:
         m.setattr(cz, "PRECISION", cz.TABLE_BITS[version])
         m.setattr(cz, "FORMAT_VERSION", version)  # and NADE's dense step, as then
-        m.setattr(type(model), "coding_block_rows", cz.OLD_BLOCK_ROWS)
+        m.setattr(cz, "coding_layout", lambda model, n, chunk=None: (cz.CHUNK_EXAMPLES, cz.OLD_BLOCK_ROWS))
         old = compress(model, x, y)
     head, payload = cz.read_header(old)
     head.version = version  # what chainrule 0.2 / 0.3 wrote: the same layout, no block_rows
@@ -257,6 +257,20 @@ def test_format_4_files_of_the_dense_steps_still_decode(monkeypatch, name, hp, k
     assert (new_tables - old_tables).abs().max() <= 2
 
 
+def test_chunks_and_blocks_are_cut_evenly():
+    """compress cuts N examples into equal chunks of at most max(1024, R) and a chunk into equal
+    blocks of at most R rows (R: the architecture's coding_block_rows), so the last block is not
+    mostly padding; a chunk given is kept."""
+    nade, pixelcnn = build("nade"), build("pixelcnn")
+    assert nade.coding_block_rows == 4096 and pixelcnn.coding_block_rows == 128
+    assert cz.coding_layout(nade, 10_000) == (3334, 3334)  # not 4096 + 4096 + 1808 padded to 4096
+    assert cz.coding_layout(nade, 300) == (300, 300)
+    assert cz.coding_layout(pixelcnn, 10_000) == (1000, 125)  # 10 chunks of 8 blocks, none padded
+    assert cz.coding_layout(pixelcnn, 21) == (21, 21)
+    assert cz.coding_layout(pixelcnn, 300, chunk=8) == (8, 8)
+    assert cz.coding_layout(nade, 0) == (4096, 1)
+
+
 def test_blocks_of_any_size_round_trip_and_are_checked(monkeypatch):
     """The block size is the file's: a file made with blocks of 4 (6 blocks, the last padded)
     decodes whatever this chainrule's default; a forged block size is refused."""
@@ -266,7 +280,7 @@ def test_blocks_of_any_size_round_trip_and_are_checked(monkeypatch):
         m.setattr(type(model), "coding_block_rows", 4)
         data = compress(model, x, y)
     head, payload = cz.read_header(data)
-    assert head.meta["block_rows"] == 4 and model.coding_block_rows == 1024 and cz.BLOCK_ROWS == 128
+    assert head.meta["block_rows"] == 4 and model.coding_block_rows == 4096 and cz.BLOCK_ROWS == 128
     assert torch.equal(decompress(model, data), x)
     for bad in (0, True, "4", head.chunk + 1):
         head.meta["block_rows"] = bad

@@ -313,9 +313,27 @@ def _check_model(head: Header, model: ARModel) -> None:
 
 
 def coding_block_rows(model: ARModel) -> int:
-    """Rows per block of the tables :func:`compress` uses for ``model``: the architecture's
+    """Rows per block of the tables :func:`compress` aims at for ``model``: the architecture's
     ``coding_block_rows``, or :data:`~chainrule.inference.coding.BLOCK_ROWS`."""
     return int(getattr(model.base_model, "coding_block_rows", BLOCK_ROWS))
+
+
+def coding_layout(model: ARModel, n: int, chunk: int | None = None) -> tuple[int, int]:
+    """Examples per chunk and rows per block for coding ``n`` examples with ``model``.
+
+    ``chunk`` None: at most ``max(CHUNK_EXAMPLES, R)`` (R: :func:`coding_block_rows`), the ``n``
+    examples cut into equal chunks; blocks: at most R rows, a full chunk cut into equal blocks. So
+    the padding of the last block stays small (10,000 digits with R = 4096: 3 chunks of 3,334, not
+    4096 + 4096 + a block of 1808 padded to 4096)."""
+    rows = coding_block_rows(model)
+    if chunk is None:
+        chunk = max(CHUNK_EXAMPLES, rows)
+        if n:
+            chunk = math.ceil(n / math.ceil(n / chunk))
+    if not n:
+        return chunk, 1
+    size = min(chunk, n)
+    return chunk, math.ceil(size / math.ceil(size / rows))
 
 
 def _block_rows(head: Header) -> int:
@@ -379,13 +397,15 @@ def _encode(model: ARModel, x: torch.Tensor, ctx: torch.Tensor | None, member: i
         b = min(a + chunk, len(x))
         gen = frequency_tables(model, b - a, None if ctx is None else ctx[a:b], PRECISION, member=member,
                                block_rows=block, version=FORMAT_VERSION)
+        xt = x[a:b].t().contiguous()  # (D, n): a variable's values are contiguous, not a strided column
+        ft = None if free is None else free[a:b].t()
         j, freq = next(gen)
         while True:
             freq = freq.cpu()
-            if free is not None and bool(free[a:b, j].any()):
-                pick = free[a:b, j]
-                x[a:b, j][pick] = freq[pick].argmax(1)
-            vals = x[a:b, j]
+            if ft is not None and bool(ft[j].any()):
+                pick = ft[j]
+                xt[j][pick] = freq[pick].argmax(1)
+            vals = xt[j]
             symbols.append(vals)
             tables.append(freq)
             held += freq.numel()
@@ -396,6 +416,8 @@ def _encode(model: ARModel, x: torch.Tensor, ctx: torch.Tensor | None, member: i
                 j, freq = gen.send(vals)
             except StopIteration:
                 break
+        if ft is not None:
+            x[a:b] = xt.t()  # the padding chosen
     flush()
     bar.close()
     words = enc.get_compressed()
@@ -518,16 +540,16 @@ def _check_member(model: ARModel, member: Any) -> None:
 
 def _compress_values(model: ARModel, x: torch.Tensor, context: Any, member: int | None, content_kind: int,
                      meta: dict[str, Any], content_sha: bytes | None = None, free: torch.Tensor | None = None,
-                     chunk: int = CHUNK_EXAMPLES, progress: bool = False) -> _Coded:
+                     chunk: int | None = None, progress: bool = False) -> _Coded:
     if not model.head.discrete:
         raise InputError(f"{model.name}: compression needs a discrete model (num_values=K); this one is real-valued")
-    if not isinstance(chunk, int) or isinstance(chunk, bool) or chunk < 1:
+    if chunk is not None and (not isinstance(chunk, int) or isinstance(chunk, bool) or chunk < 1):
         raise InputError(f"chunk must be a positive integer, got {chunk!r}")
     _check_member(model, member)
     flat = x.reshape(len(x), model.dim).cpu().long()
     n = len(flat)
     kind, ctx_np, ctx = _context_header(model, context, n)
-    block = max(1, min(coding_block_rows(model), chunk, n))
+    chunk, block = coding_layout(model, n, chunk)
     if n:
         payload, coded, bits = _encode(model, flat, ctx, member, chunk, block, free, progress)
     else:
@@ -566,7 +588,7 @@ def _mismatch(head: Header) -> InputError:
 
 # ---------------------------------------------------------------------- the API: arrays
 def compress(model: ARModel, x: Any, context: Any = None, *, member: int | None = None,
-             chunk: int = CHUNK_EXAMPLES) -> bytes:
+             chunk: int | None = None) -> bytes:
     """Compress ``x`` ``(N, *shape)`` (or one example ``shape``) of values in 0..K-1 into a
     self-describing byte string (module docstring: the layout).
 

@@ -64,7 +64,7 @@ class MADE(AutoregressiveModel):
     any_order = True
     coding_step_since = 4  # its cached step came in format 4; older files decode by the full pass
     sparse_step_since: ClassVar[int] = 5  # format 5 codes with the sparse step; format 4 with the dense one
-    coding_block_rows = 1024  # coding cost per step is mostly Python's: large blocks amortize it
+    coding_block_rows = 4096  # a state of 4096 x H floats is small; large blocks amortize the per-step overhead
     call_options = ("mask",)
 
     def __init__(self, shape: tuple[int, ...], num_values: int | None = 2,

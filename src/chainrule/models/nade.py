@@ -158,7 +158,7 @@ class NADE(AutoregressiveModel):
     any_order = True
     # Format 5 of compressed files codes with the sparse step; older files with the dense one.
     sparse_step_since: ClassVar[int] = 5
-    coding_block_rows = 1024  # coding cost per step is mostly Python's: large blocks amortize it
+    coding_block_rows = 4096  # a state of 4096 x H floats is small; large blocks amortize the per-step overhead
 
     def __init__(self, shape: tuple[int, ...], num_values: int | None = 2, hidden_size: int = 500,
                  num_orders: int = 1, seed: int = 0, activation: str = "sigmoid", input_encoding: str = "auto",
