@@ -457,7 +457,7 @@ def _decode(model: ARModel, payload: bytes, n: int, ctx: torch.Tensor | None, me
     bar = _bar(n, chunk, model.dim, "decompressing", progress)
     for a in range(0, n, chunk):
         b = min(a + chunk, n)
-        out = torch.zeros(b - a, model.dim, dtype=torch.long)
+        out = torch.zeros(model.dim, b - a, dtype=torch.long)  # (D, n): a variable's values written contiguously
         rows = np.arange(b - a)
         gen = frequency_tables(model, b - a, None if ctx is None else ctx[a:b], bits, member=member,
                                block_rows=block, full_pass=full_pass, version=version)
@@ -469,7 +469,7 @@ def _decode(model: ARModel, payload: bytes, n: int, ctx: torch.Tensor | None, me
             except Exception as exc:
                 raise InputError(f"the compressed payload is corrupted: decoding failed ({exc})") from None
             vals = torch.from_numpy(decoded.astype(np.int64))
-            out[:, j] = vals
+            out[j] = vals
             info -= float(np.log2(probs[rows, decoded]).sum())
             if info > budget:
                 raise InputError(f"the compressed file is corrupted or forged: its {len(payload)}-byte payload "
@@ -480,7 +480,7 @@ def _decode(model: ARModel, payload: bytes, n: int, ctx: torch.Tensor | None, me
                 j, freq = gen.send(vals)
             except StopIteration:
                 break
-        chunks.append(out)
+        chunks.append(out.t())
     bar.close()
     return torch.cat(chunks)
 
