@@ -25,15 +25,15 @@ How the stream is made
   that is 0.4% for K = 256 and cost 8-bit MNIST 0.24% over the ideal code length (BENCHMARKS.md
   §5); at b = 24 it is 0.0015%. Version-1 files (16-bit tables) are still read.
 - **One stream per file**: the examples are coded in chunks of at most ``chunk`` examples (stored
-  in the header; :data:`CHUNK_EXAMPLES` by default, so the model's incremental state stays
-  small); inside a chunk variable by variable in the order the generator yields them (the model's
+  in the header; by default equal chunks of at most ``max(CHUNK_EXAMPLES, R)``, so the model's
+  incremental state stays small: :func:`coding_layout`); inside a chunk variable by variable in the order the generator yields them (the model's
   order; inside a group its variables one at a time), the chunk's examples in index order for each
   variable.
 - **Blocks.** The tables are computed on blocks of exactly ``block_rows`` examples (the last one
   padded; :mod:`chainrule.inference.coding`), recorded in the metadata since version 3: the
-  decoder must use the encoder's. :func:`compress` takes ``min(R, chunk, N)`` with R the
-  architecture's ``coding_block_rows`` (128; NADE and MADE, whose state is small: 1024); 128 rows
-  code 3-5x faster than the 16 of versions 1 and 2 (BENCHMARKS.md §5).
+  decoder must use the encoder's. :func:`compress` cuts a chunk into equal blocks of at most R
+  rows, R the architecture's ``coding_block_rows`` (128; NADE and MADE, whose state is small:
+  4096); 128 rows code 3-5x faster than the 16 of versions 1 and 2 (BENCHMARKS.md §5).
 
 Container format (version 5; all integers little-endian)
 --------------------------------------------------------
