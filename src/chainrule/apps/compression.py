@@ -963,7 +963,8 @@ def _write_pngs(values: torch.Tensor, paths: list[Path], model: ARModel, overwri
 
 
 __all__: Sequence[str] = (
-    "CHUNK_EXAMPLES", "CompressionReport", "FORMAT_VERSION", "Header", "MAGIC", "compress", "compress_file",
+    "CHUNK_EXAMPLES", "CompressionReport", "FORMAT_VERSION", "Header", "MAGIC", "coding_block_rows", "coding_layout",
+    "compress", "compress_file",
     "compress_text", "decompress", "decompress_file", "decompress_text", "model_fingerprint", "read_array_input",
     "read_header",
 )
