@@ -194,7 +194,7 @@ class MADE(AutoregressiveModel):
         """Updates the state in place (a state is stepped once). The first layer's pre-activation
         ``a`` grows by the masked columns of the group just revealed; with value inputs (binary
         data) a value 0 adds nothing, so only the rows whose group is nonzero get a new ``a`` and a
-        new activation ``h`` (~15% of the rows on MNIST). Deeper layers are recomputed; of the
+        new activation ``h`` (13% of binarized MNIST's pixels). Deeper layers are recomputed; of the
         output layer only the rows of group ``order[i]``."""
         order, masks, f, p = state["order"].value, state["masks"].value, self.in_features, self.head.num_params
         first, *deeper = self.hidden  # iterating, not slicing: a ModuleList slice builds a new module

@@ -222,7 +222,7 @@ class NADE(AutoregressiveModel):
     def step(self, state: Any, i: int, x_prev: torch.Tensor | None) -> tuple[torch.Tensor, Any]:
         """Updates ``a`` and ``h`` in place (a state is stepped once). With value inputs (binary
         data) a value 0 adds nothing to ``a``: only the rows whose group is nonzero get
-        ``a += W_j x_j`` and a new ``h`` (~15% of the rows on MNIST), the others keep theirs."""
+        ``a += W_j x_j`` and a new ``h`` (13% of binarized MNIST's pixels), the others keep theirs."""
         order, a, h = state["order"].value, state["a"], state["h"]
         if "dense" in state:  # the arithmetic of compressed-file format <= 4 (see coding_state)
             if x_prev is not None:
