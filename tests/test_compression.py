@@ -151,10 +151,11 @@ def test_older_format_versions_still_decode(monkeypatch, version):
     costs K / 2^24 of the mass instead of K / 2^16."""
     model = build("nade")
     x, y = model_data(model)
-    assert cz.FORMAT_VERSION == 4 and cz.PRECISION == 24 and cz.TABLE_BITS == {1: 16, 2: 24, 3: 24, 4: 24}
+    assert cz.FORMAT_VERSION == 5 and cz.PRECISION == 24 and cz.TABLE_BITS == {1: 16, 2: 24, 3: 24, 4: 24, 5: 24}
     with monkeypatch.context() as m:
         m.setattr(cz, "PRECISION", cz.TABLE_BITS[version])
-        m.setattr(cz, "BLOCK_ROWS", cz.OLD_BLOCK_ROWS)
+        m.setattr(cz, "FORMAT_VERSION", version)  # and NADE's dense step, as then
+        m.setattr(cz, "coding_layout", lambda model, n, chunk=None: (cz.CHUNK_EXAMPLES, cz.OLD_BLOCK_ROWS))
         old = compress(model, x, y)
     head, payload = cz.read_header(old)
     head.version = version  # what chainrule 0.2 / 0.3 wrote: the same layout, no block_rows
@@ -164,7 +165,7 @@ def test_older_format_versions_still_decode(monkeypatch, version):
     assert torch.equal(decompress(model, data), x)
     new = compress(model, x, y)
     head = cz.read_header(new)[0]
-    assert head.version == 4 and head.meta["block_rows"] == N and torch.equal(decompress(model, new), x)
+    assert head.version == 5 and head.meta["block_rows"] == N and torch.equal(decompress(model, new), x)
 
 
 @pytest.mark.parametrize("name", ["made", "causalconv"])
@@ -187,7 +188,88 @@ def test_files_coded_before_a_cached_step_still_decode(monkeypatch, name):
     head, payload = cz.read_header(old)
     head.version = 3
     assert torch.equal(decompress(model, head.pack() + payload), x)
-    assert cz.read_header(compress(model, x))[0].version == 4
+    assert cz.read_header(compress(model, x))[0].version == 5
+
+
+def _dense_nade_step(self, state, i, x_prev):
+    """NADE's step as chainrule 0.4 had it (format 4): every row's activation at every step."""
+    order, a = state["order"].value, state["a"]
+    if x_prev is not None:
+        a = a + self.encode_values(x_prev).reshape(len(x_prev), -1) @ self.W[order[i - 1]].T
+    k = order[i]
+    return self.act(a) @ self.V[k].T + self.b[k], {**state, "a": a}
+
+
+def _dense_made_step(self, state, i, x_prev):
+    """MADE's step as chainrule 0.4 had it (format 4): the first layer of every row at every step."""
+    import torch.nn.functional as F
+
+    order, masks, f, p = state["order"].value, state["masks"].value, self.in_features, self.head.num_params
+    first, *deeper = self.hidden
+    a = state["a"]
+    state = dict(state)
+    if x_prev is not None:
+        j = order[i - 1]
+        ex = self.encode_values(x_prev).reshape(len(x_prev), -1)
+        cols = slice(j * f, (j + 1) * f)
+        a = state["a"] = a + F.linear(ex, first.masked_weight(masks[0])[:, cols])
+        if self.direct is not None:
+            state["x"][:, cols] = ex
+    h = self.act(a)
+    for layer, m in zip(deeper, masks[1:]):
+        h = self.act(layer(h, m))
+    k = order[i]
+    rows = slice(k * p, (k + 1) * p)
+    out = F.linear(h, self.out.masked_weight(masks[1 + len(deeper)])[rows], self.out.bias[rows])
+    if self.direct is not None:
+        out = out + F.linear(state["x"], self.direct.masked_weight(masks[-1])[rows])
+    if state["out"] is not None:
+        out = out + state["out"][:, rows]
+    return out, state
+
+
+@pytest.mark.parametrize("name, hp, k, d, seed, differ", [
+    ("nade", {"hidden_size": 50}, 2, 16, 0, True), ("made", {"hidden_sizes": [50], "activation": "sigmoid"}, 2, 16, 1, True),
+    ("nade", {"hidden_size": 16}, 3, 9, 0, False), ("made", {"hidden_sizes": [16, 12], "direct_connections": True}, 2, 9, 0, False)])
+def test_format_4_files_of_the_dense_steps_still_decode(monkeypatch, name, hp, k, d, seed, differ):
+    """NADE and MADE code format 5 with sparse steps (a value 0 leaves a row's hidden layer as it
+    was); a format-4 file was coded with the dense step of chainrule 0.4 (copied above), which
+    rounds differently (in the first two cases some tables differ: a format-4 file would not decode by
+    the sparse step), and decodes by it: its tables are met bit for bit."""
+    torch.manual_seed(seed)
+    model = chainrule.create_model(name, (d,), k, **hp).eval()
+    with torch.no_grad():
+        for p in model.parameters():
+            p.normal_(0, 0.5)
+    x = torch.randint(k, (64, d), generator=torch.Generator().manual_seed(1))
+    x[::3] = 0  # rows that leave the hidden layer as it is, beside rows that change it
+    with monkeypatch.context() as m:  # chainrule 0.4: the dense step, format 4
+        m.setattr(type(model), "step", _dense_nade_step if name == "nade" else _dense_made_step)
+        m.setattr(cz, "FORMAT_VERSION", 4)
+        old_tables = encoding_tables(model, x, precision=24, block_rows=16)[1]
+        old = compress(model, x)
+    assert cz.read_header(old)[0].version == 4
+    assert torch.equal(encoding_tables(model, x, precision=24, block_rows=16, version=4)[1], old_tables)
+    assert torch.equal(decompress(model, old), x)
+    new = compress(model, x)
+    assert cz.read_header(new)[0].version == 5 and torch.equal(decompress(model, new), x)
+    # the sparse step's conditionals are the dense one's up to rounding
+    new_tables = encoding_tables(model, x, precision=24, block_rows=16)[1]
+    assert (new_tables - old_tables).abs().max() <= 2 and torch.equal(new_tables, old_tables) != differ
+
+
+def test_chunks_and_blocks_are_cut_evenly():
+    """compress cuts N examples into equal chunks of at most max(1024, R) and a chunk into equal
+    blocks of at most R rows (R: the architecture's coding_block_rows), so the last block is not
+    mostly padding; a chunk given is kept."""
+    nade, pixelcnn = build("nade"), build("pixelcnn")
+    assert nade.coding_block_rows == 4096 and pixelcnn.coding_block_rows == 128
+    assert cz.coding_layout(nade, 10_000) == (3334, 3334)  # not 4096 + 4096 + 1808 padded to 4096
+    assert cz.coding_layout(nade, 300) == (300, 300)
+    assert cz.coding_layout(pixelcnn, 10_000) == (1000, 125)  # 10 chunks of 8 blocks, none padded
+    assert cz.coding_layout(pixelcnn, 21) == (21, 21)
+    assert cz.coding_layout(pixelcnn, 300, chunk=8) == (8, 8)
+    assert cz.coding_layout(nade, 0) == (4096, 1)
 
 
 def test_blocks_of_any_size_round_trip_and_are_checked(monkeypatch):
@@ -196,10 +278,10 @@ def test_blocks_of_any_size_round_trip_and_are_checked(monkeypatch):
     model = build("made-pixel-class")
     x, y = model_data(model)
     with monkeypatch.context() as m:
-        m.setattr(cz, "BLOCK_ROWS", 4)
+        m.setattr(type(model), "coding_block_rows", 4)
         data = compress(model, x, y)
     head, payload = cz.read_header(data)
-    assert head.meta["block_rows"] == 4 and cz.BLOCK_ROWS == 128
+    assert head.meta["block_rows"] == 4 and model.coding_block_rows == 4096 and cz.BLOCK_ROWS == 128
     assert torch.equal(decompress(model, data), x)
     for bad in (0, True, "4", head.chunk + 1):
         head.meta["block_rows"] = bad

@@ -25,22 +25,23 @@ How the stream is made
   that is 0.4% for K = 256 and cost 8-bit MNIST 0.24% over the ideal code length (BENCHMARKS.md
   §5); at b = 24 it is 0.0015%. Version-1 files (16-bit tables) are still read.
 - **One stream per file**: the examples are coded in chunks of at most ``chunk`` examples (stored
-  in the header; :data:`CHUNK_EXAMPLES` by default, so the model's incremental state stays
-  small); inside a chunk variable by variable in the order the generator yields them (the model's
+  in the header; by default equal chunks of at most ``max(CHUNK_EXAMPLES, R)``, so the model's
+  incremental state stays small: :func:`coding_layout`); inside a chunk variable by variable in the order the generator yields them (the model's
   order; inside a group its variables one at a time), the chunk's examples in index order for each
   variable.
 - **Blocks.** The tables are computed on blocks of exactly ``block_rows`` examples (the last one
   padded; :mod:`chainrule.inference.coding`), recorded in the metadata since version 3: the
-  decoder must use the encoder's. :func:`compress` takes ``min(128, chunk, N)``; 128 rows code
-  3-5x faster than the 16 of versions 1 and 2 (BENCHMARKS.md §5).
+  decoder must use the encoder's. :func:`compress` cuts a chunk into equal blocks of at most R
+  rows, R the architecture's ``coding_block_rows`` (128; NADE and MADE, whose state is small:
+  4096); 128 rows code 3-5x faster than the 16 of versions 1 and 2 (BENCHMARKS.md §5).
 
-Container format (version 4; all integers little-endian)
+Container format (version 5; all integers little-endian)
 --------------------------------------------------------
 ====== ======== ==========================================================================
 offset bytes    field
 ====== ======== ==========================================================================
 0      4        magic ``b"CRZ1"``
-4      2        format version, uint16 (= 4; 3: as 4, MADE/causalconv coded by the full pass; 2: no ``block_rows``, blocks of 16; 1: as 2, 16-bit tables)
+4      2        format version, uint16 (= 5; 4: as 5, NADE/MADE coded by their dense step; 3: as 4, MADE/causalconv coded by the full pass; 2: no ``block_rows``, blocks of 16; 1: as 2, 16-bit tables)
 6      1        content kind, uint8: 0 = array of model values, 1 = text (tokens of a file)
 7      1        context kind, uint8: 0 = none, 1 = class labels, 2 = context tensor
 8      32       model fingerprint: SHA-256 of the model's JSON config and weights
@@ -118,11 +119,12 @@ from chainrule.inference.coding import BLOCK_ROWS, frequency_tables
 from chainrule.io.outputs import check_output, output_file
 
 MAGIC = b"CRZ1"
-FORMAT_VERSION = 4
+FORMAT_VERSION = 5
 #: Bits of the frequency tables of each format version this chainrule reads. Version 4 is version 3
 #: coded with the cached steps MADE and causalconv gained then (their older files decode by the full
-#: pass they were coded with: ``coding_step_since``).
-TABLE_BITS = {1: 16, 2: 24, 3: 24, 4: 24}
+#: pass they were coded with: ``coding_step_since``); version 5 is version 4 coded with the sparse
+#: steps of NADE and MADE (their version-4 files decode by the dense step: ``coding_state``).
+TABLE_BITS = {1: 16, 2: 24, 3: 24, 4: 24, 5: 24}
 #: Rows per block of the tables in versions 1 and 2 (version 3 records its own).
 OLD_BLOCK_ROWS = 16
 #: Bits of the integer frequency tables this chainrule writes (rows sum to ``2**PRECISION``).
@@ -310,6 +312,30 @@ def _check_model(head: Header, model: ARModel) -> None:
         raise InputError("the compressed file is corrupted: chunk size 0")
 
 
+def coding_block_rows(model: ARModel) -> int:
+    """Rows per block of the tables :func:`compress` aims at for ``model``: the architecture's
+    ``coding_block_rows``, or :data:`~chainrule.inference.coding.BLOCK_ROWS`."""
+    return int(getattr(model.base_model, "coding_block_rows", BLOCK_ROWS))
+
+
+def coding_layout(model: ARModel, n: int, chunk: int | None = None) -> tuple[int, int]:
+    """Examples per chunk and rows per block for coding ``n`` examples with ``model``.
+
+    ``chunk`` None: at most ``max(CHUNK_EXAMPLES, R)`` (R: :func:`coding_block_rows`), the ``n``
+    examples cut into equal chunks; blocks: at most R rows, a full chunk cut into equal blocks. So
+    the padding of the last block stays small (10,000 digits with R = 4096: 3 chunks of 3,334, not
+    4096 + 4096 + a block of 1808 padded to 4096)."""
+    rows = coding_block_rows(model)
+    if chunk is None:
+        chunk = max(CHUNK_EXAMPLES, rows)
+        if n:
+            chunk = math.ceil(n / math.ceil(n / chunk))
+    if not n:
+        return chunk, 1
+    size = min(chunk, n)
+    return chunk, math.ceil(size / math.ceil(size / rows))
+
+
 def _block_rows(head: Header) -> int:
     """The rows per block the file's tables were computed with (module docstring, "Blocks")."""
     if head.version < 3:
@@ -351,34 +377,37 @@ def _encode(model: ARModel, x: torch.Tensor, ctx: torch.Tensor | None, member: i
     bits = 0.0
     # the coder is fed whole blocks of steps at once (one call per ~_ENCODE_BATCH table entries):
     # the same symbols in the same order as one call per variable, so the same bits
-    symbols: list[np.ndarray] = []
-    probs: list[np.ndarray] = []
+    symbols: list[torch.Tensor] = []
+    tables: list[torch.Tensor] = []
     held = 0
 
     def flush() -> None:
         nonlocal held, bits
-        if symbols:
-            sym, p = np.concatenate(symbols), np.concatenate(probs)
+        if symbols:  # converted to the coder's types once per batch, not once per variable
+            sym = torch.cat(symbols).numpy().astype(np.int32)
+            p = _probabilities(torch.cat(tables), PRECISION)
             enc.encode(sym, family, p)
             bits -= float(np.log2(p[np.arange(len(sym)), sym]).sum())  # the table cost (p = f / 2**PRECISION exactly)
             symbols.clear()
-            probs.clear()
+            tables.clear()
             held = 0
 
     bar = _bar(len(x), chunk, model.dim, "compressing", progress)
     for a in range(0, len(x), chunk):
         b = min(a + chunk, len(x))
         gen = frequency_tables(model, b - a, None if ctx is None else ctx[a:b], PRECISION, member=member,
-                               block_rows=block)
+                               block_rows=block, version=FORMAT_VERSION)
+        xt = x[a:b].t().contiguous()  # (D, n): a variable's values are contiguous, not a strided column
+        ft = None if free is None else free[a:b].t()
         j, freq = next(gen)
         while True:
             freq = freq.cpu()
-            if free is not None and bool(free[a:b, j].any()):
-                pick = free[a:b, j]
-                x[a:b, j][pick] = freq[pick].argmax(1)
-            vals = x[a:b, j]
-            symbols.append(vals.numpy().astype(np.int32))
-            probs.append(_probabilities(freq, PRECISION))
+            if ft is not None and bool(ft[j].any()):
+                pick = ft[j]
+                xt[j][pick] = freq[pick].argmax(1)
+            vals = xt[j]
+            symbols.append(vals)
+            tables.append(freq)
             held += freq.numel()
             if held >= _ENCODE_BATCH:
                 flush()
@@ -387,6 +416,8 @@ def _encode(model: ARModel, x: torch.Tensor, ctx: torch.Tensor | None, member: i
                 j, freq = gen.send(vals)
             except StopIteration:
                 break
+        if ft is not None:
+            x[a:b] = xt.t()  # the padding chosen
     flush()
     bar.close()
     words = enc.get_compressed()
@@ -401,9 +432,10 @@ def _bar(n: int, chunk: int, dim: int, desc: str, progress: bool) -> Any:
 
 
 def _decode(model: ARModel, payload: bytes, n: int, ctx: torch.Tensor | None, member: int | None, chunk: int,
-            block: int, bits: int = PRECISION, progress: bool = False, full_pass: bool = False) -> torch.Tensor:
+            block: int, bits: int = PRECISION, progress: bool = False, full_pass: bool = False,
+            version: int | None = None) -> torch.Tensor:
     """Decode ``n`` examples ``(n, D)`` long from a payload, in the order :func:`_encode` wrote them
-    with ``bits``-bit tables (:data:`TABLE_BITS` of the file's format version) on blocks of
+    with ``bits``-bit tables (:data:`TABLE_BITS` of the file's format ``version``) on blocks of
     ``block`` rows."""
     import constriction
 
@@ -425,10 +457,10 @@ def _decode(model: ARModel, payload: bytes, n: int, ctx: torch.Tensor | None, me
     bar = _bar(n, chunk, model.dim, "decompressing", progress)
     for a in range(0, n, chunk):
         b = min(a + chunk, n)
-        out = torch.zeros(b - a, model.dim, dtype=torch.long)
+        out = torch.zeros(model.dim, b - a, dtype=torch.long)  # (D, n): a variable's values written contiguously
         rows = np.arange(b - a)
         gen = frequency_tables(model, b - a, None if ctx is None else ctx[a:b], bits, member=member,
-                               block_rows=block, full_pass=full_pass)
+                               block_rows=block, full_pass=full_pass, version=version)
         j, freq = next(gen)
         while True:
             probs = _probabilities(freq, bits)
@@ -437,7 +469,7 @@ def _decode(model: ARModel, payload: bytes, n: int, ctx: torch.Tensor | None, me
             except Exception as exc:
                 raise InputError(f"the compressed payload is corrupted: decoding failed ({exc})") from None
             vals = torch.from_numpy(decoded.astype(np.int64))
-            out[:, j] = vals
+            out[j] = vals
             info -= float(np.log2(probs[rows, decoded]).sum())
             if info > budget:
                 raise InputError(f"the compressed file is corrupted or forged: its {len(payload)}-byte payload "
@@ -448,7 +480,7 @@ def _decode(model: ARModel, payload: bytes, n: int, ctx: torch.Tensor | None, me
                 j, freq = gen.send(vals)
             except StopIteration:
                 break
-        chunks.append(out)
+        chunks.append(out.t())
     bar.close()
     return torch.cat(chunks)
 
@@ -508,16 +540,16 @@ def _check_member(model: ARModel, member: Any) -> None:
 
 def _compress_values(model: ARModel, x: torch.Tensor, context: Any, member: int | None, content_kind: int,
                      meta: dict[str, Any], content_sha: bytes | None = None, free: torch.Tensor | None = None,
-                     chunk: int = CHUNK_EXAMPLES, progress: bool = False) -> _Coded:
+                     chunk: int | None = None, progress: bool = False) -> _Coded:
     if not model.head.discrete:
         raise InputError(f"{model.name}: compression needs a discrete model (num_values=K); this one is real-valued")
-    if not isinstance(chunk, int) or isinstance(chunk, bool) or chunk < 1:
+    if chunk is not None and (not isinstance(chunk, int) or isinstance(chunk, bool) or chunk < 1):
         raise InputError(f"chunk must be a positive integer, got {chunk!r}")
     _check_member(model, member)
     flat = x.reshape(len(x), model.dim).cpu().long()
     n = len(flat)
     kind, ctx_np, ctx = _context_header(model, context, n)
-    block = max(1, min(BLOCK_ROWS, chunk, n))
+    chunk, block = coding_layout(model, n, chunk)
     if n:
         payload, coded, bits = _encode(model, flat, ctx, member, chunk, block, free, progress)
     else:
@@ -525,7 +557,7 @@ def _compress_values(model: ARModel, x: torch.Tensor, context: Any, member: int 
     head = Header(content_kind, kind, model_fingerprint(model), n, int(model.num_values), chunk,
                   tuple(model.shape), {**meta, "block_rows": block, "member": member, **_versions()}, ctx_np,
                   content_sha if content_sha is not None else _content_hash_values(coded), len(payload),
-                  zlib.crc32(payload))
+                  zlib.crc32(payload), version=FORMAT_VERSION)
     return _Coded(head.pack() + payload, head, coded, bits, ctx)
 
 
@@ -543,7 +575,7 @@ def _decompress_values(model: ARModel, data: bytes, progress: bool = False) -> t
     ctx = _header_context(head, model)
     full_pass = head.version < getattr(model.base_model, "coding_step_since", 1)  # coded before the cache
     values = _decode(model, payload, head.num_examples, ctx, head.meta.get("member"), head.chunk,
-                     block, TABLE_BITS[head.version], progress, full_pass)
+                     block, TABLE_BITS[head.version], progress, full_pass, head.version)
     return head, values.reshape(head.num_examples, *model.shape), ctx
 
 
@@ -556,7 +588,7 @@ def _mismatch(head: Header) -> InputError:
 
 # ---------------------------------------------------------------------- the API: arrays
 def compress(model: ARModel, x: Any, context: Any = None, *, member: int | None = None,
-             chunk: int = CHUNK_EXAMPLES) -> bytes:
+             chunk: int | None = None) -> bytes:
     """Compress ``x`` ``(N, *shape)`` (or one example ``shape``) of values in 0..K-1 into a
     self-describing byte string (module docstring: the layout).
 
@@ -931,7 +963,8 @@ def _write_pngs(values: torch.Tensor, paths: list[Path], model: ARModel, overwri
 
 
 __all__: Sequence[str] = (
-    "CHUNK_EXAMPLES", "CompressionReport", "FORMAT_VERSION", "Header", "MAGIC", "compress", "compress_file",
+    "CHUNK_EXAMPLES", "CompressionReport", "FORMAT_VERSION", "Header", "MAGIC", "coding_block_rows", "coding_layout",
+    "compress", "compress_file",
     "compress_text", "decompress", "decompress_file", "decompress_text", "model_fingerprint", "read_array_input",
     "read_header",
 )

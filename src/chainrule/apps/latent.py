@@ -46,7 +46,9 @@ import numpy as np
 import torch
 
 from chainrule.apps.compression import (
+    FORMAT_VERSION as CODE_FORMAT_VERSION,
     PRECISION,
+    TABLE_BITS,
     _decode,
     _encode,
     _family,
@@ -239,7 +241,7 @@ def compress(model: LatentModel, x: Any, context: Any = None, *, block_rows: int
         np.save(buf, ctx.cpu().numpy(), allow_pickle=False)
         ctx_raw = buf.getvalue()
     meta = {"n": n, "shape": list(vq.shape), "dtype": dtype, "single": single, "block_rows": block, "chunk": chunk,
-            "code_block_rows": max(1, min(128, chunk, n)), **_versions()}
+            "code_block_rows": max(1, min(128, chunk, n)), "code_format": CODE_FORMAT_VERSION, **_versions()}
     meta_raw = json.dumps(meta, sort_keys=True).encode()
     sha = hashlib.sha256(xv.cpu().long().contiguous().numpy().astype("<i8").tobytes()).digest()
     head = MAGIC + struct.pack("<H", FORMAT_VERSION) + model_fingerprint(model)
@@ -294,7 +296,14 @@ def decompress(model: LatentModel, data: bytes) -> tuple[torch.Tensor, dict[str,
     n = int(meta["n"])
     ctx = torch.from_numpy(np.load(io.BytesIO(ctx_raw), allow_pickle=False)) if lc else None
     vq = model.vqvae
-    z = _decode(model.prior, code_payload, n, ctx, None, int(meta["chunk"]), int(meta["code_block_rows"]))
+    # the codes' tables as the compressed-file format they were coded in (files without the key: 4)
+    code_format = meta.get("code_format", 4)
+    if code_format not in TABLE_BITS or isinstance(code_format, bool):
+        raise InputError(f"the compressed file is corrupted: code format {str(code_format)[:20]!r} (this chainrule reads "
+                         f"{', '.join(map(str, TABLE_BITS))})")
+    full_pass = code_format < getattr(model.prior.base_model, "coding_step_since", 1)
+    z = _decode(model.prior, code_payload, n, ctx, None, int(meta["chunk"]), int(meta["code_block_rows"]),
+                TABLE_BITS[code_format], full_pass=full_pass, version=code_format)
     z = z.reshape(n, *vq.grid)
     words = np.frombuffer(pixel_payload, dtype="<u4").astype(np.uint32)
     dec = constriction.stream.queue.RangeDecoder(words)

@@ -60,7 +60,7 @@ def single_thread() -> Iterator[None]:
 
 def frequency_tables(model: ARModel, n: int, context: Any = None, precision: int = 16, member: int | None = None,
                      order: Any = None, block_rows: int = BLOCK_ROWS, full_pass: bool = False,
-                     **options: Any) -> Generator[tuple[int, torch.Tensor], torch.Tensor, None]:
+                     version: int | None = None, **options: Any) -> Generator[tuple[int, torch.Tensor], torch.Tensor, None]:
     """Yield ``(variable index, frequencies (n, K) int64)`` for every variable of ``n`` examples in
     the model's order, receiving each variable's ``n`` values by ``send`` (see the module docstring).
 
@@ -69,7 +69,10 @@ def frequency_tables(model: ARModel, n: int, context: Any = None, precision: int
     every step, the last block padded): decode with the ``block_rows`` you encoded with.
     ``full_pass``: step with the teacher-forced pass instead of the architecture's cache
     (:meth:`~chainrule.models.base.AutoregressiveModel.full_pass_step`; slower, and rounded
-    differently): for streams coded before the architecture had its cached step.
+    differently): for streams coded before the architecture had its cached step. ``version``: the
+    compressed-file format whose tables to compute, for an architecture whose cached step changed
+    its rounding since (:meth:`~chainrule.models.base.AutoregressiveModel.coding_state`); None:
+    the current step.
     """
     if not model.head.discrete:
         raise InputError(f"{model.name}: entropy coding needs a discrete model (num_values=K); this one is real-valued")
@@ -92,8 +95,13 @@ def frequency_tables(model: ARModel, n: int, context: Any = None, precision: int
                 c = ctx[start:start + rows]
                 c = torch.cat([c, c[:1].expand(block_rows - rows, *c.shape[1:])]) if rows < block_rows else c
             with single_thread():
-                init = model.init_full_pass_state if full_pass else model.init_state
-                blocks.append([start, rows, init(block_rows, c, **call)])
+                if full_pass:
+                    state = model.init_full_pass_state(block_rows, c, **call)
+                else:
+                    state = model.init_state(block_rows, c, **call)
+                    if version is not None:
+                        state = model.base_model.coding_state(state, version)
+                blocks.append([start, rows, state])
         order_list = model.resolve_order(**call).tolist()
         index = model.groups.index.tolist()
         s = model.group_size
@@ -138,7 +146,9 @@ def _check_values(values: Any, n: int, k: int) -> torch.Tensor:
     v = torch.as_tensor(values).reshape(-1)
     if v.numel() != n or v.is_floating_point() or v.dtype == torch.bool:
         raise InputError(f"frequency_tables: expected {n} integer values, got shape {tuple(v.shape)} of dtype {v.dtype}")
-    if n and (int(v.min()) < 0 or int(v.max()) >= k):
+    if n:
+        low, high = torch.aminmax(v)  # one pass over the values
+    if n and (int(low) < 0 or int(high) >= k):
         raise InputError(f"frequency_tables: values must lie in 0..{k - 1}")
     return v.long()
 

@@ -94,6 +94,9 @@ class AutoregressiveModel(nn.Module):
     # The compressed-file format version (apps.compression) from which this architecture's files are
     # coded with its cached step; older files were coded with the full pass at every step.
     coding_step_since: ClassVar[int] = 1
+    # Rows per block of the coding tables this architecture is compressed with (recorded in the file):
+    # larger blocks amortize each step's Python overhead, at the memory of the state of that many rows.
+    coding_block_rows: ClassVar[int] = 128
     num_members: ClassVar[int] = 1  # an ensemble (a wrapper) has more
     input_encoding: str = "value"
     # The architecture's own hyperparameters, each with its constraint (:mod:`chainrule.models.config`);
@@ -391,6 +394,13 @@ class AutoregressiveModel(nn.Module):
     def full_pass_step(self, state: Any, i: int, x_prev: torch.Tensor | None) -> tuple[torch.Tensor, Any]:
         """:meth:`step` without the architecture's cache (see :meth:`init_full_pass_state`)."""
         return AutoregressiveModel.step(self, state, i, x_prev)
+
+    def coding_state(self, state: Any, version: int) -> Any:
+        """The state :meth:`init_state` made, set up to compute the tables of compressed-file format
+        ``version``. An architecture whose cached step changed its arithmetic (the same conditionals,
+        rounded differently) keeps the older one here for older files: a decoder must meet the
+        encoder's tables bit for bit. Default: the state as it is."""
+        return state
 
     def new_state(self, n: int, order: torch.Tensor, context: torch.Tensor | None, **options: Any) -> Any:
         """Architectures with a cache override this and :meth:`step`. Default: the partial sample."""

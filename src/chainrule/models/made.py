@@ -28,7 +28,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, ClassVar
 
 import torch
 import torch.nn.functional as F
@@ -79,6 +79,8 @@ class MADE(AutoregressiveModel):
     supports_real = True
     any_order = True
     coding_step_since = 4  # its cached step came in format 4; older files decode by the full pass
+    sparse_step_since: ClassVar[int] = 5  # format 5 codes with the sparse step; format 4 with the dense one
+    coding_block_rows = 4096  # a state of 4096 x H floats is small; large blocks amortize the per-step overhead
     call_options = ("mask",)
     config_class = MADEConfig
     hparams: MADEConfig
@@ -187,26 +189,51 @@ class MADE(AutoregressiveModel):
         a = first.bias.expand(n, -1).clone()  # the first layer's pre-activation with no input seen, (n, H_1)
         if context is not None:
             a = a + self.context_hidden(context)
-        state = {"a": a, "order": Static(order.tolist()), "masks": Static(masks),
+        state = {"a": a, "h": None, "order": Static(order.tolist()), "masks": Static(masks),
                  "out": None if context is None else self.context_out(context)}  # (n, G*P) or None
         if self.direct is not None:
             state["x"] = a.new_zeros(n, self.num_groups * self.in_features)  # the inputs seen so far
         return state
 
+    def coding_state(self, state: Any, version: int) -> Any:
+        """Files of format versions before :attr:`sparse_step_since` were coded with the dense step
+        (every row's first layer recomputed at every step); they decode with it."""
+        return {**state, "dense": Static(True)} if version < self.sparse_step_since else state
+
     def step(self, state: Any, i: int, x_prev: torch.Tensor | None) -> tuple[torch.Tensor, Any]:
+        """Updates the state in place (a state is stepped once). The first layer's pre-activation
+        ``a`` grows by the masked columns of the group just revealed; with value inputs (binary
+        data) a value 0 adds nothing, so only the rows whose group is nonzero get a new ``a`` and a
+        new activation ``h`` (13% of binarized MNIST's pixels). Deeper layers are recomputed; of the
+        output layer only the rows of group ``order[i]``."""
         order, masks, f, p = state["order"].value, state["masks"].value, self.in_features, self.head.num_params
         first, *deeper = self.hidden  # iterating, not slicing: a ModuleList slice builds a new module
-        a = state["a"]
+        a, h = state["a"], state["h"]
         state = dict(state)
+        dense = "dense" in state  # the arithmetic of compressed-file format <= 4 (see coding_state)
         if x_prev is not None:
             j = order[i - 1]
             ex = self.encode_values(x_prev).reshape(len(x_prev), -1)  # (n, F)
             cols = slice(j * f, (j + 1) * f)
-            a = a + F.linear(ex, first.masked_weight(masks[0])[:, cols])  # add group j's columns
-            state["a"] = a
+            w = first.masked_weight(masks[0])[:, cols]  # (H_1, F): group j's columns
             if self.direct is not None:
                 state["x"][:, cols] = ex  # in place: a step consumes its state
-        h = self.act(a)
+            if dense:
+                a = state["a"] = a + F.linear(ex, w)
+            else:
+                rows = None if self.input_encoding == "onehot" else ex.ne(0).any(1).nonzero().squeeze(1)
+                if rows is None or len(rows) == len(ex):
+                    a.addmm_(ex, w.T)
+                    h = None
+                elif len(rows):  # (index_put_ is 2x faster than index_copy_ on a CPU)
+                    changed = torch.addmm(a.index_select(0, rows), ex.index_select(0, rows), w.T)
+                    a.index_put_((rows,), changed)
+                    if h is not None:
+                        h.index_put_((rows,), self.act(changed))
+        if dense or h is None:
+            h = self.act(a)
+        if not dense:
+            state["h"] = h
         for layer, m in zip(deeper, masks[1:]):
             h = self.act(layer(h, m))
         k = order[i]
