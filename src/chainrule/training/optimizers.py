@@ -18,7 +18,6 @@ from collections.abc import Iterable
 from typing import Any
 
 import torch
-from torch.autograd.graph import increment_version
 
 log = logging.getLogger(__name__)
 
@@ -31,8 +30,10 @@ FUSED = ("adam", "adamw")  # the optimizers with a fused kernel
 
 def _fused_applies(params: list[torch.Tensor]) -> bool:
     """True when every parameter is a floating tensor on one device with PyTorch's fused kernels."""
-    from torch.utils._foreach_utils import _get_fused_kernels_supported_devices
-
+    try:  # a private helper of torch.optim's own; a torch without it: the default loop
+        from torch.utils._foreach_utils import _get_fused_kernels_supported_devices
+    except ImportError:
+        return False
     devices = {p.device.type for p in params}
     return (len(devices) == 1 and devices <= set(_get_fused_kernels_supported_devices())
             and all(torch.is_floating_point(p) for p in params))
@@ -59,4 +60,6 @@ def _bump_versions(opt: torch.optim.Optimizer, args: Any, kwargs: Any) -> None:
     """After a fused step: count it in every parameter's version counter. The fused CPU kernel
     writes the parameters in place without doing so (PyTorch 2.13), and caches keyed on the version
     — :meth:`chainrule.nn.MaskedLinear.masked_weight`'s masked weights — would go stale."""
+    from torch.autograd.graph import increment_version  # only reached where the fused CPU kernel ran
+
     increment_version([p for g in opt.param_groups for p in g["params"]])
