@@ -598,3 +598,30 @@ def test_a_reader_that_stops_early_is_no_error(tmp_path):
     p.stdout.close()  # the reader leaves, as `head` does
     err = p.stderr.read().decode()
     assert p.wait(timeout=120) == 141 and err == "", err
+
+
+def test_an_interrupted_ngram_save_leaves_the_saved_model_whole(tmp_path, monkeypatch):
+    """NgramLM.save writes each file through a temporary one: a save that fails half-way (here: while
+    compressing the arrays) leaves the model saved before as it was, and no stray file."""
+    from chainrule.lm import ngram as ngram_module
+    from chainrule.lm.ngram import NgramLM
+
+    sents = [["a", "b", "c"], ["b", "c", "a", "a"], ["c", "a"]]
+    old = NgramLM(2, "laplace").fit(sents)
+    old.save(tmp_path / "lm")
+    before = {p.name: p.read_bytes() for p in (tmp_path / "lm").iterdir()}
+
+    def broken(file, **arrays):  # the disk fills after the first bytes
+        fh = open(file, "wb") if isinstance(file, (str, os.PathLike)) else file
+        fh.write(b"PK\x03\x04 half")
+        fh.flush()
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(ngram_module.np, "savez_compressed", broken)
+    new = NgramLM(3, "kneser-ney").fit(sents * 3)
+    with pytest.raises(OSError):
+        new.save(tmp_path / "lm")
+    assert {p.name: p.read_bytes() for p in (tmp_path / "lm").iterdir()} == before
+    monkeypatch.undo()
+    loaded = NgramLM.load(tmp_path / "lm")
+    assert loaded.order == 2 and loaded.log_prob("b", ["a"]) == old.log_prob("b", ["a"])

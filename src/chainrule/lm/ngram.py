@@ -142,6 +142,7 @@ import numpy as np
 from numpy.lib.stride_tricks import sliding_window_view
 
 from chainrule.errors import DataError, InputError, renamed_parameters, warn_deprecated
+from chainrule.io.checkpoint import atomic_write
 
 logger = logging.getLogger(__name__)
 
@@ -2059,10 +2060,17 @@ class NgramLM:
             else:
                 for name in ("ev", "occ", "prefix"):
                     arrays[f"{name}_{k}"] = self._counts[name][k - 1]
-        np.savez_compressed(path / _ARRAYS, **arrays)
         config = {"format": _FORMAT, "order": self.order, "smoothing": self.smoothing, "padding": self.padding,
                   "options": self.options, "vocab": self.vocab, "metadata": self.metadata}
-        (path / _CONFIG).write_text(json.dumps(config, indent=1, ensure_ascii=False), encoding="utf-8")
+        text = json.dumps(config, indent=1, ensure_ascii=False)
+
+        def write_arrays(tmp: str) -> None:
+            with open(tmp, "wb") as fh:  # a file object: np.savez would append ".npz" to a temporary name
+                np.savez_compressed(fh, **arrays)
+
+        # each file through a temporary one and a rename: an interrupted save never leaves a half-written file
+        atomic_write(path / _ARRAYS, write_arrays)
+        atomic_write(path / _CONFIG, lambda tmp: Path(tmp).write_text(text, encoding="utf-8"))
         return path
 
     @classmethod
