@@ -29,21 +29,7 @@ from safetensors.torch import load_file, save_file
 import chainrule
 from chainrule.cli import main
 from chainrule.errors import CheckpointError, DataError, InputError
-
-
-def _toy_npy(path, n=120, d=6, seed=0, image=False):
-    """Tiny binary data (x_j copies x_{j-1} with probability 0.9), as a .npy file."""
-    g = torch.Generator().manual_seed(seed)
-    x = torch.zeros(n, d, dtype=torch.long)
-    x[:, 0] = torch.randint(2, (n,), generator=g)
-    for j in range(1, d):
-        flip = torch.rand(n, generator=g) < 0.1
-        x[:, j] = torch.where(flip, 1 - x[:, j - 1], x[:, j - 1])
-    arr = x.numpy()
-    if image:
-        arr = arr[:, :4].reshape(n, 1, 2, 2)
-    np.save(path, arr)
-    return path
+from test_hardening import _toy_npy  # the same tiny binary data as the hardening tests
 
 
 def _train(data, out, *extra, model="fvsbn"):
@@ -522,7 +508,6 @@ def test_log_prob_of_a_meta_tensor_is_a_clear_error():
     model = chainrule.create_model("fvsbn", (6,), 2)
     with pytest.raises(InputError, match="meta device"):
         model.log_prob(torch.zeros(2, 6, dtype=torch.long, device="meta"))
-
 
 
 def test_a_forged_ngram_archive_is_refused_before_allocating(tmp_path):
