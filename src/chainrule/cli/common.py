@@ -247,10 +247,8 @@ def given_labels(args: argparse.Namespace, ckpt: Path, model: Any) -> Any:
 def sampling_labels(args: argparse.Namespace, ckpt: Path, model: Any, n: int) -> tuple[Any, int | None]:
     """The labels of ``n`` samples and the grid's columns: ``--class`` as given, or, for a
     class-conditional run without it, every class in turn with one class per column."""
-    if args.label is not None:
-        if not model.conditional:
-            raise InputError(f"--class: {ckpt} is not class-conditional (trained without --class-conditional)")
-        return args.label, None
+    if given_labels(args, ckpt, model) is not None:  # (refused for an unconditional run)
+        return args.label, None  # as given: one label for every sample, or one per sample
     if model.conditional:
         return sample_labels(model.num_classes, n), class_columns(model.num_classes, n)
     return None, None
@@ -264,13 +262,10 @@ def run_and_labels(args: argparse.Namespace, per_example: str, api: str,
     unconditional one; a context-tensor run is pointed to the API (``api``)."""
     ckpt, model = load_run(args)
     labels = given_labels(args, ckpt, model)
-    if labels is not None:
-        pass
-    elif model.num_classes:
-        if not dataset_labels:
-            raise InputError(f"{ckpt} is class-conditional: pass --class Y (a label in 0..{model.num_classes - 1}, "
-                             f"{per_example})")
-    elif model.conditional:
+    if labels is None and model.num_classes and not dataset_labels:
+        raise InputError(f"{ckpt} is class-conditional: pass --class Y (a label in 0..{model.num_classes - 1}, "
+                         f"{per_example})")
+    if labels is None and not model.num_classes and model.conditional:
         raise InputError(f"{ckpt} is conditioned on a context tensor; use the Python API: {api}")
     return ckpt, model, labels
 
