@@ -247,8 +247,10 @@ def given_labels(args: argparse.Namespace, ckpt: Path, model: Any) -> Any:
 def sampling_labels(args: argparse.Namespace, ckpt: Path, model: Any, n: int) -> tuple[Any, int | None]:
     """The labels of ``n`` samples and the grid's columns: ``--class`` as given, or, for a
     class-conditional run without it, every class in turn with one class per column."""
-    if given_labels(args, ckpt, model) is not None:  # (refused for an unconditional run)
-        return args.label, None  # as given: one label for every sample, or one per sample
+    if args.label is not None:  # `sample`'s --class: one label (an int) or one per sample, as given
+        if not model.conditional:
+            raise InputError(f"--class: {ckpt} is not class-conditional (trained without --class-conditional)")
+        return args.label, None
     if model.conditional:
         return sample_labels(model.num_classes, n), class_columns(model.num_classes, n)
     return None, None
