@@ -3,7 +3,7 @@
 nanoGPT (github.com/karpathy/nanoGPT; its ``model.py`` imported from a checkout given by
 ``--nanogpt``, run as it is, nothing copied) at its README CPU configuration — 4 layers, 4 heads,
 128 dims, context 64, batch 12, no dropout, AdamW (lr 1e-3, betas (0.9, 0.99), weight decay 0.1 on
-matrices), gradient clipping 1.0 — against chainrule's ``transformer`` with the same
+matrices), gradient clipping 1.0, no biases (``bias=False``, its ``train.py`` default) — against chainrule's ``transformer`` with the same
 configuration, on the same random windows of tiny Shakespeare (chainrule's window is 65 tokens,
 whose 64 predictions after the first are exactly nanoGPT's). One step = forward, loss,
 backward, clip, AdamW step.
@@ -77,8 +77,10 @@ def main() -> None:
     for p in ("auto", "float32") + (("bfloat16",) if args.bf16_arm else ()):
         model = chainrule.create_model("transformer", ds.shape, ds.num_values, num_layers=4, num_heads=4, embed_dim=128)
         trainers[p] = Trainer(model, TrainConfig(precision=p, **cfg), progress=False)
+    # bias=False: nanoGPT's train.py default (its GPTConfig's own default is True, GPT-2's), as
+    # chainrule's transformer; 2026-12-06 and before this benchmark gave nanoGPT bias=True
     theirs = ng.GPT(ng.GPTConfig(block_size=64, vocab_size=ds.num_values, n_layer=4, n_head=4, n_embd=128,
-                                 dropout=0.0, bias=True))
+                                 dropout=0.0, bias=False))
     opt = theirs.configure_optimizers(0.1, 1e-3, (0.9, 0.99), "cpu")
 
     def nanogpt_step(model, optimizer):
@@ -111,7 +113,7 @@ def main() -> None:
         runs["chainrule bfloat16, torch.compile"] = step_compiled
     if args.nanogpt_compile:  # a second nanoGPT, same initial weights, compiled as train.py does
         twin = ng.GPT(ng.GPTConfig(block_size=64, vocab_size=ds.num_values, n_layer=4, n_head=4, n_embd=128,
-                                   dropout=0.0, bias=True))
+                                   dropout=0.0, bias=False))
         twin.load_state_dict(theirs.state_dict())
         twin_opt = twin.configure_optimizers(0.1, 1e-3, (0.9, 0.99), "cpu")
         runs["nanoGPT compiled (train.py's default compile=True)"] = nanogpt_step(torch.compile(twin), twin_opt)

@@ -179,6 +179,11 @@ def test_three_commands_and_the_latent_run_on_digits(tmp_path, monkeypatch, caps
                  "-p", "num_layers=2", "--epochs", "1", "--no-progress", "--no-tensorboard", "--threads", "1",
                  "--num-samples", "4"]) == 0
     assert main(["compose", "runs/vq", "runs/prior", "--out", "runs/latent", "--threads", "1"]) == 0
+    # composing again into the run: refused without --force; with it the old run is replaced, nothing left aside
+    assert main(["compose", "runs/vq", "runs/prior", "--out", "runs/latent", "--threads", "1"]) == 2
+    assert "already holds a run" in capsys.readouterr().err
+    assert main(["compose", "runs/vq", "runs/prior", "--out", "runs/latent", "--threads", "1", "--force"]) == 0
+    assert not (tmp_path / "runs/latent/.replaced").exists() and (tmp_path / "runs/latent/best").is_dir()
     results = json.loads((tmp_path / "runs/latent/results.json").read_text())
     t = results["test_bound"]
     assert t["nll_upper_bound_nats"] == pytest.approx(t["prior_nll_nats"] + t["reconstruction_nll_nats"])

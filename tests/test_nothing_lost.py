@@ -190,6 +190,26 @@ def test_force_keeps_the_old_run_until_the_new_one_has_a_checkpoint(tmp_path, ca
     assert _snapshot(run) == before
 
 
+def test_vqvae_force_keeps_the_old_run_and_its_codes_until_the_new_one_has_a_checkpoint(tmp_path, capsys):
+    """The VQ-VAE run replaces a previous one as every other run does: moved aside, codes/ too, and
+    put back when the new run fails before its first checkpoint (--lr 1e308: NaN at once)."""
+    run = tmp_path / "vq"
+    argv = ["train", "vqvae", "--dataset", "digits", "--out", str(run), "-p", "codebook_size=8", "-p", "code_dim=4",
+            "-p", "channels=8", "-p", "downsample=1", "-p", "num_res_blocks=0", "--epochs", "1", "--no-progress",
+            "--no-tensorboard", "--threads", "1"]
+    assert main(argv) == 0
+    before = _snapshot(run)
+    assert "codes/train.npy" in before and "reconstructions.png" in before
+    capsys.readouterr()
+    assert main([*argv, "--force", "--lr", "1e308"]) == 1
+    assert "nan" in _error(capsys)
+    assert _snapshot(run) == before and not (run / ".replaced").exists()
+    assert main([*argv, "--force", "--seed", "1"]) == 0
+    after = _snapshot(run)
+    assert set(after) == set(before) and after["best/model.safetensors"] != before["best/model.safetensors"]
+    assert not (run / ".replaced").exists()
+
+
 def test_disk_full_during_the_first_checkpoint_leaves_nothing(tmp_path, capsys, monkeypatch):
     import chainrule.io.checkpoint as ckpt
 

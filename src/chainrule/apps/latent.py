@@ -58,7 +58,7 @@ from chainrule.apps.compression import (
     read_array_input,
 )
 from chainrule.apps.pipeline import save_samples
-from chainrule.apps.rundir import check_run_dir, checkpoint_dir, clear_run_dir, run_files
+from chainrule.apps.rundir import RunReplacement, check_run_dir, checkpoint_dir
 from chainrule.apps.vqvae import (  # noqa: F401 - re-exported: the VQ-VAE run's pieces
     check_data_fits_vqvae,
     check_vqvae_hyperparameters,
@@ -125,9 +125,17 @@ def compose(vq_run: str | Path, prior_run: str | Path, out: str | Path, force: b
                                     "class_names")}
     extra.update(vqvae_run=str(Path(vq_run).resolve()), prior_run=str(Path(prior_run).resolve()),
                  conditional=conditional, composed=True)
-    if force and run_files(out):
-        clear_run_dir(out)
-    model.save(out / "best", extra)
+    # a previous run (--force) is moved aside and removed once the new checkpoint is written
+    replacement = RunReplacement(out, force, created=not out.exists())
+    moved = replacement.begin()
+    try:
+        model.save(out / "best", extra)
+    except BaseException:
+        replacement.rollback()
+        raise
+    replacement.commit()
+    if moved:
+        report(f"replaced the previous run in {out} ({', '.join(p.name for p in moved)})")
     from chainrule.apps.pipeline import dataset_of
 
     ds = dataset_of(out / "best")

@@ -628,7 +628,7 @@ def _run(spec: TrainSpec, device: str | torch.device | None) -> dict[str, Any]:
             from chainrule.apps.vqvae import fit_vqvae_run
 
             summary = fit_vqvae_run(ds, claim.out, hp, spec.config, extra, spec.progress, resume=claim.resume,
-                                    device=device, report=report, force=claim.force)
+                                    device=device, report=report, force=claim.force, created=claim.created)
         else:
             summary = _train_run(spec.model, ds, claim.out, hp, spec.config, extra, spec.progress, spec.num_samples,
                                  claim.resume, spec.conditional, device, report, claim.force, claim.created, started,

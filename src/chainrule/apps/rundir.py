@@ -15,6 +15,7 @@ import logging
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
+from chainrule.data.registry import CODES_DIR
 from chainrule.errors import CheckpointError, InputError
 from chainrule.io.checkpoint import CONFIG_FILE, read_config
 from chainrule.io.run_state import complete_checkpoint
@@ -35,14 +36,15 @@ def checkpoint_dir(run: str | Path) -> Path:
 
 
 #: What a run directory holds that chainrule wrote (``--force`` removes these, and only these).
-RUN_DIRS = ("best", "last", "last.tmp", "last.old", "checkpoints", "tensorboard")
-RUN_FILES = ("log.csv", "curve.png", "results.json", "config.toml")
+RUN_DIRS = ("best", "last", "last.tmp", "last.old", "checkpoints", "tensorboard", CODES_DIR)
+RUN_FILES = ("log.csv", "curve.png", "results.json", "config.toml", "reconstructions.png")
 SAMPLE_SUFFIXES = (".png", ".jpg", ".jpeg", ".npy", ".txt", ".wav")
 
 
 def run_files(out: str | Path) -> list[Path]:
     """The entries of ``out`` that a previous run wrote: ``best/``, ``last/`` (and its ``.tmp`` /
-    ``.old`` while being swapped), ``log.csv``, ``curve.png``, ``results.json``, ``samples.*``."""
+    ``.old`` while being swapped), ``log.csv``, ``curve.png``, ``results.json``, ``samples.*``; a
+    VQ-VAE run's ``codes/`` and ``reconstructions.png``."""
     out = Path(out)
     if not out.is_dir():
         return []

@@ -17,7 +17,7 @@ import numpy as np
 import torch
 
 from chainrule.apps.plotting import image_grid, plot_training_curve
-from chainrule.apps.rundir import clear_run_dir, run_files
+from chainrule.apps.rundir import RunReplacement
 from chainrule.data import CODES_DIR, LATENTS_PREFIX, Dataset
 from chainrule.errors import InputError
 from chainrule.io.checkpoint import atomic_write
@@ -90,28 +90,39 @@ def reconstructions_figure(model: VQVAE, x: torch.Tensor, path: Path, n: int = 1
 
 def fit_vqvae_run(ds: Dataset, out: Path, hp: dict[str, Any], config: TrainConfig, extra: dict[str, Any],
                   progress: bool, resume: bool, device: str | torch.device | None,
-                  report: Callable[[str], None], force: bool) -> dict[str, Any]:
+                  report: Callable[[str], None], force: bool, created: bool = False) -> dict[str, Any]:
     """The VQ-VAE's part of :func:`chainrule.apps.pipeline.train_run`, once the run is checked and
     seeded (its directory held, the data and hyperparameters accepted): train the VQ-VAE (with the
     ordinary trainer: its objective is :meth:`~chainrule.latent.vqvae.VQVAE.training_loss`),
     evaluate the reconstruction NLL and codebook usage on the test split, cache the codes of every
     split (``out/codes/``) and write ``reconstructions.png``; returns the summary also written to
-    ``results.json``."""
+    ``results.json``. With ``force`` the previous run is moved aside and removed once this one
+    has written its first checkpoint (:class:`~chainrule.apps.rundir.RunReplacement`, as for
+    every other model); a failure before that puts it back."""
     model = VQVAE(ds.shape, ds.num_values, **hp)
     report(f"model vqvae: {model.num_parameters():,} parameters, codes {model.grid[0]}x{model.grid[1]} of "
            f"K={model.codebook_size} ({model.mode} codebook); data {ds.name}: {len(ds.train)} train / {len(ds.val)} val / "
            f"{len(ds.test)} test, shape {ds.shape}, num_values {ds.num_values}")
+    replacement = None if resume else RunReplacement(out, force, created)
     trainer = Trainer(model, config, out_dir=out, extra={**(extra or {}), "conditional": False},
-                      progress=progress, device=device)
-    if resume:
+                      progress=progress, device=device,
+                      on_checkpoint=replacement.commit if replacement is not None else None)
+    if replacement is None:
         report(f"resuming from {out / 'last'}")
-    elif force and run_files(out):
-        removed = clear_run_dir(out)
-        if (out / CODES_DIR).exists():
-            shutil.rmtree(out / CODES_DIR)
-        report(f"replacing the previous run in {out}: removed {', '.join(p.name for p in removed)}")
+    else:
+        moved = replacement.begin()
+        if moved:
+            report(f"replacing the previous run in {out} ({', '.join(p.name for p in moved)}): removed once "
+                   "this run has written its first checkpoint")
     has_val = len(ds.val) > 0
-    result = trainer.fit(ds.train, ds.val if has_val else None, train_transform=ds.train_transform, resume=resume)
+    try:
+        result = trainer.fit(ds.train, ds.val if has_val else None, train_transform=ds.train_transform, resume=resume)
+    except BaseException:
+        if replacement is not None:
+            replacement.rollback()
+        raise
+    if replacement is not None:
+        replacement.commit()
     report(f"trained {result.epochs_run} epochs in {result.train_seconds:.1f} s (best epoch {result.best_epoch})")
     t0 = time.perf_counter()
     recon = model.evaluate_reconstruction(ds.test)
