@@ -183,6 +183,14 @@ def test_tensorboard_event_files_hold_the_logged_values(tmp_path):
     assert [e.step for e in acc.Scalars("train/batch_nll_nats")] == list(range(1, 16))
     lr = [e.value for e in acc.Scalars("train/lr")]
     assert len(lr) == 15 and lr[0] > lr[-1]  # the cosine schedule, step by step
+    # the per-step curve carries nll_offset as the epoch rows do (standardized data: the NLL of x, not of z)
+    res = Trainer(_model(), TrainConfig(epochs=1, batch_size=8, patience=None), out_dir=tmp_path / "offset",
+                  progress=False, nll_offset=100.0).fit(data)
+    acc = EventAccumulator(str(tmp_path / "offset" / "tensorboard"))
+    acc.Reload()
+    batches = [e.value for e in acc.Scalars("train/batch_nll_nats")]
+    assert len(batches) == 5 and sum(batches) / 5 == pytest.approx(res.history[0]["train_nll_nats"], rel=1e-6)
+    assert res.history[0]["train_nll_nats"] > 100
     # off on request
     Trainer(_model(), TrainConfig(epochs=1, batch_size=8, tensorboard=False), out_dir=tmp_path / "off",
             progress=False).fit(data)

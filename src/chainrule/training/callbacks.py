@@ -161,7 +161,8 @@ class TensorBoardLog(Callback):
             return
         self.sum, self.count = self.sum + step.nll_sum, self.count + step.examples
         if step.step % self.every == 0 or step.batch + 1 >= step.batches:
-            self.writer.add_scalar("train/batch_nll_nats", self.sum / max(self.count, 1), step.step)
+            # + nll_offset: the NLL of the data as given, as in the epoch rows (standardized data: of x, not z)
+            self.writer.add_scalar("train/batch_nll_nats", self.sum / max(self.count, 1) + trainer.nll_offset, step.step)
             self.writer.add_scalar("train/lr", step.lr, step.step)
             self.sum, self.count = 0.0, 0
 
