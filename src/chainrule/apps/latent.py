@@ -54,6 +54,7 @@ from chainrule.apps.compression import (
     _family,
     _probabilities,
     _versions,
+    coding_block_rows,
     model_fingerprint,
     read_array_input,
 )
@@ -238,8 +239,9 @@ def compress(model: LatentModel, x: Any, context: Any = None, *, block_rows: int
     with torch.inference_mode():
         z = torch.cat([vq.encode(xv[a:a + 256]) for a in range(0, n, 256)]).cpu()
     block = max(1, min(block_rows, n))
+    code_rows = max(1, min(coding_block_rows(prior), chunk, n))  # the prior's own block size (the file records it)
     code_payload, _, code_table_bits = _encode(prior, z.reshape(n, -1), None if ctx is None else ctx.cpu(), None,
-                                               chunk, max(1, min(128, chunk, n)))
+                                               chunk, code_rows)
     enc = constriction.stream.queue.RangeEncoder()
     _code_pixels(vq, z, vq.pixel_groups(xv).cpu(), block, enc)
     pixel_payload = enc.get_compressed().astype("<u4").tobytes()
@@ -249,7 +251,7 @@ def compress(model: LatentModel, x: Any, context: Any = None, *, block_rows: int
         np.save(buf, ctx.cpu().numpy(), allow_pickle=False)
         ctx_raw = buf.getvalue()
     meta = {"n": n, "shape": list(vq.shape), "dtype": dtype, "single": single, "block_rows": block, "chunk": chunk,
-            "code_block_rows": max(1, min(128, chunk, n)), "code_format": CODE_FORMAT_VERSION, **_versions()}
+            "code_block_rows": code_rows, "code_format": CODE_FORMAT_VERSION, **_versions()}
     meta_raw = json.dumps(meta, sort_keys=True).encode()
     sha = hashlib.sha256(xv.cpu().long().contiguous().numpy().astype("<i8").tobytes()).digest()
     head = MAGIC + struct.pack("<H", FORMAT_VERSION) + model_fingerprint(model)
