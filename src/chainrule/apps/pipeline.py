@@ -35,6 +35,7 @@ from chainrule.apps.rundir import (  # noqa: F401 - re-exported: the run directo
     SAMPLE_SUFFIXES,
     RunClaim,
     RunReplacement,
+    replacing,
     _undo_replacement,
     check_run_dir,
     check_run_path,
@@ -680,15 +681,9 @@ def _train_run(model_name: str, ds: Dataset, out: Path, hyperparameters: dict[st
             report(f"replacing the previous run in {out} ({', '.join(p.name for p in moved)}): removed once "
                    "this run has written its first checkpoint")
     has_val = len(ds.val) > 0
-    try:
+    with replacing(replacement):
         result = trainer.fit(ds.train, ds.val if has_val else None, train_transform=ds.train_transform, resume=resume,
                              train_context=train_y, val_context=val_y if has_val else None)
-    except BaseException:
-        if replacement is not None:
-            replacement.rollback()
-        raise
-    if replacement is not None:
-        replacement.commit()
     if not main:
         return {}
     note = ""

@@ -170,6 +170,22 @@ class RunReplacement:
                 (self.out / LOCK_FILE).unlink(missing_ok=True)
                 self.out.rmdir()
 
+    @contextlib.contextmanager
+    def writing(self) -> Iterator[None]:
+        """The new run's work: rolled back if it raises (anything, an interrupt too), committed
+        when it returns (if its first checkpoint has not committed already)."""
+        try:
+            yield
+        except BaseException:
+            self.rollback()
+            raise
+        self.commit()
+
+
+def replacing(replacement: RunReplacement | None) -> contextlib.AbstractContextManager[None]:
+    """:meth:`RunReplacement.writing`, or nothing to guard (a resumed run, a rank other than 0)."""
+    return contextlib.nullcontext() if replacement is None else replacement.writing()
+
 
 def _undo_replacement(out: Path) -> None:
     """Remove what a run that never wrote a checkpoint left in ``out`` and move the run it was

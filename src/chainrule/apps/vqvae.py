@@ -17,7 +17,7 @@ import numpy as np
 import torch
 
 from chainrule.apps.plotting import image_grid, plot_training_curve
-from chainrule.apps.rundir import RunReplacement
+from chainrule.apps.rundir import RunReplacement, replacing
 from chainrule.data import CODES_DIR, LATENTS_PREFIX, Dataset
 from chainrule.errors import InputError
 from chainrule.io.checkpoint import atomic_write
@@ -115,14 +115,8 @@ def fit_vqvae_run(ds: Dataset, out: Path, hp: dict[str, Any], config: TrainConfi
             report(f"replacing the previous run in {out} ({', '.join(p.name for p in moved)}): removed once "
                    "this run has written its first checkpoint")
     has_val = len(ds.val) > 0
-    try:
+    with replacing(replacement):
         result = trainer.fit(ds.train, ds.val if has_val else None, train_transform=ds.train_transform, resume=resume)
-    except BaseException:
-        if replacement is not None:
-            replacement.rollback()
-        raise
-    if replacement is not None:
-        replacement.commit()
     report(f"trained {result.epochs_run} epochs in {result.train_seconds:.1f} s (best epoch {result.best_epoch})")
     t0 = time.perf_counter()
     recon = model.evaluate_reconstruction(ds.test)
