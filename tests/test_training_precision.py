@@ -296,3 +296,25 @@ def test_a_fused_step_is_seen_by_the_masked_weight_cache():
         m.__dict__.pop("_masked_cache", None)
     with torch.no_grad():
         torch.testing.assert_close(cached, model.log_prob(x), atol=0, rtol=0)
+
+
+def test_auto_measurement_time_is_not_a_training_step_for_the_time_budget(monkeypatch):
+    """auto's trial steps take seconds on a slow model; counted as the first training step they made
+    the time budget expect a validation to take hours and stop the run after that step (a Diagonal
+    BiLSTM with --max-seconds 4300 stopped after 1 of its 782 steps). Here the measurement is made to
+    take 1.5 s: the run must go on training until the budget, not stop at its first step."""
+    import time
+
+    decide = prec.decide
+
+    def slow_decide(*args, **kwargs):
+        time.sleep(1.5)
+        return decide(*args, **kwargs)
+
+    monkeypatch.setattr(prec, "decide", slow_decide)
+    data = _batch((6,), n=64)
+    val = _batch((6,), n=400)
+    res = Trainer(_made(), TrainConfig(epochs=1000, batch_size=8, patience=None, max_seconds=4.0),
+                  progress=False).fit(data, val)
+    assert res.stopped_by_time
+    assert res.examples_seen > 20 * 8, res.examples_seen  # many steps, not one

@@ -344,6 +344,12 @@ class Trainer:
                 step_start = time.perf_counter()
                 x, ctx, global_size = batches.draw(model, train, context, transform, perm, c.seed, c.batch_size, epoch, b,
                                                    self.world_size)
+                if self._precision is None and not getattr(model, "own_objective", False):
+                    # auto's one-off measurement (trial steps of every arm) is not a step's cost: counted
+                    # as one, it made the time budget stop a slow model's run after its first step
+                    measured = time.perf_counter()
+                    self.choose_precision(x, ctx)
+                    step_start += time.perf_counter() - measured
                 lr = c.lr * st.lr_scale * c.lr_factor(st.step, total_steps)
                 nll = self.train_step(x, ctx, lr, global_size=global_size if self.world_size > 1 else None)
                 st.step += 1
