@@ -128,11 +128,9 @@ def compose(vq_run: str | Path, prior_run: str | Path, out: str | Path, force: b
                  conditional=conditional, composed=True)
     # a previous run (--force) is moved aside and removed once the new checkpoint is written
     replacement = RunReplacement(out, force, created=not out.exists())
-    moved = replacement.begin()
+    replacement.begin(report)
     with replacement.writing():
         model.save(out / "best", extra)
-    if moved:
-        report(f"replaced the previous run in {out} ({', '.join(p.name for p in moved)})")
     from chainrule.apps.pipeline import dataset_of
 
     ds = dataset_of(out / "best")

@@ -676,10 +676,7 @@ def _train_run(model_name: str, ds: Dataset, out: Path, hyperparameters: dict[st
         # the previous run (with --force) is moved aside, and removed only once this one has written
         # its first checkpoint; a failure before that puts it back (and removes this run's traces)
         assert replacement is not None
-        moved = replacement.begin()
-        if moved:
-            report(f"replacing the previous run in {out} ({', '.join(p.name for p in moved)}): removed once "
-                   "this run has written its first checkpoint")
+        replacement.begin(report)
     has_val = len(ds.val) > 0
     with replacing(replacement):
         result = trainer.fit(ds.train, ds.val if has_val else None, train_transform=ds.train_transform, resume=resume,

@@ -133,7 +133,8 @@ class RunReplacement:
         self.saved = out / REPLACED_DIR
         self.committed = False
 
-    def begin(self) -> list[Path]:
+    def begin(self, report: Callable[[str], None] | None = None) -> list[Path]:
+        """Move the previous run aside (with ``force``); ``report`` is told what was moved."""
         moved = run_files(self.out) if self.force else []
         if moved:
             self.saved.mkdir()
@@ -147,6 +148,9 @@ class RunReplacement:
                     (self.saved / p.name).rename(p)
                 self.saved.rmdir()
                 raise
+        if moved and report is not None:
+            report(f"replacing the previous run in {self.out} ({', '.join(p.name for p in moved)}): removed once "
+                   "this run has written its first checkpoint")
         return moved
 
     def commit(self) -> None:

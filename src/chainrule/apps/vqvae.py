@@ -110,10 +110,7 @@ def fit_vqvae_run(ds: Dataset, out: Path, hp: dict[str, Any], config: TrainConfi
     if replacement is None:
         report(f"resuming from {out / 'last'}")
     else:
-        moved = replacement.begin()
-        if moved:
-            report(f"replacing the previous run in {out} ({', '.join(p.name for p in moved)}): removed once "
-                   "this run has written its first checkpoint")
+        replacement.begin(report)
     has_val = len(ds.val) > 0
     with replacing(replacement):
         result = trainer.fit(ds.train, ds.val if has_val else None, train_transform=ds.train_transform, resume=resume)
